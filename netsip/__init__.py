@@ -1,10 +1,44 @@
 """netsip: the transport layer of Perl's Net::SIP, ported to Python.
 
-The public API is re-exported here; see the module docstrings for details.
+The layers, bottom to top: :mod:`netsip.util` (callbacks, addresses, SIP
+header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
+:mod:`netsip.packet` (``Packet``, ``Request``, ``Response``),
+:mod:`netsip.framing` (TCP stream framing), :mod:`netsip.socketpool`
+(``SocketPool``), :mod:`netsip.leg` (``Leg``) and :mod:`netsip.dispatcher`
+(``Dispatcher``). The names re-exported here are the public API.
 """
 
 from __future__ import annotations
 
+from netsip.dispatcher import Dispatcher, QueueEntry
+from netsip.eventloop import EV_READ, EV_WRITE, EventLoop, TimerEvent
+from netsip.framing import FramingError
+from netsip.leg import Leg
+from netsip.packet import Packet, PacketError, Request, Response
+from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.util import Addr, NetSIPError, Var, invoke_callback
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "EV_READ",
+    "EV_WRITE",
+    "Addr",
+    "Dispatcher",
+    "EventLoop",
+    "FramingError",
+    "Leg",
+    "NetSIPError",
+    "Packet",
+    "PacketError",
+    "QueueEntry",
+    "Request",
+    "Response",
+    "SocketPool",
+    "TimerEvent",
+    "Var",
+    "__version__",
+    "get_settings",
+    "import_settings",
+    "invoke_callback",
+]

@@ -1,0 +1,148 @@
+"""Response cache of Perl's ``Net::SIP::Dispatcher`` (its ``response_cache`` hash).
+
+A UAS that answered a request must answer a retransmission of that request
+with the same response instead of handing it to the upper layer again
+(RFC 3261 17.2: the server transaction absorbs retransmissions).  Perl's
+dispatcher keeps every response it delivers for 32 seconds (64*T1) under the
+key ``CSeq, Call-ID, From, To`` and looks every incoming request up there.
+
+The To header enters the key without its ``tag`` parameter: the response
+carries the tag the UAS added (RFC 3261 8.2.6.2) while a retransmission of an
+initial request has none, so Perl's key (which Net::SIP's own
+``create_response`` never hits, as it adds no tag) would miss every time.
+
+Here the cache is a small pure unit: an insertion-ordered dict whose entries
+all live equally long, so the oldest entry is always the first to expire and
+expiry costs O(1) per entry (no scan of the whole cache).  The caller passes
+``now``; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
+
+#: seconds a response is kept: 64*T1 (RFC 3261 17.2.1 Timer H / 17.2.2 Timer J)
+CACHE_TIME = 32.0
+
+_TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
+
+
+def _strip_tag(to: str) -> str:
+    # the tag is a header parameter: after the closing '>' of a name-addr
+    i = to.rfind(">")
+    if i < 0:
+        return _TAG_RX.sub("", to)
+    return to[: i + 1] + _TAG_RX.sub("", to[i + 1 :])
+
+
+class HeaderSource(Protocol):
+    """Anything with ``get_headers(name) -> list[str]`` (a netsip Packet)."""
+
+    def get_headers(self, name: str) -> list[str]: ...
+
+
+R = TypeVar("R")
+
+
+def cache_key(packet: HeaderSource) -> str:
+    """The cache key of a request or response: CSeq, Call-ID, From and To (without tag).
+
+    Args:
+        packet: the request (lookup) or response (store).
+
+    Returns:
+        The key; a request, its retransmissions and the responses to it have
+        the same key.
+    """
+    # get_headers never raises on duplicates (unlike get_header), which matters here:
+    # the key is computed for every incoming request, including malformed ones
+    g = packet.get_headers
+    to = ",".join(g("to"))
+    return "\0".join((",".join(g("cseq")), ",".join(g("call-id")), ",".join(g("from")),
+                      _strip_tag(to) if "tag" in to.lower() else to))
+
+
+class ResponseCache(Generic[R]):
+    """Responses by transaction key, each kept for ``lifetime`` seconds.
+
+    Args:
+        lifetime: how long an entry lives (default 32 s, i.e. 64*T1).
+    """
+
+    __slots__ = ("_entries", "lifetime")
+
+    def __init__(self, lifetime: float = CACHE_TIME) -> None:
+        if lifetime <= 0:
+            raise ValueError(f"lifetime must be positive, got {lifetime!r}")
+        self.lifetime = lifetime
+        # key -> (expire, response); ordered by expire because lifetime is constant
+        # and entries are moved to the end whenever they are stored again
+        self._entries: OrderedDict[str, tuple[float, R]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def put(self, key: str, response: R, now: float) -> None:
+        """Store (or replace) the response for ``key``, valid until ``now + lifetime``.
+
+        Args:
+            key: see :func:`cache_key`.
+            response: the response to keep.
+            now: the current time.
+        """
+        entries = self._entries
+        entries[key] = (now + self.lifetime, response)
+        entries.move_to_end(key)
+        self.expire(now)
+
+    def get(self, key: str, now: float) -> R | None:
+        """The response stored for ``key`` unless it has expired.
+
+        Args:
+            key: see :func:`cache_key`.
+            now: the current time.
+
+        Returns:
+            The cached response or None.
+        """
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] < now:
+            self.expire(now)
+            return None
+        return hit[1]
+
+    def expire(self, now: float) -> float | None:
+        """Drop every entry that expired before ``now``.
+
+        Args:
+            now: the current time.
+
+        Returns:
+            When the next remaining entry expires, or None if the cache is empty.
+        """
+        entries = self._entries
+        while entries:
+            key, (when, _) = next(iter(entries.items()))
+            if when >= now:
+                return when
+            del entries[key]
+        return None
+
+    def next_expire(self) -> float | None:
+        """When the oldest entry expires (None if empty)."""
+        for when, _ in self._entries.values():
+            return when
+        return None
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()

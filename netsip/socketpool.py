@@ -1,0 +1,826 @@
+"""Port of Perl's ``Net::SIP::SocketPool``: the sockets behind one Leg.
+
+A pool owns a *master* socket (a bound UDP socket, a listening TCP socket, or
+a connected UDP/TCP socket) and, for TCP, the connections accepted on it or
+opened by :meth:`SocketPool.sendto`. Attached to an event loop it reads SIP
+packets from all of them and hands each to one callback as ``(packet, from_)``.
+
+How it works:
+
+* every socket has a :class:`Conn` record (a slots dataclass) holding its read
+  and write buffers, the callbacks waiting for queued data, its last activity
+  (``didit``) and the request tids it carried, so responses go back over the
+  connection their request came in on (RFC 3261 18.2.2);
+* UDP: one ``recvfrom_into`` per readiness into a preallocated 64 KiB buffer;
+  datagrams below 13 bytes are keep-alives, unparsable ones are logged and
+  dropped, ICMP errors reported on the socket are ignored;
+* TCP: each readiness reads ``TCP_READSIZE`` bytes into the connection's
+  buffer and :func:`netsip.framing.frame` cuts out every complete message; a
+  framing or parse error closes only that connection;
+* sending over TCP appends to the connection's write buffer and writes what
+  the socket takes; the rest waits for ``EV_WRITE``. A sendto callback gets
+  ``0`` once its bytes are written, an errno when the connection fails;
+* idle connections are closed by one periodic timer that exists only while
+  there are connections (Perl's ``_timeout_sockets``); connects (and, with
+  TLS, handshakes) have a ``CONNECT_TIMEOUT`` timer of their own.
+
+Errno values given to ``sendto`` callbacks when a connection fails with data
+still queued: the socket's own errno (``ECONNREFUSED``, ``EPIPE``,
+``ECONNRESET``, ``EHOSTUNREACH`` ...); ``ETIMEDOUT`` for a connect slower
+than ``CONNECT_TIMEOUT`` or a connection that expired with unwritten data;
+``ECONNRESET`` when the peer closed the connection; ``ECONNABORTED`` when the
+pool closed it because the peer sent something that is not SIP;
+``EAFNOSUPPORT`` for a destination of the wrong address family.
+:meth:`SocketPool.close` does not invoke pending callbacks.
+
+Settings (``MAX_SIP_HEADER`` ...) are module-wide (:func:`import_settings`,
+like Perl's ``use Net::SIP::SocketPool (KEY => value)``) and can be
+overridden per pool (``SocketPool(..., settings={...})`` or
+:meth:`SocketPool.import_settings`); module-wide changes reach existing pools
+for every key they do not override.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
+
+from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
+from netsip.framing import FramingError, NeedMore, frame
+from netsip.packet import Packet, PacketError
+from netsip.util import Addr, NetSIPError, Proto, invoke_callback
+
+__all__ = ["Conn", "SocketPool", "get_settings", "import_settings"]
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the tunables, as in Perl's Net::SIP::SocketPool.
+DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
+    "MAX_SIP_HEADER": 2**14,  # bytes of SIP header on a stream
+    "MAX_SIP_BODY": 2**16,  # announced Content-Length on a stream
+    "MAX_TIDLIST": 30,  # request tids remembered per connection
+    "MIN_EXPIRE": 15,  # idle connections live at least this long (s)
+    "MAX_EXPIRE": 120,  # ... and at most this long (s)
+    "CONNECT_TIMEOUT": 10,  # TCP connect (and TLS handshake) limit (s)
+    "TCP_READSIZE": 2**16,  # bytes per read on a stream
+}
+_INT_KEYS: Final = frozenset({"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE"})
+
+# A UDP datagram smaller than this cannot be SIP (shortest first line plus the
+# final CRLF CRLF): Perl treats it as a keep-alive and ignores it.
+_MIN_DATAGRAM: Final = 13
+_UDP_READSIZE: Final = 2**16
+
+_ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
+_ADDR_CACHE_MAX: Final = 1024  # remembered UDP source addresses (Addr objects)
+
+_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE
+
+
+@dataclass(slots=True)
+class _Settings:
+    """The effective tunables of one pool (attribute access on the hot path)."""
+
+    max_sip_header: int
+    max_sip_body: int
+    max_tidlist: int
+    min_expire: float
+    max_expire: float
+    connect_timeout: float
+    tcp_readsize: int
+
+
+_global: dict[str, float] = dict(DEFAULT_SETTINGS)
+_pools: weakref.WeakSet[SocketPool] = weakref.WeakSet()
+
+
+def _validated(kw: Mapping[str, object]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in kw.items():
+        if key not in DEFAULT_SETTINGS:
+            raise ValueError(f"no such SocketPool setting {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{key} must be a number, not {value!r}")
+        if key in _INT_KEYS and not isinstance(value, int):
+            raise TypeError(f"{key} must be an int, not {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and key != "MAX_SIP_BODY"):
+            raise ValueError(f"{key} must be positive, not {value!r}")
+        out[key] = value
+    return out
+
+
+def _make_settings(v: Mapping[str, float]) -> _Settings:
+    return _Settings(
+        max_sip_header=int(v["MAX_SIP_HEADER"]),
+        max_sip_body=int(v["MAX_SIP_BODY"]),
+        max_tidlist=int(v["MAX_TIDLIST"]),
+        min_expire=v["MIN_EXPIRE"],
+        max_expire=v["MAX_EXPIRE"],
+        connect_timeout=v["CONNECT_TIMEOUT"],
+        tcp_readsize=int(v["TCP_READSIZE"]),
+    )
+
+
+def import_settings(**kw: float) -> None:
+    """Change module-wide settings (Perl: ``use Net::SIP::SocketPool (KEY => v)``).
+
+    Existing pools use the new values for every key they do not override.
+
+    Args:
+        **kw: ``MAX_SIP_HEADER``, ``MAX_SIP_BODY``, ``MAX_TIDLIST``,
+            ``MIN_EXPIRE``, ``MAX_EXPIRE``, ``CONNECT_TIMEOUT``, ``TCP_READSIZE``.
+
+    Raises:
+        ValueError: an unknown key (named in the message) or a value <= 0.
+        TypeError: a value that is not a number (sizes: not an int).
+    """
+    _global.update(_validated(kw))
+    for pool in list(_pools):
+        pool._refresh_settings()
+
+
+def get_settings() -> dict[str, float]:
+    """The module-wide settings as a new dict (key -> value)."""
+    return dict(_global)
+
+
+@dataclass(slots=True, eq=False)
+class Conn:
+    """Per-socket state of a pool (Perl's ``$fo`` hash), one per socket.
+
+    Attributes:
+        sock: the socket.
+        fd: its file descriptor number (stable while open; the pool's key).
+        peer: the other end with ``proto`` set, or None for an unconnected
+            master (a bound UDP or a listening TCP socket).
+        master: True for the pool's master socket (never expires).
+        rbuf: received stream bytes not yet framed into a message.
+        wbuf: bytes queued for writing.
+        wcallbacks: ``(end, callback)`` for queued packets: ``callback`` gets 0
+            once ``written`` reaches ``end``, else an errno when the connection fails.
+        queued: bytes ever appended to ``wbuf``; written: bytes ever written.
+        didit: loop time of the last activity (a message received, data
+            written, the connection set up); drives idle expiry.
+        inside_connect: True while connecting (or, with TLS, handshaking).
+        tids: tids of requests received here, newest last (at most MAX_TIDLIST).
+        scan, need: framing state (see :class:`netsip.framing.NeedMore`).
+        watch_write: True while the loop watches the socket for EV_WRITE.
+        timer: the connect/handshake deadline while ``inside_connect``.
+        closed: set once the pool dropped the socket.
+        tls: per-connection TLS state (``ssl.SSLObject`` and its BIOs or an
+            ``SSLSocket``) for the TLS transport, None for plain TCP/UDP.
+    """
+
+    sock: socket.socket
+    fd: int
+    peer: Addr | None = None
+    master: bool = False
+    rbuf: bytearray = field(default_factory=bytearray)
+    wbuf: bytearray = field(default_factory=bytearray)
+    wcallbacks: deque[tuple[int, Callback]] = field(default_factory=deque)
+    queued: int = 0
+    written: int = 0
+    didit: float = 0.0
+    inside_connect: bool = False
+    tids: deque[str] = field(default_factory=deque)
+    scan: int = 0
+    need: int = 0
+    watch_write: bool = False
+    timer: TimerLike | None = None
+    closed: bool = False
+    tls: object | None = None
+
+    # The transport strategy: plain sockets here; the TLS transport overrides
+    # these three (SSLWantRead/WriteError map to BlockingIOError plus the
+    # direction to watch, pending() reports decrypted bytes still buffered).
+
+    def recv_into(self, view: memoryview, nbytes: int) -> int:
+        """Read up to ``nbytes`` into ``view``; 0 at EOF. Raises BlockingIOError, OSError."""
+        return self.sock.recv_into(view, nbytes)
+
+    def send(self, data: bytearray) -> int:
+        """Write from ``data``; returns the bytes taken. Raises BlockingIOError, OSError."""
+        return self.sock.send(data, _SEND_FLAGS)
+
+    def pending(self) -> int:
+        """Bytes already read from the socket but not yet returned (TLS records)."""
+        return 0
+
+
+class SocketPool:
+    """The sockets of a Leg: a master socket plus, for TCP, its connections.
+
+    Args:
+        proto: ``"udp"``, ``"tcp"`` or ``"tls"`` (TLS: not implemented yet).
+        fd: the master socket: a bound UDP socket, a listening TCP socket, or
+            a connected UDP/TCP socket with ``connected=True``. The pool owns
+            it from now on (made non-blocking, closed by :meth:`close`).
+        dst: with ``connected`` false an optional restriction: every packet
+            is sent to ``dst`` whatever ``sendto`` is given, and packets (and
+            TCP connections) from anywhere else are dropped. With
+            ``connected`` true the peer of the master socket (default: its
+            ``getpeername()``). Anything :meth:`Addr.parse` takes.
+        connected: the master socket is connected to ``dst``.
+        tls: TLS options (see DESIGN.md); only with ``proto="tls"``.
+        settings: per-pool overrides of the module settings, e.g.
+            ``{"TCP_READSIZE": 4096}``.
+
+    Raises:
+        ValueError: unknown proto, a socket of the wrong type, bad settings.
+        TypeError: ``fd`` is not a socket.
+        NotImplementedError: ``proto="tls"`` (the TLS transport comes next).
+    """
+
+    def __init__(
+        self,
+        proto: Proto,
+        fd: socket.socket,
+        dst: object = None,
+        connected: bool = False,
+        tls: Mapping[str, object] | None = None,
+        *,
+        settings: Mapping[str, float] | None = None,
+    ) -> None:
+        if proto not in ("udp", "tcp", "tls"):
+            raise ValueError(f"unknown protocol {proto!r} (udp, tcp or tls)")
+        if not isinstance(fd, socket.socket):
+            raise TypeError(f"master must be a socket.socket, not {type(fd).__name__}")
+        if proto == "tls":
+            raise NotImplementedError("TLS transport is not implemented yet")
+        if tls is not None:
+            raise ValueError("tls options given for a non-TLS pool")
+        want = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+        if fd.type != want:
+            raise ValueError(f"a {proto} pool needs a {want.name} socket, got {fd.type.name}")
+        self._overrides = _validated(settings or {})
+        self._cfg = _make_settings({**_global, **self._overrides})
+
+        self.proto: Proto = proto
+        self._stream = proto != "udp"
+        self._family = fd.family
+        # New connections are bound to the master's IP (Perl: LocalAddr).
+        self._local_ip: str = fd.getsockname()[0]
+
+        peer: Addr | None = None
+        self._dst: Addr | None = None
+        if connected:
+            peer = Addr.parse(dst if dst is not None else fd.getpeername())
+            peer = Addr(peer.addr, peer.port, peer.family, peer.host, proto)
+        elif dst is not None:
+            self._dst = Addr.parse(dst)
+
+        fd.setblocking(False)
+        self._master = Conn(fd, fd.fileno(), peer=peer, master=True)
+        self._conns: dict[int, Conn] = {}  # fd -> connection (not the master)
+        self._tids: dict[str, Conn] = {}  # request tid -> connection it came in on
+        self._by_peer: dict[tuple[str, int], list[Conn]] = {}
+        self._loop: EventLoopLike | None = None
+        self._cb: Callback = None
+        self._expire_timer: TimerLike | None = None
+        self._closed = False
+
+        self._rbuf = bytearray(max(_UDP_READSIZE, self._cfg.tcp_readsize))
+        self._rview = memoryview(self._rbuf)
+        self._addr_cache: dict[tuple[str, int], Addr] = {}
+        _pools.add(self)
+
+    # ---------------------------------------------------------------- settings
+
+    def import_settings(self, **kw: float) -> None:
+        """Override settings for this pool only (same keys as the module function).
+
+        Raises:
+            ValueError, TypeError: as :func:`import_settings`.
+        """
+        self._overrides.update(_validated(kw))
+        self._refresh_settings()
+
+    def get_settings(self) -> dict[str, float]:
+        """The settings in effect for this pool (module values plus overrides)."""
+        return {**_global, **self._overrides}
+
+    def _refresh_settings(self) -> None:
+        self._cfg = _make_settings({**_global, **self._overrides})
+        if self._cfg.tcp_readsize > len(self._rbuf):
+            self._rbuf = bytearray(self._cfg.tcp_readsize)
+            self._rview = memoryview(self._rbuf)
+
+    # ------------------------------------------------------------ public API
+
+    def master(self) -> socket.socket:
+        """The master socket."""
+        return self._master.sock
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def connection_count(self) -> int:
+        """Number of connections besides the master (for tests and leak checks)."""
+        return len(self._conns)
+
+    def queued_bytes(self) -> int:
+        """Bytes queued by sendto and not yet written, over all connections."""
+        return sum(len(c.wbuf) for c in self._all())
+
+    def peers(self) -> list[Addr]:
+        """The peers of the current connections (not the master), oldest first."""
+        return [c.peer for c in self._conns.values() if c.peer is not None]
+
+    def attach_eventloop(self, loop: EventLoopLike | None, callback: Callback = None) -> None:
+        """Attach to ``loop`` and deliver every received packet to ``callback``.
+
+        Args:
+            loop: an :class:`~netsip.eventloop.EventLoop` or compatible; None
+                just detaches from the current loop (nothing is read or
+                written until attached again).
+            callback: invoked as ``invoke_callback(callback, packet, from_)``
+                with ``from_`` an :class:`Addr` whose ``proto`` is set.
+        """
+        if self._closed:
+            if loop is not None:
+                raise NetSIPError("SocketPool is closed")
+            return
+        old = self._loop
+        if old is not None:
+            for conn in self._all():
+                old.del_fd(conn.fd)
+                conn.watch_write = False
+                if conn.timer is not None:
+                    conn.timer.cancel()
+                    conn.timer = None
+            if self._expire_timer is not None:
+                self._expire_timer.cancel()
+                self._expire_timer = None
+        self._loop = loop
+        self._cb = callback
+        if loop is None:
+            return
+        now = loop.looptime
+        for conn in self._all():
+            if not conn.master:
+                conn.didit = now  # another loop may have another clock
+            if conn.inside_connect:
+                # the connect gets the full timeout again after a re-attach
+                self._arm_connect_timer(conn)
+                self._watch_write(conn, True)
+            else:
+                self._watch_read(conn)
+                if conn.wbuf:
+                    self._watch_write(conn, True)
+        self._arm_expire_timer()
+
+    def sendto(self, packet: Packet, dst: object, callback: Callback = None) -> None:
+        """Send ``packet`` to ``dst``.
+
+        UDP goes out over the master socket at once. TCP uses, in this order,
+        the connection the request of a response came in on, an existing
+        connection to ``dst``, or a new connection from the master's address;
+        the data is queued and written as the socket allows.
+
+        Args:
+            packet: the packet; its ``as_bytes()`` is sent.
+            dst: the destination (anything :meth:`Addr.parse` takes); replaced
+                by the pool's ``dst`` restriction if there is one.
+            callback: UDP: invoked with an errno only if sending failed. TCP:
+                invoked with 0 once the packet is fully written, or with an
+                errno once that is impossible (exactly once either way).
+
+        Raises:
+            ValueError, TypeError: ``dst`` cannot be parsed.
+        """
+        if self._closed:
+            log.info("sendto on a closed SocketPool: dropped")
+            invoke_callback(callback, errno.EBADF)
+            return
+        target = self._dst if self._dst is not None else Addr.parse(dst)
+        master = self._master
+        if target.family != self._family and master.peer is None:
+            log.info("cannot send to %s from a %s socket", target, self._family.name)
+            invoke_callback(callback, errno.EAFNOSUPPORT)
+            return
+        data = packet.as_bytes()
+
+        if not self._stream:
+            try:
+                if master.peer is not None:
+                    master.sock.send(data)
+                else:
+                    master.sock.sendto(data, target.sockaddr())
+            except OSError as exc:
+                log.info("send to %s failed: %s", target, exc)
+                invoke_callback(callback, exc.errno or errno.EIO)
+            return
+
+        conn: Conn | None = None
+        if master.peer is not None and not master.closed:
+            conn = master  # a connected stream master carries everything
+        else:
+            if packet.is_response():
+                conn = self._tids.get(packet.tid())
+            if conn is None:
+                same = self._by_peer.get((target.addr, target.port))
+                if same:
+                    conn = same[0]
+            if conn is None:
+                conn = self._connect(target, callback)
+                if conn is None:
+                    return
+        self._queue(conn, data, callback)
+
+    def close(self) -> None:
+        """Detach from the loop and close every socket, the master included.
+
+        Pending sendto callbacks are not invoked. Idempotent.
+        """
+        if self._closed:
+            return
+        self.attach_eventloop(None)
+        self._closed = True
+        for conn in self._all():
+            conn.closed = True
+            conn.wcallbacks.clear()
+            conn.sock.close()
+        self._conns.clear()
+        self._tids.clear()
+        self._by_peer.clear()
+        self._master.closed = True
+        self._rview.release()
+        _pools.discard(self)
+
+    def __enter__(self) -> SocketPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<SocketPool {self.proto} fd={self._master.fd} conns={len(self._conns)}{state}>"
+
+    # ------------------------------------------------------------- internals
+
+    def _all(self) -> list[Conn]:
+        conns = list(self._conns.values())
+        if not self._master.closed:
+            conns.insert(0, self._master)
+        return conns
+
+    def _watch_read(self, conn: Conn) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if not self._stream:
+            handler = partial(self._read_udp, conn)
+        elif conn.master and conn.peer is None:
+            handler = partial(self._accept, conn)
+        else:
+            handler = partial(self._read_stream, conn)
+        loop.add_fd(conn.fd, EV_READ, handler, "socketpool")
+
+    def _watch_write(self, conn: Conn, on: bool) -> None:
+        loop = self._loop
+        if loop is None or on == conn.watch_write:
+            return
+        conn.watch_write = on
+        if not on:
+            loop.del_fd(conn.fd, EV_WRITE)
+        elif conn.inside_connect:
+            loop.add_fd(conn.fd, EV_WRITE, partial(self._connected, conn), "socketpool-connect")
+        else:
+            loop.add_fd(conn.fd, EV_WRITE, partial(self._writable, conn), "socketpool-write")
+
+    def _add_conn(self, conn: Conn) -> None:
+        self._conns[conn.fd] = conn
+        assert conn.peer is not None
+        self._by_peer.setdefault((conn.peer.addr, conn.peer.port), []).append(conn)
+        if self._loop is not None:
+            conn.didit = self._loop.looptime
+        self._arm_expire_timer()
+
+    def _drop(
+        self, conn: Conn, err: int, why: str, *args: object, level: int = logging.INFO
+    ) -> None:
+        """Remove ``conn`` from the pool, close it, fail its pending callbacks.
+
+        Args:
+            conn: the connection (or a connected stream master).
+            err: the errno for the sendto callbacks still waiting.
+            why, args: the reason, a %-format for the log line.
+            level: the log level (routine closes log at DEBUG).
+        """
+        if conn.closed:
+            return
+        conn.closed = True
+        log.log(level, "close connection to %s: " + why, conn.peer, *args)
+        loop = self._loop
+        if loop is not None:
+            loop.del_fd(conn.fd)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if self._conns.get(conn.fd) is conn:
+            del self._conns[conn.fd]
+        if conn.peer is not None:
+            key = (conn.peer.addr, conn.peer.port)
+            same = self._by_peer.get(key)
+            if same is not None and conn in same:
+                same.remove(conn)
+                if not same:
+                    del self._by_peer[key]
+        tids = self._tids
+        for tid in conn.tids:
+            if tids.get(tid) is conn:
+                del tids[tid]
+        conn.sock.close()
+        if not self._conns and self._expire_timer is not None:
+            self._expire_timer.cancel()
+            self._expire_timer = None
+        # Each pending callback exactly once, even if one of them re-enters.
+        cbs = conn.wcallbacks
+        while cbs:
+            invoke_callback(cbs.popleft()[1], err)
+
+    # ---- receiving
+
+    def _peer_addr(self, sa: Any) -> Addr:
+        """The Addr (proto udp) for a sockaddr from recvfrom, cached."""
+        key: tuple[str, int] = (sa[0], sa[1])
+        addr = self._addr_cache.get(key)
+        if addr is None:
+            if len(self._addr_cache) >= _ADDR_CACHE_MAX:
+                self._addr_cache.clear()
+            addr = Addr(key[0], key[1], self._family, None, "udp")
+            self._addr_cache[key] = addr
+        return addr
+
+    def _read_udp(self, conn: Conn, _fd: object = None) -> None:
+        try:
+            n, sa = conn.sock.recvfrom_into(self._rview, _UDP_READSIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # e.g. ECONNREFUSED: an ICMP error for an earlier datagram. It
+            # concerns that datagram, not this socket: keep going.
+            log.debug("udp recv on %s: %s", self._local_ip, exc)
+            return
+        if n < _MIN_DATAGRAM:
+            return  # keep-alive (RFC 5626 4.4.2 STUN is longer; CRLF pings are not)
+        dst = self._dst
+        if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
+            log.info("drop packet from %s:%s, only accepting %s", sa[0], sa[1], dst)
+            return
+        data = self._rview[:n].tobytes()
+        try:
+            pkt = Packet.new_from_string(data)
+        except PacketError as exc:
+            log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
+            return
+        invoke_callback(self._cb, pkt, self._peer_addr(sa))
+
+    def _accept(self, master: Conn, _fd: object = None) -> None:
+        proto = self.proto
+        for _ in range(_ACCEPTS_PER_READY):
+            try:
+                sock, sa = master.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # ECONNABORTED, EMFILE, ...: the listener itself is fine.
+                log.warning("accept on %s failed: %s", self._local_ip, exc)
+                return
+            dst = self._dst
+            if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
+                log.info("refuse connection from %s:%s, only accepting %s", sa[0], sa[1], dst)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(sock, sock.fileno(), peer=Addr(sa[0], sa[1], sock.family, None, proto))
+            self._add_conn(conn)
+            self._watch_read(conn)
+
+    def _read_stream(self, conn: Conn, _fd: object = None) -> None:
+        view = self._rview
+        size = self._cfg.tcp_readsize
+        rbuf = conn.rbuf
+        while True:
+            try:
+                n = conn.recv_into(view, size)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._drop(conn, exc.errno or errno.EIO, "read failed: %s", exc)
+                return
+            if not n:
+                self._drop(conn, errno.ECONNRESET, "closed by peer", level=logging.DEBUG)
+                return
+            rbuf += view[:n]
+            if len(rbuf) >= conn.need:
+                self._extract(conn)
+                if conn.closed:
+                    return
+            if not conn.pending():
+                return
+
+    def _extract(self, conn: Conn) -> None:
+        """Deliver every complete message in ``conn.rbuf``."""
+        buf = conn.rbuf
+        cfg = self._cfg
+        pos = 0
+        scan = conn.scan
+        rest: NeedMore | None = None
+        try:
+            while True:
+                try:
+                    r = frame(buf, cfg.max_sip_header, cfg.max_sip_body, pos, scan)
+                except FramingError as exc:
+                    self._drop(conn, errno.ECONNABORTED, "%s", exc)
+                    return
+                if isinstance(r, NeedMore):
+                    rest = r
+                    return
+                pos = scan = r.end
+                with memoryview(buf) as mv:
+                    data = mv[r.start : r.end].tobytes()
+                try:
+                    pkt = Packet.new_from_string(data)
+                    if pkt.is_request():
+                        self._remember_tid(conn, pkt.tid())
+                except PacketError as exc:
+                    self._drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
+                    return
+                if self._loop is not None:
+                    conn.didit = self._loop.looptime
+                invoke_callback(self._cb, pkt, conn.peer)
+                if conn.closed:
+                    return
+        finally:
+            # also when the callback raised: never deliver a message twice
+            if not conn.closed:
+                if rest is not None:
+                    del buf[: rest.start]
+                    conn.scan = rest.scan - rest.start
+                    conn.need = rest.need - rest.start if rest.need else 0
+                else:
+                    del buf[:pos]
+                    conn.scan = conn.need = 0
+
+    def _remember_tid(self, conn: Conn, tid: str) -> None:
+        # Trimmed by hand rather than deque(maxlen=...): a forgotten tid must
+        # leave the pool's map too (Perl does the same), and a changed
+        # MAX_TIDLIST applies to existing connections.
+        tids = conn.tids
+        limit = self._cfg.max_tidlist
+        pool_tids = self._tids
+        while len(tids) >= limit:
+            old = tids.popleft()
+            if pool_tids.get(old) is conn:
+                del pool_tids[old]
+        tids.append(tid)
+        pool_tids[tid] = conn
+
+    # ---- sending
+
+    def _connect(self, dst: Addr, callback: Callback) -> Conn | None:
+        """Start a non-blocking connect to ``dst``; None (callback told) on failure."""
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((self._local_ip, 0))
+            err = sock.connect_ex(dst.sockaddr())
+        except OSError as exc:
+            sock.close()
+            log.info("connect to %s failed: %s", dst, exc)
+            invoke_callback(callback, exc.errno or errno.EIO)
+            return None
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            sock.close()
+            log.info("connect to %s failed: %s", dst, errno.errorcode.get(err, err))
+            invoke_callback(callback, err)
+            return None
+        peer = Addr(dst.addr, dst.port, dst.family, dst.host, self.proto)
+        conn = Conn(sock, sock.fileno(), peer=peer, inside_connect=True)
+        self._add_conn(conn)
+        if err == 0:
+            self._established(conn)
+        else:
+            self._arm_connect_timer(conn)
+            self._watch_write(conn, True)
+        return conn
+
+    def _arm_connect_timer(self, conn: Conn) -> None:
+        if self._loop is not None:
+            conn.timer = self._loop.add_timer(
+                self._cfg.connect_timeout,
+                partial(self._connect_timeout, conn),
+                name="socketpool-connect-timeout",
+            )
+
+    def _connect_timeout(self, conn: Conn, _timer: object = None) -> None:
+        conn.timer = None
+        if conn.inside_connect:
+            self._drop(conn, errno.ETIMEDOUT, "connect timed out")
+
+    def _connected(self, conn: Conn, _fd: object = None) -> None:
+        """EV_WRITE on a connecting socket: the connect finished, one way or the other."""
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._drop(conn, err, "connect failed: %s", errno.errorcode.get(err, err))
+            return
+        self._watch_write(conn, False)
+        self._established(conn)
+
+    def _established(self, conn: Conn) -> None:
+        """The transport is up: start reading and write what is queued.
+
+        The TLS transport starts its handshake here instead and calls back
+        when it is done; the connect timer keeps running until then.
+        """
+        conn.inside_connect = False
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if self._loop is not None:
+            conn.didit = self._loop.looptime
+        self._watch_read(conn)
+        if conn.wbuf:
+            self._flush(conn)
+
+    def _queue(self, conn: Conn, data: bytes, callback: Callback) -> None:
+        conn.wbuf += data
+        conn.queued += len(data)
+        if callback is not None:
+            conn.wcallbacks.append((conn.queued, callback))
+        if not conn.inside_connect and not conn.watch_write:
+            self._flush(conn)
+
+    def _writable(self, conn: Conn, _fd: object = None) -> None:
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        """Write as much of ``conn.wbuf`` as the socket takes now."""
+        wbuf = conn.wbuf
+        before = conn.written
+        try:
+            while wbuf:
+                n = conn.send(wbuf)
+                del wbuf[:n]  # O(1): bytearray just moves its start
+                conn.written += n
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._drop(conn, exc.errno or errno.EIO, "write failed: %s", exc)
+            return
+        loop = self._loop
+        if loop is not None:
+            if conn.written != before:
+                # only progress counts: a peer that stops reading expires
+                conn.didit = loop.looptime
+            self._watch_write(conn, bool(wbuf))
+        cbs = conn.wcallbacks
+        while cbs and cbs[0][0] <= conn.written and not conn.closed:
+            invoke_callback(cbs.popleft()[1], 0)
+
+    # ---- expiry
+
+    def _arm_expire_timer(self) -> None:
+        loop = self._loop
+        if loop is None or self._expire_timer is not None or not self._conns:
+            return
+        # Perl checks every int(MIN_EXPIRE/2)+1 seconds.
+        interval = int(self._cfg.min_expire / 2) + 1
+        self._expire_timer = loop.add_timer(
+            interval, self._expire, interval, "socketpool-timeout"
+        )
+
+    def _expire(self, _timer: object = None) -> None:
+        """Close connections idle for longer than the (load dependent) expiry time."""
+        conns = self._conns
+        loop = self._loop
+        if conns and loop is not None:
+            cfg = self._cfg
+            # The more connections, the sooner they expire (n counts the master
+            # in Perl's MIN + (MAX-MIN)/(n-1), so this divides by the connections).
+            expire = cfg.min_expire + (cfg.max_expire - cfg.min_expire) / len(conns)
+            now = loop.looptime
+            idle = [c for c in conns.values() if not c.inside_connect and now - c.didit > expire]
+            for conn in idle:
+                self._drop(
+                    conn, errno.ETIMEDOUT, "idle for %.1fs", expire, level=logging.DEBUG
+                )
+        if not conns and self._expire_timer is not None:
+            self._expire_timer.cancel()
+            self._expire_timer = None
+

@@ -1,0 +1,964 @@
+"""Tests for netsip.dispatcher: delivery over loopback, retransmission, cache, resolution."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from netsip.dispatcher import Dispatcher, QueueEntry, Target
+from netsip.eventloop import EV_READ, EventLoop
+from netsip.leg import Leg
+from netsip.packet import Packet, Request, Response
+from netsip.util import Addr, Proto, Var
+from tests.support import open_fds, require_perl_netsip
+
+PEER = Path(__file__).resolve().parent / "perl" / "netsip_peer.pl"
+
+
+def _have_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+HOSTS = [
+    pytest.param("127.0.0.1", id="ipv4"),
+    pytest.param(
+        "::1", id="ipv6", marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+    ),
+]
+
+
+class FakeClock:
+    """A clock the tests move by hand (EventLoop(clock=...))."""
+
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _advance(loop: EventLoop, clock: FakeClock, seconds: float, step: float = 0.0625) -> None:
+    """Move the fake clock forward in small exact steps, polling the loop at each."""
+    end = clock.t + seconds
+    for _ in range(3):  # what is already in flight, at the current time
+        loop.loop(0)
+    while clock.t < end:
+        clock.t = min(clock.t + step, end)
+        for _ in range(3):  # deliver, answer, read the answer: loopback is immediate
+            loop.loop(0)
+
+
+def _uri(leg: Leg, user: str = "bob") -> str:
+    uri = f"{'sips' if leg.proto == 'tls' else 'sip'}:{user}@{leg.laddr(1)}"
+    return uri if leg.proto != "tcp" else uri + ";transport=tcp"
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+def _request(method: str, uri: str, callid: str | None = None) -> Request:
+    n = next(_seq)
+    return Request(
+        method,
+        uri,
+        {
+            "from": f"<sip:alice@example.com>;tag=t{n}",
+            "to": f"<{uri}>",
+            "call-id": callid or f"call-{n}@example.com",
+            "cseq": f"1 {method}",
+            "max-forwards": "70",
+        },
+    )
+
+
+@dataclass
+class Peer:
+    """A dispatcher with one leg and a receiver that records what arrives."""
+
+    disp: Dispatcher
+    got: list[tuple[Packet, Addr, float]] = field(default_factory=list)
+    #: how many copies of each request to ignore before answering
+    ignore: int = 0
+    answer: int | None = 200
+
+    @property
+    def leg(self) -> Leg:
+        return self.disp.legs[0]
+
+    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> None:
+        self.got.append((packet, from_, self.disp.eventloop.looptime))
+        if (
+            isinstance(packet, Request)
+            and packet.method() != "ACK"
+            and self.answer is not None
+            and sum(1 for p, _, _ in self.got if p.tid() == packet.tid()) > self.ignore
+        ):
+            self.disp.deliver(packet.create_response(self.answer), leg=leg, dst_addr=from_)
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    lp = EventLoop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def floop(clock: FakeClock) -> Iterator[EventLoop]:
+    lp = EventLoop(clock=clock)
+    yield lp
+    lp.close()
+
+
+def _peer(loop: EventLoop, host: str = "127.0.0.1", proto: Proto = "udp", **kw: object) -> Peer:
+    disp = Dispatcher([Leg(addr=host, port=0, proto=proto)], loop)
+    peer = Peer(disp, **kw)  # type: ignore[arg-type]  # test helper kwargs
+    disp.set_receiver(peer)
+    return peer
+
+
+@pytest.fixture
+def sink() -> Iterator[socket.socket]:
+    """A UDP socket that never answers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    yield s
+    s.close()
+
+
+def _drain(s: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(s.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+# ------------------------------------------------------- basic exchange
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_request_and_response_between_dispatchers(
+    loop: EventLoop, proto: Proto, host: str
+) -> None:
+    a = _peer(loop, host, proto, answer=None)
+    b = _peer(loop, host, proto)
+    try:
+        results: list[int] = []
+        req = _request("OPTIONS", _uri(b.leg))
+        a.disp.deliver(req, callback=results.append)
+        loop.loop(10, lambda: bool(a.got))
+        resp, from_, _ = a.got[0]
+        assert isinstance(resp, Response) and resp.code() == 200
+        assert resp.tid() == req.tid()
+        assert from_.proto == proto and from_.port == b.leg.src.port
+        # B saw the request with A's Via and branch, from A's leg
+        breq, bfrom, _ = b.got[0]
+        assert isinstance(breq, Request)
+        via = breq.get_headers("via")
+        assert len(via) == 1 and via[0].startswith(f"SIP/2.0/{proto.upper()} ")
+        assert "branch=z9hG4bK" in via[0]
+        assert bfrom.addr == a.leg.src.addr
+        # the response cancelled the retransmissions; TCP confirmed the write
+        assert a.disp.queue_size() == 0
+        assert results == ([0] if proto == "tcp" else [])
+        # B's 200 to OPTIONS got Allow and Supported from the leg
+        assert resp.get_headers("allow") and resp.get_headers("supported") == [""]
+    finally:
+        a.disp.close()
+        b.disp.close()
+
+
+@dataclass
+class TlsFiles:
+    """A test CA and a certificate for 127.0.0.1/::1/localhost, as files (trustme)."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    trustme = pytest.importorskip("trustme")
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    files = TlsFiles(str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem"))
+    ca.cert_pem.write_to_path(files.ca)
+    cert.cert_chain_pems[0].write_to_path(files.cert)
+    cert.private_key_pem.write_to_path(files.key)
+    return files
+
+
+def _tls_leg(host: str, files: TlsFiles) -> Leg:
+    """A TLS leg, or skip if SocketPool has no TLS transport yet."""
+    try:
+        return Leg(
+            addr=host,
+            port=0,
+            proto="tls",
+            tls={"certfile": files.cert, "keyfile": files.key, "cafile": files.ca},
+        )
+    except NotImplementedError:
+        pytest.skip("SocketPool has no TLS transport yet")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_tls_request_and_response(loop: EventLoop, tls_files: TlsFiles, host: str) -> None:
+    a = Peer(Dispatcher([_tls_leg(host, tls_files)], loop), answer=None)
+    b = Peer(Dispatcher([_tls_leg(host, tls_files)], loop))
+    a.disp.set_receiver(a)
+    b.disp.set_receiver(b)
+    try:
+        assert a.leg.contact.startswith("sips:")
+        res: list[int] = []
+        a.disp.deliver(_request("OPTIONS", _uri(b.leg)), callback=res.append)
+        loop.loop(10, lambda: bool(a.got))
+        resp, from_, _ = a.got[0]
+        assert isinstance(resp, Response) and resp.code() == 200
+        assert from_.proto == "tls"
+        assert b.got[0][0].get_headers("via")[0].startswith("SIP/2.0/TLS ")
+        assert res == [0]
+        assert a.disp.queue_size() == 0
+    finally:
+        a.disp.close()
+        b.disp.close()
+
+
+def test_receiver_object_and_callback_forms(loop: EventLoop) -> None:
+    b = _peer(loop)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.setblocking(False)
+        dst = ("127.0.0.1", b.leg.src.port)
+        got: list[Packet] = []
+        b.disp.set_receiver((lambda tag, p, leg, f: got.append(p), "bound-arg"))
+        cli.sendto(_request("OPTIONS", "sip:x@127.0.0.1").as_bytes(), dst)
+        loop.loop(5, lambda: bool(got))
+        assert len(got) == 1
+        b.disp.set_receiver(None)  # packets are dropped now
+        cli.sendto(_request("OPTIONS", "sip:x@127.0.0.1").as_bytes(), dst)
+        loop.loop(0.2)
+        assert len(got) == 1
+    b.disp.close()
+
+
+def test_response_goes_back_by_via_with_received_and_rport(loop: EventLoop) -> None:
+    b = _peer(loop, answer=None)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.settimeout(5)
+        req = _request("OPTIONS", _uri(b.leg))
+        # a client behind NAT: its Via names another address and asks for rport
+        req.insert_header("via", "SIP/2.0/UDP 192.0.2.7:5090;rport;branch=z9hG4bKnat1")
+        cli.sendto(req.as_bytes(), ("127.0.0.1", b.leg.src.port))
+        loop.loop(5, lambda: bool(b.got))
+        got, _, _ = b.got[0]
+        port = cli.getsockname()[1]
+        assert got.get_headers("via") == [
+            f"SIP/2.0/UDP 192.0.2.7:5090;branch=z9hG4bKnat1;received=127.0.0.1;rport={port}"
+        ]
+        assert isinstance(got, Request)
+        # no leg, no destination: the response goes where the top Via says
+        b.disp.deliver(got.create_response(200))
+        loop.loop(0.5, lambda: b.disp.queue_size() == 0)
+        resp = Packet.new_from_string(cli.recv(65536))
+        assert isinstance(resp, Response) and resp.code() == 200
+    b.disp.close()
+
+
+# --------------------------------------------------- retransmission timing
+
+
+@pytest.mark.parametrize(
+    ("method", "ignore", "expected"),
+    [
+        # non-INVITE: T1 doubling, capped at T2 = 4 s (RFC 3261 17.1.2.2, Timer E)
+        ("OPTIONS", 6, [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5]),
+        # INVITE: T1 doubling without cap (17.1.1.2, Timer A); a 1xx stops it
+        ("INVITE", 5, [0, 0.5, 1.5, 3.5, 7.5, 15.5]),
+        ("OPTIONS", 0, [0]),
+    ],
+)
+def test_udp_retransmission_schedule(
+    clock: FakeClock, floop: EventLoop, method: str, ignore: int, expected: list[float]
+) -> None:
+    a = _peer(floop, answer=None)
+    code = 180 if method == "INVITE" else 200  # a 2xx to INVITE would be retransmitted itself
+    b = _peer(floop, ignore=ignore, answer=code)
+    start = floop.looptime
+    results: list[int] = []
+    a.disp.deliver(_request(method, _uri(b.leg)), callback=results.append)
+    _advance(floop, clock, 40)
+    times = [t - start for p, _, t in b.got if isinstance(p, Request)]
+    assert times == expected
+    # the answer to the (ignore+1)-th copy stopped the retransmissions
+    assert [p.code() for p, _, _ in a.got if isinstance(p, Response)] == [code]
+    assert a.disp.queue_size() == 0
+    assert results == []  # no ETIMEDOUT
+    a.disp.close()
+    b.disp.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("OPTIONS", [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]),
+        ("INVITE", [0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]),
+    ],
+)
+def test_timeout_after_64_t1(
+    clock: FakeClock, floop: EventLoop, sink: socket.socket, method: str, expected: list[float]
+) -> None:
+    a = _peer(floop, answer=None)
+    start = floop.looptime
+    copies: list[float] = []
+    floop.add_fd(sink, EV_READ, lambda s: copies.extend(floop.looptime for _ in _drain(s)))
+    done: list[tuple[int, float]] = []
+    port = sink.getsockname()[1]
+    a.disp.deliver(
+        _request(method, f"sip:nobody@127.0.0.1:{port}"),
+        callback=lambda err: done.append((err, floop.looptime)),
+    )
+    _advance(floop, clock, 40)
+    floop.del_fd(sink)
+    assert [t - start for t in copies] == expected
+    assert done == [(errno.ETIMEDOUT, start + 32.0)]  # 64*T1
+    assert a.disp.queue_size() == 0
+    a.disp.close()
+
+
+def test_invite_final_response_retransmitted_until_ack(
+    clock: FakeClock, floop: EventLoop
+) -> None:
+    a = _peer(floop, answer=None)
+    b = _peer(floop)
+    start = floop.looptime
+    invite = _request("INVITE", _uri(b.leg))
+    a.disp.deliver(invite)
+    _advance(floop, clock, 1.6)
+    # B's 200 is retransmitted (T1 doubling, RFC 3261 13.3.1.4) until the ACK
+    oks = [p for p, _, _ in a.got if isinstance(p, Response)]
+    assert [t - start for _, _, t in a.got] == [0, 0.5, 1.5]
+    assert len(b.got) == 1  # the first 200 stopped A's INVITE retransmissions
+    assert b.disp.queue_size() == 1
+    a.disp.deliver(invite.create_ack(oks[0]))
+    _advance(floop, clock, 40)
+    assert len(a.got) == 3
+    assert [p.method() for p, _, _ in b.got] == ["INVITE", "ACK"]
+    assert b.disp.queue_size() == 0
+    assert a.disp.queue_size() == 0
+    a.disp.close()
+    b.disp.close()
+
+
+def test_response_cache_answers_retransmitted_request(
+    clock: FakeClock, floop: EventLoop
+) -> None:
+    b = _peer(floop)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.setblocking(False)
+        raw = _request("OPTIONS", _uri(b.leg)).as_bytes()
+        dst = ("127.0.0.1", b.leg.src.port)
+        cli.sendto(raw, dst)
+        _advance(floop, clock, 1)
+        cli.sendto(raw, dst)  # a retransmission
+        _advance(floop, clock, 1)
+        answers = _drain(cli)
+        assert len(answers) == 2 and answers[0] == answers[1]
+        assert len(b.got) == 1  # the receiver saw the request once
+        # 32 s later the cache entry is gone: the receiver sees it again
+        _advance(floop, clock, 32)
+        cli.sendto(raw, dst)
+        _advance(floop, clock, 1)
+        assert len(b.got) == 2
+        assert len(_drain(cli)) == 1
+    b.disp.close()
+
+
+# ------------------------------------------------------------ cancelling
+
+
+@pytest.mark.parametrize("how", ["id", "tid", "callid", "qentry", "entry"])
+def test_cancel_stops_retransmissions(
+    clock: FakeClock, floop: EventLoop, sink: socket.socket, how: str
+) -> None:
+    a = _peer(floop, answer=None)
+    port = sink.getsockname()[1]
+    req = _request("OPTIONS", f"sip:nobody@127.0.0.1:{port}")
+    results: list[int] = []
+    a.disp.deliver(req, callback=results.append, id="my-id" if how == "id" else None)
+    (entry,) = a.disp.queue_entries()
+    assert isinstance(entry, QueueEntry) and entry.packet is req
+    _advance(floop, clock, 1)
+    assert len(_drain(sink)) == 2  # the first transmission and one retransmission
+    ok = {
+        "id": lambda: a.disp.cancel_delivery("my-id"),
+        "tid": lambda: a.disp.cancel_delivery("id", req.tid()),
+        "callid": lambda: a.disp.cancel_delivery("callid", req.callid()),
+        "qentry": lambda: a.disp.cancel_delivery("qentry", entry),
+        "entry": lambda: a.disp.cancel_delivery(entry),
+    }[how]()
+    assert ok
+    assert a.disp.queue_size() == 0
+    _advance(floop, clock, 40)
+    assert _drain(sink) == []
+    assert results == []  # a cancelled delivery reports nothing
+    assert not a.disp.cancel_delivery("id", req.tid())  # nothing left
+    with pytest.raises(ValueError):
+        a.disp.cancel_delivery("bogus", "x")
+    a.disp.close()
+
+
+def test_queue_expire_by_hand(clock: FakeClock, floop: EventLoop, sink: socket.socket) -> None:
+    a = _peer(floop, answer=None)
+    port = sink.getsockname()[1]
+    start = floop.looptime
+    a.disp.deliver(_request("OPTIONS", f"sip:nobody@127.0.0.1:{port}"))
+    assert len(_drain(sink)) == 1
+    assert a.disp.queue_expire(start + 0.1) == start + 0.5
+    assert _drain(sink) == []
+    assert a.disp.queue_expire(start + 0.6) == start + 1.5
+    assert len(_drain(sink)) == 1
+    assert a.disp.queue_expire(start + 100) is None
+    assert a.disp.queue_size() == 0
+    a.disp.close()
+
+
+def test_do_retransmits_false_sends_once_and_does_not_cache(
+    clock: FakeClock, floop: EventLoop, sink: socket.socket
+) -> None:
+    a = _peer(floop, answer=None)
+    a.disp.do_retransmits = False  # a stateless proxy
+    port = sink.getsockname()[1]
+    a.disp.deliver(_request("OPTIONS", f"sip:x@127.0.0.1:{port}"))
+    req = _request("INVITE", f"sip:x@127.0.0.1:{port}")
+    a.disp.deliver(req, do_retransmits=True, proto=["udp"])  # per-delivery override
+    _advance(floop, clock, 1)
+    assert len(_drain(sink)) == 3  # OPTIONS once, INVITE and one retransmission
+    a.disp.cancel_delivery(req.tid())
+    resp = req.create_response(486)
+    a.disp.deliver(resp, leg=a.leg, dst_addr=Addr.parse(sink.getsockname()))
+    _advance(floop, clock, 40)
+    assert len(_drain(sink)) == 1  # no retransmission of the 486 either
+    assert a.disp.queue_size() == 0
+    a.disp.close()
+
+
+class BlockingLeg(Leg):
+    """A leg that drops requests from one port and rejects garbage (Leg.receive hook)."""
+
+    blocked: int = 0
+
+    def receive(self, packet: Packet, from_: Addr) -> tuple[Packet, Addr] | None:
+        if packet.get_header("subject") == "boom":
+            raise ValueError("bad packet")
+        if from_.port == self.blocked:
+            return None
+        return packet, from_
+
+
+def test_leg_receive_can_block_and_bad_packets_are_dropped(loop: EventLoop) -> None:
+    leg = BlockingLeg(addr="127.0.0.1", port=0)
+    d = Dispatcher([leg], loop)
+    got: list[Packet] = []
+    d.set_receiver(lambda p, lg, f: got.append(p))
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c1,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c2,
+    ):
+        c1.bind(("127.0.0.1", 0))
+        c2.bind(("127.0.0.1", 0))
+        leg.blocked = c1.getsockname()[1]
+        c1.sendto(_request("OPTIONS", "sip:x@127.0.0.1").as_bytes(), leg.src.sockaddr())
+        boom = _request("OPTIONS", "sip:x@127.0.0.1")
+        boom.add_header("subject", "boom")
+        c2.sendto(boom.as_bytes(), leg.src.sockaddr())
+        c2.sendto(_request("OPTIONS", "sip:y@127.0.0.1").as_bytes(), leg.src.sockaddr())
+        loop.loop(5, lambda: bool(got))
+    assert [p.uri() for p in got if isinstance(p, Request)] == ["sip:y@127.0.0.1"]
+    d.close()
+
+
+def test_deliver_to_host_name_destination(loop: EventLoop) -> None:
+    b = _peer(loop)
+
+    def hook(typ: str, name: str, cb: Callable[[list[tuple[object, ...]]], None]) -> None:
+        cb([("A", "127.0.0.1", name)] if typ == "A" and name == "b.example.test" else [])
+
+    a = Peer(Dispatcher([Leg(addr="127.0.0.1", port=0)], loop, dnsresolv=hook), answer=None)
+    a.disp.set_receiver(a)
+    try:
+        a.disp.deliver(
+            _request("OPTIONS", "sip:bob@b.example.test"),
+            dst_addr=f"b.example.test:{b.leg.src.port}",
+        )
+        loop.loop(5, lambda: bool(a.got))
+        assert [p.method() for p, _, _ in b.got] == ["OPTIONS"]
+        assert a.disp.queue_size() == 0
+    finally:
+        a.disp.close()
+        b.disp.close()
+
+
+def test_invite_response_over_tcp_is_not_retransmitted(loop: EventLoop) -> None:
+    a = _peer(loop, proto="tcp", answer=None)
+    b = _peer(loop, proto="tcp")
+    try:
+        a.disp.deliver(_request("INVITE", _uri(b.leg)))
+        loop.loop(5, lambda: bool(a.got))
+        # reliable transport: neither the INVITE nor its 200 is queued for retransmission
+        assert a.disp.queue_size() == 0
+        assert b.disp.queue_size() == 0
+    finally:
+        a.disp.close()
+        b.disp.close()
+
+
+# ------------------------------------------------------------------- TCP
+
+
+def test_tcp_connect_refused_fails_fast(loop: EventLoop) -> None:
+    a = _peer(loop, proto="tcp", answer=None)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connect is refused
+        port = dead.getsockname()[1]
+        res: Var[int] = Var()
+        start = loop.looptime
+        a.disp.deliver(_request("OPTIONS", f"sip:x@127.0.0.1:{port};transport=tcp"), callback=res)
+        loop.loop(10, lambda: res.value is not None)
+        assert res.value == errno.ECONNREFUSED
+        assert loop.looptime - start < 5  # well before CONNECT_TIMEOUT or 64*T1
+        assert a.disp.queue_size() == 0
+    a.disp.close()
+
+
+def test_failover_to_next_destination(loop: EventLoop) -> None:
+    a = _peer(loop, proto="tcp", answer=None)
+    b = _peer(loop, proto="tcp")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_addr = f"127.0.0.1:{dead.getsockname()[1]}"
+        live_addr = f"127.0.0.1:{b.leg.src.port}"
+        res: list[int] = []
+        a.disp.deliver(
+            _request("OPTIONS", _uri(b.leg)), dst_addr=[dead_addr, live_addr], callback=res.append
+        )
+        loop.loop(10, lambda: bool(a.got))
+    assert [p.method() for p, _, _ in b.got] == ["OPTIONS"]
+    assert res == [0]
+    a.disp.close()
+    b.disp.close()
+
+
+def test_srv_failover_with_dns_hook(loop: EventLoop) -> None:
+    """RFC 3263: the second SRV target is used when the first refuses."""
+    a = _peer(loop, proto="tcp", answer=None)
+    b = _peer(loop, proto="tcp")
+    dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dead.bind(("127.0.0.1", 0))
+    queries: list[tuple[str, str]] = []
+
+    def hook(typ: str, name: str, cb: Callable[[list[tuple[object, ...]]], None]) -> None:
+        queries.append((typ, name))
+        answers: list[tuple[object, ...]] = []
+        if typ == "SRV" and name == "_sip._tcp.example.test":
+            answers = [
+                ("SRV", 10, "a.example.test", dead.getsockname()[1]),
+                ("SRV", 20, "b.example.test", b.leg.src.port),
+            ]
+        elif typ == "A" and name in ("a.example.test", "b.example.test"):
+            answers = [("A", "127.0.0.1", name)]
+        cb(answers)
+
+    a.disp.close()
+    a = Peer(Dispatcher([Leg(addr="127.0.0.1", port=0, proto="tcp")], loop, dnsresolv=hook))
+    a.answer = None
+    a.disp.set_receiver(a)
+    try:
+        res: list[int] = []
+        a.disp.deliver(_request("OPTIONS", "sip:bob@example.test"), callback=res.append)
+        loop.loop(10, lambda: bool(a.got))
+        assert ("SRV", "_sip._tcp.example.test") in queries
+        assert [p.method() for p, _, _ in b.got] == ["OPTIONS"]
+        assert res == [0]
+    finally:
+        dead.close()
+        a.disp.close()
+        b.disp.close()
+
+
+def test_srv_failover_with_loopback_dns_server(loop: EventLoop) -> None:
+    """RFC 3263 over real DNS (a dnspython server on loopback): NAPTR, SRV, A, failover."""
+    pytest.importorskip("dns")
+    from netsip.resolver import Resolver  # noqa: PLC0415 - needs dnspython
+    from tests.dnsserver import DNSServer  # noqa: PLC0415 - needs dnspython
+
+    b = _peer(loop, proto="tcp")
+    dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dead.bind(("127.0.0.1", 0))
+    zone: list[tuple[str, str, str]] = [
+        ("example.test", "NAPTR", '10 50 "s" "SIP+D2T" "" _sip._tcp.example.test.'),
+        ("_sip._tcp.example.test", "SRV", f"10 0 {dead.getsockname()[1]} a.example.test."),
+        ("_sip._tcp.example.test", "SRV", f"20 0 {b.leg.src.port} b.example.test."),
+        ("a.example.test", "A", "127.0.0.1"),
+        ("b.example.test", "A", "127.0.0.1"),
+    ]
+    srv = DNSServer(loop, zone)
+    resolver = Resolver(loop, [srv.address], addr_types=("A",))
+    a = Peer(
+        Dispatcher([Leg(addr="127.0.0.1", port=0, proto="tcp")], loop, dnsresolv=resolver),
+        answer=None,
+    )
+    a.disp.set_receiver(a)
+    try:
+        res: list[int] = []
+        a.disp.deliver(_request("OPTIONS", "sip:bob@example.test"), callback=res.append)
+        loop.loop(10, lambda: bool(a.got))
+        assert [p.method() for p, _, _ in b.got] == ["OPTIONS"]
+        assert res == [0]
+        assert ("udp", "_sip._tcp.example.test", "SRV") in srv.queries
+    finally:
+        a.disp.close()
+        b.disp.close()
+        resolver.close()
+        srv.close()
+        dead.close()
+
+
+# ------------------------------------------------------------ resolve_uri
+
+
+@pytest.fixture
+def multi(loop: EventLoop) -> Iterator[Dispatcher]:
+    d = Dispatcher(
+        [
+            Leg(addr="127.0.0.1", port=0, proto="udp"),
+            {"addr": "127.0.0.1", "port": 0, "proto": "tcp"},
+        ],
+        loop,
+    )
+    yield d
+    d.close()
+
+
+def _resolve(d: Dispatcher, uri: str, **kw: object) -> list[tuple[str, str]] | int:
+    out: list[list[Target] | int] = []
+    d.resolve_uri(uri, out.append, **kw)  # type: ignore[arg-type]  # test passthrough
+    loop = d.eventloop
+    assert isinstance(loop, EventLoop)
+    loop.loop(5, lambda: bool(out))
+    assert len(out) == 1
+    r = out[0]
+    if isinstance(r, int):
+        return r
+    return [(f"{a.proto}:{a}", leg.proto) for a, leg in r]
+
+
+def test_resolve_uri_literals(multi: Dispatcher) -> None:
+    assert _resolve(multi, "sip:bob@127.0.0.2:5070") == [
+        ("udp:127.0.0.2:5070", "udp"),
+        ("tcp:127.0.0.2:5070", "tcp"),
+    ]
+    assert _resolve(multi, "sip:127.0.0.2") == [
+        ("udp:127.0.0.2:5060", "udp"),
+        ("tcp:127.0.0.2:5060", "tcp"),
+    ]
+    assert _resolve(multi, "<sip:bob@127.0.0.2;transport=TCP>") == [("tcp:127.0.0.2:5060", "tcp")]
+    assert _resolve(multi, "sip:127.0.0.2", allowed_proto=["tcp", "udp"]) == [
+        ("tcp:127.0.0.2:5060", "tcp"),
+        ("udp:127.0.0.2:5060", "udp"),
+    ]
+    assert _resolve(multi, "sip:127.0.0.2;maddr=127.0.0.3") == [
+        ("udp:127.0.0.3:5060", "udp"),
+        ("tcp:127.0.0.3:5060", "tcp"),
+    ]
+    udp = multi.get_legs(proto="udp")
+    assert _resolve(multi, "sip:127.0.0.2", allowed_legs=udp) == [("udp:127.0.0.2:5060", "udp")]
+    # errors
+    assert _resolve(multi, "sips:127.0.0.2") == errno.EHOSTUNREACH  # no TLS leg
+    assert _resolve(multi, "sip:[::1]:5060") == errno.EHOSTUNREACH  # no IPv6 leg
+    assert _resolve(multi, "sip:127.0.0.2", allowed_proto=["tls"]) == errno.ENOPROTOOPT
+    assert _resolve(multi, "sip:127.0.0.2;transport=sctp") == errno.ENOPROTOOPT
+    assert _resolve(multi, "this is no uri") == errno.EHOSTUNREACH
+    assert _resolve(multi, "sip:bad_host!") == errno.EHOSTUNREACH
+
+
+def test_resolve_uri_proxies(loop: EventLoop) -> None:
+    legs = [Leg(addr="127.0.0.1", port=0, proto="udp"), Leg(addr="127.0.0.1", port=0, proto="tcp")]
+    d = Dispatcher(
+        legs,
+        loop,
+        domain2proxy={
+            "example.com": "127.0.0.5:5070",
+            "*.corp.test": "sip:127.0.0.6;transport=tcp",
+            "*": [{"addr": "127.0.0.7", "port": 5090, "proto": "udp"}],
+        },
+    )
+    try:
+        assert _resolve(d, "sip:bob@example.com") == [
+            ("udp:127.0.0.5:5070", "udp"),
+            ("tcp:127.0.0.5:5070", "tcp"),
+        ]
+        assert _resolve(d, "sip:bob@a.b.corp.test") == [("tcp:127.0.0.6:5060", "tcp")]
+        assert _resolve(d, "sip:bob@other.org:5000") == [("udp:127.0.0.7:5090", "udp")]
+        assert sorted(d.domain2proxy) == ["*", "*.corp.test", "example.com"]
+    finally:
+        d.close()
+    d = Dispatcher(
+        [Leg(addr="127.0.0.1", port=0, proto="udp")], loop, outgoing_proxy="127.0.0.9:5080"
+    )
+    try:
+        assert d.outgoing_proxy == "127.0.0.9:5080"
+        assert _resolve(d, "sip:bob@example.com") == [("udp:127.0.0.9:5080", "udp")]
+        assert _resolve(d, "sip:bob@10.0.0.1:5000") == [("udp:127.0.0.9:5080", "udp")]
+        with pytest.raises(ValueError, match="cannot find leg"):
+            d.outgoing_proxy = "[::1]:5060"
+    finally:
+        d.close()
+
+
+def test_resolve_host_names_with_dns_hook(loop: EventLoop) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def hook(typ: str, name: str, cb: Callable[[list[tuple[object, ...]]], None]) -> None:
+        calls.append((typ, name))
+        if typ == "A" and name == "sip.example.net":
+            cb([("A", "127.0.0.8", name)])
+        elif typ == "SRV" and name == "_sip._udp.example.net":
+            cb([("SRV", 5, "sip.example.net", 5080)])
+        else:
+            cb([])
+
+    d = Dispatcher([Leg(addr="127.0.0.1", port=0)], loop, dnsresolv=hook)
+    try:
+        assert _resolve(d, "sip:bob@example.net") == [("udp:127.0.0.8:5080", "udp")]
+        # with a port: A/AAAA only (RFC 3263 4.2)
+        assert _resolve(d, "sip:bob@sip.example.net:5999") == [("udp:127.0.0.8:5999", "udp")]
+        assert ("SRV", "_sip._udp.sip.example.net") not in calls
+        assert _resolve(d, "sip:bob@nowhere.example.net") == errno.EHOSTUNREACH
+        # tcp is not asked for: no tcp leg
+        assert not any(n.startswith("_sip._tcp") for _, n in calls)
+    finally:
+        d.close()
+
+
+def test_deliver_to_unresolvable_uri_fails(loop: EventLoop) -> None:
+    d = Dispatcher([Leg(addr="127.0.0.1", port=0)], loop, dnsresolv=lambda t, n, cb: cb([]))
+    res: Var[int] = Var()
+    d.deliver(_request("OPTIONS", "sip:bob@nowhere.invalid"), callback=res)
+    loop.loop(5, lambda: res.value is not None)
+    assert res.value == errno.EHOSTUNREACH
+    assert d.queue_size() == 0
+    d.close()
+
+
+# ------------------------------------------------------------------ legs
+
+
+def test_legs_management(loop: EventLoop) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    d = Dispatcher([], loop)
+    d.add_leg(s, {"addr": "127.0.0.1", "port": 0, "proto": "tcp"})
+    udp, tcp = d.get_legs()
+    assert udp.proto == "udp" and tcp.proto == "tcp"
+    assert d.get_legs(proto="tcp") == [tcp]
+    assert d.get_legs(port=udp.src.port) == [udp]
+    assert d.get_legs(sub=lambda leg: leg is udp) == [udp]
+    assert d.legs2i(tcp, udp) == [1, 0]
+    assert d.i2legs(0) == [udp]
+    assert d.add_timer(1, lambda t: None) is not None
+    with pytest.raises(TypeError):
+        d.add_leg(42)  # type: ignore[arg-type]  # bad on purpose
+    # a removed leg is no longer read
+    d.remove_leg(udp)
+    assert d.get_legs() == [tcp]
+    got: list[Packet] = []
+    d.set_receiver(lambda p, leg, f: got.append(p))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.sendto(_request("OPTIONS", "sip:x@127.0.0.1").as_bytes(), udp.src.sockaddr())
+        loop.loop(0.2)
+    assert got == []
+    udp.close()
+    d.close()
+    with pytest.raises(Exception, match="closed"):
+        d.deliver(_request("OPTIONS", "sip:x@127.0.0.1"))
+
+
+def test_no_fd_leak(loop: EventLoop) -> None:
+    before = open_fds()
+    for _ in range(3):
+        a = _peer(loop, proto="tcp", answer=None)
+        b = _peer(loop, proto="tcp")
+        a.disp.deliver(_request("OPTIONS", _uri(b.leg)))
+        loop.loop(5, lambda a=a: bool(a.got))  # type: ignore[misc]  # bound default
+        a.disp.close()
+        b.disp.close()
+    assert open_fds() == before
+
+
+def test_own_eventloop_is_closed() -> None:
+    d = Dispatcher([Leg(addr="127.0.0.1", port=0)])
+    loop = d.eventloop
+    assert isinstance(loop, EventLoop)
+    with d:
+        pass
+    assert loop.closed
+
+
+# ---------------------------------------------------------------- interop
+
+
+def _perl(*args: str) -> subprocess.Popen[bytes]:
+    perl = require_perl_netsip()
+    return subprocess.Popen(
+        [perl, str(PEER), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+class _Pipe:
+    """Reads a subprocess's output inside the event loop."""
+
+    def __init__(self, loop: EventLoop, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.loop = loop
+        self.data = bytearray()
+        self.eof = False
+        os.set_blocking(self.fd, False)
+        loop.add_fd(self.fd, EV_READ, self._read, name="perl")
+
+    def _read(self, fd: object) -> None:
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            self.data += chunk
+        else:
+            self.loop.del_fd(self.fd)
+            self.eof = True
+
+    def lines(self) -> list[str]:
+        return self.data.decode("utf-8", "replace").splitlines()
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> int:
+    try:
+        return proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _interop_peer(
+    loop: EventLoop, host: str, proto: Proto, files: TlsFiles, answer: int | None
+) -> Peer:
+    if proto == "tls":
+        peer = Peer(Dispatcher([_tls_leg(host, files)], loop), answer=answer)
+        peer.disp.set_receiver(peer)
+        return peer
+    return _peer(loop, host, proto, answer=answer)
+
+
+def _tls_args(proto: Proto, files: TlsFiles) -> list[str]:
+    if proto != "tls":
+        return []
+    return ["--cert", files.cert, "--key", files.key, "--ca", files.ca]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("proto", ["udp", "tcp", "tls"])
+def test_perl_dispatcher_sends_options_to_netsip(
+    loop: EventLoop, tls_files: TlsFiles, proto: Proto, host: str
+) -> None:
+    require_perl_netsip(tls=proto == "tls")
+    b = _interop_peer(loop, host, proto, tls_files, 200)
+    try:
+        proc = _perl(
+            "--mode", "client", "--proto", proto, "--to", str(b.leg.src),
+            "--count", "3", "--timeout", "20", *_tls_args(proto, tls_files),
+        )  # fmt: skip
+        out = _Pipe(loop, proc)
+        loop.loop(30, lambda: out.eof)
+        rc = _finish(proc)
+        lines = out.lines()
+        assert rc == 0, lines
+        assert lines[-1] == "DONE ok=3 failed=0", lines
+        firsts = {p.tid() for p, _, _ in b.got}
+        assert len(firsts) == 3
+        assert all(isinstance(p, Request) and p.method() == "OPTIONS" for p, _, _ in b.got)
+        assert all(f.proto == proto for _, f, _ in b.got)
+    finally:
+        b.disp.close()
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("proto", ["udp", "tcp", "tls"])
+def test_netsip_dispatcher_sends_options_to_perl(
+    loop: EventLoop, tls_files: TlsFiles, proto: Proto, host: str
+) -> None:
+    require_perl_netsip(tls=proto == "tls")
+    a = _interop_peer(loop, host, proto, tls_files, None)
+    proc = _perl(
+        "--mode", "server", "--proto", proto, "--listen", str(Addr.parse((host, 0))),
+        "--count", "3", "--timeout", "20", *_tls_args(proto, tls_files),
+    )  # fmt: skip
+    out = _Pipe(loop, proc)
+    try:
+        loop.loop(20, lambda: b"\n" in out.data or out.eof)
+        first = out.lines()[0].split()
+        assert first[0] == "LISTENING", out.lines()
+        dst = Addr.parse((first[1], int(first[2])))
+        scheme = "sips" if proto == "tls" else "sip"
+        uri = f"{scheme}:perl@{dst}" + (";transport=tcp" if proto == "tcp" else "")
+        results: list[int] = []
+        for _ in range(3):
+            a.disp.deliver(_request("OPTIONS", uri), callback=results.append)
+        loop.loop(20, lambda: len(a.got) >= 3)
+        codes = [p.code() for p, _, _ in a.got if isinstance(p, Response)]
+        assert codes == [200, 200, 200]
+        assert a.disp.queue_size() == 0
+        assert results == ([] if proto == "udp" else [0, 0, 0])
+        loop.loop(20, lambda: out.eof)
+        rc = _finish(proc)
+        assert rc == 0, out.lines()
+        assert sum(1 for line in out.lines() if line.startswith("REQUEST OPTIONS")) >= 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        a.disp.close()

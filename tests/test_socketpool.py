@@ -1,0 +1,787 @@
+"""Tests for netsip.socketpool over real loopback sockets (IPv4 and, where cheap, IPv6)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from netsip import socketpool
+from netsip.eventloop import EventLoop
+from netsip.packet import Packet
+from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.util import Addr
+from tests.support import open_fds
+
+
+def _have_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+IPS = [
+    "127.0.0.1",
+    pytest.param(
+        "::1", marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+    ),
+]
+
+Received = list[tuple[Packet, Addr]]
+
+
+# --------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _restore_settings() -> Iterator[None]:
+    saved = get_settings()
+    yield
+    import_settings(**saved)
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    with EventLoop() as lp:
+        yield lp
+
+
+@pytest.fixture(params=IPS)
+def ip(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def udp_socket(ip: str) -> socket.socket:
+    s = socket.socket(family(ip), socket.SOCK_DGRAM)
+    s.bind((ip, 0))
+    return s
+
+
+def tcp_listener(ip: str, backlog: int = 128, rcvbuf: int = 0) -> socket.socket:
+    s = socket.socket(family(ip), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        # before listen(): accepted sockets inherit it and the window stays small
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((ip, 0))
+    s.listen(backlog)
+    return s
+
+
+def addr_of(s: socket.socket) -> Addr:
+    return Addr.parse(s.getsockname()[:2])
+
+
+def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 5.0) -> None:
+    """Run the loop until ``cond()`` is true; fail after ``seconds`` (real time)."""
+    deadline = time.monotonic() + seconds
+    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
+    assert cond(), "condition not reached in time"
+
+
+def length_is(items: list[Any], n: int) -> Callable[[], bool]:
+    """A stop condition: ``items`` has ``n`` elements."""
+    return lambda: len(items) == n
+
+
+def spin(loop: EventLoop, seconds: float = 0.2) -> None:
+    """Run the loop for a short while (to show that nothing happens)."""
+    deadline = time.monotonic() + seconds
+    loop.loop(None, lambda: time.monotonic() > deadline)
+
+
+def request(n: int = 1, body: bytes = b"", callid: str = "c1", method: str = "OPTIONS") -> bytes:
+    return (
+        f"{method} sip:bob@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-{callid}-{n}\r\n"
+        f"From: <sip:alice@example.com>;tag=a{n}\r\n"
+        f"To: <sip:bob@example.com>\r\n"
+        f"Call-ID: {callid}\r\n"
+        f"CSeq: {n} {method}\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"\r\n"
+    ).encode() + body
+
+
+def response(n: int = 1, callid: str = "c1", method: str = "OPTIONS") -> bytes:
+    return (
+        f"SIP/2.0 200 OK\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-{callid}-{n}\r\n"
+        f"From: <sip:alice@example.com>;tag=a{n}\r\n"
+        f"To: <sip:bob@example.com>;tag=b\r\n"
+        f"Call-ID: {callid}\r\n"
+        f"CSeq: {n} {method}\r\n"
+        f"Content-Length: 0\r\n"
+        f"\r\n"
+    ).encode()
+
+
+def pkt(data: bytes) -> Packet:
+    return Packet.new_from_string(data)
+
+
+def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
+    got: Received = []
+
+    def cb(packet: Packet, from_: Addr) -> None:
+        got.append((packet, from_))
+
+    return got, cb
+
+
+def read_available(s: socket.socket, into: bytearray, limit: int = 1 << 20) -> int:
+    """Non-blocking read of what ``s`` has (up to ``limit``); -1 at EOF."""
+    try:
+        data = s.recv(limit, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+    if not data:
+        return -1
+    into += data
+    return len(data)
+
+
+def is_eof(s: socket.socket) -> bool:
+    """True if the peer closed ``s`` (EOF or reset)."""
+    try:
+        return s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def connect(ip: str, dst: Addr) -> socket.socket:
+    """A blocking client connected to ``dst`` (MSG_DONTWAIT works on it)."""
+    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
+    c.settimeout(None)
+    return c
+
+
+# --------------------------------------------------------------------- settings
+
+
+def test_default_settings() -> None:
+    assert get_settings() == {
+        "MAX_SIP_HEADER": 2**14,
+        "MAX_SIP_BODY": 2**16,
+        "MAX_TIDLIST": 30,
+        "MIN_EXPIRE": 15,
+        "MAX_EXPIRE": 120,
+        "CONNECT_TIMEOUT": 10,
+        "TCP_READSIZE": 2**16,
+    }
+    assert get_settings() == socketpool.DEFAULT_SETTINGS
+
+
+def test_import_settings_unknown_key_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="NO_SUCH_KEY"):
+        import_settings(NO_SUCH_KEY=1)
+    with pytest.raises(ValueError, match="MIN_EXPIRE"):
+        import_settings(MIN_EXPIRE=-1)
+    with pytest.raises(TypeError, match="TCP_READSIZE"):
+        import_settings(TCP_READSIZE=1.5)
+    with pytest.raises(TypeError, match="MAX_TIDLIST"):
+        import_settings(MAX_TIDLIST="3")  # type: ignore[arg-type]  # deliberately wrong type
+    assert get_settings()["MIN_EXPIRE"] == 15  # nothing half-applied
+
+
+def test_settings_apply_to_existing_pools_and_overrides() -> None:
+    with SocketPool("udp", udp_socket("127.0.0.1"), settings={"MAX_TIDLIST": 5}) as pool:
+        import_settings(MAX_SIP_BODY=1000, MAX_TIDLIST=7)
+        assert get_settings()["MAX_SIP_BODY"] == 1000
+        assert pool.get_settings()["MAX_SIP_BODY"] == 1000  # module change reaches the pool
+        assert pool.get_settings()["MAX_TIDLIST"] == 5  # but not an overridden key
+        pool.import_settings(CONNECT_TIMEOUT=2)
+        assert pool.get_settings()["CONNECT_TIMEOUT"] == 2
+        assert get_settings()["CONNECT_TIMEOUT"] == 10
+        with pytest.raises(ValueError, match="BOGUS"):
+            pool.import_settings(BOGUS=1)
+        with udp_socket("127.0.0.1") as s, pytest.raises(ValueError, match="BOGUS"):
+            SocketPool("udp", s, settings={"BOGUS": 1})
+
+
+def test_constructor_checks() -> None:
+    with udp_socket("127.0.0.1") as u, tcp_listener("127.0.0.1") as t:
+        with pytest.raises(ValueError, match="sctp"):
+            SocketPool("sctp", u)  # type: ignore[arg-type]  # deliberately wrong proto
+        with pytest.raises(ValueError, match="SOCK_STREAM"):
+            SocketPool("tcp", u)
+        with pytest.raises(ValueError, match="SOCK_DGRAM"):
+            SocketPool("udp", t)
+        with pytest.raises(TypeError):
+            SocketPool("udp", u.fileno())  # type: ignore[arg-type]  # deliberately wrong type
+        with pytest.raises(NotImplementedError):
+            SocketPool("tls", t, tls={})
+
+
+# --------------------------------------------------------------------- UDP
+
+
+def test_udp_request_response(loop: EventLoop, ip: str) -> None:
+    got_a, cb_a = collector()
+    got_b, cb_b = collector()
+    with SocketPool("udp", udp_socket(ip)) as a, SocketPool("udp", udp_socket(ip)) as b:
+        a.attach_eventloop(loop, cb_a)
+        b.attach_eventloop(loop, cb_b)
+        errors: list[int] = []
+        a.sendto(pkt(request()), addr_of(b.master()), errors.append)
+        drive(loop, lambda: got_b)
+        packet, from_ = got_b[0]
+        assert packet.is_request() and packet.method() == "OPTIONS"
+        assert from_.proto == "udp"
+        assert from_.family == family(ip)
+        assert (from_.addr, from_.port) == (ip, a.master().getsockname()[1])
+        # answer to "from_" as a string, the form the Leg uses
+        b.sendto(pkt(response()), str(from_))
+        drive(loop, lambda: got_a)
+        assert got_a[0][0].is_response()
+        assert errors == []  # UDP: callback only on failure
+
+
+def test_udp_keepalives_ignored(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("udp", udp_socket(ip)) as pool, udp_socket(ip) as peer:
+        pool.attach_eventloop(loop, cb)
+        dst = addr_of(pool.master()).sockaddr()
+        peer.sendto(b"\r\n\r\n", dst)
+        peer.sendto(b"x" * 12, dst)
+        peer.sendto(b"", dst)
+        peer.sendto(request(), dst)
+        drive(loop, lambda: got)
+        spin(loop, 0.05)
+        assert len(got) == 1
+
+
+def test_udp_garbage_dropped_next_delivered(
+    loop: EventLoop, ip: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    got, cb = collector()
+    with SocketPool("udp", udp_socket(ip)) as pool, udp_socket(ip) as peer:
+        pool.attach_eventloop(loop, cb)
+        dst = addr_of(pool.master()).sockaddr()
+        with caplog.at_level(logging.INFO, logger="netsip.socketpool"):
+            peer.sendto(b"this is not a SIP packet at all\r\n\r\n", dst)
+            peer.sendto(request(2), dst)
+            drive(loop, lambda: got)
+        assert [p.cseq() for p, _ in got] == ["2 OPTIONS"]
+        assert "drop invalid packet" in caplog.text
+
+
+def test_udp_dst_restriction(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with (
+        udp_socket(ip) as allowed,
+        udp_socket(ip) as other,
+        SocketPool("udp", udp_socket(ip), dst=addr_of(allowed)) as pool,
+    ):
+        pool.attach_eventloop(loop, cb)
+        dst = addr_of(pool.master()).sockaddr()
+        other.sendto(request(1), dst)
+        allowed.sendto(request(2), dst)
+        drive(loop, lambda: got)
+        spin(loop, 0.05)
+        assert [p.cseq() for p, _ in got] == ["2 OPTIONS"]
+        # sendto goes to dst whatever it is given
+        pool.sendto(pkt(response(2)), addr_of(other))
+        allowed.settimeout(5)
+        data, _ = allowed.recvfrom(65536)
+        assert data.startswith(b"SIP/2.0 200 OK")
+
+
+def test_udp_connected_master_and_icmp_error(
+    loop: EventLoop, ip: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ICMP port unreachable (ECONNREFUSED on recv/send) does not kill the master."""
+    got, cb = collector()
+    peer = udp_socket(ip)
+    peer_addr = addr_of(peer)
+    peer.close()  # nobody listens there now: the kernel answers with ICMP
+    sock = udp_socket(ip)
+    sock.connect(peer_addr.sockaddr())
+    with SocketPool("udp", sock, dst=peer_addr, connected=True) as pool:
+        pool.attach_eventloop(loop, cb)
+        errors: list[int] = []
+        # dst is ignored: a connected master always sends to its peer. The
+        # ICMP error of the first datagram is reported by the second send...
+        pool.sendto(pkt(request(1)), "192.0.2.1:5060", errors.append)
+        pool.sendto(pkt(request(2)), "192.0.2.1:5060", errors.append)
+        assert errors == [errno.ECONNREFUSED]
+        # ... or by the next recv, in the pool's read handler, which shrugs it off
+        with caplog.at_level(logging.DEBUG, logger="netsip.socketpool"):
+            pool.sendto(pkt(request(3)), "192.0.2.1:5060", errors.append)
+            spin(loop, 0.05)
+        assert "Connection refused" in caplog.text
+        assert errors == [errno.ECONNREFUSED]
+        # the peer comes back on the same port and is heard
+        with socket.socket(family(ip), socket.SOCK_DGRAM) as peer2:
+            peer2.bind(peer_addr.sockaddr())
+            peer2.sendto(request(9), addr_of(pool.master()).sockaddr())
+            drive(loop, lambda: got)
+        assert got[0][1] == Addr(peer_addr.addr, peer_addr.port, family(ip), None, "udp")
+
+
+def test_udp_wrong_family_destination(loop: EventLoop) -> None:
+    with SocketPool("udp", udp_socket("127.0.0.1")) as pool:
+        errors: list[int] = []
+        pool.sendto(pkt(request()), "[::1]:5060", errors.append)
+        assert errors == [errno.EAFNOSUPPORT]
+
+
+def test_detach_stops_delivery(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("udp", udp_socket(ip)) as pool, udp_socket(ip) as peer:
+        pool.attach_eventloop(loop, cb)
+        pool.attach_eventloop(None)
+        assert loop.fd_count() == 0
+        peer.sendto(request(), addr_of(pool.master()).sockaddr())
+        spin(loop, 0.1)
+        assert got == []
+        pool.attach_eventloop(loop, cb)
+        drive(loop, lambda: got)
+
+
+# --------------------------------------------------------------------- TCP receive
+
+
+def test_tcp_several_messages_in_one_read(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(ip, addr_of(pool.master())) as c:
+            c.sendall(
+                b"\r\n\r\n" + request(1) + request(2, b"hello") + b"\r\n" + request(3) + b"\r\n"
+            )
+            drive(loop, lambda: len(got) == 3)
+            assert [p.cseq() for p, _ in got] == ["1 OPTIONS", "2 OPTIONS", "3 OPTIONS"]
+            assert got[1][0].body() == b"hello"
+            from_ = got[0][1]
+            assert from_.proto == "tcp"
+            assert from_.family == family(ip)
+            assert (from_.addr, from_.port) == (ip, c.getsockname()[1])
+            assert pool.connection_count() == 1
+            assert pool.peers() == [from_]
+
+
+def test_tcp_message_split_byte_by_byte(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    data = request(1, b"v=0\r\n")
+    with SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(ip, addr_of(pool.master())) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(data) - 1):
+                c.sendall(data[i : i + 1])
+                loop.loop(0)
+            spin(loop, 0.05)
+            assert got == []
+            c.sendall(data[-1:])
+            drive(loop, lambda: got)
+            assert got[0][0].as_bytes() == pkt(data).as_bytes()
+
+
+def test_tcp_body_split_across_small_reads(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    body = bytes(range(256)) * 40  # 10 KiB of every byte value
+    data = request(1, body) + request(2)
+    with SocketPool("tcp", tcp_listener(ip), settings={"TCP_READSIZE": 16}) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(ip, addr_of(pool.master())) as c:
+            c.sendall(data)
+            drive(loop, lambda: len(got) == 2)
+    assert got[0][0].as_bytes() == pkt(request(1, body)).as_bytes()
+
+
+BAD_STREAMS = {
+    "header too big": b"OPTIONS sip:x SIP/2.0\r\nX-Pad: " + b"p" * 3000,
+    "missing content-length": request().replace(b"Content-Length: 0\r\n", b""),
+    "conflicting content-length": request().replace(
+        b"Content-Length: 0\r\n", b"Content-Length: 0\r\nl: 5\r\n"
+    ),
+    "body too big": request().replace(b"Content-Length: 0", b"Content-Length: 5000"),
+    "not SIP": b"GARBAGE\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_STREAMS), ids=list(BAD_STREAMS))
+def test_tcp_violation_closes_only_that_connection(loop: EventLoop, ip: str, bad: str) -> None:
+    got, cb = collector()
+    settings = {"MAX_SIP_HEADER": 2048, "MAX_SIP_BODY": 4096}
+    with SocketPool("tcp", tcp_listener(ip), settings=settings) as pool:
+        pool.attach_eventloop(loop, cb)
+        dst = addr_of(pool.master())
+        with connect(ip, dst) as good, connect(ip, dst) as evil:
+            good.sendall(request(1, callid="good"))
+            drive(loop, lambda: len(got) == 1 and pool.connection_count() == 2)
+            evil.sendall(BAD_STREAMS[bad])
+            drive(loop, lambda: pool.connection_count() == 1)
+            assert is_eof(evil)
+            good.sendall(request(2, callid="good"))
+            drive(loop, lambda: len(got) == 2)
+            assert all(p.callid() == "good" for p, _ in got)
+            assert not is_eof(good)
+
+
+def test_tcp_peer_reset_mid_message(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        c = connect(ip, addr_of(pool.master()))
+        c.sendall(request(1, b"x" * 100)[:-50])
+        drive(loop, lambda: pool.connection_count() == 1)
+        spin(loop, 0.05)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # RST
+        drive(loop, lambda: pool.connection_count() == 0)
+        assert got == []
+
+
+def test_tcp_dst_restriction_refuses_connections(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with udp_socket(ip) as placeholder:
+        only = addr_of(placeholder)  # an address no TCP client will have
+    with SocketPool("tcp", tcp_listener(ip), dst=only) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(ip, addr_of(pool.master())) as c:
+            c.sendall(request())
+            drive(loop, lambda: is_eof(c))
+        assert pool.connection_count() == 0
+        assert got == []
+
+
+# --------------------------------------------------------------------- TCP send
+
+
+def test_tcp_request_response_over_same_connection(loop: EventLoop, ip: str) -> None:
+    got_a, cb_a = collector()
+    got_b, cb_b = collector()
+    with SocketPool("tcp", tcp_listener(ip)) as a, SocketPool("tcp", tcp_listener(ip)) as b:
+        a.attach_eventloop(loop, cb_a)
+        b.attach_eventloop(loop, cb_b)
+        status: list[int] = []
+        a.sendto(pkt(request(1)), addr_of(b.master()), status.append)
+        drive(loop, lambda: got_b and status)
+        assert status == [0]
+        _req, from_ = got_b[0]
+        assert from_.proto == "tcp" and from_.family == family(ip)
+        assert from_.port != a.master().getsockname()[1]  # an ephemeral port of A
+        # The Via says the listener of A; the response must use the request's connection.
+        b.sendto(pkt(response(1)), addr_of(a.master()), status.append)
+        drive(loop, lambda: got_a and len(status) == 2)
+        assert status == [0, 0]
+        assert got_a[0][0].is_response()
+        assert got_a[0][1].port == b.master().getsockname()[1]
+        assert a.connection_count() == 1
+        assert b.connection_count() == 1
+        # connection reuse: a second request to the same destination
+        a.sendto(pkt(request(2)), addr_of(b.master()), status.append)
+        drive(loop, lambda: len(got_b) == 2)
+        assert got_b[1][1] == from_
+        assert a.connection_count() == 1
+
+
+def test_tcp_responses_routed_by_tid(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener(ip), settings={"MAX_TIDLIST": 2}) as pool:
+        pool.attach_eventloop(loop, cb)
+        dst = addr_of(pool.master())
+        with connect(ip, dst) as c1, connect(ip, dst) as c2, tcp_listener(ip) as other:
+            c1.sendall(request(1, callid="one"))
+            c2.sendall(request(1, callid="two"))
+            drive(loop, lambda: len(got) == 2)
+            # a destination that is neither client: routing must come from the tid
+            pool.sendto(pkt(response(1, callid="two")), addr_of(other))
+            pool.sendto(pkt(response(1, callid="one")), addr_of(other))
+            for c, callid in ((c1, b"one"), (c2, b"two")):
+                c.settimeout(5)
+                data = c.recv(65536)
+                assert b"Call-ID: " + callid in data
+            # MAX_TIDLIST=2: after two more requests on c1 the first tid is forgotten
+            c1.sendall(request(2, callid="one") + request(3, callid="one"))
+            drive(loop, lambda: len(got) == 4)
+            status: list[int] = []
+            pool.sendto(pkt(response(1, callid="one")), addr_of(other), status.append)
+            drive(loop, lambda: status)
+            assert status == [0]
+            assert pool.connection_count() == 3  # a new connection to other
+            with other.accept()[0] as conn:
+                conn.settimeout(5)
+                assert b"Call-ID: one" in conn.recv(65536)
+
+
+def test_tcp_econnrefused(loop: EventLoop, ip: str) -> None:
+    with tcp_listener(ip) as gone:
+        dst = addr_of(gone)
+    with SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, lambda *a: None)
+        status: list[int] = []
+        pool.sendto(pkt(request()), dst, status.append)
+        drive(loop, lambda: status)
+        assert status == [errno.ECONNREFUSED]
+        assert pool.connection_count() == 0
+        spin(loop, 0.05)
+        assert status == [errno.ECONNREFUSED]  # exactly once
+
+
+def test_tcp_connect_timeout(loop: EventLoop, ip: str) -> None:
+    """A listener with a full backlog makes connects hang: ETIMEDOUT via the callback."""
+    fillers: list[socket.socket] = []
+    with tcp_listener(ip, backlog=0) as full:
+        try:
+            # fill the accept queue until a connect does not complete any more
+            for _ in range(16):
+                f = socket.socket(family(ip), socket.SOCK_STREAM)
+                fillers.append(f)
+                f.setblocking(False)
+                f.connect_ex(full.getsockname())
+                _, w, _ = select.select([], [f], [], 0.2)
+                if not w:
+                    break
+            else:
+                pytest.skip("could not fill the listen backlog")
+            with SocketPool("tcp", tcp_listener(ip), settings={"CONNECT_TIMEOUT": 0.3}) as pool:
+                pool.attach_eventloop(loop, lambda *a: None)
+                status: list[int] = []
+                loop.loop(0)  # fresh looptime: timers are relative to it
+                t0 = time.monotonic()
+                pool.sendto(pkt(request()), addr_of(full), status.append)
+                pool.sendto(pkt(request(2)), addr_of(full), status.append)  # queued behind
+                assert pool.connection_count() == 1
+                drive(loop, lambda: len(status) == 2)
+                assert time.monotonic() - t0 >= 0.25
+                assert status == [errno.ETIMEDOUT, errno.ETIMEDOUT]
+                assert pool.connection_count() == 0
+                assert loop.fd_count() == 1  # only the listener is watched
+        finally:
+            for f in fillers:
+                f.close()
+
+
+def test_tcp_slow_reader_partial_writes(loop: EventLoop, ip: str) -> None:
+    """Several MB queued to a peer that reads slowly arrive intact and in order."""
+    bodies = [bytes([65 + i % 26]) * 60000 + str(i).encode() for i in range(100)]
+    packets = [pkt(request(i, body)) for i, body in enumerate(bodies)]
+    expected = b"".join(p.as_bytes() for p in packets)
+    assert len(expected) > 6_000_000
+    with SocketPool("tcp", tcp_listener(ip)) as pool, tcp_listener(ip, rcvbuf=4096) as server:
+        pool.attach_eventloop(loop, lambda *a: None)
+        status: list[tuple[int, int]] = []
+        for i, p in enumerate(packets):
+            pool.sendto(p, addr_of(server), lambda err, i=i: status.append((i, err)))
+        assert pool.queued_bytes() == len(expected)  # nothing written while connecting
+        peer, _ = server.accept()
+        with peer:
+            drive(loop, lambda: pool.queued_bytes() < len(expected))
+            max_queued = pool.queued_bytes()
+            received = bytearray()
+            deadline = time.monotonic() + 60
+            # The peer reads only between loop cycles, at most what its small
+            # window holds: the pool has to wait for EV_WRITE again and again.
+            while len(received) < len(expected) or len(status) < len(packets):
+                assert time.monotonic() < deadline, "slow reader did not finish"
+                loop.loop(0)
+                select.select([peer], [], [], 0.01)
+                while read_available(peer, received, 65536) > 0:
+                    pass
+        assert max_queued > 1_000_000  # most of it had to wait in the write buffer
+        assert received == expected
+        assert status == [(i, 0) for i in range(len(packets))]
+        assert pool.queued_bytes() == 0
+        assert loop.fd_count() == 2  # the write watch is gone again
+
+
+def test_tcp_pending_callbacks_fail_once_on_reset(loop: EventLoop, ip: str) -> None:
+    packets = [pkt(request(i, b"z" * 60000)) for i in range(100)]
+    total = sum(len(p.as_bytes()) for p in packets)
+    with SocketPool("tcp", tcp_listener(ip)) as pool, tcp_listener(ip, rcvbuf=4096) as server:
+        pool.attach_eventloop(loop, lambda *a: None)
+        status: list[tuple[int, int]] = []
+        for i, p in enumerate(packets):
+            pool.sendto(p, addr_of(server), lambda err, i=i: status.append((i, err)))
+        peer, _ = server.accept()
+        drive(loop, lambda: pool.queued_bytes() < total)  # connected, partly written
+        assert pool.queued_bytes() > 0
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST: the pool's next write or read fails
+        drive(loop, lambda: pool.connection_count() == 0)
+        spin(loop, 0.05)
+        assert sorted(i for i, _ in status) == list(range(len(packets)))  # each exactly once
+        failed = [err for _, err in status if err]
+        assert failed
+        assert set(failed) <= {errno.ECONNRESET, errno.EPIPE}
+        assert pool.queued_bytes() == 0
+
+
+def test_tcp_connected_master(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with tcp_listener(ip) as server:
+        client = connect(ip, addr_of(server))
+        peer, _ = server.accept()
+        with peer, SocketPool("tcp", client, connected=True) as pool:
+            pool.attach_eventloop(loop, cb)
+            status: list[int] = []
+            pool.sendto(pkt(request()), "192.0.2.1:5060", status.append)  # goes to the peer
+            drive(loop, lambda: status)
+            assert status == [0]
+            peer.settimeout(5)
+            assert peer.recv(65536).startswith(b"OPTIONS ")
+            peer.sendall(response())
+            drive(loop, lambda: got)
+            assert got[0][1].proto == "tcp"
+            assert pool.connection_count() == 0
+
+
+# --------------------------------------------------------------------- expiry
+
+
+def test_idle_expiry_with_fake_clock(ip: str) -> None:
+    clock = FakeClock()
+    got, cb = collector()
+    with EventLoop(clock=clock) as loop, SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        assert loop.timer_count() == 0  # no connections, no expiry timer
+        dst = addr_of(pool.master())
+        c1 = connect(ip, dst)
+        c1.sendall(request(1))
+        drive(loop, lambda: got)
+        assert loop.timer_count() == 1
+        # one connection: it lives MAX_EXPIRE (120 s)
+        for _ in range(14):
+            clock.now += 8
+            loop.loop(0)
+        assert pool.connection_count() == 1  # 112 s idle
+        c2 = connect(ip, dst)
+        c2.sendall(request(2))
+        drive(loop, lambda: len(got) == 2)
+        # two connections: MIN + (MAX-MIN)/2 = 67.5 s; c1 is long past it, c2 not
+        clock.now += 8
+        loop.loop(0)
+        drive(loop, lambda: is_eof(c1))
+        assert pool.connection_count() == 1
+        # one again (120 s) ... c2 idle for 8 s so far
+        for _ in range(13):
+            clock.now += 8
+            loop.loop(0)
+        assert pool.connection_count() == 1
+        clock.now += 16
+        loop.loop(0)
+        drive(loop, lambda: is_eof(c2))
+        assert pool.connection_count() == 0
+        assert loop.timer_count() == 0  # the timer went with the last connection
+        c1.close()
+        c2.close()
+
+
+def test_traffic_keeps_connection_alive(ip: str) -> None:
+    clock = FakeClock()
+    got, cb = collector()
+    with EventLoop(clock=clock) as loop, SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(ip, addr_of(pool.master())) as c:
+            for i in range(30):  # 30 * 8 s = 240 s > MAX_EXPIRE, but never idle for long
+                c.sendall(request(i))
+                drive(loop, length_is(got, i + 1))
+                clock.now += 8
+                loop.loop(0)
+            assert pool.connection_count() == 1
+
+
+# --------------------------------------------------------------------- scale, lifecycle
+
+
+def test_thousand_clients_no_fd_leak(loop: EventLoop) -> None:
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener("127.0.0.1", 1024)) as pool:
+        pool.attach_eventloop(loop, cb)
+        dst = pool.master().getsockname()
+        fds_before = open_fds()
+        for batch in range(10):
+            clients = []
+            for i in range(100):
+                c = socket.create_connection(dst, timeout=5)
+                clients.append(c)
+                c.sendall(request(i, callid=f"b{batch}-{i}"))
+            drive(loop, length_is(got, (batch + 1) * 100))
+            for c in clients:
+                c.close()
+            drive(loop, lambda: pool.connection_count() == 0)
+        assert len({p.callid() for p, _ in got}) == 1000
+        assert open_fds() == fds_before
+        assert loop.fd_count() == 1
+        assert loop.timer_count() == 0
+
+
+def test_close_closes_every_socket(loop: EventLoop, ip: str) -> None:
+    fds_before = open_fds()
+    got, cb = collector()
+    server = tcp_listener(ip)
+    pool = SocketPool("tcp", tcp_listener(ip))
+    pool.attach_eventloop(loop, cb)
+    c = connect(ip, addr_of(pool.master()))
+    c.sendall(request())
+    pool.sendto(pkt(request(2)), addr_of(server))  # an outgoing connection
+    drive(loop, lambda: got and pool.connection_count() == 2)
+    master = pool.master()
+    pool.close()
+    assert pool.closed
+    assert master.fileno() == -1
+    assert pool.connection_count() == 0
+    assert loop.fd_count() == 0
+    assert loop.timer_count() == 0
+    pool.close()  # idempotent
+    status: list[int] = []
+    pool.sendto(pkt(request(3)), addr_of(server), status.append)
+    assert status == [errno.EBADF]
+    with pytest.raises(Exception, match="closed"):
+        pool.attach_eventloop(loop, cb)
+    c.close()
+    server.close()
+    assert open_fds() == fds_before
+
+
+def test_sendto_before_attach_is_sent_after_attach(loop: EventLoop, ip: str) -> None:
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener(ip)) as a, SocketPool("tcp", tcp_listener(ip)) as b:
+        b.attach_eventloop(loop, cb)
+        status: list[int] = []
+        a.sendto(pkt(request()), addr_of(b.master()), status.append)
+        spin(loop, 0.05)
+        a.attach_eventloop(loop, lambda *x: None)
+        drive(loop, lambda: got and status)
+        assert status == [0]
+
+
+def test_receive_callback_shapes(loop: EventLoop) -> None:
+    """The receive callback follows invoke_callback: here a (func, *bound) tuple."""
+    seen: list[Any] = []
+    with SocketPool("udp", udp_socket("127.0.0.1")) as pool, udp_socket("127.0.0.1") as peer:
+        pool.attach_eventloop(loop, (lambda tag, p, f: seen.append((tag, p, f)), "leg1"))
+        peer.sendto(request(), addr_of(pool.master()).sockaddr())
+        drive(loop, lambda: seen)
+        assert seen[0][0] == "leg1"
