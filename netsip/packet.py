@@ -319,6 +319,8 @@ def _check_uri(uri: str) -> None:
         raise PacketError(f"bad request URI {uri!r}: no scheme")
     # RFC 3261 19.1.1: URI headers (?...) are not allowed in a Request-URI.
     # '?' may appear in the user part, so look behind the last '@' only.
+    if "?" not in uri:
+        return
     low = uri[:5].lower()
     if (low.startswith(("sip:", "sips:"))) and "?" in uri.rpartition("@")[2]:
         raise PacketError(f"bad request URI {uri!r}: headers not allowed in Request-URI")
@@ -405,6 +407,27 @@ def _parse(data: bytes) -> Request | Response:
     if data[:1] in (b"\r", b"\n"):
         # RFC 3261 7.5: CRLFs before the start line are ignored
         data = data.lstrip(b"\r\n")
+    # Fast path (nearly every message): the header block ends at the first
+    # CRLF CRLF and has no line break but CRLF. Then no bare-LF header end can
+    # come earlier (see _find_header_end) and the lines split at CRLF. A
+    # folded line fails in _build (its name starts with SP/HT, names like that
+    # are never cached); that and any other error goes to the general path,
+    # which unfolds first and so raises exactly the error it always did.
+    i = data.find(b"\r\n\r\n")
+    if i >= 0:
+        head = data[:i].decode(_ENC, _ERRORS)
+        lines = head.split("\r\n")
+        n = len(lines) - 1
+        if head.count("\n") == n and head.count("\r") == n:
+            try:
+                return _build(data, lines, lines, i + 4, True)
+            except PacketError:
+                pass
+    return _parse_general(data)
+
+
+def _parse_general(data: bytes) -> Request | Response:
+    """Parse any message: bare LF line ends, folded lines, or one that is invalid."""
     hend, bstart, complete = _find_header_end(data)
     head = data[:hend].decode(_ENC, _ERRORS)
 
@@ -418,7 +441,20 @@ def _parse(data: bytes) -> Request | Response:
                 raise PacketError(f"bare CR in line {stripped!r}")
             lines[i] = stripped
     flat = _unfold(lines) if "\n " in head or "\n\t" in head else lines
+    return _build(data, lines, flat, bstart, complete)
 
+
+def _build(
+    data: bytes, lines: list[str], flat: list[str], bstart: int, complete: bool
+) -> Request | Response:
+    """Validate the start line and headers of a split message and make the packet.
+
+    Args:
+        data: the whole message; the body starts at ``bstart``.
+        lines: the raw logical header lines (kept for re-emission), start line first.
+        flat: the same lines unfolded (``lines`` itself if nothing was folded).
+        complete: an empty line ended the header.
+    """
     first = lines[0]
     method: str | None = None
     m2 = _REQ_LINE_RE.fullmatch(first)
@@ -437,9 +473,7 @@ def _parse(data: bytes) -> Request | Response:
     once: dict[str, str] = {}
     cseq_method: str | None = None
     name_cache = _NAME_CACHE
-    lineno = -1
-    for line in flat[1:]:
-        lineno += 1
+    for lineno, line in enumerate(flat[1:]):
         name, colon, value = line.partition(":")
         if not colon:
             raise PacketError(f"bad header line {line!r}")
@@ -450,13 +484,18 @@ def _parse(data: bytes) -> Request | Response:
             append((key, value, lineno))
             continue
         if kind >= _LIST:
-            if "," in value:
-                values = _split_list(value, key)
-            elif kind == _LIST and ('"' in value or "<" in value or "\\" in value):
-                _check_balanced(value, key)
-                values = [value]
-            else:
-                values = [value]
+            if "," not in value:  # one element: the common case, checked inline
+                if kind == _VIA:
+                    if _VIA_RE.fullmatch(value) is None:
+                        raise PacketError(f"invalid via: {value!r}")
+                elif kind == _ADDRLIST:
+                    if _ADDR_RE.fullmatch(value) is None:
+                        _check_addr(value, key)
+                elif '"' in value or "<" in value or "\\" in value:
+                    _check_balanced(value, key)
+                append((key, value, lineno))
+                continue
+            values = _split_list(value, key)
             if kind == _ADDRLIST:
                 for v in values:
                     if _ADDR_RE.fullmatch(v) is None:
@@ -472,7 +511,10 @@ def _parse(data: bytes) -> Request | Response:
             if _ADDR_RE.fullmatch(value) is None:
                 _check_addr(value, key)
         elif kind == _NUM:
-            _check_number(value, key)
+            if not (value.isdigit() and value.isascii() and len(value) <= 12) or (
+                int(value) > _NUM_MAX[key]
+            ):
+                _check_number(value, key)  # raises, saying what is wrong
         elif kind == _CALLID:
             if _CALLID_RE.fullmatch(value) is None:
                 raise PacketError(f"invalid callid, should be 'word [@ word]': {value!r}")
@@ -512,6 +554,7 @@ def _parse(data: bytes) -> Request | Response:
         rsp._msg = text
         pkt = rsp
     pkt._hdrs = hdrs
+    pkt._index = None
     del lines[0]  # keep the raw header lines, index = line number
     pkt._lines = lines
     pkt._first = first
@@ -691,9 +734,14 @@ class Packet:
     therefore unhashable.
     """
 
-    __slots__ = ("_body", "_first", "_hdrs", "_lines", "_wire")
+    __slots__ = ("_body", "_first", "_hdrs", "_index", "_lines", "_wire")
 
     _hdrs: list[_Hdr]
+    # values by key, built by the first get_header(s) and dropped (None)
+    # whenever _hdrs changes: a UAS looks up the same few headers many times.
+    # Tuples of str, so the cyclic GC untracks the whole index: a dispatcher
+    # keeps every response for 32 s and full collections scan what is tracked.
+    _index: dict[str, tuple[str, ...]] | None
     # the original header lines (raw text incl. folding) of a parsed packet,
     # None for a packet built from parts
     _lines: list[str] | None
@@ -743,6 +791,7 @@ class Packet:
 
     def _init(self, headers: HeadersArg, body: bytes | str) -> None:
         self._hdrs = _make_headers(headers)
+        self._index = None
         self._lines = None
         self._first = None
         self._body = _body_bytes(body)
@@ -820,19 +869,35 @@ class Packet:
         if name is None:
             return self.headers()
         key = _KEY_CACHE.get(name) or normalize_header_key(name)
-        found: str | None = None
-        for k, v, _ in self._hdrs:
-            if k == key:
-                if found is None:
-                    found = v
-                elif v != found:
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        values = index.get(key)
+        if values is None:
+            return None
+        found = values[0]
+        if len(values) > 1:
+            for v in values:
+                if v != found:
                     raise PacketError(f"multiple values for {key} in packet")
         return found
 
     def get_headers(self, name: str) -> list[str]:
         """All values of a header, in order (empty list if absent)."""
         key = _KEY_CACHE.get(name) or normalize_header_key(name)
-        return [v for k, v, _ in self._hdrs if k == key]
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        values = index.get(key)
+        return list(values) if values is not None else []
+
+    def _build_index(self) -> dict[str, tuple[str, ...]]:
+        index: dict[str, tuple[str, ...]] = {}
+        for k, v, _ in self._hdrs:
+            values = index.get(k)
+            index[k] = (v,) if values is None else (*values, v)
+        self._index = index
+        return index
 
     def headers(self) -> dict[str, list[str]]:
         """All headers: normalised key (``"call-id"``) -> list of values, in order."""
@@ -849,19 +914,24 @@ class Packet:
         """Append a header (each value of a list as a header of its own)."""
         key = normalize_header_key(name)
         self._hdrs.extend((key, _clean_value(v), -1) for v in _iter_values(value))
-        self._wire = None
+        self._index = self._wire = None
 
     def insert_header(self, name: str, value: HeaderValues) -> None:
         """Insert a header before all others (a list keeps its order)."""
         key = normalize_header_key(name)
-        self._hdrs[0:0] = [(key, _clean_value(v), -1) for v in _iter_values(value)]
+        new = [(key, _clean_value(v), -1) for v in _iter_values(value)]
+        self._hdrs[0:0] = new
+        index = self._index
+        if index is not None and new:
+            # keep the index valid (a Via or Contact is inserted before lookups)
+            index[key] = (*(v for _, v, _ in new), *index.get(key, ()))
         self._wire = None
 
     def del_header(self, name: str) -> None:
         """Remove every value of a header."""
         key = normalize_header_key(name)
         self._hdrs = [h for h in self._hdrs if h[0] != key]
-        self._wire = None
+        self._index = self._wire = None
 
     def set_header(self, name: str, value: HeaderValues) -> None:
         """Replace a header: its values take the place of the first old one
@@ -875,11 +945,11 @@ class Packet:
                 break
         else:
             hdrs.extend(new)
-            self._wire = None
+            self._index = self._wire = None
             return
         rest = [h for h in hdrs[pos:] if h[0] != key]
         hdrs[pos:] = new + rest
-        self._wire = None
+        self._index = self._wire = None
 
     # -- body -------------------------------------------------------------
 
@@ -916,6 +986,7 @@ class Packet:
         cl_at = [i for i, h in enumerate(hdrs) if h[0] == "content-length"]
         add_cl = not cl_at
         if cl_at and (len(cl_at) > 1 or hdrs[cl_at[0]][1] != blen):
+            self._index = None
             hdrs[cl_at[0]] = ("content-length", blen, -1)
             for i in reversed(cl_at[1:]):
                 del hdrs[i]
@@ -980,6 +1051,7 @@ class Packet:
         for slot in ("_body", "_first", "_lines", "_wire", *cls.__slots__):
             setattr(new, slot, getattr(self, slot))
         new._hdrs = list(self._hdrs)
+        new._index = None
         assert isinstance(new, (Request, Response))
         return new
 
@@ -1118,6 +1190,7 @@ class Request(Packet):
         resp._code = _checked_code(code)
         resp._msg = _checked_msg(msg)
         resp._hdrs = hdrs
+        resp._index = None
         resp._lines = None
         resp._first = None
         resp._body = _body_bytes(body)
@@ -1157,6 +1230,7 @@ class Request(Packet):
         req._method = method
         req._uri = self._uri
         req._hdrs = hdrs
+        req._index = None
         req._lines = None
         req._first = None
         req._body = b""

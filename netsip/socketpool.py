@@ -19,10 +19,22 @@ How it works:
   framing or parse error closes only that connection;
 * sending over TCP appends to the connection's write buffer and writes what
   the socket takes; the rest waits for ``EV_WRITE``. A sendto callback gets
-  ``0`` once its bytes are written, an errno when the connection fails;
+  ``0`` once its bytes are written, an errno when the connection fails; at
+  most ``MAX_WBUF`` bytes wait per connection (a peer that does not read
+  gets its connection closed, with ``ENOBUFS``);
+* when ``accept`` fails for lack of file descriptors (``EMFILE``, ``ENFILE``)
+  the listening socket is not watched for a short, growing while, instead of
+  being reported readable (and failing again) in every loop cycle;
 * idle connections are closed by one periodic timer that exists only while
   there are connections (Perl's ``_timeout_sockets``); connects (and, with
-  TLS, handshakes) have a ``CONNECT_TIMEOUT`` timer of their own.
+  TLS, handshakes) have a ``CONNECT_TIMEOUT`` timer of their own;
+* TLS (``proto="tls"``) is TCP plus :class:`netsip.tlsconn.TLSConn`: once TCP
+  is up, the handshake runs non-blocking in the loop (server side for accepted
+  connections, client side for opened ones, each with its own context) and
+  counts against ``CONNECT_TIMEOUT``; data queued meanwhile is written after
+  it. Reads take at most one TLS record (16 KiB) and drain what OpenSSL has
+  buffered; a read or write that waits for the other direction switches the
+  watched event. A failed handshake closes only that connection.
 
 Errno values given to ``sendto`` callbacks when a connection fails with data
 still queued: the socket's own errno (``ECONNREFUSED``, ``EPIPE``,
@@ -30,7 +42,16 @@ still queued: the socket's own errno (``ECONNREFUSED``, ``EPIPE``,
 than ``CONNECT_TIMEOUT`` or a connection that expired with unwritten data;
 ``ECONNRESET`` when the peer closed the connection; ``ECONNABORTED`` when the
 pool closed it because the peer sent something that is not SIP;
-``EAFNOSUPPORT`` for a destination of the wrong address family.
+``EAFNOSUPPORT`` for a destination of the wrong address family;
+``ENOBUFS`` when queueing the packet would exceed ``MAX_WBUF`` (the
+connection is closed: every packet still queued on it fails with it).
+TLS adds ``EPROTO`` for everything the TLS layer refuses (an untrusted or
+mismatching certificate, a missing client certificate, a peer that does not
+speak TLS, a TLS alert) and ``ETIMEDOUT`` for a handshake not done within
+``CONNECT_TIMEOUT``; a peer closing during the handshake gives ``ECONNRESET``.
+With TLS 1.3 a client's handshake ends before the server has checked its
+certificate, so a refused client certificate can show as a written packet
+(0) followed by the connection closing.
 :meth:`SocketPool.close` does not invoke pending callbacks.
 
 Settings (``MAX_SIP_HEADER`` ...) are module-wide (:func:`import_settings`,
@@ -51,12 +72,15 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
 from netsip.framing import FramingError, NeedMore, frame
 from netsip.packet import Packet, PacketError
 from netsip.util import Addr, NetSIPError, Proto, invoke_callback
+
+if TYPE_CHECKING:  # netsip.tlsconn imports this module; loaded at run time by TLS pools only
+    from netsip.tlsconn import TLSConn, TLSContexts
 
 __all__ = ["Conn", "SocketPool", "get_settings", "import_settings"]
 
@@ -71,8 +95,14 @@ DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
     "MAX_EXPIRE": 120,  # ... and at most this long (s)
     "CONNECT_TIMEOUT": 10,  # TCP connect (and TLS handshake) limit (s)
     "TCP_READSIZE": 2**16,  # bytes per read on a stream
+    # Not in Perl: bytes queued for writing on one connection before further
+    # sendto's fail with ENOBUFS and the connection is closed (a peer that
+    # never reads must not make the pool buffer without bound).
+    "MAX_WBUF": 2**22,
 }
-_INT_KEYS: Final = frozenset({"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE"})
+_INT_KEYS: Final = frozenset(
+    {"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE", "MAX_WBUF"}
+)
 
 # A UDP datagram smaller than this cannot be SIP (shortest first line plus the
 # final CRLF CRLF): Perl treats it as a keep-alive and ignores it.
@@ -80,9 +110,33 @@ _MIN_DATAGRAM: Final = 13
 _UDP_READSIZE: Final = 2**16
 
 _ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
+_UDP_READS_PER_READY: Final = 32  # datagrams read per readiness of a UDP socket
+# accept() failing for lack of resources: the listener is left alone for a
+# while (doubling from MIN to MAX seconds while the shortage lasts).
+_ACCEPT_RESOURCE_ERRORS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+)
+_ACCEPT_BACKOFF_MIN: Final = 0.05
+_ACCEPT_BACKOFF_MAX: Final = 1.0
 _ADDR_CACHE_MAX: Final = 1024  # remembered UDP source addresses (Addr objects)
 
 _SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE
+_MSG_ERRQUEUE: Final = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux only
+
+
+def _drain_errqueue(sock: socket.socket) -> None:
+    """Discard the ICMP errors queued on a UDP socket (Linux, ``IP_RECVERR`` set).
+
+    Without ``IP_RECVERR`` the queue is always empty and this costs one
+    failing syscall; it only runs when a read found no datagram.
+    """
+    if not _MSG_ERRQUEUE:
+        return
+    for _ in range(64):
+        try:
+            sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
+        except OSError:
+            return
 
 
 @dataclass(slots=True)
@@ -96,6 +150,7 @@ class _Settings:
     max_expire: float
     connect_timeout: float
     tcp_readsize: int
+    max_wbuf: int
 
 
 _global: dict[str, float] = dict(DEFAULT_SETTINGS)
@@ -126,6 +181,7 @@ def _make_settings(v: Mapping[str, float]) -> _Settings:
         max_expire=v["MAX_EXPIRE"],
         connect_timeout=v["CONNECT_TIMEOUT"],
         tcp_readsize=int(v["TCP_READSIZE"]),
+        max_wbuf=int(v["MAX_WBUF"]),
     )
 
 
@@ -136,7 +192,10 @@ def import_settings(**kw: float) -> None:
 
     Args:
         **kw: ``MAX_SIP_HEADER``, ``MAX_SIP_BODY``, ``MAX_TIDLIST``,
-            ``MIN_EXPIRE``, ``MAX_EXPIRE``, ``CONNECT_TIMEOUT``, ``TCP_READSIZE``.
+            ``MIN_EXPIRE``, ``MAX_EXPIRE``, ``CONNECT_TIMEOUT``, ``TCP_READSIZE``,
+            ``MAX_WBUF`` (not in Perl: the most bytes queued for writing on
+            one connection, default 4 MiB; a sendto that would exceed it fails
+            with ``ENOBUFS`` and closes that connection).
 
     Raises:
         ValueError: an unknown key (named in the message) or a value <= 0.
@@ -214,29 +273,40 @@ class Conn:
         """Bytes already read from the socket but not yet returned (TLS records)."""
         return 0
 
+    def close(self) -> None:
+        """Close the socket (TLS first sends close_notify if it can without waiting)."""
+        self.sock.close()
+
 
 class SocketPool:
     """The sockets of a Leg: a master socket plus, for TCP, its connections.
 
     Args:
-        proto: ``"udp"``, ``"tcp"`` or ``"tls"`` (TLS: not implemented yet).
+        proto: ``"udp"``, ``"tcp"`` or ``"tls"``.
         fd: the master socket: a bound UDP socket, a listening TCP socket, or
-            a connected UDP/TCP socket with ``connected=True``. The pool owns
-            it from now on (made non-blocking, closed by :meth:`close`).
+            a connected UDP/TCP socket with ``connected=True`` (TLS: the pool
+            is the client of its handshake). The pool owns it from now on
+            (made non-blocking, closed by :meth:`close`).
         dst: with ``connected`` false an optional restriction: every packet
             is sent to ``dst`` whatever ``sendto`` is given, and packets (and
             TCP connections) from anywhere else are dropped. With
             ``connected`` true the peer of the master socket (default: its
             ``getpeername()``). Anything :meth:`Addr.parse` takes.
         connected: the master socket is connected to ``dst``.
-        tls: TLS options (see DESIGN.md); only with ``proto="tls"``.
+        tls: TLS options, only with ``proto="tls"``: ``certfile``,
+            ``keyfile``, ``cafile``, ``verify_client`` (0, -1, 1),
+            ``check_hostname`` or ready ``server_context`` /
+            ``client_context`` (see :func:`netsip.tlsconn.make_contexts`).
+            Accepted connections use the server context, connections the
+            pool opens the client context.
         settings: per-pool overrides of the module settings, e.g.
             ``{"TCP_READSIZE": 4096}``.
 
     Raises:
-        ValueError: unknown proto, a socket of the wrong type, bad settings.
+        ValueError: unknown proto, a socket of the wrong type, bad settings,
+            bad TLS options or TLS options for a UDP/TCP pool.
         TypeError: ``fd`` is not a socket.
-        NotImplementedError: ``proto="tls"`` (the TLS transport comes next).
+        OSError: a TLS certificate, key or CA file cannot be loaded.
     """
 
     def __init__(
@@ -253,13 +323,19 @@ class SocketPool:
             raise ValueError(f"unknown protocol {proto!r} (udp, tcp or tls)")
         if not isinstance(fd, socket.socket):
             raise TypeError(f"master must be a socket.socket, not {type(fd).__name__}")
-        if proto == "tls":
-            raise NotImplementedError("TLS transport is not implemented yet")
-        if tls is not None:
+        if tls is not None and proto != "tls":
             raise ValueError("tls options given for a non-TLS pool")
         want = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
         if fd.type != want:
             raise ValueError(f"a {proto} pool needs a {want.name} socket, got {fd.type.name}")
+        self._tls: TLSContexts | None = None
+        self._conn_cls: type[Conn] = Conn
+        if proto == "tls":
+            # imported here, not at the top: netsip.tlsconn subclasses Conn
+            from netsip.tlsconn import TLSConn, make_contexts  # noqa: PLC0415
+
+            self._tls = make_contexts(tls)
+            self._conn_cls = TLSConn
         self._overrides = _validated(settings or {})
         self._cfg = _make_settings({**_global, **self._overrides})
 
@@ -278,13 +354,19 @@ class SocketPool:
             self._dst = Addr.parse(dst)
 
         fd.setblocking(False)
-        self._master = Conn(fd, fd.fileno(), peer=peer, master=True)
+        # A connected TLS master is "connecting" until its handshake is done.
+        handshake = peer is not None and self._tls is not None
+        self._master = self._conn_cls(
+            fd, fd.fileno(), peer=peer, master=True, inside_connect=handshake
+        )
         self._conns: dict[int, Conn] = {}  # fd -> connection (not the master)
         self._tids: dict[str, Conn] = {}  # request tid -> connection it came in on
         self._by_peer: dict[tuple[str, int], list[Conn]] = {}
         self._loop: EventLoopLike | None = None
         self._cb: Callback = None
         self._expire_timer: TimerLike | None = None
+        self._accept_timer: TimerLike | None = None  # listener paused (EMFILE)
+        self._accept_backoff = 0.0  # current pause, 0 while accept works
         self._closed = False
 
         self._rbuf = bytearray(max(_UDP_READSIZE, self._cfg.tcp_readsize))
@@ -361,6 +443,9 @@ class SocketPool:
             if self._expire_timer is not None:
                 self._expire_timer.cancel()
                 self._expire_timer = None
+            if self._accept_timer is not None:
+                self._accept_timer.cancel()
+                self._accept_timer = None
         self._loop = loop
         self._cb = callback
         if loop is None:
@@ -382,18 +467,20 @@ class SocketPool:
     def sendto(self, packet: Packet, dst: object, callback: Callback = None) -> None:
         """Send ``packet`` to ``dst``.
 
-        UDP goes out over the master socket at once. TCP uses, in this order,
-        the connection the request of a response came in on, an existing
-        connection to ``dst``, or a new connection from the master's address;
-        the data is queued and written as the socket allows.
+        UDP goes out over the master socket at once. TCP and TLS use, in this
+        order, the connection the request of a response came in on, an
+        existing connection to ``dst``, or a new connection from the master's
+        address; the data is queued and written as the socket allows (TLS:
+        once the handshake is done; SNI and the certificate check use
+        ``dst.host`` when it is a name, else the address).
 
         Args:
             packet: the packet; its ``as_bytes()`` is sent.
             dst: the destination (anything :meth:`Addr.parse` takes); replaced
                 by the pool's ``dst`` restriction if there is one.
-            callback: UDP: invoked with an errno only if sending failed. TCP:
-                invoked with 0 once the packet is fully written, or with an
-                errno once that is impossible (exactly once either way).
+            callback: UDP: invoked with an errno only if sending failed. TCP,
+                TLS: invoked with 0 once the packet is fully written, or with
+                an errno once that is impossible (exactly once either way).
 
         Raises:
             ValueError, TypeError: ``dst`` cannot be parsed.
@@ -449,7 +536,7 @@ class SocketPool:
         for conn in self._all():
             conn.closed = True
             conn.wcallbacks.clear()
-            conn.sock.close()
+            conn.close()
         self._conns.clear()
         self._tids.clear()
         self._by_peer.clear()
@@ -483,21 +570,41 @@ class SocketPool:
             handler = partial(self._read_udp, conn)
         elif conn.master and conn.peer is None:
             handler = partial(self._accept, conn)
+        elif conn.tls is not None:
+            tls_handler = self._tls_handshake if conn.inside_connect else self._tls_readable
+            handler = partial(tls_handler, cast("TLSConn", conn))
         else:
             handler = partial(self._read_stream, conn)
         loop.add_fd(conn.fd, EV_READ, handler, "socketpool")
 
     def _watch_write(self, conn: Conn, on: bool) -> None:
         loop = self._loop
-        if loop is None or on == conn.watch_write:
+        if loop is None:
+            return
+        if conn.tls is not None and not conn.inside_connect:
+            # TLS: a read may wait for EV_WRITE, a write for EV_READ instead
+            on = cast("TLSConn", conn).write_interest(on)
+        if on == conn.watch_write:
             return
         conn.watch_write = on
         if not on:
             loop.del_fd(conn.fd, EV_WRITE)
+        elif conn.tls is not None:
+            tls_handler = self._tls_handshake if conn.inside_connect else self._tls_writable
+            handler = partial(tls_handler, cast("TLSConn", conn))
+            loop.add_fd(conn.fd, EV_WRITE, handler, "socketpool-tls")
         elif conn.inside_connect:
             loop.add_fd(conn.fd, EV_WRITE, partial(self._connected, conn), "socketpool-connect")
         else:
             loop.add_fd(conn.fd, EV_WRITE, partial(self._writable, conn), "socketpool-write")
+
+    def _new_conn(self, sock: socket.socket, peer: Addr, *, accepted: bool) -> Conn:
+        """The record of a new connection (TLS: "connecting" until the handshake is done)."""
+        if self._tls is None:
+            return Conn(sock, sock.fileno(), peer=peer, inside_connect=not accepted)
+        conn = cast("TLSConn", self._conn_cls(sock, sock.fileno(), peer=peer, inside_connect=True))
+        conn.server_side = accepted
+        return conn
 
     def _add_conn(self, conn: Conn) -> None:
         self._conns[conn.fd] = conn
@@ -541,14 +648,12 @@ class SocketPool:
         for tid in conn.tids:
             if tids.get(tid) is conn:
                 del tids[tid]
-        conn.sock.close()
+        conn.close()
         if not self._conns and self._expire_timer is not None:
             self._expire_timer.cancel()
             self._expire_timer = None
-        # Each pending callback exactly once, even if one of them re-enters.
-        cbs = conn.wcallbacks
-        while cbs:
-            invoke_callback(cbs.popleft()[1], err)
+        # Each pending callback exactly once, even if one of them re-enters or raises.
+        self._fail_callbacks(conn.wcallbacks, err)
 
     # ---- receiving
 
@@ -564,28 +669,41 @@ class SocketPool:
         return addr
 
     def _read_udp(self, conn: Conn, _fd: object = None) -> None:
-        try:
-            n, sa = conn.sock.recvfrom_into(self._rview, _UDP_READSIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            # e.g. ECONNREFUSED: an ICMP error for an earlier datagram. It
-            # concerns that datagram, not this socket: keep going.
-            log.debug("udp recv on %s: %s", self._local_ip, exc)
-            return
-        if n < _MIN_DATAGRAM:
-            return  # keep-alive (RFC 5626 4.4.2 STUN is longer; CRLF pings are not)
-        dst = self._dst
-        if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
-            log.info("drop packet from %s:%s, only accepting %s", sa[0], sa[1], dst)
-            return
-        data = self._rview[:n].tobytes()
-        try:
-            pkt = Packet.new_from_string(data)
-        except PacketError as exc:
-            log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
-            return
-        invoke_callback(self._cb, pkt, self._peer_addr(sa))
+        # Up to _UDP_READS_PER_READY datagrams per readiness: under load one
+        # loop cycle (epoll_wait, dispatch) serves several, and the bound keeps
+        # the other sockets and the timers going.
+        sock = conn.sock
+        for i in range(_UDP_READS_PER_READY):
+            try:
+                n, sa = sock.recvfrom_into(self._rview, _UDP_READSIZE)
+            except BlockingIOError:
+                if not i:
+                    # Reported readable without data: an ICMP error queued on a
+                    # socket with IP_RECVERR keeps epoll reporting EPOLLERR
+                    # until it is read.
+                    _drain_errqueue(sock)
+                return
+            except OSError as exc:
+                # e.g. ECONNREFUSED: an ICMP error for an earlier datagram. It
+                # concerns that datagram, not this socket: keep going.
+                log.debug("udp recv on %s: %s", self._local_ip, exc)
+                _drain_errqueue(sock)
+                return
+            if n < _MIN_DATAGRAM:
+                continue  # keep-alive (RFC 5626 4.4.2 STUN is longer; CRLF pings are not)
+            dst = self._dst
+            if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
+                log.info("drop packet from %s:%s, only accepting %s", sa[0], sa[1], dst)
+                continue
+            data = self._rview[:n].tobytes()
+            try:
+                pkt = Packet.new_from_string(data)
+            except PacketError as exc:
+                log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
+                continue
+            invoke_callback(self._cb, pkt, self._peer_addr(sa))
+            if conn.closed or self._loop is None:
+                return  # the callback closed or detached the pool
 
     def _accept(self, master: Conn, _fd: object = None) -> None:
         proto = self.proto
@@ -593,9 +711,13 @@ class SocketPool:
             try:
                 sock, sa = master.sock.accept()
             except BlockingIOError:
+                self._accept_backoff = 0.0  # backlog drained: resources suffice
                 return
             except OSError as exc:
-                # ECONNABORTED, EMFILE, ...: the listener itself is fine.
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    self._pause_accept(master, exc)
+                    return
+                # ECONNABORTED, EPERM, ...: that connection, the listener is fine.
                 log.warning("accept on %s failed: %s", self._local_ip, exc)
                 return
             dst = self._dst
@@ -605,9 +727,39 @@ class SocketPool:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, sock.fileno(), peer=Addr(sa[0], sa[1], sock.family, None, proto))
+            peer = Addr(sa[0], sa[1], sock.family, None, proto)
+            conn = self._new_conn(sock, peer, accepted=True)
             self._add_conn(conn)
-            self._watch_read(conn)
+            self._established(conn)  # TLS: the handshake starts here
+
+    def _pause_accept(self, master: Conn, exc: OSError) -> None:
+        """Out of fds: stop watching the listener for a while (doubling up to 1 s).
+
+        The pending connection stays in the backlog, so the listener stays
+        readable: watched level-triggered it would fail again in every cycle
+        and spin the CPU. Connections already accepted keep being served.
+        """
+        loop = self._loop
+        if loop is None:
+            return
+        again = self._accept_backoff > 0
+        delay = min(max(2 * self._accept_backoff, _ACCEPT_BACKOFF_MIN), _ACCEPT_BACKOFF_MAX)
+        self._accept_backoff = delay
+        log.log(
+            logging.DEBUG if again else logging.WARNING,
+            "accept on %s failed: %s; not accepting for %.2fs", self._local_ip, exc, delay,
+        )
+        loop.del_fd(master.fd, EV_READ)
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+        self._accept_timer = loop.add_timer(
+            delay, partial(self._resume_accept, master), name="socketpool-accept-backoff"
+        )
+
+    def _resume_accept(self, master: Conn, _timer: object = None) -> None:
+        self._accept_timer = None
+        if not self._closed and not master.closed:
+            self._watch_read(master)
 
     def _read_stream(self, conn: Conn, _fd: object = None) -> None:
         view = self._rview
@@ -664,6 +816,14 @@ class SocketPool:
                 invoke_callback(self._cb, pkt, conn.peer)
                 if conn.closed:
                     return
+        except BaseException:
+            # The callback raised: it propagates out of loop(). Messages behind
+            # this one were read from the socket already, so no readiness will
+            # report them: pick them up in the next cycle.
+            loop = self._loop
+            if loop is not None and not conn.closed and len(buf) > pos:
+                loop.add_timer(0, partial(self._resume_extract, conn), name="socketpool-resume")
+            raise
         finally:
             # also when the callback raised: never deliver a message twice
             if not conn.closed:
@@ -674,6 +834,10 @@ class SocketPool:
                 else:
                     del buf[:pos]
                     conn.scan = conn.need = 0
+
+    def _resume_extract(self, conn: Conn, _timer: object = None) -> None:
+        if not conn.closed and conn.rbuf and len(conn.rbuf) >= conn.need:
+            self._extract(conn)
 
     def _remember_tid(self, conn: Conn, tid: str) -> None:
         # Trimmed by hand rather than deque(maxlen=...): a forgotten tid must
@@ -693,7 +857,12 @@ class SocketPool:
 
     def _connect(self, dst: Addr, callback: Callback) -> Conn | None:
         """Start a non-blocking connect to ``dst``; None (callback told) on failure."""
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: out of resources
+            log.warning("cannot connect to %s: %s", dst, exc)
+            invoke_callback(callback, exc.errno or errno.EIO)
+            return None
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -711,7 +880,7 @@ class SocketPool:
             invoke_callback(callback, err)
             return None
         peer = Addr(dst.addr, dst.port, dst.family, dst.host, self.proto)
-        conn = Conn(sock, sock.fileno(), peer=peer, inside_connect=True)
+        conn = self._new_conn(sock, peer, accepted=False)
         self._add_conn(conn)
         if err == 0:
             self._established(conn)
@@ -731,7 +900,8 @@ class SocketPool:
     def _connect_timeout(self, conn: Conn, _timer: object = None) -> None:
         conn.timer = None
         if conn.inside_connect:
-            self._drop(conn, errno.ETIMEDOUT, "connect timed out")
+            what = "TLS handshake" if conn.tls is not None else "connect"
+            self._drop(conn, errno.ETIMEDOUT, "%s timed out", what)
 
     def _connected(self, conn: Conn, _fd: object = None) -> None:
         """EV_WRITE on a connecting socket: the connect finished, one way or the other."""
@@ -748,6 +918,9 @@ class SocketPool:
         The TLS transport starts its handshake here instead and calls back
         when it is done; the connect timer keeps running until then.
         """
+        if self._tls is not None and conn.tls is None:
+            self._tls_start(cast("TLSConn", conn))
+            return
         conn.inside_connect = False
         if conn.timer is not None:
             conn.timer.cancel()
@@ -757,8 +930,79 @@ class SocketPool:
         self._watch_read(conn)
         if conn.wbuf:
             self._flush(conn)
+        if conn.tls is not None and not conn.closed and conn.pending():
+            self._read_stream(conn)  # records that came with the handshake
+
+    # ---- TLS (the transport itself is netsip.tlsconn.TLSConn)
+
+    def _tls_start(self, conn: TLSConn) -> None:
+        """TCP is up: put TLS on it and start the handshake (Perl: _tls_accept/_tls_connect).
+
+        The handshake has to finish before the connect timer fires
+        (``CONNECT_TIMEOUT``); accepted connections get that timer here.
+        """
+        assert self._tls is not None
+        if conn.timer is None:
+            self._arm_connect_timer(conn)
+        try:
+            conn.start(self._tls)
+        except OSError as exc:
+            self._drop(conn, exc.errno or errno.EPROTO, "TLS setup failed: %s", exc)
+            return
+        self._tls_handshake(conn)
+
+    def _tls_handshake(self, conn: TLSConn, _fd: object = None) -> None:
+        """One handshake step; watch the direction it waits for, or go on as established."""
+        try:
+            want = conn.handshake()
+        except OSError as exc:
+            self._drop(conn, exc.errno or errno.EPROTO, "TLS handshake failed: %s", exc)
+            return
+        if want is None:
+            self._watch_write(conn, False)
+            self._established(conn)
+        elif want == EV_READ:
+            self._watch_write(conn, False)
+            self._watch_read(conn)
+        else:
+            # not readable-and-retry while the handshake waits to write: that would spin
+            if self._loop is not None:
+                self._loop.del_fd(conn.fd, EV_READ)
+            self._watch_write(conn, True)
+
+    def _tls_readable(self, conn: TLSConn, _fd: object = None) -> None:
+        """EV_READ on an established TLS connection (a waiting write goes first)."""
+        if conn.write_wants_read:
+            conn.write_wants_read = False
+            self._flush(conn)
+            if conn.closed:
+                return
+        conn.read_wants_write = False
+        self._read_stream(conn)
+        if conn.read_wants_write and not conn.closed:
+            self._watch_write(conn, True)
+
+    def _tls_writable(self, conn: TLSConn, _fd: object = None) -> None:
+        """EV_WRITE on an established TLS connection (a waiting read goes first)."""
+        if conn.read_wants_write:
+            conn.read_wants_write = False
+            self._read_stream(conn)
+            if conn.closed:
+                return
+        self._flush(conn)  # also decides whether EV_WRITE stays watched
 
     def _queue(self, conn: Conn, data: bytes, callback: Callback) -> None:
+        limit = self._cfg.max_wbuf
+        if len(conn.wbuf) + len(data) > limit:
+            # The loop writes whenever the socket takes data, so a full buffer
+            # means the peer stopped reading: give up on it rather than buffer
+            # without bound. Everything queued fails, then this packet.
+            self._drop(
+                conn, errno.ENOBUFS, "write buffer full (%d + %d bytes > MAX_WBUF %d)",
+                len(conn.wbuf), len(data), limit, level=logging.WARNING,
+            )
+            invoke_callback(callback, errno.ENOBUFS)
+            return
         conn.wbuf += data
         conn.queued += len(data)
         if callback is not None:
@@ -789,9 +1033,38 @@ class SocketPool:
                 # only progress counts: a peer that stops reading expires
                 conn.didit = loop.looptime
             self._watch_write(conn, bool(wbuf))
+        self._fire_written(conn)
+
+    def _fire_written(self, conn: Conn, _timer: object = None) -> None:
+        """Invoke the callbacks (with 0) of the packets written completely, in order."""
         cbs = conn.wcallbacks
-        while cbs and cbs[0][0] <= conn.written and not conn.closed:
-            invoke_callback(cbs.popleft()[1], 0)
+        try:
+            while cbs and cbs[0][0] <= conn.written and not conn.closed:
+                invoke_callback(cbs.popleft()[1], 0)
+        except BaseException:
+            # A callback raised; it propagates out of loop(). The callbacks of
+            # the other written packets still get their 0, in the next cycle.
+            loop = self._loop
+            if loop is not None and cbs and cbs[0][0] <= conn.written and not conn.closed:
+                loop.add_timer(0, partial(self._fire_written, conn), name="socketpool-callbacks")
+            raise
+
+    def _fail_callbacks(
+        self, cbs: deque[tuple[int, Callback]], err: int, _timer: object = None
+    ) -> None:
+        """Invoke each pending callback with ``err`` exactly once, even if one re-enters."""
+        if self._closed:
+            return  # close() does not invoke pending callbacks
+        try:
+            while cbs:
+                invoke_callback(cbs.popleft()[1], err)
+        except BaseException:
+            # as in _fire_written: the rest get their errno in the next cycle
+            loop = self._loop
+            if loop is not None and cbs:
+                retry = partial(self._fail_callbacks, cbs, err)
+                loop.add_timer(0, retry, name="socketpool-callbacks")
+            raise
 
     # ---- expiry
 

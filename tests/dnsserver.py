@@ -61,16 +61,34 @@ class DNSServer:
         self.queries: list[tuple[str, str, str]] = []
         self._conns: dict[socket.socket, bytearray] = {}
 
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.setblocking(False)
+        self.udp, self.tcp = self._bind_pair()
         self.port: int = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.bind(("127.0.0.1", self.port))  # same port: the client falls back to it
         self.tcp.listen(8)
+        self.udp.setblocking(False)
         self.tcp.setblocking(False)
         loop.add_fd(self.udp, EV_READ, self._on_udp, "dns-server-udp")
         loop.add_fd(self.tcp, EV_READ, self._on_accept, "dns-server-tcp")
+
+    @staticmethod
+    def _bind_pair() -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket on the same free port (the client falls back to TCP).
+
+        The port the kernel picks for UDP may be taken for TCP (another process,
+        or a connection in TIME_WAIT), so try a bounded number of ports.
+        """
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            return udp, tcp
+        raise OSError("no port free for both UDP and TCP")
 
     @property
     def address(self) -> tuple[str, int]:

@@ -5,13 +5,16 @@
 * as a client it sends OPTIONS to a netsip :class:`SocketPool` responder;
 * as a server it answers the OPTIONS a netsip pool sends it.
 
-Both over UDP and TCP, on IPv4 and IPv6 loopback. The netsip event loop is
+Over UDP, TCP and TLS, on IPv4 and IPv6 loopback; over TLS also with client
+certificates (``verify_client``) and refused handshakes. TLS certificates come
+from a test CA made by trustme for this module. The netsip event loop is
 driven until the Perl process closes its stdout (the loop watches the pipe),
 so nothing sleeps, and every wait is bounded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -57,7 +60,55 @@ HOSTS = [
         marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback"),
     ),
 ]
-PROTOS: list[Proto] = ["udp", "tcp"]
+PROTOS: list[Proto] = ["udp", "tcp", "tls"]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA: server certificate for localhost/127.0.0.1/::1, a client one."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+    untrusted_cert: str  # localhost/127.0.0.1/::1, but from another CA
+    untrusted_key: str
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    trustme = pytest.importorskip("trustme")
+    d = tmp_path_factory.mktemp("interop-tls")
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    names: list[str] = []
+    for name, cert in (
+        ("server", ca.issue_cert("localhost", "127.0.0.1", "::1")),
+        ("client", ca.issue_cert("perl-or-netsip.example.org")),
+        ("untrusted", other.issue_cert("localhost", "127.0.0.1", "::1")),
+    ):
+        cert.cert_chain_pems[0].write_to_path(str(d / f"{name}-cert.pem"))
+        cert.private_key_pem.write_to_path(str(d / f"{name}-key.pem"))
+        names += [str(d / f"{name}-cert.pem"), str(d / f"{name}-key.pem")]
+    return TlsFiles(str(d / "ca.pem"), *names)
+
+
+def _pool_tls(
+    proto: Proto, files: TlsFiles, client_cert: bool = False, **more: object
+) -> dict[str, object] | None:
+    """The netsip pool's tls options: server certificate (or client one), trusting the CA."""
+    if proto != "tls":
+        return None
+    cert, key = (files.client_cert, files.client_key) if client_cert else (files.cert, files.key)
+    return {"certfile": cert, "keyfile": key, "cafile": files.ca, **more}
+
+
+def _perl_tls(proto: Proto, files: TlsFiles, *extra: str) -> list[str]:
+    """netsip_peer.pl's TLS arguments: server certificate, trusting the CA."""
+    if proto != "tls":
+        return []
+    return ["--cert", files.cert, "--key", files.key, "--ca", files.ca, *extra]
 
 
 def _master(proto: Proto, host: str) -> socket.socket:
@@ -132,13 +183,13 @@ def _perl(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("proto", PROTOS)
-def test_perl_client_to_netsip_responder(proto: Proto, host: str) -> None:
+def test_perl_client_to_netsip_responder(proto: Proto, host: str, tls_files: TlsFiles) -> None:
     """Perl's Dispatcher sends OPTIONS; a netsip pool answers each with 200."""
-    require_perl_netsip()
+    require_perl_netsip(tls=proto == "tls")
     loop = EventLoop()
     requests: list[tuple[Request, Addr]] = []
     delivered: list[int] = []
-    with SocketPool(proto, _master(proto, host)) as pool:
+    with SocketPool(proto, _master(proto, host), tls=_pool_tls(proto, tls_files)) as pool:
 
         def on_packet(packet: Request | Response, from_: Addr) -> None:
             if isinstance(packet, Request):
@@ -152,6 +203,7 @@ def test_perl_client_to_netsip_responder(proto: Proto, host: str) -> None:
         proc = _perl(
             "--mode", "client", "--proto", proto, "--to", to,
             "--count", str(COUNT), "--timeout", str(PERL_TIMEOUT),
+            *_perl_tls(proto, tls_files),
         )  # fmt: skip
         try:
             assert proc.stdout is not None
@@ -198,7 +250,8 @@ def test_perl_client_to_netsip_responder(proto: Proto, host: str) -> None:
 
 
 def _options(proto: Proto, local: Addr, dst: Addr, seq: int, callid: str) -> Request:
-    uri = f"sip:perl@{dst}" + ("" if proto == "udp" else f";transport={proto}")
+    scheme = "sips" if proto == "tls" else "sip"
+    uri = f"{scheme}:perl@{dst}" + ("" if proto == "udp" else f";transport={proto}")
     return Request(
         "OPTIONS",
         uri,
@@ -216,14 +269,15 @@ def _options(proto: Proto, local: Addr, dst: Addr, seq: int, callid: str) -> Req
 
 @pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("proto", PROTOS)
-def test_netsip_client_to_perl_server(proto: Proto, host: str) -> None:
+def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFiles) -> None:
     """A netsip pool sends OPTIONS to Perl's Dispatcher and receives its 200s."""
-    require_perl_netsip()
+    require_perl_netsip(tls=proto == "tls")
     loop = EventLoop()
     listen = str(Addr.parse((host, 0)))
     proc = _perl(
         "--mode", "server", "--proto", proto, "--listen", listen,
         "--count", str(COUNT), "--timeout", str(PERL_TIMEOUT),
+        *_perl_tls(proto, tls_files),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -239,7 +293,7 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str) -> None:
             if isinstance(packet, Response):
                 responses.append((packet, from_))
 
-        with SocketPool(proto, _master(proto, host)) as pool:
+        with SocketPool(proto, _master(proto, host), tls=_pool_tls(proto, tls_files)) as pool:
             pool.attach_eventloop(loop, on_packet)
             local = Addr.parse(pool.master().getsockname())
             requests = [
@@ -284,3 +338,153 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str) -> None:
     seen = [line.split() for line in lines if line.startswith("REQUEST ")]
     assert sorted(s[2] for s in seen) == sorted(str(r.callid()) for r in requests)
     assert all(s[1] == "OPTIONS" and s[-1].startswith(f"{proto}:") for s in seen)
+
+
+# --------------------------------------------------------------------- TLS specifics
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_perl_client_certificate_to_netsip_verify_client(host: str, tls_files: TlsFiles) -> None:
+    """Mutual TLS: netsip requires a client certificate, Perl presents one."""
+    require_perl_netsip(tls=True)
+    loop = EventLoop()
+    got: list[Addr] = []
+    tls = _pool_tls("tls", tls_files, verify_client=1)
+    with SocketPool("tls", _master("tls", host), tls=tls) as pool:
+
+        def on_packet(packet: Request | Response, from_: Addr) -> None:
+            if isinstance(packet, Request):
+                got.append(from_)
+                pool.sendto(packet.create_response(200), from_)
+
+        pool.attach_eventloop(loop, on_packet)
+        to = str(Addr.parse((host, pool.master().getsockname()[1])))
+        proc = _perl(
+            "--mode", "client", "--proto", "tls", "--to", to, "--count", "2",
+            "--timeout", str(PERL_TIMEOUT), "--cert", tls_files.client_cert,
+            "--key", tls_files.client_key, "--ca", tls_files.ca, "--host", "localhost",
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            out = PipeReader(loop, proc.stdout.fileno())
+            _run_loop(loop, lambda: bool(out.eof))
+            rc = proc.wait(timeout=10)
+        finally:
+            _stop(proc)
+            assert proc.stdout is not None
+            proc.stdout.close()
+        loop.close()
+    assert rc == 0, out.lines()
+    assert out.lines()[-1] == "DONE ok=2 failed=0", out.lines()
+    assert len(got) == 2 and all(f.proto == "tls" for f in got)
+
+
+def _perl_server(loop: EventLoop, host: str, *tls_args: str) -> tuple[
+    subprocess.Popen[bytes], PipeReader, Addr
+]:
+    """Start netsip_peer.pl as a TLS server answering forever; its reader and address."""
+    proc = _perl(
+        "--mode", "server", "--proto", "tls", "--listen", str(Addr.parse((host, 0))),
+        "--count", "0", "--timeout", str(PERL_TIMEOUT), *tls_args,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    out = PipeReader(loop, proc.stdout.fileno())
+    _run_loop(loop, out.has_line)
+    first = out.lines()[0].split()
+    assert first[0] == "LISTENING", out.lines()
+    return proc, out, Addr.parse((first[1], int(first[2])))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (what netsip presents, what Perl's server presents/asks, expected result)
+        ("client-cert", "verify-client", "ok"),
+        ("no-cert", "verify-client", "refused"),
+        ("no-cert", "untrusted-server", "EPROTO"),
+    ],
+    ids=["mutual", "no-client-cert", "untrusted-server"],
+)
+def test_netsip_tls_client_to_perl_server_verification(
+    case: tuple[str, str, str], tls_files: TlsFiles
+) -> None:
+    """netsip's client side against Perl's checks, and against a certificate it must refuse."""
+    require_perl_netsip(tls=True)
+    mine, theirs, expect = case
+    perl_args = (
+        ["--cert", tls_files.untrusted_cert, "--key", tls_files.untrusted_key]
+        if theirs == "untrusted-server"
+        else ["--cert", tls_files.cert, "--key", tls_files.key, "--verify-client", "1"]
+    )
+    loop = EventLoop()
+    proc, out, dst = _perl_server(loop, "127.0.0.1", "--ca", tls_files.ca, *perl_args)
+    try:
+        responses: list[Response] = []
+        sent: list[int] = []
+        tls = _pool_tls("tls", tls_files, client_cert=True)
+        assert tls is not None
+        if mine == "no-cert":
+            tls = {"cafile": tls_files.ca}
+
+        def on_packet(packet: Request | Response, from_: Addr) -> None:
+            if isinstance(packet, Response):
+                responses.append(packet)
+
+        with SocketPool("tls", _master("tls", "127.0.0.1"), tls=tls) as pool:
+            pool.attach_eventloop(loop, on_packet)
+            local = Addr.parse(pool.master().getsockname())
+            req = _options("tls", local, dst, 1, f"{uuid.uuid4().hex}@netsip")
+            pool.sendto(req, dst, sent.append)
+            if expect == "ok":
+                _run_loop(loop, lambda: bool(responses))
+                assert responses[0].code() == 200 and sent == [0]
+            else:
+                # the connection ends: refused by Perl, or by netsip itself
+                _run_loop(loop, lambda: bool(sent) and pool.connection_count() == 0)
+                assert responses == []
+                if expect == "EPROTO":
+                    assert sent == [errno.EPROTO]
+                else:
+                    # TLS 1.3: the client's handshake ends before Perl checks it, so
+                    # the write may succeed, or fail on Perl's alert or close
+                    assert sent in ([0], [errno.EPROTO], [errno.ECONNRESET])
+        proc.terminate()
+        _run_loop(loop, lambda: bool(out.eof))
+        rc = proc.wait(timeout=10)
+    finally:
+        _stop(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        loop.close()
+    assert rc == 0, out.lines()
+    seen = [line for line in out.lines() if line.startswith("REQUEST ")]
+    assert len(seen) == (1 if expect == "ok" else 0), out.lines()
+
+
+def test_perl_client_refuses_untrusted_netsip_server(tls_files: TlsFiles) -> None:
+    """Perl's client side checks netsip's certificate: an untrusted one fails delivery."""
+    require_perl_netsip(tls=True)
+    loop = EventLoop()
+    got: list[Request | Response] = []
+    tls = {"certfile": tls_files.untrusted_cert, "keyfile": tls_files.untrusted_key}
+    with SocketPool("tls", _master("tls", "127.0.0.1"), tls=tls) as pool:
+        pool.attach_eventloop(loop, lambda packet, _from: got.append(packet))
+        to = str(Addr.parse(("127.0.0.1", pool.master().getsockname()[1])))
+        proc = _perl(
+            "--mode", "client", "--proto", "tls", "--to", to, "--count", "1",
+            "--timeout", str(PERL_TIMEOUT), "--ca", tls_files.ca,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            out = PipeReader(loop, proc.stdout.fileno())
+            _run_loop(loop, lambda: bool(out.eof))
+            rc = proc.wait(timeout=10)
+        finally:
+            _stop(proc)
+            assert proc.stdout is not None
+            proc.stdout.close()
+        _run_loop(loop, lambda: pool.connection_count() == 0)
+        loop.close()
+    assert rc == 1, out.lines()
+    assert out.lines()[-1] == "DONE ok=0 failed=1", out.lines()
+    assert got == []

@@ -196,6 +196,7 @@ def test_default_settings() -> None:
         "MAX_EXPIRE": 120,
         "CONNECT_TIMEOUT": 10,
         "TCP_READSIZE": 2**16,
+        "MAX_WBUF": 2**22,
     }
     assert get_settings() == socketpool.DEFAULT_SETTINGS
 
@@ -237,8 +238,8 @@ def test_constructor_checks() -> None:
             SocketPool("udp", t)
         with pytest.raises(TypeError):
             SocketPool("udp", u.fileno())  # type: ignore[arg-type]  # deliberately wrong type
-        with pytest.raises(NotImplementedError):
-            SocketPool("tls", t, tls={})
+        with pytest.raises(ValueError, match="non-TLS"):  # TLS: tests/test_tls.py
+            SocketPool("tcp", t, tls={})
 
 
 # --------------------------------------------------------------------- UDP
@@ -589,7 +590,10 @@ def test_tcp_slow_reader_partial_writes(loop: EventLoop, ip: str) -> None:
     packets = [pkt(request(i, body)) for i, body in enumerate(bodies)]
     expected = b"".join(p.as_bytes() for p in packets)
     assert len(expected) > 6_000_000
-    with SocketPool("tcp", tcp_listener(ip)) as pool, tcp_listener(ip, rcvbuf=4096) as server:
+    big = {"MAX_WBUF": 2**24}  # more than the default 4 MiB is queued here on purpose
+    with SocketPool("tcp", tcp_listener(ip), settings=big) as pool, tcp_listener(
+        ip, rcvbuf=4096
+    ) as server:
         pool.attach_eventloop(loop, lambda *a: None)
         status: list[tuple[int, int]] = []
         for i, p in enumerate(packets):
@@ -619,7 +623,10 @@ def test_tcp_slow_reader_partial_writes(loop: EventLoop, ip: str) -> None:
 def test_tcp_pending_callbacks_fail_once_on_reset(loop: EventLoop, ip: str) -> None:
     packets = [pkt(request(i, b"z" * 60000)) for i in range(100)]
     total = sum(len(p.as_bytes()) for p in packets)
-    with SocketPool("tcp", tcp_listener(ip)) as pool, tcp_listener(ip, rcvbuf=4096) as server:
+    big = {"MAX_WBUF": 2**24}  # more than the default 4 MiB is queued here on purpose
+    with SocketPool("tcp", tcp_listener(ip), settings=big) as pool, tcp_listener(
+        ip, rcvbuf=4096
+    ) as server:
         pool.attach_eventloop(loop, lambda *a: None)
         status: list[tuple[int, int]] = []
         for i, p in enumerate(packets):

@@ -1,0 +1,91 @@
+"""Fuzz harness for :meth:`netsip.packet.Packet.new_from_string`.
+
+Invariants checked for every input:
+
+* only :class:`~netsip.packet.PacketError` comes out of the parser (for the
+  bytes and for the equivalent ``str`` input, which must give the same result);
+* a parsed packet answers every accessor (``tid``, ``cseq``, ``headers`` ...;
+  ``get_header`` may raise ``PacketError`` for conflicting values only);
+* its wire form parses again to an equal packet (same headers, apart from
+  a ``Content-Length`` that ``as_bytes`` adds, and body), and so does the wire form of
+  a modified copy (what a proxy forwarding it would send).
+
+Run (from the repository root)::
+
+    python3 -m fuzz.run packet -max_total_time=600 fuzz/out/packet
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from netsip.packet import Packet, PacketError, Request, Response
+
+_ENC = "utf-8"
+
+
+def _parse(data: bytes | str) -> Request | Response | PacketError:
+    try:
+        return Packet.new_from_string(data)
+    except PacketError as exc:
+        # the message must say what is wrong
+        assert str(exc), "PacketError without a message"
+        return exc
+
+
+def _items(pkt: Request | Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in pkt.header_items() if k != "content-length"]
+
+
+def _exercise(pkt: Request | Response) -> None:
+    pkt.tid()
+    pkt.cseq()
+    pkt.cseq_number()
+    pkt.callid()
+    pkt.method()
+    pkt.dump()
+    for key in pkt.headers():
+        with contextlib.suppress(PacketError):  # several different values: may raise
+            pkt.get_header(key)
+        pkt.get_headers(key)
+    if isinstance(pkt, Request):
+        pkt.uri()
+        with contextlib.suppress(PacketError):
+            pkt.create_response(200)
+    else:
+        pkt.code()
+        pkt.msg()
+
+
+def check(data: bytes) -> None:
+    """TestOneInput: raise if an invariant is broken for ``data``."""
+    res = _parse(data)
+    res_str = _parse(data.decode(_ENC, "surrogateescape"))
+    assert type(res) is type(res_str), (res, res_str)
+    if isinstance(res, PacketError):
+        return
+    assert res == res_str
+    _exercise(res)
+
+    wire = res.as_bytes()
+    again = _parse(wire)
+    assert not isinstance(again, PacketError), f"own wire form does not parse: {again}"
+    assert again == res
+    # as_bytes() adds a missing Content-Length to the wire form only
+    assert _items(again) == _items(res)
+    assert again.body() == res.body()
+
+    copy = res.clone()
+    copy.add_header("x-fuzz", "1")
+    copy.set_body(res.body() + b"!")
+    rebuilt = _parse(copy.as_bytes())
+    assert not isinstance(rebuilt, PacketError), f"modified packet does not parse: {rebuilt}"
+    assert _items(rebuilt) == _items(copy), (_items(rebuilt), _items(copy))
+    assert rebuilt.body() == copy.body()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from fuzz.run import main
+
+    main([sys.argv[0], "packet", *sys.argv[1:]])

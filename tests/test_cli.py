@@ -1,0 +1,770 @@
+"""The ``netsip`` command (netsip/cli.py): arguments, listen, options, send, bench, workers.
+
+Argument errors run ``main(argv)`` in-process (fast); ``netsip listen`` runs as
+a subprocess (it serves until a signal) and the clients run in-process
+against it. Output of a subprocess is read through ``select`` with a
+deadline, so a hung process fails the test instead of hanging it. Perl's
+Net::SIP (``tests/perl/netsip_peer.pl``) is the live peer of the interop
+tests at the end, as client of ``netsip listen`` and as server of
+``netsip options``/``bench``, over UDP, TCP and TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from netsip import cli
+from netsip.packet import Request
+from netsip.socketpool import SocketPool
+from netsip.util import Addr
+from tests.support import require_perl_netsip
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / "tests" / "perl" / "netsip_peer.pl"
+TIMEOUT = 20.0  # upper bound for any single wait
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def netsip_command() -> list[str]:
+    """How a user starts netsip: the console script of this interpreter, else ``-m``."""
+    script = Path(sys.executable).with_name("netsip")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "netsip"]
+
+
+class LineReader:
+    """Lines of a subprocess pipe, read with a deadline (no blocking reads)."""
+
+    def __init__(self, pipe: int) -> None:
+        self.fd = pipe
+        self.buf = b""
+        self.lines: list[str] = []
+        self.eof = False
+
+    def _fill(self, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        if self.eof or left <= 0:
+            return False
+        ready, _, _ = select.select([self.fd], [], [], left)
+        if not ready:
+            return False
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        *done, self.buf = self.buf.split(b"\n")
+        self.lines += [line.decode("utf-8", "replace") for line in done]
+        return True
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        """Read until ``count`` lines match ``pattern``; return the matches."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            found = [m for m in map(rx.search, self.lines) if m]
+            if len(found) >= count:
+                return found
+            if not self._fill(deadline):
+                raise AssertionError(f"no {count}x {pattern!r} in output: {self.lines}")
+
+    def drain(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while self._fill(deadline):
+            pass
+
+
+class Listen:
+    """``netsip listen`` as a subprocess; stdout goes to a file, stderr is read live.
+
+    Args:
+        args: the arguments after ``listen``.
+        tmp: directory for the stdout file.
+        command: the command line instead of ``netsip listen ARGS``.
+    """
+
+    def __init__(
+        self, args: Sequence[str], tmp: Path, command: Sequence[str] | None = None
+    ) -> None:
+        self.stdout_path = tmp / f"listen-{time.monotonic_ns()}.out"
+        with self.stdout_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                list(command) if command else [*netsip_command(), "listen", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=_env(),
+            )
+        assert self.proc.stderr is not None
+        self.err = LineReader(self.proc.stderr.fileno())
+        self.returncode: int | None = None
+
+    def addresses(self, count: int) -> dict[str, Addr]:
+        """Wait for ``count`` "listening on" lines; proto -> address."""
+        found = self.err.wait_for(r"listening on (udp|tcp|tls):(\S+)$", count)
+        return {m.group(1): Addr.parse(m.group(2)) for m in found}
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Signal, wait for the exit status, return stdout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.returncode = self.proc.wait(timeout=TIMEOUT)
+        self.err.drain()
+        return self.stdout_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def listen_factory(tmp_path: Path) -> Iterator[list[Listen]]:
+    """Listen processes started by a test; each is killed and reaped afterwards."""
+    started: list[Listen] = []
+    yield started
+    for proc in started:
+        proc.close()
+
+
+def start_listen(factory: list[Listen], tmp: Path, *args: str) -> Listen:
+    proc = Listen(args, tmp)
+    factory.append(proc)
+    return proc
+
+
+def run(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in-process: (exit status, stdout, stderr)."""
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def summary_counts(stdout: str) -> dict[str, int]:
+    """Method counts from the summary line of ``netsip listen``."""
+    m = re.search(r"methods: (.*)$", stdout, re.M)
+    assert m is not None, stdout
+    return {k: int(v) for k, v in (x.rsplit(" ", 1) for x in m.group(1).split(", "))}
+
+
+def _free_stream_port() -> tuple[socket.socket, int]:
+    """A bound TCP socket that does not listen: connecting to its port is refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def _have_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        ([], "required: COMMAND"),
+        (["frob"], "invalid choice"),
+        (["options"], "required: uri"),
+        (["options", "sip:bad host"], "cannot parse URI"),
+        (["options", "http://example.com"], "unsupported URI scheme"),
+        (["options", "sip:127.0.0.1:99999"], "invalid port"),
+        (["options", "sip:127.0.0.1;transport=sctp"], "unsupported transport"),
+        (["options", "sips:127.0.0.1", "-t", "udp"], "contradicts"),
+        (["options", "sip:127.0.0.1", "-n", "x"], "not an integer"),
+        (["options", "sip:127.0.0.1", "-i", "-1"], "not a valid time"),
+        (["options", "sip:127.0.0.1", "--bind", "not-an-ip"], "--bind"),
+        (["options", "sip:127.0.0.1", "-t", "tls", "--tls-ca", "/nonexistent/ca.pem"], "no such"),
+        (["listen", "--listen", "foo:bar:baz"], "invalid --listen"),
+        (["listen", "--listen", "udp:127.0.0.1:70000"], "invalid --listen"),
+        (["listen", "--code", "180"], "200..699"),
+        (["listen", "--workers", "0"], "at least 1"),
+        (["listen", "--listen", "tls:127.0.0.1:0"], "needs --tls-cert"),
+        (["listen", "--listen", "tls:127.0.0.1:0", "--tls-cert", "/nonexistent.pem"], "no such"),
+        (["listen", "--tls-cert", "/nonexistent.pem"], "no such file"),
+        (["send"], "missing"),
+        (["send", "sip:127.0.0.1", "-H", "no colon"], "invalid --header"),
+        (["send", "sip:127.0.0.1", "-m", "ACK"], "invalid --method"),
+        (["send", "sip:127.0.0.1", "--body-file", "/nonexistent/body"], "cannot read"),
+        (["send", "--file", "/nonexistent/msg.txt"], "cannot read"),
+        (["bench", "sip:127.0.0.1", "-n", "5", "-d", "1"], "not allowed with"),
+        (["bench", "sip:127.0.0.1", "-c", "0"], "at least 1"),
+        (["bench", "sip:127.0.0.1", "-m", "BYE"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(argv, capsys)
+    assert status == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("netsip") and "error: " in lines[0], err
+    assert needle in lines[0], err
+    assert "Traceback" not in err and out == ""
+
+
+def test_bad_message_file_and_bad_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is no SIP message, a PEM file that is no certificate: exit 2, one line."""
+    junk = tmp_path / "junk.txt"
+    junk.write_text("this is not SIP\n")
+    status, _, err = run(["send", "--file", str(junk), "127.0.0.1:5060"], capsys)
+    assert status == 2 and "not a SIP message" in err and len(err.splitlines()) == 1, err
+    status, _, err = run(
+        ["listen", "--listen", "tls:127.0.0.1:0", "--tls-cert", str(junk)], capsys
+    )
+    assert status == 2 and "cannot load TLS" in err and len(err.splitlines()) == 1, err
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["listen", "--help"], ["bench", "-h"], ["--version"]):
+        status, out, _ = run(argv, capsys)
+        assert status == 0 and out, argv
+    status, out, _ = run(["options", "--help"], capsys)
+    assert "--interval" in out and "--transport" in out
+
+
+def test_port_in_use_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        status, _, err = run(["listen", "--listen", f"udp:127.0.0.1:{port}"], capsys)
+    assert status == 2
+    assert err.strip() == (
+        f"netsip listen: error: cannot listen on udp:127.0.0.1:{port}: Address already in use"
+    )
+
+
+@pytest.mark.parametrize("command", ["options", "send", "bench"])
+def test_refused_destination_exits_1_with_errno_text(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock, port = _free_stream_port()
+    more = ["-i", "0"] if command == "options" else []
+    with sock:
+        status, out, err = run([command, f"sip:127.0.0.1:{port}", "-t", "tcp", *more], capsys)
+    assert status == 1, (out, err)
+    assert "Connection refused" in out + err
+    assert "Traceback" not in err
+    if command != "options":
+        assert err.strip() == (
+            f"netsip {command}: error: sip:127.0.0.1:{port}: Connection refused"
+        ), err
+
+
+def test_udp_without_answer_times_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:
+        quiet.bind(("127.0.0.1", 0))
+        port = quiet.getsockname()[1]
+        status, out, _ = run(
+            ["options", f"sip:127.0.0.1:{port}", "-n", "1", "--timeout", "0.2"], capsys
+        )
+    assert status == 1
+    assert "seq=1: timeout" in out and "100% loss" in out
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("udp:127.0.0.1:5070", [("udp", "127.0.0.1", 5070)]),
+        ("tcp:[::1]:5060", [("tcp", "::1", 5060)]),
+        ("TLS:127.0.0.1", [("tls", "127.0.0.1", 5061)]),
+        ("127.0.0.1:0", [("udp", "127.0.0.1", 0), ("tcp", "127.0.0.1", 0)]),
+        ("::1", [("udp", "::1", 5060), ("tcp", "::1", 5060)]),
+        ("udp:0.0.0.0:5080", [("udp", "0.0.0.0", 5080)]),
+    ],
+)
+def test_parse_listen_spec(spec: str, expected: list[tuple[str, str, int]]) -> None:
+    assert [(s.proto, s.addr, s.port) for s in cli.parse_listen_spec(spec)] == expected
+
+
+def test_open_listen_sockets_share_port_0() -> None:
+    """udp+tcp with port 0 share one port (RFC 3261 18.1); workers get SO_REUSEPORT twins."""
+    specs = cli.parse_listen_spec("127.0.0.1:0")
+    sets = cli.open_listen_sockets(specs, workers=2)
+    try:
+        assert len(sets) == 2
+        ports = {spec.port for bound in sets for spec, _ in bound}
+        assert len(ports) == 1 and 0 not in ports
+        for bound in sets:
+            for spec, sock in bound:
+                assert sock.getsockname()[1] == spec.port
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    finally:
+        for bound in sets:
+            for _, sock in bound:
+                sock.close()
+
+
+def test_percentile() -> None:
+    values = [float(x) for x in range(1, 101)]
+    assert cli.percentile(values, 50) == 50.0
+    assert cli.percentile(values, 99) == 99.0
+    assert cli.percentile(values, 100) == 100.0
+    assert cli.percentile([3.0], 95) == 3.0
+    assert cli.percentile([], 50) == 0.0
+
+
+# ------------------------------------------------- listen + the clients
+
+
+def test_listen_options_send_bench(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clients against ``netsip listen`` over UDP and TCP; one line per transaction."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "127.0.0.1:0", "-v")
+    addrs = srv.addresses(2)
+    assert addrs["udp"].port == addrs["tcp"].port
+    uri = f"sip:127.0.0.1:{addrs['udp'].port}"
+
+    for proto in ("udp", "tcp"):
+        status, out, _ = run(["options", uri, "-t", proto, "-n", "3", "-i", "0.01"], capsys)
+        assert status == 0, out
+        rtts = re.findall(rf"^200 OK from {proto}:\S+: seq=(\d) time=([\d.]+) ms$", out, re.M)
+        assert [seq for seq, _ in rtts] == ["1", "2", "3"], out
+        assert "3 requests sent, 3 responses received, 3 ok, 0% loss" in out
+        assert re.search(r"^rtt min/avg/max = [\d.]+/[\d.]+/[\d.]+ ms$", out, re.M), out
+
+    status, out, _ = run(["send", uri, "-m", "INVITE", "-H", "Subject: cli test"], capsys)
+    assert status == 0, out
+    assert re.search(r"^<<< 200 OK from udp:127\.0\.0\.1:\d+ \([\d.]+ ms\)$", out, re.M), out
+    assert "\nCSeq: 1 INVITE" in out
+
+    status, out, _ = run(["bench", uri, "-t", "tcp", "-n", "200", "-c", "8", "--json"], capsys)
+    assert status == 0, out
+    res = json.loads(out)
+    assert res["completed"] == 200 and res["failed"] == 0 and res["transport"] == "tcp"
+    lat = res["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert res["tx_per_s"] > 0
+
+    status, out, _ = run(["bench", uri, "-m", "INVITE", "-d", "0.3", "-c", "4"], capsys)
+    assert status == 0, out
+    m = re.match(r"(\d+) calls in [\d.]+ s: [\d.]+/s, 0 failed \(udp, concurrency 4\)", out)
+    assert m is not None and int(m.group(1)) > 0, out
+    assert re.search(r"^latency ms: p50 [\d.]+ {2}p95 [\d.]+ {2}p99 [\d.]+", out, re.M), out
+    calls = int(m.group(1))
+
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    lines = stdout.splitlines()
+    tx = [line.split(" ") for line in lines if not line.startswith(("---", "answered"))]
+    assert all(len(f) == 6 for f in tx), tx[:3]
+    for stamp, proto, peer, method, callid, status_ in tx:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", stamp)
+        assert proto in ("udp", "tcp") and Addr.parse(peer).addr == "127.0.0.1"
+        assert status_ == ("-" if method == "ACK" else "200") and callid
+    counts = summary_counts(stdout)
+    # 6 pings + 200 bench; send's INVITE and its ACK; the calls of bench -m INVITE
+    assert counts == {"OPTIONS": 206, "INVITE": 1 + calls, "ACK": 1 + calls, "BYE": calls}
+    assert len(tx) == sum(counts.values())
+    assert "requests in" in lines[-2] and "answered" in lines[-1]
+    assert any("sockets open after closing: 0" in line for line in srv.err.lines), srv.err.lines
+
+
+def test_listen_code_and_send_raw_file(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--code/--reason; send --file with a raw request (LF line ends) and a raw response."""
+    srv = start_listen(
+        listen_factory, tmp_path, "-l", "tcp:127.0.0.1:0", "--code", "486", "--reason", "Busy"
+    )
+    port = srv.addresses(1)["tcp"].port
+    msg = tmp_path / "invite.txt"
+    msg.write_text(
+        f"INVITE sip:bob@127.0.0.1:{port};transport=tcp SIP/2.0\n"
+        "From: <sip:alice@example.org>;tag=a1\n"
+        "To: <sip:bob@example.org>\n"
+        "Call-ID: raw-file-1\n"
+        "CSeq: 7 INVITE\n"
+        "Max-Forwards: 70\n"
+        "Content-Type: application/sdp\n"
+        "\n"
+        "v=0\n"
+    )
+    status, out, _ = run(["send", "--file", str(msg)], capsys)
+    assert status == 1, out  # a 486 is no success
+    assert "<<< 486 Busy from tcp:127.0.0.1:" in out and "Call-ID: raw-file-1" in out
+
+    body = tmp_path / "body.txt"
+    body.write_bytes(b"hello")
+    status, out, _ = run(
+        [
+            "send",
+            f"sip:127.0.0.1:{port}",
+            "-t",
+            "tcp",
+            "-m",
+            "MESSAGE",
+            "--body-file",
+            str(body),
+            "--content-type",
+            "text/plain",
+        ],
+        capsys,
+    )
+    assert status == 1 and "486 Busy" in out
+
+    resp = tmp_path / "response.txt"
+    resp.write_text("SIP/2.0 200 OK\nCall-ID: x\nCSeq: 1 OPTIONS\nFrom: <sip:a@b>;tag=1\n"
+                    "To: <sip:c@d>\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKx\n\n")
+    status, out, _ = run(["send", "--file", str(resp), f"127.0.0.1:{port}", "-t", "tcp"], capsys)
+    assert status == 0 and out.startswith("sent 200 OK to tcp:127.0.0.1:"), out
+
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    assert re.search(r" tcp 127\.0\.0\.1:\d+ INVITE raw-file-1 486$", stdout, re.M), stdout
+    assert re.search(r" tcp 127\.0\.0\.1:\d+ ACK raw-file-1 -$", stdout, re.M), stdout
+    assert "answered 2 with 486 Busy" in stdout  # INVITE, MESSAGE; the response is no request
+
+
+@pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+def test_listen_ipv6(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = start_listen(listen_factory, tmp_path, "--listen", "tcp:[::1]:0", "-l", "udp:[::1]:0")
+    addrs = srv.addresses(2)
+    for proto in ("tcp", "udp"):
+        status, out, _ = run(["options", f"sip:[::1]:{addrs[proto].port}", "-t", proto, "-n", "1"],
+                             capsys)
+        assert status == 0, out
+        assert f"200 OK from {proto}:[::1]:{addrs[proto].port}" in out
+    stdout = srv.stop()
+    assert srv.returncode == 0 and summary_counts(stdout) == {"OPTIONS": 2}
+
+
+def test_readme_run_command(listen_factory: list[Listen], tmp_path: Path) -> None:
+    """`netsip listen` as the README says, pinged by `netsip options`, stopped by SIGTERM.
+
+    Port 5060 is used when it is free, as in the README; otherwise the same
+    command with ``--listen 127.0.0.1:0``. After exit 0 with a summary, the
+    port must be free again: every socket was closed.
+    """
+    readme = True
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", 5060))
+            except OSError:
+                readme = False
+    args = [] if readme else ["--listen", "127.0.0.1:0"]
+    srv = start_listen(listen_factory, tmp_path, *args)
+    addrs = srv.addresses(2)
+    port = addrs["udp"].port
+    assert port == 5060 or not readme
+    uri = "sip:127.0.0.1" if port == 5060 else f"sip:127.0.0.1:{port}"
+    ping = subprocess.run(
+        [*netsip_command(), "options", uri, "-n", "2", "-i", "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
+        check=False,
+    )
+    assert ping.returncode == 0, ping
+    assert "2 responses received" in ping.stdout and ping.stderr == ""
+
+    # the open sockets of the running listener: udp, tcp and the signal socketpair
+    fds = os.listdir(f"/proc/{srv.proc.pid}/fd")
+    links = [os.readlink(f"/proc/{srv.proc.pid}/fd/{fd}") for fd in fds]
+    assert sum(link.startswith("socket:") for link in links) == 4, links
+
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    assert summary_counts(stdout) == {"OPTIONS": 2}
+    assert "--- netsip listen: 2 requests in" in stdout
+    assert not any("Traceback" in line for line in srv.err.lines)
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))  # free again
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_listen_idle_stops_on_signal(
+    sig: signal.Signals, listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    srv = start_listen(listen_factory, tmp_path, "-l", "udp:127.0.0.1:0")
+    srv.addresses(1)
+    stdout = srv.stop(sig)
+    assert srv.returncode == 0
+    assert stdout.startswith("--- netsip listen: 0 requests in"), stdout
+
+
+def test_listen_workers(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--workers 2: two processes with SO_REUSEPORT sockets answer; the parent keeps none."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "127.0.0.1:0", "--workers", "2")
+    addrs = srv.addresses(2)
+    srv.err.wait_for(r"2 workers")
+    uri = f"sip:127.0.0.1:{addrs['udp'].port}"
+    # separate UDP flows (one source port each): the kernel hashes them over both workers
+    flows = 16
+    for _ in range(flows):
+        status, out, _ = run(["options", uri, "-n", "1"], capsys)
+        assert status == 0, out
+    status, out, _ = run(["bench", uri, "-t", "tcp", "-n", "50", "--json"], capsys)
+    assert status == 0 and json.loads(out)["failed"] == 0, out
+
+    parent = srv.proc.pid
+    links = [os.readlink(f"/proc/{parent}/fd/{fd}") for fd in os.listdir(f"/proc/{parent}/fd")]
+    assert not any(link.startswith("socket:") for link in links), links
+
+    stdout = srv.stop()
+    assert srv.returncode == 0, srv.err.lines
+    assert summary_counts(stdout) == {"OPTIONS": flows + 50}
+    m = re.search(r"^workers: 2 of 2 ok; requests per worker: #1 (\d+), #2 (\d+)$", stdout, re.M)
+    assert m is not None, stdout
+    per = [int(m.group(1)), int(m.group(2))]
+    assert sum(per) == flows + 50 and min(per) > 0, per
+
+
+# ------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/::1/localhost and a client certificate."""
+    return write_certs(tmp_path_factory.mktemp("certs"))
+
+
+def write_certs(tmp: Path) -> dict[str, Path]:
+    """Write the PEM files of :func:`certs` into ``tmp``; name -> path."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "::1", "localhost")
+    client = ca.issue_cert("client.netsip.test")
+    paths = {
+        "ca": tmp / "ca.pem",
+        "server": tmp / "server.pem",
+        "server_cert": tmp / "server-cert.pem",
+        "server_key": tmp / "server-key.pem",
+        "client": tmp / "client.pem",
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server.private_key_and_cert_chain_pem.write_to_path(str(paths["server"]))
+    server.private_key_pem.write_to_path(str(paths["server_key"]))
+    for i, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(str(paths["server_cert"]), append=i > 0)
+    client.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
+    return paths
+
+
+def require_tls(certs: dict[str, Path]) -> None:
+    """Skip while SocketPool has no TLS transport (it raises NotImplementedError)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        SocketPool("tls", sock, tls={"certfile": str(certs["server"])}).close()
+    except NotImplementedError as exc:
+        pytest.skip(f"SocketPool has no TLS yet: {exc}")
+    finally:
+        sock.close()
+
+
+def test_tls_listen_options_bench_send(
+    certs: dict[str, Path],
+    listen_factory: list[Listen],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TLS with a separate key file; a client that does not trust the CA fails cleanly."""
+    require_tls(certs)
+    srv = start_listen(
+        listen_factory,
+        tmp_path,
+        "-l",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        str(certs["server_cert"]),
+        "--tls-key",
+        str(certs["server_key"]),
+    )
+    port = srv.addresses(1)["tls"].port
+    ca = ["--tls-ca", str(certs["ca"])]
+    status, out, _ = run(["options", f"sips:127.0.0.1:{port}", *ca, "-n", "2", "-i", "0"], capsys)
+    assert status == 0 and out.count("200 OK from tls:127.0.0.1:") == 2, out
+    status, out, _ = run(
+        ["bench", f"sip:127.0.0.1:{port}", "-t", "tls", *ca, "-m", "INVITE", "-n", "50", "--json"],
+        capsys,
+    )
+    assert status == 0 and json.loads(out)["completed"] == 50, out
+    status, out, _ = run(["send", f"sips:127.0.0.1:{port}", *ca, "-m", "INFO"], capsys)
+    assert status == 0 and "<<< 200 OK from tls:" in out, out
+    # without the CA the server is not trusted: a clean failure, exit 1
+    status, out, err = run(["send", f"sips:127.0.0.1:{port}"], capsys)
+    assert status == 1 and "Traceback" not in err and "error: sips:127.0.0.1" in err, err
+
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    assert summary_counts(stdout) == {"OPTIONS": 2, "INVITE": 50, "ACK": 50, "BYE": 50, "INFO": 1}
+
+
+def test_tls_default_legs_with_certificate(
+    certs: dict[str, Path], listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """Without --listen but with --tls-cert: udp+tcp on 5060 and tls on 5061 (if free)."""
+    require_tls(certs)
+    for port, kind in ((5060, socket.SOCK_DGRAM), (5060, socket.SOCK_STREAM),
+                       (5061, socket.SOCK_STREAM)):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"127.0.0.1:{port} is in use")
+    srv = start_listen(listen_factory, tmp_path, "--tls-cert", str(certs["server"]))
+    addrs = srv.addresses(3)
+    assert (addrs["udp"].port, addrs["tcp"].port, addrs["tls"].port) == (5060, 5060, 5061)
+    srv.stop()
+    assert srv.returncode == 0
+
+
+# ------------------------------------------------- Perl's Net::SIP (interop)
+
+
+def _perl(perl: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [perl, str(PEER), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"Perl peer hung: {out!r} {err!r}") from None
+    return proc.returncode, out.decode(), err.decode()
+
+
+PROTO_PARAMS = ["udp", "tcp", pytest.param("tls", id="tls")]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("proto", PROTO_PARAMS)
+def test_perl_client_against_netsip_listen(
+    proto: str, certs: dict[str, Path], listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """Net::SIP's Leg+Dispatcher sends OPTIONS to `netsip listen`; every one gets a 200."""
+    perl = require_perl_netsip(tls=proto == "tls")
+    tls_args: list[str] = []
+    perl_tls: list[str] = []
+    if proto == "tls":
+        require_tls(certs)
+        tls_args = ["--tls-cert", str(certs["server"])]
+        perl_tls = ["--ca", str(certs["ca"])]
+    srv = start_listen(listen_factory, tmp_path, "-l", f"{proto}:127.0.0.1:0", *tls_args)
+    port = srv.addresses(1)[proto].port
+    rc, out, err = _finish(
+        _perl(perl, "--mode", "client", "--proto", proto, "--to", f"127.0.0.1:{port}",
+              "--count", "5", *perl_tls)
+    )
+    assert rc == 0, (out, err)
+    assert "DONE ok=5 failed=0" in out
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    assert summary_counts(stdout) == {"OPTIONS": 5}
+    assert len(re.findall(rf" {proto} 127\.0\.0\.1:\d+ OPTIONS perl-\S+ 200$", stdout, re.M)) == 5
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("proto", PROTO_PARAMS)
+def test_netsip_clients_against_perl_server(
+    proto: str, certs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`netsip options` and `netsip bench` against a Net::SIP server."""
+    perl = require_perl_netsip(tls=proto == "tls")
+    perl_tls: list[str] = []
+    our_tls: list[str] = []
+    if proto == "tls":
+        require_tls(certs)
+        perl_tls = ["--cert", str(certs["server"])]
+        our_tls = ["--tls-ca", str(certs["ca"])]
+    bench = 40
+    peer = _perl(perl, "--mode", "server", "--proto", proto, "--listen", "127.0.0.1:0",
+                 "--count", str(3 + bench), "--timeout", str(TIMEOUT), *perl_tls)
+    try:
+        assert peer.stdout is not None
+        reader = LineReader(peer.stdout.fileno())
+        m = reader.wait_for(r"^LISTENING (\S+) (\d+)$")[0]
+        uri = f"sip:{m.group(1)}:{m.group(2)}"
+        status, out, _ = run(["options", uri, "-t", proto, *our_tls, "-n", "3", "-i", "0"],
+                             capsys)
+        assert status == 0 and "3 responses received, 3 ok" in out, out
+        status, out, _ = run(
+            ["bench", uri, "-t", proto, *our_tls, "-n", str(bench), "-c", "4", "--json"], capsys
+        )
+        assert status == 0, out
+        res = json.loads(out)
+        assert res["completed"] == bench and res["failed"] == 0
+        assert peer.wait(timeout=TIMEOUT) == 0
+        reader.drain()
+        assert len([x for x in reader.lines if x.startswith("REQUEST OPTIONS")]) == 3 + bench
+        assert f"DONE answered={3 + bench}" in reader.lines
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+        peer.communicate(timeout=TIMEOUT)
+
+
+def test_module_entry_point() -> None:
+    """``python -m netsip`` is the same command."""
+    res = subprocess.run(
+        [sys.executable, "-m", "netsip", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
+        check=False,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("netsip "), res
+
+
+def test_contact_uri_of_2xx() -> None:
+    """The ACK of a 2xx and the BYE go to the response's Contact (RFC 3261 12.1.2, 13.2.2.4)."""
+    req = Request(
+        "INVITE",
+        "sip:b@127.0.0.1",
+        {"Call-ID": "c", "CSeq": "1 INVITE", "From": "<sip:a@x>;tag=1", "To": "<sip:b@y>"},
+    )
+    for contact, uri in [
+        ("<sip:b@10.0.0.9:5070;transport=tcp>;expires=60", "sip:b@10.0.0.9:5070;transport=tcp"),
+        ("sip:b@10.0.0.9;lr", "sip:b@10.0.0.9"),
+    ]:
+        resp = req.create_response(200, headers={"Contact": contact})
+        assert cli._contact_uri(resp) == uri
+    assert cli._contact_uri(req.create_response(200)) is None
