@@ -7,13 +7,19 @@ each incoming call. The same loop runs in Python and, when ``perl
 -MNet::SIP`` is available, in Perl (inline script, same message, same time
 budget); both rates and their ratio are printed.
 
-Usage: python benchmarks/bench_packet.py [--seconds 3] [--json]
+With ``--distinct`` every iteration takes the next of 20,000 INVITEs that
+differ in branch, From tag and Call-ID (as the calls of one user agent do),
+so nothing a parser remembers about the previous message helps with those
+lines; the default parses the same message again and again.
+
+Usage: python benchmarks/bench_packet.py [--seconds 3] [--distinct] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import shutil
 import subprocess
@@ -64,13 +70,28 @@ INVITE = (
     b"\r\n" + SDP_OFFER
 )
 CONTACT = "<sip:bob@192.0.2.4>"
+# INVITE with a call number in branch, From tag and Call-ID (--distinct)
+INVITE_TEMPLATE = (
+    INVITE.replace(b"branch=z9hG4bK776asdhds", b"branch=z9hG4bK776asdhds@@N@@")
+    .replace(b"tag=1928301774", b"tag=1928301774@@N@@")
+    .replace(b"Call-ID: a84b4c76e66710", b"Call-ID: a84b4c76e66710@@N@@")
+)
+DISTINCT = 20_000
+
+
+def invite(n: int) -> bytes:
+    """The INVITE of call ``n`` (see INVITE_TEMPLATE)."""
+    return INVITE_TEMPLATE.replace(b"@@N@@", str(n).encode())
 
 PERL = r"""
 use strict; use warnings;
 use Net::SIP; use MIME::Base64; use Time::HiRes qw(time);
-my ($msg, $answer, $seconds) = (decode_base64($ARGV[0]), decode_base64($ARGV[1]), $ARGV[2]);
+my ($msg, $answer, $seconds, $distinct) =
+    (decode_base64($ARGV[0]), decode_base64($ARGV[1]), $ARGV[2], $ARGV[3]);
+my @msgs = $distinct ? map { (my $m = $msg) =~ s/\@\@N\@\@/$_/g; $m } 1..$distinct : ($msg);
+my $i = 0;
 my $one = sub {
-    my $p = Net::SIP::Packet->new_from_string($msg);
+    my $p = Net::SIP::Packet->new_from_string($msgs[$i++ % @msgs]);
     my $r = $p->create_response(200, 'OK', { contact => '<sip:bob@192.0.2.4>' }, $answer);
     return $r->as_string;
 };
@@ -86,28 +107,30 @@ printf "%d %.6f\n", $n, time() - $start;
 """
 
 
-def one() -> bytes:
-    p = Packet.new_from_string(INVITE)
+def one(msg: bytes = INVITE) -> bytes:
+    p = Packet.new_from_string(msg)
     assert isinstance(p, Request)
     return p.create_response(200, headers={"contact": CONTACT}, body=SDP_ANSWER).as_bytes()
 
 
-def bench_python(seconds: float) -> tuple[int, float]:
+def bench_python(seconds: float, distinct: bool = False) -> tuple[int, float]:
+    msgs = [invite(i) for i in range(1, DISTINCT + 1)] if distinct else [INVITE]
+    it = itertools.cycle(msgs)
     for _ in range(200):  # warm up
-        one()
+        one(next(it))
     n = 0
     start = time.perf_counter()
     end = start + seconds
     while True:
         for _ in range(100):
-            one()
+            one(next(it))
         n += 100
         if time.perf_counter() >= end:
             break
     return n, time.perf_counter() - start
 
 
-def bench_perl(seconds: float) -> tuple[int, float] | None:
+def bench_perl(seconds: float, distinct: bool = False) -> tuple[int, float] | None:
     perl = shutil.which("perl")
     if perl is None:
         return None
@@ -115,8 +138,9 @@ def bench_perl(seconds: float) -> tuple[int, float] | None:
                       check=False).returncode != 0:
         return None
     res = subprocess.run(
-        [perl, "-e", PERL, base64.b64encode(INVITE).decode(),
-         base64.b64encode(SDP_ANSWER).decode(), str(seconds)],
+        [perl, "-e", PERL,
+         base64.b64encode(INVITE_TEMPLATE if distinct else INVITE).decode(),
+         base64.b64encode(SDP_ANSWER).decode(), str(seconds), str(DISTINCT if distinct else 0)],
         capture_output=True, text=True, check=True, timeout=seconds * 10 + 60,
     )
     n, elapsed = res.stdout.split()
@@ -128,17 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="time budget per language")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--no-perl", action="store_true", help="skip the Perl run")
+    ap.add_argument("--distinct", action="store_true",
+                    help=f"cycle through {DISTINCT:,} INVITEs of different calls")
     args = ap.parse_args(argv)
 
     # the loop does what it claims
     resp = Packet.new_from_string(one())
     assert resp.is_response() and resp.body() == SDP_ANSWER
 
-    py_n, py_t = bench_python(args.seconds)
+    py_n, py_t = bench_python(args.seconds, args.distinct)
     py_rate = py_n / py_t
-    perl_res = None if args.no_perl else bench_perl(args.seconds)
+    perl_res = None if args.no_perl else bench_perl(args.seconds, args.distinct)
     result: dict[str, object] = {
         "benchmark": "parse INVITE+SDP, create 200 with SDP, serialise",
+        "messages": f"{DISTINCT} distinct calls" if args.distinct else "one message",
         "message_bytes": len(INVITE),
         "python": {"iterations": py_n, "seconds": round(py_t, 3), "msg_per_s": round(py_rate)},
         "python_version": sys.version.split()[0],

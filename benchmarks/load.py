@@ -26,11 +26,12 @@ import random
 import selectors
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from benchmarks.responders import PERL_UAS
@@ -80,17 +81,26 @@ def cpu_seconds(pid: int) -> float:
 # -------------------------------------------------------------- responders
 
 
-def responder_cmd(kind: str, proto: str, profile: str | None = None) -> list[str]:
-    """The command line that runs responder ``kind`` for ``proto`` (udp/tcp)."""
+def responder_cmd(
+    kind: str, proto: str, profile: str | None = None, netsip_path: str | None = None
+) -> list[str]:
+    """The command line that runs responder ``kind`` for ``proto`` (udp/tcp).
+
+    ``netsip_path``: a directory holding another ``netsip`` package (say, an
+    older revision) that the responder imports instead of this checkout's.
+    """
     if kind == "perl":
         perl = shutil.which("perl")
         if perl is None:
             raise RuntimeError("perl is not installed")
         return [perl, "-e", PERL_UAS, proto]
-    cmd = [sys.executable, "-m", "benchmarks.responders", kind, proto]
-    if profile:
-        cmd += ["--profile", profile]
-    return cmd
+    args = [kind, proto] + (["--profile", profile] if profile else [])
+    if netsip_path is None:
+        return [sys.executable, "-m", "benchmarks.responders", *args]
+    paths = [os.path.abspath(netsip_path), REPO]
+    code = (f"import sys, runpy; sys.path[:0] = {paths!r}; "
+            "runpy.run_module('benchmarks.responders', run_name='__main__')")
+    return [sys.executable, "-c", code, *args]
 
 
 def perl_netsip_available() -> bool:
@@ -105,12 +115,13 @@ def perl_netsip_available() -> bool:
 
 @contextlib.contextmanager
 def start_responder(
-    kind: str, proto: str, profile: str | None = None
+    kind: str, proto: str, profile: str | None = None, netsip_path: str | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], tuple[str, int]]]:
     """Run a responder; yields ``(process, (ip, port))``; SIGTERM at the end."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(responder_cmd(kind, proto, profile), cwd=REPO, env=env,
+    cmd = responder_cmd(kind, proto, profile, netsip_path)
+    proc = subprocess.Popen(cmd, cwd=REPO if netsip_path is None else netsip_path, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -163,6 +174,7 @@ def run_sipp(
     dst: tuple[str, int],
     calls: int,
     concurrency: int,
+    *,
     timeout: float,
     workdir: str,
     rate: float | None = None,
@@ -304,7 +316,7 @@ def run_python_generator(transport: str, dst: tuple[str, int], calls: int, concu
 
 @dataclass
 class Result:
-    """One responder under one load."""
+    """One responder under one load: medians over ``repeats`` measured runs."""
 
     responder: str
     transport: str
@@ -312,12 +324,13 @@ class Result:
     calls: int
     concurrency: int
     rate: float | None
-    ok: int
-    failed: int
-    secs: float
+    repeats: int
+    ok: int  # over all runs
+    failed: int  # over all runs
     tx_per_s: float
     cpu_us_per_tx: float | None
     cpu_util: float | None  # responder CPU seconds per wall second
+    runs: list[tuple[float, float | None]] = field(default_factory=list)  # (tx/s, us/tx)
 
 
 def measure(
@@ -331,44 +344,62 @@ def measure(
     workdir: str,
     rate: float | None = None,
     warmup: int | None = None,
+    repeats: int = 1,
+    netsip_path: str | None = None,
+    label: str | None = None,
 ) -> Result:
-    """Start ``responder``, warm it up, load it with ``calls`` transactions, measure.
+    """Start ``responder``, warm it up, load it ``repeats`` times with ``calls`` transactions.
 
     Args:
         responder: one of :data:`benchmarks.responders.RESPONDERS`.
         transport: ``u1``, ``t1`` or ``tn`` (sipp's names).
-        calls: transactions in the measured run.
+        calls: transactions per measured run.
         concurrency: transactions in flight (sipp ``-l``).
         generator: ``sipp`` or ``python``.
         timeout: bound for one generator run (s).
         workdir: a scratch directory for sipp's files.
         rate: calls per second offered (sipp ``-r``); None for a closed loop.
         warmup: transactions before the measurement (default calls/20, >= 200).
+        repeats: measured runs against the same responder; medians are reported.
+        netsip_path: import netsip from this directory (a baseline checkout).
+        label: the responder's name in the result (default ``responder``).
+
+    Returns:
+        The medians of tx/s and CPU per transaction, and every run.
     """
     proto = TRANSPORTS[transport]
 
     def run(n: int) -> dict[str, Any]:
         if generator == "sipp":
-            return run_sipp(transport, dst, n, concurrency, timeout, workdir, rate,
-                            sipp_local_ip())
+            return run_sipp(transport, dst, n, concurrency, timeout=timeout, workdir=workdir,
+                            rate=rate, ip=sipp_local_ip())
         return run_python_generator(transport, dst, n, concurrency, timeout)
 
-    with start_responder(responder, proto) as (proc, dst):
+    runs: list[tuple[float, float | None, float]] = []
+    ok_total = failed_total = 0
+    with start_responder(responder, proto, netsip_path=netsip_path) as (proc, dst):
         run(warmup if warmup is not None else max(200, calls // 20))
         # sipp's own elapsed time has a resolution of 1 s: use the wall clock
         # less sipp's start/exit overhead, measured with a single call
         overhead = min(run(1)["secs"] for _ in range(3)) if generator == "sipp" else 0.0
-        cpu0 = cpu_seconds(proc.pid)
-        res = run(calls)
-        cpu = cpu_seconds(proc.pid) - cpu0
-    secs = max(res["secs"] - overhead, 1e-3)
-    ok = res["ok"]
+        for _ in range(repeats):
+            cpu0 = cpu_seconds(proc.pid)
+            res = run(calls)
+            cpu = cpu_seconds(proc.pid) - cpu0
+            secs = max(res["secs"] - overhead, 1e-3)
+            ok = res["ok"]
+            ok_total += ok
+            failed_total += res["failed"]
+            runs.append((ok / secs, 1e6 * cpu / ok if ok else None, cpu / secs))
+    cpus = [c for _, c, _ in runs if c is not None]
     return Result(
-        responder=responder, transport=transport, generator=generator, calls=calls,
-        concurrency=concurrency, rate=rate, ok=ok, failed=res["failed"], secs=round(secs, 3),
-        tx_per_s=round(ok / secs, 1),
-        cpu_us_per_tx=round(1e6 * cpu / ok, 2) if ok else None,
-        cpu_util=round(cpu / secs, 3),
+        responder=label or responder, transport=transport, generator=generator, calls=calls,
+        concurrency=concurrency, rate=rate, repeats=repeats, ok=ok_total,
+        failed=failed_total,
+        tx_per_s=round(statistics.median(t for t, _, _ in runs), 1),
+        cpu_us_per_tx=round(statistics.median(cpus), 2) if cpus else None,
+        cpu_util=round(statistics.median(u for _, _, u in runs), 3),
+        runs=[(round(t, 1), round(c, 2) if c is not None else None) for t, c, _ in runs],
     )  # fmt: skip
 
 

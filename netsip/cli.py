@@ -801,10 +801,17 @@ class Listener:
         if method == "ACK":
             status = "-"  # never answered (RFC 3261 17.1.1.3)
         else:
-            response = packet.create_response(self.code, self.reason)
-            self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
-            stats.answered += 1
-            status = str(self.code)
+            try:
+                response = packet.create_response(self.code, self.reason)
+                self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
+            except (NetSIPError, ValueError) as exc:
+                # whatever a peer sends must not stop the listener
+                log.warning("cannot answer %s from %s: %s", method, from_, exc)
+                stats.send_errors += 1
+                status = "!"
+            else:
+                stats.answered += 1
+                status = str(self.code)
         if self.out is not None:
             self.out.line(
                 f"{self._stamp()} {from_.proto or leg.proto} {from_} {method} "
@@ -1123,7 +1130,6 @@ class Client:
         self.target = target
         self.timeout: float = args.timeout
         self.tags = secrets.token_hex(4)
-        self._seq = 0
         self._pending: dict[str, Txn] = {}
         self._acks: OrderedDict[str, Request] = OrderedDict()
 
@@ -1767,3 +1773,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the event loop took over the signal
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # stdout went away (`netsip ... | head`): no traceback, and none at exit
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_FAIL

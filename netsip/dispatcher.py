@@ -50,6 +50,10 @@ Deliberate differences from Net::SIP 0.835:
   allowed_legs)`` and calls back with ``[(Addr, Leg), ...]`` or an errno
   (Perl fills two array refs and calls back with nothing or an errno); host
   names are resolved with NAPTR too (RFC 3263), by :mod:`netsip.resolver`;
+- a response sent at once (``leg`` and ``dst_addr`` given, nothing to
+  retransmit) is cached as the bytes that were sent and parsed again to answer
+  a retransmitted request; Perl keeps the object (memory and, in Python, the
+  cyclic GC's work grow with every cached object);
 - delivery callbacks get the errno only (Perl adds the queue entry);
   :meth:`Dispatcher.close` closes the legs.
 """
@@ -68,7 +72,7 @@ from typing import Any, Protocol, TypeAlias
 
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
-from netsip.packet import Packet, Request, Response
+from netsip.packet import Packet, PacketError, Request, Response
 from netsip.respcache import ResponseCache, cache_key
 from netsip.retransmit import Action, RetransmitSchedule, retransmit_timers
 from netsip.util import (
@@ -283,7 +287,10 @@ class Dispatcher:
         self.legs: list[Leg] = []
         self._receiver: object = None
         self._receive_fn: Callable[[Packet, Leg, Addr], object] | None = None
-        self._cache: ResponseCache[Response] = ResponseCache()
+        # a response sent right away is kept as its wire form: bytes are small
+        # and not tracked by the cyclic GC (tens of thousands of cached Response
+        # objects made its full collections a tenth of a UAS's CPU time)
+        self._cache: ResponseCache[Response | bytes] = ResponseCache()
         self._cache_timer: TimerLike | None = None
         self._queue: dict[QueueEntry, None] = {}
         self._by_id: dict[str, list[QueueEntry]] = {}
@@ -425,7 +432,7 @@ class Dispatcher:
         """
         if packet.is_request():
             if self._cache:
-                cached = self._cache.get(cache_key(packet), self.eventloop.looptime)
+                cached = self._cached_response(cache_key(packet))
                 if cached is not None:
                     # a retransmission: answer it, the receiver saw it already
                     log.debug("answering retransmitted request from cache")
@@ -438,6 +445,23 @@ class Dispatcher:
         fn = self._receive_fn
         if fn is not None:
             fn(packet, leg, from_)
+
+    def _cached_response(self, key: str) -> Response | None:
+        """The response cached under ``key`` (parsed again if kept as bytes), or None."""
+        cached = self._cache.get(key, self.eventloop.looptime)
+        if not isinstance(cached, bytes):
+            return cached
+        try:
+            resp = Packet.new_from_string(cached)
+        except PacketError as exc:
+            # a header set by hand that the parser refuses: answer like a UAS
+            # without the cache would (the receiver sees the request again)
+            log.warning("cached response cannot be parsed again, dropped: %s", exc)
+            resp = None
+        if not isinstance(resp, Response):
+            self._cache.discard(key)
+            return None
+        return resp
 
     def _cancel_by_tid(self, tid: str, requests: bool) -> None:
         entries = self._by_tid.get(tid)
@@ -492,10 +516,8 @@ class Dispatcher:
             do_retransmits = self.do_retransmits
         is_request = packet.is_request()
         code = packet.code() if isinstance(packet, Response) else None
-        if not is_request and do_retransmits:
-            # cache for 64*T1 to answer retransmitted requests (RFC 3261 17.2)
-            self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
-            self._arm_cache_timer()
+        # cache for 64*T1 to answer retransmitted requests (RFC 3261 17.2)
+        cache = not is_request and do_retransmits
         timers = None
         if do_retransmits and (leg is None or leg.do_retransmits()):
             timers = retransmit_timers(is_request, packet.method() or "", code)
@@ -517,7 +539,14 @@ class Dispatcher:
                     log.info("delivery through %s to %s failed: %s", leg.dump(), direct, exc)
                     err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
                     invoke_callback(callback, err)
+                if cache:
+                    # sent as it is now (the leg adds its headers): keep the wire form
+                    self._cache.put(cache_key(packet), packet.as_bytes(), now)
+                    self._arm_cache_timer()
                 return
+        if cache:
+            self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
+            self._arm_cache_timer()
 
         tid = packet.tid()
         entry = QueueEntry(

@@ -473,17 +473,37 @@ def _build(
     once: dict[str, str] = {}
     cseq_method: str | None = None
     name_cache = _NAME_CACHE
+    line_cache = _LINE_CACHE
     for lineno, line in enumerate(flat[1:]):
+        hit = line_cache.get(line)
+        if hit is not None:
+            # A line seen (and found valid) before: only what depends on the
+            # other lines of this message is done again.
+            key, value, values, single, cm = hit
+            if values is not None:
+                for v in values:
+                    append((key, v, lineno))
+                continue
+            if single:
+                if cm is not None:
+                    cseq_method = cm
+                prev = once.setdefault(key, value)
+                if prev != value:
+                    raise PacketError(f"conflicting definition of {key}: {prev!r} and {value!r}")
+            append((key, value, lineno))
+            continue
+
         name, colon, value = line.partition(":")
         if not colon:
             raise PacketError(f"bad header line {line!r}")
         cached = name_cache.get(name)
         key, kind = _line_key(name, line) if cached is None else cached
         value = value.strip(" \t")
+        entry: _LineEntry
         if kind is None:
             append((key, value, lineno))
-            continue
-        if kind >= _LIST:
+            entry = (key, value, None, False, None)
+        elif kind >= _LIST:
             if "," not in value:  # one element: the common case, checked inline
                 if kind == _VIA:
                     if _VIA_RE.fullmatch(value) is None:
@@ -494,36 +514,47 @@ def _build(
                 elif '"' in value or "<" in value or "\\" in value:
                     _check_balanced(value, key)
                 append((key, value, lineno))
-                continue
-            values = _split_list(value, key)
-            if kind == _ADDRLIST:
-                for v in values:
-                    if _ADDR_RE.fullmatch(v) is None:
-                        _check_addr(v, key)
-            elif kind == _VIA:
-                for v in values:
-                    if _VIA_RE.fullmatch(v) is None:
-                        raise PacketError(f"invalid via: {v!r}")
-            for v in values:
-                append((key, v, lineno))
-            continue
-        if kind == _ADDR:
-            if _ADDR_RE.fullmatch(value) is None:
-                _check_addr(value, key)
-        elif kind == _NUM:
-            if not (value.isdigit() and value.isascii() and len(value) <= 12) or (
-                int(value) > _NUM_MAX[key]
-            ):
-                _check_number(value, key)  # raises, saying what is wrong
-        elif kind == _CALLID:
-            if _CALLID_RE.fullmatch(value) is None:
-                raise PacketError(f"invalid callid, should be 'word [@ word]': {value!r}")
-        elif kind == _CSEQ:
-            cseq_method = _check_cseq(value)
-        prev = once.setdefault(key, value)
-        if prev != value:
-            raise PacketError(f"conflicting definition of {key}: {prev!r} and {value!r}")
-        append((key, value, lineno))
+                entry = (key, value, None, False, None)
+            else:
+                elems = _split_list(value, key)
+                if kind == _ADDRLIST:
+                    for v in elems:
+                        if _ADDR_RE.fullmatch(v) is None:
+                            _check_addr(v, key)
+                elif kind == _VIA:
+                    for v in elems:
+                        if _VIA_RE.fullmatch(v) is None:
+                            raise PacketError(f"invalid via: {v!r}")
+                for v in elems:
+                    append((key, v, lineno))
+                entry = (key, value, tuple(elems), False, None)
+            if kind == _VIA:
+                continue  # its branch makes every Via unique: not worth caching
+        else:
+            if kind == _ADDR:
+                if _ADDR_RE.fullmatch(value) is None:
+                    _check_addr(value, key)
+            elif kind == _NUM:
+                if not (value.isdigit() and value.isascii() and len(value) <= 12) or (
+                    int(value) > _NUM_MAX[key]
+                ):
+                    _check_number(value, key)  # raises, saying what is wrong
+            elif kind == _CALLID:
+                if _CALLID_RE.fullmatch(value) is None:
+                    raise PacketError(f"invalid callid, should be 'word [@ word]': {value!r}")
+            elif kind == _CSEQ:
+                cseq_method = _check_cseq(value)
+            prev = once.setdefault(key, value)
+            if prev != value:
+                raise PacketError(f"conflicting definition of {key}: {prev!r} and {value!r}")
+            append((key, value, lineno))
+            if kind == _CALLID:
+                continue  # unique per call: not worth caching
+            entry = (key, value, None, True, cseq_method if kind == _CSEQ else None)
+        if len(line) <= _LINE_CACHE_LINE_MAX:
+            if len(line_cache) >= _LINE_CACHE_MAX:
+                line_cache.clear()
+            line_cache[line] = entry
 
     if method is not None and cseq_method is not None and cseq_method != method:
         raise PacketError(
@@ -567,6 +598,17 @@ def _build(
 
 # name part of a header line as received -> (normalised key, kind)
 _NAME_CACHE: dict[str, tuple[str, int | None]] = {}
+
+# A valid header line as received (unfolded) -> what _build made of it:
+# (key, value, the elements of a list header with several, whether the header
+# is single-valued, the CSeq method). Lines repeat across messages (Max-Forwards,
+# Content-Length, CSeq, To, Allow, User-Agent ...); their validation, a pure
+# function of the line, is done once. Via and Call-ID lines are unique per
+# transaction and not stored; long lines neither. Cleared when full.
+_LineEntry: TypeAlias = tuple[str, str, tuple[str, ...] | None, bool, str | None]
+_LINE_CACHE: dict[str, _LineEntry] = {}
+_LINE_CACHE_MAX = 4096
+_LINE_CACHE_LINE_MAX = 256
 
 
 def _line_key(name: str, line: str) -> tuple[str, int | None]:
@@ -709,6 +751,9 @@ REASON_PHRASES: dict[int, str] = {
     607: "Unwanted",
     608: "Rejected",
 }
+
+# the headers create_response copies from the request (RFC 3261 8.2.6.2)
+_RESPONSE_COPIES = frozenset(("via", "record-route", "from", "to", "call-id", "cseq", "timestamp"))
 
 # key for the To-tags create_response adds: stable within a process (so a
 # retransmitted request gets the same tag), different between processes
@@ -919,12 +964,13 @@ class Packet:
     def insert_header(self, name: str, value: HeaderValues) -> None:
         """Insert a header before all others (a list keeps its order)."""
         key = normalize_header_key(name)
-        new = [(key, _clean_value(v), -1) for v in _iter_values(value)]
-        self._hdrs[0:0] = new
+        values = [_clean_value(v) for v in _iter_values(value)]
+        self._hdrs[0:0] = [(key, v, -1) for v in values]
         index = self._index
-        if index is not None and new:
+        if index is not None and values:
             # keep the index valid (a Via or Contact is inserted before lookups)
-            index[key] = (*(v for _, v, _ in new), *index.get(key, ()))
+            old = index.get(key)
+            index[key] = (*values, *old) if old else tuple(values)
         self._wire = None
 
     def del_header(self, name: str) -> None:
@@ -1158,7 +1204,10 @@ class Request(Packet):
         vias: list[str] = []
         rr: list[str] = []
         frm = to = callid = cseq = ts = None
+        copied = _RESPONSE_COPIES
         for k, v, _ in self._hdrs:
+            if k not in copied:
+                continue
             if k == "via":
                 vias.append(v)
             elif k == "record-route":
@@ -1176,16 +1225,18 @@ class Request(Packet):
         if to is not None and code != 100 and not _has_tag(to):
             to = f"{to};tag={self._to_tag(callid, frm)}"
         hdrs: list[_Hdr] = [("via", v, -1) for v in vias]
-        hdrs.extend(("record-route", v, -1) for v in rr)
-        for k, val in (
-            ("from", frm),
-            ("to", to),
-            ("call-id", callid),
-            ("cseq", cseq),
-            ("timestamp", ts if code == 100 else None),
-        ):
-            if val is not None:
-                hdrs.append((k, val, -1))
+        if rr:
+            hdrs.extend(("record-route", v, -1) for v in rr)
+        if frm is not None:
+            hdrs.append(("from", frm, -1))
+        if to is not None:
+            hdrs.append(("to", to, -1))
+        if callid is not None:
+            hdrs.append(("call-id", callid, -1))
+        if cseq is not None:
+            hdrs.append(("cseq", cseq, -1))
+        if ts is not None and code == 100:
+            hdrs.append(("timestamp", ts, -1))
         resp = Response.__new__(Response)
         resp._code = _checked_code(code)
         resp._msg = _checked_msg(msg)
@@ -1193,7 +1244,7 @@ class Request(Packet):
         resp._index = None
         resp._lines = None
         resp._first = None
-        resp._body = _body_bytes(body)
+        resp._body = body if type(body) is bytes else _body_bytes(body)
         resp._wire = None
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers

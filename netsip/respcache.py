@@ -29,6 +29,7 @@ __all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
 CACHE_TIME = 32.0
 
 _TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
+_NOT_TAG_VALUE_RX = re.compile(r"[;, \t]")  # what ends a tag value in _TAG_RX
 
 
 def _strip_tag(to: str) -> str:
@@ -36,7 +37,10 @@ def _strip_tag(to: str) -> str:
     i = to.rfind(">")
     if i < 0:
         return _TAG_RX.sub("", to)
-    return to[: i + 1] + _TAG_RX.sub("", to[i + 1 :])
+    params = to[i + 1 :]
+    if params[:5].lower() == ";tag=" and not _NOT_TAG_VALUE_RX.search(params, 5):
+        return to[: i + 1]  # only the tag (the usual case): what _TAG_RX removes
+    return to[: i + 1] + _TAG_RX.sub("", params)
 
 
 class HeaderSource(Protocol):
@@ -73,15 +77,19 @@ class ResponseCache(Generic[R]):
         lifetime: how long an entry lives (default 32 s, i.e. 64*T1).
     """
 
-    __slots__ = ("_entries", "lifetime")
+    __slots__ = ("_entries", "_expires", "lifetime")
 
     def __init__(self, lifetime: float = CACHE_TIME) -> None:
         if lifetime <= 0:
             raise ValueError(f"lifetime must be positive, got {lifetime!r}")
         self.lifetime = lifetime
-        # key -> (expire, response); ordered by expire because lifetime is constant
-        # and entries are moved to the end whenever they are stored again
-        self._entries: OrderedDict[str, tuple[float, R]] = OrderedDict()
+        # key -> response, ordered by expiry because lifetime is constant and
+        # entries are moved to the end whenever they are stored again; the
+        # expiry times apart in a plain dict of str -> float, which the cyclic
+        # GC does not track (a (time, response) tuple per entry would be
+        # tracked, and a busy dispatcher keeps many thousand entries)
+        self._entries: OrderedDict[str, R] = OrderedDict()
+        self._expires: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,8 +106,9 @@ class ResponseCache(Generic[R]):
             now: the current time.
         """
         entries = self._entries
-        entries[key] = (now + self.lifetime, response)
+        entries[key] = response
         entries.move_to_end(key)
+        self._expires[key] = now + self.lifetime
         self.expire(now)
 
     def get(self, key: str, now: float) -> R | None:
@@ -112,13 +121,19 @@ class ResponseCache(Generic[R]):
         Returns:
             The cached response or None.
         """
-        hit = self._entries.get(key)
-        if hit is None:
+        when = self._expires.get(key)
+        if when is None:
             return None
-        if hit[0] < now:
+        if when < now:
             self.expire(now)
             return None
-        return hit[1]
+        return self._entries[key]
+
+    def discard(self, key: str) -> None:
+        """Drop the entry for ``key`` if there is one."""
+        if key in self._entries:
+            del self._entries[key]
+            del self._expires[key]
 
     def expire(self, now: float) -> float | None:
         """Drop every entry that expired before ``now``.
@@ -130,19 +145,23 @@ class ResponseCache(Generic[R]):
             When the next remaining entry expires, or None if the cache is empty.
         """
         entries = self._entries
+        expires = self._expires
         while entries:
-            key, (when, _) = next(iter(entries.items()))
+            key = next(iter(entries))
+            when = expires[key]
             if when >= now:
                 return when
             del entries[key]
+            del expires[key]
         return None
 
     def next_expire(self) -> float | None:
         """When the oldest entry expires (None if empty)."""
-        for when, _ in self._entries.values():
-            return when
+        for key in self._entries:
+            return self._expires[key]
         return None
 
     def clear(self) -> None:
         """Drop every entry."""
         self._entries.clear()
+        self._expires.clear()

@@ -54,6 +54,11 @@ certificate, so a refused client certificate can show as a written packet
 (0) followed by the connection closing.
 :meth:`SocketPool.close` does not invoke pending callbacks.
 
+An exception raised by a receive or ``sendto`` callback propagates out of
+the event loop; what it interrupted (messages already read behind it, the
+other callbacks due) is resumed by a zero-delay timer, so the next ``loop()``
+continues where it stopped and nothing is delivered twice.
+
 Settings (``MAX_SIP_HEADER`` ...) are module-wide (:func:`import_settings`,
 like Perl's ``use Net::SIP::SocketPool (KEY => value)``) and can be
 overridden per pool (``SocketPool(..., settings={...})`` or
@@ -111,6 +116,7 @@ _UDP_READSIZE: Final = 2**16
 
 _ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
 _UDP_READS_PER_READY: Final = 32  # datagrams read per readiness of a UDP socket
+_CORK_MAX: Final = 2**16  # bytes coalesced at most before a write (see _read_stream)
 # accept() failing for lack of resources: the listener is left alone for a
 # while (doubling from MIN to MAX seconds while the shortage lasts).
 _ACCEPT_RESOURCE_ERRORS: Final = frozenset(
@@ -367,6 +373,7 @@ class SocketPool:
         self._expire_timer: TimerLike | None = None
         self._accept_timer: TimerLike | None = None  # listener paused (EMFILE)
         self._accept_backoff = 0.0  # current pause, 0 while accept works
+        self._corked: Conn | None = None  # its writes wait for the end of a read batch
         self._closed = False
 
         self._rbuf = bytearray(max(_UDP_READSIZE, self._cfg.tcp_readsize))
@@ -778,9 +785,23 @@ class SocketPool:
                 return
             rbuf += view[:n]
             if len(rbuf) >= conn.need:
-                self._extract(conn)
+                # Responses sent from the callbacks are queued and written
+                # together after the batch: one send() for a burst of requests.
+                self._corked = conn
+                try:
+                    self._extract(conn)
+                except BaseException:
+                    self._corked = None
+                    if conn.wbuf and not conn.closed and not conn.inside_connect:
+                        self._watch_write(conn, True)  # written in the next cycle
+                    raise
+                self._corked = None
                 if conn.closed:
                     return
+                if conn.wbuf and not conn.watch_write and not conn.inside_connect:
+                    self._flush(conn)
+                    if conn.closed:
+                        return
             if not conn.pending():
                 return
 
@@ -993,6 +1014,12 @@ class SocketPool:
 
     def _queue(self, conn: Conn, data: bytes, callback: Callback) -> None:
         limit = self._cfg.max_wbuf
+        if conn is self._corked and len(conn.wbuf) + len(data) > limit and conn.wbuf:
+            # Coalescing must not make MAX_WBUF bite: write the batch so far first.
+            self._flush(conn)
+            if conn.closed:  # that write failed: the batch failed with it, so does this
+                invoke_callback(callback, errno.EPIPE)
+                return
         if len(conn.wbuf) + len(data) > limit:
             # The loop writes whenever the socket takes data, so a full buffer
             # means the peer stopped reading: give up on it rather than buffer
@@ -1007,7 +1034,11 @@ class SocketPool:
         conn.queued += len(data)
         if callback is not None:
             conn.wcallbacks.append((conn.queued, callback))
-        if not conn.inside_connect and not conn.watch_write:
+        if (
+            not conn.inside_connect
+            and not conn.watch_write
+            and (conn is not self._corked or len(conn.wbuf) >= _CORK_MAX)
+        ):
             self._flush(conn)
 
     def _writable(self, conn: Conn, _fd: object = None) -> None:

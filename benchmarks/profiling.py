@@ -9,11 +9,14 @@ Two profilers, both summarised as the functions with the most *own* time:
 ``py-spy``
     ``py-spy record`` samples the running responder from outside (no
     instrumentation); needs the ``py-spy`` program (``pip install py-spy``)
-    and ptrace permission.
+    and ptrace permission. It pauses the process for each sample, so waiting
+    in ``epoll_wait`` shows as ``EpollSelector.select``; those samples are
+    left out of the percentages (``--keep-idle`` keeps them): the tables
+    show where the CPU time goes.
 
 Run::
 
-    python -m benchmarks.profile dispatcher u1 [--calls 20000] [--tool py-spy] [--top 25]
+    python -m benchmarks.profiling dispatcher u1 [--calls 20000] [--tool py-spy] [--top 25]
 """
 
 from __future__ import annotations
@@ -55,24 +58,28 @@ def cprofile_summary(stats_file: str, top: int) -> list[str]:
     return out
 
 
-def pyspy_summary(raw_file: str, top: int) -> list[str]:
+def pyspy_summary(raw_file: str, top: int, keep_idle: bool = False) -> list[str]:
     """The ``top`` functions by own time (leaf frames) and by total time (on the stack)."""
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = idle = 0
     with open(raw_file) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             n = int(count)
-            total += n
             frames = [_pyspy_frame(fr) for fr in stack.split(";")]
+            if not keep_idle and frames[-1].startswith("EpollSelector.select "):
+                idle += n
+                continue
+            total += n
             own[frames[-1]] += n
             for fr in set(frames):
                 incl[fr] += n
     total = max(total, 1)
-    out = [f"{total} samples", "", "| own % | total % | function |", "|---:|---:|---|"]
+    out = [f"{total} samples ({idle} more waiting in epoll_wait, left out)", "",
+           "| own % | total % | function |", "|---:|---:|---|"]
     for frame, n in own.most_common(top):
         out.append(f"| {100 * n / total:.1f} | {100 * incl[frame] / total:.1f} | `{frame}` |")
     out += ["", "| total % | own % | function |", "|---:|---:|---|"]
@@ -87,31 +94,36 @@ def _pyspy_frame(frame: str) -> str:
     return f"{func} {_short(rest.rstrip(')').rpartition(':')[0])}" if rest else func
 
 
-def profile(responder: str, transport: str, calls: int, concurrency: int, tool: str,
-            top: int) -> list[str]:  # fmt: skip
+def profile(responder: str, transport: str, calls: int, *, concurrency: int = 100,
+            tool: str = "cprofile", top: int = 25, rate: float | None = None,
+            netsip_path: str | None = None, keep_idle: bool = False) -> list[str]:  # fmt: skip
     """Load ``responder`` over ``transport`` and return the profile summary lines."""
     proto = TRANSPORTS[transport]
     with tempfile.TemporaryDirectory(prefix="netsip-profile.") as workdir:
         out = os.path.join(workdir, "profile.out")
         if tool == "cprofile":
-            with start_responder(responder, proto, profile=out) as (_proc, dst):
-                run_sipp(transport, dst, calls, concurrency, 120, workdir, ip=sipp_local_ip())
+            with start_responder(responder, proto, profile=out,
+                                 netsip_path=netsip_path) as (_proc, dst):
+                run_sipp(transport, dst, calls, concurrency, timeout=120, workdir=workdir,
+                         rate=rate, ip=sipp_local_ip())
             return cprofile_summary(out, top)
         pyspy = shutil.which("py-spy")
         if pyspy is None:
             raise SystemExit("py-spy is not installed (pip install py-spy)")
-        with start_responder(responder, proto) as (proc, dst):
-            run_sipp(transport, dst, 500, concurrency, 60, workdir, ip=sipp_local_ip())  # warm up
+        with start_responder(responder, proto, netsip_path=netsip_path) as (proc, dst):
+            run_sipp(transport, dst, 500, concurrency, timeout=60, workdir=workdir,
+                     ip=sipp_local_ip())  # warm up
             spy = subprocess.Popen(
                 [pyspy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
-                 "--output", out, "--nonblocking"],
+                 "--output", out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # py-spy attaches
-            run_sipp(transport, dst, calls, concurrency, 120, workdir, ip=sipp_local_ip())
+            run_sipp(transport, dst, calls, concurrency, timeout=120, workdir=workdir,
+                         rate=rate, ip=sipp_local_ip())
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(timeout=60)
-        return pyspy_summary(out, top)
+        return pyspy_summary(out, top, keep_idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--tool", choices=("cprofile", "py-spy"), default="cprofile")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--rate", type=float, help="calls/s (default: a closed loop)")
+    ap.add_argument("--netsip-path", metavar="DIR", help="import netsip from DIR (a baseline)")
+    ap.add_argument("--keep-idle", action="store_true", help="py-spy: count epoll_wait samples")
     args = ap.parse_args(argv)
-    lines = profile(args.responder, args.transport, args.calls, args.concurrency, args.tool,
-                    args.top)  # fmt: skip
+    lines = profile(args.responder, args.transport, args.calls, concurrency=args.concurrency,
+                    tool=args.tool, top=args.top, rate=args.rate,
+                    netsip_path=args.netsip_path, keep_idle=args.keep_idle)
     print(f"{args.tool}: {args.responder} over {args.transport}, {args.calls} transactions")
     print("\n".join(lines))
     return 0

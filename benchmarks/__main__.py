@@ -1,0 +1,440 @@
+"""netsip's performance, side by side with Perl's Net::SIP and the Python limit.
+
+``python -m benchmarks`` runs, in one sitting (a few minutes; ``--quick`` for
+a smoke run of well under a minute):
+
+(a) ``packet``: parse an INVITE with SDP, create the 200 with an SDP answer,
+    serialise it, in netsip and in Perl's Net::SIP::Packet; the same message
+    again and again, and 20,000 distinct calls (:mod:`benchmarks.bench_packet`).
+(b-d) ``sipp``: sipp keeps 100 OPTIONS transactions in flight (a closed loop)
+    against four responders (:mod:`benchmarks.responders`): the Python limit
+    (``stdlib``: no real parser), netsip's SocketPool with a callback
+    (``pool``), netsip's Leg + Dispatcher UAS with response cache and
+    retransmissions (``dispatcher``) and Perl's Net::SIP Leg + Dispatcher
+    (``perl``), over UDP (sipp ``u1``), TCP on one connection (``t1``) and TCP
+    with a connection per call (``tn``); the median of ``--repeats`` runs.
+    The responder's CPU time per transaction comes from /proc.
+``rate``: the same at a fixed offered load (``--rate`` calls/s, default 2,000,
+    which every responder sustains): CPU per transaction at equal load.
+``conns``: CPU per transaction on 10 busy TCP connections while 10 and
+    while 10,000 connections are open in the pool
+    (:mod:`benchmarks.bench_socketpool`).
+
+It prints the tables with the target verdicts and writes ``performance.json``,
+``performance.png`` (matplotlib, the ``bench`` extra; skipped without it) and
+the results section of ``performance.md`` into ``--out`` (default ``docs/``).
+``--baseline DIR`` adds the pool and dispatcher responders importing the
+``netsip`` package found in DIR (an older revision: before/after in one run).
+
+Benchmarks are not tests: nothing here fails on a number; the exit status is
+0 whether or not the targets are met (1 if a run itself failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any, Final
+
+from benchmarks import bench_packet
+from benchmarks.load import REPO, Result, measure, perl_netsip_available
+
+#: the issue's targets, checked in the same run
+PACKET_VS_PERL: Final = 5.0  # netsip messages/s >= 5x Perl's
+POOL_VS_STDLIB: Final = 3.0  # pool CPU/tx <= 3x the stdlib limit's
+PERL_VS_DISPATCHER: Final = 5.0  # Perl CPU/tx >= 5x the dispatcher's
+
+SECTIONS: Final = ("packet", "sipp", "rate", "conns")
+TRANSPORT_NAMES: Final = {
+    "u1": "UDP",
+    "t1": "TCP, one connection",
+    "tn": "TCP, connection per call",
+}
+MD_BEGIN: Final = "<!-- benchmark results: begin (written by python -m benchmarks) -->"
+MD_END: Final = "<!-- benchmark results: end -->"
+
+
+# ----------------------------------------------------------------- sections
+
+
+def packet_section(seconds: float, perl: bool, log: list[str]) -> dict[str, Any]:
+    """(a) parse + respond + serialise, netsip and Perl, same message and distinct calls."""
+    out: dict[str, Any] = {}
+    for mode, distinct in (("same", False), ("distinct", True)):
+        n, t = bench_packet.bench_python(seconds, distinct)
+        row: dict[str, Any] = {"netsip_msg_per_s": round(n / t)}
+        perl_res = bench_packet.bench_perl(seconds, distinct) if perl else None
+        if perl_res is not None:
+            row["perl_msg_per_s"] = round(perl_res[0] / perl_res[1])
+            row["ratio"] = round(row["netsip_msg_per_s"] / row["perl_msg_per_s"], 2)
+        out[mode] = row
+        _say(log, f"  packet ({mode}): {row}")
+    return out
+
+
+def sipp_section(
+    responders: list[tuple[str, str, str | None]],
+    transports: list[str],
+    *,
+    calls: dict[str, int],
+    repeats: int,
+    rate: float | None,
+    workdir: str,
+    log: list[str],
+) -> list[Result]:
+    """(b-d) every responder under sipp over every transport."""
+    results: list[Result] = []
+    for transport in transports:
+        for label, kind, path in responders:
+            t0 = time.monotonic()
+            r = measure(kind, transport, calls[transport], 100, workdir=workdir, rate=rate,
+                        repeats=repeats, warmup=min(1000, calls[transport]), netsip_path=path,
+                        label=label)  # fmt: skip
+            results.append(r)
+            _say(log, f"  {transport} {label:17} {r.tx_per_s:9.0f} tx/s "
+                      f"{_num(r.cpu_us_per_tx, '.1f'):>7} us/tx  runs {r.runs} "
+                      f"failed {r.failed} ({time.monotonic() - t0:.0f} s)")  # fmt: skip
+    return results
+
+
+def conns_section(conns: int, rounds: int, log: list[str]) -> dict[str, Any]:
+    """CPU per transaction at 10 and at ``conns`` open TCP connections."""
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "bench_socketpool.py"), "--json",
+           "--conns", str(conns), "--rounds", str(rounds), "--trace-conns", "0"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if not proc.stdout.strip():
+        raise RuntimeError(f"bench_socketpool failed: {proc.stderr[-500:]}")
+    res: dict[str, Any] = json.loads(proc.stdout)
+    a, b = res["cpu_at_10"], res["cpu_at_n"]
+    out = {
+        "conns": conns,
+        "cpu_us_per_tx_at_10": round(a["cpu_us_per_transaction"], 2),
+        "cpu_us_per_tx_at_n": round(b["cpu_us_per_transaction"], 2),
+        "open_at_10": a["open_connections"],
+        "open_at_n": b["open_connections"],
+        "transactions_each": a["transactions"],
+        "bytes_rss_per_idle_conn": round(res["memory"]["bytes_per_idle_conn"]),
+        "all_served": res["targets"]["all_served"],
+    }
+    _say(log, f"  conns: {out}")
+    return out
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _say(log: list[str], line: str) -> None:
+    log.append(line)
+    print(line, file=sys.stderr, flush=True)
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("hit" if ok else "MISS")
+
+
+def _by(results: Iterable[Result]) -> dict[tuple[str, str], Result]:
+    return {(r.responder, r.transport): r for r in results}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets with this run's figures (every one, hit or miss)."""
+    out: list[dict[str, Any]] = []
+    for mode, row in res.get("packet", {}).items():
+        ratio = row.get("ratio")
+        out.append({"target": f"Packet ({mode}): netsip >= {PACKET_VS_PERL:g}x Perl's msg/s",
+                    "value": ratio, "hit": None if ratio is None else ratio >= PACKET_VS_PERL})
+    for section, what in (("sipp", "closed loop"),
+                          ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s")):
+        if section not in res:
+            continue
+        by = _by(Result(**r) for r in res[section])
+        for transport in TRANSPORT_NAMES:
+            stdlib, pool = by.get(("stdlib", transport)), by.get(("pool", transport))
+            if stdlib and pool:
+                x = _ratio(pool.cpu_us_per_tx, stdlib.cpu_us_per_tx)
+                out.append({
+                    "target": f"SocketPool CPU/tx <= {POOL_VS_STDLIB:g}x stdlib, {transport} "
+                              f"({what})",
+                    "value": x, "hit": None if x is None else x <= POOL_VS_STDLIB})
+            perl, disp = by.get(("perl", transport)), by.get(("dispatcher", transport))
+            if perl and disp:
+                x = _ratio(perl.cpu_us_per_tx, disp.cpu_us_per_tx)
+                out.append({
+                    "target": f"Dispatcher CPU/tx >= {PERL_VS_DISPATCHER:g}x better than Perl, "
+                              f"{transport} ({what})",
+                    "value": x, "hit": None if x is None else x >= PERL_VS_DISPATCHER})
+    if "conns" in res:
+        c = res["conns"]
+        x = _ratio(c["cpu_us_per_tx_at_n"], c["cpu_us_per_tx_at_10"])
+        out.append({"target": f"CPU/tx at {c['open_at_n']:,} open TCP connections ~ at 10 "
+                              "(no per-event cost growing with connections; <= 1.25x)",
+                    "value": x, "hit": None if x is None else x <= 1.25})  # fmt: skip
+    return out
+
+
+def sipp_table(results: list[Result]) -> list[str]:
+    """Markdown table: per transport and responder tx/s, CPU per tx, ratios."""
+    by = _by(results)
+    rows = [
+        "| transport | responder | tx/s | CPU ms/tx | CPU x stdlib | Perl CPU / this |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        stdlib, perl = by.get(("stdlib", r.transport)), by.get(("perl", r.transport))
+        cpu = r.cpu_us_per_tx
+        rows.append(
+            f"| {r.transport} ({TRANSPORT_NAMES[r.transport]}) | {r.responder} "
+            f"| {r.tx_per_s:,.0f} | {_num(cpu / 1000 if cpu else None, '.4f')} "
+            f"| {_num(_ratio(cpu, stdlib.cpu_us_per_tx if stdlib else None), '.2f')} "
+            f"| {_num(_ratio(perl.cpu_us_per_tx if perl else None, cpu), '.2f')} |"
+        )
+    return rows
+
+
+def report(res: dict[str, Any]) -> list[str]:
+    """The whole result as Markdown (printed, and put into performance.md)."""
+    env = res["environment"]
+    out = [
+        f"Run {env['date']} on {env['cpu']} ({env['cores']} cores), {env['kernel']}; "
+        f"Python {env['python']}, {env['sipp']}, Perl Net::SIP {env['perl_netsip']}; "
+        f"{res['seconds']:.0f} s in all.",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+    ]
+    if "packet" in res:
+        out += ["**(a) Packet**: parse an INVITE with SDP, create the 200 with SDP, serialise.",
+                "", "| messages | netsip msg/s | Perl msg/s | ratio |", "|---|---:|---:|---:|"]
+        for mode, row in res["packet"].items():
+            label = "the same message" if mode == "same" else "20,000 distinct calls"
+            out.append(f"| {label} | {row['netsip_msg_per_s']:,} "
+                       f"| {_num(row.get('perl_msg_per_s'), ',')} "
+                       f"| {_num(row.get('ratio'), '.1f')}x |")  # fmt: skip
+        out.append("")
+    if "sipp" in res:
+        r0 = res["sipp"][0]
+        out += [f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
+                f"flight, {res['calls']} per run, median of {r0['repeats']} runs; CPU is the "
+                "responder's (user + system).", ""]
+        out += [*sipp_table([Result(**r) for r in res["sipp"]]), ""]
+    if "rate" in res:
+        out += [f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "
+                f"({res['rate_calls']} per run), the same load for every responder.", ""]
+        out += [*sipp_table([Result(**r) for r in res["rate"]]), ""]
+    if "conns" in res:
+        c = res["conns"]
+        out += ["**Open connections**: CPU per transaction on 10 busy TCP connections "
+                f"({c['transactions_each']:,} round trips) while {c['open_at_10']:,} and while "
+                f"{c['open_at_n']:,} connections are open in one pool: "
+                f"{c['cpu_us_per_tx_at_10']:.1f} us and {c['cpu_us_per_tx_at_n']:.1f} us; "
+                f"{c['bytes_rss_per_idle_conn']:,} B RSS per idle connection.", ""]
+    out += ["**Targets** (issue 7), this run:", "", "| target | value | verdict |",
+            "|---|---:|---|"]
+    for t in res["targets"]:
+        out.append(f"| {t['target']} | {_num(t['value'], '.2f')} | {_verdict(t['hit'])} |")
+    if res.get("chart"):
+        out += ["", f"![CPU per transaction]({res['chart']})"]
+    return out
+
+
+def chart(res: dict[str, Any], path: str) -> bool:
+    """CPU per transaction per responder and transport as a PNG; False without matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415  # the optional "bench" extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: PLC0415
+    except ImportError:
+        return False
+    panels = [(k, t) for k, t in (("sipp", "closed loop, 100 in flight"),
+                                  ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s"))
+              if k in res]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        results = [Result(**r) for r in res[key]]
+        transports = list(dict.fromkeys(r.transport for r in results))
+        responders = list(dict.fromkeys(r.responder for r in results))
+        by = _by(results)
+        width = 0.8 / len(responders)
+        for i, name in enumerate(responders):
+            xs, ys = [], []
+            for j, tr in enumerate(transports):
+                r = by.get((name, tr))
+                if r is not None and r.cpu_us_per_tx:
+                    xs.append(j + (i - (len(responders) - 1) / 2) * width)
+                    ys.append(r.cpu_us_per_tx)
+            bars = ax.bar(xs, ys, width, label=name)
+            ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1)
+        ax.set_xticks(range(len(transports)),
+                      [f"{t}\n{TRANSPORT_NAMES[t]}" for t in transports], fontsize=8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("responder CPU per transaction (us, log scale)")
+        ax.set_title(f"OPTIONS/200 under sipp, {title}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_md(path: str, lines: list[str]) -> None:
+    """Replace the results section of ``path`` (between the markers), or create the file."""
+    block = "\n".join([MD_BEGIN, "", *lines, "", MD_END])
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if MD_BEGIN in text and MD_END in text:
+        head, rest = text.split(MD_BEGIN, 1)
+        text = head + block + rest.split(MD_END, 1)[1]
+    else:
+        text = (text or "# Performance\n") + "\n## Results\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def environment() -> dict[str, str]:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if m:
+            cpu = m.group(1).strip()
+    except OSError:
+        pass
+    sipp = "no sipp"
+    if shutil.which("sipp"):
+        v = subprocess.run(["sipp", "-v"], capture_output=True, text=True, check=False)
+        m = re.search(r"v(\d+\.\d+(?:\.\d+)?)", v.stdout + v.stderr)
+        sipp = f"sipp {m.group(1)}" if m else "sipp"
+    perl = "absent"
+    if perl_netsip_available():
+        v = subprocess.run(["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        perl = v.stdout.strip() or "present"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "kernel": f"Linux {platform.release()}",
+        "python": platform.python_version(),
+        "sipp": sipp,
+        "perl_netsip": perl,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks",
+                                 description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="small runs: a smoke test, not figures")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
+    ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
+    ap.add_argument("--calls", type=int, help="transactions per sipp run (u1, t1; tn a quarter)")
+    ap.add_argument("--repeats", type=int, help="measured sipp runs per responder (median)")
+    ap.add_argument("--rate", type=float, default=2000.0, help="calls/s of the fixed-rate runs")
+    ap.add_argument("--conns", type=int, help="open connections of the conns section")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run pool and dispatcher importing netsip from DIR")
+    ap.add_argument("--out", default=os.path.join(REPO, "docs"),
+                    help="where performance.{json,png,md} go (default: docs/)")
+    ap.add_argument("--no-write", action="store_true", help="print only, write no files")
+    args = ap.parse_args(argv)
+
+    sections = [s for s in args.only.split(",") if s]
+    bad = set(sections) - set(SECTIONS)
+    if bad:
+        ap.error(f"unknown sections {sorted(bad)} (choose from {', '.join(SECTIONS)})")
+    quick = args.quick
+    calls = args.calls or (3000 if quick else 20000)
+    repeats = args.repeats or (1 if quick else 3)
+    conns = args.conns or (2000 if quick else 10000)
+    transports = args.transports.split(",")
+    perl = perl_netsip_available()
+    have_sipp = shutil.which("sipp") is not None
+
+    t0 = time.monotonic()
+    log: list[str] = []
+    argv_list = sys.argv[1:] if argv is None else argv
+    res: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks", *argv_list]),
+        "environment": environment(),
+        "calls": calls,
+    }
+    if "packet" in sections:
+        _say(log, "(a) packet")
+        res["packet"] = packet_section(1.0 if quick else 3.0, perl, log)
+    responders: list[tuple[str, str, str | None]] = [
+        ("stdlib", "stdlib", None), ("pool", "pool", None), ("dispatcher", "dispatcher", None),
+    ]
+    if args.baseline:
+        responders += [("pool (baseline)", "pool", args.baseline),
+                       ("dispatcher (baseline)", "dispatcher", args.baseline)]
+    if perl:
+        responders.append(("perl", "perl", None))
+    per_transport = {t: (calls if t != "tn" else max(calls // 4, 500)) for t in transports}
+    with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
+        if "sipp" in sections and have_sipp:
+            _say(log, f"(b-d) sipp closed loop, {repeats} run(s) each")
+            res["sipp"] = [asdict(r) for r in sipp_section(
+                responders, transports, calls=per_transport, repeats=repeats, rate=None,
+                workdir=workdir, log=log)]  # fmt: skip
+        if "rate" in sections and have_sipp:
+            rate_calls = max(int(args.rate * (1 if quick else 3)), 500)
+            res["rate_calls_per_s"] = args.rate
+            res["rate_calls"] = rate_calls
+            _say(log, f"fixed rate {args.rate:g} calls/s")
+            res["rate"] = [asdict(r) for r in sipp_section(
+                responders, transports, calls=dict.fromkeys(transports, rate_calls), repeats=1,
+                rate=args.rate, workdir=workdir, log=log)]  # fmt: skip
+    if "conns" in sections:
+        _say(log, f"conns: 10 and {conns:,} open TCP connections")
+        res["conns"] = conns_section(conns, 300 if quick else 1000, log)
+    if not have_sipp:
+        _say(log, "sipp is not installed: sipp and rate sections skipped")
+    res["seconds"] = round(time.monotonic() - t0)
+    res["targets"] = targets(res)
+    if not args.no_write:
+        os.makedirs(args.out, exist_ok=True)
+        if chart(res, os.path.join(args.out, "performance.png")):
+            res["chart"] = "performance.png"
+        with open(os.path.join(args.out, "performance.json"), "w") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
+    lines = report(res)
+    print("\n".join(lines))
+    if not args.no_write:
+        write_md(os.path.join(args.out, "performance.md"), lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
