@@ -19,26 +19,34 @@ a smoke run of well under a minute):
 ``conns``: CPU per transaction on 10 busy TCP connections while 10 and
     while 10,000 connections are open in the pool
     (:mod:`benchmarks.bench_socketpool`).
+``workers``: ``netsip listen --workers N`` (N processes sharing the port with
+    ``SO_REUSEPORT``) for N = 1 and 2 under sipp with a UDP socket (``un``)
+    or a TCP connection (``tn``) per call, so the kernel can spread the load;
+    tx/s and CPU of all the processes. On a 2-core machine sipp needs one
+    core, so this shows the cost of the split more than a gain.
 
 It prints the tables with the target verdicts and writes ``performance.json``,
 ``performance.png`` (matplotlib, the ``bench`` extra; skipped without it) and
-the results section of ``performance.md`` into ``--out`` (default ``docs/``).
+the results section of ``performance.md`` into ``--out`` (default ``docs/``;
+a ``--quick`` run writes only when ``--out`` is given).
 ``--baseline DIR`` adds the pool and dispatcher responders importing the
 ``netsip`` package found in DIR (an older revision: before/after in one run).
 
 Benchmarks are not tests: nothing here fails on a number; the exit status is
-0 whether or not the targets are met (1 if a run itself failed).
+0 whether or not the targets are met, 1 if transactions failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,18 +56,27 @@ from dataclasses import asdict
 from typing import Any, Final
 
 from benchmarks import bench_packet
-from benchmarks.load import REPO, Result, measure, perl_netsip_available
+from benchmarks.load import (
+    REPO,
+    Result,
+    cpu_seconds,
+    measure,
+    perl_netsip_available,
+    run_sipp,
+    sipp_local_ip,
+)
 
 #: the issue's targets, checked in the same run
 PACKET_VS_PERL: Final = 5.0  # netsip messages/s >= 5x Perl's
 POOL_VS_STDLIB: Final = 3.0  # pool CPU/tx <= 3x the stdlib limit's
 PERL_VS_DISPATCHER: Final = 5.0  # Perl CPU/tx >= 5x the dispatcher's
 
-SECTIONS: Final = ("packet", "sipp", "rate", "conns")
+SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers")
 TRANSPORT_NAMES: Final = {
     "u1": "UDP",
     "t1": "TCP, one connection",
     "tn": "TCP, connection per call",
+    "un": "UDP, socket per call",
 }
 MD_BEGIN: Final = "<!-- benchmark results: begin (written by python -m benchmarks) -->"
 MD_END: Final = "<!-- benchmark results: end -->"
@@ -128,6 +145,90 @@ def conns_section(conns: int, rounds: int, log: list[str]) -> dict[str, Any]:
         "all_served": res["targets"]["all_served"],
     }
     _say(log, f"  conns: {out}")
+    return out
+
+
+def _free_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 (for ``netsip listen``)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port: int = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (the workers of ``netsip listen``)."""
+    total = cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += cpu_seconds(child)
+    return total
+
+
+def _wait_ready(port: int, timeout: float) -> bool:
+    """True once an OPTIONS over UDP to 127.0.0.1:port gets an answer."""
+    msg = (f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;"
+           "branch=z9hG4bKready\r\nFrom: <sip:r@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+           "Call-ID: ready@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(msg, ("127.0.0.1", port))
+            try:
+                s.recv(65536)
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def workers_section(counts: list[int], calls: dict[str, int], workdir: str, log: list[str]
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+    """``netsip listen --workers N`` under sipp ``un`` and ``tn`` (``calls`` per transport)."""
+    out: list[dict[str, Any]] = []
+    for transport, ncalls in calls.items():
+        for n in counts:
+            port = _free_port()
+            cmd = [sys.executable, "-m", "netsip", "listen", "-q", "--summary-only",
+                   "-l", f"127.0.0.1:{port}", "-w", str(n)]  # fmt: skip
+            proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                if not _wait_ready(port, 20):
+                    raise RuntimeError(f"netsip listen -w {n} did not answer")
+                dst = ("127.0.0.1", port)
+                run_sipp(transport, dst, min(ncalls, 1000), 100, timeout=120, workdir=workdir,
+                         ip=sipp_local_ip())  # warm up  # fmt: skip
+                cpu0 = _tree_cpu(proc.pid)
+                r = run_sipp(transport, dst, ncalls, 100, timeout=120, workdir=workdir,
+                             ip=sipp_local_ip())  # fmt: skip
+                cpu = _tree_cpu(proc.pid) - cpu0
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            ok = r["ok"]
+            row = {"transport": transport, "workers": n, "calls": ncalls, "ok": ok,
+                   "failed": r["failed"], "tx_per_s": round(ok / max(r["secs"], 1e-3), 1),
+                   "cpu_us_per_tx": round(1e6 * cpu / ok, 2) if ok else None}  # fmt: skip
+            out.append(row)
+            _say(log, f"  workers: {row}")
     return out
 
 
@@ -216,7 +317,8 @@ def report(res: dict[str, Any]) -> list[str]:
     out = [
         f"Run {env['date']} on {env['cpu']} ({env['cores']} cores), {env['kernel']}; "
         f"Python {env['python']}, {env['sipp']}, Perl Net::SIP {env['perl_netsip']}; "
-        f"{res['seconds']:.0f} s in all.",
+        f"{res['seconds']:.0f} s in all; load average {env['loadavg']} before, "
+        f"{res.get('loadavg_after', '?')} after (other processes disturb the figures).",
         "",
         f"Command: `{res['command']}`",
         "",
@@ -240,6 +342,17 @@ def report(res: dict[str, Any]) -> list[str]:
         out += [f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "
                 f"({res['rate_calls']} per run), the same load for every responder.", ""]
         out += [*sipp_table([Result(**r) for r in res["rate"]]), ""]
+    if "workers" in res:
+        out += ["**`netsip listen --workers N`** (Leg + Dispatcher per process, "
+                "SO_REUSEPORT), sipp with a socket or connection per call, CPU of all "
+                "processes; tx/s is sipp's wall clock including its start:", "",
+                "| transport | workers | tx/s | CPU ms/tx |", "|---|---:|---:|---:|"]
+        for w in res["workers"]:
+            cpu = w["cpu_us_per_tx"]
+            out.append(f"| {w['transport']} ({TRANSPORT_NAMES[w['transport']]}) "
+                       f"| {w['workers']} | {w['tx_per_s']:,.0f} "
+                       f"| {_num(cpu / 1000 if cpu else None, '.4f')} |")  # fmt: skip
+        out.append("")
     if "conns" in res:
         c = res["conns"]
         out += ["**Open connections**: CPU per transaction on 10 busy TCP connections "
@@ -271,12 +384,18 @@ def chart(res: dict[str, Any], path: str) -> bool:
               if k in res]
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False,
                              sharey=True)
+    colors = {"stdlib": "tab:blue", "pool": "tab:orange", "dispatcher": "tab:green",
+              "perl": "tab:red"}  # fmt: skip
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         results = [Result(**r) for r in res[key]]
         transports = list(dict.fromkeys(r.transport for r in results))
-        responders = list(dict.fromkeys(r.responder for r in results))
+        # a baseline next to its current version
+        responders = sorted(dict.fromkeys(r.responder for r in results),
+                            key=lambda n: (list(colors).index(n.split(" ")[0])
+                                           if n.split(" ")[0] in colors else 9,
+                                           "baseline" not in n))  # fmt: skip
         by = _by(results)
         width = 0.8 / len(responders)
         for i, name in enumerate(responders):
@@ -286,7 +405,9 @@ def chart(res: dict[str, Any], path: str) -> bool:
                 if r is not None and r.cpu_us_per_tx:
                     xs.append(j + (i - (len(responders) - 1) / 2) * width)
                     ys.append(r.cpu_us_per_tx)
-            bars = ax.bar(xs, ys, width, label=name)
+            base = "baseline" in name
+            bars = ax.bar(xs, ys, width, label=name, color=colors.get(name.split(" ")[0]),
+                          alpha=0.45 if base else 1.0, hatch="//" if base else None)
             ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1)
         ax.set_xticks(range(len(transports)),
                       [f"{t}\n{TRANSPORT_NAMES[t]}" for t in transports], fontsize=8)
@@ -295,8 +416,9 @@ def chart(res: dict[str, Any], path: str) -> bool:
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("responder CPU per transaction (us, log scale)")
         ax.set_title(f"OPTIONS/200 under sipp, {title}", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -319,6 +441,13 @@ def write_md(path: str, lines: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- the run
+
+
+def _has_workers() -> bool:
+    """True if this checkout has ``netsip listen --workers``."""
+    proc = subprocess.run([sys.executable, "-m", "netsip", "listen", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    return "--workers" in proc.stdout
 
 
 def environment() -> dict[str, str]:
@@ -348,13 +477,23 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "sipp": sipp,
         "perl_netsip": perl,
+        "loadavg": _loadavg(),
     }
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks",
                                  description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="small runs: a smoke test, not figures")
+    ap.add_argument("--quick", action="store_true",
+                    help="small runs: a smoke test, not figures (writes files only with --out)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
@@ -364,8 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, help="open connections of the conns section")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also run pool and dispatcher importing netsip from DIR")
-    ap.add_argument("--out", default=os.path.join(REPO, "docs"),
-                    help="where performance.{json,png,md} go (default: docs/)")
+    ap.add_argument("--out", help="where performance.{json,png,md} go (default: docs/)")
     ap.add_argument("--no-write", action="store_true", help="print only, write no files")
     args = ap.parse_args(argv)
 
@@ -374,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown sections {sorted(bad)} (choose from {', '.join(SECTIONS)})")
     quick = args.quick
+    # a quick run's figures do not belong in docs/: written only where asked
+    write = not args.no_write and (args.out is not None or not quick)
+    out_dir = args.out or os.path.join(REPO, "docs")
     calls = args.calls or (3000 if quick else 20000)
     repeats = args.repeats or (1 if quick else 3)
     conns = args.conns or (2000 if quick else 10000)
@@ -418,22 +559,32 @@ def main(argv: list[str] | None = None) -> int:
     if "conns" in sections:
         _say(log, f"conns: 10 and {conns:,} open TCP connections")
         res["conns"] = conns_section(conns, 300 if quick else 1000, log)
+    if "workers" in sections and have_sipp and _has_workers():
+        _say(log, "workers: netsip listen --workers 1, 2")
+        with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
+            res["workers"] = workers_section(
+                [1, 2], {"un": max(calls // 2, 1000), "tn": max(calls // 4, 500)}, workdir, log)
     if not have_sipp:
-        _say(log, "sipp is not installed: sipp and rate sections skipped")
+        _say(log, "sipp is not installed: sipp, rate and workers sections skipped")
     res["seconds"] = round(time.monotonic() - t0)
+    res["loadavg_after"] = _loadavg()
     res["targets"] = targets(res)
-    if not args.no_write:
-        os.makedirs(args.out, exist_ok=True)
-        if chart(res, os.path.join(args.out, "performance.png")):
+    if write:
+        os.makedirs(out_dir, exist_ok=True)
+        if chart(res, os.path.join(out_dir, "performance.png")):
             res["chart"] = "performance.png"
-        with open(os.path.join(args.out, "performance.json"), "w") as f:
+        with open(os.path.join(out_dir, "performance.json"), "w") as f:
             json.dump(res, f, indent=2)
             f.write("\n")
     lines = report(res)
     print("\n".join(lines))
-    if not args.no_write:
-        write_md(os.path.join(args.out, "performance.md"), lines)
-    return 0
+    if write:
+        write_md(os.path.join(out_dir, "performance.md"), lines)
+    failed = sum(r["failed"] for r in [*res.get("sipp", []), *res.get("rate", [])])
+    failed += sum(w["failed"] for w in res.get("workers", []))
+    if failed:
+        print(f"{failed} transactions failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def run_sipp(
     ]  # fmt: skip
     if ip:
         cmd += ["-i", ip]
-    if transport == "tn":
+    if transport in ("tn", "un"):
         cmd += ["-max_socket", str(max(concurrency * 4, 1024))]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from netsip.eventloop import EventLoop
+from netsip.socketpool import get_settings, import_settings
 
 # CI machines are small and noisy: no deadline, fixed example budget.
 settings.register_profile(
@@ -11,3 +17,18 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("netsip")
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    """A fresh event loop, closed after the test (modules may override it)."""
+    with EventLoop() as lp:
+        yield lp
+
+
+@pytest.fixture
+def restore_settings() -> Iterator[None]:
+    """Put the SocketPool settings back as they were (use with ``usefixtures``)."""
+    saved = get_settings()
+    yield
+    import_settings(**saved)

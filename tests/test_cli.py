@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -29,17 +28,15 @@ from netsip import cli
 from netsip.packet import Request
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
-from tests.support import require_perl_netsip
+from tests.support import (
+    LineReader,
+    have_ipv6,
+    python_env,
+    require_perl_netsip,
+    start_perl_peer,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-PEER = ROOT / "tests" / "perl" / "netsip_peer.pl"
 TIMEOUT = 20.0  # upper bound for any single wait
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def netsip_command() -> list[str]:
@@ -48,48 +45,6 @@ def netsip_command() -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "netsip"]
-
-
-class LineReader:
-    """Lines of a subprocess pipe, read with a deadline (no blocking reads)."""
-
-    def __init__(self, pipe: int) -> None:
-        self.fd = pipe
-        self.buf = b""
-        self.lines: list[str] = []
-        self.eof = False
-
-    def _fill(self, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        if self.eof or left <= 0:
-            return False
-        ready, _, _ = select.select([self.fd], [], [], left)
-        if not ready:
-            return False
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            self.eof = True
-            return False
-        self.buf += chunk
-        *done, self.buf = self.buf.split(b"\n")
-        self.lines += [line.decode("utf-8", "replace") for line in done]
-        return True
-
-    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        """Read until ``count`` lines match ``pattern``; return the matches."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            found = [m for m in map(rx.search, self.lines) if m]
-            if len(found) >= count:
-                return found
-            if not self._fill(deadline):
-                raise AssertionError(f"no {count}x {pattern!r} in output: {self.lines}")
-
-    def drain(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self._fill(deadline):
-            pass
 
 
 class Listen:
@@ -111,7 +66,7 @@ class Listen:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.PIPE,
-                env=_env(),
+                env=python_env(),
             )
         assert self.proc.stderr is not None
         self.err = LineReader(self.proc.stderr.fileno())
@@ -172,15 +127,6 @@ def _free_stream_port() -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     return sock, sock.getsockname()[1]
-
-
-def _have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------- arguments
@@ -446,7 +392,7 @@ def test_listen_code_and_send_raw_file(
     assert "answered 2 with 486 Busy" in stdout  # INVITE, MESSAGE; the response is no request
 
 
-@pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 def test_listen_ipv6(
     listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -486,7 +432,7 @@ def test_readme_run_command(listen_factory: list[Listen], tmp_path: Path) -> Non
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=_env(),
+        env=python_env(),
         check=False,
     )
     assert ping.returncode == 0, ping
@@ -652,15 +598,6 @@ def test_tls_default_legs_with_certificate(
 # ------------------------------------------------- Perl's Net::SIP (interop)
 
 
-def _perl(perl: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [perl, str(PEER), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 def _finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
@@ -689,10 +626,11 @@ def test_perl_client_against_netsip_listen(
         perl_tls = ["--ca", str(certs["ca"])]
     srv = start_listen(listen_factory, tmp_path, "-l", f"{proto}:127.0.0.1:0", *tls_args)
     port = srv.addresses(1)[proto].port
-    rc, out, err = _finish(
-        _perl(perl, "--mode", "client", "--proto", proto, "--to", f"127.0.0.1:{port}",
-              "--count", "5", *perl_tls)
-    )
+    client = start_perl_peer(
+        "--mode", "client", "--proto", proto, "--to", f"127.0.0.1:{port}",
+        "--count", "5", *perl_tls, perl=perl, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    rc, out, err = _finish(client)
     assert rc == 0, (out, err)
     assert "DONE ok=5 failed=0" in out
     stdout = srv.stop()
@@ -715,8 +653,11 @@ def test_netsip_clients_against_perl_server(
         perl_tls = ["--cert", str(certs["server"])]
         our_tls = ["--tls-ca", str(certs["ca"])]
     bench = 40
-    peer = _perl(perl, "--mode", "server", "--proto", proto, "--listen", "127.0.0.1:0",
-                 "--count", str(3 + bench), "--timeout", str(TIMEOUT), *perl_tls)
+    peer = start_perl_peer(
+        "--mode", "server", "--proto", proto, "--listen", "127.0.0.1:0",
+        "--count", str(3 + bench), "--timeout", str(TIMEOUT), *perl_tls,
+        perl=perl, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
         assert peer.stdout is not None
         reader = LineReader(peer.stdout.fileno())
@@ -748,7 +689,7 @@ def test_module_entry_point() -> None:
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=_env(),
+        env=python_env(),
         check=False,
     )
     assert res.returncode == 0 and res.stdout.startswith("netsip "), res

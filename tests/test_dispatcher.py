@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -17,24 +15,20 @@ from netsip.eventloop import EV_READ, EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.util import Addr, Proto, Var
-from tests.support import open_fds, require_perl_netsip
-
-PEER = Path(__file__).resolve().parent / "perl" / "netsip_peer.pl"
-
-
-def _have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
+from tests.support import (
+    PipeReader,
+    TlsFiles,
+    have_ipv6,
+    make_tls_files,
+    open_fds,
+    require_perl_netsip,
+    start_perl_peer,
+)
 
 HOSTS = [
     pytest.param("127.0.0.1", id="ipv4"),
     pytest.param(
-        "::1", id="ipv6", marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+        "::1", id="ipv6", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
     ),
 ]
 
@@ -106,13 +100,6 @@ class Peer:
             and sum(1 for p, _, _ in self.got if p.tid() == packet.tid()) > self.ignore
         ):
             self.disp.deliver(packet.create_response(self.answer), leg=leg, dst_addr=from_)
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 @pytest.fixture
@@ -189,26 +176,9 @@ def test_request_and_response_between_dispatchers(
         b.disp.close()
 
 
-@dataclass
-class TlsFiles:
-    """A test CA and a certificate for 127.0.0.1/::1/localhost, as files (trustme)."""
-
-    ca: str
-    cert: str
-    key: str
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    trustme = pytest.importorskip("trustme")
-    d = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    files = TlsFiles(str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem"))
-    ca.cert_pem.write_to_path(files.ca)
-    cert.cert_chain_pems[0].write_to_path(files.cert)
-    cert.private_key_pem.write_to_path(files.key)
-    return files
+    return make_tls_files(tmp_path_factory, "localhost", "127.0.0.1", "::1")
 
 
 def _tls_leg(host: str, files: TlsFiles) -> Leg:
@@ -832,43 +802,6 @@ def test_own_eventloop_is_closed() -> None:
 # ---------------------------------------------------------------- interop
 
 
-def _perl(*args: str) -> subprocess.Popen[bytes]:
-    perl = require_perl_netsip()
-    return subprocess.Popen(
-        [perl, str(PEER), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-class _Pipe:
-    """Reads a subprocess's output inside the event loop."""
-
-    def __init__(self, loop: EventLoop, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.fd = proc.stdout.fileno()
-        self.loop = loop
-        self.data = bytearray()
-        self.eof = False
-        os.set_blocking(self.fd, False)
-        loop.add_fd(self.fd, EV_READ, self._read, name="perl")
-
-    def _read(self, fd: object) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        if chunk:
-            self.data += chunk
-        else:
-            self.loop.del_fd(self.fd)
-            self.eof = True
-
-    def lines(self) -> list[str]:
-        return self.data.decode("utf-8", "replace").splitlines()
-
-
 def _finish(proc: subprocess.Popen[bytes]) -> int:
     try:
         return proc.wait(timeout=20)
@@ -905,12 +838,13 @@ def test_perl_dispatcher_sends_options_to_netsip(
     require_perl_netsip(tls=proto == "tls")
     b = _interop_peer(loop, host, proto, tls_files, 200)
     try:
-        proc = _perl(
+        proc = start_perl_peer(
             "--mode", "client", "--proto", proto, "--to", str(b.leg.src),
             "--count", "3", "--timeout", "20", *_tls_args(proto, tls_files),
         )  # fmt: skip
-        out = _Pipe(loop, proc)
-        loop.loop(30, lambda: out.eof)
+        assert proc.stdout is not None
+        out = PipeReader(loop, proc.stdout.fileno())
+        loop.loop(30, lambda: bool(out.eof))
         rc = _finish(proc)
         lines = out.lines()
         assert rc == 0, lines
@@ -931,13 +865,14 @@ def test_netsip_dispatcher_sends_options_to_perl(
 ) -> None:
     require_perl_netsip(tls=proto == "tls")
     a = _interop_peer(loop, host, proto, tls_files, None)
-    proc = _perl(
+    proc = start_perl_peer(
         "--mode", "server", "--proto", proto, "--listen", str(Addr.parse((host, 0))),
         "--count", "3", "--timeout", "20", *_tls_args(proto, tls_files),
     )  # fmt: skip
-    out = _Pipe(loop, proc)
+    assert proc.stdout is not None
+    out = PipeReader(loop, proc.stdout.fileno())
     try:
-        loop.loop(20, lambda: b"\n" in out.data or out.eof)
+        loop.loop(20, out.has_line)
         first = out.lines()[0].split()
         assert first[0] == "LISTENING", out.lines()
         dst = Addr.parse((first[1], int(first[2])))
@@ -951,7 +886,7 @@ def test_netsip_dispatcher_sends_options_to_perl(
         assert codes == [200, 200, 200]
         assert a.disp.queue_size() == 0
         assert results == ([] if proto == "udp" else [0, 0, 0])
-        loop.loop(20, lambda: out.eof)
+        loop.loop(20, lambda: bool(out.eof))
         rc = _finish(proc)
         assert rc == 0, out.lines()
         assert sum(1 for line in out.lines() if line.startswith("REQUEST OPTIONS")) >= 3

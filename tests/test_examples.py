@@ -8,78 +8,34 @@ deadline, so a hung responder fails the test instead of hanging it.
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from netsip.packet import Packet, Response
+from tests.support import ROOT, LineReader, python_env
 
-ROOT = Path(__file__).resolve().parent.parent
 RESPONDER = ROOT / "examples" / "responder.py"
 TIMEOUT = 20.0  # generous upper bound for any single wait
 
 
-class StderrReader:
-    """Line reader over a subprocess pipe with a deadline (no blocking reads)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        self.fd = proc.stderr.fileno()
-        self.buf = b""
-        self.lines: list[str] = []
-        self.eof = False
-
-    def _fill(self, deadline: float) -> bool:
-        """Read what is there within the deadline; False on timeout or EOF."""
-        left = deadline - time.monotonic()
-        if self.eof or left <= 0:
-            return False
-        ready, _, _ = select.select([self.fd], [], [], left)
-        if not ready:
-            return False
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            self.eof = True
-            return False
-        self.buf += chunk
-        *done, self.buf = self.buf.split(b"\n")
-        self.lines += [line.decode("utf-8", "replace") for line in done]
-        return True
-
-    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        """Read lines until ``count`` of them match ``pattern``; return the matches."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            found = [m for m in map(rx.search, self.lines) if m]
-            if len(found) >= count:
-                return found
-            if not self._fill(deadline):
-                raise AssertionError(f"no {count}x {pattern!r} in output: {self.lines}")
-
-    def drain(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self._fill(deadline):
-            pass
+def stderr_reader(proc: subprocess.Popen[bytes]) -> LineReader:
+    """A deadline-bounded line reader over ``proc``'s stderr."""
+    assert proc.stderr is not None
+    return LineReader(proc.stderr.fileno(), TIMEOUT)
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, str(RESPONDER), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env=python_env(),
     )
 
 
@@ -134,7 +90,7 @@ def test_responder_udp_and_tcp() -> None:
     """OPTIONS over UDP and TCP get a 200 each; ACK gets none; SIGTERM exits 0."""
     proc = _start("--addr", "127.0.0.1", "--port", "0", "--proto", "both")
     try:
-        err = StderrReader(proc)
+        err = stderr_reader(proc)
         listening = {
             m.group(1): int(m.group(2))
             for m in err.wait_for(r"listening (udp|tcp) 127\.0\.0\.1:(\d+)", 2)
@@ -178,7 +134,7 @@ def test_responder_stops_on_signal_while_idle(sig: signal.Signals) -> None:
     """A signal wakes the idle loop at once (no traffic needed) and exits 0."""
     proc = _start("--port", "0", "--proto", "tcp")
     try:
-        err = StderrReader(proc)
+        err = stderr_reader(proc)
         err.wait_for(r"listening tcp 127\.0\.0\.1:\d+")
         proc.send_signal(sig)
         assert proc.wait(timeout=TIMEOUT) == 0
@@ -197,7 +153,7 @@ def test_responder_port_in_use_fails() -> None:
         proc = _start("--port", str(port), "--proto", "tcp")
         try:
             assert proc.wait(timeout=TIMEOUT) == 1
-            err = StderrReader(proc)
+            err = stderr_reader(proc)
             err.drain()
             assert any("cannot listen" in line for line in err.lines), err.lines
         finally:

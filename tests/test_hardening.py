@@ -22,9 +22,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -33,18 +31,12 @@ from netsip.framing import Message, frame
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import Conn, SocketPool, get_settings, import_settings
 from netsip.util import Addr
-from tests.support import open_fds
+from tests.support import Received, TlsFiles, collector, make_tls_files, open_fds, pkt, sip_request
+from tests.support import drive as drive  # noqa: PLC0414  # re-exported for test_hardening_flood
 
 # --------------------------------------------------------------------- helpers
 
-Received = list[tuple[Packet, Addr]]
-
-
-@pytest.fixture(autouse=True)
-def _restore_settings() -> Iterator[None]:
-    saved = get_settings()
-    yield
-    import_settings(**saved)
+pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
 class FakeClock:
@@ -126,13 +118,6 @@ def fd_limit(spare: int) -> Iterator[None]:
             os.close(fd)
 
 
-def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 5.0) -> None:
-    """Run the loop until ``cond()`` is true; fail after ``seconds`` of real time."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
-    assert cond(), "condition not reached in time"
-
-
 def poll(loop: EventLoop, times: int = 3) -> None:
     """A few non-blocking loop cycles: loopback delivers at once."""
     for _ in range(times):
@@ -142,30 +127,7 @@ def poll(loop: EventLoop, times: int = 3) -> None:
 def request(
     n: int = 1, callid: str = "c1", body: bytes = b"", method: str = "OPTIONS", proto: str = "TCP"
 ) -> bytes:
-    return (
-        f"{method} sip:bob@example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/{proto} 127.0.0.1:5060;branch=z9hG4bK-{callid}-{n}\r\n"
-        f"From: <sip:alice@example.com>;tag=a{n}\r\n"
-        f"To: <sip:bob@example.com>\r\n"
-        f"Call-ID: {callid}\r\n"
-        f"CSeq: {n} {method}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"\r\n"
-    ).encode() + body
-
-
-def pkt(data: bytes) -> Packet:
-    return Packet.new_from_string(data)
-
-
-def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
-    got: Received = []
-
-    def cb(packet: Packet, from_: Addr) -> None:
-        got.append((packet, from_))
-
-    return got, cb
+    return sip_request(n, body, callid, method, proto)
 
 
 def answering(pool: SocketPool, got: Received) -> Callable[[Packet, Addr], None]:
@@ -776,26 +738,9 @@ def test_sendto_callback_exception_on_failure_keeps_other_callbacks() -> None:
 # ------------------------------------------------------------------------ TLS
 
 
-@dataclass
-class TlsFiles:
-    """A test CA and a certificate for 127.0.0.1/localhost, as files (trustme)."""
-
-    ca: str
-    cert: str
-    key: str
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    trustme = pytest.importorskip("trustme")
-    d: Path = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    files = TlsFiles(str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem"))
-    ca.cert_pem.write_to_path(files.ca)
-    cert.cert_chain_pems[0].write_to_path(files.cert)
-    cert.private_key_pem.write_to_path(files.key)
-    return files
+    return make_tls_files(tmp_path_factory, "localhost", "127.0.0.1")
 
 
 def tls_pool(files: TlsFiles, **kw: object) -> SocketPool:

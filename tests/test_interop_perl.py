@@ -15,25 +15,21 @@ so nothing sleeps, and every wait is bounded.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 
-from netsip.eventloop import EV_READ, EventLoop
+from netsip.eventloop import EventLoop
 from netsip.packet import Request, Response
 from netsip.socketpool import SocketPool
-from netsip.util import Addr, Proto, Var
-from tests.support import require_perl_netsip
+from netsip.util import Addr, Proto
+from tests.support import PipeReader, have_ipv6, require_perl_netsip, start_perl_peer
 
 pytestmark = pytest.mark.interop
-
-PEER = Path(__file__).resolve().parent / "perl" / "netsip_peer.pl"
 
 # Upper bounds for one exchange; a healthy run takes well under a second.
 PERL_TIMEOUT = 20.0
@@ -41,23 +37,12 @@ LOOP_TIMEOUT = 30.0
 COUNT = 3
 
 
-def _have_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 HOSTS = [
     pytest.param("127.0.0.1", id="ipv4"),
     pytest.param(
         "::1",
         id="ipv6",
-        marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback"),
+        marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"),
     ),
 ]
 PROTOS: list[Proto] = ["udp", "tcp", "tls"]
@@ -127,37 +112,6 @@ def _master(proto: Proto, host: str) -> socket.socket:
     return sock
 
 
-@dataclass
-class PipeReader:
-    """Collects a subprocess's output inside the event loop; ``eof`` is set at EOF."""
-
-    loop: EventLoop
-    fd: int
-    data: bytearray = field(default_factory=bytearray)
-    eof: Var[bool] = field(default_factory=Var)
-
-    def __post_init__(self) -> None:
-        os.set_blocking(self.fd, False)
-        self.loop.add_fd(self.fd, EV_READ, self._readable, name="perl-stdout")
-
-    def _readable(self, fd: object) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        if chunk:
-            self.data += chunk
-        else:
-            self.loop.del_fd(self.fd)
-            self.eof.value = True
-
-    def lines(self) -> list[str]:
-        return self.data.decode("utf-8", "replace").splitlines()
-
-    def has_line(self) -> bool:
-        return b"\n" in self.data or bool(self.eof)
-
-
 def _run_loop(loop: EventLoop, until: Callable[[], bool], timeout: float = LOOP_TIMEOUT) -> None:
     """Run ``loop`` until ``until()`` is true; the timeout bounds it."""
     loop.loop(timeout, until)
@@ -165,20 +119,25 @@ def _run_loop(loop: EventLoop, until: Callable[[], bool], timeout: float = LOOP_
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Reap ``proc``, killing it if it is still running."""
+    """Reap ``proc``, killing it if it is still running, and close its stdout."""
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
+    assert proc.stdout is not None
+    proc.stdout.close()
 
 
-def _perl(*args: str) -> subprocess.Popen[bytes]:
-    perl = require_perl_netsip()
-    return subprocess.Popen(
-        [perl, str(PEER), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # one pipe, so neither can fill up unread
-    )
+def _run_perl_client(loop: EventLoop, *args: str) -> tuple[int, PipeReader]:
+    """Run netsip_peer.pl with ``args``, driving ``loop`` until its output ends."""
+    proc = start_perl_peer(*args)
+    try:
+        assert proc.stdout is not None
+        out = PipeReader(loop, proc.stdout.fileno())
+        _run_loop(loop, lambda: bool(out.eof))
+        rc = proc.wait(timeout=10)
+    finally:
+        _stop(proc)
+    return rc, out
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -200,20 +159,12 @@ def test_perl_client_to_netsip_responder(proto: Proto, host: str, tls_files: Tls
         pool.attach_eventloop(loop, on_packet)
         port = Addr.parse(pool.master().getsockname()).port
         to = str(Addr.parse((host, port)))
-        proc = _perl(
+        rc, out = _run_perl_client(
+            loop,
             "--mode", "client", "--proto", proto, "--to", to,
             "--count", str(COUNT), "--timeout", str(PERL_TIMEOUT),
             *_perl_tls(proto, tls_files),
         )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            out = PipeReader(loop, proc.stdout.fileno())
-            _run_loop(loop, lambda: bool(out.eof))
-            rc = proc.wait(timeout=10)
-        finally:
-            _stop(proc)
-            assert proc.stdout is not None
-            proc.stdout.close()
         loop.close()
 
     lines = out.lines()
@@ -274,7 +225,7 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFil
     require_perl_netsip(tls=proto == "tls")
     loop = EventLoop()
     listen = str(Addr.parse((host, 0)))
-    proc = _perl(
+    proc = start_perl_peer(
         "--mode", "server", "--proto", proto, "--listen", listen,
         "--count", str(COUNT), "--timeout", str(PERL_TIMEOUT),
         *_perl_tls(proto, tls_files),
@@ -308,8 +259,6 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFil
         rc = proc.wait(timeout=10)
     finally:
         _stop(proc)
-        assert proc.stdout is not None
-        proc.stdout.close()
         loop.close()
 
     lines = out.lines()
@@ -359,20 +308,12 @@ def test_perl_client_certificate_to_netsip_verify_client(host: str, tls_files: T
 
         pool.attach_eventloop(loop, on_packet)
         to = str(Addr.parse((host, pool.master().getsockname()[1])))
-        proc = _perl(
+        rc, out = _run_perl_client(
+            loop,
             "--mode", "client", "--proto", "tls", "--to", to, "--count", "2",
             "--timeout", str(PERL_TIMEOUT), "--cert", tls_files.client_cert,
             "--key", tls_files.client_key, "--ca", tls_files.ca, "--host", "localhost",
         )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            out = PipeReader(loop, proc.stdout.fileno())
-            _run_loop(loop, lambda: bool(out.eof))
-            rc = proc.wait(timeout=10)
-        finally:
-            _stop(proc)
-            assert proc.stdout is not None
-            proc.stdout.close()
         loop.close()
     assert rc == 0, out.lines()
     assert out.lines()[-1] == "DONE ok=2 failed=0", out.lines()
@@ -383,7 +324,7 @@ def _perl_server(loop: EventLoop, host: str, *tls_args: str) -> tuple[
     subprocess.Popen[bytes], PipeReader, Addr
 ]:
     """Start netsip_peer.pl as a TLS server answering forever; its reader and address."""
-    proc = _perl(
+    proc = start_perl_peer(
         "--mode", "server", "--proto", "tls", "--listen", str(Addr.parse((host, 0))),
         "--count", "0", "--timeout", str(PERL_TIMEOUT), *tls_args,
     )  # fmt: skip
@@ -453,8 +394,6 @@ def test_netsip_tls_client_to_perl_server_verification(
         rc = proc.wait(timeout=10)
     finally:
         _stop(proc)
-        assert proc.stdout is not None
-        proc.stdout.close()
         loop.close()
     assert rc == 0, out.lines()
     seen = [line for line in out.lines() if line.startswith("REQUEST ")]
@@ -470,19 +409,11 @@ def test_perl_client_refuses_untrusted_netsip_server(tls_files: TlsFiles) -> Non
     with SocketPool("tls", _master("tls", "127.0.0.1"), tls=tls) as pool:
         pool.attach_eventloop(loop, lambda packet, _from: got.append(packet))
         to = str(Addr.parse(("127.0.0.1", pool.master().getsockname()[1])))
-        proc = _perl(
+        rc, out = _run_perl_client(
+            loop,
             "--mode", "client", "--proto", "tls", "--to", to, "--count", "1",
             "--timeout", str(PERL_TIMEOUT), "--ca", tls_files.ca,
         )  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            out = PipeReader(loop, proc.stdout.fileno())
-            _run_loop(loop, lambda: bool(out.eof))
-            rc = proc.wait(timeout=10)
-        finally:
-            _stop(proc)
-            assert proc.stdout is not None
-            proc.stdout.close()
         _run_loop(loop, lambda: pool.connection_count() == 0)
         loop.close()
     assert rc == 1, out.lines()

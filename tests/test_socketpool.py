@@ -8,72 +8,45 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from netsip import socketpool
 from netsip.eventloop import EventLoop
-from netsip.packet import Packet
 from netsip.socketpool import SocketPool, get_settings, import_settings
 from netsip.util import Addr
-from tests.support import open_fds
-
-
-def _have_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
+from tests.support import (
+    FakeClock,
+    collector,
+    drive,
+    family,
+    have_ipv6,
+    is_eof,
+    length_is,
+    open_fds,
+    pkt,
+    spin,
+)
+from tests.support import sip_request as request
 
 IPS = [
     "127.0.0.1",
     pytest.param(
-        "::1", marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+        "::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
     ),
 ]
-
-Received = list[tuple[Packet, Addr]]
-
 
 # --------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _restore_settings() -> Iterator[None]:
-    saved = get_settings()
-    yield
-    import_settings(**saved)
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    with EventLoop() as lp:
-        yield lp
+pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
 @pytest.fixture(params=IPS)
 def ip(request: pytest.FixtureRequest) -> str:
     value: str = request.param
     return value
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def family(ip: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def udp_socket(ip: str) -> socket.socket:
@@ -97,38 +70,6 @@ def addr_of(s: socket.socket) -> Addr:
     return Addr.parse(s.getsockname()[:2])
 
 
-def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 5.0) -> None:
-    """Run the loop until ``cond()`` is true; fail after ``seconds`` (real time)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
-    assert cond(), "condition not reached in time"
-
-
-def length_is(items: list[Any], n: int) -> Callable[[], bool]:
-    """A stop condition: ``items`` has ``n`` elements."""
-    return lambda: len(items) == n
-
-
-def spin(loop: EventLoop, seconds: float = 0.2) -> None:
-    """Run the loop for a short while (to show that nothing happens)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: time.monotonic() > deadline)
-
-
-def request(n: int = 1, body: bytes = b"", callid: str = "c1", method: str = "OPTIONS") -> bytes:
-    return (
-        f"{method} sip:bob@example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-{callid}-{n}\r\n"
-        f"From: <sip:alice@example.com>;tag=a{n}\r\n"
-        f"To: <sip:bob@example.com>\r\n"
-        f"Call-ID: {callid}\r\n"
-        f"CSeq: {n} {method}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"\r\n"
-    ).encode() + body
-
-
 def response(n: int = 1, callid: str = "c1", method: str = "OPTIONS") -> bytes:
     return (
         f"SIP/2.0 200 OK\r\n"
@@ -142,19 +83,6 @@ def response(n: int = 1, callid: str = "c1", method: str = "OPTIONS") -> bytes:
     ).encode()
 
 
-def pkt(data: bytes) -> Packet:
-    return Packet.new_from_string(data)
-
-
-def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
-    got: Received = []
-
-    def cb(packet: Packet, from_: Addr) -> None:
-        got.append((packet, from_))
-
-    return got, cb
-
-
 def read_available(s: socket.socket, into: bytearray, limit: int = 1 << 20) -> int:
     """Non-blocking read of what ``s`` has (up to ``limit``); -1 at EOF."""
     try:
@@ -165,16 +93,6 @@ def read_available(s: socket.socket, into: bytearray, limit: int = 1 << 20) -> i
         return -1
     into += data
     return len(data)
-
-
-def is_eof(s: socket.socket) -> bool:
-    """True if the peer closed ``s`` (EOF or reset)."""
-    try:
-        return s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def connect(ip: str, dst: Addr) -> socket.socket:

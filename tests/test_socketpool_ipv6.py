@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
-import time
-from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +20,10 @@ from netsip.eventloop import EventLoop
 from netsip.packet import Packet
 from netsip.socketpool import SocketPool
 from netsip.util import Addr, Proto
-from tests.support import open_fds
+from tests.support import collector, have_ipv6, length_is, open_fds
+from tests.support import drive as support_drive
 
-
-def _have_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
-
-Received = list[tuple[Packet, Addr]]
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    with EventLoop() as lp:
-        yield lp
-
+pytestmark = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 
 @pytest.fixture(scope="module")
 def tls_opts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
@@ -80,15 +59,7 @@ def pool(proto: Proto, ip: str, tls: dict[str, object]) -> SocketPool:
         raise
 
 
-def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
-    assert cond(), "condition not reached in time"
-
-
-def length_is(items: list[Any], n: int) -> Callable[[], bool]:
-    """A stop condition: ``items`` has ``n`` elements."""
-    return lambda: len(items) == n
+drive = partial(support_drive, seconds=10.0)
 
 
 def request(n: int = 1, callid: str = "c6") -> bytes:
@@ -103,15 +74,6 @@ def request(n: int = 1, callid: str = "c6") -> bytes:
         f"Content-Length: 0\r\n"
         f"\r\n"
     ).encode()
-
-
-def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
-    got: Received = []
-
-    def cb(packet: Packet, from_: Addr) -> None:
-        got.append((packet, from_))
-
-    return got, cb
 
 
 PROTOS: list[Proto] = ["udp", "tcp", "tls"]

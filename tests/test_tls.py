@@ -13,8 +13,8 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,28 @@ import trustme
 
 from netsip.eventloop import EventLoop
 from netsip.packet import Packet
-from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.socketpool import SocketPool
 from netsip.tlsconn import TLS_READSIZE, TLSConn, make_contexts, server_hostname
 from netsip.util import Addr
-from tests.support import open_fds
-
-
-def _have_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
+from tests.support import (
+    FakeClock,
+    collector,
+    family,
+    have_ipv6,
+    is_eof,
+    open_fds,
+    spin,
+)
+from tests.support import drive as support_drive
 
 IPS = [
     pytest.param("127.0.0.1", id="ipv4"),
     pytest.param(
-        "::1", id="ipv6", marks=pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+        "::1",
+        id="ipv6",
+        marks=pytest.mark.skipif(not have_ipv6(socket.SOCK_STREAM), reason="no IPv6 loopback"),
     ),
 ]
-
-Received = list[tuple[Packet, Addr]]
-
 
 # --------------------------------------------------------------------- fixtures
 
@@ -107,17 +103,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     )
 
 
-@pytest.fixture(autouse=True)
-def _restore_settings() -> Iterator[None]:
-    saved = get_settings()
-    yield
-    import_settings(**saved)
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    with EventLoop() as lp:
-        yield lp
+pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
 @pytest.fixture(params=IPS)
@@ -127,18 +113,6 @@ def ip(request: pytest.FixtureRequest) -> str:
 
 
 # --------------------------------------------------------------------- helpers
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def family(ip: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def tcp_listener(ip: str, rcvbuf: int = 0) -> socket.socket:
@@ -168,17 +142,7 @@ def addr_of(s: socket.socket, host: str | None = None) -> Addr:
     return Addr(a.addr, a.port, a.family, host)
 
 
-def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 10.0) -> None:
-    """Run the loop until ``cond()`` is true; fail after ``seconds`` (real time)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
-    assert cond(), "condition not reached in time"
-
-
-def spin(loop: EventLoop, seconds: float = 0.2) -> None:
-    """Run the loop for a short while (to show that nothing more happens)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: time.monotonic() > deadline)
+drive = partial(support_drive, seconds=10.0)  # TLS handshakes: a longer bound
 
 
 def request(n: int = 1, body: bytes = b"", callid: str = "c1") -> Packet:
@@ -200,25 +164,6 @@ def request(n: int = 1, body: bytes = b"", callid: str = "c1") -> Packet:
 
 def raw_request(n: int = 1) -> bytes:
     return request(n).as_bytes()
-
-
-def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
-    got: Received = []
-
-    def cb(packet: Packet, from_: Addr) -> None:
-        got.append((packet, from_))
-
-    return got, cb
-
-
-def is_eof(s: socket.socket) -> bool:
-    """True if the peer closed ``s`` (EOF or reset); never blocks."""
-    try:
-        return s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def connect(dst: Addr) -> socket.socket:
@@ -380,7 +325,7 @@ def test_slow_reader_partial_writes(loop: EventLoop, certs: Certs, ip: str) -> N
         status: list[tuple[int, int]] = []
         for i, body in enumerate(bodies):
             a.sendto(request(i, body), addr_of(b.master()), lambda e, i=i: status.append((i, e)))
-        drive(loop, lambda: len(got) == len(bodies) and len(status) == len(bodies), 60)
+        drive(loop, lambda: len(got) == len(bodies) and len(status) == len(bodies), seconds=60)
         assert [p.body() for p, _ in got] == bodies
         assert status == [(i, 0) for i in range(len(bodies))]
         assert a.queued_bytes() == 0
