@@ -55,7 +55,7 @@ import struct
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
@@ -69,6 +69,7 @@ from netsip.framing import Message, frame
 from netsip.packet import Packet, Request
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
+from tests.test_hardening import fd_limit  # the RLIMIT_NOFILE squeeze of the CI test
 from tests.test_hardening_flood import garbage  # the generator of the CI flood test
 
 Result = dict[str, Any]
@@ -264,28 +265,6 @@ def phase_slowloris(attackers: int, seconds: float, rounds: int) -> Result:
 
 
 # -------------------------------------------------------------------- emfile
-
-
-@contextlib.contextmanager
-def fd_limit(spare: int) -> Iterator[None]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    fillers: list[int] = []
-    try:
-        while True:
-            fd = os.open(os.devnull, os.O_RDONLY)
-            if fd > highest:
-                os.close(fd)
-                break
-            fillers.append(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + spare, hard))
-        try:
-            yield
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    finally:
-        for fd in fillers:
-            os.close(fd)
 
 
 def _emfile_once(waiting: int, seconds: float, backoff: bool) -> Result:

@@ -640,11 +640,11 @@ def test_traffic_keeps_connection_alive(ip: str) -> None:
 # --------------------------------------------------------------------- scale, lifecycle
 
 
-def test_thousand_clients_no_fd_leak(loop: EventLoop) -> None:
+def test_thousand_clients_no_fd_leak(loop: EventLoop, ip: str) -> None:
     got, cb = collector()
-    with SocketPool("tcp", tcp_listener("127.0.0.1", 1024)) as pool:
+    with SocketPool("tcp", tcp_listener(ip, 1024)) as pool:
         pool.attach_eventloop(loop, cb)
-        dst = pool.master().getsockname()
+        dst = pool.master().getsockname()[:2]
         fds_before = open_fds()
         for batch in range(10):
             clients = []
@@ -657,6 +657,7 @@ def test_thousand_clients_no_fd_leak(loop: EventLoop) -> None:
                 c.close()
             drive(loop, lambda: pool.connection_count() == 0)
         assert len({p.callid() for p, _ in got}) == 1000
+        assert all(f.family == family(ip) and f.proto == "tcp" for _, f in got)
         assert open_fds() == fds_before
         assert loop.fd_count() == 1
         assert loop.timer_count() == 0
