@@ -10,7 +10,8 @@ Two profilers, both summarised as the functions with the most *own* time:
     ``py-spy record`` samples the running responder from outside (no
     instrumentation); needs the ``py-spy`` program (``pip install py-spy``)
     and ptrace permission. It pauses the process for each sample, so waiting
-    in ``epoll_wait`` shows as ``EpollSelector.select``; those samples are
+    in ``epoll_wait`` shows as ``EventLoop._epoll_ready`` (``EpollSelector.select``
+    in older revisions or with another selector); those samples are
     left out of the percentages (``--keep-idle`` keeps them): the tables
     show where the CPU time goes.
 
@@ -58,6 +59,10 @@ def cprofile_summary(stats_file: str, top: int) -> list[str]:
     return out
 
 
+# the innermost frame of a sample taken while the loop waits in epoll_wait
+_IDLE_FRAMES = ("EpollSelector.select ", "EventLoop._epoll_ready ")
+
+
 def pyspy_summary(raw_file: str, top: int, keep_idle: bool = False) -> list[str]:
     """The ``top`` functions by own time (leaf frames) and by total time (on the stack)."""
     own: collections.Counter[str] = collections.Counter()
@@ -70,7 +75,7 @@ def pyspy_summary(raw_file: str, top: int, keep_idle: bool = False) -> list[str]
                 continue
             n = int(count)
             frames = [_pyspy_frame(fr) for fr in stack.split(";")]
-            if not keep_idle and frames[-1].startswith("EpollSelector.select "):
+            if not keep_idle and frames[-1].startswith(_IDLE_FRAMES):
                 idle += n
                 continue
             total += n

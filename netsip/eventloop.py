@@ -6,7 +6,9 @@ standard library's machinery:
 
 * file descriptors are watched with :mod:`selectors` (epoll on Linux), one
   registration per fd whose mask is ``modify``-ed when a direction is added or
-  dropped; callbacks live in a typed table (:class:`_FdEntry` / :class:`_Handler`);
+  dropped; callbacks live in a typed table (:class:`_FdEntry` / :class:`_Handler`).
+  With the standard ``EpollSelector`` the loop polls its epoll object itself and
+  maps the events to handlers in one pass (same event rules as ``select()``);
 * timers live in a heap of ``(when, seq, timer)`` entries, the counter ``seq``
   breaking ties so that timers due at the same time fire in the order they were
   added (as :mod:`sched` does); :meth:`TimerEvent.cancel` only sets a flag, the
@@ -31,6 +33,7 @@ import heapq
 import logging
 import math
 import os
+import select
 import selectors
 import time
 from collections.abc import Callable
@@ -64,6 +67,10 @@ EV_WRITE: Final = 1
 # The one place where Perl's EV_READ/EV_WRITE become selectors' masks:
 # _MASKS[rw] is the selectors event bit for direction rw.
 _MASKS: Final = (selectors.EVENT_READ, selectors.EVENT_WRITE)
+_EV_R: Final = selectors.EVENT_READ
+_EV_W: Final = selectors.EVENT_WRITE
+_NOT_EPOLLIN: Final = ~getattr(select, "EPOLLIN", 0)
+_NOT_EPOLLOUT: Final = ~getattr(select, "EPOLLOUT", 0)
 
 #: A ``when`` below this many seconds (one year) is relative to ``looptime``;
 #: anything larger is an absolute epoch time (Net::SIP's rule).
@@ -249,6 +256,16 @@ class EventLoop:
     ) -> None:
         self._clock = clock
         self._selector: selectors.BaseSelector | None = selector()
+        # The stdlib's epoll selector: poll its epoll object directly and map
+        # the events to our handlers in one pass (selectors would build a
+        # SelectorKey list first). Registration still goes through selectors.
+        epoll = getattr(self._selector, "_selector", None)
+        self._epoll: Any = (
+            epoll
+            if type(self._selector) is getattr(selectors, "EpollSelector", None)
+            and isinstance(epoll, getattr(select, "epoll", ()))
+            else None
+        )
         self._fds: dict[int, _FdEntry] = {}
         self._heap: list[tuple[float, int, TimerEvent]] = []
         self._cancelled = 0  # cancelled entries still in _heap
@@ -277,11 +294,12 @@ class EventLoop:
             TypeError: ``fd`` is not a file descriptor.
             RuntimeError: the loop is closed.
         """
-        rw = _check_rw(rw)
+        if type(rw) is not int or rw not in (EV_READ, EV_WRITE):
+            rw = _check_rw(rw)  # raises for anything but EV_READ/EV_WRITE
         sel = self._selector
         if sel is None:
             raise RuntimeError("EventLoop is closed")
-        fileno = _fileno(fd)
+        fileno = fd if type(fd) is int else _fileno(fd)
         if fileno < 0:
             log.warning("add_fd(%r, %d, %s): fd is closed, ignored", fd, rw, name)
             return
@@ -296,7 +314,8 @@ class EventLoop:
                 log.warning("add_fd(%r, %d, %s): cannot watch fd: %s", fd, rw, name, exc)
                 return
             self._fds[fileno] = entry
-            log.debug("add_fd fd=%d rw=%d %s", fileno, rw, name)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("add_fd fd=%d rw=%d %s", fileno, rw, name)
             return
 
         handler = entry.handlers[rw]
@@ -310,7 +329,8 @@ class EventLoop:
             isinstance(fd, int) and isinstance(entry.fileobj, int)
         )
         entry.fileobj = fd
-        log.debug("add_fd fd=%d rw=%d %s", fileno, rw, name)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("add_fd fd=%d rw=%d %s", fileno, rw, name)
         if stale:
             # A different object on a known fd number: the old one may have been
             # closed without del_fd, which silently drops an epoll registration,
@@ -338,11 +358,12 @@ class EventLoop:
             _check_rw(rw)
         if self._selector is None:
             return
-        fileno = _fileno(fd)
+        fileno = fd if type(fd) is int else _fileno(fd)
         entry = self._fds.get(fileno) if fileno >= 0 else self._find_by_object(fd)
         if entry is None:
             return
-        log.debug("del_fd fd=%d rw=%s", entry.fileno, rw)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("del_fd fd=%d rw=%s", entry.fileno, rw)
         if rw is None:
             self._drop(entry)
             return
@@ -640,7 +661,11 @@ class EventLoop:
                 wait: float | None = 0.0
             else:
                 wait = None
-                deadline = self._next_deadline()
+                heap = self._heap
+                if heap and not heap[0][2].cancelled:
+                    deadline: float | None = heap[0][0]  # _next_deadline's usual case
+                else:
+                    deadline = self._next_deadline()
                 if end is not None and (deadline is None or end < deadline):
                     deadline = end
                 if deadline is not None:
@@ -649,7 +674,10 @@ class EventLoop:
                     wait = STOPVAR_POLL_INTERVAL
 
             try:
-                ready = sel.select(wait)
+                if self._epoll is not None:
+                    ready = self._epoll_ready(wait)
+                else:
+                    ready = [(key.data, events) for key, events in sel.select(wait)]
             except OSError as exc:
                 # EINTR cannot get here (PEP 475). EBADF: a select/poll selector
                 # holds an fd that was closed without del_fd; drop it, go on.
@@ -667,14 +695,32 @@ class EventLoop:
             if poll_once or (end is not None and self._now >= end):
                 return
 
-    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+    def _epoll_ready(self, wait: float | None) -> list[tuple[_FdEntry, int]]:
+        """``selectors.EpollSelector.select`` on its epoll object, with our entries."""
+        if wait is None:
+            timeout = -1.0
+        elif wait <= 0:
+            timeout = 0.0
+        else:
+            # epoll_wait has a resolution of 1 ms: round up to wait at least `wait`
+            timeout = math.ceil(wait * 1e3) * 1e-3
+        fds = self._fds
+        ready: list[tuple[_FdEntry, int]] = []
+        for fd, ev in self._epoll.poll(timeout, max(len(fds), 1)):
+            entry = fds.get(fd)
+            if entry is not None:
+                # as selectors does: error and hang-up count for both directions
+                events = (_EV_W if ev & _NOT_EPOLLIN else 0) | (_EV_R if ev & _NOT_EPOLLOUT else 0)
+                ready.append((entry, events))
+        return ready
+
+    def _dispatch(self, ready: list[tuple[_FdEntry, int]]) -> None:
         # Collect the handlers first, then call them: a handler removed by an
         # earlier callback of this cycle is inactive by then and skipped, even
         # if its fd number was added again with a new handler.
         read_mask, write_mask = _MASKS
         batch: list[_Handler] = []
-        for key, events in ready:
-            entry: _FdEntry = key.data
+        for entry, events in ready:
             read, write = entry.handlers
             if read is not None and events & read_mask:
                 batch.append(read)
@@ -682,7 +728,12 @@ class EventLoop:
                 batch.append(write)
         for handler in batch:
             if handler.active:
-                invoke_callback(handler.callback, handler.fd)
+                cb = handler.callback
+                # what invoke_callback does for a plain callable, one frame less
+                if callable(cb):
+                    cb(handler.fd)
+                else:
+                    invoke_callback(cb, handler.fd)
 
     @staticmethod
     def _stopped(stopvars: tuple[StopVar, ...]) -> bool:

@@ -570,7 +570,7 @@ class Leg:
         if need_supported and not packet.get_headers("supported"):
             packet.insert_header("supported", "")
 
-        addr = Addr.parse(dst)
+        addr = dst if isinstance(dst, Addr) else Addr.parse(dst)
         if addr.proto is not None and addr.proto != self.proto:
             raise ValueError(f"target protocol {addr.proto} does not match leg {self.proto}")
         if addr.port == 0:

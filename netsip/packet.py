@@ -25,8 +25,12 @@ and line breaks in values given by users likewise, so no value can inject
 a header line. Packets compare equal when their wire forms are equal.
 
 Speed: parsing is one loop over the lines with precompiled patterns and a
-cache from header name spelling to (key, rule); the wire form is cached
-until the packet changes.
+cache from header name spelling to (key, rule). Validation that is a pure
+function of a line is remembered (bounded caches): whole header lines, start
+lines, and Via/From/To lines without their last parameter (branch, tag),
+which is all that is new in them from call to call. The transaction id is
+computed while parsing, the header index on the first lookup and kept up to
+date by the header methods; the wire form is cached until the packet changes.
 
 This module is pure: it does no I/O and imports nothing from ``socket``,
 ``selectors``, ``ssl`` or ``time``.
@@ -166,6 +170,18 @@ def canonical_header_name(key: str) -> str:
         if len(_CANONICAL) < 4 * _KEY_CACHE_MAX:
             _CANONICAL[key] = name
     return name
+
+
+# normalised key -> "Canonical-Name: ", the start of a header line netsip writes
+_PREFIX = {key: f"{name}: " for key, name in _CANONICAL.items()}
+
+
+def _prefix(key: str) -> str:
+    """The start of a header line for ``key`` (not in _PREFIX yet)."""
+    pre = f"{canonical_header_name(key)}: "
+    if len(_PREFIX) < 4 * _KEY_CACHE_MAX:
+        _PREFIX[key] = pre
+    return pre
 
 
 # ---------------------------------------------------------------------------
@@ -409,20 +425,20 @@ def _parse(data: bytes) -> Request | Response:
         data = data.lstrip(b"\r\n")
     # Fast path (nearly every message): the header block ends at the first
     # CRLF CRLF and has no line break but CRLF. Then no bare-LF header end can
-    # come earlier (see _find_header_end) and the lines split at CRLF. A
-    # folded line fails in _build (its name starts with SP/HT, names like that
-    # are never cached); that and any other error goes to the general path,
-    # which unfolds first and so raises exactly the error it always did.
+    # come earlier (see _find_header_end) and the lines split at CRLF. A bare
+    # CR or LF fails in _build: a line holding one is never in its caches
+    # (they hold lines of valid messages, split at every line break), and the
+    # other lines are checked. A folded line fails in _build too
+    # (its name starts with SP/HT, names like that are never cached); that
+    # and any other error goes to the general path, which unfolds first and
+    # so raises exactly the error it always did.
     i = data.find(b"\r\n\r\n")
     if i >= 0:
-        head = data[:i].decode(_ENC, _ERRORS)
-        lines = head.split("\r\n")
-        n = len(lines) - 1
-        if head.count("\n") == n and head.count("\r") == n:
-            try:
-                return _build(data, lines, lines, i + 4, True)
-            except PacketError:
-                pass
+        lines = data[:i].decode(_ENC, _ERRORS).split("\r\n")
+        try:
+            return _build(data, lines, lines, i + 4, True)
+        except PacketError:
+            pass
     return _parse_general(data)
 
 
@@ -456,17 +472,11 @@ def _build(
         complete: an empty line ended the header.
     """
     first = lines[0]
-    method: str | None = None
-    m2 = _REQ_LINE_RE.fullmatch(first)
-    if m2 is not None:
-        method, text, _ = m2.groups()
-        _check_uri(text)
+    known = _FIRST_CACHE.get(first)
+    if known is not None:
+        method, code, text = known
     else:
-        m2 = _RESP_LINE_RE.fullmatch(first)
-        if m2 is None:
-            raise _first_line_error(first)
-        code = int(m2.group(1))
-        text = (m2.group(2) or "").rstrip(" \t")
+        method, code, text = _first_line(first)
 
     hdrs: list[_Hdr] = []
     append = hdrs.append
@@ -474,6 +484,8 @@ def _build(
     cseq_method: str | None = None
     name_cache = _NAME_CACHE
     line_cache = _LINE_CACHE
+    prefix_cache = _PREFIX_CACHE
+    last_param = _LAST_PARAM_RE.fullmatch
     for lineno, line in enumerate(flat[1:]):
         hit = line_cache.get(line)
         if hit is not None:
@@ -492,7 +504,26 @@ def _build(
                     raise PacketError(f"conflicting definition of {key}: {prev!r} and {value!r}")
             append((key, value, lineno))
             continue
+        i = line.rfind(";")
+        if i > 0:
+            seen = prefix_cache.get(line[:i])
+            if seen is not None and last_param(line, i) is not None:
+                # A Via or From/To line whose last parameter (branch, tag)
+                # is new and plain, the rest seen and valid before.
+                key, single, start = seen
+                value = line[start:]
+                if single:
+                    prev = once.setdefault(key, value)
+                    if prev != value:
+                        raise PacketError(
+                            f"conflicting definition of {key}: {prev!r} and {value!r}"
+                        )
+                append((key, value, lineno))
+                continue
 
+        if "\r" in line or "\n" in line:
+            # only in the fast path: the general path takes over
+            raise PacketError(f"bare CR or LF in line {line!r}")
         name, colon, value = line.partition(":")
         if not colon:
             raise PacketError(f"bad header line {line!r}")
@@ -508,6 +539,7 @@ def _build(
                 if kind == _VIA:
                     if _VIA_RE.fullmatch(value) is None:
                         raise PacketError(f"invalid via: {value!r}")
+                    _learn_prefix(line, value, key, False, _VIA_RE)
                 elif kind == _ADDRLIST:
                     if _ADDR_RE.fullmatch(value) is None:
                         _check_addr(value, key)
@@ -531,9 +563,11 @@ def _build(
             if kind == _VIA:
                 continue  # its branch makes every Via unique: not worth caching
         else:
+            tagged = False
             if kind == _ADDR:
                 if _ADDR_RE.fullmatch(value) is None:
                     _check_addr(value, key)
+                tagged = _learn_prefix(line, value, key, True, _ADDR_RE)
             elif kind == _NUM:
                 if not (value.isdigit() and value.isascii() and len(value) <= 12) or (
                     int(value) > _NUM_MAX[key]
@@ -548,8 +582,8 @@ def _build(
             if prev != value:
                 raise PacketError(f"conflicting definition of {key}: {prev!r} and {value!r}")
             append((key, value, lineno))
-            if kind == _CALLID:
-                continue  # unique per call: not worth caching
+            if kind == _CALLID or tagged:
+                continue  # unique per call (dialog): not worth caching
             entry = (key, value, None, True, cseq_method if kind == _CSEQ else None)
         if len(line) <= _LINE_CACHE_LINE_MAX:
             if len(line_cache) >= _LINE_CACHE_MAX:
@@ -586,6 +620,9 @@ def _build(
         pkt = rsp
     pkt._hdrs = hdrs
     pkt._index = None
+    # Call-ID and CSeq are single-valued and at hand: the tid costs less now
+    # than through the header index later, and every receiver asks for it
+    pkt._tid = _make_tid(once.get("call-id"), once.get("cseq"))
     del lines[0]  # keep the raw header lines, index = line number
     pkt._lines = lines
     pkt._first = first
@@ -595,6 +632,69 @@ def _build(
     pkt._wire = data if cl is not None and complete else None
     return pkt
 
+
+def _first_line(first: str) -> tuple[str | None, int, str]:
+    """Validate a start line: (method, 0, Request-URI) or (None, code, phrase)."""
+    m = _REQ_LINE_RE.fullmatch(first)
+    if m is not None:
+        method, text, _ = m.groups()
+        _check_uri(text)
+        result: tuple[str | None, int, str] = (method, 0, text)
+    else:
+        m = _RESP_LINE_RE.fullmatch(first)
+        if m is None:
+            raise _first_line_error(first)
+        result = (None, int(m.group(1)), (m.group(2) or "").rstrip(" \t"))
+    if len(first) <= _LINE_CACHE_LINE_MAX:
+        if len(_FIRST_CACHE) >= _FIRST_CACHE_MAX:
+            _FIRST_CACHE.clear()
+        _FIRST_CACHE[first] = result
+    return result
+
+
+# ";name=value" with a plain value (RFC 3261 25.1 generic-param, without
+# optional blanks or a quoted value): the Via branch or From/To tag that
+# makes a line unique, so that the line cache cannot help.
+_LAST_PARAM_RE = re.compile(rf';{_TOKEN}=[^\s;,"<>=]+')
+
+# Instead, a Via line (one value) or From/To line is remembered without its
+# last parameter, if its value without it matches _VIA_RE or _ADDR_RE on its
+# own: line up to the last ';' -> (key, single-valued, offset of the value).
+# A line with a known prefix and a plain last parameter is valid: the
+# parameter repetition at the end of both patterns takes one more, and
+# nothing before the last ';' can extend over it (a ';' there is part of a
+# parameter, a quoted string or <...>, and the new parameter has no '"' or
+# '>' that could close one). Bounded, cleared when full.
+_PREFIX_CACHE: dict[str, tuple[str, bool, int]] = {}
+_PREFIX_CACHE_MAX = 1024
+
+
+def _learn_prefix(
+    line: str, value: str, key: str, single: bool, pattern: re.Pattern[str]
+) -> bool:
+    """After ``value`` (of ``line``) was found valid: remember the line without
+    its last parameter in _PREFIX_CACHE if that is plain and the rest valid alone.
+
+    Returns:
+        whether the value ends in a plain parameter (the line is not worth
+        keeping in the line cache then).
+    """
+    i = value.rfind(";")
+    if i <= 0 or _LAST_PARAM_RE.fullmatch(value, i) is None:
+        return False
+    if pattern.fullmatch(value, 0, i) is not None:
+        off = len(line) - len(value)  # the parameter ends the line: nothing stripped
+        if len(_PREFIX_CACHE) >= _PREFIX_CACHE_MAX:
+            _PREFIX_CACHE.clear()
+        _PREFIX_CACHE[line[: off + i]] = (key, single, off)
+    return True
+
+
+# A valid start line -> what _first_line made of it. A UAS sees the same
+# Request-URI again and again (and a UAC the same status lines): the two
+# regular expressions and the URI check are done once. Cleared when full.
+_FIRST_CACHE: dict[str, tuple[str | None, int, str]] = {}
+_FIRST_CACHE_MAX = 1024
 
 # name part of a header line as received -> (normalised key, kind)
 _NAME_CACHE: dict[str, tuple[str, int | None]] = {}
@@ -609,6 +709,16 @@ _LineEntry: TypeAlias = tuple[str, str, tuple[str, ...] | None, bool, str | None
 _LINE_CACHE: dict[str, _LineEntry] = {}
 _LINE_CACHE_MAX = 4096
 _LINE_CACHE_LINE_MAX = 256
+
+
+def _make_tid(callid: str | None, cseq: str | None) -> str:
+    """Packet.tid() from the values of Call-ID and CSeq (None if absent)."""
+    num = cseq.split(None, 1)[0] if cseq else ""
+    if not (num.isdigit() and num.isascii()):
+        num = ""
+    elif num[0] == "0" and len(num) > 1:
+        num = num.lstrip("0") or "0"
+    return f"{callid or ''} {num}"
 
 
 def _line_key(name: str, line: str) -> tuple[str, int | None]:
@@ -752,17 +862,24 @@ REASON_PHRASES: dict[int, str] = {
     608: "Rejected",
 }
 
+# status lines of the registered codes with their default phrase
+_STATUS_LINES = {code: f"SIP/2.0 {code} {msg}" for code, msg in REASON_PHRASES.items()}
+
 # the headers create_response copies from the request (RFC 3261 8.2.6.2)
 _RESPONSE_COPIES = frozenset(("via", "record-route", "from", "to", "call-id", "cseq", "timestamp"))
 
 # key for the To-tags create_response adds: stable within a process (so a
 # retransmitted request gets the same tag), different between processes
 _TAG_KEY = os.urandom(16)
+_TAG_HASH = hashlib.blake2s(digest_size=8, key=_TAG_KEY)
 _TAG_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
 
 
 def _has_tag(addr: str) -> bool:
-    # the tag is a header parameter: after the URI's '>' in name-addr form
+    # the tag is a header parameter: after the URI's '>' in name-addr form;
+    # a name-addr ending in '>' has no parameters (the usual To of a request)
+    if addr[-1:] == ">" and "<" in addr:
+        return False
     params = addr.rpartition(">")[2] if "<" in addr else addr
     return _TAG_RE.search(params) is not None
 
@@ -779,7 +896,7 @@ class Packet:
     therefore unhashable.
     """
 
-    __slots__ = ("_body", "_first", "_hdrs", "_index", "_lines", "_wire")
+    __slots__ = ("_body", "_first", "_hdrs", "_index", "_lines", "_tid", "_wire")
 
     _hdrs: list[_Hdr]
     # values by key, built by the first get_header(s) and dropped (None)
@@ -793,6 +910,11 @@ class Packet:
     _first: str | None
     _body: bytes
     _wire: bytes | None
+    # the transaction id, None until known; reset whenever Call-ID or CSeq
+    # change. SocketPool and Dispatcher ask for it several times per
+    # transaction (request and response); the parser fills it in from the
+    # Call-ID and CSeq it has at hand, create_response copies it.
+    _tid: str | None
 
     # -- construction -----------------------------------------------------
 
@@ -810,6 +932,8 @@ class Packet:
         Raises:
             PacketError: the message is malformed; the text says why.
         """
+        if type(data) is bytes:  # what transports pass
+            return _parse(data)
         if isinstance(data, str):
             try:
                 data = data.encode(_ENC, _ERRORS)
@@ -836,7 +960,7 @@ class Packet:
 
     def _init(self, headers: HeadersArg, body: bytes | str) -> None:
         self._hdrs = _make_headers(headers)
-        self._index = None
+        self._index = self._tid = None
         self._lines = None
         self._first = None
         self._body = _body_bytes(body)
@@ -861,14 +985,10 @@ class Packet:
         and a response has the id of its request. The number is written without
         leading zeros. A missing header gives an empty part.
         """
-        callid = self.get_header("call-id") or ""
-        cseq = self.get_header("cseq") or ""
-        num = cseq.split(None, 1)[0] if cseq else ""
-        if not (num.isdigit() and num.isascii()):
-            num = ""
-        elif num[0] == "0" and len(num) > 1:
-            num = num.lstrip("0") or "0"
-        return f"{callid} {num}"
+        tid = self._tid
+        if tid is None:
+            tid = self._tid = _make_tid(self.get_header("call-id"), self.get_header("cseq"))
+        return tid
 
     def cseq(self) -> str | None:
         """The CSeq header (``"<number> <method>"``) or None."""
@@ -939,8 +1059,10 @@ class Packet:
     def _build_index(self) -> dict[str, tuple[str, ...]]:
         index: dict[str, tuple[str, ...]] = {}
         for k, v, _ in self._hdrs:
-            values = index.get(k)
-            index[k] = (v,) if values is None else (*values, v)
+            if k in index:  # (rare: most headers occur once)
+                index[k] += (v,)
+            else:
+                index[k] = (v,)
         self._index = index
         return index
 
@@ -955,47 +1077,71 @@ class Packet:
         """All headers as ``(normalised key, value)`` pairs, in order."""
         return [(k, v) for k, v, _ in self._hdrs]
 
+    # The header changes below keep the index valid instead of dropping it: a
+    # UAS's leg adds and replaces headers (Via received=, Contact, Allow) between
+    # lookups, and rebuilding the index each time cost more than the lookups.
+    # The tid depends on Call-ID and CSeq only. Values are cleaned before the
+    # headers change, so a bad value changes nothing.
+
     def add_header(self, name: str, value: HeaderValues) -> None:
         """Append a header (each value of a list as a header of its own)."""
-        key = normalize_header_key(name)
-        self._hdrs.extend((key, _clean_value(v), -1) for v in _iter_values(value))
-        self._index = self._wire = None
+        key = _KEY_CACHE.get(name) or normalize_header_key(name)
+        values = [_clean_value(v) for v in _iter_values(value)]
+        self._hdrs.extend([(key, v, -1) for v in values])
+        index = self._index
+        if index is not None and values:
+            index[key] = (*index.get(key, ()), *values)
+        self._headers_changed(key)
 
     def insert_header(self, name: str, value: HeaderValues) -> None:
         """Insert a header before all others (a list keeps its order)."""
-        key = normalize_header_key(name)
+        key = _KEY_CACHE.get(name) or normalize_header_key(name)
         values = [_clean_value(v) for v in _iter_values(value)]
         self._hdrs[0:0] = [(key, v, -1) for v in values]
         index = self._index
         if index is not None and values:
-            # keep the index valid (a Via or Contact is inserted before lookups)
-            old = index.get(key)
-            index[key] = (*values, *old) if old else tuple(values)
-        self._wire = None
+            index[key] = (*values, *index.get(key, ()))
+        self._headers_changed(key)
 
     def del_header(self, name: str) -> None:
         """Remove every value of a header."""
-        key = normalize_header_key(name)
+        key = _KEY_CACHE.get(name) or normalize_header_key(name)
         self._hdrs = [h for h in self._hdrs if h[0] != key]
-        self._index = self._wire = None
+        if self._index is not None:
+            self._index.pop(key, None)
+        self._headers_changed(key)
 
     def set_header(self, name: str, value: HeaderValues) -> None:
         """Replace a header: its values take the place of the first old one
         (Net::SIP appends them at the end; the position does not matter to
         SIP but keeping it keeps the original lines in place)."""
-        key = normalize_header_key(name)
-        new = [(key, _clean_value(v), -1) for v in _iter_values(value)]
+        key = _KEY_CACHE.get(name) or normalize_header_key(name)
+        values = [_clean_value(v) for v in _iter_values(value)]
+        new = [(key, v, -1) for v in values]
         hdrs = self._hdrs
-        for pos in range(len(hdrs)):  # pos is used after the loop
+        index = self._index
+        for pos in range(len(hdrs)):
             if hdrs[pos][0] == key:
+                old = index.get(key) if index is not None else None
+                if old is not None and len(old) == 1:
+                    hdrs[pos : pos + 1] = new  # the only old value (the index says)
+                else:
+                    hdrs[pos:] = new + [h for h in hdrs[pos:] if h[0] != key]
                 break
         else:
             hdrs.extend(new)
-            self._index = self._wire = None
-            return
-        rest = [h for h in hdrs[pos:] if h[0] != key]
-        hdrs[pos:] = new + rest
-        self._index = self._wire = None
+        if index is not None:
+            if values:
+                index[key] = tuple(values)
+            else:
+                index.pop(key, None)
+        self._headers_changed(key)
+
+    def _headers_changed(self, key: str) -> None:
+        """The values of header ``key`` changed (the index is already updated)."""
+        if key in ("call-id", "cseq"):
+            self._tid = None
+        self._wire = None
 
     # -- body -------------------------------------------------------------
 
@@ -1029,26 +1175,30 @@ class Packet:
         blen = str(len(body))
         hdrs = self._hdrs
         # Content-Length: correct it in place, or add it at the end (Net::SIP)
-        cl_at = [i for i, h in enumerate(hdrs) if h[0] == "content-length"]
-        add_cl = not cl_at
-        if cl_at and (len(cl_at) > 1 or hdrs[cl_at[0]][1] != blen):
-            self._index = None
-            hdrs[cl_at[0]] = ("content-length", blen, -1)
-            for i in reversed(cl_at[1:]):
-                del hdrs[i]
+        for h in hdrs:  # (a plain scan: most packets built here have none)
+            if h[0] == "content-length":
+                add_cl = False
+                cl_at = [i for i, h in enumerate(hdrs) if h[0] == "content-length"]
+                if len(cl_at) > 1 or hdrs[cl_at[0]][1] != blen:
+                    if self._index is not None:  # (the tid stays as it is)
+                        self._index["content-length"] = (blen,)
+                    hdrs[cl_at[0]] = ("content-length", blen, -1)
+                    for i in reversed(cl_at[1:]):
+                        del hdrs[i]
+                break
+        else:
+            add_cl = True
 
         out = [self._start_line()]
         lines = self._lines
         if lines is None:
-            canon = _CANONICAL
+            prefix = _PREFIX
             for k, v, _ in hdrs:
-                out.append(f"{canon.get(k) or canonical_header_name(k)}: {v}")
+                out.append((prefix.get(k) or _prefix(k)) + v)
         else:
             out.extend(self._header_lines(lines))
-        if add_cl:
-            out.append(f"Content-Length: {blen}")
-        out.append("")
-        out.append("")
+        # the last line ends the header block (joined with CRLF: one empty line)
+        out.append(f"Content-Length: {blen}\r\n\r\n" if add_cl else "\r\n")
         wire = "\r\n".join(out).encode(_ENC, _ERRORS) + body
         self._wire = wire
         return wire
@@ -1063,10 +1213,10 @@ class Packet:
         """
         out: list[str] = []
         last = -1
-        canon = _CANONICAL
+        prefix = _PREFIX
         for k, v, ln in self._hdrs:
             if ln < 0:
-                out.append(f"{canon.get(k) or canonical_header_name(k)}: {v}")
+                out.append((prefix.get(k) or _prefix(k)) + v)
             elif ln != last:
                 out.append(lines[ln])
                 last = ln
@@ -1094,7 +1244,7 @@ class Packet:
         """An independent copy."""
         cls = type(self)
         new = cls.__new__(cls)
-        for slot in ("_body", "_first", "_lines", "_wire", *cls.__slots__):
+        for slot in ("_body", "_first", "_lines", "_tid", "_wire", *cls.__slots__):
             setattr(new, slot, getattr(self, slot))
         new._hdrs = list(self._hdrs)
         new._index = None
@@ -1199,9 +1349,14 @@ class Request(Packet):
             body: the body.
         """
         code = int(code)
+        first = None
         if msg is None:
+            # the usual case: a registered code with its phrase, both known
+            # to be valid; the start line is ready-made
+            first = _STATUS_LINES.get(code)
             msg = REASON_PHRASES.get(code, "")
-        vias: list[str] = []
+        # the Vias come first in the response, in order: they go to hdrs at once
+        hdrs: list[_Hdr] = []
         rr: list[str] = []
         frm = to = callid = cseq = ts = None
         copied = _RESPONSE_COPIES
@@ -1209,7 +1364,7 @@ class Request(Packet):
             if k not in copied:
                 continue
             if k == "via":
-                vias.append(v)
+                hdrs.append(("via", v, -1))
             elif k == "record-route":
                 rr.append(v)
             elif k == "from":
@@ -1224,7 +1379,6 @@ class Request(Packet):
                 ts = v
         if to is not None and code != 100 and not _has_tag(to):
             to = f"{to};tag={self._to_tag(callid, frm)}"
-        hdrs: list[_Hdr] = [("via", v, -1) for v in vias]
         if rr:
             hdrs.extend(("record-route", v, -1) for v in rr)
         if frm is not None:
@@ -1238,12 +1392,20 @@ class Request(Packet):
         if ts is not None and code == 100:
             hdrs.append(("timestamp", ts, -1))
         resp = Response.__new__(Response)
-        resp._code = _checked_code(code)
-        resp._msg = _checked_msg(msg)
+        if first is None:
+            resp._code = _checked_code(code)
+            resp._msg = _checked_msg(msg)
+        else:
+            resp._code = code
+            resp._msg = msg
         resp._hdrs = hdrs
         resp._index = None
+        # the same Call-ID and CSeq values, so the same tid (None if the
+        # request's is not known: then it may not be valid, e.g. two Call-IDs);
+        # set_header below resets it if ``headers`` replaces either
+        resp._tid = self._tid
         resp._lines = None
-        resp._first = None
+        resp._first = first
         resp._body = body if type(body) is bytes else _body_bytes(body)
         resp._wire = None
         if headers:
@@ -1254,8 +1416,10 @@ class Request(Packet):
 
     @staticmethod
     def _to_tag(callid: str | None, frm: str | None) -> str:
-        seed = f"{callid}\x00{frm}".encode(_ENC, _ERRORS)
-        return hashlib.blake2s(seed, digest_size=8, key=_TAG_KEY).hexdigest()
+        # copying the keyed state costs less than setting up a keyed hash
+        h = _TAG_HASH.copy()
+        h.update(f"{callid}\x00{frm}".encode(_ENC, _ERRORS))
+        return h.hexdigest()
 
     def _dialog_request(self, method: str, to: list[str]) -> Request:
         num = ""
@@ -1281,7 +1445,7 @@ class Request(Packet):
         req._method = method
         req._uri = self._uri
         req._hdrs = hdrs
-        req._index = None
+        req._index = req._tid = None
         req._lines = None
         req._first = None
         req._body = b""

@@ -106,8 +106,9 @@ class ResponseCache(Generic[R]):
             now: the current time.
         """
         entries = self._entries
+        if key in entries:
+            entries.move_to_end(key)  # stored again: it now expires last
         entries[key] = response
-        entries.move_to_end(key)
         self._expires[key] = now + self.lifetime
         self.expire(now)
 

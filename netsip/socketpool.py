@@ -11,12 +11,15 @@ How it works:
   and write buffers, the callbacks waiting for queued data, its last activity
   (``didit``) and the request tids it carried, so responses go back over the
   connection their request came in on (RFC 3261 18.2.2);
-* UDP: one ``recvfrom_into`` per readiness into a preallocated 64 KiB buffer;
+* UDP: up to 32 ``recvfrom_into`` per readiness into a preallocated 64 KiB buffer;
   datagrams below 13 bytes are keep-alives, unparsable ones are logged and
   dropped, ICMP errors reported on the socket are ignored;
 * TCP: each readiness reads ``TCP_READSIZE`` bytes into the connection's
   buffer and :func:`netsip.framing.frame` cuts out every complete message; a
-  framing or parse error closes only that connection;
+  framing or parse error closes only that connection. Accepting costs few
+  syscalls: ``TCP_NODELAY`` is set on the listening socket once (Linux copies
+  it to accepted sockets; elsewhere it is set per connection) and reads and
+  writes pass ``MSG_DONTWAIT`` instead of making each socket non-blocking;
 * sending over TCP appends to the connection's write buffer and writes what
   the socket takes; the rest waits for ``EV_WRITE``. A sendto callback gets
   ``0`` once its bytes are written, an errno when the connection fails; at
@@ -71,10 +74,11 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -82,7 +86,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
 from netsip.framing import FramingError, NeedMore, frame
 from netsip.packet import Packet, PacketError
-from netsip.util import Addr, NetSIPError, Proto, invoke_callback
+from netsip.util import Addr, NetSIPError, Proto, Var, invoke_callback
 
 if TYPE_CHECKING:  # netsip.tlsconn imports this module; loaded at run time by TLS pools only
     from netsip.tlsconn import TLSConn, TLSContexts
@@ -126,7 +130,12 @@ _ACCEPT_BACKOFF_MIN: Final = 0.05
 _ACCEPT_BACKOFF_MAX: Final = 1.0
 _ADDR_CACHE_MAX: Final = 1024  # remembered UDP source addresses (Addr objects)
 
-_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE instead of SIGPIPE
+# Every stream read and write is non-blocking by its flags (MSG_DONTWAIT),
+# so accepted plain TCP sockets need no O_NONBLOCK (one syscall less per
+# connection); where the flag does not exist they are made non-blocking.
+_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
+_RECV_FLAGS: Final = _DONTWAIT
+_SEND_FLAGS: Final = getattr(socket, "MSG_NOSIGNAL", 0) | _DONTWAIT  # EPIPE, not SIGPIPE
 _MSG_ERRQUEUE: Final = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux only
 
 
@@ -143,6 +152,24 @@ def _drain_errqueue(sock: socket.socket) -> None:
             sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
         except OSError:
             return
+
+
+def _ignore(*_args: object) -> None:
+    """The receive callback of a pool attached without one."""
+
+
+def _direct(callback: Callback) -> Callable[..., object]:
+    """``callback`` as a plain callable doing what ``invoke_callback(callback, ...)`` does.
+
+    A plain callable is called directly on the hot path (one frame less per
+    packet); the other shapes (tuple, Var, object with ``run`` ...) go through
+    :func:`invoke_callback`.
+    """
+    if callback is None:
+        return _ignore
+    if callable(callback) and not isinstance(callback, Var):
+        return callback
+    return partial(invoke_callback, callback)
 
 
 @dataclass(slots=True)
@@ -222,7 +249,8 @@ class Conn:
     """Per-socket state of a pool (Perl's ``$fo`` hash), one per socket.
 
     Attributes:
-        sock: the socket.
+        sock: the socket. An accepted plain TCP socket may be in blocking
+            mode: :meth:`recv_into` and :meth:`send` pass ``MSG_DONTWAIT``.
         fd: its file descriptor number (stable while open; the pool's key).
         peer: the other end with ``proto`` set, or None for an unconnected
             master (a bound UDP or a listening TCP socket).
@@ -269,7 +297,7 @@ class Conn:
 
     def recv_into(self, view: memoryview, nbytes: int) -> int:
         """Read up to ``nbytes`` into ``view``; 0 at EOF. Raises BlockingIOError, OSError."""
-        return self.sock.recv_into(view, nbytes)
+        return self.sock.recv_into(view, nbytes, _RECV_FLAGS)
 
     def send(self, data: bytearray) -> int:
         """Write from ``data``; returns the bytes taken. Raises BlockingIOError, OSError."""
@@ -360,6 +388,16 @@ class SocketPool:
             self._dst = Addr.parse(dst)
 
         fd.setblocking(False)
+        # Accepted connections get TCP_NODELAY. Linux copies it from the
+        # listening socket, so it is set there once; the first accepted
+        # connection tells whether this system does (see _accept).
+        self._nodelay_inherited: bool | None = False
+        if self._stream and peer is None:
+            try:
+                fd.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._nodelay_inherited = None  # unknown until the first accept
+            except OSError:
+                pass
         # A connected TLS master is "connecting" until its handshake is done.
         handshake = peer is not None and self._tls is not None
         self._master = self._conn_cls(
@@ -370,6 +408,8 @@ class SocketPool:
         self._by_peer: dict[tuple[str, int], list[Conn]] = {}
         self._loop: EventLoopLike | None = None
         self._cb: Callback = None
+        # the receive callback as a plain callable (no invoke_callback per packet)
+        self._deliver: Callable[[Packet, Addr | None], object] = _ignore
         self._expire_timer: TimerLike | None = None
         self._accept_timer: TimerLike | None = None  # listener paused (EMFILE)
         self._accept_backoff = 0.0  # current pause, 0 while accept works
@@ -455,6 +495,7 @@ class SocketPool:
                 self._accept_timer = None
         self._loop = loop
         self._cb = callback
+        self._deliver = _direct(callback)
         if loop is None:
             return
         now = loop.looptime
@@ -496,7 +537,9 @@ class SocketPool:
             log.info("sendto on a closed SocketPool: dropped")
             invoke_callback(callback, errno.EBADF)
             return
-        target = self._dst if self._dst is not None else Addr.parse(dst)
+        target = self._dst
+        if target is None:
+            target = dst if isinstance(dst, Addr) else Addr.parse(dst)
         master = self._master
         if target.family != self._family and master.peer is None:
             log.info("cannot send to %s from a %s socket", target, self._family.name)
@@ -635,7 +678,8 @@ class SocketPool:
         if conn.closed:
             return
         conn.closed = True
-        log.log(level, "close connection to %s: " + why, conn.peer, *args)
+        if log.isEnabledFor(level):  # the format is built only when it is logged
+            log.log(level, "close connection to %s: " + why, conn.peer, *args)
         loop = self._loop
         if loop is not None:
             loop.del_fd(conn.fd)
@@ -647,10 +691,12 @@ class SocketPool:
         if conn.peer is not None:
             key = (conn.peer.addr, conn.peer.port)
             same = self._by_peer.get(key)
-            if same is not None and conn in same:
-                same.remove(conn)
-                if not same:
-                    del self._by_peer[key]
+            if same is not None:
+                if len(same) == 1:  # the usual case: one connection per peer
+                    if same[0] is conn:
+                        del self._by_peer[key]
+                elif conn in same:
+                    same.remove(conn)
         tids = self._tids
         for tid in conn.tids:
             if tids.get(tid) is conn:
@@ -660,7 +706,8 @@ class SocketPool:
             self._expire_timer.cancel()
             self._expire_timer = None
         # Each pending callback exactly once, even if one of them re-enters or raises.
-        self._fail_callbacks(conn.wcallbacks, err)
+        if conn.wcallbacks:
+            self._fail_callbacks(conn.wcallbacks, err)
 
     # ---- receiving
 
@@ -708,36 +755,81 @@ class SocketPool:
             except PacketError as exc:
                 log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
                 continue
-            invoke_callback(self._cb, pkt, self._peer_addr(sa))
+            self._deliver(pkt, self._peer_addr(sa))
             if conn.closed or self._loop is None:
                 return  # the callback closed or detached the pool
 
     def _accept(self, master: Conn, _fd: object = None) -> None:
+        lsock = master.sock
+        family = self._family
+        sproto = lsock.proto
         proto = self.proto
-        for _ in range(_ACCEPTS_PER_READY):
-            try:
-                sock, sa = master.sock.accept()
-            except BlockingIOError:
-                self._accept_backoff = 0.0  # backlog drained: resources suffice
-                return
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    self._pause_accept(master, exc)
+        plain = self._tls is None
+        loop = self._loop
+        conns = self._conns
+        by_peer = self._by_peer
+        accepted = False
+        try:
+            for _ in range(_ACCEPTS_PER_READY):
+                try:
+                    # socket.accept() without what a pool does not need per
+                    # connection: the enum conversions, the default-timeout check
+                    # (_accept is the C method socket.accept() itself calls)
+                    fd, sa = lsock._accept()  # type: ignore[attr-defined]  # not in typeshed
+                except BlockingIOError:
+                    self._accept_backoff = 0.0  # backlog drained: resources suffice
                     return
-                # ECONNABORTED, EPERM, ...: that connection, the listener is fine.
-                log.warning("accept on %s failed: %s", self._local_ip, exc)
-                return
-            dst = self._dst
-            if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
-                log.info("refuse connection from %s:%s, only accepting %s", sa[0], sa[1], dst)
-                sock.close()
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = Addr(sa[0], sa[1], sock.family, None, proto)
-            conn = self._new_conn(sock, peer, accepted=True)
-            self._add_conn(conn)
-            self._established(conn)  # TLS: the handshake starts here
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                        self._pause_accept(master, exc)
+                        return
+                    # ECONNABORTED, EPERM, ...: that connection, the listener is fine.
+                    log.warning("accept on %s failed: %s", self._local_ip, exc)
+                    return
+                try:
+                    sock = socket.socket(family, socket.SOCK_STREAM, sproto, fd)
+                except OSError as exc:  # not expected: the fd is a fresh socket
+                    os.close(fd)
+                    log.warning("accept on %s failed: %s", self._local_ip, exc)
+                    continue
+                dst = self._dst
+                if dst is not None and (sa[0] != dst.addr or sa[1] != dst.port):
+                    log.info("refuse connection from %s:%s, only accepting %s", sa[0], sa[1], dst)
+                    sock.close()
+                    continue
+                if not (plain and _DONTWAIT):
+                    sock.setblocking(False)  # else the flags of every read and write do
+                inherited = self._nodelay_inherited
+                if inherited is None:
+                    # asked once per pool: does the system copy TCP_NODELAY from
+                    # the listening socket (Linux does)?
+                    inherited = self._nodelay_inherited = bool(
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    )
+                if not inherited:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = Addr(sa[0], sa[1], family, None, proto)
+                accepted = True
+                if plain and loop is not None:
+                    # _new_conn + _add_conn + _established for plain TCP, inline:
+                    # nothing to connect, no handshake, nothing queued yet
+                    conn = Conn(sock, fd, peer)
+                    conns[fd] = conn
+                    key = (peer.addr, peer.port)
+                    same = by_peer.get(key)
+                    if same is None:
+                        by_peer[key] = [conn]
+                    else:
+                        same.append(conn)
+                    conn.didit = loop.looptime
+                    loop.add_fd(fd, EV_READ, partial(self._read_stream, conn), "socketpool")
+                else:
+                    conn = self._new_conn(sock, peer, accepted=True)
+                    self._add_conn(conn)
+                    self._established(conn)  # TLS: the handshake starts here
+        finally:
+            if accepted:
+                self._arm_expire_timer()
 
     def _pause_accept(self, master: Conn, exc: OSError) -> None:
         """Out of fds: stop watching the listener for a while (doubling up to 1 s).
@@ -823,8 +915,11 @@ class SocketPool:
                     rest = r
                     return
                 pos = scan = r.end
-                with memoryview(buf) as mv:
-                    data = mv[r.start : r.end].tobytes()
+                if r.start == 0 and pos == len(buf):
+                    data = bytes(buf)  # the usual case: the buffer is one message
+                else:
+                    with memoryview(buf) as mv:
+                        data = mv[r.start : pos].tobytes()
                 try:
                     pkt = Packet.new_from_string(data)
                     if pkt.is_request():
@@ -834,8 +929,10 @@ class SocketPool:
                     return
                 if self._loop is not None:
                     conn.didit = self._loop.looptime
-                invoke_callback(self._cb, pkt, conn.peer)
-                if conn.closed:
+                self._deliver(pkt, conn.peer)
+                if conn.closed or pos == len(buf):
+                    # closed, or nothing left to frame (what frame() would
+                    # report as NeedMore(pos, pos, 0), handled as such below)
                     return
         except BaseException:
             # The callback raised: it propagates out of loop(). Messages behind
@@ -1063,8 +1160,11 @@ class SocketPool:
             if conn.written != before:
                 # only progress counts: a peer that stops reading expires
                 conn.didit = loop.looptime
-            self._watch_write(conn, bool(wbuf))
-        self._fire_written(conn)
+            pending = bool(wbuf)
+            if pending != conn.watch_write or conn.tls is not None:
+                self._watch_write(conn, pending)
+        if conn.wcallbacks:
+            self._fire_written(conn)
 
     def _fire_written(self, conn: Conn, _timer: object = None) -> None:
         """Invoke the callbacks (with 0) of the packets written completely, in order."""

@@ -984,3 +984,34 @@ def test_context_manager_releases_selector(clock: FakeClock) -> None:
         assert not ev.closed
     assert ev.closed
     assert open_fds() == base
+
+
+@pytest.mark.skipif(not hasattr(selectors, "EpollSelector"), reason="no epoll")
+def test_epoll_fast_path_reports_like_selectors(clock: FakeClock) -> None:
+    """The default loop polls the epoll object itself; a subclass of the selector
+    goes through ``select()``: both report readable, writable and hang-up alike."""
+
+    class Plain(selectors.EpollSelector):  # not the exact type: the generic path
+        pass
+
+    outcomes: list[tuple[list[str], list[str]]] = []
+    for factory in (selectors.EpollSelector, Plain):
+        got: list[Any] = []
+        with EventLoop(clock=clock, selector=factory) as ev, socketpairs(2) as pairs:
+            assert (ev._epoll is not None) == (factory is selectors.EpollSelector)
+            (a, b), (c, d) = pairs
+            ev.add_fd(a, EV_READ, recorder(got, "a-r"))
+            ev.add_fd(a, EV_WRITE, recorder(got, "a-w"))
+            ev.add_fd(c, EV_READ, recorder(got, "c-r"))
+            ev.loop(0)
+            round1 = sorted(tag for tag, _ in got)
+            got.clear()
+            b.send(b"x")
+            d.close()  # hang-up on c: reported as readable (EOF)
+            ev.loop(0)
+            round2 = sorted(tag for tag, _ in got)
+            ev.del_fd(a)
+            ev.del_fd(c)
+        outcomes.append((round1, round2))
+    expected = (["a-w"], ["a-r", "a-w", "c-r"])
+    assert outcomes == [expected, expected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import select
@@ -711,3 +712,105 @@ def test_receive_callback_shapes(loop: EventLoop) -> None:
         peer.sendto(request(), addr_of(pool.master()).sockaddr())
         drive(loop, lambda: seen)
         assert seen[0][0] == "leg1"
+
+
+# ------------------------------------------------- per-connection shortcuts
+
+
+@pytest.mark.parametrize("inherited", [None, False])
+def test_accepted_connections_get_tcp_nodelay(
+    loop: EventLoop, inherited: bool | None
+) -> None:
+    """TCP_NODELAY on every accepted connection: copied from the listener where the
+    system does that (asked once per pool), else set on each connection."""
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
+        pool._nodelay_inherited = inherited  # None: find out; False: set it each time
+        pool.attach_eventloop(loop, cb)
+        clients = [connect("127.0.0.1", addr_of(pool.master())) for _ in range(3)]
+        try:
+            drive(loop, lambda: pool.connection_count() == 3)
+            for conn in pool._conns.values():
+                assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert pool._nodelay_inherited is not None
+            for n, c in enumerate(clients):
+                c.sendall(request(n + 1))
+            drive(loop, length_is(got, 3))
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_accepted_connection_reads_and_writes_without_blocking(loop: EventLoop) -> None:
+    """An accepted plain TCP socket may stay in blocking mode (every read and write
+    passes MSG_DONTWAIT): a read with nothing there and a write to a full socket
+    return to the loop instead of blocking it."""
+    got, cb = collector()
+    results: list[int] = []
+    with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
+        pool.attach_eventloop(loop, cb)
+        with socket.socket() as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+            c.connect(pool.master().getsockname())
+            c.sendall(request(1)[:20])  # readable, but no complete message
+            drive(loop, lambda: pool.connection_count() == 1)
+            (conn,) = pool._conns.values()
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            spin(loop, 0.05)
+            assert got == []
+            c.sendall(request(1)[20:])
+            drive(loop, length_is(got, 1))
+            # far more than the socket buffers take: queued, written as the peer reads
+            big = pkt(request(2, b"x" * 30000))
+            for _ in range(8):
+                pool.sendto(big, got[0][1], results.append)
+            spin(loop, 0.05)  # returns: the loop is not blocked in send()
+            assert pool.queued_bytes() > 0
+            received = 0
+            deadline = time.monotonic() + 10
+            while len(results) < 8 and time.monotonic() < deadline:
+                loop.loop(0.001)
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := c.recv(1 << 20, socket.MSG_DONTWAIT):
+                        received += len(chunk)
+            assert results == [0] * 8
+            assert received > 8 * 30000
+
+
+def test_one_message_per_read_leaves_no_framing_state(loop: EventLoop) -> None:
+    """A read that is exactly one message is delivered without a second framing
+    pass; the buffer and framing state are empty afterwards, and a message split
+    over reads right after it is still put together."""
+    got, cb = collector()
+    with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect("127.0.0.1", addr_of(pool.master())) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(request(1))
+            drive(loop, length_is(got, 1))
+            (conn,) = pool._conns.values()
+            assert (bytes(conn.rbuf), conn.scan, conn.need) == (b"", 0, 0)
+            second = request(2, b"body")
+            c.sendall(second[:30])
+            drive(loop, lambda: len(conn.rbuf) == 30)
+            c.sendall(second[30:])
+            drive(loop, length_is(got, 2))
+            assert got[1][0].body() == b"body"
+            assert (bytes(conn.rbuf), conn.scan, conn.need) == (b"", 0, 0)
+
+
+def test_receive_callback_var_and_none(loop: EventLoop) -> None:
+    """The receive callback may be a Var (set to the packet) or None (dropped)."""
+    from netsip.util import Var  # noqa: PLC0415
+
+    var: Var[Any] = Var()
+    with SocketPool("udp", udp_socket("127.0.0.1")) as pool, udp_socket("127.0.0.1") as peer:
+        pool.attach_eventloop(loop, None)
+        peer.sendto(request(1), addr_of(pool.master()).sockaddr())
+        spin(loop, 0.05)  # read and dropped
+        pool.attach_eventloop(loop, var)
+        peer.sendto(request(2), addr_of(pool.master()).sockaddr())
+        drive(loop, lambda: var.value is not None)
+        value = var.value
+        assert value is not None
+        assert value.cseq() == "2 OPTIONS"
