@@ -14,7 +14,10 @@ only (:class:`~netsip.leg.Leg`, :class:`~netsip.dispatcher.Dispatcher`,
     then exits 0 after closing every socket. ``--workers N`` forks N processes,
     each with its own ``SO_REUSEPORT`` sockets on the same port(s), so the
     kernel spreads UDP flows and TCP connections over them; the parent
-    forwards SIGTERM, waits, and prints the aggregated summary.
+    forwards SIGTERM, waits, and prints the aggregated summary. ``--work-us N``
+    burns N microseconds of CPU per answered request, a stand-in for an
+    application's work, so that load tests can show what ``--workers`` gains
+    once the responder, not the load generator, is the bottleneck.
 ``options``
     a SIP ping: OPTIONS at an interval, the round-trip time per response, loss
     and min/avg/max at the end; exit 0 if any 2xx came back.
@@ -256,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="N processes sharing the port(s) with SO_REUSEPORT (default %(default)s)",
+    )
+    p.add_argument(
+        "--work-us",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="spend N microseconds of CPU on each request before answering, to simulate "
+        "application work in load tests, e.g. of --workers (default %(default)s: none)",
     )
     p.add_argument(
         "--tls-verify-client",
@@ -777,15 +788,23 @@ class Listener:
             answered from its response cache without reaching us).
         code: status of every response; ``reason`` its phrase (None: default).
         out: where the transaction lines go; None prints none.
+        work_us: microseconds of CPU to burn before each response (``--work-us``),
+            standing in for an application's work per request in load tests.
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, code: int, reason: str | None, out: _Output | None
+        self,
+        dispatcher: Dispatcher,
+        code: int,
+        reason: str | None,
+        out: _Output | None,
+        work_us: int = 0,
     ) -> None:
         self.dispatcher = dispatcher
         self.code = code
         self.reason = reason
         self.out = out
+        self.work_ns = work_us * 1000
         self.stats = ListenStats()
         self._stamp = _Stamp()
 
@@ -800,6 +819,8 @@ class Listener:
         if method == "ACK":
             status = "-"  # never answered (RFC 3261 17.1.1.3)
         else:
+            if self.work_ns:
+                _burn_cpu(self.work_ns)
             try:
                 response = packet.create_response(self.code, self.reason)
                 self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
@@ -821,6 +842,18 @@ class Listener:
         if err:
             self.stats.send_errors += 1
             log.warning("sending a response failed: %s", _strerror(err))
+
+
+def _burn_cpu(ns: int) -> None:
+    """Keep the CPU busy for ``ns`` nanoseconds of this thread's CPU time.
+
+    CPU time, not wall time: a worker that is preempted meanwhile still does
+    the whole amount of "work", as a real application would.
+    """
+    clock = time.thread_time_ns
+    end = clock() + ns
+    while clock() < end:
+        pass
 
 
 def _open_sockets_left() -> int:
@@ -874,7 +907,11 @@ def _serve(
             ]
             dispatcher = Dispatcher(legs, loop)
             listener = Listener(
-                dispatcher, args.code, args.reason, None if args.summary_only else out
+                dispatcher,
+                args.code,
+                args.reason,
+                None if args.summary_only else out,
+                args.work_us,
             )
             dispatcher.set_receiver(listener.receive)
             flusher = loop.add_timer(_FLUSH_INTERVAL, out.flush, _FLUSH_INTERVAL, "flush-stdout")

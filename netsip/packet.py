@@ -539,7 +539,8 @@ def _build(
                 if kind == _VIA:
                     if _VIA_RE.fullmatch(value) is None:
                         raise PacketError(f"invalid via: {value!r}")
-                    _learn_prefix(line, value, key, False, _VIA_RE)
+                    if i > 0:
+                        _learn_prefix(line, i, value, key, single=False, pattern=_VIA_RE)
                 elif kind == _ADDRLIST:
                     if _ADDR_RE.fullmatch(value) is None:
                         _check_addr(value, key)
@@ -567,7 +568,11 @@ def _build(
             if kind == _ADDR:
                 if _ADDR_RE.fullmatch(value) is None:
                     _check_addr(value, key)
-                tagged = _learn_prefix(line, value, key, True, _ADDR_RE)
+                # a tag (or other last parameter) makes the line unique per
+                # dialog: not worth the line cache, its prefix may be
+                tagged = i > 0 and ">" not in line[i:]
+                if tagged:
+                    _learn_prefix(line, i, value, key, single=True, pattern=_ADDR_RE)
             elif kind == _NUM:
                 if not (value.isdigit() and value.isascii() and len(value) <= 12) or (
                     int(value) > _NUM_MAX[key]
@@ -667,27 +672,38 @@ _LAST_PARAM_RE = re.compile(rf';{_TOKEN}=[^\s;,"<>=]+')
 # '>' that could close one). Bounded, cleared when full.
 _PREFIX_CACHE: dict[str, tuple[str, bool, int]] = {}
 _PREFIX_CACHE_MAX = 1024
+# prefixes seen once (see _learn_prefix), bounded like _PREFIX_CACHE
+_PREFIX_SEEN: set[str] = set()
 
 
 def _learn_prefix(
-    line: str, value: str, key: str, single: bool, pattern: re.Pattern[str]
-) -> bool:
-    """After ``value`` (of ``line``) was found valid: remember the line without
-    its last parameter in _PREFIX_CACHE if that is plain and the rest valid alone.
+    line: str, i: int, value: str, key: str, *, single: bool, pattern: re.Pattern[str]
+) -> None:
+    """After ``value`` (of ``line``) was found valid: remember the line up to its
+    last ``;`` (at ``i``) in _PREFIX_CACHE if what follows is a plain parameter
+    and the rest is valid alone.
 
-    Returns:
-        whether the value ends in a plain parameter (the line is not worth
-        keeping in the line cache then).
+    A prefix is checked and kept only the second time it is seen: with a
+    connection (or socket) per call the sender's port is in every Via and
+    From, so most prefixes never come back, and checking them twice would
+    only cost (and churn the cache).
     """
-    i = value.rfind(";")
-    if i <= 0 or _LAST_PARAM_RE.fullmatch(value, i) is None:
-        return False
-    if pattern.fullmatch(value, 0, i) is not None:
-        off = len(line) - len(value)  # the parameter ends the line: nothing stripped
+    prefix = line[:i]
+    if prefix not in _PREFIX_SEEN:
+        if len(_PREFIX_SEEN) >= _PREFIX_CACHE_MAX:
+            _PREFIX_SEEN.clear()
+        _PREFIX_SEEN.add(prefix)
+        return
+    off = len(line) - len(value)  # the parameter ends the line: nothing stripped
+    j = i - off  # the ';' in value
+    if (
+        j > 0
+        and _LAST_PARAM_RE.fullmatch(value, j) is not None
+        and pattern.fullmatch(value, 0, j) is not None
+    ):
         if len(_PREFIX_CACHE) >= _PREFIX_CACHE_MAX:
             _PREFIX_CACHE.clear()
-        _PREFIX_CACHE[line[: off + i]] = (key, single, off)
-    return True
+        _PREFIX_CACHE[prefix] = (key, single, off)
 
 
 # A valid start line -> what _first_line made of it. A UAS sees the same

@@ -151,6 +151,8 @@ def _free_stream_port() -> tuple[socket.socket, int]:
         (["listen", "--listen", "udp:127.0.0.1:70000"], "invalid --listen"),
         (["listen", "--code", "180"], "200..699"),
         (["listen", "--workers", "0"], "at least 1"),
+        (["listen", "--work-us", "-1"], "must not be negative"),
+        (["listen", "--work-us", "1.5"], "not an integer"),
         (["listen", "--listen", "tls:127.0.0.1:0"], "needs --tls-cert"),
         (["listen", "--listen", "tls:127.0.0.1:0", "--tls-cert", "/nonexistent.pem"], "no such"),
         (["listen", "--tls-cert", "/nonexistent.pem"], "no such file"),
@@ -492,6 +494,60 @@ def test_listen_workers(
     assert m is not None, stdout
     per = [int(m.group(1)), int(m.group(2))]
     assert sum(per) == flows + 50 and min(per) > 0, per
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_burn_cpu_spends_at_least_the_cpu_time() -> None:
+    """``--work-us`` burns CPU time (not wall time): at least what was asked."""
+    before = time.thread_time_ns()
+    cli._burn_cpu(3_000_000)
+    assert time.thread_time_ns() - before >= 3_000_000
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_listen_work_us_with_workers(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--work-us: every worker still answers everything, and burns CPU per request."""
+    work_us, per_proto = 2000, 25
+    srv = start_listen(
+        listen_factory, tmp_path, "-l", "127.0.0.1:0", "-w", "2", "--work-us", str(work_us),
+        "--summary-only",
+    )  # fmt: skip
+    addrs = srv.addresses(2)
+    srv.err.wait_for(r"2 workers")
+    parent = srv.proc.pid
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        workers = [int(pid) for pid in f.read().split()]
+    assert len(workers) == 2, workers
+    cpu0 = sum(_cpu_seconds(pid) for pid in workers)
+    uri = f"sip:127.0.0.1:{addrs['udp'].port}"
+    for proto in ("udp", "tcp"):
+        status, out, _ = run(
+            ["bench", uri, "-t", proto, "-n", str(per_proto), "-c", "4", "--json"], capsys
+        )
+        assert status == 0, out
+        res = json.loads(out)
+        assert res["completed"] == per_proto and res["failed"] == 0, res
+    cpu = sum(_cpu_seconds(pid) for pid in workers) - cpu0
+    # a lower bound only, halved for tick-based accounting: no timing target
+    assert cpu >= 0.5 * 2 * per_proto * work_us / 1e6, cpu
+
+    stdout = srv.stop()
+    assert srv.returncode == 0, srv.err.lines
+    assert summary_counts(stdout) == {"OPTIONS": 2 * per_proto}
+    assert "answered 50 with 200 OK, 0 failed to send" in stdout, stdout
+    assert re.search(r"^workers: 2 of 2 ok; requests per worker: #1 \d+, #2 \d+$", stdout, re.M)
 
 
 # ------------------------------------------------------------------- TLS

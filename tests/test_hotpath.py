@@ -271,6 +271,7 @@ TAILS = [";branch=z9hG4bK-1", ";tag=abc", ";tag=a\\b", ";tag=", ";tag", ";tag=a 
 def clear_caches() -> None:
     packet_mod._LINE_CACHE.clear()
     packet_mod._PREFIX_CACHE.clear()
+    packet_mod._PREFIX_SEEN.clear()
     packet_mod._FIRST_CACHE.clear()
 
 
@@ -292,8 +293,9 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
             valid = pattern.fullmatch(value.strip(" \t")) is not None
             assert (cold[0] == "packet") == valid, value
             # every prefix learned that can be (each head with a valid last parameter)
-            for h in heads:
-                outcome(message_with(name, h + ";tag=warm"))
+            for h in heads:  # a prefix is learned the second time it is seen
+                outcome(message_with(name, h + ";tag=warm1"))
+                outcome(message_with(name, h + ";tag=warm2"))
                 outcome(message_with(name, h))
             # the shortcut is taken for valid heads
             assert f"{name}: {heads[0]}" in packet_mod._PREFIX_CACHE
@@ -309,7 +311,8 @@ def test_prefix_caches_random_tails(head: str, tail: str) -> None:
                       f"{head + tail}\r\n{name}: {head + tail}", f"\r\n {head + tail}"):  # folded
             clear_caches()
             cold = outcome(message_with(name, value))
-            outcome(message_with(name, head + ";tag=warm"))
+            outcome(message_with(name, head + ";tag=warm1"))
+            outcome(message_with(name, head + ";tag=warm2"))
             assert outcome(message_with(name, value)) == cold
 
 
@@ -339,8 +342,22 @@ def test_bare_line_breaks_go_the_general_way(line: bytes) -> None:
 def test_prefix_caches_are_bounded() -> None:
     clear_caches()
     for n in range(packet_mod._PREFIX_CACHE_MAX + 10):
-        Packet.new_from_string(message_with("From", f"<sip:u{n}@h>;tag={n}"))
+        for tag in ("a", "b"):  # seen twice: learned
+            Packet.new_from_string(message_with("From", f"<sip:u{n}@h>;tag={tag}"))
     assert 0 < len(packet_mod._PREFIX_CACHE) <= packet_mod._PREFIX_CACHE_MAX
+    assert 0 < len(packet_mod._PREFIX_SEEN) <= packet_mod._PREFIX_CACHE_MAX
+
+
+def test_prefix_seen_once_is_not_kept() -> None:
+    """A connection per call puts a new port in every Via and From: such
+    prefixes are validated and kept only when they come back."""
+    clear_caches()
+    Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=1"))
+    assert "From: <sip:u@h:5071>" not in packet_mod._PREFIX_CACHE
+    Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=2"))
+    assert "From: <sip:u@h:5071>" in packet_mod._PREFIX_CACHE
+    pkt = Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=3"))
+    assert pkt.get_header("from") == "<sip:u@h:5071>;tag=3"
 
 
 def test_start_line_cache_changes_nothing() -> None:
