@@ -126,8 +126,9 @@ def frame(
     clen = -1
     # endpos hend+2 keeps the CRLF of the last header line and excludes the
     # empty line, so a folded value cannot run into the body.
-    for m in _CLEN_RX.finditer(buf, start, hend + 2):
-        value = m.group(1).strip()
+    # findall: the values only, no match objects (a third of the cost)
+    for raw in _CLEN_RX.findall(buf, start, hend + 2):
+        value = raw.strip()
         if not value.isdigit() or len(value) > _MAX_CLEN_DIGITS:
             raise FramingError(f"invalid Content-Length {value[:40]!r}")
         v = int(value)

@@ -1110,6 +1110,15 @@ class SocketPool:
         self._flush(conn)  # also decides whether EV_WRITE stays watched
 
     def _queue(self, conn: Conn, data: bytes, callback: Callback) -> None:
+        wbuf = conn.wbuf
+        if conn is self._corked and len(wbuf) + len(data) < _CORK_MAX <= self._cfg.max_wbuf:
+            # A response to a request of the batch being read (the common case
+            # under load): appended, written with the others after the batch.
+            wbuf += data
+            conn.queued += len(data)
+            if callback is not None:
+                conn.wcallbacks.append((conn.queued, callback))
+            return
         limit = self._cfg.max_wbuf
         if conn is self._corked and len(conn.wbuf) + len(data) > limit and conn.wbuf:
             # Coalescing must not make MAX_WBUF bite: write the batch so far first.
