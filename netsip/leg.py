@@ -252,7 +252,9 @@ class Leg:
                     # a connected UDP socket only exchanges data with that peer
                     sock.connect(dst.sockaddr())
             else:
-                sock.listen(100)
+                # a deep backlog: bursts of connects (a connection per call) must
+                # not overflow it (Perl listens with 100)
+                sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
         except BaseException:
             sock.close()
