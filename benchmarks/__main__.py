@@ -12,8 +12,10 @@ a smoke run of well under a minute):
     (``pool``), netsip's Leg + Dispatcher UAS with response cache and
     retransmissions (``dispatcher``) and Perl's Net::SIP Leg + Dispatcher
     (``perl``), over UDP (sipp ``u1``), TCP on one connection (``t1``) and TCP
-    with a connection per call (``tn``); the median of ``--repeats`` runs.
-    The responder's CPU time per transaction comes from /proc.
+    with a connection per call (``tn``); the median of ``--repeats`` runs,
+    interleaved: every round loads each responder once (a noisy phase of the
+    machine hits them alike). The responder's CPU time per transaction comes
+    from /proc.
 ``rate``: the same at a fixed offered load (``--rate`` calls/s, default 2,000,
     which every responder sustains): CPU per transaction at equal load.
 ``conns``: CPU per transaction on 10 busy TCP connections while 10 and
@@ -65,8 +67,9 @@ from benchmarks import bench_packet
 from benchmarks.load import (
     REPO,
     Result,
+    Spec,
     cpu_seconds,
-    measure,
+    measure_interleaved,
     perl_netsip_available,
     run_sipp,
     sipp_local_ip,
@@ -120,18 +123,20 @@ def sipp_section(
     workdir: str,
     log: list[str],
 ) -> list[Result]:
-    """(b-d) every responder under sipp over every transport."""
+    """(b-d) every responder under sipp over every transport, their runs interleaved."""
     results: list[Result] = []
+    specs = [Spec(kind, path, label) for label, kind, path in responders]
     for transport in transports:
-        for label, kind, path in responders:
-            t0 = time.monotonic()
-            r = measure(kind, transport, calls[transport], 100, workdir=workdir, rate=rate,
-                        repeats=repeats, warmup=min(1000, calls[transport]), netsip_path=path,
-                        label=label)  # fmt: skip
+        t0 = time.monotonic()
+        rs = measure_interleaved(specs, transport, calls[transport], 100, workdir=workdir,
+                                 rate=rate, repeats=repeats,
+                                 warmup=min(1000, calls[transport]))  # fmt: skip
+        for r in rs:
             results.append(r)
-            _say(log, f"  {transport} {label:17} {r.tx_per_s:9.0f} tx/s "
+            _say(log, f"  {transport} {r.responder:17} {r.tx_per_s:9.0f} tx/s "
                       f"{_num(r.cpu_us_per_tx, '.1f'):>7} us/tx  runs {r.runs} "
-                      f"failed {r.failed} ({time.monotonic() - t0:.0f} s)")  # fmt: skip
+                      f"failed {r.failed}")  # fmt: skip
+        _say(log, f"  ({transport}: {time.monotonic() - t0:.0f} s)")
     return results
 
 
@@ -490,8 +495,9 @@ def report(res: dict[str, Any]) -> list[str]:
     if "sipp" in res:
         r0 = res["sipp"][0]
         out += [f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
-                f"flight, {res['calls']} per run, median of {r0['repeats']} runs; CPU is the "
-                "responder's (user + system).", ""]
+                f"flight, {res['calls']} per run, median of {r0['repeats']} runs, the responders' "
+                "runs interleaved round by round; CPU is the responder's (user + system).",
+                ""]
         out += [*sipp_table([Result(**r) for r in res["sipp"]]), ""]
     if "rate" in res:
         out += [f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "

@@ -403,6 +403,82 @@ def measure(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Spec:
+    """One responder of an interleaved measurement (see :func:`measure_interleaved`)."""
+
+    responder: str
+    netsip_path: str | None = None
+    label: str | None = None
+
+
+def measure_interleaved(
+    specs: list[Spec],
+    transport: str,
+    calls: int,
+    concurrency: int = 100,
+    *,
+    timeout: float = 120.0,
+    workdir: str,
+    rate: float | None = None,
+    warmup: int | None = None,
+    repeats: int = 1,
+) -> list[Result]:
+    """:func:`measure` for several responders at once, their runs interleaved.
+
+    All responders are started (an idle one costs nothing) and warmed up; then
+    each round loads every responder once, in an order rotated from round to
+    round. A slow phase of a shared machine (another process, a noisy
+    neighbour) then falls on all of them alike instead of on whichever
+    responder happened to run in it, so the ratios of the medians compare
+    like with like. sipp only.
+    """
+    proto = TRANSPORTS[transport]
+    with contextlib.ExitStack() as stack:
+        started = [
+            stack.enter_context(start_responder(sp.responder, proto, netsip_path=sp.netsip_path))
+            for sp in specs
+        ]
+
+        def run(dst: tuple[str, int], n: int) -> dict[str, Any]:
+            return run_sipp(transport, dst, n, concurrency, timeout=timeout, workdir=workdir,
+                            rate=rate, ip=sipp_local_ip())  # fmt: skip
+
+        overheads = []
+        for _proc, dst in started:
+            run(dst, warmup if warmup is not None else max(200, calls // 20))
+            # sipp's own elapsed time has a resolution of 1 s: use the wall clock
+            # less sipp's start/exit overhead, measured with a single call
+            overheads.append(min(run(dst, 1)["secs"] for _ in range(3)))
+        runs: list[list[tuple[float, float | None, float]]] = [[] for _ in specs]
+        counts = [[0, 0] for _ in specs]  # ok, failed over all runs
+        for r in range(repeats):
+            for k in range(len(specs)):
+                i = (k + r) % len(specs)
+                proc, dst = started[i]
+                cpu0 = cpu_seconds(proc.pid)
+                res = run(dst, calls)
+                cpu = cpu_seconds(proc.pid) - cpu0
+                secs = max(res["secs"] - overheads[i], 1e-3)
+                ok = res["ok"]
+                counts[i][0] += ok
+                counts[i][1] += res["failed"]
+                runs[i].append((ok / secs, 1e6 * cpu / ok if ok else None, cpu / secs))
+    out = []
+    for sp, rs, (ok_total, failed_total) in zip(specs, runs, counts, strict=True):
+        cpus = [c for _, c, _ in rs if c is not None]
+        out.append(Result(
+            responder=sp.label or sp.responder, transport=transport, generator="sipp",
+            calls=calls, concurrency=concurrency, rate=rate, repeats=repeats, ok=ok_total,
+            failed=failed_total,
+            tx_per_s=round(statistics.median(t for t, _, _ in rs), 1),
+            cpu_us_per_tx=round(statistics.median(cpus), 2) if cpus else None,
+            cpu_util=round(statistics.median(u for _, _, u in rs), 3),
+            runs=[(round(t, 1), round(c, 2) if c is not None else None) for t, c, _ in rs],
+        ))  # fmt: skip
+    return out
+
+
 def _generator_main(argv: list[str]) -> int:
     proto, host, port, calls, conc, timeout = argv
     res = python_generator(proto, (host, int(port)), int(calls), int(conc), float(timeout))
