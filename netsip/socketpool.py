@@ -154,6 +154,12 @@ def _drain_errqueue(sock: socket.socket) -> None:
             return
 
 
+def _accept_detached(lsock: socket.socket) -> tuple[int, Any]:
+    """``socket.accept()`` as ``(fd, address)``: the fd detached from its object."""
+    sock, sa = lsock.accept()
+    return sock.detach(), sa
+
+
 def _ignore(*_args: object) -> None:
     """The receive callback of a pool attached without one."""
 
@@ -769,13 +775,19 @@ class SocketPool:
         conns = self._conns
         by_peer = self._by_peer
         accepted = False
+        # CPython's C method behind socket.accept() (not in typeshed, not
+        # promised to other interpreters: looked up, not assumed)
+        raw_accept: Callable[[], tuple[int, Any]] | None = getattr(lsock, "_accept", None)
         try:
             for _ in range(_ACCEPTS_PER_READY):
                 try:
                     # socket.accept() without what a pool does not need per
                     # connection: the enum conversions, the default-timeout check
                     # (_accept is the C method socket.accept() itself calls)
-                    fd, sa = lsock._accept()  # type: ignore[attr-defined]  # not in typeshed
+                    if raw_accept is not None:
+                        fd, sa = raw_accept()
+                    else:  # an interpreter without it: the public way
+                        fd, sa = _accept_detached(lsock)
                 except BlockingIOError:
                     self._accept_backoff = 0.0  # backlog drained: resources suffice
                     return

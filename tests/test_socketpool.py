@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import logging
@@ -736,6 +737,37 @@ def test_accepted_connections_get_tcp_nodelay(
             for n, c in enumerate(clients):
                 c.sendall(request(n + 1))
             drive(loop, length_is(got, 3))
+        finally:
+            for c in clients:
+                c.close()
+
+
+class _PublicAcceptOnly(socket.socket):
+    """A listener without CPython's private ``_accept`` (as on other interpreters),
+    whose public ``accept`` still works."""
+
+    _accept = None  # hides the C method on purpose
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd, addr = _socket.socket._accept(self)  # type: ignore[attr-defined]  # the C method, not in typeshed
+        return socket.socket(self.family, self.type, self.proto, fileno=fd), addr
+
+
+def test_accept_without_the_private_c_method(loop: EventLoop) -> None:
+    """Where socket objects have no ``_accept``, the pool accepts the public way."""
+    listener = _PublicAcceptOnly(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    got, cb = collector()
+    with SocketPool("tcp", listener) as pool:
+        pool.attach_eventloop(loop, cb)
+        clients = [connect("127.0.0.1", addr_of(pool.master())) for _ in range(2)]
+        try:
+            drive(loop, lambda: pool.connection_count() == 2)
+            for n, c in enumerate(clients):
+                c.sendall(request(n + 1))
+            drive(loop, length_is(got, 2))
+            assert sorted(p.cseq_number() or 0 for p, _ in got) == [1, 2]
         finally:
             for c in clients:
                 c.close()
