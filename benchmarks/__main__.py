@@ -73,6 +73,7 @@ from benchmarks.load import (
     perl_netsip_available,
     run_sipp,
     sipp_local_ip,
+    stop_process,
 )
 
 #: the issue's targets, checked in the same run
@@ -226,12 +227,7 @@ def _listen(n: int, work_us: int, workdir: str
             raise RuntimeError(f"netsip listen -w {n} did not answer")
         yield proc, port, out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _worker_pids(pid: int, n: int, timeout: float = 10.0) -> list[int]:

@@ -38,6 +38,30 @@ _REQUEST = (
 )
 
 
+def _poll_until(loop: Callable[[float], object], receive: Callable[[], int], want: int) -> None:
+    """Poll the loop once, then ``receive`` (responses got), until ``want`` came back.
+
+    Bounded: after 100,000 polls a lost response ends the burst.
+    """
+    got = 0
+    for _ in range(100_000):
+        loop(0)
+        with contextlib.suppress(BlockingIOError):
+            got += receive()
+        if got >= want:
+            return
+
+
+def _drain_datagrams(sock: socket.socket) -> int:
+    """Read every datagram waiting on ``sock``; how many."""
+    n = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sock.recv(65536)
+            n += 1
+    return n
+
+
 def _best(run: Callable[[Iterable[int]], None], rounds: int, per_round: int) -> float:
     """CPU microseconds per transaction, best of 5 runs of ``rounds`` bursts."""
     run(range(10**6, 10**6 + 20))  # warm-up
@@ -76,13 +100,7 @@ def pool_tcp(rounds: int = 300, burst: int = 100) -> float:
             client.sendall(b"".join(
                 _REQUEST.format(proto="TCP", port=port, r=r, i=i).encode() for i in range(burst)
             ))  # fmt: skip
-            got = 0
-            for _ in range(100_000):  # bounded: a lost response ends the run
-                loop.loop(0)
-                with contextlib.suppress(BlockingIOError):
-                    got += client.recv(1 << 20).count(b"SIP/2.0 200")
-                if got >= burst:
-                    break
+            _poll_until(loop.loop, lambda: client.recv(1 << 20).count(b"SIP/2.0 200"), burst)
 
     try:
         return _best(run, rounds, burst)
@@ -118,17 +136,7 @@ def dispatcher_udp(rounds: int = 400, burst: int = 50) -> float:
         for r in rs:
             for i in range(burst):
                 client.sendto(_REQUEST.format(proto="UDP", port=port, r=r, i=i).encode(), addr)
-            got = 0
-            for _ in range(100_000):
-                loop.loop(0)
-                while True:
-                    try:
-                        client.recv(65536)
-                    except BlockingIOError:
-                        break
-                    got += 1
-                if got >= burst:
-                    break
+            _poll_until(loop.loop, lambda: _drain_datagrams(client), burst)
 
     try:
         return _best(run, rounds, burst)

@@ -113,6 +113,16 @@ def perl_netsip_available() -> bool:
     return res.returncode == 0
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 20 s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def start_responder(
     kind: str, proto: str, profile: str | None = None, netsip_path: str | None = None
@@ -130,12 +140,7 @@ def start_responder(
             raise RuntimeError(f"{kind} responder did not start: {line!r}")
         yield proc, (line[1], int(line[2]))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 
