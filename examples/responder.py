@@ -37,7 +37,7 @@ from types import FrameType
 from netsip.eventloop import EV_READ, EventLoop
 from netsip.packet import Request, Response
 from netsip.socketpool import SocketPool
-from netsip.util import Addr, Proto, Var
+from netsip.util import Addr, Proto, Var, bind_socket
 
 log = logging.getLogger("responder")
 
@@ -70,24 +70,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _make_socket(proto: Proto, family: int, addr: str, port: int) -> socket.socket:
-    """A bound UDP socket or a listening TCP socket (the pool's master)."""
-    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    sock = socket.socket(family, kind)
-    try:
-        if proto != "udp":
-            # restart without waiting for TIME_WAIT connections of a previous run
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(Addr.parse((addr, port)).sockaddr())
-        if proto != "udp":
-            sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def open_sockets(
     addr: str, port: int, protos: Sequence[Proto]
 ) -> list[tuple[Proto, socket.socket]]:
@@ -106,7 +88,7 @@ def open_sockets(
         try:
             want = port
             for proto in protos:
-                sock = _make_socket(proto, family, addr, want)
+                sock = bind_socket(proto, addr, want, family)
                 socks.append((proto, sock))
                 want = sock.getsockname()[1]
             return socks

@@ -71,6 +71,7 @@ from netsip.util import (
     NetSIPError,
     Proto,
     Var,
+    bind_socket,
     hostname2ip,
     ip_string2parts,
     laddr4dst,
@@ -634,26 +635,11 @@ def parse_listen_spec(spec: str) -> list[ListenSpec]:
 
 
 def _bind(spec: ListenSpec, port: int, reuseport: bool) -> socket.socket:
-    """A bound UDP or listening TCP socket for ``spec`` on ``port``."""
-    stream = spec.proto != "udp"
-    sock = socket.socket(spec.family, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
-    try:
-        if spec.family == socket.AF_INET6:
-            # [::] then serves IPv6 only: an IPv4 spec on the same port is separate
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if stream:
-            # restart without waiting for TIME_WAIT connections of a previous run
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(Addr(spec.addr, port, spec.family).sockaddr())
-        if stream:
-            sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A bound UDP or listening TCP socket for ``spec`` on ``port``; an IPv6
+    one serves IPv6 only, so an IPv4 spec on the same port is separate."""
+    return bind_socket(
+        spec.proto, spec.addr, port, spec.family, reuseport=reuseport, v6only=True
+    )
 
 
 Bound = list[tuple[ListenSpec, socket.socket]]

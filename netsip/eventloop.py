@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
-from netsip.util import Var, invoke_callback
+from netsip.util import Var, as_callable, invoke_callback
 
 __all__ = [
     "EV_READ",
@@ -190,6 +190,7 @@ class _Handler:
     fd: FdLike  # exactly as passed to add_fd; handed back to the callback
     callback: Callback
     name: str
+    call: Callable[[FdLike], object]  # as_callable(callback): what dispatch calls
     active: bool = True
 
 
@@ -306,7 +307,7 @@ class EventLoop:
         entry = self._fds.get(fileno)
         if entry is None:
             handlers: list[_Handler | None] = [None, None]
-            handlers[rw] = _Handler(fd, callback, name)
+            handlers[rw] = _Handler(fd, callback, name, as_callable(callback))
             entry = _FdEntry(fileno, fd, handlers)
             try:
                 sel.register(fileno, _MASKS[rw], entry)
@@ -323,8 +324,9 @@ class EventLoop:
             # Replace in place: an event already collected for it in this cycle
             # goes to the new callback, as Perl (which looks up at dispatch) does.
             handler.fd, handler.callback, handler.name = fd, callback, name
+            handler.call = as_callable(callback)
         else:
-            entry.handlers[rw] = _Handler(fd, callback, name)
+            entry.handlers[rw] = _Handler(fd, callback, name, as_callable(callback))
         stale = fd is not entry.fileobj and not (
             isinstance(fd, int) and isinstance(entry.fileobj, int)
         )
@@ -728,12 +730,7 @@ class EventLoop:
                 batch.append(write)
         for handler in batch:
             if handler.active:
-                cb = handler.callback
-                # what invoke_callback does for a plain callable, one frame less
-                if callable(cb):
-                    cb(handler.fd)
-                else:
-                    invoke_callback(cb, handler.fd)
+                handler.call(handler.fd)
 
     @staticmethod
     def _stopped(stopvars: tuple[StopVar, ...]) -> bool:

@@ -43,6 +43,7 @@ from netsip.socketpool import SocketPool
 from netsip.util import (
     Addr,
     Proto,
+    bind_socket,
     invoke_callback,
     ip_is_v46,
     ip_parts2string,
@@ -192,7 +193,10 @@ class Leg:
                 src_port = _DEFAULT_PORT[proto]
             if dst_addr is not None and proto == "udp" and dst_addr.port == 0:
                 dst_addr = Addr(dst_addr.addr, _DEFAULT_PORT[proto], dst_addr.family)
-            created = self._make_socket(proto, src_family, src_addr, src_port, dst_addr)
+            created = bind_socket(
+                proto, src_addr, src_port, src_family, reuse_dgram=True,  # as Perl's Leg
+                peer=dst_addr if proto == "udp" else None,
+            )
             sock = created
             if proto == "udp" and dst_addr is not None:
                 peer = dst_addr
@@ -237,29 +241,6 @@ class Leg:
         self._via_prefix = f"SIP/2.0/{proto.upper()} {leg_addr};branch="
 
     # ------------------------------------------------------------ creation
-
-    @staticmethod
-    def _make_socket(
-        proto: Proto, family: int, addr: str, port: int, dst: Addr | None
-    ) -> socket.socket:
-        stype = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        sock = socket.socket(family, stype)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(Addr(addr, port, family).sockaddr())
-            if proto == "udp":
-                if dst is not None:
-                    # a connected UDP socket only exchanges data with that peer
-                    sock.connect(dst.sockaddr())
-            else:
-                # a deep backlog: bursts of connects (a connection per call) must
-                # not overflow it (Perl listens with 100)
-                sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     def _hostport(self, *, use_host: bool, default_port: int | None, brackets: bool) -> str:
         src = self.src

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
 from netsip.framing import FramingError, NeedMore, frame
 from netsip.packet import Packet, PacketError
-from netsip.util import Addr, NetSIPError, Proto, Var, invoke_callback
+from netsip.util import Addr, NetSIPError, Proto, as_callable, invoke_callback
 
 if TYPE_CHECKING:  # netsip.tlsconn imports this module; loaded at run time by TLS pools only
     from netsip.tlsconn import TLSConn, TLSContexts
@@ -158,24 +158,6 @@ def _accept_detached(lsock: socket.socket) -> tuple[int, Any]:
     """``socket.accept()`` as ``(fd, address)``: the fd detached from its object."""
     sock, sa = lsock.accept()
     return sock.detach(), sa
-
-
-def _ignore(*_args: object) -> None:
-    """The receive callback of a pool attached without one."""
-
-
-def _direct(callback: Callback) -> Callable[..., object]:
-    """``callback`` as a plain callable doing what ``invoke_callback(callback, ...)`` does.
-
-    A plain callable is called directly on the hot path (one frame less per
-    packet); the other shapes (tuple, Var, object with ``run`` ...) go through
-    :func:`invoke_callback`.
-    """
-    if callback is None:
-        return _ignore
-    if callable(callback) and not isinstance(callback, Var):
-        return callback
-    return partial(invoke_callback, callback)
 
 
 @dataclass(slots=True)
@@ -415,7 +397,7 @@ class SocketPool:
         self._loop: EventLoopLike | None = None
         self._cb: Callback = None
         # the receive callback as a plain callable (no invoke_callback per packet)
-        self._deliver: Callable[[Packet, Addr | None], object] = _ignore
+        self._deliver: Callable[[Packet, Addr | None], object] = as_callable(None)
         self._expire_timer: TimerLike | None = None
         self._accept_timer: TimerLike | None = None  # listener paused (EMFILE)
         self._accept_backoff = 0.0  # current pause, 0 while accept works
@@ -501,7 +483,7 @@ class SocketPool:
                 self._accept_timer = None
         self._loop = loop
         self._cb = callback
-        self._deliver = _direct(callback)
+        self._deliver = as_callable(callback)
         if loop is None:
             return
         now = loop.looptime
@@ -662,13 +644,14 @@ class SocketPool:
         conn.server_side = accepted
         return conn
 
-    def _add_conn(self, conn: Conn) -> None:
+    def _add_conn(self, conn: Conn, *, arm_expire: bool = True) -> None:
         self._conns[conn.fd] = conn
         assert conn.peer is not None
         self._by_peer.setdefault((conn.peer.addr, conn.peer.port), []).append(conn)
         if self._loop is not None:
             conn.didit = self._loop.looptime
-        self._arm_expire_timer()
+        if arm_expire:
+            self._arm_expire_timer()
 
     def _drop(
         self, conn: Conn, err: int, why: str, *args: object, level: int = logging.INFO
@@ -771,9 +754,6 @@ class SocketPool:
         sproto = lsock.proto
         proto = self.proto
         plain = self._tls is None
-        loop = self._loop
-        conns = self._conns
-        by_peer = self._by_peer
         accepted = False
         # CPython's C method behind socket.accept() (not in typeshed, not
         # promised to other interpreters: looked up, not assumed)
@@ -822,23 +802,9 @@ class SocketPool:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer = Addr(sa[0], sa[1], family, None, proto)
                 accepted = True
-                if plain and loop is not None:
-                    # _new_conn + _add_conn + _established for plain TCP, inline:
-                    # nothing to connect, no handshake, nothing queued yet
-                    conn = Conn(sock, fd, peer)
-                    conns[fd] = conn
-                    key = (peer.addr, peer.port)
-                    same = by_peer.get(key)
-                    if same is None:
-                        by_peer[key] = [conn]
-                    else:
-                        same.append(conn)
-                    conn.didit = loop.looptime
-                    loop.add_fd(fd, EV_READ, partial(self._read_stream, conn), "socketpool")
-                else:
-                    conn = self._new_conn(sock, peer, accepted=True)
-                    self._add_conn(conn)
-                    self._established(conn)  # TLS: the handshake starts here
+                conn = self._new_conn(sock, peer, accepted=True)
+                self._add_conn(conn, arm_expire=False)  # armed once for the batch, below
+                self._established(conn)  # TLS: the handshake starts here
         finally:
             if accepted:
                 self._arm_expire_timer()

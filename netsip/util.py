@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypedDict, TypeVar, cast, overload
 
@@ -41,6 +41,8 @@ __all__ = [
     "NetSIPError",
     "Proto",
     "Var",
+    "as_callable",
+    "bind_socket",
     "hostname2ip",
     "invoke_callback",
     "ip_canonical",
@@ -153,6 +155,25 @@ def invoke_callback(cb: Any, *args: Any) -> Any:
     if cb is None:
         return None
     raise TypeError(f"unknown callback type {type(cb).__name__}: {cb!r}")
+
+
+def _nothing(*_args: Any) -> None:
+    """The plain callable of a None callback."""
+
+
+def as_callable(cb: Any) -> Callable[..., Any]:
+    """``cb`` as a plain callable doing what ``invoke_callback(cb, *args)`` does.
+
+    For a callback called again and again (a socket's read handler, a pool's
+    receive callback): a plain function comes back as it is and is then
+    called without :func:`invoke_callback`'s checks; the other shapes are
+    wrapped (None becomes a function that does nothing).
+    """
+    if cb is None:
+        return _nothing
+    if callable(cb) and not isinstance(cb, Var):
+        return cast("Callable[..., Any]", cb)
+    return functools.partial(invoke_callback, cb)
 
 
 # --------------------------------------------------------------------------
@@ -629,6 +650,61 @@ class Addr:
         if self.family == AF_INET6:
             return f"[{self.addr}]:{self.port}"
         return f"{self.addr}:{self.port}"
+
+
+def bind_socket(
+    proto: Proto,
+    addr: str,
+    port: int,
+    family: int | None = None,
+    *,
+    reuse_dgram: bool = False,
+    reuseport: bool = False,
+    v6only: bool = False,
+    peer: Addr | None = None,
+) -> socket.socket:
+    """A non-blocking socket bound to ``addr``:``port`` (a SocketPool's master).
+
+    UDP is bound (and connected to ``peer`` if given: it then only exchanges
+    data with that peer); TCP and TLS listen, with a backlog of
+    ``SOMAXCONN`` so that bursts of connects (a connection per call) do not
+    overflow it (Net::SIP listens with 100).
+
+    Args:
+        proto: the transport.
+        addr: the local IP address; ``family`` defaults to its family.
+        port: the local port, 0 for one the system picks.
+        reuse_dgram: ``SO_REUSEADDR`` on UDP too (stream sockets always get
+            it, so a restart need not wait for TIME_WAIT connections; Net::SIP's
+            Leg sets it on every socket).
+        reuseport: ``SO_REUSEPORT``, for several processes on one port.
+        v6only: ``IPV6_V6ONLY`` on an IPv6 socket (``[::]`` then serves IPv6
+            only, and an IPv4 socket may bind the same port).
+        peer: UDP only: the peer to connect to.
+
+    Raises:
+        OSError: the socket cannot be made, bound or connected (it is closed).
+    """
+    local = Addr(addr, port, family) if family is not None else Addr.parse((addr, port))
+    stream = proto != "udp"
+    sock = socket.socket(local.family, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+    try:
+        if v6only and local.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if stream or reuse_dgram:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(local.sockaddr())
+        if stream:
+            sock.listen(socket.SOMAXCONN)
+        elif peer is not None:
+            sock.connect(peer.sockaddr())
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _parse_parts(ip: object, port: object, family: object) -> Addr:

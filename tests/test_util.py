@@ -18,6 +18,8 @@ from netsip.util import (
     Addr,
     NetSIPError,
     Var,
+    as_callable,
+    bind_socket,
     hostname2ip,
     invoke_callback,
     ip_canonical,
@@ -40,22 +42,13 @@ from netsip.util import (
     sip_uri2sockinfo,
     sip_uri_eq,
 )
-from tests.support import require_perl_netsip
+from tests.support import have_ipv6, require_perl_netsip
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
 
 
-def _have_ipv6() -> bool:
-    try:
-        with socket.socket(V6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 
 
 # --------------------------------------------------------------------------
@@ -141,6 +134,54 @@ def test_invoke_callback_none_and_bad() -> None:
     for bad in (42, "string", 1.5, {"a": 1}):
         with pytest.raises(TypeError, match="unknown callback"):
             invoke_callback(bad)
+
+
+class _CallableVar(Var[object]):
+    """A Var that is also callable: invoke_callback treats it as a Var."""
+
+    def __call__(self, *args: object) -> None:
+        raise AssertionError("called instead of set")
+
+
+def test_as_callable_does_what_invoke_callback_does() -> None:
+    def plain(*args: object) -> tuple[object, ...]:
+        return args
+
+    assert as_callable(plain) is plain  # called directly: nothing in between
+    assert as_callable(None)(1, 2) is None
+    assert as_callable((plain, "a"))(1) == ("a", 1)
+    for var in (Var[object](), _CallableVar()):
+        assert as_callable(var)(7) == 7 and var.value == 7
+    assert as_callable(re.compile("b"))("abc") is True
+    with pytest.raises(TypeError, match="unknown callback"):
+        as_callable(42)()  # as invoke_callback: refused when called
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_bind_socket(proto: str) -> None:
+    p: Any = proto
+    with bind_socket(p, "127.0.0.1", 0) as sock:
+        assert sock.family == socket.AF_INET and sock.getsockname()[1] > 0
+        assert sock.getblocking() is False
+        stream = sock.type == socket.SOCK_STREAM
+        assert stream == (proto == "tcp")
+        assert bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)) == stream
+        if stream:  # listening: a client connects without an accept
+            with socket.create_connection(sock.getsockname(), timeout=5):
+                pass
+    with bind_socket(p, "127.0.0.1", 0, reuse_dgram=True) as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+
+
+def test_bind_socket_connected_udp_and_errors() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.1", 0))
+        peer = Addr.parse(other.getsockname())
+        with bind_socket("udp", "127.0.0.1", 0, peer=peer) as sock:
+            assert sock.getpeername() == other.getsockname()
+        taken = other.getsockname()[1]
+        with pytest.raises(OSError):  # the port is in use: nothing is left open
+            bind_socket("udp", "127.0.0.1", taken)
 
 
 # --------------------------------------------------------------------------
@@ -863,7 +904,7 @@ _INTEROP_CASES: list[list[Any]] = [
     ["hostname2ip", "1.2.3.4"],
     ["hostname2ip", "localhost", int(V4)],
 ]
-if _have_ipv6():
+if have_ipv6():
     _INTEROP_CASES += [["laddr4dst", "::1"], ["laddr4dst", "[::1]:5060"]]
 
 
