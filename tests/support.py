@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import select
@@ -82,6 +83,19 @@ def have_ipv6(kind: int = socket.SOCK_DGRAM) -> bool:
     return True
 
 
+#: The loopback addresses to parametrise over; ::1 only where IPv6 UDP and TCP bind.
+LOOPBACKS = [
+    pytest.param("127.0.0.1", id="ipv4"),
+    pytest.param(
+        "::1",
+        id="ipv6",
+        marks=pytest.mark.skipif(
+            not (have_ipv6() and have_ipv6(socket.SOCK_STREAM)), reason="no IPv6 loopback"
+        ),
+    ),
+]
+
+
 def family(ip: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
@@ -94,6 +108,58 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+
+# ------------------------------------------------------------ plain sockets
+
+
+def tcp_listener(ip: str = "127.0.0.1", backlog: int = 128, rcvbuf: int = 0) -> socket.socket:
+    """A listening TCP socket on ``ip`` (any port); ``rcvbuf`` set before listen()."""
+    s = socket.socket(family(ip), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        # before listen(): accepted sockets inherit it and the window stays small
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((ip, 0))
+    s.listen(backlog)
+    return s
+
+
+def udp_socket(ip: str = "127.0.0.1") -> socket.socket:
+    """A UDP socket bound to ``ip`` (any port)."""
+    s = socket.socket(family(ip), socket.SOCK_DGRAM)
+    s.bind((ip, 0))
+    return s
+
+
+def addr_of(s: socket.socket) -> Addr:
+    """The local address of ``s``."""
+    return Addr.parse(s.getsockname()[:2])
+
+
+def connect(dst: Addr) -> socket.socket:
+    """A blocking client connected to ``dst`` (completes via the backlog, no accept needed)."""
+    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
+    c.settimeout(None)
+    return c
+
+
+# ------------------------------------------------------------ source checks
+
+
+def imported_modules(path: str | Path) -> set[str]:
+    """The top-level names of all modules the Python file at ``path`` imports."""
+    tree = ast.parse(Path(path).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    return imported
 
 
 # ------------------------------------------------------------ SIP messages, TLS files

@@ -16,40 +16,24 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.util import Addr, Proto, Var
 from tests.support import (
+    LOOPBACKS,
+    FakeClock,
     PipeReader,
     TlsFiles,
-    have_ipv6,
     make_tls_files,
     open_fds,
     require_perl_netsip,
     start_perl_peer,
 )
 
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1", id="ipv6", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
-    ),
-]
-
-
-class FakeClock:
-    """A clock the tests move by hand (EventLoop(clock=...))."""
-
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
 
 def _advance(loop: EventLoop, clock: FakeClock, seconds: float, step: float = 0.0625) -> None:
     """Move the fake clock forward in small exact steps, polling the loop at each."""
-    end = clock.t + seconds
+    end = clock.now + seconds
     for _ in range(3):  # what is already in flight, at the current time
         loop.loop(0)
-    while clock.t < end:
-        clock.t = min(clock.t + step, end)
+    while clock.now < end:
+        clock.now = min(clock.now + step, end)
         for _ in range(3):  # deliver, answer, read the answer: loopback is immediate
             loop.loop(0)
 
@@ -104,7 +88,7 @@ class Peer:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture
@@ -143,7 +127,7 @@ def _drain(s: socket.socket) -> list[bytes]:
 # ------------------------------------------------------- basic exchange
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_request_and_response_between_dispatchers(
     loop: EventLoop, proto: Proto, host: str
@@ -194,7 +178,7 @@ def _tls_leg(host: str, files: TlsFiles) -> Leg:
         pytest.skip("SocketPool has no TLS transport yet")
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 def test_tls_request_and_response(loop: EventLoop, tls_files: TlsFiles, host: str) -> None:
     a = Peer(Dispatcher([_tls_leg(host, tls_files)], loop), answer=None)
     b = Peer(Dispatcher([_tls_leg(host, tls_files)], loop))
@@ -830,7 +814,7 @@ def _tls_args(proto: Proto, files: TlsFiles) -> list[str]:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", ["udp", "tcp", "tls"])
 def test_perl_dispatcher_sends_options_to_netsip(
     loop: EventLoop, tls_files: TlsFiles, proto: Proto, host: str
@@ -858,7 +842,7 @@ def test_perl_dispatcher_sends_options_to_netsip(
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", ["udp", "tcp", "tls"])
 def test_netsip_dispatcher_sends_options_to_perl(
     loop: EventLoop, tls_files: TlsFiles, proto: Proto, host: str

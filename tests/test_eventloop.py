@@ -33,22 +33,9 @@ from netsip.eventloop import (
     TimerEvent,
 )
 from netsip.util import Var
-from tests.support import open_fds
+from tests.support import FakeClock, open_fds
 
 EPOCH = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = EPOCH) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
 
 
 SELECTORS: list[Callable[[], selectors.BaseSelector]] = [
@@ -60,7 +47,7 @@ SELECTORS: list[Callable[[], selectors.BaseSelector]] = [
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(EPOCH)
 
 
 @pytest.fixture
@@ -380,7 +367,7 @@ def test_ten_thousand_timers_fire_in_order(loop: EventLoop, clock: FakeClock) ->
 )
 def test_timers_match_model(ops: list[tuple[str, int]]) -> None:
     """Random add/cancel/advance sequences fire like a sorted-list model."""
-    clock = FakeClock()
+    clock = FakeClock(EPOCH)
     fired: list[int] = []
     timers: list[TimerEvent] = []
     model: dict[int, float] = {}  # timer index -> due time, live timers only

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +9,7 @@ from hypothesis import strategies as st
 import netsip.framing
 from netsip.framing import FramingError, Message, NeedMore, frame
 from netsip.util import NetSIPError
+from tests.support import imported_modules
 
 MAX_HEADER = 2**14
 MAX_BODY = 2**16
@@ -278,13 +276,7 @@ def test_body_content_length_trap_is_ignored() -> None:
 
 def test_framing_is_pure() -> None:
     """framing.py imports nothing that does I/O or reads the clock (STYLE.md)."""
-    tree = ast.parse(Path(netsip.framing.__file__).read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = imported_modules(netsip.framing.__file__)
     forbidden = {"socket", "selectors", "ssl", "time", "select", "asyncio", "os"}
     assert not imported & forbidden
     assert imported <= {"__future__", "re", "typing", "netsip"}

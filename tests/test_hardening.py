@@ -31,43 +31,25 @@ from netsip.framing import Message, frame
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import Conn, SocketPool, get_settings, import_settings
 from netsip.util import Addr
-from tests.support import Received, TlsFiles, collector, make_tls_files, open_fds, pkt, sip_request
-from tests.support import drive as drive  # noqa: PLC0414  # re-exported for test_hardening_flood
+from tests.support import (
+    FakeClock,
+    Received,
+    TlsFiles,
+    addr_of,
+    collector,
+    connect,
+    drive,
+    make_tls_files,
+    open_fds,
+    pkt,
+    sip_request,
+    tcp_listener,
+    udp_socket,
+)
 
 # --------------------------------------------------------------------- helpers
 
 pytestmark = pytest.mark.usefixtures("restore_settings")
-
-
-class FakeClock:
-    """A clock the tests move by hand (``EventLoop(clock=...)``)."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def tcp_listener(backlog: int = 128, rcvbuf: int = 0, ip: str = "127.0.0.1") -> socket.socket:
-    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:
-        # before listen(): accepted sockets inherit it, the window stays small
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((ip, 0))
-    s.listen(backlog)
-    return s
-
-
-def udp_socket(ip: str = "127.0.0.1") -> socket.socket:
-    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((ip, 0))
-    return s
-
-
-def addr_of(s: socket.socket) -> Addr:
-    return Addr.parse(s.getsockname()[:2])
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -76,13 +58,6 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-def connect(dst: Addr) -> socket.socket:
-    """A blocking client connected to ``dst`` (completes via the backlog, no accept needed)."""
-    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
-    c.settimeout(None)
-    return c
 
 
 def reset(s: socket.socket) -> None:
@@ -194,7 +169,7 @@ def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever() -> 
     client's latency (docs/robustness.md).
     """
     n = 200
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     before = open_fds()
     with (
         EventLoop(clock=clock) as loop,
@@ -235,7 +210,7 @@ def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever() -> 
 
 def test_idle_connections_expire_with_a_fake_clock() -> None:
     """Connections that never send anything are closed after MAX_EXPIRE (few connections)."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     with EventLoop(clock=clock) as loop, SocketPool("tcp", tcp_listener()) as pool:
         pool.attach_eventloop(loop, None)
         idle = [connect(addr_of(pool.master())) for _ in range(3)]
@@ -767,7 +742,7 @@ def test_tls_peer_reset_mid_handshake(tls_files: TlsFiles) -> None:
     """Half a ClientHello and a RST, garbage instead of TLS, and a client that
     never starts the handshake (closed by CONNECT_TIMEOUT): none of them
     disturbs a real TLS client of the same pool."""
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     with EventLoop(clock=clock) as loop, tls_pool(tls_files) as pool:
         got, cb = collector()
         pool.attach_eventloop(loop, cb)

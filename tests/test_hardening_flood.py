@@ -29,19 +29,16 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
-from tests.support import open_fds
-from tests.test_hardening import (
+from tests.support import (
     FakeClock,
     addr_of,
     connect,
     drive,
-    peer_closed,
-    poll,
-    request,
-    reset,
+    open_fds,
     tcp_listener,
     udp_socket,
 )
+from tests.test_hardening import peer_closed, poll, request, reset
 
 # ------------------------------------------------------------------- garbage
 
@@ -295,7 +292,7 @@ def test_soak_5000_tcp_connections_back_to_baseline() -> None:
     answer, then a third close, a third reset and a third stay idle until the
     pool expires them. At the end fds, memory and timers are back to baseline."""
     total, batch = 5000, 100
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     with (
         EventLoop(clock=clock) as loop,
         SocketPool("tcp", tcp_listener(backlog=batch + 16)) as pool,

@@ -27,7 +27,7 @@ from netsip.eventloop import EventLoop
 from netsip.packet import Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr, Proto
-from tests.support import PipeReader, have_ipv6, require_perl_netsip, start_perl_peer
+from tests.support import LOOPBACKS, PipeReader, require_perl_netsip, start_perl_peer
 
 pytestmark = pytest.mark.interop
 
@@ -37,14 +37,6 @@ LOOP_TIMEOUT = 30.0
 COUNT = 3
 
 
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"),
-    ),
-]
 PROTOS: list[Proto] = ["udp", "tcp", "tls"]
 
 
@@ -140,7 +132,7 @@ def _run_perl_client(loop: EventLoop, *args: str) -> tuple[int, PipeReader]:
     return rc, out
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", PROTOS)
 def test_perl_client_to_netsip_responder(proto: Proto, host: str, tls_files: TlsFiles) -> None:
     """Perl's Dispatcher sends OPTIONS; a netsip pool answers each with 200."""
@@ -218,7 +210,7 @@ def _options(proto: Proto, local: Addr, dst: Addr, seq: int, callid: str) -> Req
     )
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", PROTOS)
 def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFiles) -> None:
     """A netsip pool sends OPTIONS to Perl's Dispatcher and receives its 200s."""
@@ -292,7 +284,7 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFil
 # --------------------------------------------------------------------- TLS specifics
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACKS)
 def test_perl_client_certificate_to_netsip_verify_client(host: str, tls_files: TlsFiles) -> None:
     """Mutual TLS: netsip requires a client certificate, Perl presents one."""
     require_perl_netsip(tls=True)

@@ -16,21 +16,12 @@ from netsip.leg import DEFAULT_ALLOW, MAGIC_COOKIE, Leg
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr, Var, sip_hdrval2parts
-from tests.support import open_fds, require_perl_netsip
+from tests.support import have_ipv6, open_fds, require_perl_netsip
 
 HERE = Path(__file__).resolve().parent
 
 
-def _have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _have_ipv6(), reason="no IPv6 loopback")
+needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 
 
 def _req(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import json
 import subprocess
 from functools import partial
-from pathlib import Path
 
 import pytest
 from hypothesis import Phase, example, find, given, settings
@@ -24,7 +22,7 @@ from netsip.packet import (
     normalize_header_key,
 )
 from netsip.util import NetSIPError
-from tests.support import require_perl_netsip
+from tests.support import imported_modules, require_perl_netsip
 
 SDP = (
     b"v=0\r\n"
@@ -164,13 +162,7 @@ def same_content(a: Packet, b: Packet, ignore: tuple[str, ...] = ()) -> None:
 
 
 def test_module_is_pure() -> None:
-    tree = ast.parse(Path(netsip.packet.__file__).read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = imported_modules(netsip.packet.__file__)
     assert not imported & {"socket", "selectors", "ssl", "time", "asyncio"}
     assert imported <= {"__future__", "hashlib", "logging", "os", "re", "collections", "typing",
                         "netsip"}

@@ -14,7 +14,7 @@ from netsip.eventloop import EventLoop
 from netsip.resolver import Resolver, Result
 from netsip.util import Addr, NetSIPError
 from tests.dnsserver import DNSServer, Rec
-from tests.support import open_fds
+from tests.support import FakeClock, open_fds
 
 ZONE: list[Rec] = [
     ("example.com", "NAPTR", '10 50 "s" "SIP+D2T" "" _sip._tcp.example.com.'),
@@ -45,20 +45,12 @@ ZONE: list[Rec] = [
 ]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 Make = Callable[..., tuple[DNSServer, Resolver]]
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture

@@ -19,25 +19,22 @@ from netsip.eventloop import EventLoop
 from netsip.socketpool import SocketPool, get_settings, import_settings
 from netsip.util import Addr
 from tests.support import (
+    LOOPBACKS,
     FakeClock,
+    addr_of,
     collector,
+    connect,
     drive,
     family,
-    have_ipv6,
     is_eof,
     length_is,
     open_fds,
     pkt,
     spin,
+    tcp_listener,
+    udp_socket,
 )
 from tests.support import sip_request as request
-
-IPS = [
-    "127.0.0.1",
-    pytest.param(
-        "::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
-    ),
-]
 
 # --------------------------------------------------------------------- helpers
 
@@ -45,31 +42,10 @@ IPS = [
 pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
-@pytest.fixture(params=IPS)
+@pytest.fixture(params=LOOPBACKS)
 def ip(request: pytest.FixtureRequest) -> str:
     value: str = request.param
     return value
-
-
-def udp_socket(ip: str) -> socket.socket:
-    s = socket.socket(family(ip), socket.SOCK_DGRAM)
-    s.bind((ip, 0))
-    return s
-
-
-def tcp_listener(ip: str, backlog: int = 128, rcvbuf: int = 0) -> socket.socket:
-    s = socket.socket(family(ip), socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:
-        # before listen(): accepted sockets inherit it and the window stays small
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((ip, 0))
-    s.listen(backlog)
-    return s
-
-
-def addr_of(s: socket.socket) -> Addr:
-    return Addr.parse(s.getsockname()[:2])
 
 
 def response(n: int = 1, callid: str = "c1", method: str = "OPTIONS") -> bytes:
@@ -95,13 +71,6 @@ def read_available(s: socket.socket, into: bytearray, limit: int = 1 << 20) -> i
         return -1
     into += data
     return len(data)
-
-
-def connect(ip: str, dst: Addr) -> socket.socket:
-    """A blocking client connected to ``dst`` (MSG_DONTWAIT works on it)."""
-    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
-    c.settimeout(None)
-    return c
 
 
 # --------------------------------------------------------------------- settings
@@ -295,7 +264,7 @@ def test_tcp_several_messages_in_one_read(loop: EventLoop, ip: str) -> None:
     got, cb = collector()
     with SocketPool("tcp", tcp_listener(ip)) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect(ip, addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             c.sendall(
                 b"\r\n\r\n" + request(1) + request(2, b"hello") + b"\r\n" + request(3) + b"\r\n"
             )
@@ -315,7 +284,7 @@ def test_tcp_message_split_byte_by_byte(loop: EventLoop, ip: str) -> None:
     data = request(1, b"v=0\r\n")
     with SocketPool("tcp", tcp_listener(ip)) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect(ip, addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i in range(len(data) - 1):
                 c.sendall(data[i : i + 1])
@@ -333,7 +302,7 @@ def test_tcp_body_split_across_small_reads(loop: EventLoop, ip: str) -> None:
     data = request(1, body) + request(2)
     with SocketPool("tcp", tcp_listener(ip), settings={"TCP_READSIZE": 16}) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect(ip, addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             c.sendall(data)
             drive(loop, lambda: len(got) == 2)
     assert got[0][0].as_bytes() == pkt(request(1, body)).as_bytes()
@@ -357,7 +326,7 @@ def test_tcp_violation_closes_only_that_connection(loop: EventLoop, ip: str, bad
     with SocketPool("tcp", tcp_listener(ip), settings=settings) as pool:
         pool.attach_eventloop(loop, cb)
         dst = addr_of(pool.master())
-        with connect(ip, dst) as good, connect(ip, dst) as evil:
+        with connect(dst) as good, connect(dst) as evil:
             good.sendall(request(1, callid="good"))
             drive(loop, lambda: len(got) == 1 and pool.connection_count() == 2)
             evil.sendall(BAD_STREAMS[bad])
@@ -373,7 +342,7 @@ def test_tcp_peer_reset_mid_message(loop: EventLoop, ip: str) -> None:
     got, cb = collector()
     with SocketPool("tcp", tcp_listener(ip)) as pool:
         pool.attach_eventloop(loop, cb)
-        c = connect(ip, addr_of(pool.master()))
+        c = connect(addr_of(pool.master()))
         c.sendall(request(1, b"x" * 100)[:-50])
         drive(loop, lambda: pool.connection_count() == 1)
         spin(loop, 0.05)
@@ -389,7 +358,7 @@ def test_tcp_dst_restriction_refuses_connections(loop: EventLoop, ip: str) -> No
         only = addr_of(placeholder)  # an address no TCP client will have
     with SocketPool("tcp", tcp_listener(ip), dst=only) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect(ip, addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             c.sendall(request())
             drive(loop, lambda: is_eof(c))
         assert pool.connection_count() == 0
@@ -432,7 +401,7 @@ def test_tcp_responses_routed_by_tid(loop: EventLoop, ip: str) -> None:
     with SocketPool("tcp", tcp_listener(ip), settings={"MAX_TIDLIST": 2}) as pool:
         pool.attach_eventloop(loop, cb)
         dst = addr_of(pool.master())
-        with connect(ip, dst) as c1, connect(ip, dst) as c2, tcp_listener(ip) as other:
+        with connect(dst) as c1, connect(dst) as c2, tcp_listener(ip) as other:
             c1.sendall(request(1, callid="one"))
             c2.sendall(request(1, callid="two"))
             drive(loop, lambda: len(got) == 2)
@@ -568,7 +537,7 @@ def test_tcp_pending_callbacks_fail_once_on_reset(loop: EventLoop, ip: str) -> N
 def test_tcp_connected_master(loop: EventLoop, ip: str) -> None:
     got, cb = collector()
     with tcp_listener(ip) as server:
-        client = connect(ip, addr_of(server))
+        client = connect(addr_of(server))
         peer, _ = server.accept()
         with peer, SocketPool("tcp", client, connected=True) as pool:
             pool.attach_eventloop(loop, cb)
@@ -594,7 +563,7 @@ def test_idle_expiry_with_fake_clock(ip: str) -> None:
         pool.attach_eventloop(loop, cb)
         assert loop.timer_count() == 0  # no connections, no expiry timer
         dst = addr_of(pool.master())
-        c1 = connect(ip, dst)
+        c1 = connect(dst)
         c1.sendall(request(1))
         drive(loop, lambda: got)
         assert loop.timer_count() == 1
@@ -603,7 +572,7 @@ def test_idle_expiry_with_fake_clock(ip: str) -> None:
             clock.now += 8
             loop.loop(0)
         assert pool.connection_count() == 1  # 112 s idle
-        c2 = connect(ip, dst)
+        c2 = connect(dst)
         c2.sendall(request(2))
         drive(loop, lambda: len(got) == 2)
         # two connections: MIN + (MAX-MIN)/2 = 67.5 s; c1 is long past it, c2 not
@@ -630,7 +599,7 @@ def test_traffic_keeps_connection_alive(ip: str) -> None:
     got, cb = collector()
     with EventLoop(clock=clock) as loop, SocketPool("tcp", tcp_listener(ip)) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect(ip, addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             for i in range(30):  # 30 * 8 s = 240 s > MAX_EXPIRE, but never idle for long
                 c.sendall(request(i))
                 drive(loop, length_is(got, i + 1))
@@ -671,7 +640,7 @@ def test_close_closes_every_socket(loop: EventLoop, ip: str) -> None:
     server = tcp_listener(ip)
     pool = SocketPool("tcp", tcp_listener(ip))
     pool.attach_eventloop(loop, cb)
-    c = connect(ip, addr_of(pool.master()))
+    c = connect(addr_of(pool.master()))
     c.sendall(request())
     pool.sendto(pkt(request(2)), addr_of(server))  # an outgoing connection
     drive(loop, lambda: got and pool.connection_count() == 2)
@@ -728,7 +697,7 @@ def test_accepted_connections_get_tcp_nodelay(
     with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
         pool._nodelay_inherited = inherited  # None: find out; False: set it each time
         pool.attach_eventloop(loop, cb)
-        clients = [connect("127.0.0.1", addr_of(pool.master())) for _ in range(3)]
+        clients = [connect(addr_of(pool.master())) for _ in range(3)]
         try:
             drive(loop, lambda: pool.connection_count() == 3)
             for conn in pool._conns.values():
@@ -761,7 +730,7 @@ def test_accept_without_the_private_c_method(loop: EventLoop) -> None:
     got, cb = collector()
     with SocketPool("tcp", listener) as pool:
         pool.attach_eventloop(loop, cb)
-        clients = [connect("127.0.0.1", addr_of(pool.master())) for _ in range(2)]
+        clients = [connect(addr_of(pool.master())) for _ in range(2)]
         try:
             drive(loop, lambda: pool.connection_count() == 2)
             for n, c in enumerate(clients):
@@ -816,7 +785,7 @@ def test_one_message_per_read_leaves_no_framing_state(loop: EventLoop) -> None:
     got, cb = collector()
     with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
         pool.attach_eventloop(loop, cb)
-        with connect("127.0.0.1", addr_of(pool.master())) as c:
+        with connect(addr_of(pool.master())) as c:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.sendall(request(1))
             drive(loop, length_is(got, 1))

@@ -27,24 +27,17 @@ from netsip.socketpool import SocketPool
 from netsip.tlsconn import TLS_READSIZE, TLSConn, make_contexts, server_hostname
 from netsip.util import Addr
 from tests.support import (
+    LOOPBACKS,
     FakeClock,
     collector,
+    connect,
     family,
-    have_ipv6,
     is_eof,
     open_fds,
     spin,
+    tcp_listener,
 )
 from tests.support import drive as support_drive
-
-IPS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(not have_ipv6(socket.SOCK_STREAM), reason="no IPv6 loopback"),
-    ),
-]
 
 # --------------------------------------------------------------------- fixtures
 
@@ -106,7 +99,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
-@pytest.fixture(params=IPS)
+@pytest.fixture(params=LOOPBACKS)
 def ip(request: pytest.FixtureRequest) -> str:
     value: str = request.param
     return value
@@ -115,21 +108,10 @@ def ip(request: pytest.FixtureRequest) -> str:
 # --------------------------------------------------------------------- helpers
 
 
-def tcp_listener(ip: str, rcvbuf: int = 0) -> socket.socket:
-    s = socket.socket(family(ip), socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:
-        # before listen(): accepted sockets inherit it and the window stays small
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((ip, 0))
-    s.listen(64)
-    return s
-
-
 def tls_pool(
     ip: str, tls: dict[str, object], rcvbuf: int = 0, **settings: float
 ) -> SocketPool:
-    listener = tcp_listener(ip, rcvbuf)
+    listener = tcp_listener(ip, backlog=64, rcvbuf=rcvbuf)
     try:
         return SocketPool("tls", listener, tls=tls, settings=settings)
     except BaseException:
@@ -164,12 +146,6 @@ def request(n: int = 1, body: bytes = b"", callid: str = "c1") -> Packet:
 
 def raw_request(n: int = 1) -> bytes:
     return request(n).as_bytes()
-
-
-def connect(dst: Addr) -> socket.socket:
-    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
-    c.settimeout(None)
-    return c
 
 
 # --------------------------------------------------------------------- options
@@ -214,7 +190,7 @@ def test_make_contexts_rejects(
 
 def test_pool_constructor_tls_checks(certs: Certs) -> None:
     fds = open_fds()
-    with tcp_listener("127.0.0.1") as t:
+    with tcp_listener("127.0.0.1", backlog=64) as t:
         with pytest.raises(ValueError, match="non-TLS"):
             SocketPool("tcp", t, tls=certs.tls())
         with pytest.raises(ValueError, match="unknown tls option"):
@@ -595,7 +571,7 @@ def test_handshake_counts_against_connect_timeout(certs: Certs, ip: str) -> None
     clock = FakeClock()
     with (
         EventLoop(clock=clock) as loop,
-        tcp_listener(ip) as mute,
+        tcp_listener(ip, backlog=64) as mute,
         tls_pool(ip, certs.tls(), CONNECT_TIMEOUT=5) as client,
     ):
         client.attach_eventloop(loop, lambda *x: None)
