@@ -60,7 +60,6 @@ Deliberate differences from Net::SIP 0.835:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -432,7 +431,12 @@ class Dispatcher:
         """
         if packet.is_request():
             if self._cache:
-                cached = self._cached_response(cache_key(packet))
+                # the cache lookup runs for every request: its key is the only
+                # work on a miss (the usual case), _cached_response only on a hit
+                key = cache_key(packet)
+                cached = self._cache.get(key, self.eventloop.looptime)
+                if cached is not None:
+                    cached = self._cached_response(key, cached)
                 if cached is not None:
                     # a retransmission: answer it, the receiver saw it already
                     log.debug("answering retransmitted request from cache")
@@ -446,9 +450,8 @@ class Dispatcher:
         if fn is not None:
             fn(packet, leg, from_)
 
-    def _cached_response(self, key: str) -> Response | None:
-        """The response cached under ``key`` (parsed again if kept as bytes), or None."""
-        cached = self._cache.get(key, self.eventloop.looptime)
+    def _cached_response(self, key: str, cached: Response | bytes) -> Response | None:
+        """The response ``cached`` under ``key`` (parsed again if kept as bytes), or None."""
         if not isinstance(cached, bytes):
             return cached
         try:
@@ -529,7 +532,7 @@ class Dispatcher:
             leg is not None
             and isinstance(dst_addr, Addr)
             and dst_addr.family == leg.src.family
-            and dst_addr.proto in (None, leg.proto)
+            and (dst_addr.proto is None or dst_addr.proto == leg.proto)
         ):
             direct = dst_addr
             if timers is None:
@@ -542,7 +545,8 @@ class Dispatcher:
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
                     self._cache.put(cache_key(packet), packet.as_bytes(), now)
-                    self._arm_cache_timer()
+                    if self._cache_timer is None:  # (armed all the time under load)
+                        self._arm_cache_timer()
                 return
         if cache:
             self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
@@ -627,7 +631,8 @@ class Dispatcher:
         for index, key in ((self._by_id, entry.id), (self._by_tid, entry.tid)):
             lst = index.get(key)
             if lst is not None:
-                with contextlib.suppress(ValueError):
+                # (not contextlib.suppress: this runs for every queued delivery)
+                if entry in lst:
                     lst.remove(entry)
                 if not lst:
                     del index[key]

@@ -31,6 +31,7 @@ one); :meth:`Leg.close` closes the sockets (Perl relies on garbage collection).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import re
@@ -70,6 +71,7 @@ _RPORT_RX = re.compile(r";[ \t]*rport", re.IGNORECASE)
 _ANGLE_RX = re.compile(r"<(.*)>")
 _CONTACT_RX = re.compile(r"(\w+):(?:.*@)?(.*)\Z")
 _USER_RX = re.compile(r"([^<>@\s]+)@")
+_SCHEME_RX = re.compile(r"\w+:")
 
 #: Allow header Perl puts into requests and responses that need one.
 DEFAULT_ALLOW = "INVITE, ACK, OPTIONS, CANCEL, BYE"
@@ -87,6 +89,29 @@ def _md5_hex(*parts: str | int) -> str:
 def _strip_angle(v: str) -> str:
     m = _ANGLE_RX.match(v)
     return m.group(1) if m is not None else v
+
+
+@functools.lru_cache(maxsize=64)
+def _contact_parts(contact: str) -> tuple[str, str] | None:
+    """Scheme and host part of a leg's contact (the contact is usually constant)."""
+    m = _CONTACT_RX.match(contact)
+    return (m.group(1), m.group(2)) if m is not None else None
+
+
+def _addr_data(value: str) -> str:
+    """``sip_hdrval2parts("from", value)[0]``: a From/To value without its parameters.
+
+    Every INVITE and 2xx to INVITE needs it for the Contact, and the general
+    parser scans the value character class by character class. The usual
+    ``<uri>`` or ``<uri>;params`` takes a shortcut that gives the same result:
+    without quotes, backslashes and line breaks the first ``>`` closes the
+    ``<`` the value starts with, and a ``;`` right after it ends the data.
+    """
+    if value[:1] == "<" and '"' not in value and "\\" not in value and "\n" not in value:
+        end = value.find(">") + 1
+        if end and value[end : end + 1] in ("", ";"):
+            return value[:end]
+    return sip_hdrval2parts("from", value)[0]
 
 
 def _replace_header_value(packet: Packet, name: str, index: int, value: str | None) -> None:
@@ -371,7 +396,7 @@ class Leg:
         """
         if not packet.is_request():
             return
-        vias = packet.get_headers("via")
+        vias = packet.header_values("via")  # read only: no list copy
         if not vias:
             return
         via = vias[0]
@@ -546,11 +571,12 @@ class Leg:
                 need_contact = need_allow = need_supported = True
             elif code == 405 or (method == "OPTIONS" and 200 <= code < 300):
                 need_allow = need_supported = True
-        if need_contact and not packet.get_headers("contact"):
+        # (header_values: only asking whether the header is there, no list copy)
+        if need_contact and not packet.header_values("contact"):
             packet.insert_header("contact", self._make_contact(packet, is_request))
-        if need_allow and not packet.get_headers("allow"):
+        if need_allow and not packet.header_values("allow"):
             packet.insert_header("allow", DEFAULT_ALLOW)
-        if need_supported and not packet.get_headers("supported"):
+        if need_supported and not packet.header_values("supported"):
             packet.insert_header("supported", "")
 
         addr = dst if isinstance(dst, Addr) else Addr.parse(dst)
@@ -573,16 +599,15 @@ class Leg:
     def _make_contact(self, packet: Packet, is_request: bool) -> str:
         # user part of From (requests) or To (responses) at this leg's address
         hdr = packet.get_header("from" if is_request else "to")
-        m = _CONTACT_RX.match(self.contact)
-        if hdr is None or m is None:
+        parts = _contact_parts(self.contact)
+        if hdr is None or parts is None:
             return self.contact
-        sproto, addr = m.group(1), m.group(2)
-        user = sip_hdrval2parts("from", hdr)[0]
-        um = _USER_RX.search(user)
+        sproto, addr = parts
+        um = _USER_RX.search(_addr_data(hdr))
         if um is None:
             return self.contact
         contact = f"{um.group(1)}@{addr}"
-        if not re.match(r"\w+:", contact):
+        if not _SCHEME_RX.match(contact):
             contact = f"{sproto}:{contact}"
         if ";" in contact:
             contact = f"<{contact}>"

@@ -55,6 +55,7 @@ __all__ = [
     "Response",
     "canonical_header_name",
     "normalize_header_key",
+    "parse_stream",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,14 @@ _NUM_MAX: dict[str, int] = {
 # RFC 3261 25.1 word, the Call-ID charset
 _WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
 _CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+# A whole valid Call-ID line (name in any case, or compact "i"), value in
+# group 1: the line holds the one value unique to every call, so it is never
+# in the line cache, and one match does what the general path does in steps
+# (name lookup, strip, _CALLID_RE). ASCII classes: an IGNORECASE "i" would
+# also match U+0130/U+0131, which are not header names.
+_CALLID_LINE_RE = re.compile(
+    rf"(?:[Cc][Aa][Ll][Ll]-[Ii][Dd]|[Ii])[ \t]*:[ \t]*({_WORD}(?:@{_WORD})?)[ \t]*"
+)
 _CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN_CHARS}]+)")
 
 _QSTRING = r'"(?:[^"\\\r\n]|\\[^\r\n])*+"'
@@ -442,6 +451,52 @@ def _parse(data: bytes) -> Request | Response:
     return _parse_general(data)
 
 
+def parse_stream(
+    buf: bytes | bytearray, start: int, hend: int, max_body: int
+) -> tuple[Request | Response, int] | None:
+    """Frame and parse the usual message of a stream transport in one go.
+
+    A stream (TCP, TLS) is cut into messages by their Content-Length
+    (:func:`netsip.framing.frame`), and each message is parsed; both look at
+    every header line. When the header block is one the parser takes on its
+    fast path (CRLF line ends, nothing folded), the parser has checked every
+    Content-Length line already (all spellings, conflicting values), so its
+    value frames the message and the framer's search is not needed.
+
+    Args:
+        buf: the connection's read buffer (not modified).
+        start: where the message begins.
+        hend: where its header block ends: the first CRLF CRLF at or after
+            ``start``, found within the header size limit.
+        max_body: the largest Content-Length taken (``MAX_SIP_BODY``).
+
+    Returns:
+        ``(packet, end)``, the packet being exactly what
+        :meth:`Packet.new_from_string` makes of ``buf[start:end]``; or None
+        for anything else (leading line breaks, an invalid, folded or
+        bare-LF header, no or too large a Content-Length, a body not fully
+        received yet). The caller then frames and parses the general way,
+        which decides, and words any error, as it always does.
+    """
+    if buf[start] in (10, 13):
+        return None  # line breaks before the start line: see _parse
+    lines = buf[start:hend].decode(_ENC, _ERRORS).split("\r\n")
+    clen: list[int] = []
+    try:
+        pkt = _build(b"", lines, lines, 0, True, clen_out=clen)
+    except PacketError:
+        return None
+    n = clen[0]
+    end = hend + 4 + n
+    if n < 0 or n > max_body or end > len(buf):
+        return None
+    data = bytes(buf[start:end])
+    if n:
+        pkt._body = data[hend + 4 - start :]
+    pkt._wire = data
+    return pkt, end
+
+
 def _parse_general(data: bytes) -> Request | Response:
     """Parse any message: bare LF line ends, folded lines, or one that is invalid."""
     hend, bstart, complete = _find_header_end(data)
@@ -461,7 +516,13 @@ def _parse_general(data: bytes) -> Request | Response:
 
 
 def _build(
-    data: bytes, lines: list[str], flat: list[str], bstart: int, complete: bool
+    data: bytes,
+    lines: list[str],
+    flat: list[str],
+    bstart: int,
+    complete: bool,
+    *,
+    clen_out: list[int] | None = None,
 ) -> Request | Response:
     """Validate the start line and headers of a split message and make the packet.
 
@@ -470,6 +531,10 @@ def _build(
         lines: the raw logical header lines (kept for re-emission), start line first.
         flat: the same lines unfolded (``lines`` itself if nothing was folded).
         complete: an empty line ended the header.
+        clen_out: for :func:`parse_stream`: ``data`` is the header block
+            alone; the Content-Length (-1 if absent) is appended here instead
+            of being checked against the body, and the caller sets body and
+            wire form.
     """
     first = lines[0]
     known = _FIRST_CACHE.get(first)
@@ -486,6 +551,7 @@ def _build(
     line_cache = _LINE_CACHE
     prefix_cache = _PREFIX_CACHE
     last_param = _LAST_PARAM_RE.fullmatch
+    callid_line = _CALLID_LINE_RE.fullmatch
     for lineno, line in enumerate(flat[1:]):
         hit = line_cache.get(line)
         if hit is not None:
@@ -520,6 +586,13 @@ def _build(
                         )
                 append((key, value, lineno))
                 continue
+        elif (m := callid_line(line)) is not None:
+            value = m[1]
+            prev = once.setdefault("call-id", value)
+            if prev != value:
+                raise PacketError(f"conflicting definition of call-id: {prev!r} and {value!r}")
+            append(("call-id", value, lineno))
+            continue
 
         if "\r" in line or "\n" in line:
             # only in the fast path: the general path takes over
@@ -602,7 +675,9 @@ def _build(
 
     body = data[bstart:]
     cl = once.get("content-length")
-    if cl is not None:
+    if clen_out is not None:
+        clen_out.append(-1 if cl is None else int(cl))
+    elif cl is not None:
         n = int(cl)
         if n < len(body):
             # RFC 3261 18.3: octets beyond Content-Length are discarded
@@ -1072,6 +1147,19 @@ class Packet:
         values = index.get(key)
         return list(values) if values is not None else []
 
+    def header_values(self, name: str) -> tuple[str, ...]:
+        """All values of a header, in order, as a tuple (empty if absent).
+
+        :meth:`get_headers` without the copy: the tuple is the packet's own
+        (immutable, so safe to keep) and a later change of the header
+        replaces it rather than changing it.
+        """
+        key = _KEY_CACHE.get(name) or normalize_header_key(name)
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        return index.get(key, ())
+
     def _build_index(self) -> dict[str, tuple[str, ...]]:
         index: dict[str, tuple[str, ...]] = {}
         for k, v, _ in self._hdrs:
@@ -1112,7 +1200,12 @@ class Packet:
     def insert_header(self, name: str, value: HeaderValues) -> None:
         """Insert a header before all others (a list keeps its order)."""
         key = _KEY_CACHE.get(name) or normalize_header_key(name)
-        values = [_clean_value(v) for v in _iter_values(value)]
+        if type(value) is str and "\n" not in value and "\r" not in value:
+            # one plain value (a leg's Via, Allow, Supported on every packet):
+            # what _clean_value would make of it, without the generality
+            values = [value.strip(" \t")]
+        else:
+            values = [_clean_value(v) for v in _iter_values(value)]
         self._hdrs[0:0] = [(key, v, -1) for v in values]
         index = self._index
         if index is not None and values:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
@@ -30,6 +31,9 @@ CACHE_TIME = 32.0
 
 _TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
 _NOT_TAG_VALUE_RX = re.compile(r"[;, \t]")  # what ends a tag value in _TAG_RX
+# a name-addr followed by exactly one tag: group 1 is up to the last '>'
+# (the tag value has no '>'); any other shape goes through _strip_tag
+_ONLY_TAG_RX = re.compile(r"(.*>);[Tt][Aa][Gg]=[^;, \t>]*", re.DOTALL)
 
 
 def _strip_tag(to: str) -> str:
@@ -44,7 +48,12 @@ def _strip_tag(to: str) -> str:
 
 
 class HeaderSource(Protocol):
-    """Anything with ``get_headers(name) -> list[str]`` (a netsip Packet)."""
+    """Anything with ``get_headers(name) -> list[str]`` (a netsip Packet).
+
+    An object that also has ``header_values(name) -> Sequence[str]`` (as
+    :class:`netsip.packet.Packet` does: the same values without a list copy)
+    is read through that instead.
+    """
 
     def get_headers(self, name: str) -> list[str]: ...
 
@@ -62,12 +71,28 @@ def cache_key(packet: HeaderSource) -> str:
         The key; a request, its retransmissions and the responses to it have
         the same key.
     """
-    # get_headers never raises on duplicates (unlike get_header), which matters here:
-    # the key is computed for every incoming request, including malformed ones
-    g = packet.get_headers
-    to = ",".join(g("to"))
-    return "\0".join((",".join(g("cseq")), ",".join(g("call-id")), ",".join(g("from")),
-                      _strip_tag(to) if "tag" in to.lower() else to))
+    # get_headers/header_values never raise on duplicates (unlike get_header), which
+    # matters here: the key is computed for every incoming request, including
+    # malformed ones. The key is computed twice per transaction (request and
+    # response): header_values spares the list copies. (",".join of a single
+    # value returns that very string, so no special case is needed for it.)
+    values: Callable[[str], Sequence[str]] = (
+        getattr(packet, "header_values", None) or packet.get_headers
+    )
+    return "\0".join((",".join(values("cseq")), ",".join(values("call-id")),
+                      ",".join(values("from")), _key_to(",".join(values("to")))))
+
+
+def _key_to(to: str) -> str:
+    """The To value without its tag, as the cache key has it."""
+    if to[-1:] == ">":
+        return to  # a name-addr without parameters (a request's To): no tag
+    # the To of a response: a name-addr with only its tag (what _strip_tag's
+    # fast case cuts; the regex ends at the last '>' as its rfind does)
+    m = _ONLY_TAG_RX.fullmatch(to)
+    if m is not None:
+        return m.group(1)
+    return _strip_tag(to) if "tag" in to.lower() else to
 
 
 class ResponseCache(Generic[R]):

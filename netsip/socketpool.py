@@ -85,7 +85,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
 from netsip.framing import FramingError, NeedMore, frame
-from netsip.packet import Packet, PacketError
+from netsip.packet import Packet, PacketError, parse_stream
 from netsip.util import Addr, NetSIPError, Proto, as_callable, invoke_callback
 
 if TYPE_CHECKING:  # netsip.tlsconn imports this module; loaded at run time by TLS pools only
@@ -121,6 +121,7 @@ _UDP_READSIZE: Final = 2**16
 _ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
 _UDP_READS_PER_READY: Final = 32  # datagrams read per readiness of a UDP socket
 _CORK_MAX: Final = 2**16  # bytes coalesced at most before a write (see _read_stream)
+_HEADER_END: Final = b"\r\n\r\n"  # RFC 3261 7: the empty line after the header
 # accept() failing for lack of resources: the listener is left alone for a
 # while (doubling from MIN to MAX seconds while the shortage lasts).
 _ACCEPT_RESOURCE_ERRORS: Final = frozenset(
@@ -879,36 +880,49 @@ class SocketPool:
         """Deliver every complete message in ``conn.rbuf``."""
         buf = conn.rbuf
         cfg = self._cfg
+        max_header = cfg.max_sip_header
+        max_body = cfg.max_sip_body
+        find = buf.find
         pos = 0
         scan = conn.scan
+        size = len(buf)  # the buffer does not change until the batch is done
         rest: NeedMore | None = None
+        loop = self._loop
         try:
             while True:
-                try:
-                    r = frame(buf, cfg.max_sip_header, cfg.max_sip_body, pos, scan)
-                except FramingError as exc:
-                    self._drop(conn, errno.ECONNABORTED, "%s", exc)
-                    return
-                if isinstance(r, NeedMore):
-                    rest = r
-                    return
-                pos = scan = r.end
-                if r.start == 0 and pos == len(buf):
-                    data = bytes(buf)  # the usual case: the buffer is one message
+                # the usual message: framed by the parser (see parse_stream)
+                hend = find(_HEADER_END, scan if scan > pos else pos, pos + max_header + 4)
+                got = parse_stream(buf, pos, hend, max_body) if hend > pos else None
+                if got is not None:
+                    pkt, pos = got
                 else:
-                    with memoryview(buf) as mv:
-                        data = mv[r.start : pos].tobytes()
-                try:
-                    pkt = Packet.new_from_string(data)
-                    if pkt.is_request():
-                        self._remember_tid(conn, pkt.tid())
-                except PacketError as exc:
-                    self._drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
-                    return
-                if self._loop is not None:
-                    conn.didit = self._loop.looptime
+                    # anything else the long way, which words the errors
+                    try:
+                        r = frame(buf, max_header, max_body, pos, scan)
+                    except FramingError as exc:
+                        self._drop(conn, errno.ECONNABORTED, "%s", exc)
+                        return
+                    if isinstance(r, NeedMore):
+                        rest = r
+                        return
+                    pos = r.end
+                    if r.start == 0 and pos == size:
+                        data = bytes(buf)  # the buffer is one message
+                    else:
+                        with memoryview(buf) as mv:
+                            data = mv[r.start : pos].tobytes()
+                    try:
+                        pkt = Packet.new_from_string(data)
+                    except PacketError as exc:
+                        self._drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
+                        return
+                scan = pos
+                if pkt.is_request():
+                    self._remember_tid(conn, pkt.tid())
+                if loop is not None:
+                    conn.didit = loop.looptime
                 self._deliver(pkt, conn.peer)
-                if conn.closed or pos == len(buf):
+                if conn.closed or pos == size:
                     # closed, or nothing left to frame (what frame() would
                     # report as NeedMore(pos, pos, 0), handled as such below)
                     return
@@ -916,7 +930,6 @@ class SocketPool:
             # The callback raised: it propagates out of loop(). Messages behind
             # this one were read from the socket already, so no readiness will
             # report them: pick them up in the next cycle.
-            loop = self._loop
             if loop is not None and not conn.closed and len(buf) > pos:
                 loop.add_timer(0, partial(self._resume_extract, conn), name="socketpool-resume")
             raise

@@ -455,6 +455,25 @@ def test_header_changes_with_a_bad_value_change_nothing() -> None:
         assert p.get_headers("via") == [v for k, v in before if k == "via"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["Allow", "supported", "X-Thing", "via", "l"]),
+       st.text(alphabet=st.sampled_from(list(" \t\r\nabc,;=<>\u00e9\u2028")), max_size=12),
+       st.booleans())  # fmt: skip
+def test_insert_header_plain_string_shortcut(name: str, value: str, indexed: bool) -> None:
+    """insert_header with one str (the shortcut) is insert_header with a list of it."""
+    fast = Packet.new_from_string(options(11))
+    slow = Packet.new_from_string(options(11))
+    if indexed:  # the index is kept up to date, or built later: both ways
+        fast.get_headers("via")
+        slow.get_headers("via")
+    fast.insert_header(name, value)
+    slow.insert_header(name, [value])
+    assert fast.header_items() == slow.header_items()
+    assert fast.get_headers(name) == slow.get_headers(name)
+    assert fast.as_bytes() == slow.as_bytes()
+    assert fast.tid() == slow.tid()
+
+
 def test_get_headers_returns_a_copy() -> None:
     p = Packet.new_from_string(options(9))
     vias = p.get_headers("via")
