@@ -13,10 +13,12 @@ How it works:
   connection their request came in on (RFC 3261 18.2.2);
 * UDP: up to 32 ``recvfrom_into`` per readiness into a preallocated 64 KiB buffer;
   datagrams below 13 bytes are keep-alives, unparsable ones are logged and
-  dropped, ICMP errors reported on the socket are ignored;
+  dropped, ICMP errors reported on the socket are ignored; datagrams sent
+  while such a batch is delivered (the responses) go out after it, back to back;
 * TCP: each readiness reads ``TCP_READSIZE`` bytes into the connection's
-  buffer and :func:`netsip.framing.frame` cuts out every complete message; a
-  framing or parse error closes only that connection. Accepting costs few
+  buffer and :func:`netsip.framing.frame` cuts out every complete message
+  (the usual message is framed by its parse, :func:`netsip.packet.parse_stream`);
+  a framing or parse error closes only that connection. Accepting costs few
   syscalls: ``TCP_NODELAY`` is set on the listening socket once (Linux copies
   it to accepted sockets; elsewhere it is set per connection) and reads and
   writes pass ``MSG_DONTWAIT`` instead of making each socket non-blocking;
@@ -403,6 +405,9 @@ class SocketPool:
         self._accept_timer: TimerLike | None = None  # listener paused (EMFILE)
         self._accept_backoff = 0.0  # current pause, 0 while accept works
         self._corked: Conn | None = None  # its writes wait for the end of a read batch
+        # datagrams sent while a batch of received ones is delivered: sent
+        # right after the batch (see _read_udp)
+        self._held: list[tuple[bytes, Addr, Callback]] | None = None
         self._closed = False
 
         self._rbuf = bytearray(max(_UDP_READSIZE, self._cfg.tcp_readsize))
@@ -504,7 +509,10 @@ class SocketPool:
     def sendto(self, packet: Packet, dst: object, callback: Callback = None) -> None:
         """Send ``packet`` to ``dst``.
 
-        UDP goes out over the master socket at once. TCP and TLS use, in this
+        UDP goes out over the master socket at once, except while the pool
+        delivers a batch of received datagrams (from its receive callback,
+        e.g. a response): then right after that batch, in order, back to back
+        (one wake-up of a waiting peer serves several). TCP and TLS use, in this
         order, the connection the request of a response came in on, an
         existing connection to ``dst``, or a new connection from the master's
         address; the data is queued and written as the socket allows (TLS:
@@ -515,7 +523,8 @@ class SocketPool:
             packet: the packet; its ``as_bytes()`` is sent.
             dst: the destination (anything :meth:`Addr.parse` takes); replaced
                 by the pool's ``dst`` restriction if there is one.
-            callback: UDP: invoked with an errno only if sending failed. TCP,
+            callback: UDP: invoked with an errno only if sending failed
+                (after the batch for a datagram held as above). TCP,
                 TLS: invoked with 0 once the packet is fully written, or with
                 an errno once that is impossible (exactly once either way).
 
@@ -537,14 +546,11 @@ class SocketPool:
         data = packet.as_bytes()
 
         if not self._stream:
-            try:
-                if master.peer is not None:
-                    master.sock.send(data)
-                else:
-                    master.sock.sendto(data, target.sockaddr())
-            except OSError as exc:
-                log.info("send to %s failed: %s", target, exc)
-                invoke_callback(callback, exc.errno or errno.EIO)
+            held = self._held
+            if held is not None:
+                held.append((data, target, callback))  # a response, usually
+            else:
+                self._send_datagram(data, target, callback)
             return
 
         conn: Conn | None = None
@@ -570,6 +576,9 @@ class SocketPool:
         """
         if self._closed:
             return
+        if self._held:
+            # closed from a receive callback: what it sent goes out first
+            self._send_held(self._held)
         self.attach_eventloop(None)
         self._closed = True
         for conn in self._all():
@@ -716,6 +725,43 @@ class SocketPool:
         # Up to _UDP_READS_PER_READY datagrams per readiness: under load one
         # loop cycle (epoll_wait, dispatch) serves several, and the bound keeps
         # the other sockets and the timers going.
+        #
+        # Datagrams sent meanwhile (the responses) are held and sent together
+        # after the batch. A sendto() that wakes a peer waiting in epoll
+        # costs the sender that wake-up, about as much as the SIP work of a
+        # request: sent between two requests' work, every response wakes the
+        # peer anew; sent back to back, one wake-up serves several.
+        if self._held is not None:
+            self._read_udp_batch(conn)  # re-entered from a callback: one batch
+            return
+        held: list[tuple[bytes, Addr, Callback]] = []
+        self._held = held
+        try:
+            self._read_udp_batch(conn)
+        finally:
+            self._held = None
+            if held:
+                self._send_held(held)
+
+    def _send_datagram(self, data: bytes, target: Addr, callback: Callback) -> None:
+        master = self._master
+        try:
+            if master.peer is not None:
+                master.sock.send(data)
+            else:
+                master.sock.sendto(data, target.sockaddr())
+        except OSError as exc:
+            log.info("send to %s failed: %s", target, exc)
+            invoke_callback(callback, exc.errno or errno.EIO)
+
+    def _send_held(self, held: list[tuple[bytes, Addr, Callback]]) -> None:
+        """Send the held datagrams in order (and forget them: sent once)."""
+        items = held[:]
+        held.clear()
+        for data, target, callback in items:
+            self._send_datagram(data, target, callback)
+
+    def _read_udp_batch(self, conn: Conn) -> None:
         sock = conn.sock
         for i in range(_UDP_READS_PER_READY):
             try:

@@ -13,7 +13,7 @@ import contextlib
 import errno
 import hashlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
+from tests.support import addr_of
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -516,6 +517,98 @@ def test_udp_batch_reads_deliver_all_and_stop_when_closed(loop: EventLoop) -> No
             loop.loop(0)
     assert len(got) == 50
     assert pool.closed
+
+
+def _udp_pool(loop: EventLoop, on_packet: Callable[[Packet, Addr], None]) -> SocketPool:
+    master = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    master.bind(("127.0.0.1", 0))
+    pool = SocketPool("udp", master)
+    pool.attach_eventloop(loop, on_packet)
+    return pool
+
+
+def _datagrams(sock: socket.socket) -> list[bytes]:
+    out: list[bytes] = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out.append(sock.recv(65536, socket.MSG_DONTWAIT))
+    return out
+
+
+def test_udp_responses_of_a_batch_go_out_after_it_in_order(loop: EventLoop) -> None:
+    sent_during: list[int] = []
+    pool: SocketPool
+
+    def on_packet(packet: Packet, from_: Addr) -> None:
+        assert isinstance(packet, Request)
+        pool.sendto(packet.create_response(200), from_)
+        # held: nothing has reached the client while the batch is delivered
+        sent_during.append(len(_datagrams(cli)))
+
+    pool = _udp_pool(loop, on_packet)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        for n in range(10):
+            cli.sendto(options(n), pool.master().getsockname())
+        for _ in range(3):
+            loop.loop(0)
+        got = _datagrams(cli)
+        assert sent_during == [0] * 10
+        assert [Packet.new_from_string(d).callid() for d in got] == [
+            f"{n}@127.0.0.1" for n in range(10)
+        ]
+        # outside a batch a datagram goes out at once
+        pool.sendto(Packet.new_from_string(options(99)), addr_of(cli))
+        assert len(_datagrams(cli)) == 1
+    pool.close()
+
+
+def test_udp_held_responses_survive_a_raising_callback_and_close(loop: EventLoop) -> None:
+    calls: list[int] = []
+    pool: SocketPool
+
+    def on_packet(packet: Packet, from_: Addr) -> None:
+        assert isinstance(packet, Request)
+        calls.append(1)
+        pool.sendto(packet.create_response(200), from_)
+        if len(calls) == 2:
+            raise RuntimeError("application bug")
+        if len(calls) == 4:
+            pool.close()  # what it sent before goes out before the socket closes
+
+    pool = _udp_pool(loop, on_packet)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        for n in range(6):
+            cli.sendto(options(n), pool.master().getsockname())
+        with pytest.raises(RuntimeError, match="application bug"):
+            loop.loop(0)
+        assert len(_datagrams(cli)) == 2  # the two responses before the raise
+        for _ in range(3):
+            loop.loop(0)
+        assert len(calls) == 4
+        assert len(_datagrams(cli)) == 2  # the next two, then the pool closed
+    assert pool.closed
+
+
+def test_udp_held_send_failure_reaches_its_callback(loop: EventLoop) -> None:
+    errors: list[int] = []
+    pool: SocketPool
+
+    def on_packet(packet: Packet, from_: Addr) -> None:
+        assert isinstance(packet, Request)
+        # port 0 cannot be sent to: the error comes after the batch
+        pool.sendto(packet.create_response(200), Addr.parse("127.0.0.1:0"), errors.append)
+        assert errors == []
+
+    pool = _udp_pool(loop, on_packet)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.sendto(options(1), pool.master().getsockname())
+        for _ in range(3):
+            loop.loop(0)
+    assert len(errors) == 1
+    assert errors[0] != 0
+    pool.close()
 
 
 def test_stream_responses_to_a_burst_are_written_and_confirmed(loop: EventLoop) -> None:
