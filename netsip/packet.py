@@ -1200,14 +1200,18 @@ class Packet:
     def insert_header(self, name: str, value: HeaderValues) -> None:
         """Insert a header before all others (a list keeps its order)."""
         key = _KEY_CACHE.get(name) or normalize_header_key(name)
+        index = self._index
         if type(value) is str and "\n" not in value and "\r" not in value:
             # one plain value (a leg's Via, Allow, Supported on every packet):
-            # what _clean_value would make of it, without the generality
-            values = [value.strip(" \t")]
-        else:
-            values = [_clean_value(v) for v in _iter_values(value)]
+            # what _clean_value and the general case below make of it
+            value = value.strip(" \t")
+            self._hdrs.insert(0, (key, value, -1))
+            if index is not None:
+                index[key] = (value, *index.get(key, ()))
+            self._headers_changed(key)
+            return
+        values = [_clean_value(v) for v in _iter_values(value)]
         self._hdrs[0:0] = [(key, v, -1) for v in values]
-        index = self._index
         if index is not None and values:
             index[key] = (*values, *index.get(key, ()))
         self._headers_changed(key)
