@@ -15,12 +15,12 @@ a smoke run of well under a minute):
     with a connection per call (``tn``); the median of ``--repeats`` runs,
     interleaved: every round loads each responder once (a noisy phase of the
     machine hits them alike). The responder's CPU time per transaction comes
-    from /proc. 60,000 transactions per run over u1 and t1 (10,000 over tn),
+    from /proc. 60,000 transactions per run over u1 and t1 (5,000 over tn),
     Perl a quarter of that (a half over tn): each run of a fast responder
     lasts over a second, a slow phase of the machine weighs less.
 ``rate``: the same at a fixed offered load (``--rate`` calls/s, default 2,000,
     which every responder sustains): CPU per transaction at equal load, the
-    median of up to 3 runs.
+    median of ``--repeats`` runs (at most 5).
 ``conns``: CPU per transaction on 10 busy TCP connections while 10 and
     while 10,000 connections are open in the pool
     (:mod:`benchmarks.bench_socketpool`).
@@ -502,14 +502,24 @@ def report(res: dict[str, Any]) -> list[str]:
         out.append("")
     if "sipp" in res:
         r0 = res["sipp"][0]
+        # transactions per run, by transport, of the Python responders and of Perl's
+        per_run: dict[str, dict[bool, int]] = {}
+        for r in res["sipp"]:
+            per_run.setdefault(r["transport"], {})[r["responder"] == "perl"] = r["calls"]
+        counts = "; ".join(
+            f"{t}: {c[False]:,}" + (f" (Perl {c[True]:,})" if True in c else "")
+            for t, c in per_run.items()
+        )
         out += [f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
-                f"flight, {res['calls']} per run, median of {r0['repeats']} runs, the responders' "
-                "runs interleaved round by round; CPU is the responder's (user + system).",
-                ""]
+                f"flight; transactions per run {counts}; median of {r0['repeats']} runs, the "
+                "responders' runs interleaved round by round; CPU is the responder's (user + "
+                "system).", ""]
         out += [*sipp_table([Result(**r) for r in res["sipp"]]), ""]
     if "rate" in res:
+        n = res["rate"][0]["repeats"]
         out += [f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "
-                f"({res['rate_calls']} per run), the same load for every responder.", ""]
+                f"({res['rate_calls']:,} per run), the same load for every responder; median "
+                f"of {n} run{'s' if n != 1 else ''}, interleaved.", ""]
         out += [*sipp_table([Result(**r) for r in res["rate"]]), ""]
     if "workers" in res:
         out += [*workers_table(res["workers"]), ""]
@@ -659,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
     ap.add_argument("--calls", type=int,
                     help="transactions per closed-loop sipp run: u1, t1 (default 60,000), "
-                         "tn a sixth; Perl gets a quarter of those (tn a half)")  # fmt: skip
+                         "tn a twelfth; Perl gets a quarter of those (tn a half)")  # fmt: skip
     ap.add_argument("--repeats", type=int, help="measured sipp runs per responder (median)")
     ap.add_argument("--rate", type=float, default=2000.0, help="calls/s of the fixed-rate runs")
     ap.add_argument("--conns", type=int, help="open connections of the conns section")
@@ -708,7 +718,9 @@ def main(argv: list[str] | None = None) -> int:
                        ("dispatcher (baseline)", "dispatcher", args.baseline)]
     if perl:
         responders.append(("perl", "perl", None))
-    per_transport = {t: (calls if t != "tn" else max(calls // 6, 500)) for t in transports}
+    # tn: more than about 8,000 connections per run make sipp slow down (here:
+    # 10,000 gave a tenth of the rate), so a twelfth of the calls
+    per_transport = {t: (calls if t != "tn" else max(calls // 12, 500)) for t in transports}
     with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
         if "sipp" in sections and have_sipp:
             _say(log, f"(b-d) sipp closed loop, {repeats} run(s) each")
@@ -722,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(log, f"fixed rate {args.rate:g} calls/s")
             res["rate"] = [asdict(r) for r in sipp_section(
                 responders, transports, calls=dict.fromkeys(transports, rate_calls),
-                repeats=min(repeats, 3),
+                repeats=min(repeats, 5),
                 rate=args.rate, workdir=workdir, log=log)]  # fmt: skip
     if "conns" in sections:
         _say(log, f"conns: 10 and {conns:,} open TCP connections")

@@ -45,7 +45,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 RESPONDERS: Final = ("stdlib", "pool", "dispatcher", "perl")
 
@@ -142,7 +142,7 @@ def stdlib_main(proto: str) -> int:
 
     def read_udp() -> None:
         recvfrom, sendto = master.recvfrom, master.sendto
-        out: list[tuple[bytes, object]] = []
+        out: list[tuple[bytes, Any]] = []  # (response, sockaddr)
         for _ in range(UDP_READS_PER_READY):  # drain what is queued, bounded
             try:
                 data, addr = recvfrom(65536)
