@@ -511,9 +511,9 @@ def report(res: dict[str, Any]) -> list[str]:
             for t, c in per_run.items()
         )
         out += [f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
-                f"flight; transactions per run {counts}; median of {r0['repeats']} runs, the "
-                "responders' runs interleaved round by round; CPU is the responder's (user + "
-                "system).", ""]
+                f"flight; transactions per run {counts}; median of {r0['repeats']} "
+                f"run{'s' if r0['repeats'] != 1 else ''}, the responders' runs interleaved round "
+                "by round; CPU is the responder's (user + system).", ""]
         out += [*sipp_table([Result(**r) for r in res["sipp"]]), ""]
     if "rate" in res:
         n = res["rate"][0]["repeats"]
