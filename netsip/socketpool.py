@@ -931,7 +931,6 @@ class SocketPool:
         find = buf.find
         pos = 0
         scan = conn.scan
-        size = len(buf)  # the buffer does not change until the batch is done
         rest: NeedMore | None = None
         loop = self._loop
         try:
@@ -952,7 +951,7 @@ class SocketPool:
                         rest = r
                         return
                     pos = r.end
-                    if r.start == 0 and pos == size:
+                    if r.start == 0 and pos == len(buf):
                         data = bytes(buf)  # the buffer is one message
                     else:
                         with memoryview(buf) as mv:
@@ -968,7 +967,7 @@ class SocketPool:
                 if loop is not None:
                     conn.didit = loop.looptime
                 self._deliver(pkt, conn.peer)
-                if conn.closed or pos == size:
+                if conn.closed or pos == len(buf):
                     # closed, or nothing left to frame (what frame() would
                     # report as NeedMore(pos, pos, 0), handled as such below)
                     return
