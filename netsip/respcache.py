@@ -30,21 +30,21 @@ __all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
 CACHE_TIME = 32.0
 
 _TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
-_NOT_TAG_VALUE_RX = re.compile(r"[;, \t]")  # what ends a tag value in _TAG_RX
-# a name-addr followed by exactly one tag: group 1 is up to the last '>'
-# (the tag value has no '>'); any other shape goes through _strip_tag
+# a name-addr followed by its tag and nothing else (the To of a response):
+# group 1 is up to the last '>' (the tag value has no '>')
 _ONLY_TAG_RX = re.compile(r"(.*>);[Tt][Aa][Gg]=[^;, \t>]*", re.DOTALL)
 
 
 def _strip_tag(to: str) -> str:
+    # the usual case: what _TAG_RX would remove after the '>' is all there is
+    m = _ONLY_TAG_RX.fullmatch(to)
+    if m is not None:
+        return m.group(1)
     # the tag is a header parameter: after the closing '>' of a name-addr
     i = to.rfind(">")
     if i < 0:
         return _TAG_RX.sub("", to)
-    params = to[i + 1 :]
-    if params[:5].lower() == ";tag=" and not _NOT_TAG_VALUE_RX.search(params, 5):
-        return to[: i + 1]  # only the tag (the usual case): what _TAG_RX removes
-    return to[: i + 1] + _TAG_RX.sub("", params)
+    return to[: i + 1] + _TAG_RX.sub("", to[i + 1 :])
 
 
 class HeaderSource(Protocol):
@@ -87,12 +87,7 @@ def _key_to(to: str) -> str:
     """The To value without its tag, as the cache key has it."""
     if to[-1:] == ">":
         return to  # a name-addr without parameters (a request's To): no tag
-    # the To of a response: a name-addr with only its tag (what _strip_tag's
-    # fast case cuts; the regex ends at the last '>' as its rfind does)
-    m = _ONLY_TAG_RX.fullmatch(to)
-    if m is not None:
-        return m.group(1)
-    return _strip_tag(to) if "tag" in to.lower() else to
+    return _strip_tag(to)
 
 
 class ResponseCache(Generic[R]):

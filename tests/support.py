@@ -241,6 +241,16 @@ def spin(loop: EventLoop, seconds: float = 0.2) -> None:
     loop.loop(None, lambda: time.monotonic() > deadline)
 
 
+def datagrams(s: socket.socket) -> list[bytes]:
+    """Every datagram waiting on ``s``, in order; never blocks."""
+    out: list[bytes] = []
+    while True:
+        try:
+            out.append(s.recv(65536, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return out
+
+
 def is_eof(s: socket.socket) -> bool:
     """True if the peer closed ``s`` (EOF or reset); never blocks."""
     try:

@@ -20,6 +20,7 @@ from tests.support import (
     FakeClock,
     PipeReader,
     TlsFiles,
+    datagrams,
     make_tls_files,
     open_fds,
     require_perl_netsip,
@@ -113,15 +114,6 @@ def sink() -> Iterator[socket.socket]:
     s.setblocking(False)
     yield s
     s.close()
-
-
-def _drain(s: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(s.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 # ------------------------------------------------------- basic exchange
@@ -288,7 +280,7 @@ def test_timeout_after_64_t1(
     a = _peer(floop, answer=None)
     start = floop.looptime
     copies: list[float] = []
-    floop.add_fd(sink, EV_READ, lambda s: copies.extend(floop.looptime for _ in _drain(s)))
+    floop.add_fd(sink, EV_READ, lambda s: copies.extend(floop.looptime for _ in datagrams(s)))
     done: list[tuple[int, float]] = []
     port = sink.getsockname()[1]
     a.disp.deliver(
@@ -340,7 +332,7 @@ def test_response_cache_answers_retransmitted_request(
         _advance(floop, clock, 1)
         cli.sendto(raw, dst)  # a retransmission
         _advance(floop, clock, 1)
-        answers = _drain(cli)
+        answers = datagrams(cli)
         assert len(answers) == 2 and answers[0] == answers[1]
         assert len(b.got) == 1  # the receiver saw the request once
         # 32 s later the cache entry is gone: the receiver sees it again
@@ -348,7 +340,7 @@ def test_response_cache_answers_retransmitted_request(
         cli.sendto(raw, dst)
         _advance(floop, clock, 1)
         assert len(b.got) == 2
-        assert len(_drain(cli)) == 1
+        assert len(datagrams(cli)) == 1
     b.disp.close()
 
 
@@ -367,7 +359,7 @@ def test_cancel_stops_retransmissions(
     (entry,) = a.disp.queue_entries()
     assert isinstance(entry, QueueEntry) and entry.packet is req
     _advance(floop, clock, 1)
-    assert len(_drain(sink)) == 2  # the first transmission and one retransmission
+    assert len(datagrams(sink)) == 2  # the first transmission and one retransmission
     ok = {
         "id": lambda: a.disp.cancel_delivery("my-id"),
         "tid": lambda: a.disp.cancel_delivery("id", req.tid()),
@@ -378,7 +370,7 @@ def test_cancel_stops_retransmissions(
     assert ok
     assert a.disp.queue_size() == 0
     _advance(floop, clock, 40)
-    assert _drain(sink) == []
+    assert datagrams(sink) == []
     assert results == []  # a cancelled delivery reports nothing
     assert not a.disp.cancel_delivery("id", req.tid())  # nothing left
     with pytest.raises(ValueError):
@@ -391,11 +383,11 @@ def test_queue_expire_by_hand(clock: FakeClock, floop: EventLoop, sink: socket.s
     port = sink.getsockname()[1]
     start = floop.looptime
     a.disp.deliver(_request("OPTIONS", f"sip:nobody@127.0.0.1:{port}"))
-    assert len(_drain(sink)) == 1
+    assert len(datagrams(sink)) == 1
     assert a.disp.queue_expire(start + 0.1) == start + 0.5
-    assert _drain(sink) == []
+    assert datagrams(sink) == []
     assert a.disp.queue_expire(start + 0.6) == start + 1.5
-    assert len(_drain(sink)) == 1
+    assert len(datagrams(sink)) == 1
     assert a.disp.queue_expire(start + 100) is None
     assert a.disp.queue_size() == 0
     a.disp.close()
@@ -411,12 +403,12 @@ def test_do_retransmits_false_sends_once_and_does_not_cache(
     req = _request("INVITE", f"sip:x@127.0.0.1:{port}")
     a.disp.deliver(req, do_retransmits=True, proto=["udp"])  # per-delivery override
     _advance(floop, clock, 1)
-    assert len(_drain(sink)) == 3  # OPTIONS once, INVITE and one retransmission
+    assert len(datagrams(sink)) == 3  # OPTIONS once, INVITE and one retransmission
     a.disp.cancel_delivery(req.tid())
     resp = req.create_response(486)
     a.disp.deliver(resp, leg=a.leg, dst_addr=Addr.parse(sink.getsockname()))
     _advance(floop, clock, 40)
-    assert len(_drain(sink)) == 1  # no retransmission of the 486 either
+    assert len(datagrams(sink)) == 1  # no retransmission of the 486 either
     assert a.disp.queue_size() == 0
     a.disp.close()
 

@@ -27,7 +27,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
-from tests.support import addr_of
+from tests.support import addr_of, datagrams, udp_socket
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -520,19 +520,9 @@ def test_udp_batch_reads_deliver_all_and_stop_when_closed(loop: EventLoop) -> No
 
 
 def _udp_pool(loop: EventLoop, on_packet: Callable[[Packet, Addr], None]) -> SocketPool:
-    master = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    master.bind(("127.0.0.1", 0))
-    pool = SocketPool("udp", master)
+    pool = SocketPool("udp", udp_socket())
     pool.attach_eventloop(loop, on_packet)
     return pool
-
-
-def _datagrams(sock: socket.socket) -> list[bytes]:
-    out: list[bytes] = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            out.append(sock.recv(65536, socket.MSG_DONTWAIT))
-    return out
 
 
 def test_udp_responses_of_a_batch_go_out_after_it_in_order(loop: EventLoop) -> None:
@@ -543,7 +533,7 @@ def test_udp_responses_of_a_batch_go_out_after_it_in_order(loop: EventLoop) -> N
         assert isinstance(packet, Request)
         pool.sendto(packet.create_response(200), from_)
         # held: nothing has reached the client while the batch is delivered
-        sent_during.append(len(_datagrams(cli)))
+        sent_during.append(len(datagrams(cli)))
 
     pool = _udp_pool(loop, on_packet)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
@@ -552,14 +542,14 @@ def test_udp_responses_of_a_batch_go_out_after_it_in_order(loop: EventLoop) -> N
             cli.sendto(options(n), pool.master().getsockname())
         for _ in range(3):
             loop.loop(0)
-        got = _datagrams(cli)
+        got = datagrams(cli)
         assert sent_during == [0] * 10
         assert [Packet.new_from_string(d).callid() for d in got] == [
             f"{n}@127.0.0.1" for n in range(10)
         ]
         # outside a batch a datagram goes out at once
         pool.sendto(Packet.new_from_string(options(99)), addr_of(cli))
-        assert len(_datagrams(cli)) == 1
+        assert len(datagrams(cli)) == 1
     pool.close()
 
 
@@ -583,11 +573,11 @@ def test_udp_held_responses_survive_a_raising_callback_and_close(loop: EventLoop
             cli.sendto(options(n), pool.master().getsockname())
         with pytest.raises(RuntimeError, match="application bug"):
             loop.loop(0)
-        assert len(_datagrams(cli)) == 2  # the two responses before the raise
+        assert len(datagrams(cli)) == 2  # the two responses before the raise
         for _ in range(3):
             loop.loop(0)
         assert len(calls) == 4
-        assert len(_datagrams(cli)) == 2  # the next two, then the pool closed
+        assert len(datagrams(cli)) == 2  # the next two, then the pool closed
     assert pool.closed
 
 

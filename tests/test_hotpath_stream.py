@@ -26,7 +26,7 @@ from netsip.framing import FramingError, Message, NeedMore, frame
 from netsip.packet import Packet, PacketError, Request, Response, parse_stream
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
-from tests.support import LOOPBACKS, family, is_eof
+from tests.support import LOOPBACKS, is_eof, tcp_listener
 
 MAX_HEADER = 2048
 MAX_BODY = 600
@@ -189,10 +189,7 @@ def pool_run(ip: str, buf: bytes, chunk: int, want: int, drop: bool) -> tuple[li
     closed the connection), then a little longer to show that nothing more
     happens; the packets delivered and whether the connection was closed."""
     loop = EventLoop()
-    listener = socket.socket(family(ip), socket.SOCK_STREAM)
-    listener.bind((ip, 0))
-    listener.listen(4)
-    pool = SocketPool("tcp", listener)
+    pool = SocketPool("tcp", tcp_listener(ip, backlog=4))
     pool.import_settings(MAX_SIP_HEADER=MAX_HEADER, MAX_SIP_BODY=MAX_BODY)
     got: list[Outcome] = []
 
@@ -201,7 +198,7 @@ def pool_run(ip: str, buf: bytes, chunk: int, want: int, drop: bool) -> tuple[li
 
     pool.attach_eventloop(loop, on_packet)
     try:
-        with socket.create_connection(listener.getsockname()[:2], timeout=5) as cli:
+        with socket.create_connection(pool.master().getsockname()[:2], timeout=5) as cli:
             cli.settimeout(None)  # is_eof peeks with MSG_DONTWAIT
             cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i in range(0, len(buf), chunk):
