@@ -207,9 +207,11 @@ def _tree_cpu(pid: int) -> float:
 
 def _wait_ready(port: int, timeout: float) -> bool:
     """True once an OPTIONS over UDP to 127.0.0.1:port gets an answer."""
-    msg = (f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;"
-           "branch=z9hG4bKready\r\nFrom: <sip:r@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
-           "Call-ID: ready@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    msg = (
+        f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;"
+        "branch=z9hG4bKready\r\nFrom: <sip:r@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+        "Call-ID: ready@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -311,8 +313,12 @@ def workers_section(counts: list[int], calls: dict[tuple[str, int], int], repeat
                          ip=sipp_local_ip())  # warm up  # fmt: skip
                 if n == counts[0]:
                     # sipp's start and exit, as in measure(): the best of three 1-call runs
-                    overhead = min(run_sipp(transport, dst, 1, 1, timeout=30, workdir=workdir,
-                                            ip=sipp_local_ip())["secs"] for _ in range(3))
+                    overhead = min(
+                        run_sipp(
+                            transport, dst, 1, 1, timeout=30, workdir=workdir, ip=sipp_local_ip()
+                        )["secs"]
+                        for _ in range(3)
+                    )
             # (tx/s, CPU us/tx, cores the rest of the machine took) per run
             runs: dict[int, list[tuple[float, float | None, float]]] = {n: [] for n in counts}
             ok = dict.fromkeys(counts, 0)
@@ -336,9 +342,13 @@ def workers_section(counts: list[int], calls: dict[tuple[str, int], int], repeat
                     ok[n] += r["ok"]
                     failed[n] += r["failed"]
                     secs = max(r["secs"] - overhead, 1e-3)
-                    runs[n].append((round(r["ok"] / secs, 1),
-                                    round(1e6 * cpu / r["ok"], 2) if r["ok"] else None,
-                                    max(round(others[n][-1], 2), 0.0)))
+                    runs[n].append(
+                        (
+                            round(r["ok"] / secs, 1),
+                            round(1e6 * cpu / r["ok"], 2) if r["ok"] else None,
+                            max(round(others[n][-1], 2), 0.0),
+                        )
+                    )
         for n in counts:
             tx = statistics.median(t for t, _, _ in runs[n])
             cpus = [c for _, c, _ in runs[n] if c is not None]
@@ -387,10 +397,17 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for mode, row in res.get("packet", {}).items():
         ratio = row.get("ratio")
-        out.append({"target": f"Packet ({mode}): netsip >= {PACKET_VS_PERL:g}x Perl's msg/s",
-                    "value": ratio, "hit": None if ratio is None else ratio >= PACKET_VS_PERL})
-    for section, what in (("sipp", "closed loop"),
-                          ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s")):
+        out.append(
+            {
+                "target": f"Packet ({mode}): netsip >= {PACKET_VS_PERL:g}x Perl's msg/s",
+                "value": ratio,
+                "hit": None if ratio is None else ratio >= PACKET_VS_PERL,
+            }
+        )
+    for section, what in (
+        ("sipp", "closed loop"),
+        ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s"),
+    ):
         if section not in res:
             continue
         by = _by(Result(**r) for r in res[section])
@@ -398,24 +415,37 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             stdlib, pool = by.get(("stdlib", transport)), by.get(("pool", transport))
             if stdlib and pool:
                 x = _ratio(pool.cpu_us_per_tx, stdlib.cpu_us_per_tx)
-                out.append({
-                    "target": f"SocketPool CPU/tx <= {POOL_VS_STDLIB:g}x stdlib, {transport} "
-                              f"({what})",
-                    "value": x, "hit": None if x is None else x <= POOL_VS_STDLIB})
+                out.append(
+                    {
+                        "target": f"SocketPool CPU/tx <= {POOL_VS_STDLIB:g}x stdlib, {transport} "
+                        f"({what})",
+                        "value": x,
+                        "hit": None if x is None else x <= POOL_VS_STDLIB,
+                    }
+                )
             perl, disp = by.get(("perl", transport)), by.get(("dispatcher", transport))
             if perl and disp:
                 x = _ratio(perl.cpu_us_per_tx, disp.cpu_us_per_tx)
-                out.append({
-                    "target": f"Dispatcher CPU/tx >= {PERL_VS_DISPATCHER:g}x better than Perl, "
-                              f"{transport} ({what})",
-                    "value": x, "hit": None if x is None else x >= PERL_VS_DISPATCHER})
+                out.append(
+                    {
+                        "target": f"Dispatcher CPU/tx >= {PERL_VS_DISPATCHER:g}x better than Perl, "
+                        f"{transport} ({what})",
+                        "value": x,
+                        "hit": None if x is None else x >= PERL_VS_DISPATCHER,
+                    }
+                )
     for w in res.get("workers", []):
         if w["work_us"] and w["workers"] == 2:
             x = w["scaling"]
-            out.append({"target": f"`--workers 2` with {w['work_us']} us of work per request: "
-                                  f">= {WORKERS_SCALING:g}x one worker's tx/s, {w['transport']} "
-                                  "(2 cores shared with sipp)",
-                        "value": x, "hit": None if x is None else x >= WORKERS_SCALING})
+            out.append(
+                {
+                    "target": f"`--workers 2` with {w['work_us']} us of work per request: "
+                    f">= {WORKERS_SCALING:g}x one worker's tx/s, {w['transport']} "
+                    "(2 cores shared with sipp)",
+                    "value": x,
+                    "hit": None if x is None else x >= WORKERS_SCALING,
+                }
+            )
     if "conns" in res:
         c = res["conns"]
         x = _ratio(c["cpu_us_per_tx_at_n"], c["cpu_us_per_tx_at_10"])
@@ -492,8 +522,12 @@ def report(res: dict[str, Any]) -> list[str]:
         "",
     ]
     if "packet" in res:
-        out += ["**(a) Packet**: parse an INVITE with SDP, create the 200 with SDP, serialise.",
-                "", "| messages | netsip msg/s | Perl msg/s | ratio |", "|---|---:|---:|---:|"]
+        out += [
+            "**(a) Packet**: parse an INVITE with SDP, create the 200 with SDP, serialise.",
+            "",
+            "| messages | netsip msg/s | Perl msg/s | ratio |",
+            "|---|---:|---:|---:|",
+        ]
         for mode, row in res["packet"].items():
             label = "the same message" if mode == "same" else "20,000 distinct calls"
             out.append(f"| {label} | {row['netsip_msg_per_s']:,} "
@@ -510,28 +544,41 @@ def report(res: dict[str, Any]) -> list[str]:
             f"{t}: {c[False]:,}" + (f" (Perl {c[True]:,})" if True in c else "")
             for t, c in per_run.items()
         )
-        out += [f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
-                f"flight; transactions per run {counts}; median of {r0['repeats']} "
-                f"run{'s' if r0['repeats'] != 1 else ''}, the responders' runs interleaved round "
-                "by round; CPU is the responder's (user + system).", ""]
+        out += [
+            f"**(b-d) sipp closed loop**: {r0['concurrency']} OPTIONS transactions in "
+            f"flight; transactions per run {counts}; median of {r0['repeats']} "
+            f"run{'s' if r0['repeats'] != 1 else ''}, the responders' runs interleaved round "
+            "by round; CPU is the responder's (user + system).",
+            "",
+        ]
         out += [*sipp_table([Result(**r) for r in res["sipp"]]), ""]
     if "rate" in res:
         n = res["rate"][0]["repeats"]
-        out += [f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "
-                f"({res['rate_calls']:,} per run), the same load for every responder; median "
-                f"of {n} run{'s' if n != 1 else ''}, interleaved.", ""]
+        out += [
+            f"**Fixed offered load**: sipp at {res['rate_calls_per_s']:g} calls/s "
+            f"({res['rate_calls']:,} per run), the same load for every responder; median "
+            f"of {n} run{'s' if n != 1 else ''}, interleaved.",
+            "",
+        ]
         out += [*sipp_table([Result(**r) for r in res["rate"]]), ""]
     if "workers" in res:
         out += [*workers_table(res["workers"]), ""]
     if "conns" in res:
         c = res["conns"]
-        out += ["**Open connections**: CPU per transaction on 10 busy TCP connections "
-                f"({c['transactions_each']:,} round trips) while {c['open_at_10']:,} and while "
-                f"{c['open_at_n']:,} connections are open in one pool: "
-                f"{c['cpu_us_per_tx_at_10']:.1f} us and {c['cpu_us_per_tx_at_n']:.1f} us; "
-                f"{c['bytes_rss_per_idle_conn']:,} B RSS per idle connection.", ""]
-    out += ["**Targets** (issue 7), this run:", "", "| target | value | verdict |",
-            "|---|---:|---|"]
+        out += [
+            "**Open connections**: CPU per transaction on 10 busy TCP connections "
+            f"({c['transactions_each']:,} round trips) while {c['open_at_10']:,} and while "
+            f"{c['open_at_n']:,} connections are open in one pool: "
+            f"{c['cpu_us_per_tx_at_10']:.1f} us and {c['cpu_us_per_tx_at_n']:.1f} us; "
+            f"{c['bytes_rss_per_idle_conn']:,} B RSS per idle connection.",
+            "",
+        ]
+    out += [
+        "**Targets** (issue 7), this run:",
+        "",
+        "| target | value | verdict |",
+        "|---|---:|---|",
+    ]
     for t in res["targets"]:
         out.append(f"| {t['target']} | {_num(t['value'], '.2f')} | {_verdict(t['hit'])} |")
     if res.get("chart"):
@@ -549,13 +596,19 @@ def chart(res: dict[str, Any], path: str) -> bool:
         from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: PLC0415
     except ImportError:
         return False
-    panels = [(k, t) for k, t in (("sipp", "closed loop, 100 in flight"),
-                                  ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s"))
-              if k in res]
+    panels = [
+        (k, t)
+        for k, t in (
+            ("sipp", "closed loop, 100 in flight"),
+            ("rate", f"{res.get('rate_calls_per_s', 0):g} calls/s"),
+        )
+        if k in res
+    ]
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False, sharey=True
+    )
     colors = {"stdlib": "tab:blue", "pool": "tab:orange", "dispatcher": "tab:green",
               "perl": "tab:red"}  # fmt: skip
     for ax, (key, title) in zip(axes[0], panels, strict=True):
@@ -576,11 +629,19 @@ def chart(res: dict[str, Any], path: str) -> bool:
                     xs.append(j + (i - (len(responders) - 1) / 2) * width)
                     ys.append(r.cpu_us_per_tx)
             base = "baseline" in name
-            bars = ax.bar(xs, ys, width, label=name, color=colors.get(name.split(" ")[0]),
-                          alpha=0.45 if base else 1.0, hatch="//" if base else None)
+            bars = ax.bar(
+                xs,
+                ys,
+                width,
+                label=name,
+                color=colors.get(name.split(" ")[0]),
+                alpha=0.45 if base else 1.0,
+                hatch="//" if base else None,
+            )
             ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1)
-        ax.set_xticks(range(len(transports)),
-                      [f"{t}\n{TRANSPORT_NAMES[t]}" for t in transports], fontsize=8)
+        ax.set_xticks(
+            range(len(transports)), [f"{t}\n{TRANSPORT_NAMES[t]}" for t in transports], fontsize=8
+        )
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
@@ -660,12 +721,19 @@ def _loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks",
-                                 description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true",
-                    help="small runs: a smoke test, not figures (writes files only with --out)")
-    ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n", 1)[0] if __doc__ else None
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small runs: a smoke test, not figures (writes files only with --out)",
+    )
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default: {','.join(SECTIONS)})",
+    )
     ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
     ap.add_argument("--calls", type=int,
                     help="transactions per closed-loop sipp run: u1, t1 (default 60,000), "
@@ -673,13 +741,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="measured sipp runs per responder (median)")
     ap.add_argument("--rate", type=float, default=2000.0, help="calls/s of the fixed-rate runs")
     ap.add_argument("--conns", type=int, help="open connections of the conns section")
-    ap.add_argument("--workers", default="1,2,3",
-                    help="worker counts of the workers section (default %(default)s)")
-    ap.add_argument("--work-us", type=int, default=300,
-                    help="CPU per request (netsip listen --work-us) in the workers section's "
-                         "runs with application work; 0: no such runs (default %(default)s)")
-    ap.add_argument("--baseline", metavar="DIR",
-                    help="also run pool and dispatcher importing netsip from DIR")
+    ap.add_argument(
+        "--workers",
+        default="1,2,3",
+        help="worker counts of the workers section (default %(default)s)",
+    )
+    ap.add_argument(
+        "--work-us",
+        type=int,
+        default=300,
+        help="CPU per request (netsip listen --work-us) in the workers section's "
+        "runs with application work; 0: no such runs (default %(default)s)",
+    )
+    ap.add_argument(
+        "--baseline", metavar="DIR", help="also run pool and dispatcher importing netsip from DIR"
+    )
     ap.add_argument("--out", help="where performance.{json,png,md} go (default: docs/)")
     ap.add_argument("--no-write", action="store_true", help="print only, write no files")
     args = ap.parse_args(argv)
@@ -711,11 +787,15 @@ def main(argv: list[str] | None = None) -> int:
         _say(log, "(a) packet")
         res["packet"] = packet_section(1.0 if quick else 3.0, perl, log)
     responders: list[tuple[str, str, str | None]] = [
-        ("stdlib", "stdlib", None), ("pool", "pool", None), ("dispatcher", "dispatcher", None),
+        ("stdlib", "stdlib", None),
+        ("pool", "pool", None),
+        ("dispatcher", "dispatcher", None),
     ]
     if args.baseline:
-        responders += [("pool (baseline)", "pool", args.baseline),
-                       ("dispatcher (baseline)", "dispatcher", args.baseline)]
+        responders += [
+            ("pool (baseline)", "pool", args.baseline),
+            ("dispatcher (baseline)", "dispatcher", args.baseline),
+        ]
     if perl:
         responders.append(("perl", "perl", None))
     # tn: more than about 8,000 connections per run make sipp slow down (here:

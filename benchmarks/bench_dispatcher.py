@@ -77,12 +77,19 @@ def main(argv: list[str] | None = None) -> int:
             perl_tps = by_impl["perl"].tx_per_s
             netsip_tps = by_impl["netsip"].tx_per_s
             ratios[proto] = round(netsip_tps / perl_tps, 2) if perl_tps else 0.0
-    met = all(r >= TARGET_RATIO for r in ratios.values()) and all(
-        r.failed == 0 for r in results
-    )
+    met = all(r >= TARGET_RATIO for r in ratios.values()) and all(r.failed == 0 for r in results)
     if args.json:
-        print(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios,
-                          "target_ratio": TARGET_RATIO, "target_met": met}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "results": [asdict(r) for r in results],
+                    "ratios": ratios,
+                    "target_ratio": TARGET_RATIO,
+                    "target_met": met,
+                },
+                indent=2,
+            )
+        )
     else:
         for proto, ratio in ratios.items():
             print(f"ratio netsip/perl {proto}: {ratio:.2f} (target >= {TARGET_RATIO})")

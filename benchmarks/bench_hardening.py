@@ -172,8 +172,9 @@ def _roundtrip(s: socket.socket, n: int) -> float:
             return time.perf_counter() - t0
 
 
-def _slowloris_client(dst: tuple[str, int], attackers: int, seconds: float,
-                      rounds: int, out: Connection) -> None:
+def _slowloris_client(
+    dst: tuple[str, int], attackers: int, seconds: float, rounds: int, out: Connection
+) -> None:
     raise_nofile(attackers + 100)
     good = socket.create_connection(dst, timeout=10)
     base = [_roundtrip(good, i) for i in range(rounds)]
@@ -217,14 +218,16 @@ def _slowloris_client(dst: tuple[str, int], attackers: int, seconds: float,
     for s in socks:
         s.close()
     good.close()
-    out.send({
-        "baseline": quantiles_ms(base),
-        "under_attack": quantiles_ms(under),
-        "attacker_bytes_sent": sent,
-        "attackers_closed": len(closed_at),
-        "first_closed_s": round(min(closed_at), 1) if closed_at else None,
-        "last_closed_s": round(max(closed_at), 1) if closed_at else None,
-    })
+    out.send(
+        {
+            "baseline": quantiles_ms(base),
+            "under_attack": quantiles_ms(under),
+            "attacker_bytes_sent": sent,
+            "attackers_closed": len(closed_at),
+            "first_closed_s": round(min(closed_at), 1) if closed_at else None,
+            "last_closed_s": round(max(closed_at), 1) if closed_at else None,
+        }
+    )
     out.close()
 
 
@@ -259,8 +262,13 @@ def phase_slowloris(attackers: int, seconds: float, rounds: int) -> Result:
         proc.join(30)
         parent.close()
         res: Result = result[0] if result else {"error": "client did not report"}
-        res.update(attackers=attackers, seconds=seconds, pool_cpu_s=round(cpu, 2),
-                   pool_peak_connections=peak[0], pool_connections_after=pool.connection_count())
+        res.update(
+            attackers=attackers,
+            seconds=seconds,
+            pool_cpu_s=round(cpu, 2),
+            pool_peak_connections=peak[0],
+            pool_connections_after=pool.connection_count(),
+        )
         return res
 
 
@@ -289,16 +297,24 @@ def _emfile_once(waiting: int, seconds: float, backoff: bool) -> Result:
             finally:
                 for c in clients:
                     c.close()
-        return {"backoff": backoff, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
-                "cpu_fraction": round(cpu / wall, 3), "accepted_while_short": accepted,
-                "all_accepted_after_restore": ok, "recovery_s": round(recover, 3)}
+        return {
+            "backoff": backoff,
+            "cpu_s": round(cpu, 3),
+            "wall_s": round(wall, 3),
+            "cpu_fraction": round(cpu / wall, 3),
+            "accepted_while_short": accepted,
+            "all_accepted_after_restore": ok,
+            "recovery_s": round(recover, 3),
+        }
     finally:
         socketpool_mod._ACCEPT_RESOURCE_ERRORS = saved  # type: ignore[misc]  # bench only
 
 
 def phase_emfile(seconds: float) -> Result:
-    return {"with_backoff": _emfile_once(200, seconds, True),
-            "without_backoff": _emfile_once(200, seconds, False)}
+    return {
+        "with_backoff": _emfile_once(200, seconds, True),
+        "without_backoff": _emfile_once(200, seconds, False),
+    }
 
 
 # -------------------------------------------------------------- backpressure
@@ -317,8 +333,11 @@ def phase_backpressure() -> Result:
         stuck_res: list[int] = []
         good_res: list[int] = []
         body = b"x" * 16000
-        pool.sendto(Packet.new_from_string(request(0, "stuck", body)),
-                    stuck_srv.getsockname(), stuck_res.append)
+        pool.sendto(
+            Packet.new_from_string(request(0, "stuck", body)),
+            stuck_srv.getsockname(),
+            stuck_res.append,
+        )
         peer, _ = stuck_srv.accept()
         t0 = time.perf_counter()
         i = max_q = 0
@@ -329,8 +348,11 @@ def phase_backpressure() -> Result:
             queued_total += len(p.as_bytes())
             pool.sendto(p, stuck_srv.getsockname(), stuck_res.append)
             if i % 8 == 0:
-                pool.sendto(Packet.new_from_string(request(i, "good")),
-                            reader.master().getsockname(), good_res.append)
+                pool.sendto(
+                    Packet.new_from_string(request(i, "good")),
+                    reader.master().getsockname(),
+                    good_res.append,
+                )
             max_q = max(max_q, pool.queued_bytes())
             loop.loop(0)
         elapsed = time.perf_counter() - t0
@@ -413,10 +435,15 @@ def phase_flood(garbage_total: int, trace: bool) -> Result:
         if trace:
             tracemalloc.stop()
         return {
-            "garbage": garbage_total, "valid_sent": sent_valid, "valid_delivered": valid[0],
-            "junk_that_parsed": junk[0], "bytes": bytes_sent, "seconds": round(elapsed, 2),
+            "garbage": garbage_total,
+            "valid_sent": sent_valid,
+            "valid_delivered": valid[0],
+            "junk_that_parsed": junk[0],
+            "bytes": bytes_sent,
+            "seconds": round(elapsed, 2),
             "datagrams_per_s": round((garbage_total + sent_valid) / elapsed),
-            "tracemalloc_growth_bytes": grown, "tracemalloc_samples": mem_samples,
+            "tracemalloc_growth_bytes": grown,
+            "tracemalloc_samples": mem_samples,
             "rss_growth_bytes": rss_bytes() - rss0,
             "max_timer_gap_ms": round(gaps[0] * 1000, 1),
             "kernel_udp_rcvbuf_drops": udp_rcvbuf_errors() - drops0,
@@ -487,8 +514,13 @@ def phase_soak(total: int, batch: int, trace: bool) -> Result:
 
         run_batch(0)
         gc.collect()
-        base = {"fds": open_fds(), "watched_fds": loop.fd_count(), "timers": loop.timer_count(),
-                "timer_heap": len(loop._heap), "rss": rss_bytes()}
+        base = {
+            "fds": open_fds(),
+            "watched_fds": loop.fd_count(),
+            "timers": loop.timer_count(),
+            "timer_heap": len(loop._heap),
+            "rss": rss_bytes(),
+        }
         if trace:
             tracemalloc.start()
         mem0 = tracemalloc.get_traced_memory()[0] if trace else 0
@@ -502,12 +534,22 @@ def phase_soak(total: int, batch: int, trace: bool) -> Result:
         grown = tracemalloc.get_traced_memory()[0] - mem0 if trace else None
         if trace:
             tracemalloc.stop()
-        after = {"fds": open_fds(), "watched_fds": loop.fd_count(), "timers": loop.timer_count(),
-                 "timer_heap": len(loop._heap), "rss": rss_bytes()}
+        after = {
+            "fds": open_fds(),
+            "watched_fds": loop.fd_count(),
+            "timers": loop.timer_count(),
+            "timer_heap": len(loop._heap),
+            "rss": rss_bytes(),
+        }
         return {
-            "connections": total, "batch": batch, "answered": count[0],
-            "seconds": round(elapsed, 1), "connections_per_s": round((total - batch) / elapsed),
-            "connect_errors": errors["connect"], "baseline": base, "after": after,
+            "connections": total,
+            "batch": batch,
+            "answered": count[0],
+            "seconds": round(elapsed, 1),
+            "connections_per_s": round((total - batch) / elapsed),
+            "connect_errors": errors["connect"],
+            "baseline": base,
+            "after": after,
             "tracemalloc_growth_bytes": grown,
             "pool_connections_after": pool.connection_count(),
         }

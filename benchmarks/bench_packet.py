@@ -83,6 +83,7 @@ def invite(n: int) -> bytes:
     """The INVITE of call ``n`` (see INVITE_TEMPLATE)."""
     return INVITE_TEMPLATE.replace(b"@@N@@", str(n).encode())
 
+
 PERL = r"""
 use strict; use warnings;
 use Net::SIP; use MIME::Base64; use Time::HiRes qw(time);
@@ -134,14 +135,25 @@ def bench_perl(seconds: float, distinct: bool = False) -> tuple[int, float] | No
     perl = shutil.which("perl")
     if perl is None:
         return None
-    if subprocess.run([perl, "-MNet::SIP", "-e", "1"], capture_output=True,
-                      check=False).returncode != 0:
+    if (
+        subprocess.run([perl, "-MNet::SIP", "-e", "1"], capture_output=True, check=False).returncode
+        != 0
+    ):
         return None
     res = subprocess.run(
-        [perl, "-e", PERL,
-         base64.b64encode(INVITE_TEMPLATE if distinct else INVITE).decode(),
-         base64.b64encode(SDP_ANSWER).decode(), str(seconds), str(DISTINCT if distinct else 0)],
-        capture_output=True, text=True, check=True, timeout=seconds * 10 + 60,
+        [
+            perl,
+            "-e",
+            PERL,
+            base64.b64encode(INVITE_TEMPLATE if distinct else INVITE).decode(),
+            base64.b64encode(SDP_ANSWER).decode(),
+            str(seconds),
+            str(DISTINCT if distinct else 0),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds * 10 + 60,
     )
     n, elapsed = res.stdout.split()
     return int(n), float(elapsed)
@@ -152,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="time budget per language")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--no-perl", action="store_true", help="skip the Perl run")
-    ap.add_argument("--distinct", action="store_true",
-                    help=f"cycle through {DISTINCT:,} INVITEs of different calls")
+    ap.add_argument(
+        "--distinct",
+        action="store_true",
+        help=f"cycle through {DISTINCT:,} INVITEs of different calls",
+    )
     args = ap.parse_args(argv)
 
     # the loop does what it claims
@@ -172,16 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     if perl_res is not None:
         perl_rate = perl_res[0] / perl_res[1]
-        result["perl"] = {"iterations": perl_res[0], "seconds": round(perl_res[1], 3),
-                          "msg_per_s": round(perl_rate)}
+        result["perl"] = {
+            "iterations": perl_res[0],
+            "seconds": round(perl_res[1], 3),
+            "msg_per_s": round(perl_rate),
+        }
         result["ratio"] = round(py_rate / perl_rate, 2)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"python: {py_rate:10.0f} msg/s ({py_n} in {py_t:.2f}s)")
         if perl_res is not None:
-            print(f"perl:   {perl_res[0] / perl_res[1]:10.0f} msg/s "
-                  f"({perl_res[0]} in {perl_res[1]:.2f}s)")
+            print(
+                f"perl:   {perl_res[0] / perl_res[1]:10.0f} msg/s "
+                f"({perl_res[0]} in {perl_res[1]:.2f}s)"
+            )
             print(f"ratio:  {result['ratio']}x")
         else:
             print("perl:   not run (perl -MNet::SIP unavailable or --no-perl)")

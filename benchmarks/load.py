@@ -98,8 +98,10 @@ def responder_cmd(
     if netsip_path is None:
         return [sys.executable, "-m", "benchmarks.responders", *args]
     paths = [os.path.abspath(netsip_path), REPO]
-    code = (f"import sys, runpy; sys.path[:0] = {paths!r}; "
-            "runpy.run_module('benchmarks.responders', run_name='__main__')")
+    code = (
+        f"import sys, runpy; sys.path[:0] = {paths!r}; "
+        "runpy.run_module('benchmarks.responders', run_name='__main__')"
+    )
     return [sys.executable, "-c", code, *args]
 
 
@@ -217,9 +219,7 @@ def run_sipp(
     proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           timeout=timeout + 30, check=False)  # fmt: skip
     secs = time.perf_counter() - t0
-    res: dict[str, Any] = (
-        _sipp_stats(stat) if os.path.exists(stat) else {"ok": 0, "failed": calls}
-    )
+    res: dict[str, Any] = _sipp_stats(stat) if os.path.exists(stat) else {"ok": 0, "failed": calls}
     res["secs"] = secs
     res["rc"] = proc.returncode
     if proc.returncode not in (0, 1):
@@ -376,8 +376,16 @@ def measure(
 
     def run(n: int) -> dict[str, Any]:
         if generator == "sipp":
-            return run_sipp(transport, dst, n, concurrency, timeout=timeout, workdir=workdir,
-                            rate=rate, ip=sipp_local_ip())
+            return run_sipp(
+                transport,
+                dst,
+                n,
+                concurrency,
+                timeout=timeout,
+                workdir=workdir,
+                rate=rate,
+                ip=sipp_local_ip(),
+            )
         return run_python_generator(transport, dst, n, concurrency, timeout)
 
     runs: list[tuple[float, float | None, float]] = []

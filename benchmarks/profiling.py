@@ -83,8 +83,12 @@ def pyspy_summary(raw_file: str, top: int, keep_idle: bool = False) -> list[str]
             for fr in set(frames):
                 incl[fr] += n
     total = max(total, 1)
-    out = [f"{total} samples ({idle} more waiting in epoll_wait, left out)", "",
-           "| own % | total % | function |", "|---:|---:|---|"]
+    out = [
+        f"{total} samples ({idle} more waiting in epoll_wait, left out)",
+        "",
+        "| own % | total % | function |",
+        "|---:|---:|---|",
+    ]
     for frame, n in own.most_common(top):
         out.append(f"| {100 * n / total:.1f} | {100 * incl[frame] / total:.1f} | `{frame}` |")
     out += ["", "| total % | own % | function |", "|---:|---:|---|"]
@@ -107,25 +111,44 @@ def profile(responder: str, transport: str, calls: int, *, concurrency: int = 10
     with tempfile.TemporaryDirectory(prefix="netsip-profile.") as workdir:
         out = os.path.join(workdir, "profile.out")
         if tool == "cprofile":
-            with start_responder(responder, proto, profile=out,
-                                 netsip_path=netsip_path) as (_proc, dst):
-                run_sipp(transport, dst, calls, concurrency, timeout=120, workdir=workdir,
-                         rate=rate, ip=sipp_local_ip())
+            with start_responder(responder, proto, profile=out, netsip_path=netsip_path) as (
+                _proc,
+                dst,
+            ):
+                run_sipp(
+                    transport,
+                    dst,
+                    calls,
+                    concurrency,
+                    timeout=120,
+                    workdir=workdir,
+                    rate=rate,
+                    ip=sipp_local_ip(),
+                )
             return cprofile_summary(out, top)
         pyspy = shutil.which("py-spy")
         if pyspy is None:
             raise SystemExit("py-spy is not installed (pip install py-spy)")
         with start_responder(responder, proto, netsip_path=netsip_path) as (proc, dst):
-            run_sipp(transport, dst, 500, concurrency, timeout=60, workdir=workdir,
-                     ip=sipp_local_ip())  # warm up
+            run_sipp(
+                transport, dst, 500, concurrency, timeout=60, workdir=workdir, ip=sipp_local_ip()
+            )  # warm up
             spy = subprocess.Popen(
                 [pyspy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "1000",
                  "--output", out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # py-spy attaches
-            run_sipp(transport, dst, calls, concurrency, timeout=120, workdir=workdir,
-                         rate=rate, ip=sipp_local_ip())
+            run_sipp(
+                transport,
+                dst,
+                calls,
+                concurrency,
+                timeout=120,
+                workdir=workdir,
+                rate=rate,
+                ip=sipp_local_ip(),
+            )
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(timeout=60)
         return pyspy_summary(out, top, keep_idle)
@@ -143,9 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--netsip-path", metavar="DIR", help="import netsip from DIR (a baseline)")
     ap.add_argument("--keep-idle", action="store_true", help="py-spy: count epoll_wait samples")
     args = ap.parse_args(argv)
-    lines = profile(args.responder, args.transport, args.calls, concurrency=args.concurrency,
-                    tool=args.tool, top=args.top, rate=args.rate,
-                    netsip_path=args.netsip_path, keep_idle=args.keep_idle)
+    lines = profile(
+        args.responder,
+        args.transport,
+        args.calls,
+        concurrency=args.concurrency,
+        tool=args.tool,
+        top=args.top,
+        rate=args.rate,
+        netsip_path=args.netsip_path,
+        keep_idle=args.keep_idle,
+    )
     print(f"{args.tool}: {args.responder} over {args.transport}, {args.calls} transactions")
     print("\n".join(lines))
     return 0

@@ -72,9 +72,7 @@ def frame_whole(stream: bytes, mh: int, mb: int) -> tuple[list[bytes], str | Non
         pos = r.end
 
 
-def frame_chunked(
-    stream: bytes, mh: int, mb: int, chunk: int
-) -> tuple[list[bytes], str | None]:
+def frame_chunked(stream: bytes, mh: int, mb: int, chunk: int) -> tuple[list[bytes], str | None]:
     """Frame the stream as it arrives in ``chunk``-byte reads (SocketPool's way)."""
     buf = bytearray()
     out: list[bytes] = []

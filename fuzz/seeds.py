@@ -25,9 +25,9 @@ _EXTRA: tuple[bytes, ...] = (
     b"Content-Length: 0\r\n\r\n",
     b"SIP/2.0 180 Ringing\nv: SIP/2.0/TCP h\ni: abc\nCSeq: 7 INVITE\nl: 3\n\nabc",
     b"MESSAGE sip:a@b SIP/2.0\r\nSubject: folded\r\n  over\r\n\tlines\r\n"
-    b"Contact: \"Q, \\\"x\\\"\" <sip:a@b;x=1>;q=0.5, <sip:c@d>\r\nl: 5\r\n\r\nhello",
+    b'Contact: "Q, \\"x\\"" <sip:a@b;x=1>;q=0.5, <sip:c@d>\r\nl: 5\r\n\r\nhello',
     b"\r\n\r\nINVITE sip:%61@[2001:db8::1]:5060;transport=tcp SIP/2.0\r\nCSeq: 0 INVITE\r\n",
-    b"SIP/2.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"a,b\", nonce=\"1\"\r\n"
+    b'SIP/2.0 401 Unauthorized\r\nWWW-Authenticate: Digest realm="a,b", nonce="1"\r\n'
     b"Content-Length: 0\r\n\r\n",
 )
 

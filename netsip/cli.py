@@ -629,17 +629,13 @@ def parse_listen_spec(spec: str) -> list[ListenSpec]:
             raise CliError(f"invalid --listen {spec!r}: cannot resolve {host!r}")
         host = ips[0]
         family = Addr.parse((host, 0)).family
-    return [
-        ListenSpec(p, host, DEFAULT_PORT[p] if port is None else port, family) for p in protos
-    ]
+    return [ListenSpec(p, host, DEFAULT_PORT[p] if port is None else port, family) for p in protos]
 
 
 def _bind(spec: ListenSpec, port: int, reuseport: bool) -> socket.socket:
     """A bound UDP or listening TCP socket for ``spec`` on ``port``; an IPv6
     one serves IPv6 only, so an IPv4 spec on the same port is separate."""
-    return bind_socket(
-        spec.proto, spec.addr, port, spec.family, reuseport=reuseport, v6only=True
-    )
+    return bind_socket(spec.proto, spec.addr, port, spec.family, reuseport=reuseport, v6only=True)
 
 
 Bound = list[tuple[ListenSpec, socket.socket]]

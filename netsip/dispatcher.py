@@ -1118,4 +1118,3 @@ class Dispatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

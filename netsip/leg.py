@@ -219,7 +219,11 @@ class Leg:
             if dst_addr is not None and proto == "udp" and dst_addr.port == 0:
                 dst_addr = Addr(dst_addr.addr, _DEFAULT_PORT[proto], dst_addr.family)
             created = bind_socket(
-                proto, src_addr, src_port, src_family, reuse_dgram=True,  # as Perl's Leg
+                proto,
+                src_addr,
+                src_port,
+                src_family,
+                reuse_dgram=True,  # as Perl's Leg
                 peer=dst_addr if proto == "udp" else None,
             )
             sock = created
@@ -691,4 +695,3 @@ class Leg:
         if proto and proto != self.proto:
             return False
         return not (sub is not None and not invoke_callback(sub, self))
-

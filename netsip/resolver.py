@@ -179,8 +179,11 @@ def _from_hook(rdtype: str, answers: object) -> list[Record]:
                 out.append(SrvRecord(int(rest[0]), weight, int(rest[2]), str(rest[1]).rstrip(".")))
             elif typ == "NAPTR":
                 o, p, flags, service, regexp, repl = rest
-                out.append(NaptrRecord(int(o), int(p), str(flags), str(service), str(regexp),
-                                       str(repl).rstrip(".")))
+                out.append(
+                    NaptrRecord(
+                        int(o), int(p), str(flags), str(service), str(regexp), str(repl).rstrip(".")
+                    )
+                )
         except (TypeError, ValueError) as exc:
             log.warning("dnsresolv hook: bad %s answer %r ignored (%s)", rdtype, item, exc)
     return out
@@ -366,8 +369,9 @@ class Resolver:
     # ----------------------------------------------------- the RFC 3263 steps
 
     def _on_naptr(self, res: _Resolution, recs: list[Record]) -> None:
-        naptrs = sorted((r for r in recs if isinstance(r, NaptrRecord)),
-                        key=lambda r: (r.order, r.preference))
+        naptrs = sorted(
+            (r for r in recs if isinstance(r, NaptrRecord)), key=lambda r: (r.order, r.preference)
+        )
         services: list[tuple[Proto, str]] = []
         for r in naptrs:
             proto = _NAPTR_SERVICES.get(r.service.upper())
@@ -377,12 +381,15 @@ class Resolver:
         if not services:
             # No (usable) NAPTR: SRV for each transport we support, in our order.
             # Lenient: also when NAPTR records exist but none is usable.
-            services = [(p, f"_sips._tcp.{res.host}" if p == "tls" else f"_sip._{p}.{res.host}")
-                        for p in res.protos]
+            services = [
+                (p, f"_sips._tcp.{res.host}" if p == "tls" else f"_sip._{p}.{res.host}")
+                for p in res.protos
+            ]
         self._gather([_key(n, "SRV") for _, n in services], partial(self._on_srv, res, services))
 
-    def _on_srv(self, res: _Resolution, services: list[tuple[Proto, str]],
-                answers: dict[_Key, list[Record]]) -> None:
+    def _on_srv(
+        self, res: _Resolution, services: list[tuple[Proto, str]], answers: dict[_Key, list[Record]]
+    ) -> None:
         targets: list[_Target] = []
         refused = False
         for proto, name in services:
@@ -413,16 +420,23 @@ class Resolver:
         keys = [_key(n, typ) for n in names for typ in self._addr_types]
         self._gather(keys, partial(self._on_addrs, res, targets))
 
-    def _on_addrs(self, res: _Resolution, targets: list[_Target],
-                  answers: dict[_Key, list[Record]]) -> None:
+    def _on_addrs(
+        self, res: _Resolution, targets: list[_Target], answers: dict[_Key, list[Record]]
+    ) -> None:
         result: Result = []
         seen: set[tuple[str, str, int]] = set()
         for proto, target, port in targets:
             lit = _ip_literal(target)
-            ips = [lit] if lit is not None else [
-                ip for typ in self._addr_types for ip in answers[_key(target, typ)]
-                if isinstance(ip, str)
-            ]
+            ips = (
+                [lit]
+                if lit is not None
+                else [
+                    ip
+                    for typ in self._addr_types
+                    for ip in answers[_key(target, typ)]
+                    if isinstance(ip, str)
+                ]
+            )
             for ip in ips:
                 if (proto, ip, port) not in seen:
                     seen.add((proto, ip, port))
@@ -475,8 +489,12 @@ class Resolver:
         if self._hook is None:
             self._send(q)
             return
-        invoke_callback(self._hook, key[1], key[0],
-                        lambda answers=None: self._complete(q, _from_hook(key[1], answers), 0))
+        invoke_callback(
+            self._hook,
+            key[1],
+            key[0],
+            lambda answers=None: self._complete(q, _from_hook(key[1], answers), 0),
+        )
 
     def _complete(self, q: _Query, recs: list[Record], ttl: float) -> None:
         if self._inflight.get(q.key) is not q:
@@ -514,8 +532,9 @@ class Resolver:
         q.tries += 1
         try:
             if q.msg is None:
-                q.msg = dns.message.make_query(q.key[0] + ".", q.key[1], use_edns=0,
-                                               payload=_EDNS_PAYLOAD)
+                q.msg = dns.message.make_query(
+                    q.key[0] + ".", q.key[1], use_edns=0, payload=_EDNS_PAYLOAD
+                )
             wire = q.msg.to_wire()
         except dns.exception.DNSException as exc:
             log.info("DNS %s %s: bad name (%s)", q.key[1], q.key[0], exc)
@@ -603,10 +622,14 @@ class Resolver:
             elif isinstance(rd, dns.rdtypes.IN.SRV.SRV):
                 recs.append(SrvRecord(rd.priority, rd.weight, rd.port, text(rd.target)))
             elif isinstance(rd, dns.rdtypes.IN.NAPTR.NAPTR):
-                flags, service, regexp = (b.decode("latin-1") for b in (rd.flags, rd.service,
-                                                                          rd.regexp))
-                recs.append(NaptrRecord(rd.order, rd.preference, flags, service, regexp,
-                                        text(rd.replacement)))
+                flags, service, regexp = (
+                    b.decode("latin-1") for b in (rd.flags, rd.service, rd.regexp)
+                )
+                recs.append(
+                    NaptrRecord(
+                        rd.order, rd.preference, flags, service, regexp, text(rd.replacement)
+                    )
+                )
         return recs
 
     def _start_tcp(self, q: _Query) -> None:

@@ -79,8 +79,14 @@ def cache_key(packet: HeaderSource) -> str:
     values: Callable[[str], Sequence[str]] = (
         getattr(packet, "header_values", None) or packet.get_headers
     )
-    return "\0".join((",".join(values("cseq")), ",".join(values("call-id")),
-                      ",".join(values("from")), _key_to(",".join(values("to")))))
+    return "\0".join(
+        (
+            ",".join(values("cseq")),
+            ",".join(values("call-id")),
+            ",".join(values("from")),
+            _key_to(",".join(values("to"))),
+        )
+    )
 
 
 def _key_to(to: str) -> str:

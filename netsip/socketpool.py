@@ -871,7 +871,10 @@ class SocketPool:
         self._accept_backoff = delay
         log.log(
             logging.DEBUG if again else logging.WARNING,
-            "accept on %s failed: %s; not accepting for %.2fs", self._local_ip, exc, delay,
+            "accept on %s failed: %s; not accepting for %.2fs",
+            self._local_ip,
+            exc,
+            delay,
         )
         loop.del_fd(master.fd, EV_READ)
         if self._accept_timer is not None:
@@ -1167,8 +1170,13 @@ class SocketPool:
             # means the peer stopped reading: give up on it rather than buffer
             # without bound. Everything queued fails, then this packet.
             self._drop(
-                conn, errno.ENOBUFS, "write buffer full (%d + %d bytes > MAX_WBUF %d)",
-                len(conn.wbuf), len(data), limit, level=logging.WARNING,
+                conn,
+                errno.ENOBUFS,
+                "write buffer full (%d + %d bytes > MAX_WBUF %d)",
+                len(conn.wbuf),
+                len(data),
+                limit,
+                level=logging.WARNING,
             )
             invoke_callback(callback, errno.ENOBUFS)
             return
@@ -1250,9 +1258,7 @@ class SocketPool:
             return
         # Perl checks every int(MIN_EXPIRE/2)+1 seconds.
         interval = int(self._cfg.min_expire / 2) + 1
-        self._expire_timer = loop.add_timer(
-            interval, self._expire, interval, "socketpool-timeout"
-        )
+        self._expire_timer = loop.add_timer(interval, self._expire, interval, "socketpool-timeout")
 
     def _expire(self, _timer: object = None) -> None:
         """Close connections idle for longer than the (load dependent) expiry time."""
@@ -1266,10 +1272,7 @@ class SocketPool:
             now = loop.looptime
             idle = [c for c in conns.values() if not c.inside_connect and now - c.didit > expire]
             for conn in idle:
-                self._drop(
-                    conn, errno.ETIMEDOUT, "idle for %.1fs", expire, level=logging.DEBUG
-                )
+                self._drop(conn, errno.ETIMEDOUT, "idle for %.1fs", expire, level=logging.DEBUG)
         if not conns and self._expire_timer is not None:
             self._expire_timer.cancel()
             self._expire_timer = None
-

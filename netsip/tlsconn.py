@@ -222,7 +222,9 @@ def _pairs(items: object, key: str) -> list[str]:
     return [
         item[1]
         for item in items
-        if isinstance(item, tuple) and len(item) == 2 and item[0] == key
+        if isinstance(item, tuple)
+        and len(item) == 2
+        and item[0] == key
         and isinstance(item[1], str)
     ]
 

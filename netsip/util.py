@@ -778,9 +778,11 @@ def _split_items(v: str, delim: str) -> list[str]:
         # fast path, same result as the scanner below
         items = v.split(delim)
         if len(items) > 1:
-            items = [items[0].rstrip(_WS)] + [i.strip(_WS) for i in items[1:-1]] + [
-                items[-1].lstrip(_WS)
-            ]
+            items = (
+                [items[0].rstrip(_WS)]
+                + [i.strip(_WS) for i in items[1:-1]]
+                + [items[-1].lstrip(_WS)]
+            )
         return items
     rx = _SCAN_RX[delim]
     items = []
@@ -990,9 +992,7 @@ def sip_parts2uri(
         dom = ip_parts2string(domain)
     else:
         dom = ip_parts2string(*domain)
-    uri = sip_parts2hdrval(
-        "uri", f"{proto or 'sip'}:{user + '@' if user else ''}{dom}", params
-    )
+    uri = sip_parts2hdrval("uri", f"{proto or 'sip'}:{user + '@' if user else ''}{dom}", params)
     return f"<{uri}>" if params else uri
 
 

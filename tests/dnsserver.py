@@ -42,8 +42,9 @@ class DNSServer:
         soa_minimum: negative-caching TTL announced in the SOA.
     """
 
-    def __init__(self, loop: EventLoopLike, records: Iterable[Rec], *,
-                 soa_minimum: int = 60) -> None:
+    def __init__(
+        self, loop: EventLoopLike, records: Iterable[Rec], *, soa_minimum: int = 60
+    ) -> None:
         self.loop = loop
         grouped: dict[tuple[str, str], tuple[str, int, list[str]]] = {}
         for rec in records:
@@ -54,7 +55,8 @@ class DNSServer:
             for key, (name, ttl, rdatas) in grouped.items()
         }
         self.soa = dns.rrset.from_text(
-            ".", soa_minimum, "IN", "SOA", f"ns. hostmaster. 1 3600 600 86400 {soa_minimum}")
+            ".", soa_minimum, "IN", "SOA", f"ns. hostmaster. 1 3600 600 86400 {soa_minimum}"
+        )
         self.silent: set[str] = set()
         self.spoof: set[str] = set()
         self.truncate: set[str] = set()
@@ -135,8 +137,9 @@ class DNSServer:
         if _norm(query.question[0].name.to_text()) in self.spoof:
             sock.sendto(b"\x00junk", peer)
             fake = dns.message.make_response(query)
-            fake.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A",
-                                                   "6.6.6.6"))
+            fake.answer.append(
+                dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "6.6.6.6")
+            )
             fake.id = (query.id + 1) & 0xFFFF
             sock.sendto(fake.to_wire(), peer)
             fake.id = query.id

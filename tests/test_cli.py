@@ -186,9 +186,7 @@ def test_bad_message_file_and_bad_certificate(
     junk.write_text("this is not SIP\n")
     status, _, err = run(["send", "--file", str(junk), "127.0.0.1:5060"], capsys)
     assert status == 2 and "not a SIP message" in err and len(err.splitlines()) == 1, err
-    status, _, err = run(
-        ["listen", "--listen", "tls:127.0.0.1:0", "--tls-cert", str(junk)], capsys
-    )
+    status, _, err = run(["listen", "--listen", "tls:127.0.0.1:0", "--tls-cert", str(junk)], capsys)
     assert status == 2 and "cannot load TLS" in err and len(err.splitlines()) == 1, err
 
 
@@ -382,8 +380,10 @@ def test_listen_code_and_send_raw_file(
     assert status == 1 and "486 Busy" in out
 
     resp = tmp_path / "response.txt"
-    resp.write_text("SIP/2.0 200 OK\nCall-ID: x\nCSeq: 1 OPTIONS\nFrom: <sip:a@b>;tag=1\n"
-                    "To: <sip:c@d>\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKx\n\n")
+    resp.write_text(
+        "SIP/2.0 200 OK\nCall-ID: x\nCSeq: 1 OPTIONS\nFrom: <sip:a@b>;tag=1\n"
+        "To: <sip:c@d>\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKx\n\n"
+    )
     status, out, _ = run(["send", "--file", str(resp), f"127.0.0.1:{port}", "-t", "tcp"], capsys)
     assert status == 0 and out.startswith("sent 200 OK to tcp:127.0.0.1:"), out
 
@@ -401,8 +401,9 @@ def test_listen_ipv6(
     srv = start_listen(listen_factory, tmp_path, "--listen", "tcp:[::1]:0", "-l", "udp:[::1]:0")
     addrs = srv.addresses(2)
     for proto in ("tcp", "udp"):
-        status, out, _ = run(["options", f"sip:[::1]:{addrs[proto].port}", "-t", proto, "-n", "1"],
-                             capsys)
+        status, out, _ = run(
+            ["options", f"sip:[::1]:{addrs[proto].port}", "-t", proto, "-n", "1"], capsys
+        )
         assert status == 0, out
         assert f"200 OK from {proto}:[::1]:{addrs[proto].port}" in out
     stdout = srv.stop()
@@ -637,8 +638,11 @@ def test_tls_default_legs_with_certificate(
 ) -> None:
     """Without --listen but with --tls-cert: udp+tcp on 5060 and tls on 5061 (if free)."""
     require_tls(certs)
-    for port, kind in ((5060, socket.SOCK_DGRAM), (5060, socket.SOCK_STREAM),
-                       (5061, socket.SOCK_STREAM)):
+    for port, kind in (
+        (5060, socket.SOCK_DGRAM),
+        (5060, socket.SOCK_STREAM),
+        (5061, socket.SOCK_STREAM),
+    ):
         with socket.socket(socket.AF_INET, kind) as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -719,8 +723,7 @@ def test_netsip_clients_against_perl_server(
         reader = LineReader(peer.stdout.fileno())
         m = reader.wait_for(r"^LISTENING (\S+) (\d+)$")[0]
         uri = f"sip:{m.group(1)}:{m.group(2)}"
-        status, out, _ = run(["options", uri, "-t", proto, *our_tls, "-n", "3", "-i", "0"],
-                             capsys)
+        status, out, _ = run(["options", uri, "-t", proto, *our_tls, "-n", "3", "-i", "0"], capsys)
         assert status == 0 and "3 responses received, 3 ok" in out, out
         status, out, _ = run(
             ["bench", uri, "-t", proto, *our_tls, "-n", str(bench), "-c", "4", "--json"], capsys

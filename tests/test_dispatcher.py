@@ -121,9 +121,7 @@ def sink() -> Iterator[socket.socket]:
 
 @pytest.mark.parametrize("host", LOOPBACKS)
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_request_and_response_between_dispatchers(
-    loop: EventLoop, proto: Proto, host: str
-) -> None:
+def test_request_and_response_between_dispatchers(loop: EventLoop, proto: Proto, host: str) -> None:
     a = _peer(loop, host, proto, answer=None)
     b = _peer(loop, host, proto)
     try:
@@ -295,9 +293,7 @@ def test_timeout_after_64_t1(
     a.disp.close()
 
 
-def test_invite_final_response_retransmitted_until_ack(
-    clock: FakeClock, floop: EventLoop
-) -> None:
+def test_invite_final_response_retransmitted_until_ack(clock: FakeClock, floop: EventLoop) -> None:
     a = _peer(floop, answer=None)
     b = _peer(floop)
     start = floop.looptime
@@ -319,9 +315,7 @@ def test_invite_final_response_retransmitted_until_ack(
     b.disp.close()
 
 
-def test_response_cache_answers_retransmitted_request(
-    clock: FakeClock, floop: EventLoop
-) -> None:
+def test_response_cache_answers_retransmitted_request(clock: FakeClock, floop: EventLoop) -> None:
     b = _peer(floop)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
         cli.bind(("127.0.0.1", 0))

@@ -103,9 +103,7 @@ def test_constants_and_protocol(loop: EventLoop) -> None:
     assert ev.looptime == EPOCH
 
 
-def test_looptime_set_at_construction_and_after_select(
-    loop: EventLoop, clock: FakeClock
-) -> None:
+def test_looptime_set_at_construction_and_after_select(loop: EventLoop, clock: FakeClock) -> None:
     assert loop.looptime == EPOCH
     clock.advance(2.5)
     assert loop.looptime == EPOCH  # only the loop moves it
@@ -634,9 +632,7 @@ def test_select_ebadf_drops_closed_fd(clock: FakeClock, caplog: pytest.LogCaptur
 
 def test_select_error_other_than_ebadf_propagates(clock: FakeClock) -> None:
     class Broken(selectors.SelectSelector):
-        def select(
-            self, timeout: float | None = None
-        ) -> list[tuple[selectors.SelectorKey, int]]:
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             raise OSError(errno.EIO, "boom")
 
     with EventLoop(clock=clock, selector=Broken) as ev, pytest.raises(OSError, match="boom"):
@@ -756,9 +752,7 @@ def test_idle_loop_does_not_spin() -> None:
     selects = 0
 
     class Counting(selectors.DefaultSelector):
-        def select(
-            self, timeout: float | None = None
-        ) -> list[tuple[selectors.SelectorKey, int]]:
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
             nonlocal selects
             selects += 1
             result: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
@@ -794,9 +788,7 @@ class BoomError(Exception):
     """Raised by test callbacks."""
 
 
-def test_timer_exception_propagates_and_loop_continues(
-    loop: EventLoop, clock: FakeClock
-) -> None:
+def test_timer_exception_propagates_and_loop_continues(loop: EventLoop, clock: FakeClock) -> None:
     fired: list[str] = []
 
     def bad(timer: TimerEvent) -> None:
@@ -927,6 +919,7 @@ def test_reset_from_callback_drops_rest_of_cycle(loop: EventLoop, clock: FakeClo
     with socketpairs(1) as [(a, b)]:
         a.send(b"x")
         loop.add_fd(b, EV_READ, lambda s: fired.append("fd"))
+
         def resetter(t: TimerEvent) -> None:
             fired.append("reset")
             loop.reset()

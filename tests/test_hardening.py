@@ -129,9 +129,9 @@ def peer_closed(s: socket.socket) -> bool:
             return True
 
 
-def roundtrip(loop: EventLoop, s: socket.socket, data: bytes, seconds: float = 5.0) -> tuple[
-    bytes, int
-]:
+def roundtrip(
+    loop: EventLoop, s: socket.socket, data: bytes, seconds: float = 5.0
+) -> tuple[bytes, int]:
     """Send ``data`` over ``s`` and drive ``loop`` until a whole SIP message comes back.
 
     Returns:

@@ -104,8 +104,11 @@ def test_packet_random_bytes(data: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(st.lists(st.sampled_from((*_TOKENS, b"INVITE sip:a SIP/2.0", b"x", b"0", b"12")),
-                max_size=60).map(b"".join))
+@given(
+    st.lists(
+        st.sampled_from((*_TOKENS, b"INVITE sip:a SIP/2.0", b"x", b"0", b"12")), max_size=60
+    ).map(b"".join)
+)
 def test_packet_random_tokens(data: bytes) -> None:
     harness_packet.check(data)
 
@@ -124,8 +127,9 @@ def test_framing_limits_decoding() -> None:
 def test_framing_harness_catches_a_broken_framer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The harness would notice a framer that ignores the body limit."""
 
-    def lax(buf: bytes | bytearray, max_header: int, max_body: int, start: int = 0,
-            scan: int = 0) -> framing.Message | framing.NeedMore:
+    def lax(
+        buf: bytes | bytearray, max_header: int, max_body: int, start: int = 0, scan: int = 0
+    ) -> framing.Message | framing.NeedMore:
         return framing.frame(buf, max_header, 1 << 30, start, scan)
 
     monkeypatch.setattr(harness_framing, "frame", lax)
@@ -136,6 +140,7 @@ def test_framing_harness_catches_a_broken_framer(monkeypatch: pytest.MonkeyPatch
 
 def test_packet_harness_catches_a_foreign_exception(monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything but PacketError escaping the parser fails the harness."""
+
     def broken(data: bytes | str) -> Packet:
         raise IndexError("boom")
 

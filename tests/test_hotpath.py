@@ -89,12 +89,24 @@ def test_line_cache_and_fast_path_change_nothing(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.sampled_from([
-            b"Max-Forwards: 70", b"Max-Forwards: 71", b"Content-Type: a/b", b"Content-Type: c/d",
-            b"CSeq: 1 OPTIONS", b"CSeq: 2 INVITE", b"To: <sip:b@h>", b"To: bad <<",
-            b"Contact: <sip:a@h>, <sip:b@h>", b"Allow: A, B", b"X-Foo: bar", b"Expires: x",
-            b" folded", b"Subject: a\r\n b",
-        ]),
+        st.sampled_from(
+            [
+                b"Max-Forwards: 70",
+                b"Max-Forwards: 71",
+                b"Content-Type: a/b",
+                b"Content-Type: c/d",
+                b"CSeq: 1 OPTIONS",
+                b"CSeq: 2 INVITE",
+                b"To: <sip:b@h>",
+                b"To: bad <<",
+                b"Contact: <sip:a@h>, <sip:b@h>",
+                b"Allow: A, B",
+                b"X-Foo: bar",
+                b"Expires: x",
+                b" folded",
+                b"Subject: a\r\n b",
+            ]
+        ),
         max_size=8,
     )
 )
@@ -305,8 +317,12 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
     st.sampled_from(list(";=tagbrch\"<>, \t-xé@")), max_size=10))  # fmt: skip
 def test_prefix_caches_random_tails(head: str, tail: str) -> None:
     for name in ("Via", "From", "f", "v"):
-        for value in (head + tail, f"{head + tail}\r\n{name}: {head};tag=other",  # two lines
-                      f"{head + tail}\r\n{name}: {head + tail}", f"\r\n {head + tail}"):  # folded
+        for value in (
+            head + tail,
+            f"{head + tail}\r\n{name}: {head};tag=other",  # two lines
+            f"{head + tail}\r\n{name}: {head + tail}",
+            f"\r\n {head + tail}",
+        ):  # folded
             clear_caches()
             cold = outcome(message_with(name, value))
             outcome(message_with(name, head + ";tag=warm1"))
@@ -435,8 +451,20 @@ def test_to_tag_is_the_keyed_hash() -> None:
         assert Request._to_tag(callid, frm) == want
 
 
-TOS = ["<sip:a@b>", "B <sip:a@b>", '"x;tag=1" <sip:a@b>', "<sip:a;tag=1@b>", "<sip:a@b>;tag=1",
-       "<sip:a@b> ; TAG = 2", "sip:a@b;tag=3", "sip:a@b>", "a>", ">", "", "<sip:a@b>;x=>"]
+TOS = [
+    "<sip:a@b>",
+    "B <sip:a@b>",
+    '"x;tag=1" <sip:a@b>',
+    "<sip:a;tag=1@b>",
+    "<sip:a@b>;tag=1",
+    "<sip:a@b> ; TAG = 2",
+    "sip:a@b;tag=3",
+    "sip:a@b>",
+    "a>",
+    ">",
+    "",
+    "<sip:a@b>;x=>",
+]
 
 
 @pytest.mark.parametrize("to", TOS)

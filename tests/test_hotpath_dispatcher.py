@@ -52,8 +52,9 @@ def ref_key_to(to: str) -> str:
 def ref_cache_key(packet: Packet) -> str:
     g = packet.get_headers
     to = ",".join(g("to"))
-    return "\0".join((",".join(g("cseq")), ",".join(g("call-id")), ",".join(g("from")),
-                      ref_key_to(to)))
+    return "\0".join(
+        (",".join(g("cseq")), ",".join(g("call-id")), ",".join(g("from")), ref_key_to(to))
+    )
 
 
 # Leg._make_contact before issue 7's dispatcher work
@@ -287,7 +288,9 @@ def test_what_is_queued_for_retransmission_follows_retransmit_timers(loop: Event
             entries = disp.queue_entries()
             want = retransmit_timers(is_request, method, code)
             assert [e.schedule is not None for e in entries] == ([True] if want else []), (
-                is_request, method, code,
+                is_request,
+                method,
+                code,
             )
             if entries:
                 sched = entries[0].schedule

@@ -232,6 +232,7 @@ def test_netsip_client_to_perl_server(proto: Proto, host: str, tls_files: TlsFil
 
         responses: list[tuple[Response, Addr]] = []
         sent: list[int] = []
+
         def on_packet(packet: Request | Response, from_: Addr) -> None:
             if isinstance(packet, Response):
                 responses.append((packet, from_))
@@ -312,9 +313,9 @@ def test_perl_client_certificate_to_netsip_verify_client(host: str, tls_files: T
     assert len(got) == 2 and all(f.proto == "tls" for f in got)
 
 
-def _perl_server(loop: EventLoop, host: str, *tls_args: str) -> tuple[
-    subprocess.Popen[bytes], PipeReader, Addr
-]:
+def _perl_server(
+    loop: EventLoop, host: str, *tls_args: str
+) -> tuple[subprocess.Popen[bytes], PipeReader, Addr]:
     """Start netsip_peer.pl as a TLS server answering forever; its reader and address."""
     proc = start_perl_peer(
         "--mode", "server", "--proto", "tls", "--listen", str(Addr.parse((host, 0))),

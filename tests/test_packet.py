@@ -164,8 +164,16 @@ def same_content(a: Packet, b: Packet, ignore: tuple[str, ...] = ()) -> None:
 def test_module_is_pure() -> None:
     imported = imported_modules(netsip.packet.__file__)
     assert not imported & {"socket", "selectors", "ssl", "time", "asyncio"}
-    assert imported <= {"__future__", "hashlib", "logging", "os", "re", "collections", "typing",
-                        "netsip"}
+    assert imported <= {
+        "__future__",
+        "hashlib",
+        "logging",
+        "os",
+        "re",
+        "collections",
+        "typing",
+        "netsip",
+    }
 
 
 def test_packet_error_hierarchy() -> None:
@@ -253,8 +261,16 @@ def test_compact_forms_and_continuation_lines() -> None:
     assert p.get_headers("accept") == ["application/sdp", "text/plain"]
     assert p.get_header("content-length") == "0"
     assert list(p.headers()) == [
-        "via", "max-forwards", "to", "from", "call-id", "cseq", "contact", "supported",
-        "accept", "content-length",
+        "via",
+        "max-forwards",
+        "to",
+        "from",
+        "call-id",
+        "cseq",
+        "contact",
+        "supported",
+        "accept",
+        "content-length",
     ]
     assert p.get_header() == p.headers()
 
@@ -368,12 +384,12 @@ MALFORMED = [
     (b"OPTIONS sip:a@b SIP/2.0\r\nc: text/a\r\nc: text/b\r\n\r\n", "conflicting definition"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nTo: <sip:a@b\r\n\r\n", "unbalanced quote or '<' in to"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nTo: <sip:a@b> x\r\n\r\n", "invalid address in to"),
-    (b"OPTIONS sip:a@b SIP/2.0\r\nm: \"x <sip:a@b>\r\n\r\n", "unbalanced quote"),
+    (b'OPTIONS sip:a@b SIP/2.0\r\nm: "x <sip:a@b>\r\n\r\n', "unbalanced quote"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nm: <sip:a@b>;;\r\n\r\n", "invalid address in contact"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:a@b>,,<sip:c>\r\n\r\n", "invalid address"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP\r\n\r\n", "invalid via"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=1,\r\n\r\n", "invalid via"),
-    (b"OPTIONS sip:a@b SIP/2.0\r\nAllow: \"INVITE\r\n\r\n", "unbalanced quote"),
+    (b'OPTIONS sip:a@b SIP/2.0\r\nAllow: "INVITE\r\n\r\n', "unbalanced quote"),
 ]
 
 
@@ -400,8 +416,14 @@ def test_build_request_from_pairs_and_mapping() -> None:
     r = Request(
         "INVITE",
         "sip:bob@example.com",
-        [("via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("v", ["SIP/2.0/UDP g;branch=z9hG4bK2"]),
-         ("call-id", "abc"), ("cseq", "1 INVITE"), ("max-forwards", 70), ("x-none", None)],
+        [
+            ("via", "SIP/2.0/UDP h;branch=z9hG4bK1"),
+            ("v", ["SIP/2.0/UDP g;branch=z9hG4bK2"]),
+            ("call-id", "abc"),
+            ("cseq", "1 INVITE"),
+            ("max-forwards", 70),
+            ("x-none", None),
+        ],
         "body ä",
     )
     assert r.as_bytes() == (
@@ -415,8 +437,11 @@ def test_build_request_from_pairs_and_mapping() -> None:
         b"\r\n"
         b"body \xc3\xa4"
     )
-    m = Request("OPTIONS", "sip:x", {"WWW-Authenticate": 'Digest realm="x", nonce="y"',
-                                     "Contact": ["<sip:a>", "<sip:b>"]})
+    m = Request(
+        "OPTIONS",
+        "sip:x",
+        {"WWW-Authenticate": 'Digest realm="x", nonce="y"', "Contact": ["<sip:a>", "<sip:b>"]},
+    )
     assert m.get_headers("contact") == ["<sip:a>", "<sip:b>"]
     assert b'WWW-Authenticate: Digest realm="x", nonce="y"\r\n' in m.as_bytes()
     same_content(parse(m.as_bytes()), m, ignore=("content-length",))
@@ -488,8 +513,9 @@ def test_header_operations() -> None:
         b"Via: SIP/2.0/UDP proxy.example.com;branch=z9hG4bK1, SIP/2.0/TCP"
     )
     assert b"Max-Forwards: 69\r\nTo: <sip:x@y>\r\n" in wire
-    assert wire.endswith(b"Route: <sip:r1;lr>\r\nRoute: <sip:r2;lr>\r\nRoute: <sip:r3;lr>\r\n\r\n"
-                         + SDP)
+    assert wire.endswith(
+        b"Route: <sip:r1;lr>\r\nRoute: <sip:r2;lr>\r\nRoute: <sip:r3;lr>\r\n\r\n" + SDP
+    )
     same_content(parse(wire), p)
     assert p.as_bytes() is wire  # cached until modified
 
@@ -569,8 +595,11 @@ def test_create_response() -> None:
     assert p.get_header("to") == "Bob <sip:bob@biloxi.example.com>"  # request untouched
     # 100 Trying gets no tag; a tag in the request is kept
     assert p.create_response(100).get_header("to") == "Bob <sip:bob@biloxi.example.com>"
-    tagged = req(INVITE.replace(b"To: Bob <sip:bob@biloxi.example.com>",
-                                b"To: Bob <sip:bob@biloxi.example.com>;tag=abc"))
+    tagged = req(
+        INVITE.replace(
+            b"To: Bob <sip:bob@biloxi.example.com>", b"To: Bob <sip:bob@biloxi.example.com>;tag=abc"
+        )
+    )
     tagged_to = tagged.create_response(200).get_header("to")
     assert tagged_to == "Bob <sip:bob@biloxi.example.com>;tag=abc"
     assert r.get_header("contact") is None
@@ -579,8 +608,9 @@ def test_create_response() -> None:
 
 def test_create_response_headers_body_and_phrases() -> None:
     p = req(REGISTER)
-    r = p.create_response(200, headers={"Contact": ["<sip:a>;expires=60"], "To": "<sip:t>"},
-                          body="x")
+    r = p.create_response(
+        200, headers={"Contact": ["<sip:a>;expires=60"], "To": "<sip:t>"}, body="x"
+    )
     assert r.get_headers("contact") == ["<sip:a>;expires=60"]
     assert r.get_header("to") == "<sip:t>"  # given headers win
     assert r.body() == b"x"
@@ -602,8 +632,12 @@ def test_create_response_copies_timestamp_for_100() -> None:
 
 
 def test_create_ack_and_cancel() -> None:
-    inv = req(INVITE.replace(b"Contact:", b"Route: <sip:r1;lr>\r\nProxy-Authorization: "
-                             b'Digest username="a"\r\nContact:'))
+    inv = req(
+        INVITE.replace(
+            b"Contact:",
+            b'Route: <sip:r1;lr>\r\nProxy-Authorization: Digest username="a"\r\nContact:',
+        )
+    )
     busy = inv.create_response(486)
     ack = inv.create_ack(busy)
     assert ack.method() == "ACK" and ack.uri() == inv.uri()
@@ -666,18 +700,44 @@ def test_any_bytes_parse_or_packet_error(data: bytes) -> None:
 
 
 _TOKENS = st.sampled_from(["INVITE", "ACK", "OPTIONS", "BYE", "REGISTER", "X!%*_+`'~.-y"])
-_URIS = st.sampled_from(["sip:bob@example.com", "sips:a@[2001:db8::1]:5061;transport=tcp",
-                         "tel:+123", "sip:u;p=a%40b@h", "sip:a@b?x=y", "<sip:a@b>", "sip:a b"])
-_ADDRS = st.sampled_from([
-    "<sip:a@b>", '"A, B" <sip:a@b>;tag=1', "sip:a@b;tag=2", "Al <sip:a@b> ; q = 0.5",
-    "*", "<sip:a@b>;;", '"unterminated <sip:a@b>', "< sip:a@b >", "x, y <sip:a@b>",
-    "\"q\\\"\" <sip:a@b;lr>", "<sip:a@b>, <sip:c@d;x=\"1,2\">", "",
-])
-_VIAS = st.sampled_from([
-    "SIP/2.0/UDP h;branch=z9hG4bK1", "SIP / 2.0 / TCP h:5060 ; branch = x",
-    "SIP/2.0/TLS [::1]:5061;received=::1", "SIP/2.0/UDP h;;", "SIP/2.0/UDP",
-    "SIP/2.0/UDP a, SIP/2.0/UDP b", "SIP/2.0/UDP a,,",
-])
+_URIS = st.sampled_from(
+    [
+        "sip:bob@example.com",
+        "sips:a@[2001:db8::1]:5061;transport=tcp",
+        "tel:+123",
+        "sip:u;p=a%40b@h",
+        "sip:a@b?x=y",
+        "<sip:a@b>",
+        "sip:a b",
+    ]
+)
+_ADDRS = st.sampled_from(
+    [
+        "<sip:a@b>",
+        '"A, B" <sip:a@b>;tag=1',
+        "sip:a@b;tag=2",
+        "Al <sip:a@b> ; q = 0.5",
+        "*",
+        "<sip:a@b>;;",
+        '"unterminated <sip:a@b>',
+        "< sip:a@b >",
+        "x, y <sip:a@b>",
+        '"q\\"" <sip:a@b;lr>',
+        '<sip:a@b>, <sip:c@d;x="1,2">',
+        "",
+    ]
+)
+_VIAS = st.sampled_from(
+    [
+        "SIP/2.0/UDP h;branch=z9hG4bK1",
+        "SIP / 2.0 / TCP h:5060 ; branch = x",
+        "SIP/2.0/TLS [::1]:5061;received=::1",
+        "SIP/2.0/UDP h;;",
+        "SIP/2.0/UDP",
+        "SIP/2.0/UDP a, SIP/2.0/UDP b",
+        "SIP/2.0/UDP a,,",
+    ]
+)
 _NUMBERS = st.sampled_from(["0", "70", "255", "256", "-1", "1x", "0009", "4294967296", ""])
 _FREE = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30
@@ -697,8 +757,9 @@ def near_valid_messages(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(0, 10))):
         kind = draw(st.sampled_from(["addr", "via", "num", "cseq", "callid", "list", "free"]))
         if kind == "addr":
-            name = draw(st.sampled_from(["From", "t", "TO", "Contact", "m", "Route",
-                                         "Record-Route"]))
+            name = draw(
+                st.sampled_from(["From", "t", "TO", "Contact", "m", "Route", "Record-Route"])
+            )
             value = draw(_ADDRS)
         elif kind == "via":
             name, value = draw(st.sampled_from(["Via", "v", "VIA "])), draw(_VIAS)
@@ -707,8 +768,11 @@ def near_valid_messages(draw: st.DrawFn) -> bytes:
             value = draw(_NUMBERS)
         elif kind == "cseq":
             name = "CSeq"
-            value = draw(_NUMBERS) + draw(st.sampled_from([" ", "  ", ""])) + draw(
-                st.sampled_from([method, "INVITE", ""]))
+            value = (
+                draw(_NUMBERS)
+                + draw(st.sampled_from([" ", "  ", ""]))
+                + draw(st.sampled_from([method, "INVITE", ""]))
+            )
         elif kind == "callid":
             name = draw(st.sampled_from(["Call-ID", "i"]))
             value = draw(
@@ -718,8 +782,20 @@ def near_valid_messages(draw: st.DrawFn) -> bytes:
             name = draw(st.sampled_from(["Allow", "Supported", "k", "Accept", "Warning"]))
             value = draw(_FREE)
         else:
-            name = draw(st.sampled_from(["Subject", "X-Custom", "WWW-Authenticate", "Date",
-                                         "Content-Type", "c", "Bad Name", "X:Y"]))
+            name = draw(
+                st.sampled_from(
+                    [
+                        "Subject",
+                        "X-Custom",
+                        "WWW-Authenticate",
+                        "Date",
+                        "Content-Type",
+                        "c",
+                        "Bad Name",
+                        "X:Y",
+                    ]
+                )
+            )
             value = draw(_FREE)
         if draw(st.integers(0, 5)) == 0 and " " in value:
             value = value.replace(" ", "\r\n ", 1)  # a continuation line
@@ -776,8 +852,14 @@ def test_near_valid_messages_reach_deep_code_paths() -> None:
 
     no_shrink = settings(phases=[Phase.generate], max_examples=2000, database=None)
     assert deep(find(near_valid_messages(), deep, settings=no_shrink))
-    for text in ("invalid address", "invalid via", "conflicting definition", "invalid cseq",
-                 "larger than the body", "out of range"):
+    for text in (
+        "invalid address",
+        "invalid via",
+        "conflicting definition",
+        "invalid cseq",
+        "larger than the body",
+        "out of range",
+    ):
         found = find(near_valid_messages(), partial(_rejected_with, text=text), settings=no_shrink)
         assert _rejected_with(found, text)
 
@@ -813,8 +895,13 @@ print encode_json(\@out);
 
 def run_perl(perl: str, messages: list[bytes]) -> list[dict[str, object]]:
     payload = json.dumps([base64.b64encode(m).decode() for m in messages])
-    res = subprocess.run([perl, "-e", PERL_SCRIPT], input=payload.encode(), capture_output=True,
-                         timeout=60, check=True)
+    res = subprocess.run(
+        [perl, "-e", PERL_SCRIPT],
+        input=payload.encode(),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     out = json.loads(res.stdout)
     assert isinstance(out, list)
     return out
@@ -840,10 +927,13 @@ def test_interop_perl_parses_like_netsip() -> None:
         perl_hdrs = perl_res["headers"]
         assert isinstance(perl_hdrs, dict)
         # Net::SIP keeps folding as "\n" in values; netsip unfolds to one SP
-        perl_hdrs = {k: [" ".join(v.split("\n")).replace("  ", " ") for v in vals]
-                     for k, vals in perl_hdrs.items()}
-        assert perl_hdrs == {k: [" ".join(v.split("  ")) for v in vals]
-                             for k, vals in p.headers().items()}
+        perl_hdrs = {
+            k: [" ".join(v.split("\n")).replace("  ", " ") for v in vals]
+            for k, vals in perl_hdrs.items()
+        }
+        assert perl_hdrs == {
+            k: [" ".join(v.split("  ")) for v in vals] for k, vals in p.headers().items()
+        }
         assert perl_res["tid"] == p.tid()
         assert perl_res["method"] == p.method()
         assert b64parse(perl_res["wire"]) == p

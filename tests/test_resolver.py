@@ -84,8 +84,9 @@ def drive(loop: EventLoop, done: Callable[[], bool], cycles: int = 200) -> None:
         loop.loop(0)
 
 
-def resolve(loop: EventLoop, res: Resolver, host: str,
-            protos: tuple[str, ...] = ("udp", "tcp"), **kw: Any) -> Result:
+def resolve(
+    loop: EventLoop, res: Resolver, host: str, protos: tuple[str, ...] = ("udp", "tcp"), **kw: Any
+) -> Result:
     got: list[Result] = []
     res.resolve(host, protos, got.append, **kw)
     assert got == []  # never called back from inside resolve()
@@ -108,7 +109,8 @@ def test_ip_literal_needs_no_dns(loop: EventLoop, make: Make) -> None:
         ("tcp", Addr("192.0.2.1", 5060, socket.AF_INET, "192.0.2.1", "tcp")),
     ]
     assert flat(resolve(loop, res, "[::1]", ("udp", "tls"), sips=True)) == [
-        ("tls", "::1", 5061, "::1")]
+        ("tls", "::1", 5061, "::1")
+    ]
     assert flat(resolve(loop, res, "::1", ("tcp",), port=7000)) == [("tcp", "::1", 7000, "::1")]
     assert srv.queries == []
 
@@ -153,7 +155,8 @@ def test_sips_uses_tls_only(loop: EventLoop, make: Make) -> None:
 def test_protos_filter(loop: EventLoop, make: Make) -> None:
     _, res = make()
     assert flat(resolve(loop, res, "example.com", ("udp",))) == [
-        ("udp", "127.0.0.3", 5080, "udp1.example.com")]
+        ("udp", "127.0.0.3", 5080, "udp1.example.com")
+    ]
 
 
 def test_srv_without_naptr_priority_and_failover_order(loop: EventLoop, make: Make) -> None:
@@ -161,8 +164,13 @@ def test_srv_without_naptr_priority_and_failover_order(loop: EventLoop, make: Ma
     # no NAPTR: SRV per proto in the caller's order, by priority, every address
     # (the order of addresses inside one RRset is not defined: compare as sets)
     result = flat(resolve(loop, res, "srv.test", ("tcp", "udp")))
-    assert [r[::2] for r in result] == [("tcp", 5063), ("tcp", 5063), ("udp", 5061),
-                                        ("udp", 5061), ("udp", 5062)]
+    assert [r[::2] for r in result] == [
+        ("tcp", 5063),
+        ("tcp", 5063),
+        ("udp", 5061),
+        ("udp", 5061),
+        ("udp", 5062),
+    ]
     assert {r[1] for r in result[:2]} == {r[1] for r in result[2:4]} == {"127.0.0.5", "127.0.0.6"}
     assert result[4] == ("udp", "::1", 5062, "b.srv.test")
     # a.srv.test's addresses were asked once although two SRV records name it
@@ -178,7 +186,9 @@ def test_address_fallback_without_srv(loop: EventLoop, make: Make) -> None:
         ("tcp", "127.0.0.7", 5060, "plain.test"),
     ]
     assert flat(resolve(loop, res, "plain.test", (), sips=True)) == [
-        ("tls", "::1", 5061, "plain.test"), ("tls", "127.0.0.7", 5061, "plain.test")]
+        ("tls", "::1", 5061, "plain.test"),
+        ("tls", "127.0.0.7", 5061, "plain.test"),
+    ]
 
 
 def test_srv_dot_target_means_no_service(loop: EventLoop, make: Make) -> None:
@@ -246,7 +256,10 @@ def test_truncated_answer_retried_over_tcp(loop: EventLoop, make: Make) -> None:
     srv, res = make()
     srv.truncate.add("_sip._udp.srv.test")
     assert [(p, port, h) for p, _, port, h in flat(resolve(loop, res, "srv.test", ("udp",)))] == [
-        ("udp", 5061, "a.srv.test"), ("udp", 5061, "a.srv.test"), ("udp", 5062, "b.srv.test")]
+        ("udp", 5061, "a.srv.test"),
+        ("udp", 5061, "a.srv.test"),
+        ("udp", 5062, "b.srv.test"),
+    ]
     assert ("tcp", "_sip._udp.srv.test", "SRV") in srv.queries
 
 
@@ -330,8 +343,10 @@ def test_refused_nameserver_fails_over_at_once(loop: EventLoop, make: Make) -> N
 def test_dnsresolv_hook(loop: EventLoop) -> None:
     asked: list[tuple[str, str]] = []
     answers: dict[tuple[str, str], list[Any]] = {
-        ("SRV", "_sip._udp.hook.test"): [["SRV", 10, "t.hook.test", 5077],
-                                          ["A", "127.0.0.9", "t.hook.test"]],
+        ("SRV", "_sip._udp.hook.test"): [
+            ["SRV", 10, "t.hook.test", 5077],
+            ["A", "127.0.0.9", "t.hook.test"],
+        ],
         ("A", "t.hook.test"): [["A", "127.0.0.9", "t.hook.test"], ["A", "bogus", "x"]],
     }
 
@@ -341,13 +356,15 @@ def test_dnsresolv_hook(loop: EventLoop) -> None:
 
     res = Resolver(loop, dnsresolv=hook, addr_types=("A",))
     assert flat(resolve(loop, res, "hook.test", ("udp",))) == [
-        ("udp", "127.0.0.9", 5077, "t.hook.test")]
+        ("udp", "127.0.0.9", 5077, "t.hook.test")
+    ]
     assert asked == [("NAPTR", "hook.test"), ("SRV", "_sip._udp.hook.test"), ("A", "t.hook.test")]
     res.close()
 
 
 def test_missing_dnspython_is_a_clear_error(
-        loop: EventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop: EventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "dns.message", None)
     with pytest.raises(NetSIPError, match="dnspython"):
         Resolver(loop, ["127.0.0.1"])

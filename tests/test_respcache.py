@@ -31,13 +31,16 @@ def test_key_identifies_transaction() -> None:
     assert cache_key(req) == cache_key(resp)
     assert cache_key(req) != cache_key(other)
     # the To tag the UAS added does not count: a retransmitted initial request has none
-    tagged = _Hdrs(cseq="1 OPTIONS", call_id="x", **{"from": "<sip:a@b>;tag=1"},
-                   to="<sip:c@d>;tag=uas7")
+    tagged = _Hdrs(
+        cseq="1 OPTIONS", call_id="x", **{"from": "<sip:a@b>;tag=1"}, to="<sip:c@d>;tag=uas7"
+    )
     assert cache_key(tagged) == cache_key(req)
-    bare = _Hdrs(cseq="1 OPTIONS", call_id="x", **{"from": "<sip:a@b>;tag=1"},
-                 to="sip:c@d;Tag = uas7")
-    assert cache_key(bare) == cache_key(_Hdrs(cseq="1 OPTIONS", call_id="x",
-                                              **{"from": "<sip:a@b>;tag=1"}, to="sip:c@d"))
+    bare = _Hdrs(
+        cseq="1 OPTIONS", call_id="x", **{"from": "<sip:a@b>;tag=1"}, to="sip:c@d;Tag = uas7"
+    )
+    assert cache_key(bare) == cache_key(
+        _Hdrs(cseq="1 OPTIONS", call_id="x", **{"from": "<sip:a@b>;tag=1"}, to="sip:c@d")
+    )
     # duplicated headers don't raise (malformed input must not break lookups)
     assert cache_key(_Hdrs(cseq=["1 A", "2 A"])) == "1 A,2 A\0\0\0"
 

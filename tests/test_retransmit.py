@@ -36,7 +36,16 @@ def test_non_invite_schedule_times() -> None:
     assert s.expire == 100.0 + 64 * T1
     # intervals 0.5, 1, 2, 4, 4, 4, ... (Timer E), all before 64*T1 = 32 s
     assert [round(t - 100.0, 6) for t in s.times()] == [
-        0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5,
+        0.5,
+        1.5,
+        3.5,
+        7.5,
+        11.5,
+        15.5,
+        19.5,
+        23.5,
+        27.5,
+        31.5,
     ]
 
 

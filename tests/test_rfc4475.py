@@ -73,8 +73,17 @@ VERDICTS: dict[str, str | None] = {
 # what Net::SIP 0.835 does (tests/data/rfc4475/README.md): True = parses
 PERL_ACCEPTS = {name: True for name in VERDICTS} | {
     name: False
-    for name in ("intmeth", "esc02", "noreason", "ncl", "badvers", "mismatch01", "mismatch02",
-                 "multi01", "mcl01")
+    for name in (
+        "intmeth",
+        "esc02",
+        "noreason",
+        "ncl",
+        "badvers",
+        "mismatch01",
+        "mismatch02",
+        "multi01",
+        "mcl01",
+    )
 }
 
 
@@ -135,8 +144,10 @@ def test_intmeth_and_esc02_details() -> None:
     assert p.get_header("extensionheader-!.%*+_`'~") == "\ufeff\u5927\u505c\u96fb"
     p = Packet.new_from_string(load("esc02"))
     assert p.method() == "RE%47IST%45R"
-    assert p.get_headers("contact") == ["<sip:alias1@host1.example.com>",
-                                        "<sip:alias3@host3.example.com>"]
+    assert p.get_headers("contact") == [
+        "<sip:alias1@host1.example.com>",
+        "<sip:alias3@host3.example.com>",
+    ]
     assert p.get_header("c%6Fntact") == "<sip:alias2@host2.example.com>"
 
 
@@ -162,12 +173,20 @@ def test_long_and_list_messages() -> None:
     assert p.get_headers("via")[-1].endswith("branchvalue")
     p = Packet.new_from_string(load("semiuri"))
     assert p.get_headers("accept") == [
-        "application/sdp", "application/pkcs7-mime", "multipart/mixed", "multipart/signed",
-        "message/sip", "message/sipfrag",
+        "application/sdp",
+        "application/pkcs7-mime",
+        "multipart/mixed",
+        "multipart/signed",
+        "message/sip",
+        "message/sipfrag",
     ]
     p = Packet.new_from_string(load("transports"))
     assert [v.split()[0] for v in p.get_headers("via")] == [
-        "SIP/2.0/UDP", "SIP/2.0/SCTP", "SIP/2.0/TLS", "SIP/2.0/UNKNOWN", "SIP/2.0/TCP"
+        "SIP/2.0/UDP",
+        "SIP/2.0/SCTP",
+        "SIP/2.0/TLS",
+        "SIP/2.0/UNKNOWN",
+        "SIP/2.0/TCP",
     ]
     p = Packet.new_from_string(load("mpart01"))
     assert len(p.body()) == 553 and p.body().endswith(b"--7a9cbec02ceef655--\r\n")
@@ -179,10 +198,15 @@ def test_perl_verdicts_are_as_documented() -> None:
     script = (
         "use Net::SIP; local $/; for my $f (@ARGV) { open my $fh, '<', $f or die; "
         "my $d = <$fh>; my $p = eval { Net::SIP::Packet->new_from_string($d) }; "
-        "print(($p ? 1 : 0), \"\\n\") }"
+        'print(($p ? 1 : 0), "\\n") }'
     )
     names = sorted(VERDICTS)
-    res = subprocess.run([perl, "-e", script, *(str(DATA / f"{n}.dat") for n in names)],
-                         capture_output=True, timeout=60, check=True, text=True)
+    res = subprocess.run(
+        [perl, "-e", script, *(str(DATA / f"{n}.dat") for n in names)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        text=True,
+    )
     accepted = dict(zip(names, (line == "1" for line in res.stdout.split()), strict=True))
     assert accepted == PERL_ACCEPTS

@@ -119,15 +119,26 @@ def _check_all_successful(rc: int, stats: dict[str, str], errors: str, calls: in
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
-def test_sipp_options_scenario(
-    transport: str, listener: list[Listen], tmp_path: Path
-) -> None:
+def test_sipp_options_scenario(transport: str, listener: list[Listen], tmp_path: Path) -> None:
     sipp = require_sipp()
     srv, port = _listen(listener, tmp_path, "--listen", "127.0.0.1:0")
     rc, stats, errors = _sipp(
         sipp,
-        [f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "options_uac.xml"), "-t", transport,
-         "-m", str(CALLS), "-r", str(RATE), "-rp", "1000", "-l", str(LIMIT)],
+        [
+            f"127.0.0.1:{port}",
+            "-sf",
+            str(SCENARIOS / "options_uac.xml"),
+            "-t",
+            transport,
+            "-m",
+            str(CALLS),
+            "-r",
+            str(RATE),
+            "-rp",
+            "1000",
+            "-l",
+            str(LIMIT),
+        ],
         tmp_path,
     )
     _check_all_successful(rc, stats, errors, CALLS)
@@ -155,8 +166,22 @@ def test_sipp_uac_invite_bye(
     srv, port = _listen(listener, tmp_path, "--listen", "127.0.0.1:0")
     rc, stats, errors = _sipp(
         sipp,
-        [f"127.0.0.1:{port}", "-sn", "uac", "-t", transport, *extra,
-         "-m", str(CALLS), "-r", str(RATE), "-rp", "1000", "-l", str(LIMIT)],
+        [
+            f"127.0.0.1:{port}",
+            "-sn",
+            "uac",
+            "-t",
+            transport,
+            *extra,
+            "-m",
+            str(CALLS),
+            "-r",
+            str(RATE),
+            "-rp",
+            "1000",
+            "-l",
+            str(LIMIT),
+        ],
         tmp_path,
     )
     _check_all_successful(rc, stats, errors, CALLS)
@@ -178,8 +203,23 @@ def test_sipp_uac_invite_bye_tls(listener: list[Listen], tmp_path: Path) -> None
     calls = CALLS // 2
     rc, stats, errors = _sipp(
         sipp,
-        [f"127.0.0.1:{port}", "-sn", "uac", "-t", "l1", "-m", str(calls), "-r", str(RATE // 2),
-         "-l", str(LIMIT), "-tls_cert", str(certs["client"]), "-tls_key", str(certs["client"])],
+        [
+            f"127.0.0.1:{port}",
+            "-sn",
+            "uac",
+            "-t",
+            "l1",
+            "-m",
+            str(calls),
+            "-r",
+            str(RATE // 2),
+            "-l",
+            str(LIMIT),
+            "-tls_cert",
+            str(certs["client"]),
+            "-tls_key",
+            str(certs["client"]),
+        ],
         tmp_path,
     )
     _check_all_successful(rc, stats, errors, calls)
@@ -205,8 +245,21 @@ def _start_uas(
     """sipp's uas on a free port; returns once its socket is bound (seen via psutil)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sipp, "-sn", "uas", "-t", transport, "-i", "127.0.0.1", "-p", str(port), "-nostdin",
-         "-timeout", f"{SIPP_TIMEOUT}s", *args],
+        [
+            sipp,
+            "-sn",
+            "uas",
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-nostdin",
+            "-timeout",
+            f"{SIPP_TIMEOUT}s",
+            *args,
+        ],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -250,8 +303,19 @@ def test_netsip_bench_calls_sipp_uas(
     )
     try:
         status, out, err = run(
-            ["bench", f"sip:127.0.0.1:{port}", "-t", proto, "-m", "INVITE", "-n", str(calls),
-             "-c", "20", "--json"],
+            [
+                "bench",
+                f"sip:127.0.0.1:{port}",
+                "-t",
+                proto,
+                "-m",
+                "INVITE",
+                "-n",
+                str(calls),
+                "-c",
+                "20",
+                "--json",
+            ],
             capsys,
         )
         assert status == 0, (out, err)
@@ -277,8 +341,7 @@ def test_netsip_options_and_bench_against_sipp_uas(
         assert status == 0, out
         assert "5 requests sent, 5 responses received, 5 ok, 0% loss" in out, out
         assert out.count(f"200 OK from {proto}:127.0.0.1:{port}: seq=") == 5
-        status, out, _ = run(["bench", uri, "-t", proto, "-n", "300", "-c", "10", "--json"],
-                             capsys)
+        status, out, _ = run(["bench", uri, "-t", proto, "-n", "300", "-c", "10", "--json"], capsys)
         assert status == 0, out
         res = json.loads(out)
         assert res["completed"] == 300 and res["failed"] == 0, res

@@ -480,9 +480,10 @@ def test_tcp_slow_reader_partial_writes(loop: EventLoop, ip: str) -> None:
     expected = b"".join(p.as_bytes() for p in packets)
     assert len(expected) > 6_000_000
     big = {"MAX_WBUF": 2**24}  # more than the default 4 MiB is queued here on purpose
-    with SocketPool("tcp", tcp_listener(ip), settings=big) as pool, tcp_listener(
-        ip, rcvbuf=4096
-    ) as server:
+    with (
+        SocketPool("tcp", tcp_listener(ip), settings=big) as pool,
+        tcp_listener(ip, rcvbuf=4096) as server,
+    ):
         pool.attach_eventloop(loop, lambda *a: None)
         status: list[tuple[int, int]] = []
         for i, p in enumerate(packets):
@@ -513,9 +514,10 @@ def test_tcp_pending_callbacks_fail_once_on_reset(loop: EventLoop, ip: str) -> N
     packets = [pkt(request(i, b"z" * 60000)) for i in range(100)]
     total = sum(len(p.as_bytes()) for p in packets)
     big = {"MAX_WBUF": 2**24}  # more than the default 4 MiB is queued here on purpose
-    with SocketPool("tcp", tcp_listener(ip), settings=big) as pool, tcp_listener(
-        ip, rcvbuf=4096
-    ) as server:
+    with (
+        SocketPool("tcp", tcp_listener(ip), settings=big) as pool,
+        tcp_listener(ip, rcvbuf=4096) as server,
+    ):
         pool.attach_eventloop(loop, lambda *a: None)
         status: list[tuple[int, int]] = []
         for i, p in enumerate(packets):
@@ -688,9 +690,7 @@ def test_receive_callback_shapes(loop: EventLoop) -> None:
 
 
 @pytest.mark.parametrize("inherited", [None, False])
-def test_accepted_connections_get_tcp_nodelay(
-    loop: EventLoop, inherited: bool | None
-) -> None:
+def test_accepted_connections_get_tcp_nodelay(loop: EventLoop, inherited: bool | None) -> None:
     """TCP_NODELAY on every accepted connection: copied from the listener where the
     system does that (asked once per pool), else set on each connection."""
     got, cb = collector()

@@ -25,6 +25,7 @@ from tests.support import drive as support_drive
 
 pytestmark = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 
+
 @pytest.fixture(scope="module")
 def tls_opts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     trustme = pytest.importorskip("trustme")
@@ -91,7 +92,7 @@ def test_family_mismatch_is_eafnosupport(proto: Proto, tls_opts: dict[str, objec
 
 @pytest.mark.parametrize("proto", PROTOS)
 def test_destination_forms(loop: EventLoop, proto: Proto, tls_opts: dict[str, object]) -> None:
-    """"[::1]:port", (ip, port), (ip, port, family), dicts and Addr all reach an IPv6 pool."""
+    """ "[::1]:port", (ip, port), (ip, port, family), dicts and Addr all reach an IPv6 pool."""
     got_a, cb_a = collector()
     got_b, cb_b = collector()
     with pool(proto, "::1", tls_opts) as a, pool(proto, "::1", tls_opts) as b:

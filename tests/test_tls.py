@@ -108,9 +108,7 @@ def ip(request: pytest.FixtureRequest) -> str:
 # --------------------------------------------------------------------- helpers
 
 
-def tls_pool(
-    ip: str, tls: dict[str, object], rcvbuf: int = 0, **settings: float
-) -> SocketPool:
+def tls_pool(ip: str, tls: dict[str, object], rcvbuf: int = 0, **settings: float) -> SocketPool:
     listener = tcp_listener(ip, backlog=64, rcvbuf=rcvbuf)
     try:
         return SocketPool("tls", listener, tls=tls, settings=settings)
@@ -181,9 +179,7 @@ def test_make_contexts_options(certs: Certs) -> None:
         ({"certfile": "/nonexistent/cert.pem"}, FileNotFoundError, "No such file"),
     ],
 )  # fmt: skip
-def test_make_contexts_rejects(
-    opts: dict[str, object], error: type[Exception], match: str
-) -> None:
+def test_make_contexts_rejects(opts: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         make_contexts(opts)
 
@@ -215,9 +211,7 @@ def test_server_hostname_choice() -> None:
 # --------------------------------------------------------------------- exchange
 
 
-def test_request_and_response_over_one_connection(
-    loop: EventLoop, certs: Certs, ip: str
-) -> None:
+def test_request_and_response_over_one_connection(loop: EventLoop, certs: Certs, ip: str) -> None:
     got_a, cb_a = collector()
     got_b, cb_b = collector()
     tls = certs.tls(certs.server)

@@ -464,9 +464,7 @@ def test_ip_is_and_canonical() -> None:
         with pytest.raises(ValueError):
             ip_canonical(bad)
     assert ip_ptr("1.2.3.4") == "4.3.2.1.in-addr.arpa"
-    assert ip_ptr("2001:db8::1") == (
-        "1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2.ip6.arpa"
-    )
+    assert ip_ptr("2001:db8::1") == ("1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2.ip6.arpa")
     with pytest.raises(ValueError):
         ip_ptr("nope")
 
@@ -616,9 +614,7 @@ def test_hdrval_roundtrip_cases(
 
 
 _TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.!~", min_size=1, max_size=8)
-_PVALUE = st.none() | st.text(
-    "abcXYZ0189 .,;:=+-_@/!~*'()", max_size=12
-)
+_PVALUE = st.none() | st.text("abcXYZ0189 .,;:=+-_@/!~*'()", max_size=12)
 _DATA = st.sampled_from(
     ["<sip:a@b;x=1>", '"A; B" <sip:[::1]:5060>', "SIP/2.0/UDP 1.2.3.4:5060", "x"]
 )
@@ -736,8 +732,10 @@ def test_uri_roundtrip_property(
         (({"proto": "tcp", "host": "1.2.3.4", "port": 5},), "<sip:1.2.3.4:5;transport=TCP>"),
         (({"proto": "udp", "addr": "::1", "port": 5, "family": V6},), "sip:[::1]:5"),
         ((Addr("1.2.3.4", 5061, V4, proto="tls"),), "sips:1.2.3.4:5061"),
-        ((Addr("1.2.3.4", 5060, V4, host="example.com", proto="tcp"),),
-         "<sip:example.com:5060;transport=TCP>"),
+        (
+            (Addr("1.2.3.4", 5060, V4, host="example.com", proto="tcp"),),
+            "<sip:example.com:5060;transport=TCP>",
+        ),
     ],
 )
 def test_sip_sockinfo2uri(args: tuple[Any, ...], expected: str) -> None:
@@ -848,8 +846,16 @@ _INTEROP_CASES: list[list[Any]] = [
     *(
         ["ip_string2parts", s]
         for s in (
-            "1.2.3.4", "1.2.3.4:5060", "::1", "[::1]", "[::1]:5060", "[2001:db8::1]:5061",
-            "example.com", "example.com:80", "::ffff:1.2.3.4", "x_y.",
+            "1.2.3.4",
+            "1.2.3.4:5060",
+            "::1",
+            "[::1]",
+            "[::1]:5060",
+            "[2001:db8::1]:5061",
+            "example.com",
+            "example.com:80",
+            "::ffff:1.2.3.4",
+            "x_y.",
         )
     ),
     ["ip_string2parts", "Foo!Bar:5", 1],
@@ -864,8 +870,10 @@ _INTEROP_CASES: list[list[Any]] = [
     ["ip_parts2string", "::1", 0],
     ["ip_parts2string", "Host", 5],
     ["ip_parts2string", "h", 5, int(V6)],
-    ["ip_parts2string", {"addr": "::1", "port": 5060, "family": int(V6), "host": "h.com",
-                         "use_host": 1}],
+    [
+        "ip_parts2string",
+        {"addr": "::1", "port": 5060, "family": int(V6), "host": "h.com", "use_host": 1},
+    ],
     ["ip_parts2string", {"addr": "1.2.3.4", "port": 5060, "default_port": 5060}],
     *(["ip_canonical", s] for s in ("::0001", "::FFFF:1.2.3.4", "2001:db8:0:0:1:0:0:1", "1.2.3.4")),
     *(["ip_is_v46", s] for s in ("::1", "1.2.3.4", "host", "1.2.3")),
@@ -878,8 +886,12 @@ _INTEROP_CASES: list[list[Any]] = [
     *(
         ["sip_uri2sockinfo", uri]
         for uri in (
-            "sip:user@Example.COM:5060;transport=TCP", "<SIPS:Bob@[2001:DB8::1]:5061>",
-            "sip:[::1]", "sip:2001:db8::1", "sip:1.2.3.4:5070;transport=Udp", "sip:a b@c",
+            "sip:user@Example.COM:5060;transport=TCP",
+            "<SIPS:Bob@[2001:DB8::1]:5061>",
+            "sip:[::1]",
+            "sip:2001:db8::1",
+            "sip:1.2.3.4:5070;transport=Udp",
+            "sip:a b@c",
         )
     ),
     ["sip_parts2uri", "example.com"],
@@ -895,8 +907,12 @@ _INTEROP_CASES: list[list[Any]] = [
     *(
         ["sip_uri_eq", a, b]
         for a, b in (
-            ("sip:a@b", "sip:a@B:5060"), ("sip:a@b", "sips:a@b"), ("sips:a@b", "sips:a@b:5061"),
-            ("sip:[::1]", "sip:[::1]:5060"), ("sip:A@b", "sip:a@b"), ("<sip:a@b>", "sip:a@b"),
+            ("sip:a@b", "sip:a@B:5060"),
+            ("sip:a@b", "sips:a@b"),
+            ("sips:a@b", "sips:a@b:5061"),
+            ("sip:[::1]", "sip:[::1]:5060"),
+            ("sip:A@b", "sip:a@b"),
+            ("<sip:a@b>", "sip:a@b"),
             ("sip:b:5070", "sip:b:5060"),
         )
     ),
