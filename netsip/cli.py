@@ -67,6 +67,8 @@ from netsip.eventloop import EV_READ, EventLoop, TimerLike
 from netsip.leg import Leg
 from netsip.packet import REASON_PHRASES, Packet, PacketError, Request, Response
 from netsip.util import (
+    DEFAULT_PORTS,
+    PROTOS,
     Addr,
     NetSIPError,
     Proto,
@@ -82,8 +84,6 @@ __all__ = ["CliError", "ListenSpec", "build_parser", "main", "parse_listen_spec"
 
 log = logging.getLogger(__name__)
 
-PROTOS: Final[tuple[Proto, ...]] = ("udp", "tcp", "tls")
-DEFAULT_PORT: Final[Mapping[str, int]] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 USER_AGENT: Final = f"netsip/{__version__}"
 
 # EXIT_FAIL: the peer did not give us what we asked for; EXIT_USAGE: bad input.
@@ -629,7 +629,7 @@ def parse_listen_spec(spec: str) -> list[ListenSpec]:
             raise CliError(f"invalid --listen {spec!r}: cannot resolve {host!r}")
         host = ips[0]
         family = Addr.parse((host, 0)).family
-    return [ListenSpec(p, host, DEFAULT_PORT[p] if port is None else port, family) for p in protos]
+    return [ListenSpec(p, host, DEFAULT_PORTS[p] if port is None else port, family) for p in protos]
 
 
 def _bind(spec: ListenSpec, port: int, reuseport: bool) -> socket.socket:
@@ -1167,7 +1167,7 @@ class Client:
         self.dst: Addr | None = None
         if first_ip is not None and (target.family is not None or target.port is not None):
             # an IP, or a name with a port: A/AAAA only (RFC 3263 4.2)
-            port = target.port or DEFAULT_PORT[target.proto]
+            port = target.port or DEFAULT_PORTS[target.proto]
             host = target.host if target.family is None else None
             self.dst = Addr(first_ip, port, family, host, target.proto)
 
@@ -1226,7 +1226,7 @@ class Client:
             return
         if fallback_ip is not None:
             # no SIP records: the host itself on the default port (RFC 3263 4.2)
-            port = DEFAULT_PORT[self.target.proto]
+            port = DEFAULT_PORTS[self.target.proto]
             self.dst = Addr(fallback_ip, port, family, self.target.host, self.target.proto)
             return
         raise CliError(f"cannot resolve {self.target.host!r}")

@@ -75,9 +75,12 @@ from netsip.packet import Packet, PacketError, Request, Response
 from netsip.respcache import ResponseCache, cache_key
 from netsip.retransmit import Action, RetransmitSchedule, retransmit_timers
 from netsip.util import (
+    DEFAULT_PORTS,
+    PROTOS,
     Addr,
     NetSIPError,
     Proto,
+    errno_of,
     invoke_callback,
     ip_canonical,
     ip_is_v46,
@@ -97,8 +100,6 @@ log = logging.getLogger(__name__)
 #: Priority of destinations that did not come from an SRV record: after all SRV ones.
 SRV_PRIO_UNDEF = 0x10000
 
-_DEFAULT_PORT: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
-_PROTOS: tuple[Proto, ...] = ("udp", "tcp", "tls")
 
 #: One resolved destination and the leg to reach it through.
 Target: TypeAlias = tuple[Addr, Leg]
@@ -178,7 +179,7 @@ class QueueEntry:
 def _check_proto(proto: object, what: object) -> Proto | None:
     if proto is None or proto == "":
         return None
-    if proto not in _DEFAULT_PORT:
+    if proto not in DEFAULT_PORTS:
         raise ValueError(f"invalid protocol {proto!r} in {what!r}")
     return proto  # type: ignore[return-value]  # checked against the Proto values
 
@@ -540,8 +541,7 @@ class Dispatcher:
                     leg.deliver(packet, direct, callback)
                 except (OSError, ValueError) as exc:
                     log.info("delivery through %s to %s failed: %s", leg.dump(), direct, exc)
-                    err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
-                    invoke_callback(callback, err)
+                    invoke_callback(callback, errno_of(exc))
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
                     self._cache.put(cache_key(packet), packet.as_bytes(), now)
@@ -607,7 +607,7 @@ class Dispatcher:
             for leg in legs:
                 if leg.can_deliver_to(proto=d.proto, addr=d.addr, family=d.family):
                     proto = d.proto or leg.proto
-                    port = d.port or _DEFAULT_PORT[proto]
+                    port = d.port or DEFAULT_PORTS[proto]
                     targets.append((Addr(d.addr, port, d.family, d.host, proto), leg))
                     break
             else:
@@ -717,8 +717,7 @@ class Dispatcher:
             leg.deliver(entry.packet, addr, cb)
         except (OSError, ValueError) as exc:
             log.info("delivery through %s to %s failed: %s", leg.dump(), addr, exc)
-            err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
-            self._sent(entry, entry.attempt, err)
+            self._sent(entry, entry.attempt, errno_of(exc))
 
     def _sent(self, entry: QueueEntry, attempt: int, error: int) -> None:
         """Callback of a leg delivery: 0 = written (reliable transport), else an errno."""
@@ -932,12 +931,12 @@ class Dispatcher:
         if scheme == "sips":
             protos = ["tls"]
         elif transport:
-            p = _check_proto(transport, uri) if transport in _DEFAULT_PORT else None
+            p = _check_proto(transport, uri) if transport in DEFAULT_PORTS else None
             protos = [p] if p is not None else []
         else:
             protos = ["udp", "tcp"]
         if allowed_proto:
-            protos = [p for p in _PROTOS if p in allowed_proto and p in protos]
+            protos = [p for p in PROTOS if p in allowed_proto and p in protos]
             protos.sort(key=list(allowed_proto).index)
         if not protos:
             log.debug("no protocols allowed for %s", uri)
@@ -1062,7 +1061,7 @@ class Dispatcher:
                 d = dests[i]
                 proto = d.proto or "udp"
                 resolver.resolve(
-                    d.host, [proto], partial(one, i), port=d.port or _DEFAULT_PORT[proto]
+                    d.host, [proto], partial(one, i), port=d.port or DEFAULT_PORTS[proto]
                 )
         except (NetSIPError, ValueError) as exc:
             log.warning("cannot resolve %s: %s", [dests[i].host for i in pending], exc)

@@ -30,9 +30,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from netsip.packet import Packet, PacketError, parse_stream
 from netsip.util import NetSIPError
 
-__all__ = ["FramingError", "Message", "NeedMore", "frame"]
+__all__ = ["FramingError", "Message", "NeedMore", "PacketError", "frame", "next_message"]
 
 
 class FramingError(NetSIPError, ValueError):
@@ -144,3 +145,47 @@ def frame(
     if end > n:
         return NeedMore(start, hend, end)
     return Message(start, end)
+
+
+def next_message(
+    buf: bytearray, start: int, scan: int, max_header: int, max_body: int
+) -> tuple[Packet, int] | NeedMore:
+    """Frame and parse the next SIP message of a stream buffer.
+
+    This is the one entry point of stream transports: the socket pool calls
+    it for every message of a connection's read buffer. The usual message
+    (CRLF line ends, nothing folded, a valid Content-Length) is framed by its
+    own parse (:func:`netsip.packet.parse_stream`), which checks every header
+    line once; anything else goes the general way, :func:`frame` and then
+    :meth:`Packet.new_from_string`, which decides and words every error.
+
+    Args:
+        buf: the connection's read buffer (not modified).
+        start: where the next message (or its keep-alive CRLFs) begins.
+        scan: ``NeedMore.scan`` of the previous call on this buffer, or 0.
+        max_header: ``MAX_SIP_HEADER``, as for :func:`frame`.
+        max_body: ``MAX_SIP_BODY``, as for :func:`frame`.
+
+    Returns:
+        ``(packet, end)``, ``end`` where the message ends in ``buf``; or
+        :class:`NeedMore` as :func:`frame` returns it.
+
+    Raises:
+        FramingError: the stream cannot be framed (see :func:`frame`).
+        PacketError: a message was framed but is not a valid SIP message.
+    """
+    hend = buf.find(_HEADER_END, scan if scan > start else start, start + max_header + 4)
+    if hend > start:
+        got = parse_stream(buf, start, hend, max_body)
+        if got is not None:
+            return got
+    r = frame(buf, max_header, max_body, start, scan)
+    if isinstance(r, NeedMore):
+        return r
+    end = r.end
+    if r.start == 0 and end == len(buf):
+        data = bytes(buf)  # the buffer is one message
+    else:
+        with memoryview(buf) as mv:
+            data = mv[r.start : end].tobytes()
+    return Packet.new_from_string(data), end

@@ -42,6 +42,7 @@ from typing import Any
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import (
+    DEFAULT_PORTS,
     Addr,
     Proto,
     bind_socket,
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 #: RFC 3261 8.1.1.7: every branch created by an RFC 3261 element starts with this.
 MAGIC_COOKIE = "z9hG4bK"
 
-_DEFAULT_PORT: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 _VIA_SENTBY_RX = re.compile(r"SIP/2\S+\s+(\S+)\Z", re.IGNORECASE)
 _FAST_SENTBY_RX = re.compile(r"SIP/2\.0/[A-Za-z]+[ \t]+([^;\s]+)[ \t]*(?:;|\Z)")
 _RPORT_RX = re.compile(r";[ \t]*rport", re.IGNORECASE)
@@ -177,7 +177,7 @@ class Leg:
     ) -> None:
         if proto is None and tls:
             proto = "tls"
-        if proto is not None and proto not in _DEFAULT_PORT:
+        if proto is not None and proto not in DEFAULT_PORTS:
             raise ValueError(f"invalid proto {proto!r} (udp, tcp or tls)")
         if sock is not None and socketpool is not None:
             raise ValueError("only one of sock and socketpool may be given")
@@ -215,9 +215,9 @@ class Leg:
                 src_addr, src_family, src_port = local, dst_addr.family, 0
             assert src_family is not None
             if src_port is None:
-                src_port = _DEFAULT_PORT[proto]
+                src_port = DEFAULT_PORTS[proto]
             if dst_addr is not None and proto == "udp" and dst_addr.port == 0:
-                dst_addr = Addr(dst_addr.addr, _DEFAULT_PORT[proto], dst_addr.family)
+                dst_addr = Addr(dst_addr.addr, DEFAULT_PORTS[proto], dst_addr.family)
             created = bind_socket(
                 proto,
                 src_addr,
@@ -261,7 +261,7 @@ class Leg:
             raise
         self._pool: SocketPool = socketpool
 
-        default_port = _DEFAULT_PORT[proto]
+        default_port = DEFAULT_PORTS[proto]
         leg_addr = self._hostport(use_host=True, default_port=default_port, brackets=True)
         sip_proto = "sips" if proto == "tls" else "sip"
         self.contact: str = contact or f"{sip_proto}:{leg_addr}"
@@ -309,7 +309,7 @@ class Leg:
         if level not in (1, 2):
             raise ValueError(f"invalid laddr level {level!r}")
         return self._hostport(
-            use_host=level == 2, default_port=_DEFAULT_PORT[self.proto], brackets=False
+            use_host=level == 2, default_port=DEFAULT_PORTS[self.proto], brackets=False
         )
 
     def key(self) -> str:
@@ -587,7 +587,7 @@ class Leg:
         if addr.proto is not None and addr.proto != self.proto:
             raise ValueError(f"target protocol {addr.proto} does not match leg {self.proto}")
         if addr.port == 0:
-            addr = Addr(addr.addr, _DEFAULT_PORT[self.proto], addr.family, addr.host, addr.proto)
+            addr = Addr(addr.addr, DEFAULT_PORTS[self.proto], addr.family, addr.host, addr.proto)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("delivery with %s from %s to %s", self.proto, self.src, addr)
         self.sendto(packet, addr, callback)

@@ -34,7 +34,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoopLike, TimerLike
-from netsip.util import Addr, NetSIPError, Proto, invoke_callback
+from netsip.util import DEFAULT_PORTS, Addr, NetSIPError, Proto, invoke_callback
 
 if TYPE_CHECKING:
     import dns.exception
@@ -53,7 +53,6 @@ __all__ = ["DEFAULT_PORTS", "NaptrRecord", "Record", "Resolver", "Result", "SrvR
 log = logging.getLogger(__name__)
 
 #: Default port per transport (RFC 3261 section 19.1.2, RFC 3263 section 4.2).
-DEFAULT_PORTS: Final[dict[str, int]] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # RFC 3263 section 4.1: the NAPTR services netsip can use, and their transport.
 _NAPTR_SERVICES: Final[dict[str, Proto]] = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
 # A negative answer is cached at most this long (RFC 2308 leaves the cap to us).

@@ -16,8 +16,8 @@ How it works:
   dropped, ICMP errors reported on the socket are ignored; datagrams sent
   while such a batch is delivered (the responses) go out after it, back to back;
 * TCP: each readiness reads ``TCP_READSIZE`` bytes into the connection's
-  buffer and :func:`netsip.framing.frame` cuts out every complete message
-  (the usual message is framed by its parse, :func:`netsip.packet.parse_stream`);
+  buffer and :func:`netsip.framing.next_message` cuts out and parses every
+  complete message (the one owner of stream framing);
   a framing or parse error closes only that connection. Accepting costs few
   syscalls: ``TCP_NODELAY`` is set on the listening socket once (Linux copies
   it to accepted sockets; elsewhere it is set per connection) and reads and
@@ -86,8 +86,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
-from netsip.framing import FramingError, NeedMore, frame
-from netsip.packet import Packet, PacketError, parse_stream
+from netsip.framing import FramingError, NeedMore, PacketError, next_message
+from netsip.packet import Packet
 from netsip.util import Addr, NetSIPError, Proto, as_callable, invoke_callback
 
 if TYPE_CHECKING:  # netsip.tlsconn imports this module; loaded at run time by TLS pools only
@@ -123,7 +123,6 @@ _UDP_READSIZE: Final = 2**16
 _ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
 _UDP_READS_PER_READY: Final = 32  # datagrams read per readiness of a UDP socket
 _CORK_MAX: Final = 2**16  # bytes coalesced at most before a write (see _read_stream)
-_HEADER_END: Final = b"\r\n\r\n"  # RFC 3261 7: the empty line after the header
 # accept() failing for lack of resources: the listener is left alone for a
 # while (doubling from MIN to MAX seconds while the shortage lasts).
 _ACCEPT_RESOURCE_ERRORS: Final = frozenset(
@@ -931,39 +930,24 @@ class SocketPool:
         cfg = self._cfg
         max_header = cfg.max_sip_header
         max_body = cfg.max_sip_body
-        find = buf.find
         pos = 0
         scan = conn.scan
         rest: NeedMore | None = None
         loop = self._loop
         try:
             while True:
-                # the usual message: framed by the parser (see parse_stream)
-                hend = find(_HEADER_END, scan if scan > pos else pos, pos + max_header + 4)
-                got = parse_stream(buf, pos, hend, max_body) if hend > pos else None
-                if got is not None:
-                    pkt, pos = got
-                else:
-                    # anything else the long way, which words the errors
-                    try:
-                        r = frame(buf, max_header, max_body, pos, scan)
-                    except FramingError as exc:
-                        self._drop(conn, errno.ECONNABORTED, "%s", exc)
-                        return
-                    if isinstance(r, NeedMore):
-                        rest = r
-                        return
-                    pos = r.end
-                    if r.start == 0 and pos == len(buf):
-                        data = bytes(buf)  # the buffer is one message
-                    else:
-                        with memoryview(buf) as mv:
-                            data = mv[r.start : pos].tobytes()
-                    try:
-                        pkt = Packet.new_from_string(data)
-                    except PacketError as exc:
-                        self._drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
-                        return
+                try:
+                    got = next_message(buf, pos, scan, max_header, max_body)
+                except FramingError as exc:
+                    self._drop(conn, errno.ECONNABORTED, "%s", exc)
+                    return
+                except PacketError as exc:
+                    self._drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
+                    return
+                if isinstance(got, NeedMore):
+                    rest = got
+                    return
+                pkt, pos = got
                 scan = pos
                 if pkt.is_request():
                     self._remember_tid(conn, pkt.tid())

@@ -28,14 +28,17 @@ documentation or produces unusable output:
 
 from __future__ import annotations
 
+import errno
 import functools
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypedDict, TypeVar, cast, overload
+from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
 
 __all__ = [
+    "DEFAULT_PORTS",
+    "PROTOS",
     "Addr",
     "IPParts",
     "NetSIPError",
@@ -43,6 +46,7 @@ __all__ = [
     "Var",
     "as_callable",
     "bind_socket",
+    "errno_of",
     "hostname2ip",
     "invoke_callback",
     "ip_canonical",
@@ -67,6 +71,23 @@ __all__ = [
 ]
 
 Proto = Literal["udp", "tcp", "tls"]
+
+#: The transports netsip speaks, in the order of preference of RFC 3263 4.1
+#: when nothing else decides (UDP, then TCP, then TLS).
+PROTOS: Final[tuple[Proto, ...]] = ("udp", "tcp", "tls")
+
+#: The default port of each transport (RFC 3261 19.1.2: 5060, 5061 for TLS).
+DEFAULT_PORTS: Final[Mapping[str, int]] = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a delivery callback gets for ``exc``: its own, else ``EINVAL``.
+
+    A send can fail with an ``OSError`` (its errno, when it has one) or with a
+    ``ValueError`` for an unusable destination; callbacks only take ints.
+    """
+    return exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+
 
 #: A Python socket address: ``(ip, port)`` or ``(ip, port, flowinfo, scope_id)``.
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
