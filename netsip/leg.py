@@ -26,6 +26,12 @@ Differences from Net::SIP 0.835: ``port=0`` lets the system pick a free port
 inline by Perl's dispatcher, is the method :meth:`Leg.add_received`; a Contact
 for a From/To without user part is the leg's contact (Perl builds an invalid
 one); :meth:`Leg.close` closes the sockets (Perl relies on garbage collection).
+The leg's URI (its Record-Route, and the Contact it adds) says how to reach
+it: ``sips:`` for TLS and ``;transport=tcp`` for TCP, with the scheme taken
+from the leg, never from the From/To (RFC 3261 8.1.1.8, 19.1.4). Perl builds
+``sip:user@host:port`` with the scheme of the To URI for every transport, so
+a TCP- or TLS-only Net::SIP behind a record-routing proxy gets its BYE over
+UDP, or not at all.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ _RPORT_RX = re.compile(r";[ \t]*rport", re.IGNORECASE)
 _ANGLE_RX = re.compile(r"<(.*)>")
 _CONTACT_RX = re.compile(r"(\w+):(?:.*@)?(.*)\Z")
 _USER_RX = re.compile(r"([^<>@\s]+)@")
-_SCHEME_RX = re.compile(r"\w+:")
+_SCHEME_RX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 #: Allow header Perl puts into requests and responses that need one.
 DEFAULT_ALLOW = "INVITE, ACK, OPTIONS, CANCEL, BYE"
@@ -79,6 +85,21 @@ DEFAULT_ALLOW = "INVITE, ACK, OPTIONS, CANCEL, BYE"
 #: ``(code, text)`` returned by the forward_* methods when a packet must not
 #: be forwarded; ``code`` is None if the packet should just be dropped.
 ForwardError = tuple[int | None, str]
+
+
+def _leg_uri(proto: Proto, hostport: str) -> str:
+    """The SIP URI of a leg: where a peer reaches it, transport included.
+
+    RFC 3261 19.1.1/19.1.4: a ``sip:`` URI without ``transport`` means UDP for
+    a numeric host, so a TCP leg must say ``;transport=tcp``. A TLS leg is a
+    ``sips:`` URI, which means TLS (RFC 3261 26.2.2); RFC 5630 3.1.3
+    deprecates ``transport=tls``, so that one gets no parameter.
+    """
+    if proto == "tls":
+        return f"sips:{hostport}"
+    if proto == "udp":
+        return f"sip:{hostport}"
+    return f"sip:{hostport};transport={proto}"
 
 
 def _md5_hex(*parts: str | int) -> str:
@@ -263,8 +284,8 @@ class Leg:
 
         default_port = DEFAULT_PORTS[proto]
         leg_addr = self._hostport(use_host=True, default_port=default_port, brackets=True)
-        sip_proto = "sips" if proto == "tls" else "sip"
-        self.contact: str = contact or f"{sip_proto}:{leg_addr}"
+        #: the leg's SIP URI: Record-Route, and the host part of the Contacts it adds
+        self.contact: str = contact or _leg_uri(proto, leg_addr)
         #: base of every Via branch of this leg (magic cookie + leg specific part)
         self.branch: str = MAGIC_COOKIE + (branch or _md5_hex(src_addr, src_port, proto))
         self._via_prefix = f"SIP/2.0/{proto.upper()} {leg_addr};branch="
@@ -610,9 +631,13 @@ class Leg:
         um = _USER_RX.search(_addr_data(hdr))
         if um is None:
             return self.contact
-        contact = f"{um.group(1)}@{addr}"
-        if not _SCHEME_RX.match(contact):
-            contact = f"{sproto}:{contact}"
+        # the user of the From/To, but the scheme (and transport) of this leg:
+        # the peer must reach the Contact over this transport (RFC 3261 8.1.1.8)
+        user = um.group(1)
+        sm = _SCHEME_RX.match(user)
+        if sm is not None:
+            user = user[sm.end() :]
+        contact = f"{sproto}:{user}@{addr}"
         if ";" in contact:
             contact = f"<{contact}>"
         return contact

@@ -68,9 +68,9 @@ def ref_make_contact(contact: str, packet: Packet, is_request: bool) -> str:
     um = re.search(r"([^<>@\s]+)@", user)
     if um is None:
         return contact
-    out = f"{um.group(1)}@{addr}"
-    if not re.match(r"\w+:", out):
-        out = f"{sproto}:{out}"
+    # the user of the From/To without its scheme; the scheme is the leg's
+    name = re.sub(r"\A[A-Za-z][A-Za-z0-9+.-]*:", "", um.group(1))
+    out = f"{sproto}:{name}@{addr}"
     if ";" in out:
         out = f"<{out}>"
     return out
@@ -437,8 +437,12 @@ def test_uas_answers_with_the_bytes_it_always_sent(
         assert m is not None, first
         lines = ["SIP/2.0 200 OK", "Supported: ", f"Allow: {DEFAULT_ALLOW}"]
         if method == "INVITE":
-            # RFC 3261 13.3.1.4: the user part of To at the leg's address
-            lines.append(f"Contact: sip:uas@{_hostport(ip, leg.src.port)}")
+            # RFC 3261 13.3.1.4: the user part of To at the leg's address,
+            # with the leg's transport (19.1.4)
+            contact = f"sip:uas@{_hostport(ip, leg.src.port)}"
+            if proto == "tcp":
+                contact = f"<{contact};transport=tcp>"
+            lines.append(f"Contact: {contact}")
         lines += [
             f"Via: {via_out}",
             f"From: {frm}",

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import DEFAULT_ALLOW, MAGIC_COOKIE, Leg
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
-from netsip.util import Addr, Var, sip_hdrval2parts
-from tests.support import have_ipv6, open_fds, require_perl_netsip
+from netsip.util import Addr, Proto, Var, sip_hdrval2parts
+from tests.support import TlsFiles, have_ipv6, make_tls_files, open_fds, require_perl_netsip
 
 HERE = Path(__file__).resolve().parent
 
@@ -571,3 +572,83 @@ def test_via_and_routing_match_perl() -> None:
                 assert fo.get_headers("route") == w["fo_route"]
     finally:
         leg.close()
+
+
+# ------------------------------------------- Contact and Record-Route transport
+
+
+@pytest.fixture(scope="module")
+def leg_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory, "127.0.0.1")
+
+
+def _proto_leg(proto: Proto, files: TlsFiles) -> Leg:
+    tls = {"certfile": files.cert, "keyfile": files.key, "cafile": files.ca}
+    return Leg(addr="127.0.0.1", port=0, proto=proto, tls=tls if proto == "tls" else None)
+
+
+@pytest.mark.parametrize(
+    ("proto", "scheme", "param"),
+    [("udp", "sip", ""), ("tcp", "sip", ";transport=tcp"), ("tls", "sips", "")],
+)
+def test_leg_uri_says_how_to_reach_the_leg(
+    leg_tls_files: TlsFiles, proto: Proto, scheme: str, param: str
+) -> None:
+    """The leg's URI, and so its Record-Route, carries the transport (RFC 3261 19.1.4)."""
+    with _proto_leg(proto, leg_tls_files) as leg:
+        assert leg.contact == f"{scheme}:127.0.0.1:{leg.src.port}{param}"
+        r = _req()
+        assert leg.forward_outgoing(r, leg) is None
+        assert r.get_headers("record-route") == [f"<{leg.contact};lr>"]
+
+
+@pytest.mark.parametrize(
+    ("proto", "want"),
+    [
+        ("udp", "sip:bob@127.0.0.1:{port}"),
+        ("tcp", "<sip:bob@127.0.0.1:{port};transport=tcp>"),
+        ("tls", "sips:bob@127.0.0.1:{port}"),
+    ],
+)
+def test_contact_of_2xx_reaches_the_uas_over_its_transport(
+    loop: EventLoop, leg_tls_files: TlsFiles, proto: Proto, want: str
+) -> None:
+    """A UAC sends its in-dialog request to the Contact of the 2xx and reaches the UAS.
+
+    The Contact's scheme and transport come from the leg, not from the To
+    (here a ``sip:`` To on a TLS leg); without ``;transport=tcp`` a TCP-only
+    UAS would get the BYE over UDP, or not at all.
+    """
+    uac = Dispatcher([_proto_leg(proto, leg_tls_files)], loop)
+    uas = Dispatcher([_proto_leg(proto, leg_tls_files)], loop)
+    got: list[tuple[Packet, str]] = []
+
+    def answer(packet: Packet, leg: Leg, from_: Addr) -> None:
+        got.append((packet, "uas"))
+        if isinstance(packet, Request) and packet.method() != "ACK":
+            uas.deliver(packet.create_response(200), leg=leg, dst_addr=from_)
+
+    uas.set_receiver(answer)
+    uac.set_receiver(lambda p, leg, a: got.append((p, "uac")))
+    try:
+        port = uas.legs[0].src.port
+        invite = _req("INVITE", uri=f"sip:bob@127.0.0.1:{port}")
+        invite.set_header("to", "<sip:bob@example.com>")
+        uac.deliver(invite, leg=uac.legs[0], dst_addr=uas.legs[0].src)
+        loop.loop(10, lambda: any(w == "uac" for _, w in got))
+        ok = next(p for p, w in got if w == "uac")
+        assert isinstance(ok, Response) and ok.code() == 200
+        contact = ok.get_header("contact")
+        assert contact == want.format(port=port)
+        target = contact.strip("<>")
+        bye = _req("BYE", uri=target)
+        errors: list[int] = []
+        uac.deliver(bye, callback=errors.append)
+        # (a reliable transport calls back with 0 once written: only errors stop)
+        loop.loop(
+            10, lambda: any(p.method() == "BYE" and w == "uas" for p, w in got) or any(errors)
+        )
+        assert [p.method() for p, w in got if w == "uas"] == ["INVITE", "BYE"], errors
+    finally:
+        uac.close()
+        uas.close()
