@@ -71,7 +71,7 @@ from typing import Any, Protocol, TypeAlias
 
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
-from netsip.packet import Packet, PacketError, Request, Response
+from netsip.packet import Packet, PacketError, Request, Response, canonical_header_name
 from netsip.respcache import ResponseCache, cache_key
 from netsip.retransmit import Action, RetransmitSchedule, retransmit_timers
 from netsip.util import (
@@ -174,6 +174,26 @@ class QueueEntry:
             return False
         invoke_callback(self.callback, error)
         return True
+
+
+#: RFC 3261 8.1.1: the header fields that make a message's transaction and
+#: dialog (Via and Max-Forwards are mandatory too; a missing Via is the Leg's
+#: concern: a response without one is dropped there, a request is answered
+#: to its source address)
+_MANDATORY: tuple[str, ...] = ("from", "to", "call-id", "cseq")
+
+
+def _missing_header(packet: Packet) -> str | None:
+    """The first of the mandatory headers that ``packet`` lacks, or None."""
+    values = packet.header_values
+    for name in _MANDATORY:
+        if not values(name):
+            return name
+    return None
+
+
+def _kind(packet: Packet) -> str:
+    return f"{packet.method()} request" if packet.is_request() else "response"
 
 
 def _check_proto(proto: object, what: object) -> Proto | None:
@@ -403,6 +423,10 @@ class Dispatcher:
             if got is None:
                 return
             packet, from_ = got
+            missing = _missing_header(packet)
+            if missing is not None:
+                self._incomplete(packet, leg, from_, missing)
+                return
             if packet.is_request():
                 leg.add_received(packet, from_)
         except (NetSIPError, ValueError) as exc:
@@ -410,6 +434,24 @@ class Dispatcher:
             log.warning("dropping packet from %s on %s: %s", from_, leg.dump(), exc)
             return
         self.receive(packet, leg, from_)
+
+    def _incomplete(self, packet: Packet, leg: Leg, from_: Addr, missing: str) -> None:
+        """Answer (or drop) a message without one of the headers every message has.
+
+        RFC 3261 8.1.1: a request has at least To, From, CSeq and Call-ID
+        (and Via, Max-Forwards); 8.2.2 and 21.4.1: the answer is 400. Such a
+        message has no transaction of its own: neither the response cache nor
+        the queue may match it, so it never gets past this point. An ACK is
+        never answered, and a response cannot be.
+        """
+        log.info("%s from %s on %s without %s", _kind(packet), from_, leg.dump(), missing)
+        if not isinstance(packet, Request) or packet.method() == "ACK":
+            return
+        try:
+            resp = packet.create_response(400, f"Missing {canonical_header_name(missing)}")
+            leg.deliver(resp, from_)
+        except (NetSIPError, OSError, ValueError) as exc:
+            log.info("cannot answer %s from %s: %s", _kind(packet), from_, exc)
 
     # -------------------------------------------------------------- timers
 

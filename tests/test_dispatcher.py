@@ -442,6 +442,78 @@ def test_leg_receive_can_block_and_bad_packets_are_dropped(loop: EventLoop) -> N
     d.close()
 
 
+_BARE = "SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bare-{n}"
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        (("call-id", "cseq", "from", "to"), "Missing From"),
+        (("call-id",), "Missing Call-ID"),
+        (("cseq",), "Missing CSeq"),
+        (("to",), "Missing To"),
+    ],
+)
+def test_request_without_mandatory_headers_gets_400_and_is_never_cached(
+    loop: EventLoop, missing: tuple[str, ...], reason: str
+) -> None:
+    """Requests without Call-ID/CSeq/From/To get 400 (RFC 3261 8.1.1, 8.2.2).
+
+    Two such requests would share one response-cache key: an ACK after a
+    bare OPTIONS got the OPTIONS' cached 200 and never reached the receiver.
+    Now neither reaches the receiver nor the cache; the ACK gets no answer.
+    """
+    d = Dispatcher([Leg(addr="127.0.0.1", port=0)], loop)
+    got: list[Packet] = []
+    answers: list[Response] = []
+
+    def answer(p: Packet, leg: Leg, from_: Addr) -> None:
+        got.append(p)
+        if isinstance(p, Request) and p.method() != "ACK":
+            d.deliver(p.create_response(200), leg=leg, dst_addr=from_)
+
+    d.set_receiver(answer)
+    with d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        c.setblocking(False)
+        port = c.getsockname()[1]
+        dst = d.legs[0].src.sockaddr()
+        for n, method in enumerate(["OPTIONS", "ACK", "OPTIONS"]):
+            bare = _request(method, "sip:x@127.0.0.1", callid="same@example.com")
+            for name in missing:
+                bare.del_header(name)
+            bare.add_header("via", _BARE.format(port=port, n=n))
+            c.sendto(bare.as_bytes(), dst)
+        # a good request last: once its 200 is back, everything before was handled
+        c.sendto(_request("OPTIONS", "sip:good@127.0.0.1").as_bytes(), dst)
+
+        def collect() -> bool:
+            answers.extend(
+                r for r in map(Packet.new_from_string, datagrams(c)) if isinstance(r, Response)
+            )
+            return any(r.code() == 200 for r in answers)
+
+        loop.loop(5, collect)
+    assert [(r.code(), r.msg()) for r in answers] == [(400, reason), (400, reason), (200, "OK")]
+    assert [p.uri() for p in got if isinstance(p, Request)] == ["sip:good@127.0.0.1"]
+
+
+def test_response_without_mandatory_headers_is_dropped(loop: EventLoop) -> None:
+    d = Dispatcher([Leg(addr="127.0.0.1", port=0)], loop)
+    got: list[Packet] = []
+    d.set_receiver(lambda p, lg, f: got.append(p))
+    with d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        req = _request("OPTIONS", "sip:x@127.0.0.1")
+        req.add_header("via", _BARE.format(port=c.getsockname()[1], n=0))
+        bad = req.create_response(200)
+        bad.del_header("call-id")
+        c.sendto(bad.as_bytes(), d.legs[0].src.sockaddr())
+        c.sendto(req.create_response(200).as_bytes(), d.legs[0].src.sockaddr())
+        loop.loop(5, lambda: bool(got))
+    assert [p.callid() for p in got] == [req.callid()]
+
+
 def test_deliver_to_host_name_destination(loop: EventLoop) -> None:
     b = _peer(loop)
 

@@ -264,6 +264,7 @@ def test_dispatcher_flood_with_hostile_but_parseable_packets() -> None:
             dst = leg.socketpool().master().getsockname()
             hostile = [
                 b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\n"
+                b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\n"
                 b"Call-ID: stray\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
                 request(1, "ack-unknown", method="ACK", proto="UDP"),
                 request(1, "cancel-unknown", method="CANCEL", proto="UDP"),
