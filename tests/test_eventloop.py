@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from netsip.eventloop import (
     EV_READ,
     EV_WRITE,
+    MIN_REPEAT,
     RELATIVE_LIMIT,
     EventLoop,
     EventLoopLike,
@@ -125,6 +126,36 @@ def test_bad_arguments(loop: EventLoop) -> None:
         loop.add_timer(1, print, repeat=-1)
     with pytest.raises(TypeError):
         loop.loop(0, 42)  # type: ignore[arg-type]  # misuse on purpose
+
+
+@pytest.mark.parametrize("when", [10**400, float("inf"), -float("inf"), float("nan")])
+def test_add_timer_refuses_a_time_that_is_not_finite(loop: EventLoop, when: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        loop.add_timer(when, print)
+    assert loop.timer_count() == 0
+
+
+@pytest.mark.parametrize("repeat", [5e-324, 1e-300, 0.0009, -1, float("inf"), 10**400])
+def test_add_timer_refuses_a_busy_or_broken_repeat(loop: EventLoop, repeat: float) -> None:
+    """A repeat below MIN_REPEAT would spin the loop; a subnormal one overflowed in loop()."""
+    with pytest.raises(ValueError, match="repeat"):
+        loop.add_timer(1, print, repeat=repeat)
+    assert loop.timer_count() == 0
+
+
+def test_repeat_changed_later_is_checked_too(loop: EventLoop, clock: FakeClock) -> None:
+    fired: list[float] = []
+    t = loop.add_timer(1, lambda timer: fired.append(loop.looptime), repeat=1)
+    with pytest.raises(ValueError, match="repeat"):
+        t.repeat = 1e-300
+    t.repeat = MIN_REPEAT  # the smallest one allowed works
+    assert t.repeat == MIN_REPEAT
+    t.repeat = 0  # as in add_timer: once
+    assert t.repeat is None
+    clock.advance(5)
+    loop.loop(0)
+    loop.loop(0)
+    assert fired == [EPOCH + 5]
 
 
 def test_repr(loop: EventLoop) -> None:
