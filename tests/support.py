@@ -1,4 +1,13 @@
-"""Helpers shared by the tests: live peers, fds, sockets, loop driving, subprocess output."""
+"""Helpers for netsip's own tests: live peers, source checks, TLS files, subprocess output.
+
+The general helpers (loopback sockets, the fake clock, the loop drivers, the
+packet collector, fd counting) live in the public :mod:`netsip.testing`;
+they are re-exported here so that the tests import everything from one place.
+What stays here is specific to this project's test suite: finding the Perl
+and sipp peers (skipped, or failed under ``NETSIP_REQUIRE_PEERS=1``), the
+pytest parametrisation over the loopbacks, TLS files in pytest's temporary
+directories, and reading a peer subprocess's output.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +16,69 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from netsip.eventloop import EV_READ, EventLoop
-from netsip.packet import Packet
-from netsip.util import Addr, Var
+from netsip.testing import (
+    FakeClock,
+    Received,
+    addr_of,
+    collector,
+    connect,
+    datagrams,
+    drive,
+    family,
+    have_ipv6,
+    is_eof,
+    length_is,
+    loopbacks,
+    open_fds,
+    pkt,
+    sip_request,
+    spin,
+    tcp_listener,
+    udp_socket,
+)
+from netsip.util import Var
+
+__all__ = [
+    "LOOPBACKS",
+    "PEER",
+    "REQUIRE_PEERS",
+    "ROOT",
+    "FakeClock",
+    "LineReader",
+    "PipeReader",
+    "Received",
+    "TlsFiles",
+    "addr_of",
+    "collector",
+    "connect",
+    "datagrams",
+    "drive",
+    "family",
+    "have_ipv6",
+    "imported_modules",
+    "is_eof",
+    "length_is",
+    "make_tls_files",
+    "open_fds",
+    "perl_has",
+    "pkt",
+    "python_env",
+    "require_perl_netsip",
+    "require_sipp",
+    "sip_request",
+    "spin",
+    "start_perl_peer",
+    "tcp_listener",
+    "udp_socket",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "tests" / "perl" / "netsip_peer.pl"
@@ -57,6 +116,17 @@ def require_perl_netsip(tls: bool = False) -> str:
     return perl
 
 
+#: The loopback addresses to parametrise over; ::1 only where IPv6 UDP and TCP bind.
+LOOPBACKS = [
+    pytest.param("127.0.0.1", id="ipv4"),
+    pytest.param(
+        "::1",
+        id="ipv6",
+        marks=pytest.mark.skipif("::1" not in loopbacks(), reason="no IPv6 loopback"),
+    ),
+]
+
+
 def require_sipp() -> str:
     """Return the path of sipp, or skip/fail."""
     sipp = shutil.which("sipp")
@@ -64,87 +134,6 @@ def require_sipp() -> str:
         _missing("sipp", "apt-get install sip-tester")
         raise AssertionError("unreachable")
     return sipp
-
-
-def open_fds() -> int:
-    """Number of file descriptors this process has open."""
-    return len(os.listdir("/proc/self/fd"))
-
-
-def have_ipv6(kind: int = socket.SOCK_DGRAM) -> bool:
-    """True if a socket of ``kind`` can bind to the IPv6 loopback ::1."""
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, kind) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-#: The loopback addresses to parametrise over; ::1 only where IPv6 UDP and TCP bind.
-LOOPBACKS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(
-            not (have_ipv6() and have_ipv6(socket.SOCK_STREAM)), reason="no IPv6 loopback"
-        ),
-    ),
-]
-
-
-def family(ip: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
-
-
-class FakeClock:
-    """A clock the tests move by hand (``EventLoop(clock=...)``)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
-
-
-# ------------------------------------------------------------ plain sockets
-
-
-def tcp_listener(ip: str = "127.0.0.1", backlog: int = 128, rcvbuf: int = 0) -> socket.socket:
-    """A listening TCP socket on ``ip`` (any port); ``rcvbuf`` set before listen()."""
-    s = socket.socket(family(ip), socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:
-        # before listen(): accepted sockets inherit it and the window stays small
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((ip, 0))
-    s.listen(backlog)
-    return s
-
-
-def udp_socket(ip: str = "127.0.0.1") -> socket.socket:
-    """A UDP socket bound to ``ip`` (any port)."""
-    s = socket.socket(family(ip), socket.SOCK_DGRAM)
-    s.bind((ip, 0))
-    return s
-
-
-def addr_of(s: socket.socket) -> Addr:
-    """The local address of ``s``."""
-    return Addr.parse(s.getsockname()[:2])
-
-
-def connect(dst: Addr) -> socket.socket:
-    """A blocking client connected to ``dst`` (completes via the backlog, no accept needed)."""
-    c = socket.create_connection(dst.sockaddr()[:2], timeout=5)
-    c.settimeout(None)
-    return c
 
 
 # ------------------------------------------------------------ source checks
@@ -162,28 +151,7 @@ def imported_modules(path: str | Path) -> set[str]:
     return imported
 
 
-# ------------------------------------------------------------ SIP messages, TLS files
-
-
-def sip_request(
-    n: int = 1, body: bytes = b"", callid: str = "c1", method: str = "OPTIONS", proto: str = "TCP"
-) -> bytes:
-    """A raw SIP request from 127.0.0.1:5060, number ``n`` of dialog ``callid``."""
-    return (
-        f"{method} sip:bob@example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/{proto} 127.0.0.1:5060;branch=z9hG4bK-{callid}-{n}\r\n"
-        f"From: <sip:alice@example.com>;tag=a{n}\r\n"
-        f"To: <sip:bob@example.com>\r\n"
-        f"Call-ID: {callid}\r\n"
-        f"CSeq: {n} {method}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"\r\n"
-    ).encode() + body
-
-
-def pkt(data: bytes) -> Packet:
-    return Packet.new_from_string(data)
+# ------------------------------------------------------------ TLS files
 
 
 @dataclass
@@ -206,59 +174,6 @@ def make_tls_files(tmp_path_factory: pytest.TempPathFactory, *names: str) -> Tls
     cert.cert_chain_pems[0].write_to_path(files.cert)
     cert.private_key_pem.write_to_path(files.key)
     return files
-
-
-# ------------------------------------------------------------ driving a loop
-
-Received = list[tuple[Packet, Addr]]
-
-
-def collector() -> tuple[Received, Callable[[Packet, Addr], None]]:
-    """A receive callback and the list it appends ``(packet, from)`` to."""
-    got: Received = []
-
-    def cb(packet: Packet, from_: Addr) -> None:
-        got.append((packet, from_))
-
-    return got, cb
-
-
-def drive(loop: EventLoop, cond: Callable[[], object], seconds: float = 5.0) -> None:
-    """Run the loop until ``cond()`` is true; fail after ``seconds`` (real time)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: bool(cond()) or time.monotonic() > deadline)
-    assert cond(), "condition not reached in time"
-
-
-def length_is(items: list[Any], n: int) -> Callable[[], bool]:
-    """A stop condition: ``items`` has ``n`` elements."""
-    return lambda: len(items) == n
-
-
-def spin(loop: EventLoop, seconds: float = 0.2) -> None:
-    """Run the loop for a short while (to show that nothing more happens)."""
-    deadline = time.monotonic() + seconds
-    loop.loop(None, lambda: time.monotonic() > deadline)
-
-
-def datagrams(s: socket.socket) -> list[bytes]:
-    """Every datagram waiting on ``s``, in order; never blocks."""
-    out: list[bytes] = []
-    while True:
-        try:
-            out.append(s.recv(65536, socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return out
-
-
-def is_eof(s: socket.socket) -> bool:
-    """True if the peer closed ``s`` (EOF or reset); never blocks."""
-    try:
-        return s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
 
 
 # ------------------------------------------------------------ subprocesses
