@@ -112,6 +112,7 @@ class ClientTransaction:
         error: 0, or the errno that ended the transaction without a final
             response (``ETIMEDOUT``, ``ECONNREFUSED`` ...).
         rtt: seconds from sending to the final response.
+        timer: the pending timeout (the client's; None once it ended).
     """
 
     request: Request
