@@ -1,4 +1,4 @@
-"""The ``netsip`` command (netsip/cli.py): arguments, listen, options, send, bench, workers.
+"""The ``netsip`` command (netsip/cli/): arguments, listen, options, send, bench, workers.
 
 Argument errors run ``main(argv)`` in-process (fast); ``netsip listen`` runs as
 a subprocess (it serves until a signal) and the clients run in-process
@@ -25,8 +25,10 @@ from pathlib import Path
 import pytest
 
 from netsip import cli
+from netsip.cli import listen as cli_listen
 from netsip.packet import Request
 from netsip.socketpool import SocketPool
+from netsip.transaction import contact_uri
 from netsip.util import Addr
 from tests.support import (
     LineReader,
@@ -511,7 +513,7 @@ def _cpu_seconds(pid: int) -> float:
 def test_burn_cpu_spends_at_least_the_cpu_time() -> None:
     """``--work-us`` burns CPU time (not wall time): at least what was asked."""
     before = time.thread_time_ns()
-    cli._burn_cpu(3_000_000)
+    cli_listen._burn_cpu(3_000_000)
     assert time.thread_time_ns() - before >= 3_000_000
 
 
@@ -766,5 +768,5 @@ def test_contact_uri_of_2xx() -> None:
         ("sip:b@10.0.0.9;lr", "sip:b@10.0.0.9"),
     ]:
         resp = req.create_response(200, headers={"Contact": contact})
-        assert cli._contact_uri(resp) == uri
-    assert cli._contact_uri(req.create_response(200)) is None
+        assert contact_uri(resp) == uri
+    assert contact_uri(req.create_response(200)) is None

@@ -1,0 +1,145 @@
+"""The sockets of ``netsip listen``: ``--listen`` specs and binding them, once
+per ``--workers`` process.
+
+Net::SIP's ``Leg`` binds its own socket; ``netsip listen`` binds them here
+first so that UDP and TCP share one system-picked port (RFC 3261 18.1) and so
+that every worker gets ``SO_REUSEPORT`` twins bound before the fork.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from netsip.cli._common import CliError
+from netsip.util import (
+    DEFAULT_PORTS,
+    PROTOS,
+    Addr,
+    Proto,
+    bind_socket,
+    hostname2ip,
+    ip_string2parts,
+)
+
+# How often binding a set of port-0 sockets is retried when another program
+# takes the chosen port for the second transport between the two binds.
+_BIND_ATTEMPTS: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    """One socket to listen on: transport, IP, port (0: any free one) and family."""
+
+    proto: Proto
+    addr: str
+    port: int
+    family: int
+
+    def __str__(self) -> str:
+        return f"{self.proto}:{Addr(self.addr, self.port, self.family)}"
+
+
+def parse_listen_spec(spec: str) -> list[ListenSpec]:
+    """Parse ``[proto:]addr[:port]`` (IPv6 in brackets when a port follows).
+
+    Without a protocol the spec stands for UDP and TCP on the same port. A
+    host name is resolved to its first address.
+
+    Raises:
+        CliError: the spec is not understood (status 2).
+    """
+    head, sep, rest = spec.partition(":")
+    protos: list[Proto]
+    if sep and head.lower() in PROTOS:
+        protos = [PROTOS[PROTOS.index(head.lower())]]
+        hostport = rest
+    else:
+        protos = ["udp", "tcp"]
+        hostport = spec
+    try:
+        host, port, family = ip_string2parts(hostport)
+    except ValueError as exc:
+        raise CliError(f"invalid --listen {spec!r}: {exc}") from None
+    if family is None:
+        ips = hostname2ip(host)
+        if not ips:
+            raise CliError(f"invalid --listen {spec!r}: cannot resolve {host!r}")
+        host = ips[0]
+        family = Addr.parse((host, 0)).family
+    return [ListenSpec(p, host, DEFAULT_PORTS[p] if port is None else port, family) for p in protos]
+
+
+def _bind(spec: ListenSpec, port: int, reuseport: bool) -> socket.socket:
+    """A bound UDP or listening TCP socket for ``spec`` on ``port``; an IPv6
+    one serves IPv6 only, so an IPv4 spec on the same port is separate."""
+    return bind_socket(spec.proto, spec.addr, port, spec.family, reuseport=reuseport, v6only=True)
+
+
+#: The sockets of one listener process, each with its spec (with the real port).
+Bound: TypeAlias = list[tuple[ListenSpec, socket.socket]]
+
+
+def open_listen_sockets(specs: Sequence[ListenSpec], workers: int = 1) -> list[Bound]:
+    """Bind ``specs`` once per worker (with ``SO_REUSEPORT`` if more than one).
+
+    Specs with port 0 on the same address share the port the system picks for
+    the first of them where the socket types allow (SIP wants UDP and TCP on
+    one port, RFC 3261 18.1); the whole set is retried if that port is taken
+    for another transport meanwhile.
+
+    Returns:
+        One list of ``(spec with the real port, socket)`` per worker.
+
+    Raises:
+        CliError: a socket cannot be bound (port in use ...), status 2.
+    """
+    reuseport = workers > 1
+    if reuseport and not hasattr(socket, "SO_REUSEPORT"):
+        raise CliError("--workers needs SO_REUSEPORT, which this system lacks")
+    may_retry = any(s.port == 0 for s in specs)
+    for attempt in range(_BIND_ATTEMPTS):
+        opened: list[socket.socket] = []
+        current = specs[0]
+        try:
+            first: Bound = []
+            shared: dict[str, int] = {}  # addr -> port picked for its port-0 specs
+            taken: set[tuple[str, int, bool]] = set()  # (addr, port, stream)
+            for spec in specs:
+                current = spec
+                stream = spec.proto != "udp"
+                port = spec.port
+                if (
+                    port == 0
+                    and spec.addr in shared
+                    and (spec.addr, shared[spec.addr], stream) not in taken
+                ):
+                    port = shared[spec.addr]
+                sock = _bind(spec, port, reuseport)
+                opened.append(sock)
+                real = sock.getsockname()[1]
+                if spec.port == 0:
+                    shared.setdefault(spec.addr, real)
+                taken.add((spec.addr, real, stream))
+                first.append((dataclasses.replace(spec, port=real), sock))
+            sets = [first]
+            for _ in range(workers - 1):
+                more: Bound = []
+                for spec, _sock in first:
+                    current = spec
+                    sock = _bind(spec, spec.port, True)
+                    opened.append(sock)
+                    more.append((spec, sock))
+                sets.append(more)
+            return sets
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            if may_retry and exc.errno == errno.EADDRINUSE and attempt < _BIND_ATTEMPTS - 1:
+                continue
+            raise CliError(f"cannot listen on {current}: {exc.strerror or exc}") from None
+    raise AssertionError("unreachable")

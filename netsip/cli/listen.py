@@ -1,0 +1,569 @@
+"""``netsip listen``: answer every request with one status, print one line per transaction.
+
+Net::SIP's counterpart is a sample program (``examples/bench/listen.pl``, the
+answering half of ``answer_machine.pl``): a Leg and a Dispatcher whose
+receiver answers. Here every request but ACK gets ``--code`` (RFC 3261
+17.1.1.3: an ACK is never answered); one line per transaction (time,
+transport, peer, method, Call-ID, status) goes to stdout and a summary on
+SIGINT/SIGTERM, then the command exits 0 after closing every socket.
+
+``--workers N`` forks N processes, each with its own ``SO_REUSEPORT`` sockets
+on the same port(s) (:mod:`netsip.cli._listen_sockets`), so the kernel
+spreads UDP flows and TCP connections over them; the parent forwards SIGTERM,
+waits, and prints the aggregated summary. ``--work-us N`` burns N
+microseconds of CPU per answered request, a stand-in for an application's
+work, so that load tests can show what ``--workers`` gains once the
+responder, not the load generator, is the bottleneck.
+
+Performance plan: the receiver runs once per request of a load test, so it
+does the answer, two counter updates and (unless ``--summary-only``) one
+output line; lines are batched and written by a timer (:class:`_Output`),
+and the time stamp's ``strftime`` runs once per second (:class:`_Stamp`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, Any, Final, NoReturn
+
+from netsip.cli._common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    CliError,
+    Parents,
+    SignalStop,
+    Subparsers,
+    count,
+    make_leg,
+    positive_int,
+    status_code,
+    strerror,
+    tls_options,
+)
+from netsip.cli._listen_sockets import Bound, ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.dispatcher import Dispatcher
+from netsip.eventloop import EventLoop
+from netsip.leg import Leg
+from netsip.packet import REASON_PHRASES, Packet, Request
+from netsip.util import Addr, NetSIPError, Var
+
+__all__ = ["ListenStats", "Listener", "add_parser", "cmd_listen"]
+
+log = logging.getLogger(__name__)
+
+# Lines to stdout are batched (when stdout is no terminal) and written this often.
+_FLUSH_INTERVAL: Final = 0.2
+# Writes of at most PIPE_BUF bytes to a pipe are atomic (POSIX), so lines of
+# several --workers processes sharing stdout never interleave mid-line.
+_ATOMIC_WRITE: Final = 4096
+
+
+def add_parser(subparsers: Subparsers, parents: Parents) -> None:
+    """Add the ``listen`` subcommand and its options."""
+    p = subparsers.add_parser(
+        "listen",
+        parents=[parents.common, parents.tls],
+        help="answer every request with a fixed status",
+        description="Answer every SIP request but ACK with --code and print one line per "
+        "transaction; a summary on Ctrl-C/SIGTERM.",
+    )
+    p.add_argument(
+        "-l",
+        "--listen",
+        action="append",
+        metavar="[PROTO:]ADDR[:PORT]",
+        help="where to listen, repeatable: udp:127.0.0.1:5060, tcp:[::1]:5060, tls:0.0.0.0:5061;"
+        " without PROTO udp and tcp on one port; port 0 picks a free one"
+        " (default: udp+tcp 127.0.0.1:5060, and tls 127.0.0.1:5061 with --tls-cert)",
+    )
+    p.add_argument(
+        "-c",
+        "--code",
+        type=status_code,
+        default=200,
+        help="status of the responses (default %(default)s)",
+    )
+    p.add_argument("--reason", help="reason phrase (default: the standard one for --code)")
+    p.add_argument(
+        "-w",
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the port(s) with SO_REUSEPORT (default %(default)s)",
+    )
+    p.add_argument(
+        "--work-us",
+        type=count,
+        default=0,
+        metavar="N",
+        help="spend N microseconds of CPU on each request before answering, to simulate "
+        "application work in load tests, e.g. of --workers (default %(default)s: none)",
+    )
+    p.add_argument(
+        "--tls-verify-client",
+        type=int,
+        choices=(-1, 0, 1),
+        default=0,
+        help="client certificates: 0 not asked, 1 required, -1 verified if sent",
+    )
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="no line per transaction, only the summary",
+    )
+
+
+# ---------------------------------------------------------------- output
+
+
+class _Output:
+    """Lines for stdout: at once on a terminal, else batched and written per timer tick.
+
+    Batches are written with one ``os.write`` per chunk of at most
+    ``_ATOMIC_WRITE`` bytes, cut at line ends, so the lines of several worker
+    processes sharing one stdout pipe or file never mix.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._fd: int | None
+        try:
+            self._fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture
+            self._fd = None
+        self.interactive = stream.isatty()
+
+    def line(self, text: str) -> None:
+        self._lines.append(text + "\n")
+        if self.interactive:
+            self.flush()
+
+    def flush(self, _timer: object = None) -> None:
+        lines = self._lines
+        if not lines:
+            return
+        self._lines = []
+        if self._fd is None:
+            self._stream.write("".join(lines))
+            self._stream.flush()
+            return
+        self._stream.flush()  # whatever went through print() first
+        chunk: list[str] = []
+        size = 0
+        for text in lines:
+            if chunk and size + len(text) > _ATOMIC_WRITE:
+                self._write("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(text)
+            size += len(text)
+        self._write("".join(chunk))
+
+    def _write(self, text: str) -> None:
+        assert self._fd is not None
+        data = memoryview(text.encode("utf-8", "replace"))
+        while data:
+            try:
+                n = os.write(self._fd, data)
+            except BrokenPipeError:
+                self._fd = os.open(os.devnull, os.O_WRONLY)  # reader gone: keep serving
+                return
+            data = data[n:]
+
+
+class _Stamp:
+    """Local time ``YYYY-MM-DDTHH:MM:SS.mmm``; strftime runs once per second only."""
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec))
+        return f"{self._prefix}.{int((now - sec) * 1000):03d}"
+
+
+# -------------------------------------------------------------- listener
+
+
+@dataclass(slots=True)
+class ListenStats:
+    """What a listener saw: requests per transport and method, responses sent."""
+
+    by_proto: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+    answered: int = 0
+    send_errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+    stopped: float | None = None
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_proto.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        end = self.stopped if self.stopped is not None else time.monotonic()
+        return {
+            "requests": self.requests,
+            "by_proto": dict(self.by_proto),
+            "by_method": dict(self.by_method),
+            "answered": self.answered,
+            "send_errors": self.send_errors,
+            "uptime_s": round(end - self.started, 3),
+        }
+
+    @staticmethod
+    def summary(data: Mapping[str, Any], code: int, reason: str) -> list[str]:
+        """Summary lines from one :meth:`to_dict` (or a merge of several)."""
+        protos = ", ".join(f"{p} {n}" for p, n in sorted(data["by_proto"].items()))
+        methods = ", ".join(f"{m} {n}" for m, n in sorted(data["by_method"].items()))
+        lines = [
+            f"--- netsip listen: {data['requests']} requests in {data['uptime_s']:.1f} s"
+            + (f" ({protos})" if protos else ""),
+            f"answered {data['answered']} with {code} {reason}".rstrip()
+            + f", {data['send_errors']} failed to send"
+            + (f"; methods: {methods}" if methods else ""),
+        ]
+        return lines
+
+    @staticmethod
+    def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Add up the :meth:`to_dict` of several workers."""
+        by_proto: Counter[str] = Counter()
+        by_method: Counter[str] = Counter()
+        for d in parts:
+            by_proto.update(d["by_proto"])
+            by_method.update(d["by_method"])
+        return {
+            "requests": sum(d["requests"] for d in parts),
+            "by_proto": dict(by_proto),
+            "by_method": dict(by_method),
+            "answered": sum(d["answered"] for d in parts),
+            "send_errors": sum(d["send_errors"] for d in parts),
+            "uptime_s": max((d["uptime_s"] for d in parts), default=0.0),
+        }
+
+
+class Listener:
+    """The receiver of ``netsip listen``: answers, prints and counts.
+
+    Args:
+        dispatcher: the dispatcher the legs are on; responses go through its
+            ``deliver`` (so UDP final responses to INVITE are retransmitted
+            until the ACK, RFC 3261 17.2.1, and retransmitted requests are
+            answered from its response cache without reaching us).
+        code: status of every response; ``reason`` its phrase (None: default).
+        out: where the transaction lines go; None prints none.
+        work_us: microseconds of CPU to burn before each response (``--work-us``),
+            standing in for an application's work per request in load tests.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        code: int,
+        reason: str | None,
+        out: _Output | None,
+        work_us: int = 0,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.code = code
+        self.reason = reason
+        self.out = out
+        self.work_ns = work_us * 1000
+        self.stats = ListenStats()
+        self._stamp = _Stamp()
+
+    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> None:
+        """Receiver callback of the dispatcher."""
+        if not isinstance(packet, Request):
+            return  # we send no requests: a response is stray
+        method = packet.method()
+        stats = self.stats
+        stats.by_proto[from_.proto or leg.proto] += 1
+        stats.by_method[method] += 1
+        if method == "ACK":
+            status = "-"  # never answered (RFC 3261 17.1.1.3)
+        else:
+            if self.work_ns:
+                _burn_cpu(self.work_ns)
+            try:
+                response = packet.create_response(self.code, self.reason)
+                self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
+            except (NetSIPError, ValueError) as exc:
+                # whatever a peer sends must not stop the listener
+                log.warning("cannot answer %s from %s: %s", method, from_, exc)
+                stats.send_errors += 1
+                status = "!"
+            else:
+                stats.answered += 1
+                status = str(self.code)
+        if self.out is not None:
+            self.out.line(
+                f"{self._stamp()} {from_.proto or leg.proto} {from_} {method} "
+                f"{packet.callid() or '-'} {status}"
+            )
+
+    def _sent(self, err: int) -> None:
+        if err:
+            self.stats.send_errors += 1
+            log.warning("sending a response failed: %s", strerror(err))
+
+
+def _burn_cpu(ns: int) -> None:
+    """Keep the CPU busy for ``ns`` nanoseconds of this thread's CPU time.
+
+    CPU time, not wall time: a worker that is preempted meanwhile still does
+    the whole amount of "work", as a real application would.
+    """
+    clock = time.thread_time_ns
+    end = clock() + ns
+    while clock() < end:
+        pass
+
+
+def _open_sockets_left() -> int:
+    """How many sockets this process still has open (Linux /proc; -1 if unknown)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return -1
+    count = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                count += 1
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class _ServeConfig:
+    """What every listener process needs: the options, the TLS dict, stdout."""
+
+    args: argparse.Namespace
+    tls: dict[str, Any] | None
+    out: _Output
+
+
+def _serve(
+    bound: Bound,
+    cfg: _ServeConfig,
+    *,
+    stop: Var[int] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    worker: int = 0,
+) -> dict[str, Any]:
+    """Serve the sockets in ``bound`` until SIGINT/SIGTERM; close them; return the stats.
+
+    Args:
+        stop: the stop variable, possibly set already by a signal that came
+            before the loop ran (a worker installs its handlers first thing).
+        on_ready: called once the legs exist and signals are handled.
+    """
+    args, tls, out = cfg.args, cfg.tls, cfg.out
+    loop = EventLoop()
+    stop = stop if stop is not None else Var()
+    dispatcher: Dispatcher | None = None
+    listener: Listener | None = None
+    try:
+        with SignalStop(loop, stop):
+            legs = [
+                make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
+                for spec, sock in bound
+            ]
+            dispatcher = Dispatcher(legs, loop)
+            listener = Listener(
+                dispatcher,
+                args.code,
+                args.reason,
+                None if args.summary_only else out,
+                args.work_us,
+            )
+            dispatcher.set_receiver(listener.receive)
+            flusher = loop.add_timer(_FLUSH_INTERVAL, out.flush, _FLUSH_INTERVAL, "flush-stdout")
+            if on_ready is not None:
+                on_ready()
+            if worker:
+                log.debug("worker %d (pid %d) serving", worker, os.getpid())
+            if not stop.value:
+                loop.loop(None, stop)
+            flusher.cancel()
+            listener.stats.stopped = time.monotonic()
+            log.debug("stopped by %s", signal.Signals(stop.value).name if stop.value else "?")
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
+        for _, sock in bound:
+            sock.close()  # no-op when its leg closed it already
+        loop.close()
+        out.flush()
+    log.debug("sockets open after closing: %d", _open_sockets_left())
+    assert listener is not None
+    return listener.stats.to_dict()
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """``netsip listen``."""
+    specs: list[ListenSpec] = []
+    for text in args.listen or ():
+        specs.extend(parse_listen_spec(text))
+    if not specs:
+        specs = parse_listen_spec("127.0.0.1:5060")
+        if args.tls_cert:
+            specs += parse_listen_spec("tls:127.0.0.1:5061")
+    tls: dict[str, Any] | None = None
+    if any(s.proto == "tls" for s in specs):
+        if not args.tls_cert:
+            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
+        tls = tls_options(args, server=True)
+    elif args.tls_cert or args.tls_key or args.tls_ca:
+        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+    phrase = args.reason if args.reason is not None else REASON_PHRASES.get(args.code, "")
+    sets = open_listen_sockets(specs, args.workers)
+
+    def ready() -> None:
+        for spec, _ in sets[0]:
+            log.info("listening on %s", spec)
+
+    cfg = _ServeConfig(args, tls, _Output(sys.stdout))
+    if args.workers == 1:
+        stats = _serve(sets[0], cfg, on_ready=ready)
+        for text in ListenStats.summary(stats, args.code, phrase):
+            print(text, flush=True)
+        return EXIT_OK
+    return _run_workers(sets, cfg, phrase, ready)
+
+
+def _run_workers(
+    sets: list[Bound], cfg: _ServeConfig, phrase: str, ready: Callable[[], None]
+) -> int:
+    """Fork one worker per socket set, forward SIGINT/SIGTERM, wait, print the summary."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children: dict[int, tuple[int, int]] = {}  # pid -> (worker number, stats pipe)
+    stopping: Var[int] = Var()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.value = signum
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    # installed before the first fork: a signal during startup stops every worker
+    saved = {sig: signal.signal(sig, forward) for sig in SignalStop.SIGNALS}
+    try:
+        try:
+            for i, bound in enumerate(sets):
+                rfd, wfd = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    _worker(i + 1, bound, cfg, sets=sets, fds=(rfd, wfd), siblings=children)
+                os.close(wfd)
+                children[pid] = (i + 1, rfd)
+        finally:
+            for bound in sets:
+                for _, sock in bound:
+                    sock.close()  # the workers have theirs; the parent keeps none
+        ready()
+        log.info("%d workers: %s", len(children), " ".join(map(str, children)))
+        results, failed = _reap_workers(children, stopping, forward)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    merged = ListenStats.merge(list(results.values()))
+    for text in ListenStats.summary(merged, cfg.args.code, phrase):
+        print(text)
+    per = ", ".join(f"#{n} {results[n]['requests']}" for n in sorted(results))
+    print(f"workers: {len(results)} of {len(children)} ok; requests per worker: {per}", flush=True)
+    return EXIT_OK if not failed else EXIT_FAIL
+
+
+def _worker(
+    number: int,
+    bound: Bound,
+    cfg: _ServeConfig,
+    *,
+    sets: list[Bound],
+    fds: tuple[int, int],
+    siblings: Mapping[int, tuple[int, int]],
+) -> NoReturn:
+    """The forked worker: serve ``bound``, send the stats to the parent, ``_exit``.
+
+    Args:
+        sets: every worker's sockets; the others' are closed here.
+        fds: this worker's stats pipe (read end, closed here; write end).
+        siblings: the workers forked before, whose pipe read ends are closed here.
+    """
+    rfd, wfd = fds
+    stop: Var[int] = Var()
+
+    def early(signum: int, frame: FrameType | None) -> None:
+        stop.value = signum
+
+    for sig in SignalStop.SIGNALS:  # not the parent's forwarding handler
+        signal.signal(sig, early)
+    status = EXIT_FAIL
+    try:
+        os.close(rfd)
+        for _, sibling_rfd in siblings.values():
+            os.close(sibling_rfd)
+        for other in sets:
+            if other is not bound:
+                for _, sock in other:
+                    sock.close()
+        stats = _serve(bound, cfg, stop=stop, worker=number)
+        with os.fdopen(wfd, "w") as pipe:
+            json.dump(stats, pipe)
+        status = EXIT_OK
+    except CliError as exc:
+        print(f"netsip listen: error: worker {number}: {exc}", file=sys.stderr)
+        status = exc.status
+    except Exception:
+        log.exception("worker %d failed", number)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)  # no cleanup of the parent's state in the child
+
+
+def _reap_workers(
+    children: Mapping[int, tuple[int, int]],
+    stopping: Var[int],
+    forward: Callable[[int, FrameType | None], None],
+) -> tuple[dict[int, dict[str, Any]], int]:
+    """Wait for every worker; returns (stats per worker number, how many failed)."""
+    results: dict[int, dict[str, Any]] = {}
+    failed = 0
+    pending = dict(children)
+    while pending:
+        pid, wstatus = os.waitpid(-1, 0)  # PEP 475: retried after `forward` ran
+        if pid not in pending:
+            continue
+        number, rfd = pending.pop(pid)
+        with os.fdopen(rfd) as pipe:
+            data = pipe.read()
+        code = os.waitstatus_to_exitcode(wstatus)
+        if code == 0 and data:
+            results[number] = json.loads(data)
+        else:
+            failed += 1
+            log.error("worker %d (pid %d) ended with status %d", number, pid, code)
+            if not stopping.value:
+                forward(signal.SIGTERM, None)  # one is gone: stop the others too
+    return results, failed
