@@ -4,8 +4,10 @@ The layers, bottom to top: :mod:`netsip.util` (callbacks, addresses, SIP
 header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
 :mod:`netsip.packet` (``Packet``, ``Request``, ``Response``),
 :mod:`netsip.framing` (TCP stream framing), :mod:`netsip.socketpool`
-(``SocketPool``), :mod:`netsip.leg` (``Leg``) and :mod:`netsip.dispatcher`
-(``Dispatcher``). The names re-exported here are the public API.
+(``SocketPool``), :mod:`netsip.leg` (``Leg``), :mod:`netsip.dispatcher`
+(``Dispatcher``) and :mod:`netsip.transaction` (``TransactionClient``). The
+names re-exported here are the public API. :mod:`netsip.testing` holds
+helpers for testing applications built on netsip (import it by name).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from netsip.framing import FramingError
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
 from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.transaction import ClientTransaction, TransactionClient
 from netsip.util import Addr, NetSIPError, Var, invoke_callback
 
 __version__ = "0.1.0"
@@ -24,6 +27,7 @@ __all__ = [
     "EV_READ",
     "EV_WRITE",
     "Addr",
+    "ClientTransaction",
     "Dispatcher",
     "EventLoop",
     "FramingError",
@@ -36,6 +40,7 @@ __all__ = [
     "Response",
     "SocketPool",
     "TimerEvent",
+    "TransactionClient",
     "Var",
     "__version__",
     "get_settings",
