@@ -48,8 +48,12 @@ Differences from Net::SIP:
   (needed over TCP/TLS, where the dispatcher does not time a request out);
 - a retransmitted 2xx to INVITE is ACKed again (Perl drops it as a response
   to an unknown transaction); retransmitted 300-699 responses are not;
-- ACKs go to the ``leg``/``dst_addr`` the INVITE went to; Perl sends the ACK
-  of a 2xx through the dialog's route set;
+- the ACK of a 2xx goes, as in Perl, along the dialog's route set
+  (:class:`DialogRoute`: Record-Route reversed, then the Contact); the ACK
+  of a non-2xx goes where the INVITE went (17.1.1.3). A remote target or
+  first route with an IP address and no ``transport`` parameter is reached
+  over the INVITE's transport: peers such as Net::SIP itself leave the
+  parameter out of their Contact over TCP;
 - the Via of a response is not checked against the leg (Perl's
   ``Leg::check_via``).
 """
@@ -69,12 +73,13 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import TimerLike
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.util import Addr
+from netsip.util import DEFAULT_PORTS, Addr, Proto, ip_string2parts, sip_uri2parts
 
 __all__ = [
     "ACK_MEMORY",
     "DEFAULT_TIMEOUT",
     "ClientTransaction",
+    "DialogRoute",
     "TransactionClient",
     "contact_uri",
 ]
@@ -159,6 +164,88 @@ def contact_uri(response: Response) -> str | None:
         end = value.find(">", start)
         return value[start:end] if end > 0 else None
     return value.split(";", 1)[0].strip() or None
+
+
+@dataclass(frozen=True, slots=True)
+class DialogRoute:
+    """Where the requests of a dialog go, as its UAC sees it (RFC 3261 12.1.2).
+
+    Attributes:
+        target: the remote target: the URI of the Contact of the 2xx (or the
+            Request-URI of the INVITE when the 2xx has none).
+        routes: the route set: the Record-Route values of the 2xx, reversed.
+    """
+
+    target: str
+    routes: tuple[str, ...] = ()
+
+    @classmethod
+    def of_response(cls, request: Request, response: Response) -> DialogRoute:
+        """The route of the dialog that ``response`` (a 2xx to ``request``) sets up."""
+        target = contact_uri(response) or request.uri()
+        return cls(target, tuple(reversed(response.get_headers("record-route"))))
+
+    def apply(self, request: Request) -> None:
+        """Give an in-dialog request its Request-URI and Route (RFC 3261 12.2.1.1).
+
+        A loose router (``;lr`` on the first route) leaves the remote target
+        in the Request-URI and gets the route set as Route; a strict router
+        gets the Request-URI itself, and the remote target goes last into Route.
+        """
+        request.del_header("route")
+        if not self.routes:
+            request.set_uri(self.target)
+            return
+        first = _route_uri(self.routes[0])
+        parts = sip_uri2parts(first)
+        if parts is not None and "lr" in parts[3]:
+            request.set_uri(self.target)
+            routes: tuple[str, ...] = self.routes
+        else:
+            request.set_uri(first)
+            routes = (*self.routes[1:], f"<{self.target}>")
+        for value in routes:
+            request.add_header("route", value)
+
+    def next_hop(self, leg: Leg | None) -> Addr | None:
+        """The address of the next hop where it needs no DNS, else None.
+
+        The next hop is the first route, or the remote target without a
+        route set. With an IP address in it, it is used directly; its
+        transport is its ``transport`` parameter, else the leg's (see the
+        differences above). A host name, or ``maddr``, is left to the
+        dispatcher's RFC 3263 resolution (None).
+        """
+        uri = _route_uri(self.routes[0]) if self.routes else self.target
+        parts = sip_uri2parts(uri)
+        if parts is None or "maddr" in parts[3]:
+            return None
+        domain, _user, scheme, params, _ = parts
+        try:
+            ip, port, family = ip_string2parts(domain)
+        except ValueError:
+            return None
+        if family is None:
+            return None
+        transport = params.get("transport")
+        proto: str | None = transport.lower() if transport else None
+        if scheme == "sips":
+            proto = "tls"
+        if proto is None:
+            proto = leg.proto if leg is not None else "udp"
+        if proto not in DEFAULT_PORTS:
+            return None
+        return Addr(ip, port or DEFAULT_PORTS[proto], family, None, cast(Proto, proto))
+
+
+def _route_uri(value: str) -> str:
+    """The URI of a Route/Record-Route value (``<sip:p.example.com;lr>;x=1``)."""
+    data = value.strip()
+    if "<" in data:
+        start = data.index("<") + 1
+        end = data.find(">", start)
+        return data[start:end] if end > 0 else data[start:]
+    return data  # (Route is always a name-addr, RFC 3261 25.1; be lenient)
 
 
 class TransactionClient:
@@ -308,12 +395,14 @@ class TransactionClient:
     def _ack(self, txn: ClientTransaction, response: Response) -> None:
         """ACK a final response to INVITE: 17.1.1.3 (300-699), 13.2.2.4 (2xx)."""
         ack = txn.request.create_ack(response)
+        dst = txn.dst_addr
         if 200 <= response.code() < 300:
-            # the ACK of a 2xx is a request of the dialog: to the remote target
-            target = contact_uri(response)
-            if target:
-                ack.set_uri(target)
-            self._acks[txn.tid] = (ack, txn.leg, txn.dst_addr)
+            # the ACK of a 2xx is a request of the dialog: along its route set
+            # to the remote target (RFC 3261 12.2.1.1, 13.2.2.4)
+            route = DialogRoute.of_response(txn.request, response)
+            route.apply(ack)
+            dst = route.next_hop(txn.leg)
+            self._acks[txn.tid] = (ack, txn.leg, dst)
             if len(self._acks) > ACK_MEMORY:
                 self._acks.popitem(last=False)
-        self.dispatcher.deliver(ack, leg=txn.leg, dst_addr=txn.dst_addr, do_retransmits=False)
+        self.dispatcher.deliver(ack, leg=txn.leg, dst_addr=dst, do_retransmits=False)

@@ -284,6 +284,21 @@ def test_percentile() -> None:
 # ------------------------------------------------- listen + the clients
 
 
+def test_send_invite_no_bye_leaves_the_call_up(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``send -m INVITE --no-bye`` ACKs the 2xx and sends no BYE."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "tcp:127.0.0.1:0")
+    port = srv.addresses(1)["tcp"].port
+    uri = f"sip:bob@127.0.0.1:{port};transport=tcp"
+    status, out, _ = run(["send", uri, "-m", "INVITE", "--no-bye"], capsys)
+    assert status == 0, out
+    assert re.search(r"^>>> ACK sip:bob@127\.0\.0\.1:\d+;transport=tcp$", out, re.M), out
+    assert ">>> BYE" not in out
+    stdout = srv.stop()
+    assert summary_counts(stdout) == {"INVITE": 1, "ACK": 1}
+
+
 def test_listen_options_send_bench(
     listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,10 +316,13 @@ def test_listen_options_send_bench(
         assert "3 requests sent, 3 responses received, 3 ok, 0% loss" in out
         assert re.search(r"^rtt min/avg/max = [\d.]+/[\d.]+/[\d.]+ ms$", out, re.M), out
 
+    # a call: INVITE, ACK, then BYE within the dialog
     status, out, _ = run(["send", uri, "-m", "INVITE", "-H", "Subject: cli test"], capsys)
     assert status == 0, out
-    assert re.search(r"^<<< 200 OK from udp:127\.0\.0\.1:\d+ \([\d.]+ ms\)$", out, re.M), out
-    assert "\nCSeq: 1 INVITE" in out
+    finals = re.findall(r"^<<< 200 OK from udp:127\.0\.0\.1:\d+ \([\d.]+ ms\)$", out, re.M)
+    assert len(finals) == 2, out
+    assert "\nCSeq: 1 INVITE" in out and "\nCSeq: 2 BYE" in out
+    assert re.search(r"^>>> ACK sip:\S+$", out, re.M) and re.search(r"^>>> BYE sip:\S+$", out, re.M)
 
     status, out, _ = run(["bench", uri, "-t", "tcp", "-n", "200", "-c", "8", "--json"], capsys)
     assert status == 0, out
@@ -331,8 +349,8 @@ def test_listen_options_send_bench(
         assert proto in ("udp", "tcp") and Addr.parse(peer).addr == "127.0.0.1"
         assert status_ == ("-" if method == "ACK" else "200") and callid
     counts = summary_counts(stdout)
-    # 6 pings + 200 bench; send's INVITE and its ACK; the calls of bench -m INVITE
-    assert counts == {"OPTIONS": 206, "INVITE": 1 + calls, "ACK": 1 + calls, "BYE": calls}
+    # 6 pings + 200 bench; send's call; the calls of bench -m INVITE
+    assert counts == {"OPTIONS": 206, "INVITE": 1 + calls, "ACK": 1 + calls, "BYE": 1 + calls}
     assert len(tx) == sum(counts.values())
     assert "requests in" in lines[-2] and "answered" in lines[-1]
     assert any("sockets open after closing: 0" in line for line in srv.err.lines), srv.err.lines

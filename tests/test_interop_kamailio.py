@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import _missing, require_sipp
-from tests.test_cli import Listen, summary_counts
+from tests.test_cli import Listen, run, summary_counts
 from tests.test_sipp import _check_all_successful, _listen, _sipp
 
 pytestmark = pytest.mark.interop
@@ -164,3 +165,37 @@ def test_calls_through_record_routing_kamailio(
     stdout = srv.stop()
     assert srv.returncode == 0
     assert summary_counts(stdout) == {"INVITE": CALLS, "ACK": CALLS, "BYE": CALLS}
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_netsip_calls_through_record_routing_kamailio(
+    proto: str, listener: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``netsip send`` and ``bench -m INVITE`` send ACK and BYE along the route set.
+
+    Through a record-routing proxy the in-dialog requests must carry the
+    Route of the reversed Record-Route and the Contact as Request-URI
+    (RFC 3261 12.2.1.1); sent to the first hop without Route, Kamailio
+    answers the BYE with 404 and drops the ACK, so the UAS retransmits its 200.
+    """
+    require_kamailio()
+    srv, port = _listen(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
+    kam = Kamailio("record_route.cfg", tmp_path, f"sip:127.0.0.1:{port};transport={proto}")
+    calls = 20
+    try:
+        uri = f"sip:svc@127.0.0.1:{kam.port};transport={proto}"
+        status, out, _ = run(["send", uri, "-m", "INVITE", "--timeout", "10"], capsys)
+        assert status == 0, out
+        assert "\nCSeq: 2 BYE" in out, out
+        status, out, _ = run(
+            ["bench", uri, "-m", "INVITE", "-n", str(calls), "-c", "4", "--json"], capsys
+        )
+        assert status == 0, out
+        res = json.loads(out)
+        assert (res["completed"], res["failed"]) == (calls, 0), res
+    finally:
+        kam.close()
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    n = calls + 1
+    assert summary_counts(stdout) == {"INVITE": n, "ACK": n, "BYE": n}

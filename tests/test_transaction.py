@@ -19,7 +19,7 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.transaction import ClientTransaction, TransactionClient, contact_uri
+from netsip.transaction import ClientTransaction, DialogRoute, TransactionClient, contact_uri
 from netsip.util import Addr, Proto
 from tests.support import drive, spin
 
@@ -279,3 +279,83 @@ def test_requests_go_to_on_request(make_setup: Callable[..., Setup]) -> None:
     drive(s.loop, lambda: got)
     assert got[0][0] == "MESSAGE" and got[0][1].port == s.peer_addr.port
     assert client.pending == 0
+
+
+# ----------------------------------------------------------- dialog route
+
+
+def _two_hundred(*record_route: str, contact: str = "<sip:bob@192.0.2.7:5070>") -> Response:
+    invite = Request(
+        "INVITE",
+        "sip:bob@example.com",
+        {
+            "from": "<sip:a@x>;tag=1",
+            "to": "<sip:bob@example.com>",
+            "call-id": "c",
+            "cseq": "1 INVITE",
+        },
+    )
+    resp = invite.create_response(200)
+    if contact:
+        resp.set_header("contact", contact)
+    for rr in record_route:
+        resp.add_header("record-route", rr)
+    return resp
+
+
+def _invite() -> Request:
+    return Request("INVITE", "sip:bob@example.com", {"call-id": "c", "cseq": "1 INVITE"})
+
+
+def test_dialog_route_loose_routing() -> None:
+    """RFC 3261 12.1.2/12.2.1.1: Route is the Record-Route reversed; URI the Contact."""
+    rr = ("<sip:p2.example.com;lr>", "<sip:127.0.0.1:5999;transport=tcp;lr>")
+    route = DialogRoute.of_response(_invite(), _two_hundred(*rr))
+    assert route == DialogRoute("sip:bob@192.0.2.7:5070", tuple(reversed(rr)))
+    bye = Request("BYE", "sip:placeholder", {"route": "<sip:stale;lr>"})
+    route.apply(bye)
+    assert bye.uri() == "sip:bob@192.0.2.7:5070"
+    assert bye.get_headers("route") == list(reversed(rr))
+    # the next hop is the first route, over its transport
+    assert route.next_hop(None) == Addr("127.0.0.1", 5999, socket.AF_INET, None, "tcp")
+
+
+def test_dialog_route_strict_router() -> None:
+    """A first route without ;lr is a strict router: it becomes the Request-URI."""
+    route = DialogRoute.of_response(
+        _invite(), _two_hundred("<sip:10.0.0.9>", "<sip:strict.example>")
+    )
+    bye = Request("BYE", "sip:placeholder")
+    route.apply(bye)
+    assert bye.uri() == "sip:strict.example"
+    assert bye.get_headers("route") == ["<sip:10.0.0.9>", "<sip:bob@192.0.2.7:5070>"]
+    assert route.next_hop(None) is None  # a host name: RFC 3263 resolution
+
+
+def test_dialog_route_without_route_set_goes_to_the_contact() -> None:
+    route = DialogRoute.of_response(_invite(), _two_hundred())
+    bye = Request("BYE", "sip:placeholder", {"route": "<sip:x;lr>"})
+    route.apply(bye)
+    assert bye.uri() == "sip:bob@192.0.2.7:5070" and bye.get_headers("route") == []
+    assert route.next_hop(None) == Addr("192.0.2.7", 5070, socket.AF_INET, None, "udp")
+    # no transport parameter: the transport of the INVITE's leg
+    with Leg(addr="127.0.0.1", port=0, proto="tcp") as leg:
+        assert route.next_hop(leg) == Addr("192.0.2.7", 5070, socket.AF_INET, None, "tcp")
+    # no Contact at all: the INVITE's Request-URI
+    assert DialogRoute.of_response(_invite(), _two_hundred(contact="")).target == (
+        "sip:bob@example.com"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "want"),
+    [
+        ("sips:bob@[::1]:5081", Addr("::1", 5081, socket.AF_INET6, None, "tls")),
+        ("sip:bob@127.0.0.1;transport=TCP", Addr("127.0.0.1", 5060, socket.AF_INET, None, "tcp")),
+        ("sip:bob@127.0.0.1;maddr=10.0.0.1", None),
+        ("sip:bob@127.0.0.1;transport=sctp", None),
+        ("tel:+123", None),
+    ],
+)
+def test_dialog_route_next_hop(target: str, want: Addr | None) -> None:
+    assert DialogRoute(target).next_hop(None) == want

@@ -29,7 +29,7 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.transaction import ClientTransaction, TransactionClient
+from netsip.transaction import ClientTransaction, DialogRoute, TransactionClient
 from netsip.util import (
     DEFAULT_PORTS,
     PROTOS,
@@ -231,6 +231,35 @@ class Client:
             )
         except (NetSIPError, ValueError) as exc:
             raise CliError(f"cannot send to {self.dst}: {exc}") from None
+
+    def send_in_dialog(
+        self,
+        txn: ClientTransaction,
+        method: str,
+        cseq: int,
+        on_done: Callable[[ClientTransaction], None],
+    ) -> ClientTransaction:
+        """Send ``method`` within the dialog that the 2xx of ``txn`` set up.
+
+        The request goes along the dialog's route set to its remote target
+        (RFC 3261 12.2.1.1), not to the first hop of the INVITE.
+        """
+        assert txn.response is not None
+        route = DialogRoute.of_response(txn.request, txn.response)
+        request = self.make_request(
+            method,
+            callid=txn.request.callid() or "",
+            cseq=cseq,
+            uri=route.target,
+            to=txn.response.get_header("to"),
+        )
+        route.apply(request)
+        try:
+            return self.transactions.send(
+                request, on_done, leg=self.leg, dst_addr=route.next_hop(self.leg)
+            )
+        except (NetSIPError, ValueError) as exc:
+            raise CliError(f"cannot send to {route.target}: {exc}") from None
 
     def send_raw(self, packet: Packet, callback: Callable[[int], None]) -> None:
         """Send ``packet`` without waiting for responses (a response from ``--file``)."""

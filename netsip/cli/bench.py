@@ -39,7 +39,7 @@ from netsip.cli._common import (
     seconds,
 )
 from netsip.eventloop import TimerLike
-from netsip.transaction import ClientTransaction, contact_uri
+from netsip.transaction import ClientTransaction
 from netsip.util import Var
 
 __all__ = ["add_parser", "cmd_bench", "percentile"]
@@ -166,16 +166,7 @@ class _Bench:
             self._unit_done(start, txn)
             return
         # the call is up (the client ACKed it): hang up within the dialog
-        client = self.client
-        req = txn.request
-        bye = client.make_request(
-            "BYE",
-            callid=req.callid() or "",
-            cseq=2,
-            uri=contact_uri(txn.response) or req.uri(),
-            to=txn.response.get_header("to"),
-        )
-        client.send(bye, partial(self._unit_done, start))
+        self.client.send_in_dialog(txn, "BYE", 2, partial(self._unit_done, start))
 
     def _unit_done(self, start: float, txn: ClientTransaction) -> None:
         self.in_flight -= 1

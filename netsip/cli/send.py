@@ -4,9 +4,13 @@ The request is built from the arguments (method, ``--header``,
 ``--body-file``) with the headers RFC 3261 8.1.1 asks for, sent through a
 :class:`~netsip.transaction.TransactionClient`; provisional responses and the
 final one are printed as they come. ``--file`` sends a complete message as it
-is: a request as a transaction, a response just once. Exit 0 on a 2xx final
-response (or a response written out). Net::SIP's nearest tool is a few lines
-of ``Net::SIP::Simple``; this one stays below dialogs.
+is: a request as a transaction, a response just once. An INVITE answered
+with a 2xx is a call: its ACK goes out at once and, unless ``--no-bye``, a
+BYE ends the call; both go along the dialog's route set to the remote target
+(RFC 3261 12.2.1.1, 13.2.2.4, 15.1.1). With ``--no-bye`` the command stays
+:data:`NO_BYE_LINGER` seconds to ACK retransmissions of the 2xx. Exit 0 on a
+2xx final response (and a 2xx to the BYE), or a response written out.
+Net::SIP's nearest tool is a few lines of ``Net::SIP::Simple``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from pathlib import Path
 from netsip.cli._client import client_session, describe, message_text, parse_target, peer
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, Parents, Subparsers, strerror
 from netsip.packet import Packet, PacketError, Request, Response
-from netsip.transaction import ClientTransaction
+from netsip.transaction import ClientTransaction, DialogRoute
 from netsip.util import Var
 
-__all__ = ["add_parser", "cmd_send"]
+__all__ = ["NO_BYE_LINGER", "add_parser", "cmd_send"]
+
+#: Seconds ``send -m INVITE --no-bye`` stays after the ACK: a UAS retransmits
+#: its 2xx after T1 and 2*T1 if our ACK got lost (RFC 3261 13.3.1.4).
+NO_BYE_LINGER = 1.6
 
 
 def add_parser(subparsers: Subparsers, parents: Parents) -> None:
@@ -57,6 +65,11 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     )
     p.add_argument(
         "-f", "--file", metavar="FILE", help="a complete SIP message to send (request or response)"
+    )
+    p.add_argument(
+        "--no-bye",
+        action="store_true",
+        help="after a 2xx to an INVITE, only ACK it and leave the call up (default: hang up)",
     )
 
 
@@ -144,11 +157,43 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(f">>> {request.method()} {request.uri()} to {peer(client.dst)}", flush=True)
         client.send(request, finished, provisional)
         client.loop.loop(None, done, stop)
-    if not result:
+        if not result:
+            return EXIT_FAIL  # interrupted
+        txn = result[0]
+        if txn.response is None:
+            raise CliError(f"{target.uri}: {strerror(txn.error)}", EXIT_FAIL)
+        _print_final(txn)
+        if not (txn.ok and request.method() == "INVITE"):
+            return EXIT_OK if txn.ok else EXIT_FAIL
+        # a call: the client ACKed the 2xx; end it (or stay to ACK retransmissions)
+        print(f">>> ACK {_ack_uri(txn)}", flush=True)
+        if args.no_bye:
+            client.loop.loop(NO_BYE_LINGER, stop)
+            return EXIT_OK
+        done.value = False
+        byes: list[ClientTransaction] = []
+
+        def bye_done(bye: ClientTransaction) -> None:
+            byes.append(bye)
+            done.value = True
+
+        bye = client.send_in_dialog(txn, "BYE", (request.cseq_number() or 1) + 1, bye_done)
+        print(f">>> BYE {bye.request.uri()}", flush=True)
+        client.loop.loop(None, done, stop)
+    if not byes:
         return EXIT_FAIL  # interrupted
-    txn = result[0]
-    if txn.response is None:
-        raise CliError(f"{target.uri}: {strerror(txn.error)}", EXIT_FAIL)
+    if byes[0].response is None:
+        raise CliError(f"BYE {bye.request.uri()}: {strerror(byes[0].error)}", EXIT_FAIL)
+    _print_final(byes[0])
+    return EXIT_OK if byes[0].ok else EXIT_FAIL
+
+
+def _print_final(txn: ClientTransaction) -> None:
+    assert txn.response is not None
     print(f"<<< {describe(txn)} from {peer(txn.source)} ({txn.rtt * 1000:.3f} ms)")
     print(message_text(txn.response), flush=True)
-    return EXIT_OK if txn.ok else EXIT_FAIL
+
+
+def _ack_uri(txn: ClientTransaction) -> str:
+    assert txn.response is not None
+    return DialogRoute.of_response(txn.request, txn.response).target
