@@ -26,9 +26,12 @@ import pytest
 
 from netsip import cli
 from netsip.cli import listen as cli_listen
-from netsip.packet import Request
+from netsip.dispatcher import Dispatcher
+from netsip.eventloop import EventLoop
+from netsip.leg import Leg
+from netsip.packet import Request, Response
 from netsip.socketpool import SocketPool
-from netsip.transaction import contact_uri
+from netsip.transaction import ClientTransaction, TransactionClient, contact_uri
 from netsip.util import Addr
 from tests.support import (
     LineReader,
@@ -788,3 +791,121 @@ def test_contact_uri_of_2xx() -> None:
         resp = req.create_response(200, headers={"Contact": contact})
         assert contact_uri(resp) == uri
     assert contact_uri(req.create_response(200)) is None
+
+
+# ------------------------------------------- listen: SDP answers and dialogs
+
+_OFFER = (
+    "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=video 5002 RTP/AVP 31\r\n"
+    "m=audio 5000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    "m=audio 5004 RTP/AVP 0\r\n"
+)
+
+
+def _invite(callid: str, body: str = "", ctype: str = "application/sdp") -> Request:
+    headers = {
+        "from": "<sip:a@127.0.0.1>;tag=a1",
+        "to": "<sip:b@127.0.0.1>",
+        "call-id": callid,
+        "cseq": "1 INVITE",
+        "max-forwards": "70",
+    }
+    if body:
+        headers["content-type"] = ctype
+    return Request("INVITE", "sip:b@127.0.0.1", headers, body)
+
+
+def _exchange(loop: EventLoop, dst: Addr, request: Request) -> Response:
+    """Send ``request`` through a Leg + TransactionClient and return the final response."""
+    leg = Leg(addr="127.0.0.1", port=0)
+    disp = Dispatcher([leg], loop)
+    tc = TransactionClient(disp, timeout=10)
+    try:
+        got: list[ClientTransaction] = []
+        tc.send(request, got.append, leg=leg, dst_addr=dst)
+        loop.loop(15, lambda: bool(got))
+        assert got and got[0].response is not None, got
+        return got[0].response
+    finally:
+        tc.close()
+        disp.close()
+
+
+def test_listen_answers_an_sdp_offer(listen_factory: list[Listen], tmp_path: Path) -> None:
+    """A 2xx to an offer carries the answer (RFC 3264 6); other streams get port 0."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "udp:127.0.0.1:0")
+    dst = srv.addresses(1)["udp"]
+    with EventLoop() as loop:
+        ok = _exchange(loop, dst, _invite("sdp-1", _OFFER))
+        assert ok.code() == 200
+        assert ok.get_header("content-type") == "application/sdp"
+        answer = ok.body().decode()
+        mlines = [line for line in answer.splitlines() if line.startswith("m=")]
+        assert mlines[0] == "m=video 0 RTP/AVP 31"  # rejected
+        m = re.fullmatch(r"m=audio (\d+) RTP/AVP 8", mlines[1])
+        assert m is not None and int(m.group(1)) > 0, answer
+        assert mlines[2] == "m=audio 0 RTP/AVP 0"  # one audio stream is enough
+        assert "a=recvonly" in answer and "c=IN IP4 127.0.0.1" in answer
+        # the media port takes what the offerer would send, silently
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+            rtp.sendto(b"\x80" + bytes(171), ("127.0.0.1", int(m.group(1))))
+
+        # a dynamic codec keeps its rtpmap
+        opus = _OFFER.replace("m=video 5002 RTP/AVP 31\r\n", "").replace(
+            "RTP/AVP 8 0 101\r\n", "RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\n", 1
+        )
+        answer = _exchange(loop, dst, _invite("sdp-2", opus)).body().decode()
+        want = r"^m=audio [1-9]\d* RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r$"
+        assert re.search(want, answer, re.M), answer
+
+        # nothing acceptable (SRTP only): 488; a body that is no SDP: 415
+        srtp = _OFFER.replace("RTP/AVP", "RTP/SAVP")
+        assert _exchange(loop, dst, _invite("sdp-3", srtp)).code() == 488
+        bad = _exchange(loop, dst, _invite("sdp-4", "hello", "text/plain"))
+        assert (bad.code(), bad.get_header("accept")) == (415, "application/sdp")
+
+        # no offer: the 200 carries one (RFC 3261 13.3.1)
+        offer = _exchange(loop, dst, _invite("sdp-5"))
+        assert offer.code() == 200
+        assert re.search(r"^m=audio [1-9]\d* RTP/AVP 0 8\r$", offer.body().decode(), re.M)
+    stdout = srv.stop()
+    assert "other answers: 415 x 1, 488 x 1" in stdout, stdout
+
+
+def test_listen_answers_requests_of_unknown_dialogs_with_481(
+    listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """RFC 3261 12.2.2: BYE/INFO for no call get 481; a BYE of a real call 200."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "udp:127.0.0.1:0")
+    dst = srv.addresses(1)["udp"]
+
+    cseq = iter(range(2, 100))
+
+    def in_dialog(method: str, callid: str, to: str = "<sip:b@127.0.0.1>;tag=x") -> Request:
+        return Request(
+            method,
+            "sip:b@127.0.0.1",
+            {
+                "from": "<sip:a@127.0.0.1>;tag=a1",
+                "to": to,
+                "call-id": callid,
+                "cseq": f"{next(cseq)} {method}",  # a new transaction each
+            },
+        )
+
+    with EventLoop() as loop:
+        assert _exchange(loop, dst, in_dialog("BYE", "nocall")).code() == 481
+        assert _exchange(loop, dst, in_dialog("INFO", "nocall")).code() == 481
+        assert _exchange(loop, dst, in_dialog("BYE", "nocall", "<sip:b@127.0.0.1>")).code() == 481
+        # outside any dialog, INFO and OPTIONS are answered as usual
+        assert _exchange(loop, dst, in_dialog("INFO", "c2", "<sip:b@127.0.0.1>")).code() == 200
+        ok = _exchange(loop, dst, _invite("call-1", _OFFER))
+        assert ok.code() == 200
+        to = ok.get_header("to")
+        assert to is not None
+        assert _exchange(loop, dst, in_dialog("BYE", "call-1", to)).code() == 200
+        # the call is over: its BYE again gets 481
+        assert _exchange(loop, dst, in_dialog("BYE", "call-1", to)).code() == 481
+    stdout = srv.stop()
+    assert "other answers: 481 x 4" in stdout, stdout

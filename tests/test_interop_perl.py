@@ -15,11 +15,13 @@ so nothing sleeps, and every wait is bounded.
 from __future__ import annotations
 
 import errno
+import gzip
 import socket
 import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +29,14 @@ from netsip.eventloop import EventLoop
 from netsip.packet import Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr, Proto
-from tests.support import LOOPBACKS, PipeReader, require_perl_netsip, start_perl_peer
+from tests.support import (
+    LOOPBACKS,
+    PipeReader,
+    _missing,
+    require_perl_netsip,
+    start_perl_peer,
+)
+from tests.test_cli import Listen, summary_counts
 
 pytestmark = pytest.mark.interop
 
@@ -412,3 +421,51 @@ def test_perl_client_refuses_untrusted_netsip_server(tls_files: TlsFiles) -> Non
     assert rc == 1, out.lines()
     assert out.lines()[-1] == "DONE ok=0 failed=1", out.lines()
     assert got == []
+
+
+# ------------------------------------------------ Net::SIP's own examples
+
+EXAMPLES = Path("/usr/share/doc/libnet-sip-perl/examples")
+
+
+def _example(name: str, tmp: Path) -> Path:
+    """A script from libnet-sip-perl's examples (Debian may ship it gzipped)."""
+    plain = EXAMPLES / name
+    if plain.exists():
+        return plain
+    packed = EXAMPLES / f"{name}.gz"
+    if not packed.exists():
+        _missing(f"Net::SIP's example {name}", "apt-get install libnet-sip-perl")
+    out = tmp / name
+    out.write_bytes(gzip.decompress(packed.read_bytes()))
+    return out
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_perl_invite_and_recv_example_calls_netsip_listen(tmp_path: Path) -> None:
+    """Net::SIP's ``invite_and_recv.pl`` calls ``netsip listen``, then hangs up.
+
+    The Perl UA insists on an SDP answer in the 200 ("No or malformed SDP
+    body" otherwise, RFC 3264): the call must come up, and its BYE get 200.
+    """
+    perl = require_perl_netsip()
+    script = _example("invite_and_recv.pl", tmp_path)
+    srv = Listen(["--listen", "udp:127.0.0.1:0"], tmp_path)
+    try:
+        port = srv.addresses(1)["udp"].port
+        res = subprocess.run(
+            [perl, str(script), "-T", "1", "-L", f"127.0.0.1:{_free_udp_port()}",
+             "sip:perl@127.0.0.1", f"sip:bob@127.0.0.1:{port}"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=PERL_TIMEOUT, check=False,
+        )  # fmt: skip
+        out = (res.stdout + res.stderr).decode(errors="replace")
+        assert res.returncode == 0, out
+        stdout = srv.stop()
+    finally:
+        srv.close()
+    assert summary_counts(stdout) == {"INVITE": 1, "ACK": 1, "BYE": 1}, stdout

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any, Final, NoReturn
 
+from netsip.cli._answer import Calls, MediaSink, answer_sdp, offer_sdp, to_tag
 from netsip.cli._common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -55,7 +56,7 @@ from netsip.cli._listen_sockets import Bound, ListenSpec, open_listen_sockets, p
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import REASON_PHRASES, Packet, Request
+from netsip.packet import REASON_PHRASES, Packet, Request, Response
 from netsip.util import Addr, NetSIPError, Var
 
 __all__ = ["ListenStats", "Listener", "add_parser", "cmd_listen"]
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 # Lines to stdout are batched (when stdout is no terminal) and written this often.
 _FLUSH_INTERVAL: Final = 0.2
+#: methods that exist only within a dialog: without one, 481 (RFC 3261 12.2.2, 15)
+_IN_DIALOG_ONLY: Final = frozenset(("BYE", "UPDATE", "PRACK"))
 # Writes of at most PIPE_BUF bytes to a pipe are atomic (POSIX), so lines of
 # several --workers processes sharing stdout never interleave mid-line.
 _ATOMIC_WRITE: Final = 4096
@@ -209,6 +212,8 @@ class ListenStats:
     by_proto: Counter[str] = field(default_factory=Counter)
     by_method: Counter[str] = field(default_factory=Counter)
     answered: int = 0
+    #: responses with another code than the listener's (481, 488, 415)
+    other: Counter[int] = field(default_factory=Counter)
     send_errors: int = 0
     started: float = field(default_factory=time.monotonic)
     stopped: float | None = None
@@ -224,6 +229,7 @@ class ListenStats:
             "by_proto": dict(self.by_proto),
             "by_method": dict(self.by_method),
             "answered": self.answered,
+            "other": {str(code): n for code, n in sorted(self.other.items())},
             "send_errors": self.send_errors,
             "uptime_s": round(end - self.started, 3),
         }
@@ -233,11 +239,13 @@ class ListenStats:
         """Summary lines from one :meth:`to_dict` (or a merge of several)."""
         protos = ", ".join(f"{p} {n}" for p, n in sorted(data["by_proto"].items()))
         methods = ", ".join(f"{m} {n}" for m, n in sorted(data["by_method"].items()))
+        other = ", ".join(f"{c} x {n}" for c, n in sorted(data.get("other", {}).items()))
         lines = [
             f"--- netsip listen: {data['requests']} requests in {data['uptime_s']:.1f} s"
             + (f" ({protos})" if protos else ""),
             f"answered {data['answered']} with {code} {reason}".rstrip()
             + f", {data['send_errors']} failed to send"
+            + (f", other answers: {other}" if other else "")
             + (f"; methods: {methods}" if methods else ""),
         ]
         return lines
@@ -247,14 +255,17 @@ class ListenStats:
         """Add up the :meth:`to_dict` of several workers."""
         by_proto: Counter[str] = Counter()
         by_method: Counter[str] = Counter()
+        other: Counter[str] = Counter()
         for d in parts:
             by_proto.update(d["by_proto"])
             by_method.update(d["by_method"])
+            other.update(d.get("other", {}))
         return {
             "requests": sum(d["requests"] for d in parts),
             "by_proto": dict(by_proto),
             "by_method": dict(by_method),
             "answered": sum(d["answered"] for d in parts),
+            "other": dict(sorted(other.items())),
             "send_errors": sum(d["send_errors"] for d in parts),
             "uptime_s": max((d["uptime_s"] for d in parts), default=0.0),
         }
@@ -289,6 +300,12 @@ class Listener:
         self.work_ns = work_us * 1000
         self.stats = ListenStats()
         self._stamp = _Stamp()
+        self.calls = Calls()
+        self.media = MediaSink(dispatcher.eventloop)
+
+    def close(self) -> None:
+        """Close the media sockets."""
+        self.media.close()
 
     def receive(self, packet: Packet, leg: Leg, from_: Addr) -> None:
         """Receiver callback of the dispatcher."""
@@ -304,21 +321,54 @@ class Listener:
             if self.work_ns:
                 _burn_cpu(self.work_ns)
             try:
-                response = packet.create_response(self.code, self.reason)
+                response = self._response(packet, method, leg)
                 self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
-            except (NetSIPError, ValueError) as exc:
+            except (NetSIPError, ValueError, OSError) as exc:
                 # whatever a peer sends must not stop the listener
                 log.warning("cannot answer %s from %s: %s", method, from_, exc)
                 stats.send_errors += 1
                 status = "!"
             else:
-                stats.answered += 1
-                status = str(self.code)
+                code = response.code()
+                if code == self.code:
+                    stats.answered += 1
+                else:
+                    stats.other[code] += 1
+                status = str(code)
         if self.out is not None:
             self.out.line(
                 f"{self._stamp()} {from_.proto or leg.proto} {from_} {method} "
                 f"{packet.callid() or '-'} {status}"
             )
+
+    def _response(self, request: Request, method: str, leg: Leg) -> Response:
+        """The answer to ``request``: ``self.code``, unless the dialog or the SDP says otherwise."""
+        if method in _IN_DIALOG_ONLY or to_tag(request) is not None:
+            # RFC 3261 12.2.2: a request within a dialog we do not have
+            if request not in self.calls:
+                return request.create_response(481)
+            if method == "BYE":
+                self.calls.end(request)
+        if method != "INVITE" or not 200 <= self.code < 300:
+            return request.create_response(self.code, self.reason)
+        # a 2xx to an INVITE: the SDP answer to its offer, or an offer (RFC 3264)
+        ip = leg.src.addr
+        body = request.body()
+        if body:
+            ctype = (request.get_header("content-type") or "").split(";", 1)[0].strip().lower()
+            if ctype != "application/sdp":
+                return request.create_response(415, None, {"accept": "application/sdp"})
+            sdp = answer_sdp(
+                body.decode("utf-8", "replace"), ip, self.media.port(ip, leg.src.family)
+            )
+            if sdp is None:
+                return request.create_response(488)
+        else:
+            sdp = offer_sdp(ip, self.media.port(ip, leg.src.family))
+        self.calls.add(request)
+        return request.create_response(
+            self.code, self.reason, {"content-type": "application/sdp"}, sdp
+        )
 
     def _sent(self, err: int) -> None:
         if err:
@@ -407,6 +457,8 @@ def _serve(
             listener.stats.stopped = time.monotonic()
             log.debug("stopped by %s", signal.Signals(stop.value).name if stop.value else "?")
     finally:
+        if listener is not None:
+            listener.close()
         if dispatcher is not None:
             dispatcher.close()
         for _, sock in bound:
