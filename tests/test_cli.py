@@ -909,3 +909,39 @@ def test_listen_answers_requests_of_unknown_dialogs_with_481(
         assert _exchange(loop, dst, in_dialog("BYE", "call-1", to)).code() == 481
     stdout = srv.stop()
     assert "other answers: 481 x 4" in stdout, stdout
+
+
+def test_listen_keeps_answering_when_nobody_reads_its_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Output never blocks the loop: lines stdout does not take are dropped and counted."""
+    proc = subprocess.Popen(
+        [*netsip_command(), "listen", "--listen", "udp:127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # never read while it serves: fills after ~64 KiB
+        stderr=subprocess.PIPE,
+        env=python_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    err = LineReader(proc.stderr.fileno())
+    try:
+        port = Addr.parse(err.wait_for(r"listening on udp:(\S+)$")[0].group(1)).port
+        # ~100 bytes a line: more than the pipe's buffer and the 1 MiB kept waiting
+        n = 12_000
+        status, out, _ = run(["bench", f"sip:127.0.0.1:{port}", "-n", str(n), "--json"], capsys)
+        assert status == 0, out
+        res = json.loads(out)
+        assert (res["completed"], res["failed"]) == (n, 0), res
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
+        err.drain()
+        dropped = [line for line in err.lines if "stdout did not take" in line]
+        assert dropped, err.lines
+        stdout = proc.stdout.read().decode()
+        assert 0 < stdout.count(" OPTIONS ") < n  # what the pipe held, no more
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+        proc.stdout.close()
+        proc.stderr.close()

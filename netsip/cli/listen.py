@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -70,6 +71,10 @@ _IN_DIALOG_ONLY: Final = frozenset(("BYE", "UPDATE", "PRACK"))
 # Writes of at most PIPE_BUF bytes to a pipe are atomic (POSIX), so lines of
 # several --workers processes sharing stdout never interleave mid-line.
 _ATOMIC_WRITE: Final = 4096
+# Bytes of output lines waiting for stdout at most; more are dropped.
+_MAX_PENDING: Final = 1 << 20
+# Seconds the summary waits for a full stdout at exit.
+_FINAL_WAIT: Final = 2.0
 
 
 def add_parser(subparsers: Subparsers, parents: Parents) -> None:
@@ -134,56 +139,92 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
 class _Output:
     """Lines for stdout: at once on a terminal, else batched and written per timer tick.
 
-    Batches are written with one ``os.write`` per chunk of at most
-    ``_ATOMIC_WRITE`` bytes, cut at line ends, so the lines of several worker
-    processes sharing one stdout pipe or file never mix.
+    Output never blocks the event loop: a chunk is written only when the
+    descriptor is writable (``poll``), and lines that would make more than
+    ``max_pending`` bytes wait are dropped and counted (:attr:`dropped`).
+    With stdout a pipe that nobody reads, the listener keeps answering.
+
+    Chunks are written with one ``os.write`` of at most ``_ATOMIC_WRITE``
+    bytes (``PIPE_BUF``), cut at line ends, so the lines of several worker
+    processes sharing one stdout pipe or file never mix, and a pipe that
+    ``poll`` reports writable takes the whole chunk.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], max_pending: int = _MAX_PENDING) -> None:
         self._stream = stream
-        self._lines: list[str] = []
+        self._lines: list[str] = []  # without a descriptor (StringIO, capture)
+        self._pending = bytearray()  # with one: encoded, waiting for the fd
+        self._max_pending = max_pending
+        #: lines dropped because stdout did not take them in time
+        self.dropped = 0
         self._fd: int | None
         try:
             self._fd = stream.fileno()
         except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture
             self._fd = None
+        self._poll = select.poll()
+        if self._fd is not None:
+            self._poll.register(self._fd, select.POLLOUT)
         self.interactive = stream.isatty()
 
     def line(self, text: str) -> None:
-        self._lines.append(text + "\n")
+        if self._fd is None:
+            self._lines.append(text + "\n")
+        else:
+            data = (text + "\n").encode("utf-8", "replace")
+            if len(self._pending) + len(data) > self._max_pending:
+                self.dropped += 1
+                return
+            self._pending += data
         if self.interactive:
             self.flush()
 
-    def flush(self, _timer: object = None) -> None:
-        lines = self._lines
-        if not lines:
-            return
-        self._lines = []
+    def flush(self, _timer: object = None, wait: float = 0.0) -> None:
+        """Write what stdout takes now; with ``wait``, wait up to that long for it."""
         if self._fd is None:
-            self._stream.write("".join(lines))
-            self._stream.flush()
+            if self._lines:
+                lines, self._lines = self._lines, []
+                self._stream.write("".join(lines))
+                self._stream.flush()
             return
-        self._stream.flush()  # whatever went through print() first
-        chunk: list[str] = []
-        size = 0
-        for text in lines:
-            if chunk and size + len(text) > _ATOMIC_WRITE:
-                self._write("".join(chunk))
-                chunk, size = [], 0
-            chunk.append(text)
-            size += len(text)
-        self._write("".join(chunk))
-
-    def _write(self, text: str) -> None:
-        assert self._fd is not None
-        data = memoryview(text.encode("utf-8", "replace"))
-        while data:
-            try:
-                n = os.write(self._fd, data)
-            except BrokenPipeError:
-                self._fd = os.open(os.devnull, os.O_WRONLY)  # reader gone: keep serving
+        if not self._pending:
+            return
+        deadline = time.monotonic() + wait
+        pending = self._pending
+        while pending:
+            timeout_ms = max(0, round((deadline - time.monotonic()) * 1000))
+            events = self._poll.poll(timeout_ms)
+            if not events:
+                return  # stdout is full: try again next tick
+            if events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                self._reader_gone()
                 return
-            data = data[n:]
+            end = len(pending)
+            if end > _ATOMIC_WRITE:
+                cut = pending.rfind(b"\n", 0, _ATOMIC_WRITE)
+                end = cut + 1 if cut >= 0 else _ATOMIC_WRITE
+            try:
+                n = os.write(self._fd, memoryview(pending)[:end])
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                self._reader_gone()
+                return
+            del pending[:n]
+
+    def give_up(self) -> None:
+        """Count what is still waiting for stdout as dropped (at exit)."""
+        self.dropped += self._pending.count(b"\n")
+        self._pending.clear()
+
+    def _reader_gone(self) -> None:
+        # nobody reads stdout any more: keep serving, count what is lost
+        self.dropped += self._pending.count(b"\n")
+        self._pending.clear()
+        assert self._fd is not None
+        self._poll.unregister(self._fd)
+        self._fd = None
+        self._stream = open(os.devnull, "w")  # noqa: SIM115  # (kept until exit)
 
 
 class _Stamp:
@@ -215,6 +256,8 @@ class ListenStats:
     #: responses with another code than the listener's (481, 488, 415)
     other: Counter[int] = field(default_factory=Counter)
     send_errors: int = 0
+    #: transaction lines stdout did not take (see _Output)
+    output_dropped: int = 0
     started: float = field(default_factory=time.monotonic)
     stopped: float | None = None
 
@@ -231,6 +274,7 @@ class ListenStats:
             "answered": self.answered,
             "other": {str(code): n for code, n in sorted(self.other.items())},
             "send_errors": self.send_errors,
+            "output_dropped": self.output_dropped,
             "uptime_s": round(end - self.started, 3),
         }
 
@@ -246,6 +290,11 @@ class ListenStats:
             f"answered {data['answered']} with {code} {reason}".rstrip()
             + f", {data['send_errors']} failed to send"
             + (f", other answers: {other}" if other else "")
+            + (
+                f", {data['output_dropped']} output lines dropped"
+                if data.get("output_dropped")
+                else ""
+            )
             + (f"; methods: {methods}" if methods else ""),
         ]
         return lines
@@ -267,6 +316,7 @@ class ListenStats:
             "answered": sum(d["answered"] for d in parts),
             "other": dict(sorted(other.items())),
             "send_errors": sum(d["send_errors"] for d in parts),
+            "output_dropped": sum(d.get("output_dropped", 0) for d in parts),
             "uptime_s": max((d["uptime_s"] for d in parts), default=0.0),
         }
 
@@ -464,7 +514,12 @@ def _serve(
         for _, sock in bound:
             sock.close()  # no-op when its leg closed it already
         loop.close()
-        out.flush()
+        out.flush(wait=_FINAL_WAIT)
+        out.give_up()
+        if listener is not None:
+            listener.stats.output_dropped = out.dropped
+        if out.dropped:
+            log.warning("stdout did not take %d lines: dropped", out.dropped)
     log.debug("sockets open after closing: %d", _open_sockets_left())
     assert listener is not None
     return listener.stats.to_dict()
@@ -496,8 +551,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     cfg = _ServeConfig(args, tls, _Output(sys.stdout))
     if args.workers == 1:
         stats = _serve(sets[0], cfg, on_ready=ready)
-        for text in ListenStats.summary(stats, args.code, phrase):
-            print(text, flush=True)
+        _summary(cfg.out, ListenStats.summary(stats, args.code, phrase))
         return EXIT_OK
     return _run_workers(sets, cfg, phrase, ready)
 
@@ -539,11 +593,19 @@ def _run_workers(
         for sig, handler in saved.items():
             signal.signal(sig, handler)
     merged = ListenStats.merge(list(results.values()))
-    for text in ListenStats.summary(merged, cfg.args.code, phrase):
-        print(text)
     per = ", ".join(f"#{n} {results[n]['requests']}" for n in sorted(results))
-    print(f"workers: {len(results)} of {len(children)} ok; requests per worker: {per}", flush=True)
+    lines = ListenStats.summary(merged, cfg.args.code, phrase)
+    lines.append(f"workers: {len(results)} of {len(children)} ok; requests per worker: {per}")
+    _summary(cfg.out, lines)
     return EXIT_OK if not failed else EXIT_FAIL
+
+
+def _summary(out: _Output, lines: Sequence[str]) -> None:
+    """Write the summary lines; a stdout nobody reads delays the exit by at most _FINAL_WAIT."""
+    sys.stdout.flush()
+    for text in lines:
+        out.line(text)
+    out.flush(wait=_FINAL_WAIT)
 
 
 def _worker(
