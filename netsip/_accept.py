@@ -24,7 +24,7 @@ Performance plan. Operations per connection: ``accept``, the socket object,
   accepted sockets. The first accepted connection tells whether this system
   does (``nodelay_inherited``); elsewhere it is set per connection;
 * plain TCP sockets stay in blocking mode: every read and write passes
-  ``MSG_DONTWAIT`` (see :mod:`netsip._conn`), one ``fcntl`` less per
+  ``MSG_DONTWAIT`` (see :mod:`netsip._conn`), one syscall less per
   connection. TLS sockets are made non-blocking (``SSLSocket`` takes no flags);
 * accepting calls ``socket._accept``, the C method behind
   ``socket.accept()`` (CPython's, private, not in typeshed), and wraps the

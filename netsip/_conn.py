@@ -24,13 +24,16 @@ How it works:
   (the reader, the writer, the connect check) and is established with TCP;
   TLS hands out handlers of its own that run the handshake and switch the
   watched direction, and call the transport back through :class:`StreamIO`;
-* :data:`ConnFactory`: the stream transport makes its connections through a
+* :class:`ConnFactory`: the stream transport makes its connections through a
   factory (:func:`new_conn` here, :func:`netsip._tls.conn_factory` for TLS),
   so it never needs to know which kind it holds.
 
-Differences from Net::SIP: a typed record instead of a hash; the socket
-calls go through the record (the strategy TLS overrides) where Perl
-branches on ``$fo->{fd}`` being an ``IO::Socket::SSL``.
+Differences from Net::SIP: a typed record instead of a hash. In Perl,
+``start_SSL`` turns the socket itself into an ``IO::Socket::SSL`` (so
+``sysread``/``syswrite`` go through TLS) and the pool branches on
+``$self->{tls}`` for the read size and the handshake; here the socket calls,
+the readiness callbacks and the set-up go through the record, and TLS is a
+subclass that overrides them.
 
 Performance plan: one slots dataclass per socket (the memory of an idle
 connection, attribute access on the hot paths). Reads and writes on streams

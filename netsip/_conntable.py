@@ -17,8 +17,11 @@ timer that exists only while there are connections; a connection being set
 up has a ``CONNECT_TIMEOUT`` timer of its own.
 
 Differences from Net::SIP: the connect timer is per connection, not part of
-the idle scan; a forgotten tid leaves the pool's map too (as in Perl), and a
-changed ``MAX_TIDLIST`` applies to existing connections.
+the idle scan; a tid is dropped from the pool's map only while it still
+points to the connection that forgets it (Perl deletes it whatever it points
+to, so a newer connection carrying the same tid lost it); every callback
+still waiting on a dropped connection gets the errno (Perl keeps one
+``error_cb`` per connection).
 
 Performance plan: the tables are dicts, so nothing scans all connections
 per event (only the idle timer does, every ``MIN_EXPIRE/2`` seconds); one

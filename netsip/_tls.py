@@ -534,7 +534,7 @@ class TLSConn(Conn):
 
 
 def conn_factory(contexts: TLSContexts) -> ConnFactory:
-    """The :data:`~netsip._conn.ConnFactory` of a TLS pool using ``contexts``."""
+    """The :class:`~netsip._conn.ConnFactory` of a TLS pool using ``contexts``."""
 
     def new(
         sock: socket.socket, peer: Addr | None, *, master: bool = False, accepted: bool = False
