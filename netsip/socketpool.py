@@ -63,7 +63,9 @@ starts being watched), the transports call the receive callback directly,
 and this class is only on the way out: :meth:`SocketPool.sendto` appends a
 UDP response to the transport's held list itself and hands a stream packet
 to :meth:`netsip._stream.StreamTransport.send` in one call, as the single
-class it replaces did.
+class it replaces did. :mod:`netsip._tls` (and with it :mod:`ssl`, which
+loads OpenSSL: about 1 MB and some milliseconds) is imported when the first
+TLS pool is made, not with this module, so processes without TLS never load it.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import logging
 import socket
 from collections.abc import Mapping
 
-from netsip._conn import Conn, new_conn
+from netsip._conn import Conn, ConnFactory, new_conn
 from netsip._settings import (
     DEFAULT_SETTINGS,
     current,
@@ -85,7 +87,6 @@ from netsip._settings import (
     validated,
 )
 from netsip._stream import StreamTransport
-from netsip._tls import conn_factory, make_contexts
 from netsip._udp import UDPTransport
 from netsip.eventloop import Callback, EventLoopLike
 from netsip.packet import Packet
@@ -146,7 +147,11 @@ class SocketPool:
         want = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
         if fd.type != want:
             raise ValueError(f"a {proto} pool needs a {want.name} socket, got {fd.type.name}")
-        contexts = make_contexts(tls) if proto == "tls" else None
+        make_conn: ConnFactory = new_conn
+        if proto == "tls":
+            from netsip._tls import conn_factory, make_contexts  # noqa: PLC0415  # see the performance plan
+
+            make_conn = conn_factory(make_contexts(tls))
         self._overrides = validated(settings or {})
 
         self.proto: Proto = proto
@@ -171,7 +176,6 @@ class SocketPool:
             self._udp = UDPTransport(self._master, fd.family, local_ip, self._dst)
             self._conns: dict[int, Conn] = {}
         else:
-            make_conn = new_conn if contexts is None else conn_factory(contexts)
             stream = StreamTransport(
                 proto,
                 fd,
