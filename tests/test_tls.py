@@ -1,4 +1,4 @@
-"""Tests for the TLS transport of netsip.socketpool (netsip.tlsconn), on IPv4 and IPv6 loopback.
+"""Tests for the TLS transport of netsip.socketpool (netsip._tls), on IPv4 and IPv6 loopback.
 
 Certificates come from one test CA per module (trustme), made at test time.
 Both ends are netsip pools unless a test needs a raw peer (a plain-TCP client,
