@@ -63,7 +63,7 @@ from typing import Any
 # Run from a checkout without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import netsip.socketpool as socketpool_mod
+import netsip._accept as socketpool_mod
 from netsip.eventloop import EV_READ, EventLoop, TimerEvent
 from netsip.framing import Message, frame
 from netsip.packet import Packet, Request

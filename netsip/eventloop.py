@@ -6,9 +6,7 @@ standard library's machinery:
 
 * file descriptors are watched with :mod:`selectors` (epoll on Linux), one
   registration per fd whose mask is ``modify``-ed when a direction is added or
-  dropped; callbacks live in a typed table (:class:`_FdEntry` / :class:`_Handler`).
-  With the standard ``EpollSelector`` the loop polls its epoll object itself and
-  maps the events to handlers in one pass (same event rules as ``select()``);
+  dropped; callbacks live in a typed table (:class:`_FdEntry` / :class:`_Handler`);
 * timers live in a heap of ``(when, seq, timer)`` entries, the counter ``seq``
   breaking ties so that timers due at the same time fire in the order they were
   added (as :mod:`sched` does); :meth:`TimerEvent.cancel` only sets a flag, the
@@ -23,6 +21,20 @@ ready fds. Watching is level-triggered: a fd whose data was not read is reported
 again in the next cycle. Only due timers and ready fds cost work in a cycle.
 
 Perl's loop is not thread-safe and neither is this one: use it from one thread.
+
+Performance plan. Operations per cycle: one ``select`` (``epoll_wait``), the
+callbacks of the ready fds, the due timers. Goal: no work per cycle beyond
+what is ready or due. Plan: with the standard library's ``EpollSelector``
+the loop polls the selector's epoll object itself and maps each
+``(fd, events)`` to its handler entry in one pass (the same event rules as
+``select()``: error and hang-up count for both directions), where
+``EpollSelector.select`` would first build a list of ``SelectorKey`` pairs
+for the loop to map again. That epoll object is a private attribute of the
+selector (``_selector``): it is used only when the selector is exactly
+``selectors.EpollSelector`` and the attribute is a ``select.epoll``; any
+other selector, or a standard library where that no longer holds, gets the
+public ``select()``. Registration always goes through :mod:`selectors`, so
+its bookkeeping stays right.
 """
 
 from __future__ import annotations
@@ -299,10 +311,7 @@ class EventLoop:
     ) -> None:
         self._clock = clock
         self._selector: selectors.BaseSelector | None = selector()
-        # The stdlib's epoll selector: poll its epoll object directly and map
-        # the events to our handlers in one pass (selectors would build a
-        # SelectorKey list first). Registration still goes through selectors.
-        epoll = getattr(self._selector, "_selector", None)
+        epoll = getattr(self._selector, "_selector", None)  # see the performance plan
         self._epoll: Any = (
             epoll
             if type(self._selector) is getattr(selectors, "EpollSelector", None)

@@ -591,14 +591,16 @@ def test_udp_icmp_errors_with_ip_recverr_do_not_spin_the_loop(
     with EventLoop() as loop, SocketPool("udp", s) as pool:
         got, cb = collector()
         pool.attach_eventloop(loop, cb)
-        orig = pool._read_udp  # count the read callbacks (a private hook, for this check only)
+        udp = pool._udp
+        assert udp is not None
+        orig = udp.read  # count the read callbacks (a private hook, for this check only)
 
         def counting(conn: Conn, fd: object = None) -> None:
             nonlocal reads
             reads += 1
             orig(conn, fd)
 
-        monkeypatch.setattr(pool, "_read_udp", counting)
+        monkeypatch.setattr(udp, "read", counting)
         pool.attach_eventloop(None)
         pool.attach_eventloop(loop, cb)
         for i in range(5):

@@ -695,14 +695,16 @@ def test_accepted_connections_get_tcp_nodelay(loop: EventLoop, inherited: bool |
     system does that (asked once per pool), else set on each connection."""
     got, cb = collector()
     with SocketPool("tcp", tcp_listener("127.0.0.1")) as pool:
-        pool._nodelay_inherited = inherited  # None: find out; False: set it each time
+        assert pool._stream is not None and pool._stream.acceptor is not None
+        acceptor = pool._stream.acceptor
+        acceptor.nodelay_inherited = inherited  # None: find out; False: set it each time
         pool.attach_eventloop(loop, cb)
         clients = [connect(addr_of(pool.master())) for _ in range(3)]
         try:
             drive(loop, lambda: pool.connection_count() == 3)
             for conn in pool._conns.values():
                 assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-            assert pool._nodelay_inherited is not None
+            assert acceptor.nodelay_inherited is not None
             for n, c in enumerate(clients):
                 c.sendall(request(n + 1))
             drive(loop, length_is(got, 3))

@@ -1,4 +1,4 @@
-"""Tests for the TLS transport of netsip.socketpool (netsip.tlsconn), on IPv4 and IPv6 loopback.
+"""Tests for the TLS transport of netsip.socketpool (netsip._tls), on IPv4 and IPv6 loopback.
 
 Certificates come from one test CA per module (trustme), made at test time.
 Both ends are netsip pools unless a test needs a raw peer (a plain-TCP client,
@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import trustme
 
+from netsip._conn import StreamIO
+from netsip._tls import TLS_READSIZE, TLSConn, make_contexts, server_hostname
 from netsip.eventloop import EventLoop
 from netsip.packet import Packet
 from netsip.socketpool import SocketPool
-from netsip.tlsconn import TLS_READSIZE, TLSConn, make_contexts, server_hostname
 from netsip.util import Addr
 from tests.support import (
     LOOPBACKS,
@@ -652,11 +653,11 @@ def test_read_waiting_for_write_is_retried_on_ev_write(
         return original(self, view, nbytes)
 
     writable_calls: list[int] = []
-    original_writable = SocketPool._tls_writable
+    original_writable = TLSConn._writable
 
-    def tls_writable(self: SocketPool, conn: TLSConn, _fd: object = None) -> None:
-        writable_calls.append(conn.fd)
-        original_writable(self, conn, _fd)
+    def tls_writable(self: TLSConn, io: StreamIO, _fd: object = None) -> None:
+        writable_calls.append(self.fd)
+        original_writable(self, io, _fd)
 
     got, cb = collector()
     tls = certs.tls(certs.server)
@@ -664,7 +665,7 @@ def test_read_waiting_for_write_is_retried_on_ev_write(
         a.attach_eventloop(loop, lambda *x: None)
         b.attach_eventloop(loop, cb)
         monkeypatch.setattr(TLSConn, "recv_into", recv_into)
-        monkeypatch.setattr(SocketPool, "_tls_writable", tls_writable)
+        monkeypatch.setattr(TLSConn, "_writable", tls_writable)
         a.sendto(request(), addr_of(b.master()))
         drive(loop, lambda: got)
         assert calls[0] == "want-write" and "read" in calls

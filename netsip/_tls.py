@@ -1,4 +1,4 @@
-"""TLS for :class:`netsip.socketpool.SocketPool`: contexts and the per-connection transport.
+"""TLS for :class:`netsip.socketpool.SocketPool`: contexts and the TLS connection type.
 
 Ports the TLS parts of Perl's ``Net::SIP::SocketPool``, which hands the TCP
 socket of a connection to ``IO::Socket::SSL->start_SSL`` and drives
@@ -9,19 +9,26 @@ done, with separate option sets for the [m]aster (server) side and the
 How it works:
 
 * :func:`make_contexts` builds the two :class:`ssl.SSLContext` objects of a
-  pool from the ``tls`` options of DESIGN.md: the server context is used for
-  connections the pool accepts, the client context for connections it opens;
-  ready contexts can be passed instead;
-* :class:`TLSConn` is the pool's :class:`~netsip.socketpool.Conn` for the TLS
-  transport. Once TCP is up, :meth:`TLSConn.start` wraps the socket in a
-  non-blocking :class:`ssl.SSLSocket` and :meth:`TLSConn.handshake` makes one
-  handshake step, returning the direction (``EV_READ``/``EV_WRITE``) it waits
-  for. ``recv_into``/``send``/``pending`` implement the transport strategy of
-  ``Conn``: ``SSLWantReadError``/``SSLWantWriteError`` become
-  ``BlockingIOError``, and when the TLS layer waits for the *other* direction
-  (a read that must first write, e.g. a TLS 1.3 KeyUpdate answer; a write
-  that must first read) the connection remembers it in ``read_wants_write`` /
-  ``write_wants_read`` so the pool watches the right event;
+  pool from its ``tls`` options: the server context is used for connections
+  the pool accepts, the client context for connections it opens; ready
+  contexts can be passed instead;
+* :class:`TLSConn` is TLS built on the TCP connection type
+  :class:`netsip._conn.Conn` (as sipgo's ``transport_tls.go`` builds on its
+  TCP connection) and owns its readiness logic. Once TCP is up the pool
+  calls :meth:`TLSConn.establish`: it wraps the socket in a non-blocking
+  :class:`ssl.SSLSocket` and runs the handshake from the loop, one step per
+  readiness (server side for accepted connections, client side for opened
+  ones), watching the direction each step waits for; when it is done it
+  hands the connection back to the pool as established. The handshake
+  counts against ``CONNECT_TIMEOUT``; data queued meanwhile is written after it;
+* reads take at most one TLS record (16 KiB) and the pool drains what
+  OpenSSL has buffered (``pending``). ``SSLWantReadError`` /
+  ``SSLWantWriteError`` become ``BlockingIOError``; when the TLS layer waits
+  for the *other* direction (a read that must first write, e.g. a TLS 1.3
+  KeyUpdate answer; a write that must first read) the connection remembers
+  it in ``read_wants_write`` / ``write_wants_read``, watches that direction
+  (:meth:`TLSConn.write_interest`), and its handlers retry the waiting
+  operation first when it comes;
 * client side: SNI carries the destination's host name when one is known
   (``Addr.host``), never an IP address (RFC 6066 section 3); with
   ``check_hostname`` the certificate must match that name exactly, wildcards
@@ -35,6 +42,10 @@ How it works:
   the connection during the handshake; socket errors keep their own errno;
 * closing sends a ``close_notify`` alert if the socket takes it at once and
   never waits for the peer's (RFC 8446 section 6.1).
+
+Differences from Net::SIP: TLS 1.2 is the minimum (RFC 8996) and
+renegotiation is off; a failed handshake closes only that connection, with
+``EPROTO`` for the callbacks of what was queued on it.
 """
 
 from __future__ import annotations
@@ -44,13 +55,15 @@ import errno
 import logging
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from functools import partial
+from typing import ClassVar, Final
 
+from netsip._conn import Conn, ConnFactory, Handler, StreamIO
 from netsip.eventloop import EV_READ, EV_WRITE
-from netsip.socketpool import Conn
 from netsip.util import Addr, ip_canonical, ip_is_v46
 
 __all__ = [
@@ -58,11 +71,13 @@ __all__ = [
     "TLS_READSIZE",
     "TLSConn",
     "TLSContexts",
+    "conn_factory",
     "make_contexts",
     "server_hostname",
 ]
 
-log = logging.getLogger(__name__)
+# The public module's logger: logging is configured by the name users know.
+log = logging.getLogger("netsip.socketpool")
 
 #: Plaintext bytes per read: one TLS record at most (RFC 8446 section 5.1),
 #: so nothing decrypted waits inside OpenSSL while the loop waits in select.
@@ -242,11 +257,12 @@ def _os_error(exc: ssl.SSLError) -> OSError:
 
 @dataclass(slots=True, eq=False)
 class TLSConn(Conn):
-    """A connection of a TLS pool: a TCP socket plus, once started, its TLS layer.
+    """A connection of a TLS pool: a TCP connection plus, once started, its TLS layer.
 
-    Attributes (besides those of :class:`~netsip.socketpool.Conn`):
+    Attributes (besides those of :class:`~netsip._conn.Conn`):
+        contexts: the pool's contexts (server side for accepted connections).
         server_side: accepted by the pool (TLS server) rather than opened by it.
-        tls_sock: the :class:`ssl.SSLSocket` once :meth:`start` ran (also in ``tls``).
+        tls_sock: the :class:`ssl.SSLSocket` once :meth:`start` ran (then also ``sock``).
         established: the handshake completed.
         failed: the TLS layer failed; no ``close_notify`` is sent then.
         read_wants_write: a read waits until the socket is writable.
@@ -255,6 +271,10 @@ class TLSConn(Conn):
             (client side with ``check_hostname``; None for IP addresses).
     """
 
+    cross_wants: ClassVar[bool] = True
+    dontwait: ClassVar[bool] = False  # SSLSocket calls take no flags
+
+    contexts: TLSContexts | None = None
     server_side: bool = False
     tls_sock: ssl.SSLSocket | None = None
     established: bool = False
@@ -263,12 +283,97 @@ class TLSConn(Conn):
     write_wants_read: bool = False
     verify_name: str | None = None
 
-    def start(self, contexts: TLSContexts) -> None:
+    # ---- readiness: what the pool calls on any connection
+
+    def read_handler(self, io: StreamIO) -> Handler:
+        """The callback for ``EV_READ``: a handshake step, or a read (after a waiting write)."""
+        return partial(self._handshaking if self.inside_connect else self._readable, io)
+
+    def write_handler(self, io: StreamIO) -> Handler:
+        """The callback for ``EV_WRITE``: the TCP connect check, a handshake step, or a write."""
+        if self.tls_sock is None:
+            return Conn.write_handler(self, io)  # TCP is still connecting
+        return partial(self._handshaking if self.inside_connect else self._writable, io)
+
+    def write_interest(self, want: bool) -> bool:
+        """Watch EV_WRITE for a write that waits for it or for a read that does."""
+        if self.inside_connect:
+            return want  # the handshake steps choose the direction themselves
+        return (want and not self.write_wants_read) or self.read_wants_write
+
+    def establish(self, io: StreamIO) -> bool:
+        """TCP is up: start TLS (Perl: ``_tls_accept`` / ``_tls_connect``).
+
+        Returns True once the handshake is done (it calls ``io.established``
+        then, which asks again). The handshake has to finish before the
+        connect timer fires (``CONNECT_TIMEOUT``); accepted connections get
+        that timer here.
+        """
+        if self.tls_sock is not None:
+            return True
+        if self.timer is None:
+            io.arm_connect_timer(self)
+        try:
+            self.start()
+        except OSError as exc:
+            io.drop(self, exc.errno or errno.EPROTO, "TLS setup failed: %s", exc)
+            return False
+        self._handshaking(io)
+        return False
+
+    def setup_phase(self) -> str:
+        """What the connection waits for while ``inside_connect`` (for the log)."""
+        return "connect" if self.tls_sock is None else "TLS handshake"
+
+    def _handshaking(self, io: StreamIO, _fd: object = None) -> None:
+        """One handshake step; watch the direction it waits for, or go on as established."""
+        try:
+            want = self.handshake()
+        except OSError as exc:
+            io.drop(self, exc.errno or errno.EPROTO, "TLS handshake failed: %s", exc)
+            return
+        if want is None:
+            io.watch_write(self, False)
+            io.established(self)
+        elif want == EV_READ:
+            io.watch_write(self, False)
+            io.watch_read(self)
+        else:
+            # not readable-and-retry while the handshake waits to write: that would spin
+            io.unwatch_read(self)
+            io.watch_write(self, True)
+
+    def _readable(self, io: StreamIO, _fd: object = None) -> None:
+        """EV_READ once established (a write waiting for it goes first)."""
+        if self.write_wants_read:
+            self.write_wants_read = False
+            io.flush(self)
+            if self.closed:
+                return
+        self.read_wants_write = False
+        io.read(self)
+        if self.read_wants_write and not self.closed:
+            io.watch_write(self, True)
+
+    def _writable(self, io: StreamIO, _fd: object = None) -> None:
+        """EV_WRITE once established (a read waiting for it goes first)."""
+        if self.read_wants_write:
+            self.read_wants_write = False
+            io.read(self)
+            if self.closed:
+                return
+        io.flush(self)  # also decides whether EV_WRITE stays watched
+
+    # ---- the TLS layer
+
+    def start(self) -> None:
         """Wrap the connected TCP socket; the handshake has not started yet.
 
         Raises:
             OSError: the socket is not connected any more, or TLS setup failed.
         """
+        contexts = self.contexts
+        assert contexts is not None, "made by conn_factory"
         raw = self.sock
         raw.getpeername()  # fails (ENOTCONN ...) while raw still owns the socket
         try:
@@ -290,7 +395,8 @@ class TLSConn(Conn):
         except ValueError as exc:  # e.g. a host name that cannot be encoded
             self.failed = True
             raise OSError(errno.EINVAL, f"cannot start TLS: {exc}") from exc
-        self.sock = self.tls = self.tls_sock = tls_sock
+        self.tls_sock = tls_sock
+        self.sock = tls_sock  # raw is detached into it: closing goes through TLS
 
     def handshake(self) -> int | None:
         """One non-blocking handshake step.
@@ -416,10 +522,6 @@ class TLSConn(Conn):
         sock = self.tls_sock
         return sock.pending() if sock is not None else 0
 
-    def write_interest(self, want: bool) -> bool:
-        """Whether to watch EV_WRITE when the pool ``want``s to write."""
-        return (want and not self.write_wants_read) or self.read_wants_write
-
     def close(self) -> None:
         """Send close_notify if that is possible without waiting, then close."""
         sock = self.tls_sock
@@ -429,3 +531,23 @@ class TLSConn(Conn):
             with contextlib.suppress(OSError, ValueError):
                 sock.unwrap()
         self.sock.close()
+
+
+def conn_factory(contexts: TLSContexts) -> ConnFactory:
+    """The :class:`~netsip._conn.ConnFactory` of a TLS pool using ``contexts``."""
+
+    def new(
+        sock: socket.socket, peer: Addr | None, *, master: bool = False, accepted: bool = False
+    ) -> Conn:
+        # "connecting" until the handshake is done, from the start (a listener never is)
+        return TLSConn(
+            sock,
+            sock.fileno(),
+            peer=peer,
+            master=master,
+            inside_connect=peer is not None,
+            contexts=contexts,
+            server_side=accepted,
+        )
+
+    return new

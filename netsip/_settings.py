@@ -1,0 +1,161 @@
+"""The tunables of :class:`netsip.socketpool.SocketPool`: module-wide values and per-pool records.
+
+Ports the settings of Perl's ``Net::SIP::SocketPool``: the package variables
+``$MAX_SIP_HEADER``, ``$MAX_SIP_BODY``, ``$MAX_TIDLIST``, ``$MIN_EXPIRE``,
+``$MAX_EXPIRE``, ``$CONNECT_TIMEOUT`` and ``$TCP_READSIZE``, set with
+``use Net::SIP::SocketPool (KEY => value)`` and read by every pool.
+
+How it works: ``_global`` holds the module-wide values
+(:func:`import_settings`, :func:`get_settings`). Each pool keeps its own
+overrides and a :class:`Settings` record of the values in effect
+(:func:`effective`); it is rebuilt whenever the overrides or the module-wide
+values change. :func:`import_settings` reaches the live pools through a weak
+set (:func:`track`), so a pool that is gone is not kept alive by it.
+
+Differences from Net::SIP:
+
+* settings can also be overridden per pool (``SocketPool(settings=...)``,
+  ``SocketPool.import_settings``);
+* ``MAX_WBUF`` is new: the bytes queued for writing on one connection before
+  a ``sendto`` fails with ``ENOBUFS`` (a peer that never reads must not make
+  the pool buffer without bound);
+* values are checked: an unknown key raises ``ValueError`` naming it, a value
+  that is not a positive number raises ``TypeError``/``ValueError``.
+
+Performance plan: the pool's hot paths read the settings as attributes of a
+slots dataclass (``cfg.tcp_readsize``), not as dict entries; the record is
+rebuilt only when a setting changes.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "Settings",
+    "current",
+    "effective",
+    "get_settings",
+    "import_settings",
+    "track",
+    "untrack",
+    "validated",
+]
+
+#: Defaults of the tunables, as in Perl's Net::SIP::SocketPool.
+DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
+    "MAX_SIP_HEADER": 2**14,  # bytes of SIP header on a stream
+    "MAX_SIP_BODY": 2**16,  # announced Content-Length on a stream
+    "MAX_TIDLIST": 30,  # request tids remembered per connection
+    "MIN_EXPIRE": 15,  # idle connections live at least this long (s)
+    "MAX_EXPIRE": 120,  # ... and at most this long (s)
+    "CONNECT_TIMEOUT": 10,  # TCP connect (and TLS handshake) limit (s)
+    "TCP_READSIZE": 2**16,  # bytes per read on a stream
+    # Not in Perl: bytes queued for writing on one connection before further
+    # sendto's fail with ENOBUFS and the connection is closed.
+    "MAX_WBUF": 2**22,
+}
+_INT_KEYS: Final = frozenset(
+    {"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE", "MAX_WBUF"}
+)
+
+
+@dataclass(slots=True)
+class Settings:
+    """The effective tunables of one pool (attribute access on the hot path)."""
+
+    max_sip_header: int
+    max_sip_body: int
+    max_tidlist: int
+    min_expire: float
+    max_expire: float
+    connect_timeout: float
+    tcp_readsize: int
+    max_wbuf: int
+
+
+class _Pool(Protocol):
+    """What :func:`import_settings` needs of a live pool."""
+
+    def _refresh_settings(self) -> None: ...
+
+
+_global: dict[str, float] = dict(DEFAULT_SETTINGS)
+_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+
+
+def validated(kw: Mapping[str, object]) -> dict[str, float]:
+    """``kw`` checked key by key (the rules of :func:`import_settings`)."""
+    out: dict[str, float] = {}
+    for key, value in kw.items():
+        if key not in DEFAULT_SETTINGS:
+            raise ValueError(f"no such SocketPool setting {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{key} must be a number, not {value!r}")
+        if key in _INT_KEYS and not isinstance(value, int):
+            raise TypeError(f"{key} must be an int, not {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and key != "MAX_SIP_BODY"):
+            raise ValueError(f"{key} must be positive, not {value!r}")
+        out[key] = value
+    return out
+
+
+def current(overrides: Mapping[str, float]) -> dict[str, float]:
+    """The values in effect for a pool with ``overrides``, as a new dict."""
+    return {**_global, **overrides}
+
+
+def effective(overrides: Mapping[str, float]) -> Settings:
+    """The :class:`Settings` record of a pool with ``overrides``."""
+    v = current(overrides)
+    return Settings(
+        max_sip_header=int(v["MAX_SIP_HEADER"]),
+        max_sip_body=int(v["MAX_SIP_BODY"]),
+        max_tidlist=int(v["MAX_TIDLIST"]),
+        min_expire=v["MIN_EXPIRE"],
+        max_expire=v["MAX_EXPIRE"],
+        connect_timeout=v["CONNECT_TIMEOUT"],
+        tcp_readsize=int(v["TCP_READSIZE"]),
+        max_wbuf=int(v["MAX_WBUF"]),
+    )
+
+
+def track(pool: _Pool) -> None:
+    """Refresh ``pool`` on every :func:`import_settings` while it lives (or until untracked)."""
+    _pools.add(pool)
+
+
+def untrack(pool: _Pool) -> None:
+    """Stop refreshing ``pool`` (it was closed)."""
+    _pools.discard(pool)
+
+
+def import_settings(**kw: float) -> None:
+    """Change module-wide settings (Perl: ``use Net::SIP::SocketPool (KEY => v)``).
+
+    Existing pools use the new values for every key they do not override.
+
+    Args:
+        **kw: ``MAX_SIP_HEADER``, ``MAX_SIP_BODY``, ``MAX_TIDLIST``,
+            ``MIN_EXPIRE``, ``MAX_EXPIRE``, ``CONNECT_TIMEOUT``, ``TCP_READSIZE``,
+            ``MAX_WBUF`` (not in Perl: the most bytes queued for writing on
+            one connection, default 4 MiB; a sendto that would exceed it fails
+            with ``ENOBUFS`` and closes that connection).
+
+    Raises:
+        ValueError: an unknown key (named in the message) or a value <= 0.
+        TypeError: a value that is not a number (sizes: not an int).
+    """
+    _global.update(validated(kw))
+    for pool in list(_pools):
+        pool._refresh_settings()
+
+
+def get_settings() -> dict[str, float]:
+    """The module-wide settings as a new dict (key -> value)."""
+    return dict(_global)
