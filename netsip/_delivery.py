@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from netsip._uriresolve import (
     Target,
@@ -63,7 +64,7 @@ from netsip.util import (
     sip_parts2uri,
 )
 
-__all__ = ["DeliveryQueue", "QueueEntry"]
+__all__ = ["DeliveryQueue", "DispatcherLike", "QueueEntry"]
 
 # the public module's logger: what users configure for the Dispatcher
 log = logging.getLogger("netsip.dispatcher")
@@ -131,28 +132,37 @@ def via_uri(packet: Packet) -> str | None:
     return sip_parts2uri(ip_parts2string(host, port or None), None, "sip", {"transport": transport})
 
 
+class DispatcherLike(Protocol):
+    """What the queue reads from its Dispatcher, at each use (so overrides apply)."""
+
+    legs: list[Leg]
+
+    def resolve_uri(
+        self,
+        uri: str,
+        callback: object,
+        *,
+        allowed_proto: Sequence[str] | None = None,
+        allowed_legs: Sequence[Leg] | None = None,
+    ) -> None: ...
+
+
 class DeliveryQueue:
     """The queued deliveries of one Dispatcher.
 
     Args:
+        dispatcher: the owner: its current ``legs``, its ``resolve_uri`` (for
+            deliveries without a destination; a subclass may override it).
         eventloop: the loop for the retransmission timers and ``looptime``.
-        legs: returns the dispatcher's current legs.
         uri: the dispatcher's URI resolver (destinations given by host name).
-        resolve_uri: the dispatcher's ``resolve_uri`` (for deliveries without
-            a destination; a subclass may override it).
     """
 
     def __init__(
-        self,
-        eventloop: EventLoopLike,
-        legs: Callable[[], list[Leg]],
-        uri: UriResolver,
-        resolve_uri: Callable[..., None],
+        self, dispatcher: DispatcherLike, eventloop: EventLoopLike, uri: UriResolver
     ) -> None:
+        self._dispatcher = dispatcher
         self.eventloop = eventloop
-        self._legs = legs
         self._uri = uri
-        self._resolve_uri = resolve_uri
         #: the queued entries, oldest first (a dict: ordered, O(1) removal)
         self.queue: dict[QueueEntry, None] = {}
         self.by_id: dict[str, list[QueueEntry]] = {}
@@ -205,7 +215,7 @@ class DeliveryQueue:
         except BaseException:
             self.dequeue(entry)
             raise
-        legs = entry.legs or self._legs()
+        legs = entry.legs or self._dispatcher.legs
         if all(d.addr is not None for d in dsts):
             self._resolved(entry, pair_legs(dsts, legs) or errno.EHOSTUNREACH)
         else:
@@ -251,7 +261,7 @@ class DeliveryQueue:
             self._resolved(entry, errno.EHOSTUNREACH)
             return
         log.debug("no destination yet, resolving %r", uri)
-        self._resolve_uri(
+        self._dispatcher.resolve_uri(
             uri,
             partial(self._resolved, entry),
             allowed_proto=entry.proto,

@@ -169,9 +169,7 @@ class Dispatcher:
         self._cache_timer: TimerLike | None = None
         self._closed = False
         self._uri = UriResolver(self._get_legs_list, self.eventloop, domain2proxy, dnsresolv)
-        self._delivery = DeliveryQueue(
-            self.eventloop, self._get_legs_list, self._uri, self.resolve_uri
-        )
+        self._delivery = DeliveryQueue(self, self.eventloop, self._uri)
         # the queue's dicts (never replaced): receive() reads _by_tid on every packet
         self._queue = self._delivery.queue
         self._by_tid = self._delivery.by_tid
