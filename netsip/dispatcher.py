@@ -32,149 +32,57 @@ Delivery callbacks are invoked via :func:`~netsip.util.invoke_callback` with
 one errno argument: 0 for a confirmed delivery over a reliable transport,
 else the error (``ETIMEDOUT``, ``ECONNREFUSED``, ``EHOSTUNREACH`` ...).
 
-Deliberate differences from Net::SIP 0.835:
+The code is in three parts: this module (legs, receiving, the response
+cache, and the fast path of :meth:`Dispatcher.deliver`), the delivery queue
+(:mod:`netsip._delivery`: queued deliveries, retransmission, failover) and
+URI resolution (:mod:`netsip._uriresolve`). Their docstrings list the
+differences from Net::SIP that concern them.
 
-- one timer per queued delivery instead of a once-a-second queue scan; the
-  delivery times out exactly 64*T1 after it started, after every
-  retransmission due before that (Perl gives up at its last retransmission
-  time, noticed up to a second late);
+Performance plan: :meth:`Dispatcher.receive` and :meth:`Dispatcher.deliver`
+of a response whose leg and destination are known (the ``direct`` path) run
+for every transaction. Both stay inline in this class, with no call into the
+delivery queue: ``receive`` reads the queue's transaction index through an
+alias (``_by_tid``, the same dict) and calls the queue only when that index is
+not empty; ``deliver`` sends a one-shot response itself and keeps its wire
+form in the response cache. Only what needs the queue (requests, responses
+retransmitted over UDP, destinations still to resolve) goes through
+:meth:`netsip._delivery.DeliveryQueue.deliver`.
+
+Deliberate differences from Net::SIP 0.835 (see also :mod:`netsip._delivery`
+and :mod:`netsip._uriresolve`):
+
 - provisional responses are not retransmitted (Perl retransmits 101-199 to
   INVITE like final responses); a request answered from the response cache
   does not queue the cached response again;
 - received responses and ACKs cancel retransmissions here (Perl leaves that
   to Net::SIP::Endpoint, which netsip does not port);
-- a transport error moves on to the next resolved destination (Perl keeps
-  the list but never fails over); a response without ``leg``/``dst_addr``
-  goes where its top Via says;
-- :meth:`Dispatcher.resolve_uri` takes ``(uri, callback, *, allowed_proto,
-  allowed_legs)`` and calls back with ``[(Addr, Leg), ...]`` or an errno
-  (Perl fills two array refs and calls back with nothing or an errno); host
-  names are resolved with NAPTR too (RFC 3263), by :mod:`netsip.resolver`;
 - a response sent at once (``leg`` and ``dst_addr`` given, nothing to
   retransmit) is cached as the bytes that were sent and parsed again to answer
   a retransmitted request; Perl keeps the object (memory and, in Python, the
   cyclic GC's work grow with every cached object);
-- delivery callbacks get the errno only (Perl adds the queue entry);
-  :meth:`Dispatcher.close` closes the legs.
+- :meth:`Dispatcher.close` closes the legs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeAlias
+from typing import Any
 
+from netsip._delivery import DeliveryQueue, QueueEntry
+from netsip._uriresolve import SRV_PRIO_UNDEF, Dest, Target, UriResolver
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response, canonical_header_name
 from netsip.respcache import ResponseCache, cache_key
-from netsip.retransmit import Action, RetransmitSchedule, retransmit_timers
-from netsip.util import (
-    DEFAULT_PORTS,
-    PROTOS,
-    Addr,
-    NetSIPError,
-    Proto,
-    errno_of,
-    invoke_callback,
-    ip_canonical,
-    ip_is_v46,
-    ip_parts2string,
-    ip_ptr,
-    ip_string2parts,
-    sip_hdrval2parts,
-    sip_parts2uri,
-    sip_uri2parts,
-    sip_uri2sockinfo,
-)
+from netsip.retransmit import RetransmitSchedule, retransmit_timers
+from netsip.util import Addr, NetSIPError, Proto, errno_of, invoke_callback
 
 __all__ = ["SRV_PRIO_UNDEF", "Dispatcher", "QueueEntry", "Target"]
 
 log = logging.getLogger(__name__)
-
-#: Priority of destinations that did not come from an SRV record: after all SRV ones.
-SRV_PRIO_UNDEF = 0x10000
-
-
-#: One resolved destination and the leg to reach it through.
-Target: TypeAlias = tuple[Addr, Leg]
-
-
-class ResolverLike(Protocol):
-    """What the dispatcher needs from :class:`netsip.resolver.Resolver`."""
-
-    def resolve(
-        self,
-        host: str,
-        protos: Sequence[str],
-        # Any: the result is a list of (proto, Addr); list is invariant and resolvers
-        # may type proto as str or Proto
-        callback: Callable[[Any], object],
-        *,
-        port: int | None = None,
-        sips: bool = False,
-    ) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Dest:
-    """A destination before leg selection (Perl's hash of prio/proto/host/addr/port/family)."""
-
-    proto: Proto | None
-    host: str
-    addr: str | None
-    port: int | None
-    family: int | None
-    prio: int = SRV_PRIO_UNDEF
-
-
-@dataclass(eq=False, slots=True)
-class QueueEntry:
-    """A delivery in the dispatcher's queue (Perl's ``Net::SIP::Dispatcher::Packet``).
-
-    Attributes:
-        packet: the packet to deliver.
-        id: the id for :meth:`Dispatcher.cancel_delivery` (default ``packet.tid()``).
-        callid: the Call-ID for cancelling a whole call.
-        tid: the packet's transaction id.
-        callback: the user's callback (invoked with one errno).
-        targets: the destinations still to try; the first is the current one.
-        legs: the legs allowed for this delivery (empty: any).
-        proto: protocols allowed for resolution, in preference order.
-        schedule: the retransmission schedule, None if not retransmitted.
-        queued: the entry is in the dispatcher's queue.
-        done: the delivery is over (cancelled, confirmed, failed or timed out).
-    """
-
-    packet: Packet
-    id: str
-    callid: str
-    tid: str
-    callback: object = None
-    targets: list[Target] = field(default_factory=list)
-    legs: list[Leg] = field(default_factory=list)
-    proto: list[Proto] | None = None
-    schedule: RetransmitSchedule | None = None
-    timer: TimerLike | None = None
-    queued: bool = False
-    done: bool = False
-    #: bumped whenever a new target is tried: errors about older ones are ignored
-    attempt: int = 0
-
-    def trigger_callback(self, error: int) -> bool:
-        """Invoke the callback with ``error``; False if there is none."""
-        if self.callback is None:
-            return False
-        invoke_callback(self.callback, error)
-        return True
-
 
 #: RFC 3261 8.1.1: the header fields that make a message's transaction and
 #: dialog (Via and Max-Forwards are mandatory too; a missing Via is the Leg's
@@ -196,76 +104,23 @@ def _kind(packet: Packet) -> str:
     return f"{packet.method()} request" if packet.is_request() else "response"
 
 
-def _check_proto(proto: object, what: object) -> Proto | None:
-    if proto is None or proto == "":
-        return None
-    if proto not in DEFAULT_PORTS:
-        raise ValueError(f"invalid protocol {proto!r} in {what!r}")
-    return proto  # type: ignore[return-value]  # checked against the Proto values
+def _answer_incomplete(packet: Packet, leg: Leg, from_: Addr, missing: str) -> None:
+    """Answer (or drop) a message without one of the headers every message has.
 
-
-def _normalize_proxy(spec: object) -> list[_Dest]:
-    """A destination specification as a list of destinations (proto None: any).
-
-    ``spec`` is ``"ip[:port]"``, ``"host[:port]"``, a SIP URI, an Addr, a dict
-    with proto/host/addr/port/family/prio, or a list of these.
+    RFC 3261 8.1.1: a request has at least To, From, CSeq and Call-ID
+    (and Via, Max-Forwards); 8.2.2 and 21.4.1: the answer is 400. Such a
+    message has no transaction of its own: neither the response cache nor
+    the queue may match it, so it never gets past this point. An ACK is
+    never answered, and a response cannot be.
     """
-    if isinstance(spec, str):
-        info = sip_uri2sockinfo(spec)
-        if info is None:
-            raise ValueError(f"invalid destination {spec!r}")
-        proto, host, port, family = info
-        return [_Dest(_check_proto(proto, spec), host, host if family else None, port, family)]
-    if isinstance(spec, Addr):
-        return [_Dest(spec.proto, spec.host or spec.addr, spec.addr, spec.port, spec.family)]
-    if isinstance(spec, tuple):
-        a = Addr.parse(spec)
-        return [_Dest(a.proto, a.addr, a.addr, a.port, a.family)]
-    if isinstance(spec, Mapping):
-        mhost: object = spec.get("host") or spec.get("addr")
-        if not isinstance(mhost, str):
-            raise ValueError(f"destination without host: {spec!r}")
-        maddr: str | None = spec.get("addr")
-        mfamily: int | None = spec.get("family")
-        if maddr is None:
-            h, _, fam = ip_string2parts(mhost)
-            if fam is not None:
-                mhost = maddr = h
-                mfamily = fam
-        elif mfamily is None:
-            maddr, _, mfamily = ip_string2parts(maddr)
-        prio = spec.get("prio")
-        return [
-            _Dest(
-                _check_proto(spec.get("proto"), spec),
-                mhost,
-                maddr,
-                spec.get("port") or None,
-                mfamily,
-                SRV_PRIO_UNDEF if prio is None else int(prio),
-            )
-        ]
-    if isinstance(spec, Iterable):
-        out: list[_Dest] = []
-        for item in spec:
-            out += _normalize_proxy(item)
-        return out
-    raise ValueError(f"invalid destination {spec!r}")
-
-
-def _with_proto(addr: Addr, proto: Proto) -> Addr:
-    return Addr(addr.addr, addr.port, addr.family, addr.host, proto)
-
-
-def _expand(dests: Iterable[_Dest], protos: Sequence[Proto]) -> list[_Dest]:
-    """One destination per protocol for those without a protocol."""
-    out: list[_Dest] = []
-    for d in dests:
-        if d.proto is not None:
-            out.append(d)
-        else:
-            out += [dataclasses.replace(d, proto=p) for p in protos]
-    return out
+    log.info("%s from %s on %s without %s", _kind(packet), from_, leg.dump(), missing)
+    if not isinstance(packet, Request) or packet.method() == "ACK":
+        return
+    try:
+        resp = packet.create_response(400, f"Missing {canonical_header_name(missing)}")
+        leg.deliver(resp, from_)
+    except (NetSIPError, OSError, ValueError) as exc:
+        log.info("cannot answer %s from %s: %s", _kind(packet), from_, exc)
 
 
 class Dispatcher:
@@ -312,16 +167,12 @@ class Dispatcher:
         # objects made its full collections a tenth of a UAS's CPU time)
         self._cache: ResponseCache[Response | bytes] = ResponseCache()
         self._cache_timer: TimerLike | None = None
-        self._queue: dict[QueueEntry, None] = {}
-        self._by_id: dict[str, list[QueueEntry]] = {}
-        self._by_tid: dict[str, list[QueueEntry]] = {}
-        self._dnsresolv = dnsresolv
-        self._resolver: ResolverLike | None = None
         self._closed = False
-        self.domain2proxy: dict[str, list[_Dest]] = {
-            dom.lower(): _normalize_proxy(proxy) for dom, proxy in (domain2proxy or {}).items()
-        }
-        self._outgoing_proxy: str | None = None
+        self._uri = UriResolver(self._get_legs_list, self.eventloop, domain2proxy, dnsresolv)
+        self._delivery = DeliveryQueue(self, self.eventloop, self._uri)
+        # the queue's dicts (never replaced): receive() reads _by_tid on every packet
+        self._queue = self._delivery.queue
+        self._by_tid = self._delivery.by_tid
         self.add_leg(*legs)
         if outgoing_proxy:
             self.outgoing_proxy = outgoing_proxy
@@ -335,13 +186,20 @@ class Dispatcher:
         Raises:
             ValueError: on assignment, if no leg can reach the proxy.
         """
-        return self._outgoing_proxy
+        return self._uri.outgoing_proxy
 
     @outgoing_proxy.setter
     def outgoing_proxy(self, proxy: str | None) -> None:
-        if proxy is not None and not self._find_legs4addr(proxy):
-            raise ValueError(f"cannot find leg for destination {proxy}")
-        self._outgoing_proxy = proxy
+        self._uri.outgoing_proxy = proxy
+
+    @property
+    def domain2proxy(self) -> dict[str, list[Dest]]:
+        """The ``domain2proxy`` option, domains lower-cased, proxies as destinations."""
+        return self._uri.domain2proxy
+
+    @domain2proxy.setter
+    def domain2proxy(self, value: dict[str, list[Dest]]) -> None:
+        self._uri.domain2proxy = value
 
     def loop(self) -> EventLoopLike:
         """The event loop."""
@@ -406,6 +264,10 @@ class Dispatcher:
             return list(self.legs)
         return [leg for leg in self.legs if leg.match(**spec)]
 
+    def _get_legs_list(self) -> list[Leg]:
+        # the current list: remove_leg and close replace it
+        return self.legs
+
     def legs2i(self, *legs: Leg) -> list[int]:
         """Index of each leg in the dispatcher's list (-1 if not there)."""
         return [next((i for i, x in enumerate(self.legs) if x is leg), -1) for leg in legs]
@@ -425,7 +287,7 @@ class Dispatcher:
             packet, from_ = got
             missing = _missing_header(packet)
             if missing is not None:
-                self._incomplete(packet, leg, from_, missing)
+                _answer_incomplete(packet, leg, from_, missing)
                 return
             if packet.is_request():
                 leg.add_received(packet, from_)
@@ -434,24 +296,6 @@ class Dispatcher:
             log.warning("dropping packet from %s on %s: %s", from_, leg.dump(), exc)
             return
         self.receive(packet, leg, from_)
-
-    def _incomplete(self, packet: Packet, leg: Leg, from_: Addr, missing: str) -> None:
-        """Answer (or drop) a message without one of the headers every message has.
-
-        RFC 3261 8.1.1: a request has at least To, From, CSeq and Call-ID
-        (and Via, Max-Forwards); 8.2.2 and 21.4.1: the answer is 400. Such a
-        message has no transaction of its own: neither the response cache nor
-        the queue may match it, so it never gets past this point. An ACK is
-        never answered, and a response cannot be.
-        """
-        log.info("%s from %s on %s without %s", _kind(packet), from_, leg.dump(), missing)
-        if not isinstance(packet, Request) or packet.method() == "ACK":
-            return
-        try:
-            resp = packet.create_response(400, f"Missing {canonical_header_name(missing)}")
-            leg.deliver(resp, from_)
-        except (NetSIPError, OSError, ValueError) as exc:
-            log.info("cannot answer %s from %s: %s", _kind(packet), from_, exc)
 
     # -------------------------------------------------------------- timers
 
@@ -486,9 +330,9 @@ class Dispatcher:
                     leg.deliver(cached, from_)
                     return
             if self._by_tid and packet.method() == "ACK":
-                self._cancel_by_tid(packet.tid(), requests=False)
+                self._delivery.cancel_by_tid(packet.tid(), requests=False)
         elif self._by_tid:
-            self._cancel_by_tid(packet.tid(), requests=True)
+            self._delivery.cancel_by_tid(packet.tid(), requests=True)
         fn = self._receive_fn
         if fn is not None:
             fn(packet, leg, from_)
@@ -508,14 +352,6 @@ class Dispatcher:
             self._cache.discard(key)
             return None
         return resp
-
-    def _cancel_by_tid(self, tid: str, requests: bool) -> None:
-        entries = self._by_tid.get(tid)
-        if not entries:
-            return
-        for entry in list(entries):
-            if entry.packet.is_request() == requests:
-                self._cancel_entry(entry)
 
     # ---------------------------------------------------------- delivering
 
@@ -594,237 +430,24 @@ class Dispatcher:
             self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
             self._arm_cache_timer()
 
-        tid = packet.tid()
-        entry = QueueEntry(
-            packet=packet,
-            id=id if id is not None else tid,
-            callid=callid if callid is not None else (packet.callid() or ""),
-            tid=tid,
-            callback=callback,
-            legs=[leg] if leg is not None else [],
-            proto=list(proto) if proto else None,
-        )
+        schedule = None
         if timers is not None:
-            entry.schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
-        self._enqueue(entry)
-        if direct is not None and leg is not None:
-            target = direct if direct.proto else _with_proto(direct, leg.proto)
-            self._resolved(entry, [(target, leg)])
-            return
-        if dst_addr is None:
-            self._resolve_entry(entry)
-            return
-        try:
-            dsts = self._normalize_dst(dst_addr)
-        except BaseException:
-            self._dequeue(entry)
-            raise
-        legs = entry.legs or self.legs
-        if all(d.addr is not None for d in dsts):
-            self._resolved(entry, self._pair_legs(dsts, legs) or errno.EHOSTUNREACH)
-        else:
-            protos = entry.proto or list(dict.fromkeys(x.proto for x in legs))
-            self._dns_hosts(_expand(dsts, protos), legs, partial(self._resolved, entry))
+            schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
+        self._delivery.deliver(
+            packet,
+            leg=leg,
+            dst_addr=dst_addr,
+            direct=direct,
+            schedule=schedule,
+            callback=callback,
+            id=id,
+            callid=callid,
+            proto=proto,
+        )
 
     def queue_entries(self) -> list[QueueEntry]:
         """The deliveries in the queue, oldest first (monitoring, ``cancel_delivery('qentry')``)."""
         return list(self._queue)
-
-    @staticmethod
-    def _normalize_dst(dst: object) -> list[_Dest]:
-        if isinstance(dst, str):
-            try:
-                a = Addr.parse(dst)  # the common "ip:port" first
-            except ValueError:
-                return _normalize_proxy(dst)
-            return [_Dest(None, a.addr, a.addr, a.port, a.family)]
-        return _normalize_proxy(dst)
-
-    def _pair_legs(self, dsts: Iterable[_Dest], legs: Sequence[Leg]) -> list[Target]:
-        """Pair each destination with an IP with the first leg that can reach it."""
-        targets: list[Target] = []
-        for d in dsts:
-            if d.addr is None or d.family is None:
-                continue
-            for leg in legs:
-                if leg.can_deliver_to(proto=d.proto, addr=d.addr, family=d.family):
-                    proto = d.proto or leg.proto
-                    port = d.port or DEFAULT_PORTS[proto]
-                    targets.append((Addr(d.addr, port, d.family, d.host, proto), leg))
-                    break
-            else:
-                log.debug("no leg with %s to %s", d.proto, d.addr)
-        return targets
-
-    def _enqueue(self, entry: QueueEntry) -> None:
-        entry.queued = True
-        self._queue[entry] = None
-        self._by_id.setdefault(entry.id, []).append(entry)
-        self._by_tid.setdefault(entry.tid, []).append(entry)
-
-    def _dequeue(self, entry: QueueEntry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
-        if not entry.queued:
-            return
-        entry.queued = False
-        del self._queue[entry]
-        for index, key in ((self._by_id, entry.id), (self._by_tid, entry.tid)):
-            lst = index.get(key)
-            if lst is not None:
-                # (not contextlib.suppress: this runs for every queued delivery)
-                if entry in lst:
-                    lst.remove(entry)
-                if not lst:
-                    del index[key]
-
-    def _resolve_entry(self, entry: QueueEntry) -> None:
-        """Find targets for a request by its first Route or URI, for a response by its Via."""
-        packet = entry.packet
-        uri: str | None
-        if isinstance(packet, Request):
-            routes = packet.get_headers("route")
-            uri = sip_hdrval2parts("route", routes[0])[0] if routes else packet.uri()
-        else:
-            uri = self._via_uri(packet)
-        if uri is None:
-            self._resolved(entry, errno.EHOSTUNREACH)
-            return
-        log.debug("no destination yet, resolving %r", uri)
-        self.resolve_uri(
-            uri,
-            partial(self._resolved, entry),
-            allowed_proto=entry.proto,
-            allowed_legs=entry.legs or None,
-        )
-
-    @staticmethod
-    def _via_uri(packet: Packet) -> str | None:
-        """Where a response goes by its top Via (RFC 3261 18.2.2, RFC 3581), as a URI."""
-        vias = packet.get_headers("via")
-        if not vias:
-            return None
-        data, param = sip_hdrval2parts("via", vias[0])
-        parts = data.split(None, 1)
-        if len(parts) != 2 or "/" not in parts[0]:
-            return None
-        transport = parts[0].rsplit("/", 1)[1].lower()
-        try:
-            host, port, _ = ip_string2parts(parts[1].strip())
-        except ValueError:
-            return None
-        host = param.get("maddr") or param.get("received") or host
-        rport = param.get("rport")
-        if rport and rport.isdigit():
-            port = int(rport)
-        return sip_parts2uri(
-            ip_parts2string(host, port or None), None, "sip", {"transport": transport}
-        )
-
-    def _resolved(self, entry: QueueEntry, result: list[Target] | int) -> None:
-        if entry.done or not entry.queued:
-            return  # cancelled meanwhile
-        if isinstance(result, int):
-            self._fail(entry, result)
-            return
-        entry.targets = list(result)
-        self._send(entry)
-
-    def _callback_for(self, entry: QueueEntry) -> object:
-        # a callback is needed for failover and for the user; skip it otherwise
-        if entry.callback is None and len(entry.targets) < 2:
-            return None
-        return partial(self._sent, entry, entry.attempt)
-
-    def _send(self, entry: QueueEntry) -> None:
-        """Send an entry to its current target; arm its retransmission timer."""
-        addr, leg = entry.targets[0]
-        if entry.schedule is not None and not leg.do_retransmits():
-            entry.schedule = None  # reliable transport (RFC 3261 17.1.1.2, 17.1.2.2)
-        entry.attempt += 1
-        cb = self._callback_for(entry)
-        self._transmit(entry, addr, leg, cb)
-        if entry.done or not entry.queued:
-            return  # failed synchronously, or the callback cancelled it
-        if entry.schedule is not None:
-            self._arm(entry)
-        elif leg.do_retransmits() or cb is None:
-            # nothing more will happen to this entry (Perl: removed after sending);
-            # a reliable one waits for its callback (confirmation or failover)
-            self._dequeue(entry)
-
-    def _transmit(self, entry: QueueEntry, addr: Addr, leg: Leg, cb: object) -> None:
-        try:
-            leg.deliver(entry.packet, addr, cb)
-        except (OSError, ValueError) as exc:
-            log.info("delivery through %s to %s failed: %s", leg.dump(), addr, exc)
-            self._sent(entry, entry.attempt, errno_of(exc))
-
-    def _sent(self, entry: QueueEntry, attempt: int, error: int) -> None:
-        """Callback of a leg delivery: 0 = written (reliable transport), else an errno."""
-        if entry.done or attempt != entry.attempt:
-            return
-        if not error:
-            if entry.schedule is None:
-                entry.done = True
-                self._dequeue(entry)
-            entry.trigger_callback(0)
-            return
-        if len(entry.targets) > 1:
-            # RFC 3263 4.3: a transport failure moves on to the next destination
-            failed = entry.targets.pop(0)
-            log.info(
-                "delivery to %s failed (%s), trying %s",
-                failed[0],
-                errno.errorcode.get(error, error),
-                entry.targets[0][0],
-            )
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
-            if not entry.queued:
-                self._enqueue(entry)
-            self._send(entry)
-            return
-        self._fail(entry, error)
-
-    def _fail(self, entry: QueueEntry, error: int) -> None:
-        entry.done = True
-        self._dequeue(entry)
-        entry.trigger_callback(error)
-
-    def _arm(self, entry: QueueEntry) -> None:
-        sched = entry.schedule
-        assert sched is not None
-        if entry.timer is not None:
-            entry.timer.cancel()
-        delay = max(sched.next_time - self.eventloop.looptime, 0.0)
-        entry.timer = self.eventloop.add_timer(
-            delay, partial(self._on_timer, entry), None, "retransmit"
-        )
-
-    def _on_timer(self, entry: QueueEntry, _timer: object = None) -> None:
-        entry.timer = None
-        if entry.done or not entry.queued or entry.schedule is None:
-            return
-        self._step(entry, self.eventloop.looptime)
-
-    def _step(self, entry: QueueEntry, now: float) -> None:
-        sched = entry.schedule
-        assert sched is not None
-        action = sched.due(now)
-        if action is Action.TIMEOUT:
-            log.debug("delivery of %s timed out", entry.id)
-            self._fail(entry, errno.ETIMEDOUT)
-            return
-        if action is Action.RETRANSMIT:
-            addr, leg = entry.targets[0]
-            log.debug("retransmission #%d of %s to %s", sched.count, entry.id, addr)
-            self._transmit(entry, addr, leg, self._callback_for(entry))
-            if entry.done or not entry.queued:
-                return
-        self._arm(entry)
 
     def cancel_delivery(self, typ: object, id: object = None) -> bool:
         """Stop delivering (retransmitting) packets.
@@ -840,26 +463,7 @@ class Dispatcher:
             ValueError: an unknown ``typ``.
             TypeError: ``"qentry"`` without a QueueEntry.
         """
-        if id is None:
-            typ, id = ("qentry", typ) if isinstance(typ, QueueEntry) else ("id", typ)
-        if typ == "qentry":
-            if not isinstance(id, QueueEntry):
-                raise TypeError("cancel_delivery('qentry', ...) needs a QueueEntry")
-            victims = [id] if id.queued else []
-        elif typ == "id":
-            victims = list(self._by_id.get(str(id), ()))
-        elif typ == "callid":
-            victims = [e for e in self._queue if e.callid == id]
-        else:
-            raise ValueError(f"bad typ {typ!r}, should be id|callid|qentry")
-        for entry in victims:
-            self._cancel_entry(entry)
-        return bool(victims)
-
-    def _cancel_entry(self, entry: QueueEntry) -> None:
-        log.debug("cancel delivery of %s", entry.id)
-        entry.done = True
-        self._dequeue(entry)
+        return self._delivery.cancel(typ, id)
 
     def queue_expire(self, now: float | None = None) -> float | None:
         """Process whatever is due in the queue and the response cache at ``now``.
@@ -875,15 +479,7 @@ class Dispatcher:
         """
         if now is None:
             now = self.eventloop.looptime
-        nxt = self._cache.expire(now)
-        for entry in list(self._queue):
-            if entry.schedule is None or not entry.queued or not entry.targets:
-                continue
-            self._step(entry, now)
-            if entry.queued and entry.schedule is not None:
-                t = entry.schedule.next_time
-                nxt = t if nxt is None else min(nxt, t)
-        return nxt
+        return self._delivery.expire(now, self._cache.expire(now))
 
     def queue_size(self) -> int:
         """Number of deliveries in the queue (for tests and monitoring)."""
@@ -907,32 +503,6 @@ class Dispatcher:
         self._arm_cache_timer()
 
     # ----------------------------------------------------------- resolving
-
-    def _find_legs4addr(self, addr: str) -> list[Leg]:
-        try:
-            dests = self._normalize_dst(addr)
-        except ValueError:
-            return []
-        return [
-            leg
-            for leg in self.legs
-            if any(leg.can_deliver_to(proto=d.proto, addr=d.addr, family=d.family) for d in dests)
-        ]
-
-    def _get_resolver(self) -> ResolverLike:
-        if self._resolver is None:
-            hook = self._dnsresolv
-            if hook is not None and callable(getattr(hook, "resolve", None)):
-                self._resolver = hook  # type: ignore[assignment]  # a duck-typed Resolver
-            else:
-                try:
-                    # imported on first use: it needs dnspython unless a hook is given
-                    from netsip.resolver import Resolver  # noqa: PLC0415
-                except ImportError as exc:
-                    raise NetSIPError(f"DNS resolution is not available: {exc}") from exc
-                self._resolver = Resolver(self.eventloop, dnsresolv=hook)
-        assert self._resolver is not None
-        return self._resolver
 
     def resolve_uri(
         self,
@@ -962,168 +532,7 @@ class Dispatcher:
             allowed_proto: only these protocols, tried in this order.
             allowed_legs: only these legs.
         """
-        parts = sip_uri2parts(uri)
-        if parts is None or not parts[0]:
-            log.debug("bad URI %r", uri)
-            invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-        domain, _user, scheme, param, _data = parts
-        transport = (param.get("transport") or "").lower()
-        protos: list[Proto]
-        if scheme == "sips":
-            protos = ["tls"]
-        elif transport:
-            p = _check_proto(transport, uri) if transport in DEFAULT_PORTS else None
-            protos = [p] if p is not None else []
-        else:
-            protos = ["udp", "tcp"]
-        if allowed_proto:
-            protos = [p for p in PROTOS if p in allowed_proto and p in protos]
-            protos.sort(key=list(allowed_proto).index)
-        if not protos:
-            log.debug("no protocols allowed for %s", uri)
-            invoke_callback(callback, errno.ENOPROTOOPT)
-            return
-
-        legs = list(allowed_legs) if allowed_legs else list(self.legs)
-        if not legs:
-            log.debug("no legs allowed for %r", uri)
-            invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-
-        maddr = param.get("maddr")
-        try:
-            host, force_port, family = ip_string2parts(domain, bool(maddr))
-        except ValueError:
-            log.debug("bad URI %r", uri)
-            invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-        # an IP literal is looked up in domain2proxy by its PTR name, as in Perl
-        lookup_domain = ip_ptr(host, family) if family is not None else host
-
-        dests: list[_Dest] = []
-        if self.domain2proxy:
-            d2p = self.domain2proxy
-            dom = lookup_domain
-            found = d2p.get(dom)
-            while found is None and "." in dom:
-                dom = dom.split(".", 1)[1]
-                found = d2p.get("*." + dom)
-            if found is None:
-                found = d2p.get("*")
-            if found is not None:
-                log.debug("destination from domain2proxy for %s", dom)
-                dests = list(found)
-                force_port = None
-        if not dests and self._outgoing_proxy:
-            log.debug("destination from outgoing_proxy %s", self._outgoing_proxy)
-            dests = self._normalize_dst(self._outgoing_proxy)
-            force_port = None
-        if not dests and family is not None:
-            dests = [_Dest(None, host, host, None, family)]
-        if maddr:
-            mfam = ip_is_v46(maddr)
-            if mfam is not None:
-                mip = ip_canonical(maddr, mfam)
-                dests = [_Dest(None, mip, mip, None, mfam)]
-
-        if not dests:
-            # DNS (RFC 3263), only for protocols some leg offers
-            protos = [p for p in protos if any(leg.proto == p for leg in legs)]
-            if not protos:
-                log.debug("no legs for the protocols of %s", uri)
-                invoke_callback(callback, errno.ENOPROTOOPT)
-                return
-            try:
-                self._get_resolver().resolve(
-                    host,
-                    protos,
-                    partial(self._dns_done, legs, callback),
-                    port=force_port,
-                    sips=scheme == "sips",
-                )
-            except (NetSIPError, ValueError) as exc:
-                log.warning("cannot resolve %s: %s", uri, exc)
-                invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-
-        dests = [
-            d if d.port or not force_port else dataclasses.replace(d, port=force_port)
-            for d in _expand(dests, protos)
-        ]
-        if transport:
-            if transport == "udp":
-                dests = [d for d in dests if d.proto == "udp"]
-            elif transport == "tcp":
-                dests = [d for d in dests if d.proto != "udp"]  # tcp and tls, as in Perl
-            elif transport == "tls":
-                dests = [d for d in dests if d.proto == "tls"]
-            else:
-                dests = []
-            if not dests:
-                invoke_callback(callback, errno.ENOPROTOOPT)
-                return
-        if all(d.addr is not None for d in dests):
-            self._resolve_final(dests, legs, callback)
-        else:
-            self._dns_hosts(dests, legs, callback)
-
-    def _dns_done(
-        self, legs: list[Leg], callback: object, result: Sequence[tuple[str, Addr]]
-    ) -> None:
-        # keep the resolver's order (RFC 3263 failover order) through the stable sort
-        dests = [
-            _Dest(_check_proto(p, "resolver"), a.host or a.addr, a.addr, a.port, a.family, i)
-            for i, (p, a) in enumerate(result)
-        ]
-        self._resolve_final(dests, legs, callback)
-
-    def _dns_hosts(self, dests: list[_Dest], legs: list[Leg], callback: object) -> None:
-        """Fill in the addresses of destinations given by host name (AAAA/A only)."""
-        pending = {i for i, d in enumerate(dests) if d.addr is None}
-        results: dict[int, list[_Dest]] = {}
-
-        def one(i: int, res: Sequence[tuple[str, Addr]]) -> None:
-            d = dests[i]
-            results[i] = [
-                dataclasses.replace(d, addr=a.addr, family=a.family, port=d.port or a.port)
-                for p, a in res
-                if p == d.proto
-            ]
-            pending.discard(i)
-            if not pending:
-                final: list[_Dest] = []
-                for j, dj in enumerate(dests):
-                    final += results.get(j, [dj])
-                self._resolve_final(final, legs, callback)
-
-        try:
-            resolver = self._get_resolver()
-            for i in sorted(pending):
-                d = dests[i]
-                proto = d.proto or "udp"
-                resolver.resolve(
-                    d.host, [proto], partial(one, i), port=d.port or DEFAULT_PORTS[proto]
-                )
-        except (NetSIPError, ValueError) as exc:
-            log.warning("cannot resolve %s: %s", [dests[i].host for i in pending], exc)
-            pending.clear()
-            invoke_callback(callback, errno.EHOSTUNREACH)
-
-    def _resolve_final(self, dests: list[_Dest], legs: list[Leg], callback: object) -> None:
-        # stable sort by priority, without duplicates
-        seen: set[tuple[object, ...]] = set()
-        ordered: list[_Dest] = []
-        for d in sorted(dests, key=lambda d: d.prio):
-            key = (d.proto, d.addr, d.port, d.family)
-            if key not in seen:
-                seen.add(key)
-                ordered.append(d)
-        targets = self._pair_legs(ordered, legs)
-        if not targets:
-            invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-        invoke_callback(callback, targets)
+        self._uri.resolve_uri(uri, callback, allowed_proto=allowed_proto, allowed_legs=allowed_legs)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -1137,9 +546,7 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
-        for entry in list(self._queue):
-            entry.done = True
-            self._dequeue(entry)
+        self._delivery.close()
         if self._cache_timer is not None:
             self._cache_timer.cancel()
             self._cache_timer = None
@@ -1148,9 +555,7 @@ class Dispatcher:
             leg.socketpool().attach_eventloop(None)
             leg.close()
         self.legs = []
-        if self._resolver is not None and self._resolver is not self._dnsresolv:
-            self._resolver.close()
-        self._resolver = None
+        self._uri.close()
         if self._own_loop and isinstance(self.eventloop, EventLoop):
             self.eventloop.close()
 
