@@ -43,13 +43,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from netsip._conn import DONTWAIT, Conn, Handler
+from netsip._log import get_logger
 from netsip.eventloop import EV_READ, EventLoopLike, TimerLike
 from netsip.util import Addr, Proto
 
 __all__ = ["Acceptor"]
 
 # The public module's logger: logging is configured by the name users know.
-log = logging.getLogger("netsip.socketpool")
+log = get_logger("netsip.socketpool")
 
 _ACCEPTS_PER_READY: Final = 64  # accept() calls per readiness of a listener
 # accept() failing for lack of resources: the listener is left alone for a

@@ -36,6 +36,7 @@ from collections import deque
 from functools import partial
 
 from netsip._conn import Conn
+from netsip._log import get_logger
 from netsip._settings import Settings
 from netsip.eventloop import Callback, EventLoopLike, TimerLike
 from netsip.util import invoke_callback
@@ -43,7 +44,7 @@ from netsip.util import invoke_callback
 __all__ = ["ConnTable"]
 
 # The public module's logger: logging is configured by the name users know.
-log = logging.getLogger("netsip.socketpool")
+log = get_logger("netsip.socketpool")
 
 
 class ConnTable:

@@ -35,12 +35,12 @@ Differences from Net::SIP 0.835:
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from netsip._log import get_logger
 from netsip._uriresolve import (
     Target,
     UriResolver,
@@ -67,7 +67,7 @@ from netsip.util import (
 __all__ = ["DeliveryQueue", "DispatcherLike", "QueueEntry"]
 
 # the public module's logger: what users configure for the Dispatcher
-log = logging.getLogger("netsip.dispatcher")
+log = get_logger("netsip.dispatcher")
 
 
 @dataclass(eq=False, slots=True)

@@ -70,6 +70,7 @@ from typing import Final
 from netsip._accept import Acceptor
 from netsip._conn import Conn, ConnFactory, Deliver
 from netsip._conntable import ConnTable
+from netsip._log import get_logger
 from netsip._settings import Settings
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike
 from netsip.framing import FramingError, NeedMore, PacketError, next_message
@@ -79,7 +80,7 @@ from netsip.util import Addr, Proto, as_callable, invoke_callback
 __all__ = ["StreamTransport"]
 
 # The public module's logger: logging is configured by the name users know.
-log = logging.getLogger("netsip.socketpool")
+log = get_logger("netsip.socketpool")
 
 _CORK_MAX: Final = 2**16  # bytes coalesced at most before a write (see read)
 

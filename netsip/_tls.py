@@ -63,6 +63,7 @@ from functools import partial
 from typing import ClassVar, Final
 
 from netsip._conn import Conn, ConnFactory, Handler, StreamIO
+from netsip._log import get_logger
 from netsip.eventloop import EV_READ, EV_WRITE
 from netsip.util import Addr, ip_canonical, ip_is_v46
 
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 # The public module's logger: logging is configured by the name users know.
-log = logging.getLogger("netsip.socketpool")
+log = get_logger("netsip.socketpool")
 
 #: Plaintext bytes per read: one TLS record at most (RFC 8446 section 5.1),
 #: so nothing decrypted waits inside OpenSSL while the loop waits in select.

@@ -45,12 +45,12 @@ cycles and allocations per transaction. Plan:
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 from functools import partial
 from typing import Any, Final
 
 from netsip._conn import Conn, Deliver
+from netsip._log import get_logger
 from netsip.eventloop import EV_READ, Callback, EventLoopLike
 from netsip.packet import Packet, PacketError
 from netsip.util import Addr, as_callable, invoke_callback
@@ -58,7 +58,7 @@ from netsip.util import Addr, as_callable, invoke_callback
 __all__ = ["Held", "UDPTransport"]
 
 # The public module's logger: logging is configured by the name users know.
-log = logging.getLogger("netsip.socketpool")
+log = get_logger("netsip.socketpool")
 
 #: Datagrams waiting for the end of a read batch: ``(data, destination, callback)``.
 Held = list[tuple[bytes, Addr, Callback]]

@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeAlias
 
+from netsip._log import get_logger
 from netsip.eventloop import EventLoopLike
 from netsip.leg import Leg
 from netsip.util import (
@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 # the public module's logger: what users configure for the Dispatcher
-log = logging.getLogger("netsip.dispatcher")
+log = get_logger("netsip.dispatcher")
 
 #: Priority of destinations that did not come from an SRV record: after all SRV ones.
 SRV_PRIO_UNDEF = 0x10000

@@ -65,13 +65,13 @@ and :mod:`netsip._uriresolve`):
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from netsip._delivery import DeliveryQueue, QueueEntry
+from netsip._log import get_logger
 from netsip._uriresolve import SRV_PRIO_UNDEF, Dest, Target, UriResolver
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
@@ -82,7 +82,7 @@ from netsip.util import Addr, NetSIPError, Proto, errno_of, invoke_callback
 
 __all__ = ["SRV_PRIO_UNDEF", "Dispatcher", "QueueEntry", "Target"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: RFC 3261 8.1.1: the header fields that make a message's transaction and
 #: dialog (Via and Max-Forwards are mandatory too; a missing Via is the Leg's

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
+from netsip._log import get_logger
 from netsip.util import Var, as_callable, invoke_callback
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
     "TimerLike",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Watch a fd for readability (Perl's ``EV_READ``).
 EV_READ: Final = 0

@@ -45,6 +45,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from netsip._log import get_logger
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import (
@@ -66,7 +67,7 @@ from netsip.util import (
 
 __all__ = ["MAGIC_COOKIE", "ForwardError", "Leg"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: RFC 3261 8.1.1.7: every branch created by an RFC 3261 element starts with this.
 MAGIC_COOKIE = "z9hG4bK"

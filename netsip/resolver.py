@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import logging
 import os
 import random
 import socket
@@ -33,6 +32,7 @@ from functools import partial
 from itertools import accumulate
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
+from netsip._log import get_logger
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoopLike, TimerLike
 from netsip.util import DEFAULT_PORTS, Addr, NetSIPError, Proto, invoke_callback
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PORTS", "NaptrRecord", "Record", "Resolver", "Result", "SrvRecord"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Default port per transport (RFC 3261 section 19.1.2, RFC 3263 section 4.2).
 # RFC 3263 section 4.1: the NAPTR services netsip can use, and their transport.

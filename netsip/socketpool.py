@@ -71,11 +71,11 @@ TLS pool is made, not with this module, so processes without TLS never load it.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 from collections.abc import Mapping
 
 from netsip._conn import Conn, ConnFactory, new_conn
+from netsip._log import get_logger
 from netsip._settings import (
     DEFAULT_SETTINGS,
     current,
@@ -94,7 +94,7 @@ from netsip.util import Addr, NetSIPError, Proto, as_callable, invoke_callback
 
 __all__ = ["DEFAULT_SETTINGS", "Conn", "SocketPool", "get_settings", "import_settings"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class SocketPool:

@@ -61,7 +61,6 @@ Differences from Net::SIP:
 from __future__ import annotations
 
 import errno
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeAlias, cast
 
+from netsip._log import get_logger
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import TimerLike
 from netsip.leg import Leg
@@ -84,7 +84,7 @@ __all__ = [
     "contact_uri",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: How many 2xx responses to INVITE keep their ACK, to ACK retransmissions of
 #: the 2xx (RFC 3261 13.2.2.4).

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from netsip._log import FILTER, RateLimitFilter, get_logger
-from netsip.testing import FakeClock
+from netsip.eventloop import EventLoop
+from netsip.socketpool import SocketPool
+from netsip.testing import FakeClock, collector, drive, length_is, sip_request, udp_socket
 
 
 @pytest.fixture
@@ -66,3 +68,23 @@ def test_kinds_are_bounded() -> None:
 def test_netsip_loggers_carry_the_filter() -> None:
     assert FILTER in get_logger("netsip.dispatcher").filters
     assert get_logger("netsip.dispatcher").filters.count(FILTER) == 1
+
+
+def test_a_garbage_flood_logs_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """500 unparsable datagrams: a line or two, not 500 (the pool keeps serving)."""
+    caplog.set_level(logging.INFO, logger="netsip")
+    got, collect = collector()
+    with EventLoop() as loop, udp_socket() as master, udp_socket() as sender:
+        pool = SocketPool("udp", master)
+        pool.attach_eventloop(loop, collect)
+        dst = master.getsockname()
+        for n in range(500):
+            sender.sendto(b"GARBAGE %d\r\n\r\n" % n, dst)
+            if n % 50 == 49:
+                loop.loop(0)  # (the socket buffer holds far fewer than 500)
+        sender.sendto(sip_request(proto="UDP"), dst)
+        drive(loop, length_is(got, 1))
+        pool.close()
+    lines = [r for r in caplog.records if r.msg.startswith("drop invalid packet")]
+    assert len(lines) <= 3, [r.getMessage() for r in lines]
+    assert lines or FILTER.suppressed() > 0

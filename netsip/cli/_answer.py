@@ -21,19 +21,19 @@ This is a small stand-in, enough for a test responder; the SDP model of
 
 from __future__ import annotations
 
-import logging
 import secrets
 import socket
 from collections import OrderedDict
 from typing import Final
 
+from netsip._log import get_logger
 from netsip.eventloop import EV_READ, EventLoopLike
 from netsip.packet import Request
 from netsip.util import sip_hdrval2parts
 
 __all__ = ["Calls", "MediaSink", "answer_sdp", "offer_sdp", "to_tag"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: calls remembered at most (each a short string)
 MAX_CALLS: Final = 100_000

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import logging
 import os
 import re
 import secrets
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from netsip import __version__
+from netsip._log import get_logger
 from netsip.cli._common import EXIT_FAIL, CliError, SignalStop, make_leg, strerror, tls_options
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
@@ -43,7 +43,7 @@ from netsip.util import (
     sip_uri2sockinfo,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 USER_AGENT: Final = f"netsip/{__version__}"
 

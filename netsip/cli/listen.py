@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import select
 import signal
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any, Final, NoReturn
 
+from netsip._log import get_logger
 from netsip.cli._answer import Calls, MediaSink, answer_sdp, offer_sdp, to_tag
 from netsip.cli._common import (
     EXIT_FAIL,
@@ -62,7 +62,7 @@ from netsip.util import Addr, NetSIPError, Var
 
 __all__ = ["ListenStats", "Listener", "add_parser", "cmd_listen"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Lines to stdout are batched (when stdout is no terminal) and written this often.
 _FLUSH_INTERVAL: Final = 0.2
