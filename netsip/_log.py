@@ -86,6 +86,10 @@ class RateLimitFilter(logging.Filter):
         if len(self._state) >= _MAX_KINDS:
             self._state.clear()
 
+    def reset(self) -> None:
+        """Forget every kind (the next line of each gets through at once)."""
+        self._state.clear()
+
     def suppressed(self) -> int:
         """How many records are held back now (not yet reported by a later line)."""
         return sum(int(held) for _, held in self._state.values())

@@ -331,7 +331,15 @@ class TLSConn(Conn):
         try:
             want = self.handshake()
         except OSError as exc:
-            io.drop(self, exc.errno or errno.EPROTO, "TLS handshake failed: %s", exc)
+            # at the default level (rate-limited like every netsip line): a
+            # refused certificate or no shared cipher is an operator's problem
+            io.drop(
+                self,
+                exc.errno or errno.EPROTO,
+                "TLS handshake failed: %s",
+                exc,
+                level=logging.WARNING,
+            )
             return
         if want is None:
             io.watch_write(self, False)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from netsip._log import FILTER
 from netsip.eventloop import EventLoop
 from netsip.socketpool import get_settings, import_settings
 
@@ -32,3 +33,9 @@ def restore_settings() -> Iterator[None]:
     saved = get_settings()
     yield
     import_settings(**saved)
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_limits() -> None:
+    """Each test sees the first log line of every kind (the rate limit is per process)."""
+    FILTER.reset()

@@ -369,6 +369,39 @@ def test_mutual_tls_client_certificate_required(
         assert "certificate" in caplog.text.lower()
 
 
+def _closed_by_peer(c: socket.socket) -> bool:
+    """Read what the peer sent (a TLS alert, say) and tell whether it then closed."""
+    try:
+        while c.recv(4096, socket.MSG_DONTWAIT):
+            pass
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_handshake_failures_are_logged_at_the_default_level_rate_limited(
+    loop: EventLoop, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed handshake (here: clients that speak no TLS) logs a WARNING with
+    the peer; twenty of them in a row log a line or two, not twenty."""
+    with tls_pool("127.0.0.1", certs.tls(certs.server)) as server:
+        server.attach_eventloop(loop, lambda *x: None)
+        dst = server.master().getsockname()
+        with caplog.at_level(logging.WARNING, logger="netsip.socketpool"):
+            for _ in range(20):
+                with socket.create_connection(dst, timeout=5) as c:
+                    c.sendall(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+                    c.setblocking(False)  # (a timeout would make recv wait in poll)
+                    # the server closes the connection once the handshake failed
+                    drive(loop, partial(_closed_by_peer, c))
+        lines = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+        assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
+        assert lines[0].levelno == logging.WARNING
+        assert "127.0.0.1:" in lines[0].getMessage()  # the peer
+
+
 def test_missing_client_certificate_tls12_fails_handshake(
     loop: EventLoop, certs: Certs, ip: str
 ) -> None:
