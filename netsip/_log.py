@@ -5,8 +5,8 @@ network must not let its peers fill the disk or the terminal: 20,000 unanswered
 INVITEs, a garbage flood or a peer that fails every TLS handshake would each
 log a line per packet. So every netsip logger carries one filter that lets
 through, per logger and message template (the format string, which the code
-fixes, never the peer), one record per interval at INFO and above, and counts
-the records it holds back. The next record of that kind that gets through says
+fixes, never the peer), :data:`BURST` records per second at INFO and above,
+and counts the records it holds back. The next record of that kind that gets through says
 how many were suppressed. DEBUG records are never held back: they are for
 tracing, and off by default.
 
@@ -28,17 +28,21 @@ from typing import Final
 
 __all__ = ["RateLimitFilter", "get_logger"]
 
-#: seconds between two lines of the same kind
+#: the window of the rate limit, in seconds
 INTERVAL: Final = 1.0
+#: lines of one kind per window
+BURST: Final = 5
 #: kinds remembered at most (templates are code literals: this is a safety net)
 _MAX_KINDS: Final = 1024
 
 
 class RateLimitFilter(logging.Filter):
-    """Pass one record per (logger, template) and interval; count the others.
+    """Pass ``burst`` records per (logger, template) and interval; count the others.
 
     Args:
-        interval: seconds during which repeats of a record are held back.
+        interval: the length of one window, in seconds.
+        burst: records of one kind that pass in one window (a few startup
+            lines such as "listening on ..." must all get through).
         clock: the time source (``time.monotonic``; tests pass a fake one).
         min_level: records below this level always pass.
     """
@@ -46,14 +50,16 @@ class RateLimitFilter(logging.Filter):
     def __init__(
         self,
         interval: float = INTERVAL,
+        burst: int = BURST,
         clock: Callable[[], float] = time.monotonic,
         min_level: int = logging.INFO,
     ) -> None:
         super().__init__()
         self.interval = interval
+        self.burst = burst
         self.clock = clock
         self.min_level = min_level
-        # (logger name, template) -> [end of the quiet period, records held back]
+        # (logger name, template) -> [end of the window, passed in it, held back]
         self._state: dict[tuple[str, object], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -62,17 +68,18 @@ class RateLimitFilter(logging.Filter):
         key = (record.name, record.msg)
         now = self.clock()
         state = self._state.get(key)
-        if state is not None and now < state[0]:
-            state[1] += 1
-            return False
-        held = int(state[1]) if state is not None else 0
+        held = 0
         if state is None:
             if len(self._state) >= _MAX_KINDS:
                 self._forget(now)
-            self._state[key] = [now + self.interval, 0]
-        else:
-            state[0] = now + self.interval
-            state[1] = 0
+            state = self._state[key] = [now + self.interval, 0, 0]
+        elif now >= state[0]:  # a new window
+            held = int(state[2])
+            state[0], state[1], state[2] = now + self.interval, 0, 0
+        if state[1] >= self.burst:
+            state[2] += 1
+            return False
+        state[1] += 1
         if held:
             # formatted here: the count must not change the template (the key)
             record.msg = f"{record.getMessage()} [{held} more like this suppressed]"
@@ -80,19 +87,19 @@ class RateLimitFilter(logging.Filter):
         return True
 
     def _forget(self, now: float) -> None:
-        """Drop the kinds whose quiet period is over (all of them if none is)."""
-        for key in [k for k, (until, held) in self._state.items() if until <= now and not held]:
+        """Drop the kinds whose window is over (all of them if none is)."""
+        for key in [k for k, (until, _, held) in self._state.items() if until <= now and not held]:
             del self._state[key]
         if len(self._state) >= _MAX_KINDS:
             self._state.clear()
 
     def reset(self) -> None:
-        """Forget every kind (the next line of each gets through at once)."""
+        """Forget every kind (the next lines of each get through at once)."""
         self._state.clear()
 
     def suppressed(self) -> int:
         """How many records are held back now (not yet reported by a later line)."""
-        return sum(int(held) for _, held in self._state.values())
+        return sum(int(held) for _, _, held in self._state.values())
 
 
 #: the one filter every netsip logger shares

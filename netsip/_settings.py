@@ -38,6 +38,7 @@ from typing import Final, Protocol
 __all__ = [
     "DEFAULT_SETTINGS",
     "Settings",
+    "consistent",
     "current",
     "effective",
     "get_settings",
@@ -63,6 +64,19 @@ DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
 _INT_KEYS: Final = frozenset(
     {"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE", "MAX_WBUF"}
 )
+#: The range of each setting: above it a value allocates or waits without
+#: sense (a TCP_READSIZE of 2**40 made every pool fail with MemoryError).
+#: Small sizes stay allowed: tests read and write in tiny chunks.
+_RANGES: Final[Mapping[str, tuple[float, float]]] = {
+    "MAX_SIP_HEADER": (1, 2**24),
+    "MAX_SIP_BODY": (0, 2**26),
+    "MAX_TIDLIST": (1, 10**5),
+    "MIN_EXPIRE": (0.001, 86400 * 7),
+    "MAX_EXPIRE": (0.001, 86400 * 7),
+    "CONNECT_TIMEOUT": (0.001, 3600),
+    "TCP_READSIZE": (1, 2**24),
+    "MAX_WBUF": (1, 2**30),
+}
 
 
 @dataclass(slots=True)
@@ -82,6 +96,8 @@ class Settings:
 class _Pool(Protocol):
     """What :func:`import_settings` needs of a live pool."""
 
+    _overrides: dict[str, float]
+
     def _refresh_settings(self) -> None: ...
 
 
@@ -99,10 +115,23 @@ def validated(kw: Mapping[str, object]) -> dict[str, float]:
             raise TypeError(f"{key} must be a number, not {value!r}")
         if key in _INT_KEYS and not isinstance(value, int):
             raise TypeError(f"{key} must be an int, not {value!r}")
-        if not math.isfinite(value) or value < 0 or (value == 0 and key != "MAX_SIP_BODY"):
-            raise ValueError(f"{key} must be positive, not {value!r}")
+        low, high = _RANGES[key]
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"{key} must be between {low:g} and {high:g}, not {value!r}")
         out[key] = value
     return out
+
+
+def consistent(values: Mapping[str, float]) -> None:
+    """Check the settings that depend on each other (all of them given).
+
+    Raises:
+        ValueError: ``MIN_EXPIRE`` above ``MAX_EXPIRE``.
+    """
+    if values["MIN_EXPIRE"] > values["MAX_EXPIRE"]:
+        raise ValueError(
+            f"MIN_EXPIRE ({values['MIN_EXPIRE']:g}) is above MAX_EXPIRE ({values['MAX_EXPIRE']:g})"
+        )
 
 
 def current(overrides: Mapping[str, float]) -> dict[str, float]:
@@ -111,8 +140,13 @@ def current(overrides: Mapping[str, float]) -> dict[str, float]:
 
 
 def effective(overrides: Mapping[str, float]) -> Settings:
-    """The :class:`Settings` record of a pool with ``overrides``."""
+    """The :class:`Settings` record of a pool with ``overrides``.
+
+    Raises:
+        ValueError: the overrides make ``MIN_EXPIRE > MAX_EXPIRE``.
+    """
     v = current(overrides)
+    consistent(v)
     return Settings(
         max_sip_header=int(v["MAX_SIP_HEADER"]),
         max_sip_body=int(v["MAX_SIP_BODY"]),
@@ -147,11 +181,18 @@ def import_settings(**kw: float) -> None:
             one connection, default 4 MiB; a sendto that would exceed it fails
             with ``ENOBUFS`` and closes that connection).
 
+    Nothing is stored when one value is refused.
+
     Raises:
-        ValueError: an unknown key (named in the message) or a value <= 0.
+        ValueError: an unknown key (named in the message), a value out of its
+            range (named in the message), or ``MIN_EXPIRE > MAX_EXPIRE``.
         TypeError: a value that is not a number (sizes: not an int).
     """
-    _global.update(validated(kw))
+    checked = validated(kw)
+    consistent({**_global, **checked})
+    for pool in list(_pools):  # ... also with what a live pool overrides
+        consistent({**_global, **checked, **pool._overrides})
+    _global.update(checked)
     for pool in list(_pools):
         pool._refresh_settings()
 

@@ -78,6 +78,7 @@ from netsip._conn import Conn, ConnFactory, new_conn
 from netsip._log import get_logger
 from netsip._settings import (
     DEFAULT_SETTINGS,
+    consistent,
     current,
     effective,
     get_settings,
@@ -144,15 +145,27 @@ class SocketPool:
             raise TypeError(f"master must be a socket.socket, not {type(fd).__name__}")
         if tls is not None and proto != "tls":
             raise ValueError("tls options given for a non-TLS pool")
+        if fd.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"a SocketPool needs an IPv4 or IPv6 socket, not {fd.family.name}")
         want = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
         if fd.type != want:
             raise ValueError(f"a {proto} pool needs a {want.name} socket, got {fd.type.name}")
+        if (
+            proto != "udp"
+            and not connected
+            and not fd.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        ):
+            # accept() on it would fail with EINVAL at every readiness: a busy loop
+            raise ValueError(
+                f"a {proto} pool needs a listening socket (call listen()) or connected=True"
+            )
         make_conn: ConnFactory = new_conn
         if proto == "tls":
             from netsip._tls import conn_factory, make_contexts  # noqa: PLC0415  # see the performance plan
 
             make_conn = conn_factory(make_contexts(tls))
         self._overrides = validated(settings or {})
+        consistent(current(self._overrides))
 
         self.proto: Proto = proto
         self._family = fd.family
@@ -199,7 +212,9 @@ class SocketPool:
         Raises:
             ValueError, TypeError: as :func:`import_settings`.
         """
-        self._overrides.update(validated(kw))
+        checked = validated(kw)
+        consistent(current({**self._overrides, **checked}))
+        self._overrides.update(checked)
         self._refresh_settings()
 
     def get_settings(self) -> dict[str, float]:

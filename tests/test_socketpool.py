@@ -102,6 +102,51 @@ def test_import_settings_unknown_key_and_bad_values() -> None:
     assert get_settings()["MIN_EXPIRE"] == 15  # nothing half-applied
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"TCP_READSIZE": 2**40},  # stored, it made every later pool fail with MemoryError
+        {"MAX_SIP_HEADER": 2**30},
+        {"MAX_WBUF": 2**40},
+        {"CONNECT_TIMEOUT": 10**9},
+        {"MIN_EXPIRE": 10**9},
+        {"MIN_EXPIRE": 200},  # above MAX_EXPIRE (120)
+        {"MIN_EXPIRE": 10, "MAX_EXPIRE": 5},
+        {"MAX_SIP_BODY": 100, "TCP_READSIZE": 0},  # one bad value: nothing stored
+    ],
+)
+def test_import_settings_refuses_values_out_of_range(kw: dict[str, int]) -> None:
+    before = get_settings()
+    with pytest.raises(ValueError, match="|".join(kw)):
+        import_settings(**kw)
+    assert get_settings() == before
+    with udp_socket("127.0.0.1") as s, pytest.raises(ValueError):
+        SocketPool("udp", s, settings=kw)
+
+
+def test_a_pool_override_and_the_module_setting_must_agree() -> None:
+    with SocketPool("udp", udp_socket("127.0.0.1"), settings={"MAX_EXPIRE": 20}) as pool:
+        with pytest.raises(ValueError, match="MIN_EXPIRE"):
+            import_settings(MIN_EXPIRE=30)  # fine alone, not for this pool
+        with pytest.raises(ValueError, match="MIN_EXPIRE"):
+            pool.import_settings(MIN_EXPIRE=30)
+        assert get_settings()["MIN_EXPIRE"] == 15 and pool.get_settings()["MIN_EXPIRE"] == 15
+
+
+def test_stream_pool_needs_a_listening_or_connected_socket() -> None:
+    """A bound, not listening TCP socket busy-looped on EINVAL; now a ValueError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="listening"):
+            SocketPool("tcp", s)
+
+
+def test_pool_refuses_a_unix_socket() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, pytest.raises(ValueError, match="IPv4 or IPv6"):
+        SocketPool("udp", a)
+
+
 def test_settings_apply_to_existing_pools_and_overrides() -> None:
     with SocketPool("udp", udp_socket("127.0.0.1"), settings={"MAX_TIDLIST": 5}) as pool:
         import_settings(MAX_SIP_BODY=1000, MAX_TIDLIST=7)
