@@ -26,6 +26,7 @@ import pytest
 
 from netsip import cli
 from netsip.cli import listen as cli_listen
+from netsip.cli._listen_sockets import set_rcvbuf
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -945,3 +946,27 @@ def test_listen_keeps_answering_when_nobody_reads_its_stdout(
             proc.wait(timeout=TIMEOUT)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_set_rcvbuf_grants_at_least_what_the_system_allows() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        got = set_rcvbuf(s, 4 * before)
+        assert got == s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        rmem_max = Path("/proc/sys/net/core/rmem_max")
+        if os.geteuid() == 0 or (rmem_max.exists() and int(rmem_max.read_text()) >= 4 * before):
+            assert got >= 4 * before  # root forces it past rmem_max (SO_RCVBUFFORCE)
+        else:
+            assert got >= before
+
+
+def test_listen_rcvbuf_option(listen_factory: list[Listen], tmp_path: Path) -> None:
+    srv = start_listen(
+        listen_factory, tmp_path, "--listen", "udp:127.0.0.1:0", "--rcvbuf", "1048576", "-v"
+    )
+    srv.addresses(1)
+    srv.stop()
+    assert srv.returncode == 0
+    assert any("receive buffer" in line and "udp:127.0.0.1:" in line for line in srv.err.lines), (
+        srv.err.lines
+    )

@@ -8,6 +8,7 @@ that every worker gets ``SO_REUSEPORT`` twins bound before the fork.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import socket
@@ -143,3 +144,20 @@ def open_listen_sockets(specs: Sequence[ListenSpec], workers: int = 1) -> list[B
                 continue
             raise CliError(f"cannot listen on {current}: {exc.strerror or exc}") from None
     raise AssertionError("unreachable")
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of ``size`` bytes; return what the kernel granted.
+
+    Linux caps ``SO_RCVBUF`` at ``net.core.rmem_max`` (and reports twice the
+    value asked for, its bookkeeping included); a privileged process may go
+    beyond with ``SO_RCVBUFFORCE``, which is tried when the cap bites.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if got < size and force is not None:
+        with contextlib.suppress(OSError):  # EPERM: not privileged
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    return got

@@ -53,7 +53,13 @@ from netsip.cli._common import (
     strerror,
     tls_options,
 )
-from netsip.cli._listen_sockets import Bound, ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.cli._listen_sockets import (
+    Bound,
+    ListenSpec,
+    open_listen_sockets,
+    parse_listen_spec,
+    set_rcvbuf,
+)
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -110,6 +116,14 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         default=1,
         metavar="N",
         help="N processes sharing the port(s) with SO_REUSEPORT (default %(default)s)",
+    )
+    p.add_argument(
+        "--rcvbuf",
+        type=count,
+        default=0,
+        metavar="BYTES",
+        help="receive buffer of the UDP sockets (SO_RCVBUF); a flood drops less with a big "
+        "one; capped by net.core.rmem_max unless run as root (default: the system's)",
     )
     p.add_argument(
         "--work-us",
@@ -543,6 +557,22 @@ def cmd_listen(args: argparse.Namespace) -> int:
         raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
     phrase = args.reason if args.reason is not None else REASON_PHRASES.get(args.code, "")
     sets = open_listen_sockets(specs, args.workers)
+    if args.rcvbuf:
+        for spec, sock in (pair for bound in sets for pair in bound):
+            if spec.proto != "udp":
+                continue
+            got = set_rcvbuf(sock, args.rcvbuf)
+            if got < args.rcvbuf:
+                log.warning(
+                    "%s: receive buffer %d bytes, not %d: raise net.core.rmem_max "
+                    "(sysctl -w net.core.rmem_max=%d) or run as root",
+                    spec,
+                    got,
+                    args.rcvbuf,
+                    args.rcvbuf,
+                )
+            else:
+                log.debug("%s: receive buffer %d bytes", spec, got)
 
     def ready() -> None:
         for spec, _ in sets[0]:
