@@ -60,9 +60,23 @@ DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
     # Not in Perl: bytes queued for writing on one connection before further
     # sendto's fail with ENOBUFS and the connection is closed.
     "MAX_WBUF": 2**22,
+    # Not in Perl: bytes queued for writing on all connections of a pool;
+    # past it, the connection with the most queued is closed (ENOBUFS).
+    "MAX_WBUF_TOTAL": 2**26,
+    # Not in Perl: bytes of responses a Dispatcher keeps to answer
+    # retransmitted requests; past it, the oldest are forgotten.
+    "MAX_RESPONSE_CACHE": 2**25,
 }
 _INT_KEYS: Final = frozenset(
-    {"MAX_SIP_HEADER", "MAX_SIP_BODY", "MAX_TIDLIST", "TCP_READSIZE", "MAX_WBUF"}
+    {
+        "MAX_SIP_HEADER",
+        "MAX_SIP_BODY",
+        "MAX_TIDLIST",
+        "TCP_READSIZE",
+        "MAX_WBUF",
+        "MAX_WBUF_TOTAL",
+        "MAX_RESPONSE_CACHE",
+    }
 )
 #: The range of each setting: above it a value allocates or waits without
 #: sense (a TCP_READSIZE of 2**40 made every pool fail with MemoryError).
@@ -76,6 +90,8 @@ _RANGES: Final[Mapping[str, tuple[float, float]]] = {
     "CONNECT_TIMEOUT": (0.001, 3600),
     "TCP_READSIZE": (1, 2**24),
     "MAX_WBUF": (1, 2**30),
+    "MAX_WBUF_TOTAL": (1, 2**34),
+    "MAX_RESPONSE_CACHE": (0, 2**34),
 }
 
 
@@ -91,6 +107,7 @@ class Settings:
     connect_timeout: float
     tcp_readsize: int
     max_wbuf: int
+    max_wbuf_total: int
 
 
 class _Pool(Protocol):
@@ -156,6 +173,7 @@ def effective(overrides: Mapping[str, float]) -> Settings:
         connect_timeout=v["CONNECT_TIMEOUT"],
         tcp_readsize=int(v["TCP_READSIZE"]),
         max_wbuf=int(v["MAX_WBUF"]),
+        max_wbuf_total=int(v["MAX_WBUF_TOTAL"]),
     )
 
 
@@ -179,7 +197,12 @@ def import_settings(**kw: float) -> None:
             ``MIN_EXPIRE``, ``MAX_EXPIRE``, ``CONNECT_TIMEOUT``, ``TCP_READSIZE``,
             ``MAX_WBUF`` (not in Perl: the most bytes queued for writing on
             one connection, default 4 MiB; a sendto that would exceed it fails
-            with ``ENOBUFS`` and closes that connection).
+            with ``ENOBUFS`` and closes that connection), ``MAX_WBUF_TOTAL``
+            (not in Perl: the same for all connections of a pool, default
+            64 MiB; past it the connection with the most queued is closed)
+            and ``MAX_RESPONSE_CACHE`` (not in Perl: bytes of responses a
+            Dispatcher keeps for retransmitted requests, default 32 MiB; the
+            oldest are forgotten first).
 
     Nothing is stored when one value is refused.
 

@@ -119,6 +119,8 @@ class StreamTransport(ConnTable):
         self.acceptor = Acceptor(conn, proto, local_ip, dst) if peer is None else None
         self.deliver: Deliver = as_callable(None)
         self.corked: Conn | None = None  # its writes wait for the end of a read batch
+        #: bytes in the write buffers of all connections (MAX_WBUF_TOTAL)
+        self.wbuf_total = 0
         self._rbuf = bytearray(cfg.tcp_readsize)
         self._rview = memoryview(self._rbuf)
 
@@ -403,6 +405,7 @@ class StreamTransport(ConnTable):
             # under load): appended, written with the others after the batch.
             wbuf += data
             conn.queued += len(data)
+            self.wbuf_total += len(data)
             if callback is not None:
                 conn.wcallbacks.append((conn.queued, callback))
             return
@@ -428,8 +431,14 @@ class StreamTransport(ConnTable):
             )
             invoke_callback(callback, errno.ENOBUFS)
             return
+        if self.wbuf_total + len(data) > self.cfg.max_wbuf_total and not self._make_room(
+            conn, len(data)
+        ):
+            invoke_callback(callback, errno.ENOBUFS)
+            return
         wbuf += data
         conn.queued += len(data)
+        self.wbuf_total += len(data)
         if callback is not None:
             conn.wcallbacks.append((conn.queued, callback))
         if (
@@ -438,6 +447,39 @@ class StreamTransport(ConnTable):
             and (conn is not self.corked or len(wbuf) >= _CORK_MAX)
         ):
             self.flush(conn)
+
+    def _make_room(self, conn: Conn, size: int) -> bool:
+        """The pool's write buffers are full: close the connections that
+        queued the most (peers that do not read) until ``size`` more bytes fit.
+
+        Returns False when ``conn`` itself holds the most: then its packet is
+        refused (ENOBUFS) and the connection stays.
+        """
+        limit = self.cfg.max_wbuf_total
+        while self.wbuf_total + size > limit:
+            worst = max(self.conns.values(), key=lambda c: len(c.wbuf), default=None)
+            if worst is None or worst is conn or not worst.wbuf:
+                return False
+            self.drop(
+                worst,
+                errno.ENOBUFS,
+                "pool write buffers full (%d + %d bytes > MAX_WBUF_TOTAL %d), %d bytes here",
+                self.wbuf_total,
+                size,
+                limit,
+                len(worst.wbuf),
+                level=logging.WARNING,
+            )
+        return True
+
+    def drop(
+        self, conn: Conn, err: int, why: str, *args: object, level: int = logging.INFO
+    ) -> None:
+        """As :meth:`ConnTable.drop`; what ``conn`` still queued leaves the total."""
+        if not conn.closed:
+            self.wbuf_total -= len(conn.wbuf)
+            conn.wbuf.clear()
+        super().drop(conn, err, why, *args, level=level)
 
     def writable(self, conn: Conn, _fd: object = None) -> None:
         """EV_WRITE on an established connection."""
@@ -452,6 +494,7 @@ class StreamTransport(ConnTable):
                 n = conn.send(wbuf)
                 del wbuf[:n]  # O(1): bytearray just moves its start
                 conn.written += n
+                self.wbuf_total -= n
         except BlockingIOError:
             pass
         except OSError as exc:

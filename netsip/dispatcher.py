@@ -72,6 +72,9 @@ from typing import Any
 
 from netsip._delivery import DeliveryQueue, QueueEntry
 from netsip._log import get_logger
+from netsip._settings import get_settings
+from netsip._settings import track as track_settings
+from netsip._settings import untrack as untrack_settings
 from netsip._uriresolve import SRV_PRIO_UNDEF, Dest, Target, UriResolver
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
@@ -83,6 +86,12 @@ from netsip.util import Addr, NetSIPError, Proto, errno_of, invoke_callback
 __all__ = ["SRV_PRIO_UNDEF", "Dispatcher", "QueueEntry", "Target"]
 
 log = get_logger(__name__)
+
+
+def _wire_size(response: Response | bytes) -> int:
+    """What a cached response costs: its wire size (kept as bytes, or rebuilt)."""
+    return len(response) if isinstance(response, bytes) else len(response.as_bytes())
+
 
 #: RFC 3261 8.1.1: the header fields that make a message's transaction and
 #: dialog (Via and Max-Forwards are mandatory too; a missing Via is the Leg's
@@ -165,7 +174,12 @@ class Dispatcher:
         # a response sent right away is kept as its wire form: bytes are small
         # and not tracked by the cyclic GC (tens of thousands of cached Response
         # objects made its full collections a tenth of a UAS's CPU time)
-        self._cache: ResponseCache[Response | bytes] = ResponseCache()
+        # bounded in bytes (MAX_RESPONSE_CACHE, followed on import_settings)
+        self._cache: ResponseCache[Response | bytes] = ResponseCache(
+            max_bytes=int(get_settings()["MAX_RESPONSE_CACHE"]), size=_wire_size
+        )
+        self._overrides: dict[str, float] = {}  # (what the settings table asks of us)
+        track_settings(self)
         self._cache_timer: TimerLike | None = None
         self._closed = False
         self._uri = UriResolver(self._get_legs_list, self.eventloop, domain2proxy, dnsresolv)
@@ -536,6 +550,10 @@ class Dispatcher:
 
     # ------------------------------------------------------------ lifecycle
 
+    def _refresh_settings(self) -> None:
+        """``import_settings`` changed a setting: follow MAX_RESPONSE_CACHE."""
+        self._cache.max_bytes = int(get_settings()["MAX_RESPONSE_CACHE"])
+
     def close(self) -> None:
         """Cancel all deliveries, detach and close every leg, close the resolver.
 
@@ -546,6 +564,7 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
+        untrack_settings(self)
         self._delivery.close()
         if self._cache_timer is not None:
             self._cache_timer.cancel()

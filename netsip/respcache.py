@@ -103,12 +103,27 @@ class ResponseCache(Generic[R]):
         lifetime: how long an entry lives (default 32 s, i.e. 64*T1).
     """
 
-    __slots__ = ("_entries", "_expires", "lifetime")
+    __slots__ = ("_bytes", "_entries", "_expires", "_size", "_sizes", "lifetime", "max_bytes")
 
-    def __init__(self, lifetime: float = CACHE_TIME) -> None:
+    def __init__(
+        self,
+        lifetime: float = CACHE_TIME,
+        *,
+        max_bytes: int | None = None,
+        size: Callable[[R], int] | None = None,
+    ) -> None:
         if lifetime <= 0:
             raise ValueError(f"lifetime must be positive, got {lifetime!r}")
+        if (max_bytes is None) != (size is None):
+            raise ValueError("max_bytes and size go together")
         self.lifetime = lifetime
+        #: the most bytes the entries may hold (None: no bound); the oldest
+        #: entries make room (a flood of unique large requests must not
+        #: grow the memory without bound)
+        self.max_bytes = max_bytes
+        self._size = size
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
         # key -> response, ordered by expiry because lifetime is constant and
         # entries are moved to the end whenever they are stored again; the
         # expiry times apart in a plain dict of str -> float, which the cyclic
@@ -136,6 +151,14 @@ class ResponseCache(Generic[R]):
             entries.move_to_end(key)  # stored again: it now expires last
         entries[key] = response
         self._expires[key] = now + self.lifetime
+        size = self._size
+        if size is not None:
+            n = size(response)
+            self._bytes += n - self._sizes.get(key, 0)
+            self._sizes[key] = n
+            limit = self.max_bytes
+            if limit is not None and self._bytes > limit:
+                self._shrink(limit)
         self.expire(now)
 
     def get(self, key: str, now: float) -> R | None:
@@ -156,11 +179,27 @@ class ResponseCache(Generic[R]):
             return None
         return self._entries[key]
 
+    @property
+    def bytes(self) -> int:
+        """The bytes the entries hold (0 without a size function)."""
+        return self._bytes
+
+    def _shrink(self, limit: int) -> None:
+        """Forget the oldest entries until the rest fit in ``limit`` bytes."""
+        entries = self._entries
+        while entries and self._bytes > limit:
+            self._drop(next(iter(entries)))
+
+    def _drop(self, key: str) -> None:
+        del self._entries[key]
+        del self._expires[key]
+        if self._sizes:
+            self._bytes -= self._sizes.pop(key, 0)
+
     def discard(self, key: str) -> None:
         """Drop the entry for ``key`` if there is one."""
         if key in self._entries:
-            del self._entries[key]
-            del self._expires[key]
+            self._drop(key)
 
     def expire(self, now: float) -> float | None:
         """Drop every entry that expired before ``now``.
@@ -178,8 +217,7 @@ class ResponseCache(Generic[R]):
             when = expires[key]
             if when >= now:
                 return when
-            del entries[key]
-            del expires[key]
+            self._drop(key)
         return None
 
     def next_expire(self) -> float | None:
@@ -192,3 +230,5 @@ class ResponseCache(Generic[R]):
         """Drop every entry."""
         self._entries.clear()
         self._expires.clear()
+        self._sizes.clear()
+        self._bytes = 0

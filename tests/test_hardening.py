@@ -427,6 +427,50 @@ def test_write_buffer_limit_fails_sendto_with_enobufs_and_closes() -> None:
         assert [p.tid() for p, _ in good_got] == [f"good {k}" for k in sorted(good)]
 
 
+def test_pool_wide_write_limit_closes_the_worst_reader() -> None:
+    """Peers that never read, each under MAX_WBUF but together over
+    MAX_WBUF_TOTAL: the connection with the most queued is closed (ENOBUFS),
+    the pool's write buffers never hold much more than the limit, and a
+    reading peer keeps getting its packets."""
+    per_conn, total = 256 * 1024, 384 * 1024
+    body = b"x" * 16000
+    settings = {"MAX_WBUF": per_conn, "MAX_WBUF_TOTAL": total}
+    with contextlib.ExitStack() as stack:
+        loop = stack.enter_context(EventLoop())
+        pool = stack.enter_context(SocketPool("tcp", tcp_listener(), settings=settings))
+        reader = stack.enter_context(SocketPool("tcp", tcp_listener()))
+        stuck_servers = [stack.enter_context(tcp_listener(rcvbuf=4096)) for _ in range(4)]
+        pool.attach_eventloop(loop, None)
+        good_got, good_cb = collector()
+        reader.attach_eventloop(loop, good_cb)
+        failed: list[int] = []
+        good: dict[int, list[int]] = {}
+        peers = []
+        for k, server in enumerate(stuck_servers):
+            pool.sendto(pkt(request(0, f"stuck{k}", body)), addr_of(server), failed.append)
+            peers.append(stack.enter_context(server.accept()[0]))
+        max_queued = 0
+        i = 0
+        while errno.ENOBUFS not in failed:
+            i += 1
+            assert i < 3000, "the write buffers grow without bound"
+            server = stuck_servers[i % 4]
+            pool.sendto(pkt(request(i, f"stuck{i % 4}", body)), addr_of(server), failed.append)
+            if i % 8 == 0:
+                pool.sendto(
+                    pkt(request(i, "good")),
+                    addr_of(reader.master()),
+                    lambda err, i=i: good.setdefault(i, []).append(err),
+                )
+            max_queued = max(max_queued, pool.queued_bytes())
+            loop.loop(0)
+        assert max_queued <= total + len(body) + 4096
+        # one connection closed, by the pool-wide limit (each is far below its own)
+        assert pool.connection_count() == 4
+        drive(loop, lambda: len(good_got) == len(good) and all(v == [0] for v in good.values()))
+        assert [p.tid() for p, _ in good_got] == [f"good {k}" for k in sorted(good)]
+
+
 def test_max_wbuf_setting() -> None:
     assert get_settings()["MAX_WBUF"] == 4 * 1024 * 1024
     with pytest.raises(ValueError, match="MAX_WBUF"):

@@ -22,17 +22,21 @@ import socket
 import tracemalloc
 from collections.abc import Callable
 
+import psutil
+import pytest
+
 from netsip import packet as packet_mod
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop, TimerEvent
 from netsip.leg import Leg
 from netsip.packet import Packet, Request
-from netsip.socketpool import SocketPool
+from netsip.socketpool import SocketPool, import_settings
 from netsip.util import Addr
 from tests.support import (
     FakeClock,
     addr_of,
     connect,
+    datagrams,
     drive,
     open_fds,
     tcp_listener,
@@ -367,3 +371,57 @@ def test_soak_5000_tcp_connections_back_to_baseline() -> None:
         assert len(loop._heap) <= heap0 + 1  # cancelled timers do not pile up
         assert pool.connection_count() == 0 and pool.queued_bytes() == 0
         assert grown < 256 * 1024, f"memory grew by {grown} bytes"
+
+
+# ------------------------------------------------------------ response cache
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_flood_of_unique_large_requests_keeps_the_response_cache_bounded() -> None:
+    """1,500 unique requests of ~60 KB, each answered (responses copy the big
+    From): the cache keeps at most MAX_RESPONSE_CACHE bytes, the process grows
+    by little more, and a good client is still served."""
+    limit = 4 * 1024 * 1024
+    big = "x" * 60_000
+    proc = psutil.Process()
+    with EventLoop() as loop:
+        import_settings(MAX_RESPONSE_CACHE=limit)
+        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+        try:
+            leg = disp.legs[0]
+            big_rcvbuf(leg.socketpool().master())
+            answered = 0
+
+            def uas(packet: Packet, leg_: Leg, from_: Addr) -> None:
+                nonlocal answered
+                if isinstance(packet, Request):
+                    disp.deliver(packet.create_response(200), leg=leg_, dst_addr=from_)
+                    answered += 1
+
+            disp.set_receiver(uas)
+            dst = leg.socketpool().master().getsockname()
+            gc.collect()
+            rss_before = proc.memory_info().rss
+            peak_cache = 0
+            with udp_socket() as sender:
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+                for n in range(1, 1501):
+                    display = big[: 60_000 - n % 7]  # unique sizes too
+                    req = request(n, f"flood-{n}", proto="UDP").replace(
+                        b"From: ", f'From: "{display}" '.encode(), 1
+                    )
+                    sender.sendto(req, dst)
+                    if n % 20 == 0:
+                        drive(loop, at_least(lambda: answered, n))
+                        peak_cache = max(peak_cache, disp._cache.bytes)
+                        datagrams(sender)  # the responses, not kept
+            assert answered == 1500
+            assert peak_cache <= limit
+            grown = proc.memory_info().rss - rss_before
+            assert grown < limit + 40 * 1024 * 1024, grown  # 90 MB of responses unbounded
+            # a good client is still answered
+            with udp_socket() as good:
+                good.sendto(request(1, "good", proto="UDP"), dst)
+                drive(loop, at_least(lambda: answered, 1501))
+        finally:
+            disp.close()

@@ -87,3 +87,23 @@ def test_put_expires_old_entries() -> None:
 def test_bad_lifetime() -> None:
     with pytest.raises(ValueError):
         ResponseCache(lifetime=0)
+
+
+def test_bounded_in_bytes_oldest_go_first() -> None:
+    cache: ResponseCache[bytes] = ResponseCache(max_bytes=100, size=len)
+    for n in range(10):
+        cache.put(f"k{n}", b"x" * 30, now=float(n))
+    assert cache.bytes <= 100
+    assert [cache.get(f"k{n}", 10.0) for n in range(10)][-3:] == [b"x" * 30] * 3
+    assert cache.get("k0", 10.0) is None  # the oldest made room
+    # replacing an entry counts its new size only
+    cache.put("k9", b"y" * 90, now=11.0)
+    assert cache.bytes == 90 and len(cache) == 1
+    cache.discard("k9")
+    assert cache.bytes == 0
+    # expiry gives the bytes back too
+    cache.put("a", b"z" * 10, now=0.0)
+    cache.expire(100.0)
+    assert (len(cache), cache.bytes) == (0, 0)
+    with pytest.raises(ValueError, match="go together"):
+        ResponseCache(max_bytes=10)

@@ -86,6 +86,8 @@ def test_default_settings() -> None:
         "CONNECT_TIMEOUT": 10,
         "TCP_READSIZE": 2**16,
         "MAX_WBUF": 2**22,
+        "MAX_WBUF_TOTAL": 2**26,
+        "MAX_RESPONSE_CACHE": 2**25,
     }
     assert get_settings() == socketpool.DEFAULT_SETTINGS
 
