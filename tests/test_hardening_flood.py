@@ -22,7 +22,7 @@ import socket
 import tracemalloc
 from collections.abc import Callable
 
-from netsip import packet as packet_mod
+from netsip import _cache as packet_mod
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop, TimerEvent
 from netsip.leg import Leg
