@@ -167,20 +167,13 @@ def parse_stream(buf: bytes | bytearray, start: int, hend: int, max_body: int) -
     if buf[start] in (10, 13):
         return None  # line breaks before the start line: see parse
     lines = buf[start:hend].decode(ENC, ERRORS).split("\r\n")
-    clen: list[int] = []
     try:
-        method, code, text, hdrs, tid, raw, first, _, _ = _build(
-            b"", lines, lines, 0, True, clen_out=clen
+        parts = _build(
+            b"", lines, lines, hend + 4, True, stream=buf, start=start, max_body=max_body
         )
     except PacketError:
         return None
-    # RFC 3261 20.14: Content-Length is mandatory on streams; it frames the message
-    n = clen[0]
-    end = hend + 4 + n
-    if n < 0 or n > max_body or end > len(buf):
-        return None
-    wire = bytes(buf[start:end])
-    return method, code, text, hdrs, tid, raw, first, wire[hend + 4 - start :] if n else b"", wire
+    return None if parts[8] is None else parts
 
 
 # ---------------------------------------------------------------------------
@@ -237,7 +230,9 @@ def _build(
     bstart: int,
     complete: bool,
     *,
-    clen_out: list[int] | None = None,
+    stream: bytes | bytearray | None = None,
+    start: int = 0,
+    max_body: int = 0,
 ) -> Parts:
     """Validate the start line and headers of a split message; its parts.
 
@@ -246,12 +241,19 @@ def _build(
         lines: the raw logical header lines (kept for re-emission), start line first.
         flat: the same lines unfolded (``lines`` itself if nothing was folded).
         complete: an empty line ended the header.
-        clen_out: for :func:`parse_stream`: ``data`` is empty (the header
-            block is all there is yet); the Content-Length (-1 if absent) is
-            appended here instead of being checked against the body, and the
-            caller makes body and wire form.
+        stream: for :func:`parse_stream`: the connection's buffer, the
+            message starting at ``start``, its body at ``bstart`` (``data``
+            is empty); the message ends where its Content-Length (at most
+            ``max_body``) says. If it cannot (no or too large a
+            Content-Length, the body not all in the buffer), the parts have
+            no wire form.
     """
     first = lines[0]
+    # from here on the raw header lines alone, index = line number (kept
+    # for re-emission); ``flat`` likewise
+    del lines[0]
+    if flat is not lines:
+        del flat[0]
     known = _first_get(first)
     if known is not None:
         method, code, text = known
@@ -268,7 +270,7 @@ def _build(
     callid_line = CALLID_LINE_RE.fullmatch
     values: tuple[str, ...] | None
     cm: str | None
-    for lineno, line in enumerate(flat[1:]):
+    for lineno, line in enumerate(flat):
         hit = line_get(line)
         if hit is not None:
             # a line seen (and found valid) before
@@ -312,11 +314,21 @@ def _build(
             f"method in cseq does not match method of request: {cseq_method} != {method}"
         )
 
-    body = data[bstart:]
+    # Call-ID and CSeq are single-valued and at hand: the tid costs less now
+    # than through the header index later, and every receiver asks for it
+    tid = make_tid(once.get("call-id"), once.get("cseq"))
     cl = once.get("content-length")
-    if clen_out is not None:
-        clen_out.append(-1 if cl is None else int(cl))
-    elif cl is not None:
+    if stream is not None:
+        # RFC 3261 20.14: Content-Length is mandatory on streams; it frames the message
+        n = -1 if cl is None else int(cl)
+        end = bstart + n
+        if n < 0 or n > max_body or end > len(stream):
+            return method, code, text, hdrs, tid, lines, first, b"", None
+        message = bytes(stream[start:end])
+        body = message[bstart - start :] if n else b""
+        return method, code, text, hdrs, tid, lines, first, body, message
+    body = data[bstart:]
+    if cl is not None:
         n = int(cl)
         if n < len(body):
             # RFC 3261 18.3: octets beyond Content-Length are discarded
@@ -325,10 +337,6 @@ def _build(
             data = data[: bstart + n]
         elif n > len(body):
             raise PacketError(f"content-length {n} is larger than the body ({len(body)} octets)")
-    del lines[0]  # keep the raw header lines, index = line number
-    # Call-ID and CSeq are single-valued and at hand: the tid costs less now
-    # than through the header index later, and every receiver asks for it
-    tid = make_tid(once.get("call-id"), once.get("cseq"))
     # the received bytes are the wire form, unless they lack Content-Length
     # (needed on stream transports, RFC 3261 20.14) or the empty line
     wire = data if cl is not None and complete else None
