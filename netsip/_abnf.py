@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------
-# message framing (RFC 3261 7, 7.5)
+# message framing (RFC 3261 7)
 
 #   Request   =  Request-Line *( message-header ) CRLF [ message-body ]
 #   Response  =  Status-Line *( message-header ) CRLF [ message-body ]
@@ -57,8 +57,9 @@ __all__ = [
 # line, then the CRLF of the empty one.
 CRLF = b"\r\n"
 HEADER_END = b"\r\n\r\n"
-# Net::SIP also takes bare LFs as line ends (RFC 3261 7.5 asks for CRLF, but
-# tolerance here costs nothing): the first empty line in any spelling.
+# Net::SIP also takes bare LFs as line ends (RFC 3261 7 asks for CRLF; a
+# datagram holds one message, so tolerance is safe there): the first empty
+# line in any spelling.
 HEADER_END_ANY_RE = re.compile(rb"\r?\n\r?\n")
 
 # ---------------------------------------------------------------------------
