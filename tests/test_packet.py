@@ -183,6 +183,7 @@ def test_module_is_pure(module: ModuleType) -> None:
         "os",
         "re",
         "collections",
+        "types",
         "typing",
         "netsip",
     }
