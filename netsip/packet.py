@@ -30,18 +30,20 @@ and after modification every line whose values are all still present is
 emitted verbatim; new headers are written with their canonical name
 (``Call-ID``, ``CSeq``, ``WWW-Authenticate``...).
 
-Performance plan: per message received, a parse and a handful of header
-lookups (``tid``, ``get_header``); per message sent, a few header edits and
-one serialisation; per request answered, ``create_response``. So the
-transaction id is computed while parsing (and copied by
-``create_response``), the header index is kept up to date rather than
-dropped, the wire form is cached until the packet changes, and a response
-to a registered code takes a ready-made status line. CPython specialises
-an attribute store for one type per place in the code, and the one slot
-writer, ``Packet._set``, runs for requests and responses alike: Request and
-Response each have a copy of it with a code object of its own
-(``_own_copy``), so that its stores stay specialised (shared, they cost
-about 100 ns per packet).
+Performance plan:
+
+- Operations: per message received, a parse and a handful of header
+  lookups (``tid``, ``get_header``); per message sent, a few header edits
+  and one serialisation; per request answered, ``create_response``.
+- Plan: the transaction id is computed while parsing (and copied by
+  ``create_response``); the header index is kept up to date rather than
+  dropped; the wire form is cached until the packet changes; a response to
+  a registered code takes a ready-made status line.
+- CPython specialises a call or an attribute store for one type per place
+  in the code. So each class has its own constructor function
+  (``_request``, ``_response``), and its own copy of the slot writer
+  ``Packet._set``, with a code object of its own (``_own_copy``): shared by
+  requests and responses, the stores cost about 100 ns more per packet.
 
 Differences from Net::SIP:
 

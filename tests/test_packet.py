@@ -205,6 +205,12 @@ def test_no_pattern_twice() -> None:
     assert len({(p.pattern, p.flags) for p in patterns}) == len(patterns)
 
 
+def test_each_class_has_its_own_slot_writer() -> None:
+    """CPython specialises the stores of one code object for one type."""
+    codes = {Packet._set.__code__, Request._set.__code__, Response._set.__code__}
+    assert len(codes) == 3
+
+
 def test_bounded_cache_empties_when_full() -> None:
     cache = _cache.BoundedCache[str, int](3)
     for i in range(3):
