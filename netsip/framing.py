@@ -27,9 +27,9 @@ linear time rather than a rescan from the start per read.
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
+from netsip._abnf import CONTENT_LENGTH_LINE_RE, CRLF, HEADER_END
 from netsip.packet import Packet, PacketError, parse_stream
 from netsip.util import NetSIPError
 
@@ -65,17 +65,9 @@ class NeedMore(NamedTuple):
     need: int
 
 
-# Content-Length or compact "l" at the start of a header line, value up to the
-# end of the field including folded continuation lines (RFC 3261 7.3.1).
-# Matched with pos/endpos over the header block only, never the whole buffer.
-_CLEN_RX = re.compile(rb"\n(?:content-length|l)[ \t]*:((?:[^\r\n]|\r\n[ \t])*)", re.IGNORECASE)
-
 # More digits than this can never be below any sane body limit; refusing them
 # early also keeps int() away from multi-kilobyte digit strings.
 _MAX_CLEN_DIGITS = 12
-
-_CRLF = b"\r\n"
-_HEADER_END = b"\r\n\r\n"
 
 
 def frame(
@@ -108,7 +100,7 @@ def frame(
     """
     n = len(buf)
     # RFC 3261 7.5: CRLFs before a start-line are ignored (keep-alives).
-    while buf.startswith(_CRLF, start):
+    while buf.startswith(CRLF, start):
         start += 2
     if start >= n or (n - start == 1 and buf[start] == 13):
         # Nothing, or half a CRLF that may be a keep-alive.
@@ -117,7 +109,7 @@ def frame(
     # The terminator must begin within max_header bytes of the start, so
     # never search further than that however big the buffer is.
     limit = start + max_header + 4
-    hend = buf.find(_HEADER_END, scan if scan > start else start, limit)
+    hend = buf.find(HEADER_END, scan if scan > start else start, limit)
     if hend < 0:
         if n >= limit:
             raise FramingError(f"SIP header is too big (more than {max_header} bytes)")
@@ -127,8 +119,10 @@ def frame(
     clen = -1
     # endpos hend+2 keeps the CRLF of the last header line and excludes the
     # empty line, so a folded value cannot run into the body.
-    # findall: the values only, no match objects (a third of the cost)
-    for raw in _CLEN_RX.findall(buf, start, hend + 2):
+    # Content-Length lines (netsip._abnf), matched with pos/endpos over the
+    # header block only, never the whole buffer; findall: the values only,
+    # no match objects (a third of the cost)
+    for raw in CONTENT_LENGTH_LINE_RE.findall(buf, start, hend + 2):
         value = raw.strip()
         if not value.isdigit() or len(value) > _MAX_CLEN_DIGITS:
             raise FramingError(f"invalid Content-Length {value[:40]!r}")
@@ -174,7 +168,7 @@ def next_message(
         FramingError: the stream cannot be framed (see :func:`frame`).
         PacketError: a message was framed but is not a valid SIP message.
     """
-    hend = buf.find(_HEADER_END, scan if scan > start else start, start + max_header + 4)
+    hend = buf.find(HEADER_END, scan if scan > start else start, start + max_header + 4)
     if hend > start:
         got = parse_stream(buf, start, hend, max_body)
         if got is not None:

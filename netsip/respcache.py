@@ -19,32 +19,29 @@ expiry costs O(1) per entry (no scan of the whole cache).  The caller passes
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
+
+from netsip._abnf import NAME_ADDR_TAG_RE, TAG_PARAM_RE
 
 __all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
 
 #: seconds a response is kept: 64*T1 (RFC 3261 17.2.1 Timer H / 17.2.2 Timer J)
 CACHE_TIME = 32.0
 
-_TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
-# a name-addr followed by its tag and nothing else (the To of a response):
-# group 1 is up to the last '>' (the tag value has no '>')
-_ONLY_TAG_RX = re.compile(r"(.*>);[Tt][Aa][Gg]=[^;, \t>]*", re.DOTALL)
-
 
 def _strip_tag(to: str) -> str:
-    # the usual case: what _TAG_RX would remove after the '>' is all there is
-    m = _ONLY_TAG_RX.fullmatch(to)
+    # the usual case: a name-addr and its tag, nothing else (the To of a
+    # response); the same as the general way below
+    m = NAME_ADDR_TAG_RE.fullmatch(to)
     if m is not None:
         return m.group(1)
     # the tag is a header parameter: after the closing '>' of a name-addr
     i = to.rfind(">")
     if i < 0:
-        return _TAG_RX.sub("", to)
-    return to[: i + 1] + _TAG_RX.sub("", to[i + 1 :])
+        return TAG_PARAM_RE.sub("", to)
+    return to[: i + 1] + TAG_PARAM_RE.sub("", to[i + 1 :])
 
 
 class HeaderSource(Protocol):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from netsip import packet as packet_mod
+from netsip import _cache as packet_mod
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop, TimerEvent
 from netsip.leg import Leg

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netsip import _abnf, _cache, _fields, _parser
 from netsip import packet as packet_mod
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
@@ -70,14 +71,14 @@ def corpus() -> list[bytes]:
 
 @pytest.mark.parametrize("data", corpus(), ids=lambda d: d[:24].decode(errors="replace"))
 def test_line_cache_and_fast_path_change_nothing(data: bytes) -> None:
-    packet_mod._LINE_CACHE.clear()
+    _cache.LINE_CACHE.clear()
     cold = outcome(data)
     warm = outcome(data)  # now the valid lines come from the cache
     assert warm == cold
     # the general path alone (no fast path, no cached lines) agrees too
-    packet_mod._LINE_CACHE.clear()
+    _cache.LINE_CACHE.clear()
     try:
-        general: tuple[str, object] = ("packet", packet_mod._parse_general(data.lstrip(b"\r\n")))
+        general: tuple[str, object] = ("packet", _parser.parse_general(data.lstrip(b"\r\n")))
     except PacketError as exc:
         general = ("error", str(exc))
     if cold[0] == "error":
@@ -114,7 +115,7 @@ def test_cached_lines_keep_per_message_checks(lines: list[bytes]) -> None:
     """Conflicting single values and the CSeq method are checked on every message."""
     msg = (b"OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
            b"Call-ID: 1@h\r\n" + b"".join(ln + b"\r\n" for ln in lines) + b"\r\n")  # fmt: skip
-    packet_mod._LINE_CACHE.clear()
+    _cache.LINE_CACHE.clear()
     cold = outcome(msg)
     assert outcome(msg) == cold
     # every line cached by other messages first
@@ -124,14 +125,14 @@ def test_cached_lines_keep_per_message_checks(lines: list[bytes]) -> None:
 
 
 def test_line_cache_is_bounded() -> None:
-    packet_mod._LINE_CACHE.clear()
-    for n in range(packet_mod._LINE_CACHE_MAX + 10):
+    _cache.LINE_CACHE.clear()
+    for n in range(_cache.LINE_CACHE.maxsize + 10):
         Packet.new_from_string(options(n))  # a new From line each time
-    assert len(packet_mod._LINE_CACHE) <= packet_mod._LINE_CACHE_MAX
-    long_value = "x" * (packet_mod._LINE_CACHE_LINE_MAX + 1)
+    assert len(_cache.LINE_CACHE) <= _cache.LINE_CACHE.maxsize
+    long_value = "x" * (_cache.LINE_CACHE_LINE_MAX + 1)
     Packet.new_from_string(options(1).replace(b"\r\n\r\n", f"\r\nX-Long: {long_value}\r\n\r\n"
                                               .encode()))  # fmt: skip
-    assert not any(k.startswith("X-Long") for k in packet_mod._LINE_CACHE)
+    assert not any(k.startswith("X-Long") for k in _cache.LINE_CACHE)
 
 
 # ----------------------------------------------------------- header index
@@ -197,7 +198,7 @@ def test_header_index_follows_every_change(ops: list[tuple[str, str, list[str]]]
 def long_tid(p: Packet) -> str:
     """Packet.tid() the long way: from the headers as they are now, no cache
     (the formatting itself is checked against Net::SIP in test_packet.py)."""
-    return packet_mod._make_tid(p.get_header("call-id"), p.get_header("cseq"))
+    return _fields.make_tid(p.get_header("call-id"), p.get_header("cseq"))
 
 
 def tid_outcome(p: Packet, way: str) -> str:
@@ -279,10 +280,10 @@ TAILS = [";branch=z9hG4bK-1", ";tag=abc", ";tag=a\\b", ";tag=", ";tag", ";tag=a 
 
 
 def clear_caches() -> None:
-    packet_mod._LINE_CACHE.clear()
-    packet_mod._PREFIX_CACHE.clear()
-    packet_mod._PREFIX_SEEN.clear()
-    packet_mod._FIRST_CACHE.clear()
+    _cache.LINE_CACHE.clear()
+    _cache.PREFIX_CACHE.clear()
+    _cache.PREFIX_SEEN.clear()
+    _cache.FIRST_CACHE.clear()
 
 
 def message_with(name: str, value: str) -> bytes:
@@ -293,7 +294,7 @@ def message_with(name: str, value: str) -> bytes:
 @pytest.mark.parametrize("name,heads", [("Via", VIA_HEADS), ("From", ADDR_HEADS),
                                         ("To", ADDR_HEADS)])  # fmt: skip
 def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads: list[str]) -> None:
-    pattern = packet_mod._VIA_RE if name == "Via" else packet_mod._ADDR_RE
+    pattern = _abnf.VIA_RE if name == "Via" else _abnf.ADDR_RE
     for head in heads:
         for tail in TAILS:
             value = head + tail
@@ -308,7 +309,7 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
                 outcome(message_with(name, h + ";tag=warm2"))
                 outcome(message_with(name, h))
             # the shortcut is taken for valid heads
-            assert f"{name}: {heads[0]}" in packet_mod._PREFIX_CACHE
+            assert f"{name}: {heads[0]}" in _cache.PREFIX_CACHE
             assert outcome(message_with(name, value)) == cold, value
 
 
@@ -341,7 +342,7 @@ def test_bare_line_breaks_go_the_general_way(line: bytes) -> None:
     msg = b"OPTIONS sip:b@h SIP/2.0\r\nCall-ID: 1@h\r\n" + line + b"\r\nContent-Length: 0\r\n\r\n"
     clear_caches()
     try:
-        general: tuple[str, object] = ("packet", packet_mod._parse_general(msg))
+        general: tuple[str, object] = ("packet", _parser.parse_general(msg))
     except PacketError as exc:
         general = ("error", str(exc))
     cold = outcome(msg)
@@ -355,11 +356,11 @@ def test_bare_line_breaks_go_the_general_way(line: bytes) -> None:
 
 def test_prefix_caches_are_bounded() -> None:
     clear_caches()
-    for n in range(packet_mod._PREFIX_CACHE_MAX + 10):
+    for n in range(_cache.PREFIX_CACHE.maxsize + 10):
         for tag in ("a", "b"):  # seen twice: learned
             Packet.new_from_string(message_with("From", f"<sip:u{n}@h>;tag={tag}"))
-    assert 0 < len(packet_mod._PREFIX_CACHE) <= packet_mod._PREFIX_CACHE_MAX
-    assert 0 < len(packet_mod._PREFIX_SEEN) <= packet_mod._PREFIX_CACHE_MAX
+    assert 0 < len(_cache.PREFIX_CACHE) <= _cache.PREFIX_CACHE.maxsize
+    assert 0 < len(_cache.PREFIX_SEEN) <= _cache.PREFIX_CACHE.maxsize
 
 
 def test_prefix_seen_once_is_not_kept() -> None:
@@ -367,9 +368,9 @@ def test_prefix_seen_once_is_not_kept() -> None:
     prefixes are validated and kept only when they come back."""
     clear_caches()
     Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=1"))
-    assert "From: <sip:u@h:5071>" not in packet_mod._PREFIX_CACHE
+    assert "From: <sip:u@h:5071>" not in _cache.PREFIX_CACHE
     Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=2"))
-    assert "From: <sip:u@h:5071>" in packet_mod._PREFIX_CACHE
+    assert "From: <sip:u@h:5071>" in _cache.PREFIX_CACHE
     pkt = Packet.new_from_string(message_with("From", "<sip:u@h:5071>;tag=3"))
     assert pkt.get_header("from") == "<sip:u@h:5071>;tag=3"
 
@@ -383,9 +384,9 @@ def test_start_line_cache_changes_nothing() -> None:
         clear_caches()
         cold = outcome(data)
         assert outcome(data) == cold
-    for n in range(packet_mod._FIRST_CACHE_MAX + 10):
+    for n in range(_cache.FIRST_CACHE.maxsize + 10):
         Packet.new_from_string(f"OPTIONS sip:{n}@h SIP/2.0\r\n\r\n".encode())
-    assert len(packet_mod._FIRST_CACHE) <= packet_mod._FIRST_CACHE_MAX
+    assert len(_cache.FIRST_CACHE) <= _cache.FIRST_CACHE.maxsize
 
 
 # --------------------------------------------------- responses, wire form
@@ -470,7 +471,7 @@ TOS = [
 @pytest.mark.parametrize("to", TOS)
 def test_has_tag_shortcut(to: str) -> None:
     params = to.rpartition(">")[2] if "<" in to else to
-    assert packet_mod._has_tag(to) == (packet_mod._TAG_RE.search(params) is not None)
+    assert packet_mod._has_tag(to) == (_abnf.TAG_PARAM_RE.search(params) is not None)
 
 
 def test_header_changes_with_a_bad_value_change_nothing() -> None:

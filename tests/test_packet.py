@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from functools import partial
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import Phase, example, find, given, settings
 from hypothesis import strategies as st
 
+import netsip.framing
 import netsip.packet
+import netsip.respcache
+from netsip import _abnf, _cache, _fields, _headers, _parser
 from netsip.packet import (
     REASON_PHRASES,
     Packet,
@@ -161,8 +167,14 @@ def same_content(a: Packet, b: Packet, ignore: tuple[str, ...] = ()) -> None:
 # module shape
 
 
-def test_module_is_pure() -> None:
-    imported = imported_modules(netsip.packet.__file__)
+# netsip.packet and the private modules below it
+PACKET_MODULES = [netsip.packet, _abnf, _cache, _fields, _headers, _parser]
+
+
+@pytest.mark.parametrize("module", PACKET_MODULES, ids=lambda m: m.__name__)
+def test_module_is_pure(module: ModuleType) -> None:
+    assert module.__file__ is not None
+    imported = imported_modules(module.__file__)
     assert not imported & {"socket", "selectors", "ssl", "time", "asyncio"}
     assert imported <= {
         "__future__",
@@ -171,9 +183,44 @@ def test_module_is_pure() -> None:
         "os",
         "re",
         "collections",
+        "types",
         "typing",
         "netsip",
     }
+
+
+@pytest.mark.parametrize(
+    "module",
+    [*(m for m in PACKET_MODULES if m is not _abnf), netsip.framing, netsip.respcache],
+    ids=lambda m: m.__name__,
+)
+def test_patterns_are_compiled_in_the_grammar_module_only(module: ModuleType) -> None:
+    assert module.__file__ is not None
+    assert "re.compile(" not in Path(module.__file__).read_text()
+
+
+def test_no_pattern_twice() -> None:
+    patterns = [v for v in vars(_abnf).values() if isinstance(v, re.Pattern)]
+    assert len(patterns) > 15
+    assert len({(p.pattern, p.flags) for p in patterns}) == len(patterns)
+
+
+def test_each_class_has_its_own_slot_writer() -> None:
+    """CPython specialises the stores of one code object for one type."""
+    codes = [Packet._set.__code__, Request._set.__code__, Response._set.__code__]
+    assert len({id(c) for c in codes}) == 3  # (equal code objects compare equal)
+
+
+def test_bounded_cache_empties_when_full() -> None:
+    cache = _cache.BoundedCache[str, int](3)
+    for i in range(3):
+        cache.put(str(i), i)
+    assert cache == {"0": 0, "1": 1, "2": 2}
+    cache.put("3", 3)
+    assert cache == {"3": 3}
+    caches = [v for v in vars(_cache).values() if isinstance(v, _cache.BoundedCache)]
+    assert len(caches) == 7
+    assert all(0 < c.maxsize <= 4096 for c in caches)
 
 
 def test_packet_error_hierarchy() -> None:
