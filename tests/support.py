@@ -6,24 +6,41 @@ they are re-exported here so that the tests import everything from one place.
 What stays here is specific to this project's test suite: finding the Perl
 and sipp peers (skipped, or failed under ``NETSIP_REQUIRE_PEERS=1``), the
 pytest parametrisation over the loopbacks, TLS files in pytest's temporary
-directories, and reading a peer subprocess's output.
+directories, and reading a peer subprocess's output; and the helpers that
+several test modules share: the round-trip checks of parsed packets, hostile
+peers (resets, fd limits, garbage datagrams), hypothesis strategies for
+header values, the ``netsip`` command as a subprocess and sipp runs.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import csv
 import os
+import random
 import re
+import resource
 import select
 import shutil
+import signal
+import socket
+import struct
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
+from netsip import cli
 from netsip.eventloop import EV_READ, EventLoop
+from netsip.framing import Message, frame
+from netsip.packet import Packet, Request, Response
+from netsip.socketpool import SocketPool
 from netsip.testing import (
     FakeClock,
     Received,
@@ -44,40 +61,72 @@ from netsip.testing import (
     tcp_listener,
     udp_socket,
 )
-from netsip.util import Var
+from netsip.util import Addr, Var
 
 __all__ = [
+    "LISTEN_TIMEOUT",
     "LOOPBACKS",
     "PEER",
     "REQUIRE_PEERS",
     "ROOT",
+    "SIPP_TIMEOUT",
+    "SIPP_WAIT",
     "FakeClock",
     "LineReader",
+    "Listen",
     "PipeReader",
     "Received",
     "TlsFiles",
     "addr_of",
+    "address",
+    "answering",
+    "at_least",
+    "big_rcvbuf",
+    "call_request",
+    "check_all_successful",
+    "check_parsed",
     "collector",
     "connect",
     "datagrams",
     "drive",
     "family",
+    "fd_limit",
+    "free_port",
+    "garbage",
     "have_ipv6",
     "imported_modules",
     "is_eof",
+    "junk_request",
     "length_is",
+    "listen_summary_only",
     "make_tls_files",
+    "missing_peer",
+    "nasty_text",
+    "netsip_command",
     "open_fds",
+    "options",
+    "peer_closed",
     "perl_has",
     "pkt",
+    "poll",
     "python_env",
+    "rebuilt",
     "require_perl_netsip",
     "require_sipp",
+    "require_tls",
+    "reset",
+    "roundtrip",
+    "run_cli",
+    "run_sipp",
+    "same_content",
     "sip_request",
+    "sipp_stats",
     "spin",
     "start_perl_peer",
+    "summary_counts",
     "tcp_listener",
     "udp_socket",
+    "write_certs",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +135,7 @@ PEER = ROOT / "tests" / "perl" / "netsip_peer.pl"
 REQUIRE_PEERS = os.environ.get("NETSIP_REQUIRE_PEERS", "") not in ("", "0")
 
 
-def _missing(what: str, how: str) -> None:
+def missing_peer(what: str, how: str) -> None:
     """Skip (on a user's machine) or fail (in CI) because a live peer is absent."""
     msg = f"{what} is not available ({how})"
     if REQUIRE_PEERS:
@@ -108,9 +157,9 @@ def perl_has(module: str) -> bool:
 def require_perl_netsip(tls: bool = False) -> str:
     """Return the perl binary if Net::SIP (and IO::Socket::SSL for TLS) loads."""
     if not perl_has("Net::SIP"):
-        _missing("Perl's Net::SIP", "apt-get install libnet-sip-perl")
+        missing_peer("Perl's Net::SIP", "apt-get install libnet-sip-perl")
     if tls and not perl_has("IO::Socket::SSL"):
-        _missing("Perl's IO::Socket::SSL", "apt-get install libio-socket-ssl-perl")
+        missing_peer("Perl's IO::Socket::SSL", "apt-get install libio-socket-ssl-perl")
     perl = shutil.which("perl")
     assert perl is not None
     return perl
@@ -131,7 +180,7 @@ def require_sipp() -> str:
     """Return the path of sipp, or skip/fail."""
     sipp = shutil.which("sipp")
     if sipp is None:
-        _missing("sipp", "apt-get install sip-tester")
+        missing_peer("sipp", "apt-get install sip-tester")
         raise AssertionError("unreachable")
     return sipp
 
@@ -273,3 +322,431 @@ class LineReader:
         deadline = time.monotonic() + self.timeout
         while self._fill(deadline):
             pass
+
+
+# ------------------------------------------------------------ packet checks
+
+
+def rebuilt(p: Request | Response) -> bytes:
+    """The wire form after a modification that leaves the content as it was."""
+    q = p.clone()
+    q.add_header("X-Netsip-Test", "1")
+    q.del_header("x-netsip-test")
+    return q.as_bytes()
+
+
+def same_content(a: Packet, b: Packet, ignore: tuple[str, ...] = ()) -> None:
+    assert a.as_parts()[:2] == b.as_parts()[:2]
+    assert [h for h in a.header_items() if h[0] not in ignore] == [
+        h for h in b.header_items() if h[0] not in ignore
+    ]
+    assert a.body() == b.body()
+
+
+def check_parsed(p: Request | Response) -> None:
+    """What parsed serialises and re-parses to the same packet, rebuilt or not."""
+    wire = p.as_bytes()
+    again = Packet.new_from_string(wire)
+    assert again == p
+    # the wire form has a Content-Length even if the parsed message had none
+    same_content(again, p, ignore=("content-length",))
+    # Content-Length is 1*DIGIT (RFC 3261 20.14): "0009" is kept verbatim, and means 9
+    assert int(p.get_header("content-length") or len(p.body())) == len(p.body())
+    # rebuilt from the parsed parts (original lines kept, Content-Length added)
+    q = Packet.new_from_string(rebuilt(p))
+    same_content(q, p, ignore=("content-length",))
+    # rebuilt from scratch (every header written anew)
+    fresh: Request | Response
+    if isinstance(p, Request):
+        fresh = Request(p.method(), p.uri(), p.header_items(), p.body())
+    else:
+        fresh = Response(p.code(), p.msg(), p.header_items(), p.body())
+    fq = Packet.new_from_string(fresh.as_bytes())
+    same_content(fq, fresh, ignore=("content-length",))
+    assert p.headers() == {k: p.get_headers(k) for k, _ in p.header_items()}
+
+
+_OPTIONS = (
+    b"OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-%d\r\n"
+    b"From: <sip:alice@127.0.0.1>;tag=%d\r\n"
+    b"To: <sip:bob@127.0.0.1>\r\n"
+    b"Call-ID: %d@127.0.0.1\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Supported: timer, replaces\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def options(n: int) -> bytes:
+    """An OPTIONS from 127.0.0.1:5070; ``n`` is in its branch, From tag and Call-ID."""
+    return _OPTIONS % (n, n, n)
+
+
+# ------------------------------------------------------------ hostile peers
+
+
+def call_request(
+    n: int = 1, callid: str = "c1", body: bytes = b"", method: str = "OPTIONS", proto: str = "TCP"
+) -> bytes:
+    """:func:`sip_request` with the Call-ID second: request ``n`` of call ``callid``."""
+    return sip_request(n, body, callid, method, proto)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port on 127.0.0.1 that nobody listens on (bound once, then released)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def reset(s: socket.socket) -> None:
+    """Close ``s`` with a RST instead of a FIN (SO_LINGER 0)."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+@contextlib.contextmanager
+def fd_limit(spare: int) -> Iterator[None]:
+    """Lower RLIMIT_NOFILE so that exactly ``spare`` more fds can be opened.
+
+    The holes below the highest open fd are filled first (the kernel always
+    hands out the lowest free number). Everything is restored on exit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers: list[int] = []
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            if fd > highest:
+                os.close(fd)
+                break
+            fillers.append(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + spare, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    finally:
+        for fd in fillers:
+            os.close(fd)
+
+
+def poll(loop: EventLoop, times: int = 3) -> None:
+    """A few non-blocking loop cycles: loopback delivers at once."""
+    for _ in range(times):
+        loop.loop(0)
+
+
+def answering(pool: SocketPool, got: Received) -> Callable[[Packet, Addr], None]:
+    """A receive callback that records packets and answers requests with 200."""
+
+    def cb(packet: Packet, from_: Addr) -> None:
+        got.append((packet, from_))
+        if isinstance(packet, Request):
+            pool.sendto(packet.create_response(200), from_)
+
+    return cb
+
+
+def peer_closed(s: socket.socket) -> bool:
+    """True if the other end closed ``s`` (EOF after any pending data, or a reset)."""
+    while True:
+        try:
+            data = s.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        if not data:
+            return True
+
+
+def roundtrip(
+    loop: EventLoop, s: socket.socket, data: bytes, seconds: float = 5.0
+) -> tuple[bytes, int]:
+    """Send ``data`` over ``s`` and drive ``loop`` until a whole SIP message comes back.
+
+    Returns:
+        The message and the number of loop cycles it took.
+    """
+    s.sendall(data)
+    buf = bytearray()
+    deadline = time.monotonic() + seconds
+    cycles = 0
+    while time.monotonic() < deadline:
+        loop.loop(0)
+        cycles += 1
+        try:
+            chunk = s.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            select.select([s], [], [], 0.001)
+            continue
+        assert chunk, "connection closed instead of an answer"
+        buf += chunk
+        r = frame(buf, 2**14, 2**16)
+        if isinstance(r, Message):
+            return bytes(buf[r.start : r.end]), cycles
+    raise AssertionError("no answer in time")
+
+
+def junk_request(rng: random.Random, n: int) -> bytes:
+    """A well-formed request whose Call-ID marks it as junk (not counted as valid)."""
+    return call_request(n, f"junk-{n}", proto="UDP")
+
+
+def garbage(rng: random.Random, n: int) -> bytes:
+    """One hostile datagram (kind chosen by ``rng``); may occasionally parse."""
+    kind = rng.randrange(12)
+    base = junk_request(rng, n)
+    if kind == 0:  # random bytes
+        return rng.randbytes(rng.randrange(13, 1400))
+    if kind == 1:  # truncated anywhere
+        return base[: rng.randrange(1, len(base))]
+    if kind == 2:  # a few bytes flipped, inserted or deleted
+        b = bytearray(base)
+        for _ in range(rng.randrange(1, 6)):
+            i = rng.randrange(len(b))
+            op = rng.randrange(3)
+            if op == 0:
+                b[i] = rng.randrange(256)
+            elif op == 1:
+                b.insert(i, rng.choice(b'\r\n\0:;,<>" \t'))
+            elif len(b) > 20:
+                del b[i]
+        return bytes(b)
+    if kind == 3:  # header bomb: many tiny headers
+        return base.replace(b"\r\n\r\n", b"\r\n" + b"X: a\r\n" * 300 + b"\r\n")
+    if kind == 4:  # keep-alives and runts (< 13 bytes)
+        return rng.choice([b"\r\n\r\n", b"\r\n", b"\0" * 4, b"jaK", b"OPTIONS sip"])
+    if kind == 5:  # NULs
+        return b"\0" * rng.randrange(13, 2000)
+    if kind == 6:  # Content-Length beyond the datagram
+        return base.replace(b"Content-Length: 0", b"Content-Length: 99999")
+    if kind == 7:  # bad status lines
+        return rng.choice(
+            [b"SIP/2.0 999 Nope\r\n\r\n", b"SIP/2.0 20 OK\r\n\r\n", b"SIP/3.0 200 OK\r\n\r\n"]
+        )
+    if kind == 8:  # non-UTF-8 header names and values
+        return base.replace(b"Max-Forwards", b"\xff\xfe\x80Max").replace(b"alice", b"\xc3\x28")
+    if kind == 9:  # a huge value in one header (stays below the UDP maximum)
+        return base.replace(b"To: <", b"To: " + b"x" * rng.randrange(1000, 60000) + b" <")
+    if kind == 10:  # conflicting single-valued headers
+        return base.replace(b"Call-ID: junk", b"Call-ID: a\r\nCall-ID: junk")
+    # big random datagrams, rarely (they take much receive buffer)
+    if rng.randrange(20) == 0:
+        return rng.randbytes(rng.randrange(20000, 65000))
+    return rng.randbytes(rng.randrange(13, 200))
+
+
+def at_least(count: Callable[[], int], n: int) -> Callable[[], bool]:
+    """A stop condition: ``count()`` reached ``n``."""
+    return lambda: count() >= n
+
+
+def big_rcvbuf(s: socket.socket) -> socket.socket:
+    # 4 MiB (net.core.rmem_max on most systems) holds a whole batch
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    return s
+
+
+# ------------------------------------------------------------ header values
+
+# Hypothesis strategies for From/To/Contact values, shared by the property
+# tests that hold a shortcut (the response cache key, the Leg's Contact) to
+# the general code: the characters that matter to tags, name-addrs, quoting
+# and folding, and addresses made of them.
+_NASTY = '<>;=, \t"\\@:tagTAGsipSIP.1x\u0130\u017f\n\r'
+nasty_text = st.text(alphabet=_NASTY, max_size=40)
+
+_tag_name = st.sampled_from(["tag", "TAG", "Tag", "tAg", "tags", "xtag", "ta g"])
+_param_value = st.text(alphabet="abc12-.>;, \t", max_size=8)
+_param = st.one_of(
+    st.builds(lambda n, v: f";{n}={v}", _tag_name, _param_value),
+    st.builds(lambda n, v: f" ; {n} = {v}", _tag_name, _param_value),
+    st.sampled_from([";lr", ";transport=udp", ";x=tag", ";", ";user=phone"]),
+)
+_uri = st.sampled_from(["sip:bob@127.0.0.1", "sip:bob@[::1]:5062", "sips:b@x;tag=u", "tel:+1"])
+_display = st.sampled_from(["", '"Bob" ', "Bob ", '"a<b>;tag=x" ', '"Q\\"x" '])
+_params = st.lists(_param, max_size=3)
+#: a From/To value: a name-addr or addr-spec with tag-like parameters, or nasty text
+address = st.one_of(
+    st.builds(lambda d, u, ps: f"{d}<{u}>{''.join(ps)}", _display, _uri, _params),
+    st.builds(lambda u, ps: u + "".join(ps), _uri, _params),
+    nasty_text,
+)
+
+
+# ------------------------------------------------------------ the netsip command
+
+LISTEN_TIMEOUT = 20.0  # upper bound for any single wait on a ``netsip listen``
+
+
+def netsip_command() -> list[str]:
+    """How a user starts netsip: the console script of this interpreter, else ``-m``."""
+    script = Path(sys.executable).with_name("netsip")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "netsip"]
+
+
+class Listen:
+    """``netsip listen`` as a subprocess; stdout goes to a file, stderr is read live.
+
+    Args:
+        args: the arguments after ``listen``.
+        tmp: directory for the stdout file.
+        command: the command line instead of ``netsip listen ARGS``.
+    """
+
+    def __init__(
+        self, args: Sequence[str], tmp: Path, command: Sequence[str] | None = None
+    ) -> None:
+        self.stdout_path = tmp / f"listen-{time.monotonic_ns()}.out"
+        with self.stdout_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                list(command) if command else [*netsip_command(), "listen", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=python_env(),
+            )
+        assert self.proc.stderr is not None
+        self.err = LineReader(self.proc.stderr.fileno())
+        self.returncode: int | None = None
+
+    def addresses(self, count: int) -> dict[str, Addr]:
+        """Wait for ``count`` "listening on" lines; proto -> address."""
+        found = self.err.wait_for(r"listening on (udp|tcp|tls):(\S+)$", count)
+        return {m.group(1): Addr.parse(m.group(2)) for m in found}
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Signal, wait for the exit status, return stdout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.returncode = self.proc.wait(timeout=LISTEN_TIMEOUT)
+        self.err.drain()
+        return self.stdout_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=LISTEN_TIMEOUT)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+def run_cli(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in-process: (exit status, stdout, stderr)."""
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def summary_counts(stdout: str) -> dict[str, int]:
+    """Method counts from the summary line of ``netsip listen``."""
+    m = re.search(r"methods: (.*)$", stdout, re.M)
+    assert m is not None, stdout
+    return {k: int(v) for k, v in (x.rsplit(" ", 1) for x in m.group(1).split(", "))}
+
+
+def write_certs(tmp: Path) -> dict[str, Path]:
+    """Write a CA, a server certificate for 127.0.0.1/::1/localhost and a client
+    certificate as PEM files into ``tmp``; name -> path."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "::1", "localhost")
+    client = ca.issue_cert("client.netsip.test")
+    paths = {
+        "ca": tmp / "ca.pem",
+        "server": tmp / "server.pem",
+        "server_cert": tmp / "server-cert.pem",
+        "server_key": tmp / "server-key.pem",
+        "client": tmp / "client.pem",
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server.private_key_and_cert_chain_pem.write_to_path(str(paths["server"]))
+    server.private_key_pem.write_to_path(str(paths["server_key"]))
+    for i, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(str(paths["server_cert"]), append=i > 0)
+    client.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
+    return paths
+
+
+def require_tls(certs: dict[str, Path]) -> None:
+    """Skip while SocketPool has no TLS transport (it raises NotImplementedError)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        SocketPool("tls", sock, tls={"certfile": str(certs["server"])}).close()
+    except NotImplementedError as exc:
+        pytest.skip(f"SocketPool has no TLS yet: {exc}")
+    finally:
+        sock.close()
+
+
+# ------------------------------------------------------------ sipp runs
+
+SIPP_TIMEOUT = 30  # sipp's own global timeout (s); -timeout_error makes it a failure
+SIPP_WAIT = 60.0  # upper bound for a sipp run
+
+
+def sipp_stats(path: Path) -> dict[str, str]:
+    """The last row of sipp's ``-trace_stat`` CSV file as a dict."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    assert len(rows) >= 2, rows
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def run_sipp(
+    sipp: str, args: list[str], cwd: Path, timeout: float = SIPP_WAIT
+) -> tuple[int, dict[str, str], str]:
+    """Run sipp to its end; (exit status, final statistics, stderr + error log)."""
+    stf = cwd / f"stats-{time.monotonic_ns()}.csv"
+    cmd = [
+        sipp,
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-nostdin",
+        "-timeout",
+        f"{SIPP_TIMEOUT}s",
+        "-timeout_error",
+        "-trace_stat",
+        "-stf",
+        str(stf),
+        "-trace_err",
+    ]
+    res = subprocess.run(
+        cmd,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
+        check=False,
+    )
+    errors = res.stderr.decode("utf-8", "replace")
+    for log in cwd.glob("*_errors.log"):
+        errors += log.read_text(errors="replace")[-4000:]
+    return res.returncode, sipp_stats(stf), errors
+
+
+def listen_summary_only(started: list[Listen], tmp: Path, *args: str) -> tuple[Listen, int]:
+    """Start ``netsip listen --summary-only ARGS`` (kept in ``started``); it and its port."""
+    srv = Listen(["--summary-only", *args], tmp)
+    started.append(srv)
+    addrs = srv.addresses(1 if any(a.startswith(("udp:", "tcp:", "tls:")) for a in args) else 2)
+    return srv, next(iter(addrs.values())).port
+
+
+def check_all_successful(rc: int, stats: dict[str, str], errors: str, calls: int) -> None:
+    """sipp reports ``calls`` successful calls, none failed, and exit status 0."""
+    assert stats["SuccessfulCall(C)"] == str(calls), (stats, errors)
+    assert stats["FailedCall(C)"] == "0", (stats, errors)
+    assert rc == 0, (rc, errors)

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,72 +31,23 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Request, Response
-from netsip.socketpool import SocketPool
 from netsip.transaction import ClientTransaction, TransactionClient, contact_uri
 from netsip.util import Addr
 from tests.support import (
     LineReader,
+    Listen,
     have_ipv6,
+    netsip_command,
     python_env,
     require_perl_netsip,
+    require_tls,
     start_perl_peer,
+    summary_counts,
+    write_certs,
 )
+from tests.support import run_cli as run
 
 TIMEOUT = 20.0  # upper bound for any single wait
-
-
-def netsip_command() -> list[str]:
-    """How a user starts netsip: the console script of this interpreter, else ``-m``."""
-    script = Path(sys.executable).with_name("netsip")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "netsip"]
-
-
-class Listen:
-    """``netsip listen`` as a subprocess; stdout goes to a file, stderr is read live.
-
-    Args:
-        args: the arguments after ``listen``.
-        tmp: directory for the stdout file.
-        command: the command line instead of ``netsip listen ARGS``.
-    """
-
-    def __init__(
-        self, args: Sequence[str], tmp: Path, command: Sequence[str] | None = None
-    ) -> None:
-        self.stdout_path = tmp / f"listen-{time.monotonic_ns()}.out"
-        with self.stdout_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                list(command) if command else [*netsip_command(), "listen", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                env=python_env(),
-            )
-        assert self.proc.stderr is not None
-        self.err = LineReader(self.proc.stderr.fileno())
-        self.returncode: int | None = None
-
-    def addresses(self, count: int) -> dict[str, Addr]:
-        """Wait for ``count`` "listening on" lines; proto -> address."""
-        found = self.err.wait_for(r"listening on (udp|tcp|tls):(\S+)$", count)
-        return {m.group(1): Addr.parse(m.group(2)) for m in found}
-
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        """Signal, wait for the exit status, return stdout."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.returncode = self.proc.wait(timeout=TIMEOUT)
-        self.err.drain()
-        return self.stdout_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=TIMEOUT)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -112,20 +63,6 @@ def start_listen(factory: list[Listen], tmp: Path, *args: str) -> Listen:
     proc = Listen(args, tmp)
     factory.append(proc)
     return proc
-
-
-def run(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``main(argv)`` in-process: (exit status, stdout, stderr)."""
-    status = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def summary_counts(stdout: str) -> dict[str, int]:
-    """Method counts from the summary line of ``netsip listen``."""
-    m = re.search(r"methods: (.*)$", stdout, re.M)
-    assert m is not None, stdout
-    return {k: int(v) for k, v in (x.rsplit(" ", 1) for x in m.group(1).split(", "))}
 
 
 def _free_stream_port() -> tuple[socket.socket, int]:
@@ -582,41 +519,6 @@ def test_listen_work_us_with_workers(
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/::1/localhost and a client certificate."""
     return write_certs(tmp_path_factory.mktemp("certs"))
-
-
-def write_certs(tmp: Path) -> dict[str, Path]:
-    """Write the PEM files of :func:`certs` into ``tmp``; name -> path."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "::1", "localhost")
-    client = ca.issue_cert("client.netsip.test")
-    paths = {
-        "ca": tmp / "ca.pem",
-        "server": tmp / "server.pem",
-        "server_cert": tmp / "server-cert.pem",
-        "server_key": tmp / "server-key.pem",
-        "client": tmp / "client.pem",
-    }
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    server.private_key_and_cert_chain_pem.write_to_path(str(paths["server"]))
-    server.private_key_pem.write_to_path(str(paths["server_key"]))
-    for i, blob in enumerate(server.cert_chain_pems):
-        blob.write_to_path(str(paths["server_cert"]), append=i > 0)
-    client.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
-    return paths
-
-
-def require_tls(certs: dict[str, Path]) -> None:
-    """Skip while SocketPool has no TLS transport (it raises NotImplementedError)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    try:
-        SocketPool("tls", sock, tls={"certfile": str(certs["server"])}).close()
-    except NotImplementedError as exc:
-        pytest.skip(f"SocketPool has no TLS yet: {exc}")
-    finally:
-        sock.close()
 
 
 def test_tls_listen_options_bench_send(

@@ -30,9 +30,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import _missing, require_sipp
-from tests.test_cli import Listen, run, summary_counts
-from tests.test_sipp import _check_all_successful, _listen, _sipp
+from tests.support import (
+    Listen,
+    check_all_successful,
+    listen_summary_only,
+    missing_peer,
+    require_sipp,
+    run_sipp,
+    summary_counts,
+)
+from tests.support import run_cli as run
 
 pytestmark = pytest.mark.interop
 
@@ -50,7 +57,7 @@ def require_kamailio() -> tuple[str, str]:
         glob.glob("/usr/lib/kamailio/modules")
     )
     if binary is None or not mods:
-        _missing("Kamailio", "apt-get install kamailio")
+        missing_peer("Kamailio", "apt-get install kamailio")
         raise AssertionError("unreachable")
     return binary, mods[0]
 
@@ -139,10 +146,10 @@ def test_calls_through_record_routing_kamailio(
     """ACK and BYE reach a single-transport netsip through Kamailio's route set."""
     sipp = require_sipp()
     require_kamailio()
-    srv, port = _listen(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
+    srv, port = listen_summary_only(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
     kam = Kamailio("record_route.cfg", tmp_path, f"sip:127.0.0.1:{port};transport={proto}")
     try:
-        rc, stats, errors = _sipp(
+        rc, stats, errors = run_sipp(
             sipp,
             [
                 f"127.0.0.1:{kam.port}",
@@ -159,7 +166,7 @@ def test_calls_through_record_routing_kamailio(
             ],
             tmp_path,
         )
-        _check_all_successful(rc, stats, errors + kam.log.read_text()[-2000:], CALLS)
+        check_all_successful(rc, stats, errors + kam.log.read_text()[-2000:], CALLS)
     finally:
         kam.close()
     stdout = srv.stop()
@@ -179,7 +186,7 @@ def test_netsip_calls_through_record_routing_kamailio(
     answers the BYE with 404 and drops the ACK, so the UAS retransmits its 200.
     """
     require_kamailio()
-    srv, port = _listen(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
+    srv, port = listen_summary_only(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
     kam = Kamailio("record_route.cfg", tmp_path, f"sip:127.0.0.1:{port};transport={proto}")
     calls = 20
     try:

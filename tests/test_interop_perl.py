@@ -31,12 +31,13 @@ from netsip.socketpool import SocketPool
 from netsip.util import Addr, Proto
 from tests.support import (
     LOOPBACKS,
+    Listen,
     PipeReader,
-    _missing,
+    missing_peer,
     require_perl_netsip,
     start_perl_peer,
+    summary_counts,
 )
-from tests.test_cli import Listen, summary_counts
 
 pytestmark = pytest.mark.interop
 
@@ -435,7 +436,7 @@ def _example(name: str, tmp: Path) -> Path:
         return plain
     packed = EXAMPLES / f"{name}.gz"
     if not packed.exists():
-        _missing(f"Net::SIP's example {name}", "apt-get install libnet-sip-perl")
+        missing_peer(f"Net::SIP's example {name}", "apt-get install libnet-sip-perl")
     out = tmp / name
     out.write_bytes(gzip.decompress(packed.read_bytes()))
     return out

@@ -28,7 +28,7 @@ from netsip.packet import (
     normalize_header_key,
 )
 from netsip.util import NetSIPError
-from tests.support import imported_modules, require_perl_netsip
+from tests.support import check_parsed, imported_modules, rebuilt, require_perl_netsip, same_content
 
 SDP = (
     b"v=0\r\n"
@@ -145,22 +145,6 @@ def rsp(data: bytes) -> Response:
     p = parse(data)
     assert isinstance(p, Response)
     return p
-
-
-def rebuilt(p: Request | Response) -> bytes:
-    """The wire form after a modification that leaves the content as it was."""
-    q = p.clone()
-    q.add_header("X-Netsip-Test", "1")
-    q.del_header("x-netsip-test")
-    return q.as_bytes()
-
-
-def same_content(a: Packet, b: Packet, ignore: tuple[str, ...] = ()) -> None:
-    assert a.as_parts()[:2] == b.as_parts()[:2]
-    assert [h for h in a.header_items() if h[0] not in ignore] == [
-        h for h in b.header_items() if h[0] not in ignore
-    ]
-    assert a.body() == b.body()
 
 
 # --------------------------------------------------------------------------
@@ -708,29 +692,6 @@ def test_create_ack_and_cancel() -> None:
 
 # --------------------------------------------------------------------------
 # properties
-
-
-def check_parsed(p: Request | Response) -> None:
-    """What parsed serialises and re-parses to the same packet, rebuilt or not."""
-    wire = p.as_bytes()
-    again = Packet.new_from_string(wire)
-    assert again == p
-    # the wire form has a Content-Length even if the parsed message had none
-    same_content(again, p, ignore=("content-length",))
-    # Content-Length is 1*DIGIT (RFC 3261 20.14): "0009" is kept verbatim, and means 9
-    assert int(p.get_header("content-length") or len(p.body())) == len(p.body())
-    # rebuilt from the parsed parts (original lines kept, Content-Length added)
-    q = Packet.new_from_string(rebuilt(p))
-    same_content(q, p, ignore=("content-length",))
-    # rebuilt from scratch (every header written anew)
-    fresh: Request | Response
-    if isinstance(p, Request):
-        fresh = Request(p.method(), p.uri(), p.header_items(), p.body())
-    else:
-        fresh = Response(p.code(), p.msg(), p.header_items(), p.body())
-    fq = Packet.new_from_string(fresh.as_bytes())
-    same_content(fq, fresh, ignore=("content-length",))
-    assert p.headers() == {k: p.get_headers(k) for k, _ in p.header_items()}
 
 
 @settings(max_examples=300)

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from netsip.packet import Packet, PacketError, Request, Response
-from tests.support import require_perl_netsip
-from tests.test_packet import check_parsed
+from tests.support import check_parsed, require_perl_netsip
 
 DATA = Path(__file__).parent / "data" / "rfc4475"
 

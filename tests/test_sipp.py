@@ -15,7 +15,6 @@ by sipp's ``-timeout`` and the subprocess timeout.
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import subprocess
@@ -27,8 +26,20 @@ import psutil
 import pytest
 
 from netsip import cli
-from tests.support import require_sipp
-from tests.test_cli import Listen, require_tls, run, summary_counts, write_certs
+from tests.support import (
+    SIPP_TIMEOUT,
+    SIPP_WAIT,
+    Listen,
+    check_all_successful,
+    listen_summary_only,
+    require_sipp,
+    require_tls,
+    run_sipp,
+    sipp_stats,
+    summary_counts,
+    write_certs,
+)
+from tests.support import run_cli as run
 
 pytestmark = pytest.mark.interop
 
@@ -36,50 +47,6 @@ SCENARIOS = Path(__file__).resolve().parent / "sipp"
 CALLS = 2000  # per run: "thousands of calls", ~2 s at the rate below
 RATE = 1000  # new calls per second
 LIMIT = 500  # calls in flight at most
-SIPP_TIMEOUT = 30  # sipp's own global timeout (s); -timeout_error makes it a failure
-WAIT = 60.0  # upper bound for a sipp run
-
-
-def _stats(path: Path) -> dict[str, str]:
-    """The last row of sipp's ``-trace_stat`` CSV file as a dict."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    assert len(rows) >= 2, rows
-    return dict(zip(rows[0], rows[-1], strict=False))
-
-
-def _sipp(
-    sipp: str, args: list[str], cwd: Path, timeout: float = WAIT
-) -> tuple[int, dict[str, str], str]:
-    """Run sipp to its end; (exit status, final statistics, stderr + error log)."""
-    stf = cwd / f"stats-{time.monotonic_ns()}.csv"
-    cmd = [
-        sipp,
-        *args,
-        "-i",
-        "127.0.0.1",
-        "-nostdin",
-        "-timeout",
-        f"{SIPP_TIMEOUT}s",
-        "-timeout_error",
-        "-trace_stat",
-        "-stf",
-        str(stf),
-        "-trace_err",
-    ]
-    res = subprocess.run(
-        cmd,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=timeout,
-        check=False,
-    )
-    errors = res.stderr.decode("utf-8", "replace")
-    for log in cwd.glob("*_errors.log"):
-        errors += log.read_text(errors="replace")[-4000:]
-    return res.returncode, _stats(stf), errors
 
 
 def _sipp_has_tls(sipp: str, cwd: Path) -> bool:
@@ -88,7 +55,7 @@ def _sipp_has_tls(sipp: str, cwd: Path) -> bool:
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
-        timeout=WAIT,
+        timeout=SIPP_WAIT,
         check=False,
     )
     return b"compile SIPp with OpenSSL" not in res.stdout + res.stderr
@@ -102,27 +69,14 @@ def listener(tmp_path: Path) -> Iterator[list[Listen]]:
         proc.close()
 
 
-def _listen(started: list[Listen], tmp: Path, *args: str) -> tuple[Listen, int]:
-    srv = Listen(["--summary-only", *args], tmp)
-    started.append(srv)
-    addrs = srv.addresses(1 if any(a.startswith(("udp:", "tcp:", "tls:")) for a in args) else 2)
-    return srv, next(iter(addrs.values())).port
-
-
-def _check_all_successful(rc: int, stats: dict[str, str], errors: str, calls: int) -> None:
-    assert stats["SuccessfulCall(C)"] == str(calls), (stats, errors)
-    assert stats["FailedCall(C)"] == "0", (stats, errors)
-    assert rc == 0, (rc, errors)
-
-
 # ------------------------------------------------- sipp as client (UAC)
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 def test_sipp_options_scenario(transport: str, listener: list[Listen], tmp_path: Path) -> None:
     sipp = require_sipp()
-    srv, port = _listen(listener, tmp_path, "--listen", "127.0.0.1:0")
-    rc, stats, errors = _sipp(
+    srv, port = listen_summary_only(listener, tmp_path, "--listen", "127.0.0.1:0")
+    rc, stats, errors = run_sipp(
         sipp,
         [
             f"127.0.0.1:{port}",
@@ -141,7 +95,7 @@ def test_sipp_options_scenario(transport: str, listener: list[Listen], tmp_path:
         ],
         tmp_path,
     )
-    _check_all_successful(rc, stats, errors, CALLS)
+    check_all_successful(rc, stats, errors, CALLS)
     stdout = srv.stop()
     assert srv.returncode == 0
     assert summary_counts(stdout) == {"OPTIONS": CALLS}
@@ -163,8 +117,8 @@ def test_sipp_uac_invite_bye(
     transport: str, extra: list[str], listener: list[Listen], tmp_path: Path
 ) -> None:
     sipp = require_sipp()
-    srv, port = _listen(listener, tmp_path, "--listen", "127.0.0.1:0")
-    rc, stats, errors = _sipp(
+    srv, port = listen_summary_only(listener, tmp_path, "--listen", "127.0.0.1:0")
+    rc, stats, errors = run_sipp(
         sipp,
         [
             f"127.0.0.1:{port}",
@@ -184,7 +138,7 @@ def test_sipp_uac_invite_bye(
         ],
         tmp_path,
     )
-    _check_all_successful(rc, stats, errors, CALLS)
+    check_all_successful(rc, stats, errors, CALLS)
     stdout = srv.stop()
     assert srv.returncode == 0
     assert summary_counts(stdout) == {"INVITE": CALLS, "ACK": CALLS, "BYE": CALLS}
@@ -197,11 +151,11 @@ def test_sipp_uac_invite_bye_tls(listener: list[Listen], tmp_path: Path) -> None
         pytest.skip("this sipp build has no TLS (-t l1 needs sipp compiled with OpenSSL)")
     certs = write_certs(tmp_path)
     require_tls(certs)
-    srv, port = _listen(
+    srv, port = listen_summary_only(
         listener, tmp_path, "--listen", "tls:127.0.0.1:0", "--tls-cert", str(certs["server"])
     )
     calls = CALLS // 2
-    rc, stats, errors = _sipp(
+    rc, stats, errors = run_sipp(
         sipp,
         [
             f"127.0.0.1:{port}",
@@ -222,7 +176,7 @@ def test_sipp_uac_invite_bye_tls(listener: list[Listen], tmp_path: Path) -> None
         ],
         tmp_path,
     )
-    _check_all_successful(rc, stats, errors, calls)
+    check_all_successful(rc, stats, errors, calls)
     stdout = srv.stop()
     assert srv.returncode == 0
     assert summary_counts(stdout) == {"INVITE": calls, "ACK": calls, "BYE": calls}
@@ -266,7 +220,7 @@ def _start_uas(
         stderr=subprocess.PIPE,
     )
     kind = "udp" if transport.startswith("u") else "tcp"
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + SIPP_WAIT
     while True:
         try:
             conns = psutil.Process(proc.pid).net_connections(kind=kind)
@@ -275,7 +229,7 @@ def _start_uas(
         if any(c.laddr and c.laddr.port == port for c in conns):
             return proc, port
         if proc.poll() is not None or time.monotonic() > deadline:
-            _, err = proc.communicate(timeout=WAIT)
+            _, err = proc.communicate(timeout=SIPP_WAIT)
             raise AssertionError(f"sipp uas did not start: {err!r}")
         time.sleep(0.02)  # waiting for another program to bind: nothing to drive
 
@@ -284,7 +238,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        proc.communicate(timeout=WAIT)
+        proc.communicate(timeout=SIPP_WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
@@ -321,8 +275,8 @@ def test_netsip_bench_calls_sipp_uas(
         assert status == 0, (out, err)
         res = json.loads(out)
         assert res["completed"] == calls and res["failed"] == 0, res
-        assert proc.wait(timeout=WAIT) == 0  # sipp: every call successful
-        stats = _stats(stf)
+        assert proc.wait(timeout=SIPP_WAIT) == 0  # sipp: every call successful
+        stats = sipp_stats(stf)
         assert stats["SuccessfulCall(C)"] == str(calls) and stats["FailedCall(C)"] == "0"
     finally:
         _stop(proc)
