@@ -16,7 +16,7 @@ generator is sipp when installed, else a small built-in Python generator
 (``--generator python``; it may itself become the bottleneck, so its ratios
 are lower bounds).
 
-Target (issue 5): netsip at least 3 times Perl's throughput on each transport.
+Target: netsip at least 3 times Perl's throughput on each transport.
 The exit status is 0 when the target is met, 1 otherwise.
 
 Run::

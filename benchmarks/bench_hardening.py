@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Hardening runs (issue 8) at full size; the figures go to docs/robustness.md.
+"""Hostile peers, floods and a soak at full size; the figures go to docs/robustness.md.
 
-The CI tests (tests/test_hardening*.py) check the same properties at a
-smaller scale and without timing; this script measures. Phases:
+The CI tests (tests/socketpool/test_limits.py, test_faults.py and
+test_flood.py, tests/test_tls.py, the floods of tests/test_dispatcher.py)
+check the same properties at a smaller scale and without timing; this script measures. Phases:
 
 ``slowloris``
     The pool runs in this process; a forked client process first measures a
@@ -69,8 +70,10 @@ from netsip.framing import Message, frame
 from netsip.packet import Packet, Request
 from netsip.socketpool import SocketPool
 from netsip.util import Addr
-from tests.test_hardening import fd_limit  # the RLIMIT_NOFILE squeeze of the CI test
-from tests.test_hardening_flood import garbage  # the generator of the CI flood test
+from tests.support import (
+    fd_limit,  # the RLIMIT_NOFILE squeeze of the CI test
+    garbage,  # the generator of the CI flood test
+)
 
 Result = dict[str, Any]
 
@@ -277,7 +280,7 @@ def phase_slowloris(attackers: int, seconds: float, rounds: int) -> Result:
 
 def _emfile_once(waiting: int, seconds: float, backoff: bool) -> Result:
     saved = socketpool_mod._ACCEPT_RESOURCE_ERRORS
-    if not backoff:  # the behaviour before issue 8: log and return, listener still watched
+    if not backoff:  # the behaviour without the back-off: log and return, listener watched
         socketpool_mod._ACCEPT_RESOURCE_ERRORS = frozenset()  # type: ignore[misc]  # bench only
     try:
         with EventLoop() as loop, SocketPool("tcp", listener(waiting + 64)) as pool:

@@ -22,7 +22,7 @@ client while the pool's event loop runs:
 6. ``tracemalloc``: phases 2-3 again with fewer connections and tracemalloc on,
    for the Python-level bytes per connection (RSS includes allocator slack).
 
-Targets (issue 3): all connections served, under 16 KiB per idle connection.
+Targets: all connections served, under 16 KiB per idle connection.
 The exit status is 0 when both are met, 1 otherwise.
 
 Run::

@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import errno
+import gc
+import random
+import re
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import psutil
 import pytest
 
 from netsip.dispatcher import Dispatcher, QueueEntry, Target
 from netsip.eventloop import EV_READ, EventLoop
-from netsip.leg import Leg
+from netsip.leg import DEFAULT_ALLOW, Leg
 from netsip.packet import Packet, Request, Response
+from netsip.retransmit import retransmit_timers
+from netsip.socketpool import import_settings
 from netsip.util import Addr, Proto, Var
 from tests.support import (
     LOOPBACKS,
     FakeClock,
     PipeReader,
     TlsFiles,
+    at_least,
+    big_rcvbuf,
+    call_request,
     datagrams,
+    drive,
+    family,
+    garbage,
     make_tls_files,
     open_fds,
+    options,
+    poll,
     require_perl_netsip,
     start_perl_peer,
+    udp_socket,
 )
 
 
@@ -939,3 +955,406 @@ def test_netsip_dispatcher_sends_options_to_perl(
             if proc.stdout is not None:
                 proc.stdout.close()
         a.disp.close()
+
+
+# ------------------------------------------- response cache: the bytes sent again
+
+
+def _udp_uas(loop: EventLoop) -> tuple[Dispatcher, list[Packet]]:
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+    got: list[Packet] = []
+
+    def receive(packet: Packet, leg: Leg, from_: Addr) -> None:
+        got.append(packet)
+        if isinstance(packet, Request):
+            disp.deliver(packet.create_response(200), leg=leg, dst_addr=from_)
+
+    disp.set_receiver(receive)
+    return disp, got
+
+
+def _exchange(
+    loop: EventLoop, cli: socket.socket, data: bytes, dst: tuple[str, int]
+) -> list[bytes]:
+    cli.sendto(data, dst)
+    out = []
+    for _ in range(50):
+        loop.loop(0.01)
+        try:
+            out.append(cli.recv(65536))
+        except BlockingIOError:
+            if out:
+                break
+    return out
+
+
+def test_cached_response_is_the_one_sent(loop: EventLoop) -> None:
+    disp, got = _udp_uas(loop)
+    dst = ("127.0.0.1", disp.legs[0].src.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.setblocking(False)
+        first = _exchange(loop, cli, options(1), dst)
+        again = _exchange(loop, cli, options(1), dst)  # a retransmission
+    assert len(got) == 1
+    assert len(first) == len(again) == 1 and first == again
+    resp = Packet.new_from_string(first[0])
+    assert isinstance(resp, Response) and resp.get_headers("allow")  # the leg added it
+    disp.close()
+
+
+def test_cached_response_that_does_not_parse_goes_to_receiver(loop: EventLoop) -> None:
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+    got: list[Packet] = []
+
+    def receive(packet: Packet, leg: Leg, from_: Addr) -> None:
+        got.append(packet)
+        if isinstance(packet, Request):
+            resp = packet.create_response(200)
+            resp.set_header("cseq", "not a cseq")  # sent as is, refused by the parser
+            disp.deliver(resp, leg=leg, dst_addr=from_)
+
+    disp.set_receiver(receive)
+    dst = ("127.0.0.1", disp.legs[0].src.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.setblocking(False)
+        _exchange(loop, cli, options(2), dst)
+        _exchange(loop, cli, options(2), dst)
+    assert len(got) == 2  # no cached answer: the receiver saw the retransmission
+    disp.close()
+
+
+# ------------------------------------------ retransmission: what is queued for it
+
+_METHODS = ["INVITE", "invite", "Invite", "ACK", "OPTIONS", "BYE", "CANCEL", "REGISTER", "X-FOO"]
+_CODES = [100, 101, 180, 199, 200, 202, 299, 300, 399, 405, 486, 500, 603, 699]
+
+
+def test_what_is_queued_for_retransmission_follows_retransmit_timers(loop: EventLoop) -> None:
+    """UDP: a packet is kept for retransmission exactly if retransmit_timers says so."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        dst = Addr("127.0.0.1", peer.getsockname()[1], socket.AF_INET)
+        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+        leg = disp.legs[0]
+        cases: list[tuple[bool, str, int | None]] = [(True, m, None) for m in _METHODS]
+        cases += [(False, m, c) for m in _METHODS for c in _CODES]
+        for n, (is_request, method, code) in enumerate(cases):
+            hdrs = [
+                ("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1"),
+                ("From", "<sip:a@h>;tag=1"),
+                ("To", "<sip:b@h>"),
+                ("Call-ID", f"rt{n}"),
+                ("CSeq", f"1 {method}"),
+            ]
+            packet: Packet = (
+                Request(method, "sip:b@h", hdrs) if code is None else Response(code, "X", hdrs)
+            )
+            disp.deliver(packet, leg=leg, dst_addr=dst)
+            entries = disp.queue_entries()
+            want = retransmit_timers(is_request, method, code)
+            assert [e.schedule is not None for e in entries] == ([True] if want else []), (
+                is_request,
+                method,
+                code,
+            )
+            if entries:
+                sched = entries[0].schedule
+                assert sched is not None and want is not None
+                assert (sched.t1, sched.cap) == want
+                disp.cancel_delivery(entries[0])
+        assert disp.queue_size() == 0
+        disp.close()
+
+
+# ------------------------------------------------ a UAS over loopback: exact bytes
+
+_DEADLINE = 5.0
+
+
+def _uas(loop: EventLoop, ip: str, proto: Proto) -> tuple[Dispatcher, list[Packet]]:
+    """A dispatcher answering every request but ACK with 200, and what it received."""
+    disp = Dispatcher([Leg(addr=ip, port=0, proto=proto)], loop)
+    got: list[Packet] = []
+
+    def receive(packet: Packet, leg: Leg, from_: Addr) -> None:
+        got.append(packet)
+        if isinstance(packet, Request) and packet.method() != "ACK":
+            disp.deliver(packet.create_response(200), leg=leg, dst_addr=from_)
+
+    disp.set_receiver(receive)
+    return disp, got
+
+
+def _poll(loop: EventLoop, read: Callable[[], bytes | None]) -> bytes:
+    """Poll the loop (bounded in rounds and time) until ``read`` returns data."""
+    deadline = time.monotonic() + _DEADLINE
+    for _ in range(100_000):
+        loop.loop(0)
+        data = read()
+        if data is not None:
+            return data
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError("no answer in time")
+
+
+class UdpClient:
+    def __init__(self, ip: str) -> None:
+        self.sock = socket.socket(family(ip), socket.SOCK_DGRAM)
+        self.sock.bind((ip, 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+
+    def exchange(self, loop: EventLoop, data: bytes, dst: tuple[str, int]) -> bytes:
+        self.sock.sendto(data, dst)
+
+        def read() -> bytes | None:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                return None
+
+        return _poll(loop, read)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TcpClient:
+    def __init__(self, ip: str, dst: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(dst, timeout=_DEADLINE)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.buf = b""
+
+    def exchange(self, loop: EventLoop, data: bytes, dst: tuple[str, int]) -> bytes:
+        self.sock.sendall(data)
+
+        def read() -> bytes | None:
+            # the responses have no body: each ends with the empty line
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                try:
+                    chunk = self.sock.recv(65536)
+                except BlockingIOError:
+                    return None
+                assert chunk, "connection closed"
+                self.buf += chunk
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return None
+            msg, self.buf = self.buf[: end + 4], self.buf[end + 4 :]
+            return msg
+
+        return _poll(loop, read)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+_TO_FORMS = ["<sip:uas@{h}>", '"The UAS" <sip:uas@{h}>', "sip:uas@{h}"]
+
+
+@pytest.mark.parametrize("to_form", _TO_FORMS, ids=["name-addr", "display", "addr-spec"])
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("ip", LOOPBACKS)
+def test_uas_answers_with_the_bytes_it_always_sent(
+    loop: EventLoop, ip: str, proto: Proto, method: str, to_form: str
+) -> None:
+    disp, got = _uas(loop, ip, proto)
+    leg = disp.legs[0]
+    dst = (ip, leg.src.port)
+    client: UdpClient | TcpClient = UdpClient(ip) if proto == "udp" else TcpClient(ip, dst)
+    try:
+        host = f"[{ip}]" if ":" in ip else ip
+        cport = client.port
+        # over UDP the Via asks for rport and names another host: received and
+        # rport are added (RFC 3261 18.2.1, RFC 3581); over TCP it is exact
+        if proto == "udp":
+            via = f"SIP/2.0/UDP client.invalid:{cport};branch=z9hG4bK-{method}-1;rport"
+            via_out = (
+                f"SIP/2.0/UDP client.invalid:{cport};branch=z9hG4bK-{method}-1"
+                f";received={ip};rport={cport}"
+            )
+        else:
+            via = via_out = f"SIP/2.0/TCP {_hostport(ip, cport)};branch=z9hG4bK-{method}-1"
+        frm = f'"Al" <sip:al@{host}>;tag=a1'
+        to = to_form.format(h=host)
+        callid = f"{method}-{proto}-{_TO_FORMS.index(to_form)}@{host}"
+        request = (
+            f"{method} sip:uas@{_hostport(ip, leg.src.port)} SIP/2.0\r\n"
+            f"Via: {via}\r\n"
+            f"From: {frm}\r\n"
+            f"To: {to}\r\n"
+            f"Call-ID: {callid}\r\n"
+            f"CSeq: 1 {method}\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        ).encode()
+
+        first = client.exchange(loop, request, dst)
+        m = re.search(rb"\r\nTo: [^\r]*;tag=([0-9a-f]{16})\r\n", first)
+        assert m is not None, first
+        lines = ["SIP/2.0 200 OK", "Supported: ", f"Allow: {DEFAULT_ALLOW}"]
+        if method == "INVITE":
+            # RFC 3261 13.3.1.4: the user part of To at the leg's address,
+            # with the leg's transport (19.1.4)
+            contact = f"sip:uas@{_hostport(ip, leg.src.port)}"
+            if proto == "tcp":
+                contact = f"<{contact};transport=tcp>"
+            lines.append(f"Contact: {contact}")
+        lines += [
+            f"Via: {via_out}",
+            f"From: {frm}",
+            f"To: {to};tag={m.group(1).decode()}",
+            f"Call-ID: {callid}",
+            f"CSeq: 1 {method}",
+            "Content-Length: 0",
+            "",
+            "",
+        ]
+        assert first == "\r\n".join(lines).encode()
+
+        # a retransmission is answered from the response cache, byte for byte
+        again = client.exchange(loop, request, dst)
+        assert again == first
+        assert len(got) == 1
+
+        if method == "INVITE":
+            # the ACK ends the retransmission of the 2xx (over UDP) and reaches the receiver
+            ack = (
+                f"ACK sip:uas@{_hostport(ip, leg.src.port)} SIP/2.0\r\n"
+                f"Via: {via.replace('-1;', '-2;')}\r\n"
+                f"From: {frm}\r\nTo: {to};tag={m.group(1).decode()}\r\n"
+                f"Call-ID: {callid}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+            if proto == "udp":
+                assert disp.queue_size() == 1
+            if proto == "udp":
+                client.sock.sendto(ack, dst)
+            else:
+                client.sock.sendall(ack)
+            deadline = time.monotonic() + _DEADLINE
+            while len(got) < 2 and time.monotonic() < deadline:
+                loop.loop(0)
+            assert [p.method() for p in got if isinstance(p, Request)] == [method, "ACK"]
+        assert disp.queue_size() == 0
+    finally:
+        client.close()
+        disp.close()
+
+
+# ------------------------------------------------------------------- floods
+
+
+def test_dispatcher_flood_with_hostile_but_parseable_packets() -> None:
+    """Garbage plus packets that parse but belong to nothing: stray responses,
+    ACK and CANCEL for unknown transactions, requests without Via or with a
+    hundred Vias. The receiver gets every valid request (and the hostile
+    packets that parse: the application's business); nothing is queued."""
+    rng = random.Random(4475)
+    with EventLoop() as loop:
+        leg = Leg(addr="127.0.0.1", port=0, proto="udp")
+        disp = Dispatcher([leg], loop)
+        try:
+            big_rcvbuf(leg.socketpool().master())
+            got: list[str] = []
+            valid_got = 0
+
+            def receiver(packet: Packet, leg_: Leg, from_: Addr) -> None:
+                nonlocal valid_got
+                cid = packet.callid() or ""
+                got.append(cid)
+                valid_got += cid.startswith("valid-")
+
+            disp.set_receiver(receiver)
+            dst = leg.socketpool().master().getsockname()
+            hostile = [
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\n"
+                b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\n"
+                b"Call-ID: stray\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+                call_request(1, "ack-unknown", method="ACK", proto="UDP"),
+                call_request(1, "cancel-unknown", method="CANCEL", proto="UDP"),
+                call_request(1, "no-via", proto="UDP").replace(b"Via: SIP/2.0/UDP", b"X-Via: x"),
+                call_request(1, "many-via", proto="UDP").replace(
+                    b"Via: ", b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKv\r\n" * 100 + b"Via: ", 1
+                ),
+            ]
+            valid = 0
+            with udp_socket() as sender:
+                for n in range(1, 5001):
+                    sender.sendto(garbage(rng, n), dst)
+                    if n % 10 == 0:
+                        sender.sendto(hostile[n // 10 % len(hostile)], dst)
+                    if n % 10 == 5:
+                        valid += 1
+                        sender.sendto(call_request(valid, f"valid-{valid}", proto="UDP"), dst)
+                    if n % 100 == 0:
+                        drive(loop, at_least(lambda: valid_got, valid))
+                        poll(loop, 5)
+            assert [c for c in got if c.startswith("valid-")] == [
+                f"valid-{i}" for i in range(1, valid + 1)
+            ]
+            # the hostile ones that parse reach the application (its business)
+            assert {"stray", "ack-unknown", "cancel-unknown", "many-via"} <= set(got)
+            assert disp.queue_size() == 0
+        finally:
+            disp.close()
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_flood_of_unique_large_requests_keeps_the_response_cache_bounded() -> None:
+    """1,500 unique requests of ~60 KB, each answered (responses copy the big
+    From): the cache keeps at most MAX_RESPONSE_CACHE bytes, the process grows
+    by little more, and a good client is still served."""
+    limit = 4 * 1024 * 1024
+    big = "x" * 60_000
+    proc = psutil.Process()
+    with EventLoop() as loop:
+        import_settings(MAX_RESPONSE_CACHE=limit)
+        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+        try:
+            leg = disp.legs[0]
+            big_rcvbuf(leg.socketpool().master())
+            answered = 0
+
+            def uas(packet: Packet, leg_: Leg, from_: Addr) -> None:
+                nonlocal answered
+                if isinstance(packet, Request):
+                    disp.deliver(packet.create_response(200), leg=leg_, dst_addr=from_)
+                    answered += 1
+
+            disp.set_receiver(uas)
+            dst = leg.socketpool().master().getsockname()
+            gc.collect()
+            rss_before = proc.memory_info().rss
+            peak_cache = 0
+            with udp_socket() as sender:
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+                for n in range(1, 1501):
+                    display = big[: 60_000 - n % 7]  # unique sizes too
+                    req = call_request(n, f"flood-{n}", proto="UDP").replace(
+                        b"From: ", f'From: "{display}" '.encode(), 1
+                    )
+                    sender.sendto(req, dst)
+                    if n % 20 == 0:
+                        drive(loop, at_least(lambda: answered, n))
+                        peak_cache = max(peak_cache, disp._cache.bytes)
+                        datagrams(sender)  # the responses, not kept
+            assert answered == 1500
+            assert peak_cache <= limit
+            grown = proc.memory_info().rss - rss_before
+            assert grown < limit + 40 * 1024 * 1024, grown  # 90 MB of responses unbounded
+            # a good client is still answered
+            with udp_socket() as good:
+                good.sendto(call_request(1, "good", proto="UDP"), dst)
+                drive(loop, at_least(lambda: answered, 1501))
+        finally:
+            disp.close()

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from netsip import leg as leg_mod
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import DEFAULT_ALLOW, MAGIC_COOKIE, Leg
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import Addr, Proto, Var, sip_hdrval2parts
-from tests.support import TlsFiles, have_ipv6, make_tls_files, open_fds, require_perl_netsip
+from tests.support import (
+    TlsFiles,
+    address,
+    have_ipv6,
+    make_tls_files,
+    nasty_text,
+    open_fds,
+    require_perl_netsip,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -652,3 +664,94 @@ def test_contact_of_2xx_reaches_the_uas_over_its_transport(
     finally:
         uac.close()
         uas.close()
+
+
+# ------------------------------------------- the Contact's shortcuts against the long way
+
+
+# Leg._make_contact as it was before the shortcut (the general header parser)
+def ref_make_contact(contact: str, packet: Packet, is_request: bool) -> str:
+    hdr = packet.get_header("from" if is_request else "to")
+    m = re.match(r"(\w+):(?:.*@)?(.*)\Z", contact)
+    if hdr is None or m is None:
+        return contact
+    sproto, addr = m.group(1), m.group(2)
+    user = sip_hdrval2parts("from", hdr)[0]
+    um = re.search(r"([^<>@\s]+)@", user)
+    if um is None:
+        return contact
+    # the user of the From/To without its scheme; the scheme is the leg's
+    name = re.sub(r"\A[A-Za-z][A-Za-z0-9+.-]*:", "", um.group(1))
+    out = f"{sproto}:{name}@{addr}"
+    if ";" in out:
+        out = f"<{out}>"
+    return out
+
+
+# values near the shortcut: "<...>" followed by anything
+near_addr = st.builds(lambda a, b: f"<{a}>{b}", nasty_text, nasty_text)
+
+
+@settings(max_examples=1500)
+@given(st.one_of(nasty_text, near_addr))
+@example("<sip:bob@127.0.0.1>;tag=1")
+@example("<sip:bob@127.0.0.1>")
+@example("<sip:bob@h>x;tag=1")
+@example("<sip:bob@h> ;tag=1")
+@example("<sip:b<o>b@h>;tag=1")
+@example("<sip:bob@h;tag=1")
+@example("<sip:bob@h>;tag=\\1")
+@example('<sip:bob@h>;x="a;b"')
+@example("<sip:bob@h>\r\n ;tag=1")
+@example("<>")
+@example("<")
+def test_addr_data_equals_hdrval2parts(value: str) -> None:
+    assert leg_mod._addr_data(value) == sip_hdrval2parts("from", value)[0]
+
+
+@pytest.fixture(scope="module")
+def module_udp_leg() -> Iterator[Leg]:
+    """One UDP leg for the module: hypothesis runs a test many times with one fixture."""
+    with Leg(addr="127.0.0.1", port=0, proto="udp") as leg:
+        yield leg
+
+
+_CONTACTS = [
+    "",  # the leg's own (filled in by the test)
+    "sip:127.0.0.1:5070",
+    "sips:uas@[::1]:5061",
+    "sip:host.example;transport=tcp",
+    "no-scheme",
+    "<sip:x@y>",
+]
+
+
+@given(address, address, st.sampled_from(_CONTACTS), st.booleans())
+@example("<sip:alice@h>;tag=1", "<sip:bob@h>", "", True)
+@example("<sip:alice@h>;tag=1", "<sip:bob@h>;tag=2", "", False)
+@example('"Bob" <sip:bob@h>;tag=1', "sip:bob@h;tag=2", "sip:host.example;transport=tcp", False)
+def test_make_contact_equals_the_reference_copy(
+    module_udp_leg: Leg, frm: str, to: str, contact: str, is_request: bool
+) -> None:
+    own = module_udp_leg.contact
+    module_udp_leg.contact = contact or own
+    try:
+        packet = Request("INVITE", "sip:bob@h", [("From", frm), ("To", to)])
+        assert module_udp_leg._make_contact(packet, is_request) == ref_make_contact(
+            module_udp_leg.contact, packet, is_request
+        )
+    finally:
+        module_udp_leg.contact = own
+
+
+def test_make_contact_follows_a_changed_leg_contact(module_udp_leg: Leg) -> None:
+    own = module_udp_leg.contact
+    packet = Request("INVITE", "sip:bob@h", [("From", "<sip:al@h>;tag=1")])
+    try:
+        for contact in ("sip:10.0.0.1:5070", "sip:10.0.0.2:5070", own):
+            module_udp_leg.contact = contact
+            want = ref_make_contact(contact, packet, True)
+            assert module_udp_leg._make_contact(packet, True) == want
+            assert want.endswith(contact.split(":", 1)[1])
+    finally:
+        module_udp_leg.contact = own

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from netsip import respcache
+from netsip.packet import Packet, Request
 from netsip.respcache import CACHE_TIME, ResponseCache, cache_key
+from tests.support import address, nasty_text
 
 
 class _Hdrs:
@@ -107,3 +114,121 @@ def test_bounded_in_bytes_oldest_go_first() -> None:
     assert (len(cache), cache.bytes) == (0, 0)
     with pytest.raises(ValueError, match="go together"):
         ResponseCache(max_bytes=10)
+
+
+# ------------------------------------------- the key's shortcuts against the long way
+
+# respcache.cache_key as it was before the shortcuts (with _strip_tag's pure
+# regex form, which its fast case must equal)
+_REF_TAG_RX = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;, \t]*", re.IGNORECASE)
+
+
+def ref_strip_tag(to: str) -> str:
+    i = to.rfind(">")
+    if i < 0:
+        return _REF_TAG_RX.sub("", to)
+    return to[: i + 1] + _REF_TAG_RX.sub("", to[i + 1 :])
+
+
+def ref_key_to(to: str) -> str:
+    return ref_strip_tag(to) if "tag" in to.lower() else to
+
+
+def ref_cache_key(packet: Packet) -> str:
+    g = packet.get_headers
+    to = ",".join(g("to"))
+    return "\0".join(
+        (",".join(g("cseq")), ",".join(g("call-id")), ",".join(g("from")), ref_key_to(to))
+    )
+
+
+class GetHeadersOnly:
+    """A HeaderSource in the protocol's original shape: only get_headers."""
+
+    def __init__(self, packet: Packet) -> None:
+        self._packet = packet
+
+    def get_headers(self, name: str) -> list[str]:
+        return self._packet.get_headers(name)
+
+
+# the characters that matter to tags, name-addrs, quoting and folding, in
+# shapes near the shortcut: "<...>" followed by a tag or other parameters
+near_tag = st.builds(
+    lambda a, t, b: f"{a}>{t}{b}",
+    nasty_text,
+    st.sampled_from([";tag=", ";TAG=", ";Tag=", "; tag=", ";tag =", ";tags=", ";", ""]),
+    nasty_text,
+)
+
+_names = {
+    "to": ["To", "t", "TO"],
+    "from": ["From", "f", "fROM"],
+    "call-id": ["Call-ID", "i", "call-id"],
+    "cseq": ["CSeq", "CSEQ"],
+}
+_value_of = {
+    "to": address,
+    "from": address,
+    "call-id": st.text(alphabet="abc123@.-", min_size=1, max_size=12),
+    "cseq": st.sampled_from(["1 OPTIONS", "2 INVITE", "1 invite", "x", "10 ACK"]),
+}
+
+
+@st.composite
+def header_sets(draw: st.DrawFn) -> list[tuple[str, str]]:
+    """Headers for a packet: each of the key's headers absent, once, or repeated."""
+    out: list[tuple[str, str]] = []
+    for key, names in _names.items():
+        for _ in range(draw(st.integers(0, 3))):
+            out.append((draw(st.sampled_from(names)), draw(_value_of[key])))
+    out.append(("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1"))
+    return draw(st.permutations(out))
+
+
+@settings(max_examples=1500)
+@given(st.one_of(nasty_text, near_tag))
+@example("<sip:a@b>;tag=1")
+@example('"x>" <sip:a@b>;TAG=1')
+@example("<sip:a@b>;tag=1;tag=2")
+@example("<sip:a@b>;tag=a>b")
+@example("<sip:a@b>;tag=")
+@example("<sip:a@b>\n;tag=1")
+@example("sip:a@b;tag=1")
+@example("<sip:a>;tag=1,<sip:b>;tag=2")
+@example("")
+def test_key_to_equals_the_long_way(to: str) -> None:
+    assert respcache._key_to(to) == ref_key_to(to)
+    assert respcache._strip_tag(to) == ref_strip_tag(to)
+
+
+@given(header_sets())
+def test_cache_key_equals_the_reference_copy(headers: list[tuple[str, str]]) -> None:
+    req = Request("OPTIONS", "sip:bob@127.0.0.1", headers)
+    want = ref_cache_key(req)
+    assert cache_key(req) == want
+    assert cache_key(GetHeadersOnly(req)) == want  # the protocol's get_headers-only shape
+    # and so does the key of the response (the To gets a tag unless it has one)
+    resp = req.create_response(200)
+    assert cache_key(resp) == ref_cache_key(resp)
+    # a parsed packet reads its values from the header index
+    try:
+        parsed = Packet.new_from_string(req.as_bytes())
+    except ValueError:
+        return  # the values do not make a valid message
+    assert cache_key(parsed) == ref_cache_key(parsed)
+
+
+def test_request_and_response_share_the_key() -> None:
+    req = Packet.new_from_string(
+        b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1\r\n"
+        b'f: "A" <sip:a@127.0.0.1>;tag=9\r\n'
+        b"t: <sip:bob@127.0.0.1>;Tag=x;lr\r\n"
+        b"i: 1@h\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(req, Request)
+    for code in (100, 180, 200, 486):
+        assert cache_key(req.create_response(code)) == cache_key(req) == ref_cache_key(req)
+    fresh = Request("OPTIONS", "sip:bob@h", [("To", "<sip:bob@h>"), ("Call-ID", "c")])
+    assert cache_key(fresh.create_response(200)) == cache_key(fresh)

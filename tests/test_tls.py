@@ -26,16 +26,23 @@ from netsip._log import BURST
 from netsip._tls import TLS_READSIZE, TLSConn, make_contexts, server_hostname
 from netsip.eventloop import EventLoop
 from netsip.packet import Packet
-from netsip.socketpool import SocketPool
+from netsip.socketpool import SocketPool, get_settings
 from netsip.util import Addr
 from tests.support import (
     LOOPBACKS,
     FakeClock,
+    TlsFiles,
+    call_request,
     collector,
     connect,
     family,
     is_eof,
+    make_tls_files,
     open_fds,
+    peer_closed,
+    pkt,
+    poll,
+    reset,
     spin,
     tcp_listener,
 )
@@ -743,3 +750,65 @@ def test_write_waiting_for_read_does_not_spin(
         b.sendto(got_b[0][0].create_response(200), got_b[0][1])  # type: ignore[attr-defined]  # a Request
         drive(loop, lambda: status and len(got_b) == 2 and got_a)
         assert status == [0]
+
+
+# --------------------------------------------------------------------- hostile handshakes
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory, "localhost", "127.0.0.1")
+
+
+def tls_pool_from_files(files: TlsFiles, **kw: object) -> SocketPool:
+    """A TLS pool on a fresh listener, or skip while SocketPool has no TLS."""
+    lst = tcp_listener()
+    opts = {"certfile": files.cert, "keyfile": files.key, "cafile": files.ca}
+    try:
+        return SocketPool("tls", lst, tls=opts, **kw)  # type: ignore[arg-type]  # settings
+    except NotImplementedError:
+        lst.close()
+        pytest.skip("SocketPool has no TLS transport yet")
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client (a ClientHello record)."""
+    ctx = ssl.create_default_context()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def test_tls_peer_reset_mid_handshake(tls_files: TlsFiles) -> None:
+    """Half a ClientHello and a RST, garbage instead of TLS, and a client that
+    never starts the handshake (closed by CONNECT_TIMEOUT): none of them
+    disturbs a real TLS client of the same pool."""
+    clock = FakeClock(1_000_000.0)
+    with EventLoop(clock=clock) as loop, tls_pool_from_files(tls_files) as pool:
+        got, cb = collector()
+        pool.attach_eventloop(loop, cb)
+        server = addr_of(pool.master())
+        hello = client_hello()
+        half = connect(server)
+        half.sendall(hello[: len(hello) // 2])
+        garbage = connect(server)
+        garbage.sendall(call_request(1, "not-tls"))
+        silent = connect(server)
+        try:
+            poll(loop)
+            reset(half)
+            support_drive(loop, lambda: peer_closed(garbage))
+            support_drive(loop, lambda: pool.connection_count() == 1)
+            # a real client (another pool) completes its handshake and delivers
+            with tls_pool_from_files(tls_files) as client:
+                client.attach_eventloop(loop, None)
+                errs: list[int] = []
+                client.sendto(pkt(call_request(2, "tls")), server, errs.append)
+                support_drive(loop, lambda: errs == [0] and len(got) == 1)
+            assert got[0][0].tid() == "tls 2" and got[0][1].proto == "tls"
+            clock.now += float(get_settings()["CONNECT_TIMEOUT"]) + 1
+            support_drive(loop, lambda: peer_closed(silent))
+        finally:
+            garbage.close()
+            silent.close()

@@ -1,4 +1,4 @@
-"""IPv6 counterparts of the SocketPool tests that tests/test_socketpool.py runs on IPv4 only.
+"""IPv6 counterparts of the SocketPool tests that ``test_core.py`` runs on IPv4 only.
 
 Everything else there is parametrised over 127.0.0.1 and ::1 already; TLS over
 ::1 is in tests/test_tls.py. Here: address family mismatches, the destination

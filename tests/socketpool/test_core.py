@@ -1,4 +1,8 @@
-"""Tests for netsip.socketpool over real loopback sockets (IPv4 and, where cheap, IPv6)."""
+"""Tests for netsip.socketpool over real loopback sockets (IPv4 and, where cheap, IPv6).
+
+Settings, UDP and TCP exchange, idle expiry, scale and lifecycle, and the
+per-connection shortcuts; the other modules of this package cover the rest.
+"""
 
 from __future__ import annotations
 

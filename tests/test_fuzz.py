@@ -1,4 +1,4 @@
-"""Hardening (issue 8): bounded runs of the fuzz harnesses in ``fuzz/``.
+"""Bounded runs of the fuzz harnesses in ``fuzz/`` (the parser and the framer).
 
 The harnesses' ``check`` functions hold the invariants (only ``PacketError``
 out of the parser, re-parseable wire form; only ``FramingError`` out of the
