@@ -1,4 +1,11 @@
-"""Tests for netsip.dispatcher: delivery over loopback, retransmission, cache, resolution."""
+"""Tests for netsip.dispatcher: delivery over loopback, retransmission, cache, resolution.
+
+The last sections pin what a UAS built from a Leg and a Dispatcher sends:
+the bytes a retransmitted request gets from the response cache, which packets
+are queued for retransmission, the exact response bytes over UDP and TCP on
+IPv4 and IPv6; and that floods of garbage and of hostile but parseable
+packets neither lose a valid request nor grow the response cache unbounded.
+"""
 
 from __future__ import annotations
 
@@ -988,7 +995,7 @@ def _exchange(
     return out
 
 
-def test_cached_response_is_the_one_sent(loop: EventLoop) -> None:
+def test_retransmitted_request_gets_the_bytes_sent_before(loop: EventLoop) -> None:
     disp, got = _udp_uas(loop)
     dst = ("127.0.0.1", disp.legs[0].src.port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
@@ -1003,7 +1010,9 @@ def test_cached_response_is_the_one_sent(loop: EventLoop) -> None:
     disp.close()
 
 
-def test_cached_response_that_does_not_parse_goes_to_receiver(loop: EventLoop) -> None:
+def test_retransmission_reaches_the_receiver_when_the_cached_response_does_not_parse(
+    loop: EventLoop,
+) -> None:
     disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
     got: list[Packet] = []
 
@@ -1165,7 +1174,7 @@ _TO_FORMS = ["<sip:uas@{h}>", '"The UAS" <sip:uas@{h}>', "sip:uas@{h}"]
 @pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 @pytest.mark.parametrize("ip", LOOPBACKS)
-def test_uas_answers_with_the_bytes_it_always_sent(
+def test_uas_answers_with_exactly_the_expected_bytes(
     loop: EventLoop, ip: str, proto: Proto, method: str, to_form: str
 ) -> None:
     disp, got = _uas(loop, ip, proto)
@@ -1254,7 +1263,7 @@ def test_uas_answers_with_the_bytes_it_always_sent(
 # ------------------------------------------------------------------- floods
 
 
-def test_dispatcher_flood_with_hostile_but_parseable_packets() -> None:
+def test_flood_of_hostile_but_parseable_packets_delivers_every_valid_request() -> None:
     """Garbage plus packets that parse but belong to nothing: stray responses,
     ACK and CANCEL for unknown transactions, requests without Via or with a
     hundred Vias. The receiver gets every valid request (and the hostile

@@ -454,7 +454,7 @@ def test_parse_stream_gives_the_wire_form_and_a_body_of_its_own() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=6),
        st.integers(0, 40))  # fmt: skip
-def test_random_streams_agree(pieces: list[bytes], cut: int) -> None:
+def test_parse_stream_agrees_with_frame_on_random_streams(pieces: list[bytes], cut: int) -> None:
     buf = b"".join(pieces)
     check_every_start(buf[: max(len(buf) - cut, 1)])
 

@@ -85,13 +85,13 @@ def run_mutations(check: Callable[[bytes], None], corpus: list[bytes], per_seed:
 # ------------------------------------------------------------ corpus + mutations
 
 
-def test_packet_seeds_and_mutations() -> None:
+def test_packet_harness_on_seeds_and_mutations() -> None:
     corpus = seeds.packet_seeds()
     assert len(corpus) > 50  # RFC 4475 (49 messages) and the test vectors
     assert run_mutations(harness_packet.check, corpus, 300) > 18000
 
 
-def test_framing_seeds_and_mutations() -> None:
+def test_framing_harness_on_seeds_and_mutations() -> None:
     corpus = seeds.framing_seeds()
     assert len(corpus) > 50
     assert run_mutations(harness_framing.check, corpus, 100) > 7000
@@ -99,7 +99,7 @@ def test_framing_seeds_and_mutations() -> None:
 
 @settings(max_examples=300)
 @given(st.binary(max_size=2000))
-def test_packet_random_bytes(data: bytes) -> None:
+def test_packet_harness_on_random_bytes(data: bytes) -> None:
     harness_packet.check(data)
 
 
@@ -109,17 +109,17 @@ def test_packet_random_bytes(data: bytes) -> None:
         st.sampled_from((*_TOKENS, b"INVITE sip:a SIP/2.0", b"x", b"0", b"12")), max_size=60
     ).map(b"".join)
 )
-def test_packet_random_tokens(data: bytes) -> None:
+def test_packet_harness_on_random_tokens(data: bytes) -> None:
     harness_packet.check(data)
 
 
 @settings(max_examples=200)
 @given(st.binary(min_size=3, max_size=600))
-def test_framing_random_bytes(data: bytes) -> None:
+def test_framing_harness_on_random_bytes(data: bytes) -> None:
     harness_framing.check(data)
 
 
-def test_framing_limits_decoding() -> None:
+def test_framing_harness_decodes_its_limits() -> None:
     assert harness_framing.limits(b"") == (8, 0, 1, b"")
     assert harness_framing.limits(b"\xff\xff\xffabc") == (8 + 4 * 255, 8 * 255, 256, b"abc")
 

@@ -1,4 +1,8 @@
-"""Tests for netsip.leg: construction, Via/branch, received/rport, routing headers, deliver."""
+"""Tests for netsip.leg: construction, Via/branch, received/rport, routing headers, deliver.
+
+The last section holds the Contact shortcut (INVITE and its 2xx) to the
+general header parser it replaces.
+"""
 
 from __future__ import annotations
 

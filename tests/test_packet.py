@@ -1,4 +1,9 @@
-"""Tests for netsip.packet: parsing, header operations, serialisation, responses."""
+"""Tests for netsip.packet: parsing, header operations, serialisation, responses.
+
+The last sections hold each shortcut of the parser's hot path (line, prefix
+and start-line caches, the fast path, the header index, the cached
+transaction id, the response wire form) to the long way it replaces.
+"""
 
 from __future__ import annotations
 
@@ -1168,7 +1173,7 @@ def tid_outcome(p: Packet, way: str) -> str:
 
 
 @pytest.mark.parametrize("data", corpus(), ids=lambda d: d[:24].decode(errors="replace"))
-def test_tid_of_parsed_packets(data: bytes) -> None:
+def test_tid_of_parsed_packets_equals_the_long_way(data: bytes) -> None:
     try:
         p = Packet.new_from_string(data)
     except PacketError:
@@ -1210,7 +1215,7 @@ def test_tid_follows_every_change(ops: list[tuple[str, str, list[str]]]) -> None
         assert tid_outcome(p, "cached") == tid_outcome(p, "long")
 
 
-def test_create_response_tid_with_replaced_callid() -> None:
+def test_response_tid_follows_a_replaced_callid_and_cseq() -> None:
     req = Packet.new_from_string(options(4))
     assert isinstance(req, Request)
     assert req.tid() == "4@127.0.0.1 1"
@@ -1277,7 +1282,7 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(ADDR_HEADS + VIA_HEADS), st.text(
     st.sampled_from(list(";=tagbrch\"<>, \t-xé@")), max_size=10))  # fmt: skip
-def test_prefix_caches_random_tails(head: str, tail: str) -> None:
+def test_prefix_caches_change_nothing_for_random_tails(head: str, tail: str) -> None:
     for name in ("Via", "From", "f", "v"):
         for value in (
             head + tail,
@@ -1375,8 +1380,9 @@ def long_wire(p: Packet) -> bytes:
                        st.sampled_from(["0", "5", "<sip:x@y>", "a"])), max_size=4),
     st.binary(max_size=6),
 )  # fmt: skip
-def test_response_wire_form(code: int, msg: str | None, extra: list[tuple[str, str]],
-                            body: bytes) -> None:  # fmt: skip
+def test_response_wire_form_equals_the_long_way(
+    code: int, msg: str | None, extra: list[tuple[str, str]], body: bytes
+) -> None:
     req = Packet.new_from_string(options(5))
     assert isinstance(req, Request)
     resp = req.create_response(code, msg)
@@ -1431,7 +1437,7 @@ TOS = [
 
 
 @pytest.mark.parametrize("to", TOS)
-def test_has_tag_shortcut(to: str) -> None:
+def test_has_tag_shortcut_equals_the_tag_pattern(to: str) -> None:
     params = to.rpartition(">")[2] if "<" in to else to
     assert packet_mod._has_tag(to) == (_abnf.TAG_PARAM_RE.search(params) is not None)
 
@@ -1451,7 +1457,9 @@ def test_header_changes_with_a_bad_value_change_nothing() -> None:
 @given(st.sampled_from(["Allow", "supported", "X-Thing", "via", "l"]),
        st.text(alphabet=st.sampled_from(list(" \t\r\nabc,;=<>\u00e9\u2028")), max_size=12),
        st.booleans())  # fmt: skip
-def test_insert_header_plain_string_shortcut(name: str, value: str, indexed: bool) -> None:
+def test_insert_header_with_one_string_equals_a_list_of_it(
+    name: str, value: str, indexed: bool
+) -> None:
     """insert_header with one str (the shortcut) is insert_header with a list of it."""
     fast = Packet.new_from_string(options(11))
     slow = Packet.new_from_string(options(11))

@@ -1,4 +1,8 @@
-"""Tests for netsip.respcache: the dispatcher's response cache (no I/O)."""
+"""Tests for netsip.respcache: the dispatcher's response cache and its key (no I/O).
+
+The last section holds the cache key's shortcuts (header tuples, a plain To
+tag cut without the general code) to a reference copy of the long way.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ class _Hdrs:
 
 def _pkt(cseq: str = "1 OPTIONS", callid: str = "abc") -> _Hdrs:
     return _Hdrs(cseq=cseq, call_id=callid, from_="<sip:a@b>;tag=1", to="<sip:c@d>")
+
+
+# ------------------------------------------------------------- key and cache
 
 
 def test_key_identifies_transaction() -> None:

@@ -1,6 +1,6 @@
 """Tests for the TLS transport of netsip.socketpool (netsip._tls), on IPv4 and IPv6 loopback.
 
-Certificates come from one test CA per module (trustme), made at test time.
+Certificates come from test CAs (trustme) made at test time, once per module.
 Both ends are netsip pools unless a test needs a raw peer (a plain-TCP client,
 a silent client, a listener that never answers the ClientHello).
 """
@@ -780,7 +780,7 @@ def client_hello() -> bytes:
     return out.read()
 
 
-def test_tls_peer_reset_mid_handshake(tls_files: TlsFiles) -> None:
+def test_hostile_handshakes_leave_a_real_tls_client_served(tls_files: TlsFiles) -> None:
     """Half a ClientHello and a RST, garbage instead of TLS, and a client that
     never starts the handshake (closed by CONNECT_TIMEOUT): none of them
     disturbs a real TLS client of the same pool."""

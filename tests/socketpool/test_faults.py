@@ -35,10 +35,10 @@ from tests.support import call_request as request
 pytestmark = pytest.mark.usefixtures("restore_settings")
 
 
-# ------------------------------------------------------------------- faults
+# ---------------------------------------------------- resets and closes
 
 
-def test_peer_reset_mid_message() -> None:
+def test_peer_reset_mid_message_closes_only_that_connection() -> None:
     with EventLoop() as loop, SocketPool("tcp", tcp_listener()) as pool:
         got: Received = []
         pool.attach_eventloop(loop, answering(pool, got))
@@ -56,7 +56,7 @@ def test_peer_reset_mid_message() -> None:
         assert [p.tid() for p, _ in got] == ["other 1"]
 
 
-def test_peer_reset_mid_write_as_server() -> None:
+def test_peer_reset_mid_write_fails_the_queued_callbacks() -> None:
     """The pool answers with a large response that a client resets half way:
     the sendto callback gets the socket's error, nothing leaks."""
     big = b"b" * 200_000
@@ -86,7 +86,7 @@ def test_peer_reset_mid_write_as_server() -> None:
         assert set(errs) <= {0, errno.ECONNRESET, errno.EPIPE}
 
 
-def test_destination_closes_between_connect_and_write() -> None:
+def test_destination_gone_before_the_write_fails_and_is_not_reused() -> None:
     """The listener goes away while the pool's connection waits in its backlog:
     the queued packet fails with an errno, and the next sendto does not reuse
     the dead connection (it gets ECONNREFUSED)."""
@@ -106,7 +106,7 @@ def test_destination_closes_between_connect_and_write() -> None:
         assert pool.connection_count() == 0
 
 
-def test_destination_accepts_and_closes_at_once() -> None:
+def test_destination_that_accepts_and_closes_at_once_gets_a_new_connection() -> None:
     """The peer accepts and closes before the pool wrote: the write may still
     succeed (the kernel took it), but the pool notices the close, drops the
     connection, and a later sendto opens a new one."""
@@ -127,6 +127,9 @@ def test_destination_accepts_and_closes_at_once() -> None:
             assert pool.connection_count() == 1
             s.settimeout(5)
             assert s.recv(65536).startswith(b"OPTIONS")
+
+
+# ---------------------------------------------------- ICMP errors on UDP
 
 
 def test_udp_econnrefused_does_not_kill_a_connected_master() -> None:

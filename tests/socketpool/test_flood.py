@@ -100,7 +100,7 @@ def clear_parser_caches() -> None:
         cache.clear()
 
 
-# --------------------------------------------------------------------- floods
+# --------------------------------------------------------- UDP garbage flood
 
 
 def test_udp_garbage_flood_delivers_every_valid_packet_memory_flat() -> None:
@@ -183,7 +183,7 @@ def test_udp_garbage_flood_delivers_every_valid_packet_memory_flat() -> None:
         assert loop.fd_count() == 1
 
 
-# ----------------------------------------------------------------------- soak
+# -------------------------------------------------------- TCP connection soak
 
 
 def test_soak_5000_tcp_connections_back_to_baseline() -> None:

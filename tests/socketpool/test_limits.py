@@ -119,6 +119,9 @@ def test_idle_connections_expire_with_a_fake_clock() -> None:
                 s.close()
 
 
+# ------------------------------------------------------ header and body limits
+
+
 def test_endless_header_is_dropped_at_max_sip_header() -> None:
     """Header lines that never end in CRLF CRLF: the connection is closed as soon
     as the buffer holds MAX_SIP_HEADER + 4 bytes without a header end, not later."""
@@ -358,7 +361,7 @@ def test_pool_wide_write_limit_closes_the_worst_reader() -> None:
         assert [p.tid() for p, _ in good_got] == [f"good {k}" for k in sorted(good)]
 
 
-def test_max_wbuf_setting() -> None:
+def test_max_wbuf_setting_default_and_checks() -> None:
     assert get_settings()["MAX_WBUF"] == 4 * 1024 * 1024
     with pytest.raises(ValueError, match="MAX_WBUF"):
         import_settings(MAX_WBUF=0)
