@@ -120,12 +120,23 @@ class HeaderFields:
         return index.get(key, ())
 
     def _build_index(self) -> dict[str, tuple[str, ...]]:
+        # linear: a repeated header collects its values in a list first (a
+        # tuple grown with += per value made 65,000 values cost seconds)
         index: dict[str, tuple[str, ...]] = {}
+        repeated: dict[str, list[str]] | None = None
         for k, v, _ in self._hdrs:
             if k in index:  # (rare: most headers occur once)
-                index[k] += (v,)
+                if repeated is None:
+                    repeated = {}
+                values = repeated.get(k)
+                if values is None:
+                    repeated[k] = values = list(index[k])
+                values.append(v)
             else:
                 index[k] = (v,)
+        if repeated:
+            for k, values in repeated.items():
+                index[k] = tuple(values)
         self._index = index
         return index
 
