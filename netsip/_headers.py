@@ -119,6 +119,17 @@ class HeaderFields:
             index = self._build_index()
         return index.get(key, ())
 
+    def has_headers(self, keys: frozenset[str]) -> bool:
+        """Whether every header of ``keys`` (normalised names) is present.
+
+        One set operation on the index: cheaper than a lookup per name, so
+        it suits checks that run for every received message.
+        """
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        return index.keys() >= keys
+
     def _build_index(self) -> dict[str, tuple[str, ...]]:
         # linear: a repeated header collects its values in a list first (a
         # tuple grown with += per value made 65,000 values cost seconds)
