@@ -6,6 +6,7 @@ Invariants checked for every input:
   bytes and for the equivalent ``str`` input, which must give the same result);
 * a parsed packet answers every accessor (``tid``, ``cseq``, ``headers`` ...;
   ``get_header`` may raise ``PacketError`` for conflicting values only);
+* it is parsed within :data:`BUDGET` seconds of CPU;
 * its wire form parses again to an equal packet (same headers, apart from
   a ``Content-Length`` that ``as_bytes`` adds, and body), and so does the wire form of
   a modified copy (what a proxy forwarding it would send).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 
 from netsip.packet import Packet, PacketError, Request, Response
 
@@ -58,9 +60,18 @@ def _exercise(pkt: Request | Response) -> None:
         pkt.msg()
 
 
+#: CPU seconds one input may cost to parse (a datagram of up to 65,507 bytes):
+#: a slow input is a failure, not only a crash. The hostile inputs the parser
+#: is bounded against take a few ms; the budget leaves room for a busy machine.
+BUDGET = 0.1
+
+
 def check(data: bytes) -> None:
     """TestOneInput: raise if an invariant is broken for ``data``."""
+    start = time.thread_time()
     res = _parse(data)
+    spent = time.thread_time() - start
+    assert spent < BUDGET, f"parsing {len(data)} bytes took {spent * 1000:.1f} ms of CPU"
     res_str = _parse(data.decode(_ENC, "surrogateescape"))
     assert type(res) is type(res_str), (res, res_str)
     if isinstance(res, PacketError):

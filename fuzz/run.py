@@ -9,6 +9,9 @@ they get coverage instrumentation (instrumenting the whole standard library
 costs many seconds at start-up); the ``str`` hook lets libFuzzer learn the
 literals the parsers compare against. Without corpus
 directories the seed corpus is written to a temporary directory first.
+Unless given, ``-max_len=65507`` (the largest UDP datagram) and
+``-timeout=2`` (seconds per input) are added: a slow input counts as a
+failure, as a crash does.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         harness = importlib.import_module(f"fuzz.harness_{target}")
         seeds = importlib.import_module("fuzz.seeds")
 
+    # every input as big as a UDP datagram can be, and a slow one is a
+    # failure (libFuzzer's per-input timeout, in seconds)
+    if not any(a.startswith("-max_len=") for a in args):
+        args.append("-max_len=65507")
+    if not any(a.startswith("-timeout=") for a in args):
+        args.append("-timeout=2")
     if not any(not a.startswith("-") for a in args[1:]):
         # no corpus given: start from the seeds
         tmp = Path(tempfile.mkdtemp(prefix=f"netsip-fuzz-{target}-"))

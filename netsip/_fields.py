@@ -39,6 +39,39 @@ class PacketError(NetSIPError, ValueError):
     """A SIP message could not be parsed, or a packet was used wrongly."""
 
 
+class BodyTruncatedError(PacketError):
+    """A datagram ends before the body its Content-Length announces (RFC 3261 18.3).
+
+    Attributes:
+        parts: what the parser made of the message (its body as far as it
+            came), so that a transport can answer a request with 400.
+    """
+
+    def __init__(self, message: str, parts: object) -> None:
+        super().__init__(message)
+        self.parts = parts
+
+
+class ParseLimits:
+    """Bounds the parser puts on one message, against hostile input.
+
+    Attributes:
+        max_headers: header lines per message (Kamailio: 1,000-ish too).
+        max_values: values of one list header (``Accept: a, b, ...``).
+    """
+
+    __slots__ = ("max_headers", "max_values")
+
+    def __init__(self, max_headers: int = 1000, max_values: int = 256) -> None:
+        self.max_headers = max_headers
+        self.max_values = max_values
+
+
+#: the limits in force (changed through ``import_settings``: ``MAX_HEADERS``,
+#: ``MAX_HEADER_VALUES``)
+LIMITS = ParseLimits()
+
+
 HeaderValue: TypeAlias = str | int
 HeaderValues: TypeAlias = HeaderValue | Sequence[HeaderValue] | None
 HeadersArg: TypeAlias = Mapping[str, HeaderValues] | Iterable[tuple[str, HeaderValues]] | None

@@ -119,13 +119,35 @@ class HeaderFields:
             index = self._build_index()
         return index.get(key, ())
 
+    def has_headers(self, keys: frozenset[str]) -> bool:
+        """Whether every header of ``keys`` (normalised names) is present.
+
+        One set operation on the index: cheaper than a lookup per name, so
+        it suits checks that run for every received message.
+        """
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        return index.keys() >= keys
+
     def _build_index(self) -> dict[str, tuple[str, ...]]:
+        # linear: a repeated header collects its values in a list first (a
+        # tuple grown with += per value made 65,000 values cost seconds)
         index: dict[str, tuple[str, ...]] = {}
+        repeated: dict[str, list[str]] | None = None
         for k, v, _ in self._hdrs:
             if k in index:  # (rare: most headers occur once)
-                index[k] += (v,)
+                if repeated is None:
+                    repeated = {}
+                values = repeated.get(k)
+                if values is None:
+                    repeated[k] = values = list(index[k])
+                values.append(v)
             else:
                 index[k] = (v,)
+        if repeated:
+            for k, values in repeated.items():
+                index[k] = tuple(values)
         self._index = index
         return index
 

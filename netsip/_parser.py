@@ -80,10 +80,12 @@ from netsip._fields import (
     ENC,
     ERRORS,
     KIND,
+    LIMITS,
     LIST,
     NUM,
     NUM_MAX,
     VIA,
+    BodyTruncatedError,
     Hdr,
     PacketError,
     check_addr,
@@ -204,21 +206,28 @@ def _unfold(lines: list[str]) -> list[str]:
     """Join continuation lines (RFC 3261 7.3.1): folding is equivalent to one SP.
 
     ``lines`` is changed to hold the raw logical lines (with their folding);
-    the unfolded lines are returned.
+    the unfolded lines are returned. Linear in the number of lines: each
+    logical line is joined once (16,000 continuation lines used to cost a
+    string rebuild each).
     """
-    raw: list[str] = [lines[0]]
-    flat: list[str] = [lines[0]]
+    groups: list[list[str]] = [[lines[0]]]
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
-            if len(raw) == 1:
+            if len(groups) == 1:
                 raise PacketError(f"bad header line {line!r}")
-            raw[-1] = f"{raw[-1]}\r\n{line}"
-            cont = line.strip(" \t")
-            if cont:
-                flat[-1] = flat[-1].rstrip(" \t") + " " + cont
+            groups[-1].append(line)
         else:
-            raw.append(line)
-            flat.append(line)
+            groups.append([line])
+    raw: list[str] = []
+    flat: list[str] = []
+    for group in groups:
+        if len(group) == 1:
+            raw.append(group[0])
+            flat.append(group[0])
+            continue
+        raw.append("\r\n".join(group))
+        conts = [c for c in (line.strip(" \t") for line in group[1:]) if c]
+        flat.append(group[0].rstrip(" \t") + " " + " ".join(conts) if conts else group[0])
     lines[:] = raw
     return flat
 
@@ -260,6 +269,9 @@ def _build(
     else:
         method, code, text = _first_line(first)
 
+    limits = LIMITS
+    if len(flat) > limits.max_headers:
+        raise PacketError(f"too many header lines: {len(flat)} > {limits.max_headers}")
     hdrs: list[Hdr] = []
     append = hdrs.append
     once: dict[str, str] = {}
@@ -296,6 +308,8 @@ def _build(
                 key, value, values, single, cm = _parse_line(line, i)
         # what depends on the other lines of the message: done for every line
         if values is not None:
+            if len(values) > limits.max_values:
+                raise PacketError(f"too many values in {key}: {len(values)} > {limits.max_values}")
             for v in values:
                 append((key, v, lineno))
             continue
@@ -336,7 +350,10 @@ def _build(
             body = body[:n]
             data = data[: bstart + n]
         elif n > len(body):
-            raise PacketError(f"content-length {n} is larger than the body ({len(body)} octets)")
+            raise BodyTruncatedError(
+                f"content-length {n} is larger than the body ({len(body)} octets)",
+                (method, code, text, hdrs, tid, lines, first, body, None),
+            )
     # the received bytes are the wire form, unless they lack Content-Length
     # (needed on stream transports, RFC 3261 20.14) or the empty line
     wire = data if cl is not None and complete else None

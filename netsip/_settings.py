@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from netsip._fields import LIMITS
+
 __all__ = [
     "DEFAULT_SETTINGS",
     "Settings",
@@ -66,7 +68,13 @@ DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
     # Not in Perl: bytes of responses a Dispatcher keeps to answer
     # retransmitted requests; past it, the oldest are forgotten.
     "MAX_RESPONSE_CACHE": 2**25,
+    # Not in Perl: what the parser takes of one message (module-wide only):
+    # header lines, and values of one list header; past them it is dropped
+    "MAX_HEADERS": 1000,
+    "MAX_HEADER_VALUES": 256,
 }
+#: settings of the parser, which every pool shares: no per-pool override
+MODULE_WIDE: Final = frozenset({"MAX_HEADERS", "MAX_HEADER_VALUES"})
 _INT_KEYS: Final = frozenset(
     {
         "MAX_SIP_HEADER",
@@ -76,6 +84,8 @@ _INT_KEYS: Final = frozenset(
         "MAX_WBUF",
         "MAX_WBUF_TOTAL",
         "MAX_RESPONSE_CACHE",
+        "MAX_HEADERS",
+        "MAX_HEADER_VALUES",
     }
 )
 #: The range of each setting: above it a value allocates or waits without
@@ -92,6 +102,8 @@ _RANGES: Final[Mapping[str, tuple[float, float]]] = {
     "MAX_WBUF": (1, 2**30),
     "MAX_WBUF_TOTAL": (1, 2**34),
     "MAX_RESPONSE_CACHE": (0, 2**34),
+    "MAX_HEADERS": (10, 10**5),
+    "MAX_HEADER_VALUES": (1, 10**5),
 }
 
 
@@ -200,9 +212,12 @@ def import_settings(**kw: float) -> None:
             with ``ENOBUFS`` and closes that connection), ``MAX_WBUF_TOTAL``
             (not in Perl: the same for all connections of a pool, default
             64 MiB; past it the connection with the most queued is closed)
-            and ``MAX_RESPONSE_CACHE`` (not in Perl: bytes of responses a
+            ``MAX_RESPONSE_CACHE`` (not in Perl: bytes of responses a
             Dispatcher keeps for retransmitted requests, default 32 MiB; the
-            oldest are forgotten first).
+            oldest are forgotten first), ``MAX_HEADERS`` and
+            ``MAX_HEADER_VALUES`` (not in Perl, module-wide only: header
+            lines per message, default 1,000, and values of one list header,
+            default 256; the parser refuses a message beyond them).
 
     Nothing is stored when one value is refused.
 
@@ -216,6 +231,8 @@ def import_settings(**kw: float) -> None:
     for pool in list(_pools):  # ... also with what a live pool overrides
         consistent({**_global, **checked, **pool._overrides})
     _global.update(checked)
+    LIMITS.max_headers = int(_global["MAX_HEADERS"])
+    LIMITS.max_values = int(_global["MAX_HEADER_VALUES"])
     for pool in list(_pools):
         pool._refresh_settings()
 

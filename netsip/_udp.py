@@ -52,7 +52,7 @@ from typing import Any, Final
 from netsip._conn import Conn, Deliver
 from netsip._log import get_logger
 from netsip.eventloop import EV_READ, Callback, EventLoopLike
-from netsip.packet import Packet, PacketError
+from netsip.packet import BodyTruncatedError, Packet, PacketError, truncated_request
 from netsip.util import Addr, as_callable, invoke_callback
 
 __all__ = ["Held", "UDPTransport"]
@@ -197,12 +197,35 @@ class UDPTransport:
             data = self._rview[:n].tobytes()
             try:
                 pkt = Packet.new_from_string(data)
+            except BodyTruncatedError as exc:
+                self._truncated(exc, sa)
+                continue
             except PacketError as exc:
                 log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
                 continue
             self.deliver(pkt, self._peer_addr(sa))
             if conn.closed or self.loop is None:
                 return  # the callback closed or detached the pool
+
+    def _truncated(self, exc: BodyTruncatedError, sa: Any) -> None:
+        """RFC 3261 18.3: a datagram that ends before its body: a request gets
+        400 (to where it came from, as rport would have it), a response is
+        dropped."""
+        request = truncated_request(exc)
+        log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
+        if request is None or request.method() == "ACK":
+            return
+        try:
+            response = request.create_response(400, "Content-Length Exceeds Body")
+        except PacketError as err:  # (headers too broken to answer)
+            log.info("cannot answer the request from %s:%s: %s", sa[0], sa[1], err)
+            return
+        data = response.as_bytes()
+        target = self._peer_addr(sa)
+        if self.held is not None:
+            self.held.append((data, target, None))
+        else:
+            self.send(data, target, None)
 
     def _peer_addr(self, sa: Any) -> Addr:
         """The Addr (proto udp) for a sockaddr from recvfrom, cached."""

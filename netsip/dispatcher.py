@@ -98,10 +98,13 @@ def _wire_size(response: Response | bytes) -> int:
 #: concern: a response without one is dropped there, a request is answered
 #: to its source address)
 _MANDATORY: tuple[str, ...] = ("from", "to", "call-id", "cseq")
+_MANDATORY_SET: frozenset[str] = frozenset(_MANDATORY)
 
 
 def _missing_header(packet: Packet) -> str | None:
     """The first of the mandatory headers that ``packet`` lacks, or None."""
+    if packet.has_headers(_MANDATORY_SET):  # (the usual case in one set operation)
+        return None
     values = packet.header_values
     for name in _MANDATORY:
         if not values(name):

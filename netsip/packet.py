@@ -78,6 +78,7 @@ from netsip._fields import (
     ERRORS,
     REASON_PHRASES,
     STATUS_LINES,
+    BodyTruncatedError,
     Hdr,
     HeadersArg,
     PacketError,
@@ -98,6 +99,7 @@ from netsip._parser import parse_stream as _parse_stream
 
 __all__ = [
     "REASON_PHRASES",
+    "BodyTruncatedError",
     "Packet",
     "PacketError",
     "Request",
@@ -105,6 +107,7 @@ __all__ = [
     "canonical_header_name",
     "normalize_header_key",
     "parse_stream",
+    "truncated_request",
 ]
 
 # the cache's lookup (see netsip._cache: bound, so as fast as a dict's)
@@ -723,3 +726,14 @@ def _response(parts: Parts) -> Response:
     pkt = _new(Response)
     pkt._set(parts)
     return pkt
+
+
+def truncated_request(exc: BodyTruncatedError) -> Request | None:
+    """The request of a datagram whose body is shorter than its Content-Length.
+
+    RFC 3261 18.3: such a request is answered with 400; this gives the
+    request (its body as far as it came) for ``create_response``. None if
+    the message was a response (those are discarded).
+    """
+    parts = cast(Parts, exc.parts)
+    return _request(parts) if parts[0] is not None else None

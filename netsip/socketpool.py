@@ -78,6 +78,7 @@ from netsip._conn import Conn, ConnFactory, new_conn
 from netsip._log import get_logger
 from netsip._settings import (
     DEFAULT_SETTINGS,
+    MODULE_WIDE,
     consistent,
     current,
     effective,
@@ -166,6 +167,8 @@ class SocketPool:
             make_conn = conn_factory(make_contexts(tls))
         self._overrides = validated(settings or {})
         consistent(current(self._overrides))
+        if MODULE_WIDE & self._overrides.keys():
+            raise ValueError(f"{', '.join(sorted(MODULE_WIDE))} are module-wide settings")
 
         self.proto: Proto = proto
         self._family = fd.family
@@ -214,6 +217,8 @@ class SocketPool:
         """
         checked = validated(kw)
         consistent(current({**self._overrides, **checked}))
+        if MODULE_WIDE & checked.keys():
+            raise ValueError(f"{', '.join(sorted(MODULE_WIDE))} are module-wide settings")
         self._overrides.update(checked)
         self._refresh_settings()
 

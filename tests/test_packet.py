@@ -28,13 +28,16 @@ from netsip import _abnf, _cache, _fields, _headers, _parser
 from netsip import packet as packet_mod
 from netsip.packet import (
     REASON_PHRASES,
+    BodyTruncatedError,
     Packet,
     PacketError,
     Request,
     Response,
     canonical_header_name,
     normalize_header_key,
+    truncated_request,
 )
+from netsip.socketpool import import_settings
 from netsip.util import NetSIPError
 from tests.support import (
     check_parsed,
@@ -1001,6 +1004,47 @@ def test_interop_perl_parses_netsip_output() -> None:
         assert perl_res["ok"] == 1, perl_res
         assert perl_res["tid"] == p.tid()
         assert base64.b64decode(str(perl_res["wire"])) == p.as_bytes()
+
+
+# ------------------------------------------------- bounds against hostile input
+
+_HEAD = "OPTIONS sip:x@h SIP/2.0\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_header_lines_and_list_values_are_bounded() -> None:
+    """MAX_HEADERS header lines, MAX_HEADER_VALUES values of one list header
+    (Kamailio-like defaults): a message beyond them is refused."""
+    ok = Packet.new_from_string(_HEAD + "a: b\r\n" * 990 + "Accept: " + "x," * 255 + "x\r\n\r\n")
+    assert len(ok.get_headers("a")) == 990 and len(ok.get_headers("accept")) == 256
+    with pytest.raises(PacketError, match="too many header lines"):
+        Packet.new_from_string(_HEAD + "a: b\r\n" * 1000 + "\r\n")
+    with pytest.raises(PacketError, match="too many values in accept"):
+        Packet.new_from_string(_HEAD + "Accept: " + "," * 65_000 + "\r\n\r\n")
+    import_settings(MAX_HEADERS=20_000, MAX_HEADER_VALUES=70_000)
+    assert len(Packet.new_from_string(_HEAD + "a: b\r\n" * 10_000 + "\r\n").get_headers("a")) == (
+        10_000
+    )
+
+
+def test_folded_lines_unfold_in_linear_time() -> None:
+    """16,000 continuation lines of one header: one header, value joined by
+    single spaces (RFC 3261 7.3.1), the raw folding kept for the wire."""
+    msg = _HEAD + "Subject: s \r\n" + " x\r\n\t \r\n" * 8_000 + "\r\n"
+    pkt = Packet.new_from_string(msg)
+    assert pkt.get_header("subject") == "s " + " ".join(["x"] * 8_000)
+    assert pkt.as_bytes().count(b"\r\n x") == 8_000
+
+
+def test_datagram_shorter_than_its_content_length_keeps_the_request() -> None:
+    """RFC 3261 18.3: the error carries the request, so it can be answered 400."""
+    with pytest.raises(BodyTruncatedError) as err:
+        Packet.new_from_string(_HEAD + "Content-Length: 10\r\n\r\nabc")
+    req = truncated_request(err.value)
+    assert isinstance(req, Request) and req.method() == "OPTIONS" and req.body() == b"abc"
+    with pytest.raises(BodyTruncatedError) as err:
+        Packet.new_from_string("SIP/2.0 200 OK\r\nCall-ID: c\r\nCSeq: 1 X\r\nl: 5\r\n\r\nab")
+    assert truncated_request(err.value) is None
 
 
 # --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 
 from netsip import socketpool
 from netsip.eventloop import EventLoop
+from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool, get_settings, import_settings
 from netsip.util import Addr
 from tests.support import (
@@ -28,6 +29,7 @@ from tests.support import (
     addr_of,
     collector,
     connect,
+    datagrams,
     drive,
     family,
     is_eof,
@@ -92,6 +94,8 @@ def test_default_settings() -> None:
         "MAX_WBUF": 2**22,
         "MAX_WBUF_TOTAL": 2**26,
         "MAX_RESPONSE_CACHE": 2**25,
+        "MAX_HEADERS": 1000,
+        "MAX_HEADER_VALUES": 256,
     }
     assert get_settings() == socketpool.DEFAULT_SETTINGS
 
@@ -868,3 +872,36 @@ def test_receive_callback_var_and_none(loop: EventLoop) -> None:
         value = var.value
         assert value is not None
         assert value.cseq() == "2 OPTIONS"
+
+
+# ------------------------------------------- UDP: a body shorter than announced
+
+
+def test_udp_request_with_a_short_body_gets_400_and_a_response_is_dropped(
+    loop: EventLoop,
+) -> None:
+    """RFC 3261 18.3: a datagram that ends before its Content-Length says is
+    an error: a request is answered with 400 (it was dropped silently), a
+    response discarded; neither reaches the application."""
+    got, cb = collector()
+    with SocketPool("udp", udp_socket("127.0.0.1")) as pool, udp_socket("127.0.0.1") as peer:
+        pool.attach_eventloop(loop, cb)
+        dst = pool.master().getsockname()
+        short = request(1, b"v=0\r\n", callid="short", proto="UDP").replace(
+            b"Content-Length: 5", b"Content-Length: 50"
+        )
+        peer.sendto(short, dst)
+        peer.sendto(
+            short.replace(b"OPTIONS sip:", b"ACK sip:").replace(b"1 OPTIONS", b"1 ACK"), dst
+        )
+        req = Packet.new_from_string(request(2, callid="r", proto="UDP"))
+        assert isinstance(req, Request)
+        resp = req.create_response(200)
+        peer.sendto(resp.as_bytes().replace(b"Content-Length: 0", b"Content-Length: 9"), dst)
+        peer.sendto(request(3, callid="good", proto="UDP"), dst)
+        drive(loop, length_is(got, 1))
+        assert [p.callid() for p, _ in got] == ["good"]
+        answers = [Packet.new_from_string(d) for d in datagrams(peer)]
+        assert [(a.code(), a.msg(), a.callid()) for a in answers if isinstance(a, Response)] == [
+            (400, "Content-Length Exceeds Body", "short")
+        ]
