@@ -574,7 +574,7 @@ def report(res: dict[str, Any]) -> list[str]:
             "",
         ]
     out += [
-        "**Targets** (issue 7), this run:",
+        "**Targets** (the performance targets of the project), this run:",
         "",
         "| target | value | verdict |",
         "|---|---:|---|",
