@@ -872,3 +872,17 @@ def test_listen_rcvbuf_option(listen_factory: list[Listen], tmp_path: Path) -> N
     assert any("receive buffer" in line and "udp:127.0.0.1:" in line for line in srv.err.lines), (
         srv.err.lines
     )
+
+
+def test_listen_on_a_wildcard_address_answers_with_a_real_one(
+    listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """Listening on 0.0.0.0, the SDP names the address the peer reached (not 0.0.0.0,
+    which old SDP reads as "on hold")."""
+    srv = start_listen(listen_factory, tmp_path, "--listen", "udp:0.0.0.0:0")
+    port = srv.addresses(1)["udp"].port
+    with EventLoop() as loop:
+        ok = _exchange(loop, Addr("127.0.0.1", port, socket.AF_INET), _invite("wild", _OFFER))
+    assert ok.code() == 200
+    assert "c=IN IP4 127.0.0.1\r\n" in ok.body().decode()
+    srv.stop()

@@ -64,7 +64,7 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import REASON_PHRASES, Packet, Request, Response
-from netsip.util import Addr, NetSIPError, Var
+from netsip.util import Addr, NetSIPError, Var, laddr4dst
 
 __all__ = ["ListenStats", "Listener", "add_parser", "cmd_listen"]
 
@@ -385,7 +385,7 @@ class Listener:
             if self.work_ns:
                 _burn_cpu(self.work_ns)
             try:
-                response = self._response(packet, method, leg)
+                response = self._response(packet, method, leg, from_)
                 self.dispatcher.deliver(response, leg=leg, dst_addr=from_, callback=self._sent)
             except (NetSIPError, ValueError, OSError) as exc:
                 # whatever a peer sends must not stop the listener
@@ -405,7 +405,7 @@ class Listener:
                 f"{packet.callid() or '-'} {status}"
             )
 
-    def _response(self, request: Request, method: str, leg: Leg) -> Response:
+    def _response(self, request: Request, method: str, leg: Leg, peer: Addr) -> Response:
         """The answer to ``request``: ``self.code``, unless the dialog or the SDP says otherwise."""
         if method in _IN_DIALOG_ONLY or to_tag(request) is not None:
             # RFC 3261 12.2.2: a request within a dialog we do not have
@@ -417,6 +417,9 @@ class Listener:
             return request.create_response(self.code, self.reason)
         # a 2xx to an INVITE: the SDP answer to its offer, or an offer (RFC 3264)
         ip = leg.src.addr
+        if ip in ("0.0.0.0", "::"):
+            # a wildcard leg: the address the peer reaches us at (SDP needs a real one)
+            ip = laddr4dst(peer.addr) or ip
         body = request.body()
         if body:
             ctype = (request.get_header("content-type") or "").split(";", 1)[0].strip().lower()
