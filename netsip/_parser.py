@@ -136,6 +136,8 @@ def parse(data: bytes) -> Parts:
         lines = data[:i].decode(ENC, ERRORS).split("\r\n")
         try:
             return _build(data, lines, lines, i + 4, True)
+        except BodyTruncatedError:
+            raise  # (the general way would only find it again)
         except PacketError:
             pass
     return parse_general(data)

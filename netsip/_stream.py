@@ -400,7 +400,11 @@ class StreamTransport(ConnTable):
                     return
             conn = found
         wbuf = conn.wbuf
-        if conn is self.corked and len(wbuf) + len(data) < _CORK_MAX <= self.cfg.max_wbuf:
+        if (
+            conn is self.corked
+            and len(wbuf) + len(data) < _CORK_MAX <= self.cfg.max_wbuf
+            and self.wbuf_total + len(data) <= self.cfg.max_wbuf_total
+        ):
             # A response to a request of the batch being read (the common case
             # under load): appended, written with the others after the batch.
             wbuf += data

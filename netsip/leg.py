@@ -503,7 +503,7 @@ class Leg:
         routes = packet.get_headers("route")
         remove_route: int | None = None
         uri = sip_hdrval2parts("route", _strip_angle(packet.uri()))[0]
-        if routes and uri == self.contact:
+        if routes and sip_uri_eq(uri, self.contact):
             # the last hop was a strict router and put me into the URI:
             # the original URI is the last Route (RFC 3261 16.4)
             remove_route = len(routes) - 1

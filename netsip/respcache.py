@@ -151,6 +151,11 @@ class ResponseCache(Generic[R]):
         size = self._size
         if size is not None:
             n = size(response)
+            limit = self.max_bytes
+            if limit is not None and n > limit:
+                # bigger than the whole cache: keeping it would evict all
+                self.discard(key)
+                return
             self._bytes += n - self._sizes.get(key, 0)
             self._sizes[key] = n
             limit = self.max_bytes

@@ -207,26 +207,30 @@ class DialogRoute:
         for value in routes:
             request.add_header("route", value)
 
-    def next_hop(self, leg: Leg | None) -> Addr | None:
-        """The address of the next hop where it needs no DNS, else None.
+    def next_hop(self, leg: Leg | None) -> Addr | str | None:
+        """Where the request goes: the address of the next hop, or its URI.
 
         The next hop is the first route, or the remote target without a
         route set. With an IP address in it, it is used directly; its
         transport is its ``transport`` parameter, else the leg's (see the
-        differences above). A host name, or ``maddr``, is left to the
-        dispatcher's RFC 3263 resolution (None).
+        differences above). A host name, or ``maddr``, gives the URI itself,
+        for the dispatcher's RFC 3263 resolution: the dispatcher would
+        otherwise follow the top Route, which after a strict router is the
+        hop behind it (RFC 3261 12.2.1.1). None: no usable URI.
         """
         uri = _route_uri(self.routes[0]) if self.routes else self.target
         parts = sip_uri2parts(uri)
-        if parts is None or "maddr" in parts[3]:
+        if parts is None:
             return None
+        if "maddr" in parts[3]:
+            return uri
         domain, _user, scheme, params, _ = parts
         try:
             ip, port, family = ip_string2parts(domain)
         except ValueError:
-            return None
+            return uri
         if family is None:
-            return None
+            return uri
         transport = params.get("transport")
         proto: str | None = transport.lower() if transport else None
         if scheme == "sips":

@@ -759,3 +759,13 @@ def test_make_contact_follows_a_changed_leg_contact(module_udp_leg: Leg) -> None
             assert want.endswith(contact.split(":", 1)[1])
     finally:
         module_udp_leg.contact = own
+
+
+def test_forward_incoming_sees_a_strict_router_put_a_tcp_leg_in_the_uri() -> None:
+    """RFC 3261 16.4: the URI is this leg (its URI has ;transport=tcp now): the
+    original URI is the last Route, which is removed."""
+    with Leg(addr="127.0.0.1", port=0, proto="tcp") as leg:
+        r = _req(uri=leg.contact, route=["<sip:p2.example.com>", "<sip:bob@example.com>"])
+        assert leg.forward_incoming(r) is None
+        assert r.uri() == "sip:bob@example.com"
+        assert r.get_headers("route") == ["<sip:p2.example.com>"]

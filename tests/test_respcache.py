@@ -239,3 +239,13 @@ def test_request_and_response_share_the_key() -> None:
         assert cache_key(req.create_response(code)) == cache_key(req) == ref_cache_key(req)
     fresh = Request("OPTIONS", "sip:bob@h", [("To", "<sip:bob@h>"), ("Call-ID", "c")])
     assert cache_key(fresh.create_response(200)) == cache_key(fresh)
+
+
+def test_an_entry_bigger_than_the_bound_is_not_kept() -> None:
+    cache: ResponseCache[bytes] = ResponseCache(max_bytes=100, size=len)
+    cache.put("small", b"x" * 10, now=0.0)
+    cache.put("huge", b"y" * 101, now=0.0)
+    assert cache.get("huge", 0.0) is None
+    assert cache.get("small", 0.0) == b"x" * 10 and cache.bytes == 10
+    cache.put("small", b"z" * 200, now=1.0)  # replaced by a huge one: gone
+    assert (len(cache), cache.bytes) == (0, 0)

@@ -329,7 +329,9 @@ def test_dialog_route_strict_router() -> None:
     route.apply(bye)
     assert bye.uri() == "sip:strict.example"
     assert bye.get_headers("route") == ["<sip:10.0.0.9>", "<sip:bob@192.0.2.7:5070>"]
-    assert route.next_hop(None) is None  # a host name: RFC 3263 resolution
+    # a host name: its URI, resolved by the dispatcher (RFC 3263); the top
+    # Route would be the hop behind the strict router
+    assert route.next_hop(None) == "sip:strict.example"
 
 
 def test_dialog_route_without_route_set_goes_to_the_contact() -> None:
@@ -352,10 +354,11 @@ def test_dialog_route_without_route_set_goes_to_the_contact() -> None:
     [
         ("sips:bob@[::1]:5081", Addr("::1", 5081, socket.AF_INET6, None, "tls")),
         ("sip:bob@127.0.0.1;transport=TCP", Addr("127.0.0.1", 5060, socket.AF_INET, None, "tcp")),
-        ("sip:bob@127.0.0.1;maddr=10.0.0.1", None),
+        ("sip:bob@127.0.0.1;maddr=10.0.0.1", "sip:bob@127.0.0.1;maddr=10.0.0.1"),
+        ("sip:bob@example.com;transport=tcp", "sip:bob@example.com;transport=tcp"),
         ("sip:bob@127.0.0.1;transport=sctp", None),
         ("tel:+123", None),
     ],
 )
-def test_dialog_route_next_hop(target: str, want: Addr | None) -> None:
+def test_dialog_route_next_hop(target: str, want: Addr | str | None) -> None:
     assert DialogRoute(target).next_hop(None) == want

@@ -246,12 +246,14 @@ class Client:
         """
         assert txn.response is not None
         route = DialogRoute.of_response(txn.request, txn.response)
+        frm = txn.request.get_header("from")  # the dialog's, also if --header set it
         request = self.make_request(
             method,
             callid=txn.request.callid() or "",
             cseq=cseq,
             uri=route.target,
             to=txn.response.get_header("to"),
+            extra=[("From", frm)] if frm else (),
         )
         route.apply(request)
         try:

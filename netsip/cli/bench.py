@@ -166,7 +166,14 @@ class _Bench:
             self._unit_done(start, txn)
             return
         # the call is up (the client ACKed it): hang up within the dialog
-        self.client.send_in_dialog(txn, "BYE", 2, partial(self._unit_done, start))
+        try:
+            self.client.send_in_dialog(txn, "BYE", 2, partial(self._unit_done, start))
+        except CliError as exc:  # e.g. a Contact that cannot be sent to: this call failed
+            self.in_flight -= 1
+            self.failed += 1
+            self.errors[f"BYE: {exc}"] += 1
+            if not self._launch() and self.in_flight == 0:
+                self._end()
 
     def _unit_done(self, start: float, txn: ClientTransaction) -> None:
         self.in_flight -= 1

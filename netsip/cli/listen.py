@@ -221,7 +221,9 @@ class _Output:
                 n = os.write(self._fd, memoryview(pending)[:end])
             except BlockingIOError:
                 return
-            except BrokenPipeError:
+            except OSError as exc:  # EPIPE, or ENOSPC/EIO on a file: stop writing, keep serving
+                if not isinstance(exc, BrokenPipeError):
+                    log.warning("stdout failed (%s): output dropped from now on", exc)
                 self._reader_gone()
                 return
             del pending[:n]

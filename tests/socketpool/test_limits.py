@@ -19,8 +19,9 @@ from functools import partial
 import pytest
 
 from netsip.eventloop import EventLoop
-from netsip.packet import Response
+from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.util import Addr
 from tests.support import (
     FakeClock,
     Received,
@@ -355,6 +356,8 @@ def test_pool_wide_write_limit_closes_the_worst_reader() -> None:
             max_queued = max(max_queued, pool.queued_bytes())
             loop.loop(0)
         assert max_queued <= total + len(body) + 4096
+        # the running total the limit is checked against is the real one
+        assert pool._stream is not None and pool._stream.wbuf_total == pool.queued_bytes()
         # one connection closed, by the pool-wide limit (each is far below its own)
         assert pool.connection_count() == 4
         drive(loop, lambda: len(good_got) == len(good) and all(v == [0] for v in good.values()))
@@ -387,3 +390,40 @@ def test_packet_larger_than_max_wbuf_fails_on_an_idle_connection() -> None:
             pool.sendto(pkt(request(2, body=b"z" * 1000)), addr_of(server.master()), errs.append)
             assert errs == [0, errno.ENOBUFS]
             assert pool.connection_count() == 0
+
+
+def test_pool_wide_write_limit_also_bounds_responses_to_pipelined_requests() -> None:
+    """Peers that pipeline requests and never read, answered through the
+    corked path (written after the read batch): the pool's running total of
+    queued bytes stays exact, and within MAX_WBUF_TOTAL."""
+    total = 256 * 1024
+    settings = {"MAX_WBUF_TOTAL": total}
+    body = b"x" * 20_000
+    with contextlib.ExitStack() as stack:
+        loop = stack.enter_context(EventLoop())
+        pool = stack.enter_context(SocketPool("tcp", tcp_listener(), settings=settings))
+        assert pool._stream is not None
+        answered = [0]
+
+        def answer(packet: Packet, from_: Addr) -> None:
+            assert isinstance(packet, Request)
+            pool.sendto(packet.create_response(200, None, None, body), from_)
+            answered[0] += 1
+
+        pool.attach_eventloop(loop, answer)
+        dst = addr_of(pool.master())
+        clients = []
+        for _ in range(8):
+            c = stack.enter_context(connect(dst))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            clients.append(c)
+        max_total = 0
+        for n in range(1, 200):
+            for k, c in enumerate(clients):
+                with contextlib.suppress(BlockingIOError):
+                    c.send(request(n, f"pipe{k}"))
+            loop.loop(0)
+            max_total = max(max_total, pool._stream.wbuf_total)
+            assert pool._stream.wbuf_total == pool.queued_bytes()
+        assert answered[0] > 0
+        assert max_total <= total + 3 * (len(body) + 1024)
