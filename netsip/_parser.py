@@ -396,6 +396,8 @@ def _parse_line(line: str, i: int) -> LineEntry:
             entry = (key, value, None, False, None)
         else:
             elems = split_list(value, key)
+            if len(elems) > LIMITS.max_values:  # before each value is checked
+                raise PacketError(f"too many values in {key}: {len(elems)} > {LIMITS.max_values}")
             if kind == ADDRLIST:
                 for v in elems:
                     if ADDR_RE.fullmatch(v) is None:

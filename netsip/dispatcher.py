@@ -556,6 +556,7 @@ class Dispatcher:
     def _refresh_settings(self) -> None:
         """``import_settings`` changed a setting: follow MAX_RESPONSE_CACHE."""
         self._cache.max_bytes = int(get_settings()["MAX_RESPONSE_CACHE"])
+        self._cache.shrink()
 
     def close(self) -> None:
         """Cancel all deliveries, detach and close every leg, close the resolver.

@@ -186,6 +186,12 @@ class ResponseCache(Generic[R]):
         """The bytes the entries hold (0 without a size function)."""
         return self._bytes
 
+    def shrink(self) -> None:
+        """Forget the oldest entries until the rest fit in :attr:`max_bytes`
+        (after the bound was lowered)."""
+        if self.max_bytes is not None:
+            self._shrink(self.max_bytes)
+
     def _shrink(self, limit: int) -> None:
         """Forget the oldest entries until the rest fit in ``limit`` bytes."""
         entries = self._entries

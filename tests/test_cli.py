@@ -851,10 +851,11 @@ def test_listen_keeps_answering_when_nobody_reads_its_stdout(
 
 
 def test_set_rcvbuf_grants_at_least_what_the_system_allows() -> None:
+    halve = 2 if sys.platform.startswith("linux") else 1  # Linux reports double
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // halve
         got = set_rcvbuf(s, 4 * before)
-        assert got == s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert got == s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // halve
         rmem_max = Path("/proc/sys/net/core/rmem_max")
         if os.geteuid() == 0 or (rmem_max.exists() and int(rmem_max.read_text()) >= 4 * before):
             assert got >= 4 * before  # root forces it past rmem_max (SO_RCVBUFFORCE)

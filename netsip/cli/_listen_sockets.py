@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -150,14 +151,17 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     """Ask for a receive buffer of ``size`` bytes; return what the kernel granted.
 
     Linux caps ``SO_RCVBUF`` at ``net.core.rmem_max`` (and reports twice the
-    value asked for, its bookkeeping included); a privileged process may go
-    beyond with ``SO_RCVBUFFORCE``, which is tried when the cap bites.
+    value granted, its bookkeeping included: the half is returned); a
+    privileged process may go beyond with ``SO_RCVBUFFORCE``, which is tried
+    when the cap bites.
     """
+    # Linux reports twice what it grants (its bookkeeping): compare the half
+    halve = 2 if sys.platform.startswith("linux") else 1
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // halve
     force = getattr(socket, "SO_RCVBUFFORCE", None)
     if got < size and force is not None:
         with contextlib.suppress(OSError):  # EPERM: not privileged
             sock.setsockopt(socket.SOL_SOCKET, force, size)
-        got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // halve
     return got

@@ -181,12 +181,13 @@ class _Output:
             self._poll.register(self._fd, select.POLLOUT)
         self.interactive = stream.isatty()
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, *, keep: bool = False) -> None:
+        """Queue one line; ``keep``: never dropped for the bound (the summary)."""
         if self._fd is None:
             self._lines.append(text + "\n")
         else:
             data = (text + "\n").encode("utf-8", "replace")
-            if len(self._pending) + len(data) > self._max_pending:
+            if not keep and len(self._pending) + len(data) > self._max_pending:
                 self.dropped += 1
                 return
             self._pending += data
@@ -561,6 +562,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     elif args.tls_cert or args.tls_key or args.tls_ca:
         raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
     phrase = args.reason if args.reason is not None else REASON_PHRASES.get(args.code, "")
+    if args.rcvbuf > 2**31 - 1:
+        raise CliError(f"--rcvbuf {args.rcvbuf}: at most {2**31 - 1}")
     sets = open_listen_sockets(specs, args.workers)
     if args.rcvbuf:
         for spec, sock in (pair for bound in sets for pair in bound):
@@ -639,7 +642,7 @@ def _summary(out: _Output, lines: Sequence[str]) -> None:
     """Write the summary lines; a stdout nobody reads delays the exit by at most _FINAL_WAIT."""
     sys.stdout.flush()
     for text in lines:
-        out.line(text)
+        out.line(text, keep=True)
     out.flush(wait=_FINAL_WAIT)
 
 
