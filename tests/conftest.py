@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, settings
 from netsip._log import FILTER
 from netsip.eventloop import EventLoop
 from netsip.socketpool import get_settings, import_settings
+from tests.support import Listen
 
 # CI machines are small and noisy: no deadline, fixed example budget.
 settings.register_profile(
@@ -39,3 +41,12 @@ def restore_settings() -> Iterator[None]:
 def fresh_log_limits() -> None:
     """Each test sees the first log line of every kind (the rate limit is per process)."""
     FILTER.reset()
+
+
+@pytest.fixture
+def listen_factory(tmp_path: Path) -> Iterator[list[Listen]]:
+    """``netsip listen`` processes started by a test; each is killed and reaped afterwards."""
+    started: list[Listen] = []
+    yield started
+    for proc in started:
+        proc.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
+import glob
 import os
 import random
 import re
@@ -183,6 +184,20 @@ def require_sipp() -> str:
         missing_peer("sipp", "apt-get install sip-tester")
         raise AssertionError("unreachable")
     return sipp
+
+
+def require_kamailio() -> tuple[str, str]:
+    """The kamailio binary and its module directory, or skip/fail."""
+    binary = shutil.which("kamailio") or (
+        "/usr/sbin/kamailio" if os.access("/usr/sbin/kamailio", os.X_OK) else None
+    )
+    mods = sorted(glob.glob("/usr/lib/*/kamailio/modules")) + sorted(
+        glob.glob("/usr/lib/kamailio/modules")
+    )
+    if binary is None or not mods:
+        missing_peer("Kamailio", "apt-get install kamailio")
+        raise AssertionError("unreachable")
+    return binary, mods[0]
 
 
 # ------------------------------------------------------------ source checks

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,15 +47,6 @@ from tests.support import (
 from tests.support import run_cli as run
 
 TIMEOUT = 20.0  # upper bound for any single wait
-
-
-@pytest.fixture
-def listen_factory(tmp_path: Path) -> Iterator[list[Listen]]:
-    """Listen processes started by a test; each is killed and reaped afterwards."""
-    started: list[Listen] = []
-    yield started
-    for proc in started:
-        proc.close()
 
 
 def start_listen(factory: list[Listen], tmp: Path, *args: str) -> Listen:

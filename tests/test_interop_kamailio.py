@@ -17,15 +17,12 @@ group: it forks workers). Skipped without ``kamailio`` unless
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +31,7 @@ from tests.support import (
     Listen,
     check_all_successful,
     listen_summary_only,
-    missing_peer,
+    require_kamailio,
     require_sipp,
     run_sipp,
     summary_counts,
@@ -46,20 +43,6 @@ pytestmark = pytest.mark.interop
 HERE = Path(__file__).resolve().parent
 CALLS = 20
 START_TIMEOUT = 15.0  # seconds for Kamailio to open its ports
-
-
-def require_kamailio() -> tuple[str, str]:
-    """The kamailio binary and its module directory, or skip/fail."""
-    binary = shutil.which("kamailio") or (
-        "/usr/sbin/kamailio" if os.access("/usr/sbin/kamailio", os.X_OK) else None
-    )
-    mods = sorted(glob.glob("/usr/lib/*/kamailio/modules")) + sorted(
-        glob.glob("/usr/lib/kamailio/modules")
-    )
-    if binary is None or not mods:
-        missing_peer("Kamailio", "apt-get install kamailio")
-        raise AssertionError("unreachable")
-    return binary, mods[0]
 
 
 def _free_port() -> int:
@@ -131,22 +114,14 @@ class Kamailio:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[list[Listen]]:
-    started: list[Listen] = []
-    yield started
-    for proc in started:
-        proc.close()
-
-
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_calls_through_record_routing_kamailio(
-    proto: str, listener: list[Listen], tmp_path: Path
+    proto: str, listen_factory: list[Listen], tmp_path: Path
 ) -> None:
     """ACK and BYE reach a single-transport netsip through Kamailio's route set."""
     sipp = require_sipp()
     require_kamailio()
-    srv, port = listen_summary_only(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
+    srv, port = listen_summary_only(listen_factory, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
     kam = Kamailio("record_route.cfg", tmp_path, f"sip:127.0.0.1:{port};transport={proto}")
     try:
         rc, stats, errors = run_sipp(
@@ -176,7 +151,7 @@ def test_calls_through_record_routing_kamailio(
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_netsip_calls_through_record_routing_kamailio(
-    proto: str, listener: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    proto: str, listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``netsip send`` and ``bench -m INVITE`` send ACK and BYE along the route set.
 
@@ -186,7 +161,7 @@ def test_netsip_calls_through_record_routing_kamailio(
     answers the BYE with 404 and drops the ACK, so the UAS retransmits its 200.
     """
     require_kamailio()
-    srv, port = listen_summary_only(listener, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
+    srv, port = listen_summary_only(listen_factory, tmp_path, "--listen", f"{proto}:127.0.0.1:0")
     kam = Kamailio("record_route.cfg", tmp_path, f"sip:127.0.0.1:{port};transport={proto}")
     calls = 20
     try:

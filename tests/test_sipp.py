@@ -19,7 +19,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -61,21 +60,15 @@ def _sipp_has_tls(sipp: str, cwd: Path) -> bool:
     return b"compile SIPp with OpenSSL" not in res.stdout + res.stderr
 
 
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[list[Listen]]:
-    started: list[Listen] = []
-    yield started
-    for proc in started:
-        proc.close()
-
-
 # ------------------------------------------------- sipp as client (UAC)
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
-def test_sipp_options_scenario(transport: str, listener: list[Listen], tmp_path: Path) -> None:
+def test_sipp_options_scenario(
+    transport: str, listen_factory: list[Listen], tmp_path: Path
+) -> None:
     sipp = require_sipp()
-    srv, port = listen_summary_only(listener, tmp_path, "--listen", "127.0.0.1:0")
+    srv, port = listen_summary_only(listen_factory, tmp_path, "--listen", "127.0.0.1:0")
     rc, stats, errors = run_sipp(
         sipp,
         [
@@ -114,10 +107,10 @@ def test_sipp_options_scenario(transport: str, listener: list[Listen], tmp_path:
     ],
 )
 def test_sipp_uac_invite_bye(
-    transport: str, extra: list[str], listener: list[Listen], tmp_path: Path
+    transport: str, extra: list[str], listen_factory: list[Listen], tmp_path: Path
 ) -> None:
     sipp = require_sipp()
-    srv, port = listen_summary_only(listener, tmp_path, "--listen", "127.0.0.1:0")
+    srv, port = listen_summary_only(listen_factory, tmp_path, "--listen", "127.0.0.1:0")
     rc, stats, errors = run_sipp(
         sipp,
         [
@@ -145,14 +138,14 @@ def test_sipp_uac_invite_bye(
     assert f"answered {2 * CALLS} with 200 OK, 0 failed to send" in stdout
 
 
-def test_sipp_uac_invite_bye_tls(listener: list[Listen], tmp_path: Path) -> None:
+def test_sipp_uac_invite_bye_tls(listen_factory: list[Listen], tmp_path: Path) -> None:
     sipp = require_sipp()
     if not _sipp_has_tls(sipp, tmp_path):
         pytest.skip("this sipp build has no TLS (-t l1 needs sipp compiled with OpenSSL)")
     certs = write_certs(tmp_path)
     require_tls(certs)
     srv, port = listen_summary_only(
-        listener, tmp_path, "--listen", "tls:127.0.0.1:0", "--tls-cert", str(certs["server"])
+        listen_factory, tmp_path, "--listen", "tls:127.0.0.1:0", "--tls-cert", str(certs["server"])
     )
     calls = CALLS // 2
     rc, stats, errors = run_sipp(
