@@ -171,6 +171,7 @@ class _Output:
         self._max_pending = max_pending
         #: lines dropped because stdout did not take them in time
         self.dropped = 0
+        self._gone = False  # stdout failed (EPIPE ...): every line is dropped
         self._fd: int | None
         try:
             self._fd = stream.fileno()
@@ -183,6 +184,9 @@ class _Output:
 
     def line(self, text: str, *, keep: bool = False) -> None:
         """Queue one line; ``keep``: never dropped for the bound (the summary)."""
+        if self._gone:
+            self.dropped += 1
+            return
         if self._fd is None:
             self._lines.append(text + "\n")
         else:
@@ -240,8 +244,7 @@ class _Output:
         self._pending.clear()
         assert self._fd is not None
         self._poll.unregister(self._fd)
-        self._fd = None
-        self._stream = open(os.devnull, "w")  # noqa: SIM115  # (kept until exit)
+        self._gone = True
 
 
 class _Stamp:
