@@ -765,3 +765,56 @@ def check_all_successful(rc: int, stats: dict[str, str], errors: str, calls: int
     assert stats["SuccessfulCall(C)"] == str(calls), (stats, errors)
     assert stats["FailedCall(C)"] == "0", (stats, errors)
     assert rc == 0, (rc, errors)
+
+
+# --- endpoint peers (sipp, perl) ---
+
+ENDPOINT_PEER = ROOT / "tests" / "perl" / "endpoint_peer.pl"
+
+
+def start_endpoint_peer(*args: str) -> subprocess.Popen[bytes]:
+    """Start ``tests/perl/endpoint_peer.pl`` (Net::SIP::Simple); stdout and stderr on one pipe."""
+    return subprocess.Popen(
+        [require_perl_netsip(), str(ENDPOINT_PEER), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_sipp(sipp: str, args: Sequence[str], cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """sipp in the background with :func:`run_sipp`'s options; (process, statistics file).
+
+    Its stderr goes to ``sipp-stderr.log`` in ``cwd`` (read by :func:`sipp_errors`).
+    """
+    stf = cwd / f"stats-{time.monotonic_ns()}.csv"
+    with (cwd / "sipp-stderr.log").open("ab") as err:
+        proc = subprocess.Popen(
+            [sipp, *args, "-i", "127.0.0.1", "-nostdin", "-timeout", f"{SIPP_TIMEOUT}s",
+             "-timeout_error", "-trace_stat", "-stf", str(stf), "-trace_err"],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    return proc, stf
+
+
+def sipp_errors(cwd: Path) -> str:
+    """What sipp runs in ``cwd`` wrote to stderr and their error logs (the last 4000 chars each)."""
+    logs = [cwd / "sipp-stderr.log", *sorted(cwd.glob("*_errors.log"))]
+    return "\n".join(p.read_text(errors="replace")[-4000:] for p in logs if p.exists())
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = SIPP_WAIT) -> int:
+    """SIGTERM ``proc`` if it still runs (SIGKILL after ``timeout``), reap it, close its stdout."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait(timeout=timeout)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return rc
+
+
+__all__ += ["ENDPOINT_PEER", "sipp_errors", "start_endpoint_peer", "start_sipp", "stop_process"]
