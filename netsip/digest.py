@@ -76,8 +76,10 @@ Differences from Net::SIP:
   captured answer can be replayed forever), ``uri`` must name the
   Request-URI, and ACK is checked as INVITE and CANCEL as CANCEL or INVITE,
   as Net::SIP does (RFC 3261 22.1: an ACK carries its INVITE's credentials).
-  Being stateless it cannot detect a replayed ``nc`` within ``max_age``,
-  nor check that the qop used is one the challenge offered.
+  Net::SIP hashes ``nc`` as ``1`` instead of the ``00000001`` sent, so it
+  refuses every qop answer; here the ``nc`` received is hashed. Being
+  stateless, :func:`verify` cannot detect a replayed ``nc`` within
+  ``max_age``, nor check that the qop used is one the challenge offered.
 - ``userhash`` credentials are not verified (``lookup`` takes a user name,
   and a hashed one cannot be looked up): :func:`verify` says ``wrong``.
 """
@@ -92,6 +94,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final, Protocol, TypeAlias
 from urllib.parse import unquote
 
@@ -181,17 +184,19 @@ class Algorithm:
 
 
 #: the supported algorithms by upper-case name (RFC 7616 6.1's registry)
-ALGORITHMS: Final[Mapping[str, Algorithm]] = {
-    a.name.upper(): a
-    for a in (
-        Algorithm("MD5", _md5, 1, False),
-        Algorithm("MD5-sess", _md5, 1, True),
-        Algorithm("SHA-256", _sha256, 2, False),
-        Algorithm("SHA-256-sess", _sha256, 2, True),
-        Algorithm("SHA-512-256", _sha512_256, 3, False),
-        Algorithm("SHA-512-256-sess", _sha512_256, 3, True),
-    )
-}
+ALGORITHMS: Final[Mapping[str, Algorithm]] = MappingProxyType(
+    {
+        a.name.upper(): a
+        for a in (
+            Algorithm("MD5", _md5, 1, False),
+            Algorithm("MD5-sess", _md5, 1, True),
+            Algorithm("SHA-256", _sha256, 2, False),
+            Algorithm("SHA-256-sess", _sha256, 2, True),
+            Algorithm("SHA-512-256", _sha512_256, 3, False),
+            Algorithm("SHA-512-256-sess", _sha512_256, 3, True),
+        )
+    }
+)
 
 # RFC 7616 3.3: "If this is not present, it is assumed to be MD5"
 _DEFAULT_ALGORITHM: Final = ALGORITHMS["MD5"]
@@ -324,10 +329,9 @@ def _quote(value: str) -> str:
 # --------------------------------------------------------------------------
 
 # the answer header for each challenge header (RFC 3261 22.2, 22.3)
-_ANSWER_HEADER: Final = {
-    "www-authenticate": "authorization",
-    "proxy-authenticate": "proxy-authorization",
-}
+_ANSWER_HEADER: Final[Mapping[str, str]] = MappingProxyType(
+    {"www-authenticate": "authorization", "proxy-authenticate": "proxy-authorization"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,8 +650,8 @@ def _parse_answers(values: Iterable[str], header: str) -> list[_Answered]:
     return result
 
 
-def _refused(ch: Challenge, old: _Answered, upw: Credentials, method: str, body: bytes) -> bool:
-    """Whether ``old`` (the request's answer for ``ch.realm``) was made with
+def _refused(old: _Answered, upw: Credentials, method: str, body: bytes) -> bool:
+    """Whether ``old`` (the request's answer for a realm) was made with
     ``upw``: then a challenge without stale means these credentials were
     refused (RFC 7616 3.3)."""
     if old.user is not None and old.user != upw[0]:
@@ -710,13 +714,11 @@ def authorize(
     if not challenges:
         log.info("digest: no usable challenge in the response")
         return False
-    # the new values of each answer header, built before anything changes
-    new: dict[str, list[tuple[str, str]]] = {}
-    old_values: dict[str, list[str]] = {}
+    # decide for every realm first: a refusal leaves request and nonces as they are
+    chosen: list[tuple[Challenge, Credentials]] = []
+    old_values = {h: request.get_headers(h) for h in _ANSWER_HEADER.values()}
     for ch in _strongest(challenges).values():
         hdr = ch.answer_header
-        if hdr not in old_values:
-            old_values[hdr] = request.get_headers(hdr)
         old = [a for a in _parse_answers(old_values[hdr], hdr) if a.realm == ch.realm]
         # the nonce just answered, again: refused (stale or not: a stale
         # challenge comes with a new nonce, and answering it again would loop)
@@ -726,19 +728,18 @@ def authorize(
         upw = _credentials(auth, ch.realm)
         if upw is None:
             log.info("digest: no credentials for realm %r", ch.realm)
-            continue
-        if old and not ch.stale and any(_refused(ch, a, upw, method, body) for a in old):
+        elif _CTL_RE.search(upw[0]):
+            log.info("digest: cannot answer realm %r: a control character in the user", ch.realm)
+        elif not ch.stale and any(_refused(a, upw, method, body) for a in old):
             log.info("digest: credentials for realm %r refused", ch.realm)
             return False
+        else:
+            chosen.append((ch, upw))
+    new: dict[str, list[tuple[str, str]]] = {}
+    for ch, (user, password) in chosen:
         nc = nonces.next(ch.nonce) if nonces is not None else 1
-        try:
-            value = answer(
-                ch, method=method, uri=uri, body=body, user=upw[0], password=upw[1], nc=nc
-            )
-        except ValueError as exc:
-            log.info("digest: cannot answer realm %r: %s", ch.realm, exc)
-            continue
-        new.setdefault(hdr, []).append((ch.realm, value))
+        value = answer(ch, method=method, uri=uri, body=body, user=user, password=password, nc=nc)
+        new.setdefault(ch.answer_header, []).append((ch.realm, value))
     if not new:
         return False
     for hdr, answers in new.items():
@@ -829,10 +830,9 @@ class Verdict:
 
 # RFC 3261 22.1: an ACK carries the credentials of its INVITE; a CANCEL
 # those of its own or (as Net::SIP accepts) of the INVITE
-_CHECKED_AS: Final[Mapping[str, tuple[str, ...]]] = {
-    "ACK": ("INVITE",),
-    "CANCEL": ("CANCEL", "INVITE"),
-}
+_CHECKED_AS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {"ACK": ("INVITE",), "CANCEL": ("CANCEL", "INVITE")}
+)
 _NONCE_RE: Final = re.compile(r"([0-9a-f]{1,16})\.([0-9a-f]{64})")
 
 

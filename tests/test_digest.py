@@ -26,7 +26,7 @@ from netsip.digest import (
     verify,
 )
 from netsip.packet import Packet, Request, Response
-from tests.support import require_perl_netsip
+from tests.support import imported_modules, require_perl_netsip
 
 SECRET = b"k" * 32
 NOW = 1_700_000_000.0
@@ -64,6 +64,15 @@ def one_challenge(value: str, header: str = "www-authenticate") -> Challenge:
 
 def passwords(table: dict[str, str]) -> Callable[[str, str], str | None]:
     return lambda user, realm: table.get(user)
+
+
+def test_module_is_pure() -> None:
+    # no I/O, no clock: the server functions take ``now``
+    assert digest.__file__ is not None
+    imported = imported_modules(digest.__file__)
+    assert not imported & {"socket", "selectors", "ssl", "time", "asyncio", "random"}
+    with pytest.raises(TypeError):
+        ALGORITHMS["X"] = ALGORITHMS["MD5"]  # type: ignore[index]  # it is read-only
 
 
 # --------------------------------------------------------------- vectors
@@ -461,13 +470,18 @@ def test_cseq_is_raised_on_success_only() -> None:
 
 def test_same_nonce_again_is_a_refusal(caplog: pytest.LogCaptureFixture) -> None:
     req = request()
+    counter = NonceCounter()
     chal = 'Digest realm="r", nonce="n1", qop="auth"'
-    assert req.authorize(challenged(req, chal), ("u", "p"))
+    assert req.authorize(challenged(req, chal), ("u", "p"), nonces=counter)
     before = req.as_bytes()
+    other = 'Digest realm="s", nonce="n2", qop="auth"'
     with caplog.at_level(logging.INFO, logger="netsip.digest"):
-        assert not req.authorize(challenged(req, chal), lambda realm: pytest.fail("asked"))
+        resp = challenged(req, other, chal)
+        assert not req.authorize(resp, lambda realm: ("u", "p"), nonces=counter)
     assert "refused" in caplog.text
+    # nothing changed: not the request, not the counts
     assert req.as_bytes() == before
+    assert counter.next("n2") == 1
 
 
 def test_new_nonce_without_stale_same_credentials_is_a_refusal() -> None:
