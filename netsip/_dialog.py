@@ -59,8 +59,8 @@ __all__ = ["MAX_CSEQ", "Auth", "Context", "ContextArgs", "header_tag", "name_add
 log = get_logger(__name__)
 
 #: RFC 3261 8.1.1.5: the CSeq number "MUST be expressible as a 32-bit
-#: unsigned integer" and the initial one "less than 2**31".
-MAX_CSEQ: Final = 2**31 - 1
+#: unsigned integer" (the initial one "less than 2**31": ours start at 1).
+MAX_CSEQ: Final = 2**32 - 1
 
 #: What ``auth`` may be: ``(user, password)``, a mapping realm ->
 #: ``(user, password)``, or a callable ``realm -> (user, password) | None``.

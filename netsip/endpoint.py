@@ -448,13 +448,18 @@ class Endpoint:
         txn = ClientTxn(request, request.tid(), method, callback, leg, dst)
         ctx.transactions.append(txn)
         txn.timer = self._loop.add_timer(self.timeout, partial(self._timed_out, ctx, txn))
-        self.dispatcher.deliver(
-            request,
-            leg=leg,
-            dst_addr=dst,
-            callback=partial(self._delivered, ctx, txn),
-            id=txn.tid if method != "CANCEL" else txn.tid + " CANCEL",
-        )
+        try:
+            self.dispatcher.deliver(
+                request,
+                leg=leg,
+                dst_addr=dst,
+                callback=partial(self._delivered, ctx, txn),
+                id=txn.tid if method != "CANCEL" else txn.tid + " CANCEL",
+            )
+        except ValueError as exc:
+            # a destination nobody can use (a garbage route or target)
+            log.info("%s %s cannot be sent: %s", method, ctx.callid, exc)
+            self._txn_failed(ctx, txn, errno.EINVAL)
 
     def _delivered(self, ctx: Context, txn: ClientTxn, err: int) -> None:
         if err and txn in ctx.transactions:

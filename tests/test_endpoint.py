@@ -10,11 +10,13 @@ timers by moving the clock (``advance``); no sleeps.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from netsip.digest import Status, make_challenge, verify
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EventLoop
@@ -678,3 +680,334 @@ def test_unregister_all(world: World) -> None:
     req = reg.requests("REGISTER")[0]
     assert req.get_header("contact") == "*" and req.get_header("expires") == "0"
     assert len(alice.ep) == 0
+
+
+# ------------------------------------------------------------------ digest
+
+SECRET = b"test secret"
+
+
+def _digest_server(
+    password: str = "pw",
+    algorithm: str = "MD5",
+    code: int = 401,
+    methods: tuple[str, ...] = ("REGISTER", "INVITE", "BYE"),
+    stale_first: bool = False,
+) -> Callable[[Raw, Request, Addr], None]:
+    """A raw UAS/registrar that wants digest for ``methods`` (401 or 407)."""
+    stale_sent: list[bool] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        method = req.method()
+        if method == "ACK":
+            return
+        if method in methods:
+            now = 1_000_000.0 + len(stale_sent)  # (a stale challenge has a new nonce)
+            verdict = verify(
+                req,
+                realm="example.org",
+                secret=SECRET,
+                lookup=lambda user, realm: password if user == "alice" else None,
+                now=now,
+                proxy=code == 407,
+            )
+            stale = stale_first and not stale_sent and verdict.status == Status.OK
+            if stale:
+                stale_sent.append(True)
+            if verdict.status != Status.OK or stale:
+                header = "proxy-authenticate" if code == 407 else "www-authenticate"
+                challenge = make_challenge(
+                    "example.org",
+                    secret=SECRET,
+                    algorithm=algorithm,
+                    now=1_000_000.0 + len(stale_sent),
+                    stale=stale or verdict.status == Status.STALE,
+                )
+                raw.send(req.create_response(code, headers={header: challenge}), src)
+                return
+        resp = req.create_response(200)
+        if method == "REGISTER":
+            resp.set_header("contact", f"{req.get_header('contact')};expires=60")
+        raw.send(resp, src)
+
+    return answer
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256", "SHA-512-256-sess"])
+@pytest.mark.parametrize("code", [401, 407])
+def test_register_with_digest(world: World, algorithm: str, code: int) -> None:
+    reg = world.raw(_digest_server(algorithm=algorithm, code=code))
+    alice = world.node()
+    ctx = alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "pw"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert alice.codes() == [200] and ctx.expires == 60
+    regs = reg.requests("REGISTER")
+    assert len(regs) == 2
+    header = "proxy-authorization" if code == 407 else "authorization"
+    assert f"algorithm={algorithm}" in (regs[1].get_header(header) or "")
+    assert regs[1].cseq_number() == 2 and regs[1].callid() == regs[0].callid()
+    # the refresh answers the same challenge again with the next nc
+    world.advance(31.0)
+    world.drive(lambda: len(alice.events) == 2)
+    assert len(reg.requests("REGISTER")) == 3
+    assert "nc=00000002" in (reg.requests("REGISTER")[2].get_header(header) or "")
+
+
+def test_wrong_password_reported_once(world: World) -> None:
+    """A second challenge for the realm just answered is a failure, reported once."""
+    reg = world.raw(_digest_server(password="right"))
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "wrong"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(5.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
+    assert len(reg.requests("REGISTER")) == 2
+    assert len(alice.ep) == 0
+
+
+def test_stale_nonce_retried_without_asking(world: World) -> None:
+    asked: list[str] = []
+
+    def creds(realm: str) -> tuple[str, str]:
+        asked.append(realm)
+        return ("alice", "pw")
+
+    reg = world.raw(_digest_server(stale_first=True))
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=creds,
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert alice.codes() == [200]
+    assert len(reg.requests("REGISTER")) == 3
+
+
+def test_reinvite_challenged_stays_in_dialog(world: World) -> None:
+    """A 401 to a re-INVITE is answered in the dialog (same Call-ID and tags):
+    the peer accepts it; nothing is retried outside the dialog."""
+    callee = world.raw(_digest_server(methods=("INVITE",)))
+    alice = world.node()
+    ctx = alice.ep.invite(
+        {
+            "from_": f"<sip:alice@{alice.leg.src}>",
+            "to": f"<{callee.uri}>",
+            "auth": ("alice", "pw"),
+        },
+        callback=alice.cb,
+        uri=callee.uri,
+    )
+    world.drive(lambda: 200 in alice.codes())
+    n = len(alice.events)
+    alice.ep.invite(ctx)
+    world.drive(lambda: len(alice.events) > n)
+    assert alice.events[-1].code == 200 and alice.events[-1].err == 0
+    invites = callee.requests("INVITE")
+    assert len(invites) == 4
+    for inv in invites[2:]:
+        assert _tag(inv.get_header("to")) == ctx.remote_tag
+        assert inv.callid() == ctx.callid
+    assert [i.cseq_number() for i in invites] == [1, 2, 3, 4]
+    assert len(alice.ep) == 1
+
+
+def test_481_to_reinvite_ends_dialog(world: World) -> None:
+    """A 481 to a re-INVITE reaches the callback and ends the dialog (12.2.1.2)."""
+    state = {"n": 0}
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            state["n"] += 1
+            raw.send(req.create_response(200 if state["n"] == 1 else 481), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.invite(ctx)
+    world.drive(lambda: 481 in alice.codes())
+    assert alice.events[-1].err == errno.EINVAL
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def test_target_refresh_by_update_2xx(world: World) -> None:
+    """The Contact of a 2xx to UPDATE (or re-INVITE) becomes the remote target."""
+    n = {"update": 0}
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        method = req.method()
+        if method == "ACK":
+            return
+        resp = req.create_response(200)
+        if method == "UPDATE":
+            n["update"] += 1
+            resp.set_header("contact", f"<sip:moved@{raw.leg.src}>")
+        raw.send(resp, src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.new_request("UPDATE", ctx)
+    world.drive(lambda: len(alice.events) == 2)
+    assert ctx.remote_target == f"sip:moved@{callee.leg.src}"
+    alice.ep.new_request("BYE", ctx)
+    world.drive(lambda: callee.requests("BYE"))
+    assert callee.requests("BYE")[0].uri() == f"sip:moved@{callee.leg.src}"
+
+
+def test_uas_target_refresh_by_reinvite(world: World) -> None:
+    raw = world.raw()
+    bob = world.node(accept)
+    invite = _invite(raw, bob.uri)
+    raw.send(invite, bob.leg.src)
+    world.drive(lambda: bob.requests)
+    ctx = bob.requests[0][0]
+    assert ctx.remote_target == raw.uri
+    re = _invite(raw, bob.uri, cseq=2)
+    re.set_header("to", ctx.to)
+    re.set_header("contact", f"<sip:new@{raw.leg.src}>")
+    raw.send(re, bob.leg.src)
+    world.drive(lambda: len(bob.requests) == 2)
+    assert ctx.remote_target == f"sip:new@{raw.leg.src}"
+
+
+# --------------------------------------------------------------- bad input
+
+
+def test_malformed_challenge_fails_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        raw.send(
+            req.create_response(401, headers={"www-authenticate": 'Digest realm="x, nonce'}), src
+        )
+
+    reg = world.raw(answer)
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "pw"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(2.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
+    assert len(reg.requests("REGISTER")) == 1
+
+
+def test_2xx_without_contact_acked_to_request_uri(world: World) -> None:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            resp = req.create_response(200)
+            resp.del_header("contact")
+            raw.leg.sendto(resp, src)  # (no Contact added by the leg)
+        elif req.method() == "BYE":
+            raw.send(req.create_response(200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: callee.requests("ACK"))
+    assert callee.requests("ACK")[0].uri() == callee.uri
+    assert ctx.remote_target == callee.uri
+
+
+@pytest.mark.parametrize("rr", ["<sip:[::zz];lr>", "<mailto:x@y>", "<sip:;lr>"])
+def test_garbage_record_route(world: World, rr: str) -> None:
+    """A 2xx whose Record-Route the parser lets through but nobody can route
+    to: the call is reported, the ACK and a BYE fail quietly (a log line, an
+    error to the BYE's callback), and the context is closed."""
+    callee = world.raw(_answer_2xx({"record-route": rr}))
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.new_request("BYE", ctx)
+    world.advance(40.0)
+    assert alice.codes()[:2] == [180, 200]
+    assert len(alice.events) == 3  # the BYE's outcome, whatever it is
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def test_cseq_limit(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """CSeq numbers are 32-bit (8.1.1.5): 2**31 from the peer is taken, a local
+    counter at 2**32-1 refuses to send, and 2**32 on the wire is dropped with a
+    log line."""
+    caplog.set_level(logging.INFO, "netsip")
+    bob = world.node(accept)
+    alice = world.node()
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: 200 in alice.codes())
+    ctx.cseq = 2**31 - 1
+    alice.ep.new_request("INFO", ctx, callback=alice.cb)
+    world.drive(lambda: len(alice.events) >= 3)
+    assert alice.codes() == [180, 200, 200], alice.codes()
+    assert bob.requests[0][0].remote_cseq == 2**31
+    ctx.cseq = 2**32 - 1
+    with pytest.raises(OverflowError):
+        alice.ep.new_request("INFO", ctx)
+    raw = world.raw()
+    data = (
+        f"OPTIONS {bob.uri} SIP/2.0\r\nVia: SIP/2.0/UDP {raw.leg.src};branch=z9hG4bKx\r\n"
+        f"From: <sip:a@b>;tag=1\r\nTo: <{bob.uri}>\r\nCall-ID: big\r\n"
+        f"CSeq: 4294967296 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    sock = raw.leg.socketpool().master()
+    sock.sendto(data, (bob.leg.src.addr, bob.leg.src.port))
+    world.drive(lambda: "cseq number out of range" in caplog.text, "the drop logged")
+    world.advance(0.5)
+    assert raw.responses() == []  # dropped as unparsable, like any malformed datagram
+    assert not any(r.method() == "OPTIONS" for _, r in bob.requests)
+
+
+def test_ack_and_cancel_for_unknown_transactions(world: World) -> None:
+    bob = world.node(accept)
+    raw = world.raw()
+    invite = _invite(raw, bob.uri, "unknown")
+    raw.send(invite.create_cancel(), bob.leg.src)
+    ack = Request(
+        "ACK",
+        bob.uri,
+        {
+            "from": "<sip:a@b>;tag=1",
+            "to": f"<{bob.uri}>",
+            "call-id": "unknown2",
+            "cseq": "1 ACK",
+            "max-forwards": "70",
+        },
+    )
+    raw.send(ack, bob.leg.src)
+    world.drive(lambda: raw.responses())
+    world.advance(0.5)
+    assert [r.code() for r in raw.responses()] == [481]
+    assert bob.requests == [] and len(bob.ep) == 0
+
+
+def test_response_for_closed_context(world: World) -> None:
+    pending: list[tuple[Request, Addr]] = []
+    callee = world.raw(lambda raw, req, src: pending.append((req, src)))
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: pending)
+    alice.ep.close_context(ctx)
+    req, src = pending[0]
+    callee.send(req.create_response(200), src)
+    callee.send(req.create_response(180), src)
+    world.advance(1.0)
+    assert alice.events == [] and len(alice.ep) == 0
+    assert not callee.requests("ACK")
