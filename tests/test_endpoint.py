@@ -992,7 +992,7 @@ def test_ack_and_cancel_for_unknown_transactions(world: World) -> None:
         },
     )
     raw.send(ack, bob.leg.src)
-    world.drive(lambda: raw.responses())
+    world.drive(raw.responses)
     world.advance(0.5)
     assert [r.code() for r in raw.responses()] == [481]
     assert bob.requests == [] and len(bob.ep) == 0
