@@ -92,6 +92,9 @@ SIPP_BUFFER: Final = 4 * 1024 * 1024
 #: the pause of a held call (ms): longer than any run
 HOLD_MS: Final = 36_000_000
 
+#: ``--netsip-path``: a directory whose ``netsip`` package the UAS imports
+NETSIP_PATH: str | None = None
+
 MD_BEGIN: Final = (
     "<!-- call benchmark results: begin (written by python -m benchmarks.bench_calls) -->"
 )
@@ -121,7 +124,8 @@ class Uas:
         self.kind = kind
         self.stderr_path = os.path.join(workdir, f"uas-{kind}-{time.monotonic_ns()}.err")
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        paths = [*([NETSIP_PATH] if NETSIP_PATH else []), REPO, env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 uas_cmd(kind),
@@ -616,44 +620,74 @@ def pyspy_section(
     if not os.path.exists(raw):
         return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-300:]}"}
     own: collections.Counter[str] = collections.Counter()
+    own_lines: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = idle = 0
     with open(raw) as f:
         for ln in f:
             stack, _, count = ln.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             k = int(count)
-            frames = [_frame(fr) for fr in stack.split(";")]
-            # the event loop's select wait is idle time, not CPU
-            if frames and "select" in frames[-1] and "selectors.py" in frames[-1]:
+            raw_frames = stack.split(";")
+            # --idle samples every state, so that system calls (sendto) count;
+            # the event loop's wait in epoll/select is idle time, not CPU
+            if _is_wait(raw_frames[-1]):
+                idle += k
                 continue
+            frames = [_frame(fr) for fr in raw_frames]
             total += k
             own[frames[-1]] += k
+            own_lines[_frame(raw_frames[-1], line=True)] += k
             for fr in set(frames):
                 incl[fr] += k
+
+    def top(c: collections.Counter[str], n: int) -> list[tuple[str, float]]:
+        return [(fr, round(100 * k / total, 1)) for fr, k in c.most_common(n)] if total else []
+
     out = {
         "calls": res["ok"],
         "cpu_us_per_call": round(1e6 * cpu / res["ok"], 1) if res["ok"] else None,
         "samples": total,
-        "own": [(fr, round(100 * k / total, 1)) for fr, k in own.most_common(25)] if total else [],
-        "inclusive": [(fr, round(100 * k / total, 1)) for fr, k in incl.most_common(40)]
-        if total
-        else [],
+        "idle_samples": idle,
+        "own": top(own, 25),
+        "own_lines": top(own_lines, 25),
+        "inclusive": top(incl, 40),
     }
-    _say(log, f"  pyspy: {total} busy samples over {res['ok']} calls")
+    _say(log, f"  pyspy: {total} busy samples ({idle} idle) over {res['ok']} calls")
     for fr, pct in out["own"][:15]:
         _say(log, f"    own {pct:5.1f} %  {fr}")
     return out
 
 
-def _frame(fr: str) -> str:
-    """``func (path/to/file.py:123)`` -> ``func (file.py)``: lines merged per function."""
+def _where(fr: str) -> tuple[str, str, int]:
+    """``func (path/to/file.py:123)`` -> (func, path, line)."""
     name, _, where = fr.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
+    path, _, line = where.rstrip(")").rpartition(":")
+    return name, path, int(line) if line.isdigit() else 0
+
+
+_WAITS: dict[tuple[str, int], bool] = {}
+
+
+def _is_wait(fr: str) -> bool:
+    """True if the frame's source line waits in ``poll``/``select`` (the event loop idling)."""
+    _name, path, line = _where(fr)
+    key = (path, line)
+    if key not in _WAITS:
+        text = ""
+        with contextlib.suppress(OSError, IndexError), open(path) as f:
+            text = f.readlines()[line - 1]
+        _WAITS[key] = any(w in text for w in (".poll(", ".select(", "select.select("))
+    return _WAITS[key]
+
+
+def _frame(fr: str, *, line: bool = False) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (netsip/file.py)``, or with ``:123``."""
+    name, path, n = _where(fr)
     parts = path.split("/")
     short = "/".join(parts[-2:]) if len(parts) > 1 and parts[-2] == "netsip" else parts[-1]
-    return f"{name} ({short})"
+    return f"{name} ({short}:{n})" if line else f"{name} ({short})"
 
 
 # ------------------------------------------------------------------- report
@@ -818,12 +852,14 @@ def report(res: dict[str, Any]) -> list[str]:
         out += [
             f"**Where netsip's UAS spends its CPU** (py-spy, {p['samples']:,} busy samples "
             f"over {p['calls']:,} calls at {_num(p['cpu_us_per_call'], '.0f')} µs/call; "
-            "share of the samples; idle select excluded):",
+            "share of the samples; the event loop's wait in epoll excluded):",
             "",
             "| function | own % |",
             "|---|---:|",
         ]
         out += [f"| `{fr}` | {pct:.1f} |" for fr, pct in p["own"][:15]]
+        out += ["", "| line | own % |", "|---|---:|"]
+        out += [f"| `{fr}` | {pct:.1f} |" for fr, pct in p.get("own_lines", [])[:12]]
         out += ["", "| function | inclusive % |", "|---|---:|"]
         out += [f"| `{fr}` | {pct:.1f} |" for fr, pct in p["inclusive"][:25]]
         out.append("")
@@ -910,9 +946,16 @@ def main(argv: list[str] | None = None) -> int:
         help="calls/s setting up the held dialogs (default %(default)g)",
     )
     ap.add_argument("--settle", type=float, help="seconds before the settled RSS (default 40)")
+    ap.add_argument(
+        "--netsip-path",
+        metavar="DIR",
+        help="netsip's UAS imports the netsip package in DIR (another revision)",
+    )
     ap.add_argument("--out", help="where performance-calls.json and performance.md go")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
+    global NETSIP_PATH  # read by Uas, set once here
+    NETSIP_PATH = os.path.abspath(args.netsip_path) if args.netsip_path else None
     sections = [s for s in args.only.split(",") if s]
     if set(sections) - set(SECTIONS):
         ap.error(f"sections: {', '.join(SECTIONS)}")
