@@ -161,13 +161,23 @@ class Uas:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
 
-    def contexts(self, timeout: float = 10.0) -> int | None:
-        """``len(endpoint)``, asked with SIGUSR1 (None if no answer)."""
+    def stats(self, timeout: float = 10.0) -> dict[str, str]:
+        """The UAS's ``STATS`` line, asked with SIGUSR1 (empty if no answer)."""
         self.proc.send_signal(signal.SIGUSR1)
         line = self._line(timeout)
-        if not line.startswith("STATS contexts="):
-            return None
-        return int(line.split("=", 1)[1])
+        if not line.startswith("STATS "):
+            return {}
+        return dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+
+    def contexts(self, timeout: float = 10.0) -> int | None:
+        """``len(endpoint)`` (None if no answer)."""
+        n = self.stats(timeout).get("contexts")
+        return int(n) if n is not None else None
+
+    def gc_seconds(self) -> float | None:
+        """Seconds the UAS spent in the cyclic garbage collector so far (netsip only)."""
+        s = self.stats().get("gc_s")
+        return float(s) if s is not None else None
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -414,6 +424,7 @@ class Row:
     calls_per_s: float | None = None
     cpu_us_per_call: float | None = None
     runs: list[tuple[float, float | None]] = field(default_factory=list)  # (calls/s, us/call)
+    gc_us_per_call: list[float] = field(default_factory=list)  # per run (netsip's UAS)
     errors: list[str] = field(default_factory=list)
     contexts_after: int | None = None
     uas_log_lines: int = 0
@@ -445,6 +456,7 @@ def interleaved(
         for k in range(len(uass)):
             i = (k + r) % len(uass)
             u, row = uass[i], rows[i]
+            gc0 = u.gc_seconds()
             cpu0 = u.cpu()
             res = run_sipp(
                 u.addr,
@@ -455,6 +467,9 @@ def interleaved(
                 timeout=_timeout(row.calls, rate),
             )
             cpu = u.cpu() - cpu0
+            gc1 = u.gc_seconds()
+            if gc0 is not None and gc1 is not None and res["ok"]:
+                row.gc_us_per_call.append(round(1e6 * (gc1 - gc0) / res["ok"], 2))
             ok = res["ok"]
             secs = max(res["secs"] - overheads[i], 1e-3)
             row.ok += ok
@@ -466,7 +481,8 @@ def interleaved(
                 log,
                 f"  {mode} {row.uas:8} {ok / secs:8.0f} calls/s "
                 f"{_num(1e6 * cpu / ok if ok else None, '.1f'):>8} us/call "
-                f"ok {ok} failed {res['failed']} retrans {res.get('retrans', 0)}",
+                f"ok {ok} failed {res['failed']} retrans {res.get('retrans', 0)}"
+                + (f" gc {row.gc_us_per_call[-1]:.1f} us/call" if row.gc_us_per_call else ""),
             )
     for u, row in zip(uass, rows, strict=True):
         cpus = [c for _, c in row.runs if c is not None]
@@ -837,14 +853,19 @@ def report(res: dict[str, Any]) -> list[str]:
             f"(closed loop, {small['concurrency']} in flight, {small['calls']:,} per run, "
             f"median of {len(small['runs'])} interleaved runs) while the dialogs are held:",
             "",
-            "| held dialogs | calls/s | CPU µs/call (runs) | failed |",
-            "|---|---:|---:|---:|",
+            "| held dialogs | calls/s | CPU µs/call (runs) | of which in the cyclic GC "
+            "(runs) | failed |",
+            "|---|---:|---:|---:|---:|",
         ]
         for r in (small, big):
             runs = ", ".join(_num(c, ".0f") for _, c in r["runs"])
+            gcs = r.get("gc_us_per_call") or []
+            gc_med = statistics.median(gcs) if gcs else None
             out.append(
                 f"| {r['uas']} | {_num(r['calls_per_s'], ',.0f')} "
-                f"| **{_num(r['cpu_us_per_call'], '.1f')}** ({runs}) | {r['failed']} |"
+                f"| **{_num(r['cpu_us_per_call'], '.1f')}** ({runs}) "
+                f"| {_num(gc_med, '.1f')} ({', '.join(_num(g, '.1f') for g in gcs)}) "
+                f"| {r['failed']} |"
             )
         out.append("")
     p = res.get("pyspy")
