@@ -617,7 +617,6 @@ def pyspy_section(
                 "raw",
                 "--output",
                 raw,
-                "--nonblocking",
                 "--idle",
             ],
             stdout=subprocess.DEVNULL,
