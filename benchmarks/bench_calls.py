@@ -618,6 +618,7 @@ def pyspy_section(
                 "--output",
                 raw,
                 "--idle",
+                "--full-filenames",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
