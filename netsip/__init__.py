@@ -12,7 +12,9 @@ helpers for testing applications built on netsip (import it by name).
 
 from __future__ import annotations
 
+from netsip.digest import HA1, NonceCounter, Verdict, make_challenge, verify
 from netsip.dispatcher import Dispatcher, QueueEntry
+from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoop, TimerEvent
 from netsip.framing import FramingError
 from netsip.leg import Leg
@@ -26,13 +28,17 @@ __version__ = "0.1.0"
 __all__ = [
     "EV_READ",
     "EV_WRITE",
+    "HA1",
     "Addr",
     "ClientTransaction",
+    "Context",
     "Dispatcher",
+    "Endpoint",
     "EventLoop",
     "FramingError",
     "Leg",
     "NetSIPError",
+    "NonceCounter",
     "Packet",
     "PacketError",
     "QueueEntry",
@@ -42,8 +48,11 @@ __all__ = [
     "TimerEvent",
     "TransactionClient",
     "Var",
+    "Verdict",
     "__version__",
     "get_settings",
     "import_settings",
     "invoke_callback",
+    "make_challenge",
+    "verify",
 ]

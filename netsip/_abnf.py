@@ -42,6 +42,7 @@ __all__ = [
     "SCHEME_RE",
     "STATUS_LINE_RE",
     "TAG_PARAM_RE",
+    "TAG_VALUE_RE",
     "TOKEN_RE",
     "URI_RE",
     "VIA_RE",
@@ -195,6 +196,8 @@ VIA_RE = re.compile(rf"{SENT_PROTOCOL}[ \t]+{SENT_BY}{PARAM}*+")
 TAG_PARAM = r";[ \t]*[Tt][Aa][Gg][ \t]*=[ \t]*[^;, \t>]*"
 # search: is there a tag among these parameters; sub: remove it
 TAG_PARAM_RE = re.compile(TAG_PARAM)
+# the same, with the tag's value as group 1 (a dialog's local and remote tags)
+TAG_VALUE_RE = re.compile(r";[ \t]*[Tt][Aa][Gg][ \t]*=[ \t]*([^;, \t>]*)")
 # a name-addr followed by its tag and nothing else (the To of a response):
 # group 1 is up to the last '>'
 NAME_ADDR_TAG_RE = re.compile(rf"(.*>){TAG_PARAM}", re.DOTALL)

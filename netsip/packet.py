@@ -96,6 +96,8 @@ from netsip._fields import (
 from netsip._headers import HeaderFields
 from netsip._parser import Parts, parse
 from netsip._parser import parse_stream as _parse_stream
+from netsip.digest import Auth, NonceCounter
+from netsip.digest import authorize as _authorize
 
 __all__ = [
     "REASON_PHRASES",
@@ -643,6 +645,30 @@ class Request(Packet):
         """The CANCEL for this request (RFC 3261 9.1): like :meth:`create_ack`
         but with the request's To."""
         return self._dialog_request("CANCEL", self.get_headers("to"))
+
+    def authorize(
+        self, response: Response, auth: Auth, *, nonces: NonceCounter | None = None
+    ) -> bool:
+        """Add digest credentials for the challenges of a 401/407 (RFC 3261 22.2).
+
+        ``Authorization`` answers ``WWW-Authenticate``, ``Proxy-Authorization``
+        answers ``Proxy-Authenticate``; per realm the strongest supported
+        challenge, replacing earlier credentials for that realm. On success the
+        CSeq number is raised above the response's (as Net::SIP does). See
+        :func:`netsip.digest.authorize`.
+
+        Args:
+            response: the 401/407 to this request.
+            auth: ``(user, password)``, a mapping realm -> ``(user, password)``,
+                or a callable ``realm -> (user, password) | None``.
+            nonces: the context's nonce counts (``nc``); without, ``nc`` is 1.
+
+        Returns:
+            True if credentials were added; False (request unchanged) if no
+            challenge was usable, none had credentials, or the credentials
+            were refused (a repeated challenge without ``stale=true``).
+        """
+        return _authorize(self, response, auth, nonces=nonces)
 
     def __repr__(self) -> str:
         return f"<Request {self._method} {self._text} call-id={self._callid_repr()}>"

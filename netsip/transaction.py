@@ -152,10 +152,10 @@ class ClientTransaction:
         return self.response is not None or self.error != 0
 
 
-def contact_uri(response: Response) -> str | None:
-    """The URI of the first Contact of ``response``: the remote target
-    (RFC 3261 12.1.2) that the ACK of a 2xx and later requests go to."""
-    contact = response.get_headers("contact")
+def contact_uri(message: Packet) -> str | None:
+    """The URI of the first Contact of ``message``: the remote target
+    (RFC 3261 12.1.2, 12.1.1) that the ACK of a 2xx and later requests go to."""
+    contact = message.get_headers("contact")
     if not contact:
         return None
     value = contact[0]

@@ -1,0 +1,1013 @@
+"""Tests for netsip.endpoint: dialogs, INVITE transactions, CANCEL, REGISTER.
+
+Two kinds of peer on one event loop with a fake clock: ``Node`` (an Endpoint
+on its own Dispatcher and leg, the application recording what it gets) and
+``Raw`` (a bare Leg that records every message and answers as the test
+says, to see and shape the wire). Traffic is driven by the loop (``drive``),
+timers by moving the clock (``advance``); no sleeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from netsip.digest import Status, make_challenge, verify
+from netsip.dispatcher import Dispatcher
+from netsip.endpoint import Context, Endpoint
+from netsip.eventloop import EventLoop
+from netsip.leg import Leg
+from netsip.packet import Packet, Request, Response
+from netsip.testing import FakeClock, advance, drive
+from netsip.util import Addr, Proto, sip_hdrval2parts
+
+# ---------------------------------------------------------------- helpers
+
+
+@dataclass(eq=False)
+class Event:
+    ctx: Context
+    err: int
+    code: int
+    packet: Packet | None
+
+
+@dataclass(eq=False)
+class Node:
+    """An Endpoint with an application that answers as ``answer`` says."""
+
+    ep: Endpoint
+    disp: Dispatcher
+    answer: Callable[[Node, Context, Request, Leg, Addr], None] | None = None
+    requests: list[tuple[Context, Request]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def leg(self) -> Leg:
+        return self.disp.legs[0]
+
+    @property
+    def uri(self) -> str:
+        leg = self.leg
+        return f"sip:u@{leg.src}" + (";transport=tcp" if leg.proto == "tcp" else "")
+
+    def app(self, ep: Endpoint, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
+        self.requests.append((ctx, request))
+        if self.answer is not None and request is not None:
+            self.answer(self, ctx, request, leg, from_)
+
+    def cb(  # noqa: PLR0917  (the Endpoint's callback convention)
+        self,
+        ep: Endpoint,
+        ctx: Context,
+        err: int,
+        code: int,
+        packet: Packet | None,
+        leg: Leg | None,
+        from_: Addr | None,
+    ) -> None:
+        self.events.append(Event(ctx, err, code, packet))
+        if isinstance(packet, Request) and self.answer is not None and leg and from_:
+            # a request in a context of ours: the application answers it too
+            self.answer(self, ctx, packet, leg, from_)
+
+    def codes(self) -> list[int]:
+        return [e.code for e in self.events]
+
+
+@dataclass(eq=False)
+class Raw:
+    """A bare leg: records messages, answers requests with ``answer``."""
+
+    leg: Leg
+    answer: Callable[[Raw, Request, Addr], None] | None = None
+    got: list[Packet] = field(default_factory=list)
+    sources: list[Addr] = field(default_factory=list)
+
+    def receive(self, packet: Packet, from_: Addr) -> None:
+        self.got.append(packet)
+        self.sources.append(from_)
+        if isinstance(packet, Request) and self.answer is not None:
+            self.answer(self, packet, from_)
+
+    def send(self, packet: Packet, to: Addr) -> None:
+        self.leg.deliver(packet, to)
+
+    def requests(self, method: str | None = None) -> list[Request]:
+        return [
+            p
+            for p in self.got
+            if isinstance(p, Request) and (method is None or p.method() == method)
+        ]
+
+    def responses(self) -> list[Response]:
+        return [p for p in self.got if isinstance(p, Response)]
+
+    @property
+    def uri(self) -> str:
+        return f"sip:raw@{self.leg.src}"
+
+
+@dataclass(eq=False)
+class World:
+    loop: EventLoop
+    clock: FakeClock
+    nodes: list[Node] = field(default_factory=list)
+    raws: list[Raw] = field(default_factory=list)
+
+    def node(
+        self,
+        answer: Callable[[Node, Context, Request, Leg, Addr], None] | None = None,
+        proto: Proto = "udp",
+        **kw: float,
+    ) -> Node:
+        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto=proto)], self.loop)
+        node = Node(Endpoint(disp, **kw), disp, answer)
+        node.ep.set_application(node.app)
+        self.nodes.append(node)
+        return node
+
+    def raw(
+        self, answer: Callable[[Raw, Request, Addr], None] | None = None, proto: Proto = "udp"
+    ) -> Raw:
+        raw = Raw(Leg(addr="127.0.0.1", port=0, proto=proto), answer)
+        raw.leg.socketpool().attach_eventloop(self.loop, raw.receive)
+        self.raws.append(raw)
+        return raw
+
+    def drive(self, cond: Callable[[], object], what: str = "") -> None:
+        drive(self.loop, cond, 5.0, what)
+
+    def advance(self, seconds: float) -> None:
+        advance(self.loop, self.clock, seconds, step=0.125)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    clock = FakeClock(1_000_000.0)
+    loop = EventLoop(clock=clock)
+    w = World(loop, clock)
+    yield w
+    for n in w.nodes:
+        n.ep.close()
+        n.disp.close()
+    for r in w.raws:
+        r.leg.close()
+    loop.close()
+
+
+def accept(node: Node, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
+    """An application that accepts calls (180, 200) and answers 200 to other requests."""
+    method = request.method()
+    if method == "INVITE":
+        node.ep.new_response(ctx, request.create_response(180), leg, from_)
+        node.ep.new_response(ctx, request.create_response(200), leg, from_)
+    elif method not in ("ACK", "BYE", "CANCEL"):
+        node.ep.new_response(ctx, request.create_response(200), leg, from_)
+
+
+def _branch(packet: Packet) -> str | None:
+    return sip_hdrval2parts("via", packet.get_headers("via")[0])[1].get("branch")
+
+
+def _tag(value: str | None) -> str | None:
+    assert value is not None
+    return sip_hdrval2parts("to", value)[1].get("tag")
+
+
+def _call(world: World, caller: Node, to: str, **kw: str) -> Context:
+    return caller.ep.invite(
+        {"from_": f"<sip:alice@{caller.leg.src}>", "to": f"<{to}>"},
+        callback=caller.cb,
+        uri=to,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------ calls
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_call_established_and_ended(world: World, proto: Proto) -> None:
+    """INVITE/180/200/ACK/BYE/200 between two endpoints; both forget the call."""
+    bob = world.node(accept, proto)
+    alice = world.node(proto=proto)
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: 200 in alice.codes(), "alice got 200")
+    assert alice.codes() == [180, 200]
+    assert ctx.established and ctx.remote_tag is not None
+    world.drive(lambda: any(r.method() == "ACK" for _, r in bob.requests) or len(bob.requests) > 1)
+    bob_ctx = bob.requests[0][0]
+    assert [r.method() for _, r in bob.requests] == ["INVITE", "ACK"]
+    assert bob_ctx.established and bob_ctx.remote_tag == ctx.local_tag
+    assert bob_ctx.local_tag == ctx.remote_tag
+    alice.ep.new_request("BYE", ctx, callback=alice.cb)
+    world.drive(lambda: len(alice.events) == 3, "BYE answered")
+    assert alice.events[-1].code == 200 and alice.events[-1].err == 0
+    assert bob.requests[-1][1].method() == "BYE"
+    assert len(alice.ep) == 0 and len(bob.ep) == 0
+    assert ctx.closed and bob_ctx.closed
+
+
+def test_in_dialog_requests_both_ways(world: World) -> None:
+    """INFO, UPDATE, MESSAGE, NOTIFY and a re-INVITE in the dialog, from either side."""
+    bob = world.node(accept)
+    alice = world.node(accept)
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: 200 in alice.codes())
+    world.drive(lambda: len(bob.requests) == 2)
+    bob_ctx = bob.requests[0][0]
+    bob_ctx.set_callback(bob.cb)
+    for method in ("INFO", "UPDATE", "MESSAGE", "NOTIFY", "INVITE"):
+        n = len(alice.events)
+        alice.ep.new_request(method, ctx, body=b"x", content_type="text/plain")
+        world.drive(lambda: len(alice.events) > n, f"{method} answered")  # noqa: B023
+        assert alice.events[-1].code == 200, method
+    # bob's callback got every request (and the ACK of the re-INVITE)
+    world.drive(lambda: any(e.packet and e.packet.method() == "ACK" for e in bob.events))
+    got = [e.packet.method() for e in bob.events if isinstance(e.packet, Request)]
+    assert got == ["INFO", "UPDATE", "MESSAGE", "NOTIFY", "INVITE", "ACK"]
+    # and the other way round: bob asks, alice's callback answers
+    n = len(alice.events)
+    bob.ep.new_request("INFO", bob_ctx)
+    world.drive(lambda: len(alice.events) > n)
+    info = alice.events[-1].packet
+    assert isinstance(info, Request) and info.method() == "INFO"
+    assert _tag(info.get_header("to")) == ctx.local_tag
+
+
+def test_cseq_counted_and_old_cseq_500(world: World) -> None:
+    """Local CSeq goes up by one per request; a request with a lower CSeq gets 500."""
+    raw = world.raw()
+    bob = world.node(accept)
+    alice_ctx_holder: list[Context] = []
+    ctx = _call(world, world.node(), bob.uri)
+    alice_ctx_holder.append(ctx)
+    world.drive(lambda: len(bob.requests) == 2)
+    bob_ctx = bob.requests[0][0]
+    assert bob_ctx.remote_cseq == 1
+    # forge an in-dialog INFO with CSeq 0 from the raw leg
+    req = Request(
+        "INFO",
+        bob.uri,
+        {
+            "from": ctx.from_,
+            "to": ctx.to,
+            "call-id": ctx.callid,
+            "cseq": "0 INFO",
+            "max-forwards": "70",
+        },
+    )
+    raw.send(req, bob.leg.src)
+    world.drive(raw.responses)
+    assert raw.responses()[0].code() == 500
+    assert len(bob.ep) == 1  # the dialog lives on
+
+
+def test_unknown_dialog_481(world: World) -> None:
+    """A request with a To tag for no dialog gets 481; an ACK is dropped silently."""
+    bob = world.node(accept)
+    raw = world.raw()
+    for method in ("BYE", "INFO", "ACK"):
+        req = Request(
+            method,
+            bob.uri,
+            {
+                "from": "<sip:a@x>;tag=1",
+                "to": "<sip:b@y>;tag=2",
+                "call-id": f"nope-{method}",
+                "cseq": f"5 {method}",
+                "max-forwards": "70",
+            },
+        )
+        raw.send(req, bob.leg.src)
+    world.drive(lambda: len(raw.responses()) == 2)
+    world.advance(0.5)
+    assert sorted(r.code() for r in raw.responses()) == [481, 481]
+    assert bob.requests == [] and len(bob.ep) == 0
+
+
+# ------------------------------------------------------------- UAC INVITE
+
+
+def test_non_2xx_ack_in_transaction(world: World) -> None:
+    """The ACK of a 486 has the INVITE's branch and Request-URI and the response's To."""
+
+    def busy(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            raw.send(req.create_response(486), src)
+
+    raw = world.raw(busy)
+    alice = world.node()
+    ctx = _call(world, alice, raw.uri)
+    world.drive(lambda: raw.requests("ACK"), "ACK")
+    invite, ack = raw.requests("INVITE")[0], raw.requests("ACK")[0]
+    assert _branch(ack) == _branch(invite)
+    assert ack.uri() == invite.uri()
+    assert ack.get_header("to") == raw.responses()[0].get_header("to") if raw.responses() else True
+    assert _tag(ack.get_header("to")) is not None
+    assert alice.events[-1].code == 486 and alice.events[-1].err == errno.EINVAL
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def _answer_2xx(
+    headers: dict[str, str] | None = None, times: int = 1, tags: tuple[str, ...] = ()
+) -> Callable[[Raw, Request, Addr], None]:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() != "INVITE":
+            if req.method() != "ACK":
+                raw.send(req.create_response(200), src)
+            return
+        raw.send(req.create_response(180), src)
+        for tag in tags or ("",):
+            resp = req.create_response(200, headers=headers)
+            if tag:
+                to = req.get_header("to")
+                resp.set_header("to", f"{to};tag={tag}")
+                resp.set_header("contact", f"<sip:{tag}@{raw.leg.src}>")
+            for _ in range(times):
+                raw.send(resp, src)
+
+    return answer
+
+
+def test_2xx_ack_through_route_set(world: World) -> None:
+    """The ACK of a 2xx goes to the first Record-Route (reversed) with the route set
+    as Route, and its Request-URI is the Contact (12.2.1.1, loose routing)."""
+    proxy = world.raw()
+    callee = world.raw()
+    rr = ["<sip:p2.invalid;lr>", f"<sip:{proxy.leg.src};lr>"]
+    callee.answer = _answer_2xx({"record-route": rr, "contact": f"<sip:bob@{callee.leg.src}>"})  # type: ignore[dict-item]
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: proxy.requests("ACK"), "ACK at the first route")
+    ack = proxy.requests("ACK")[0]
+    assert ack.uri() == f"sip:bob@{callee.leg.src}"
+    assert ack.get_headers("route") == [f"<sip:{proxy.leg.src};lr>", "<sip:p2.invalid;lr>"]
+    assert ctx.route == ack.get_headers("route")
+    assert not callee.requests("ACK")
+
+
+def test_2xx_ack_strict_router(world: World) -> None:
+    """A strict router (no ;lr) gets the Request-URI; the remote target goes last in Route."""
+    proxy = world.raw()
+    callee = world.raw()
+    rr = [f"<sip:{proxy.leg.src}>"]
+    callee.answer = _answer_2xx({"record-route": rr, "contact": f"<sip:bob@{callee.leg.src}>"})  # type: ignore[dict-item]
+    alice = world.node()
+    _call(world, alice, callee.uri)
+    world.drive(lambda: proxy.requests("ACK"), "ACK at the strict router")
+    ack = proxy.requests("ACK")[0]
+    assert ack.uri() == f"sip:{proxy.leg.src}"
+    assert ack.get_headers("route") == [f"<sip:bob@{callee.leg.src}>"]
+
+
+def test_retransmitted_2xx_acked_again(world: World) -> None:
+    """Each copy of the 2xx gets an ACK (13.2.2.4); the application hears of it once."""
+    callee = world.raw(_answer_2xx(times=3))
+    alice = world.node()
+    _call(world, alice, callee.uri)
+    world.drive(lambda: len(callee.requests("ACK")) == 3, "three ACKs")
+    assert alice.codes() == [180, 200]
+
+
+def test_forked_2xx_each_get_ack_and_dialog(world: World) -> None:
+    """Two 2xx with different To tags: two ACKs to two Contacts, two dialogs."""
+    callee = world.raw(_answer_2xx(tags=("one", "two")))
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: len(callee.requests("ACK")) == 2, "two ACKs")
+    acks = callee.requests("ACK")
+    assert sorted(a.uri() for a in acks) == sorted(
+        f"sip:{t}@{callee.leg.src}" for t in ("one", "two")
+    )
+    oks = [e for e in alice.events if e.code == 200]
+    assert len(oks) == 2 and oks[0].ctx is ctx and oks[1].ctx is not ctx
+    assert {oks[0].ctx.remote_tag, oks[1].ctx.remote_tag} == {"one", "two"}
+    assert ctx.forks is not None and oks[1].ctx in ctx.forks.values()
+    # each dialog has its own BYE
+    for e in oks:
+        alice.ep.new_request("BYE", e.ctx)
+    world.drive(lambda: len(callee.requests("BYE")) == 2)
+    world.drive(lambda: len(alice.ep) == 0, "both dialogs closed")
+    assert sorted(b.uri() for b in callee.requests("BYE")) == sorted(a.uri() for a in acks)
+
+
+def test_cancel_waits_for_provisional(world: World) -> None:
+    """No CANCEL before a 1xx (9.1); after the 180 it goes, then 487 and its ACK."""
+    pending: list[tuple[Request, Addr]] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            pending.append((req, src))
+        elif req.method() == "CANCEL":
+            raw.send(req.create_response(200), src)
+            inv, isrc = pending[0]
+            raw.send(inv.create_response(487), isrc)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: pending)
+    assert alice.ep.cancel_invite(ctx)
+    world.advance(1.0)
+    assert not callee.requests("CANCEL")
+    inv, src = pending[0]
+    callee.send(inv.create_response(180), src)
+    world.drive(lambda: callee.requests("ACK"), "ACK of the 487")
+    cancel = callee.requests("CANCEL")[0]
+    assert _branch(cancel) == _branch(inv) and cancel.uri() == inv.uri()
+    assert alice.codes()[-1] == 487 and alice.events[-1].err == errno.EINVAL
+    assert len(alice.ep) == 0
+
+
+def test_cancelled_invite_answered_200_gets_ack_and_bye(world: World) -> None:
+    """A 2xx that crosses our CANCEL: ACK, then BYE; the callback hears ECANCELED."""
+    pending: list[tuple[Request, Addr]] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            raw.send(req.create_response(180), src)
+            pending.append((req, src))
+        elif req.method() == "CANCEL":
+            raw.send(req.create_response(200), src)
+            inv, isrc = pending[0]
+            raw.send(inv.create_response(200), isrc)  # too late to cancel
+        elif req.method() == "BYE":
+            raw.send(req.create_response(200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 180 in alice.codes())
+    alice.ep.cancel_invite(ctx)
+    world.drive(lambda: callee.requests("BYE"), "BYE")
+    assert callee.requests("ACK")
+    assert any(e.code == 200 and e.err == errno.ECANCELED for e in alice.events)
+    world.drive(lambda: len(alice.ep) == 0)
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_timer_b_reaches_callback(world: World, proto: Proto) -> None:
+    """No answer at all: after 64*T1 the callback gets ETIMEDOUT, once."""
+    callee = world.raw(proto=proto)  # records, never answers
+    alice = world.node(proto=proto)
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: callee.requests("INVITE"))
+    world.advance(31.0)
+    assert alice.events == []
+    world.advance(2.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.ETIMEDOUT, 0)]
+    assert ctx.closed and len(alice.ep) == 0
+    world.advance(40.0)
+    assert len(alice.events) == 1
+
+
+def test_timer_f_non_invite(world: World) -> None:
+    """An OPTIONS never answered: ETIMEDOUT after 64*T1."""
+    callee = world.raw()
+    alice = world.node()
+    alice.ep.new_request(
+        "OPTIONS", {"from_": "<sip:a@h>", "to": f"<{callee.uri}>"}, callback=alice.cb
+    )
+    world.drive(lambda: callee.requests("OPTIONS"))
+    world.advance(33.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.ETIMEDOUT, 0)]
+    assert len(alice.ep) == 0
+
+
+# ------------------------------------------------------------- UAS INVITE
+
+
+def _invite(raw: Raw, to: str, callid: str = "c1", cseq: int = 1) -> Request:
+    return Request(
+        "INVITE",
+        to,
+        {
+            "from": f"<{raw.uri}>;tag=rawtag",
+            "to": f"<{to}>",
+            "call-id": callid,
+            "cseq": f"{cseq} INVITE",
+            "max-forwards": "70",
+            "contact": f"<{raw.uri}>",
+        },
+    )
+
+
+def test_100_trying_only_when_slow(world: World) -> None:
+    """An application that answers at once sends no 100; a slow one gets 100 after 200 ms."""
+    raw = world.raw()
+    fast = world.node(accept)
+    raw.send(_invite(raw, fast.uri, "fast"), fast.leg.src)
+    world.drive(lambda: len(raw.responses()) == 2)
+    world.advance(0.5)
+    assert [r.code() for r in raw.responses()][:2] == [180, 200]
+    assert 100 not in [r.code() for r in raw.responses()]
+
+    slow = world.node()  # never answers
+    raw.got.clear()
+    raw.send(_invite(raw, slow.uri, "slow"), slow.leg.src)
+    world.drive(lambda: slow.requests)
+    world.advance(0.125)
+    assert raw.responses() == []
+    world.advance(0.125)
+    assert [r.code() for r in raw.responses()] == [100]
+
+
+def test_2xx_retransmitted_until_ack(world: World) -> None:
+    """The 2xx goes again at T1, 2*T1, 4*T1 ... until the ACK, then stops."""
+    raw = world.raw()
+    bob = world.node(accept)
+    invite = _invite(raw, bob.uri)
+    raw.send(invite, bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    world.advance(1.6)  # copies at 0.5 and 1.5
+    oks = [r for r in raw.responses() if r.code() == 200]
+    assert len(oks) == 3
+    ack = invite.create_ack(oks[0])
+    ack.set_uri(bob.uri)
+    raw.send(ack, bob.leg.src)
+    world.drive(lambda: any(r.method() == "ACK" for _, r in bob.requests))
+    world.advance(10.0)
+    assert len([r for r in raw.responses() if r.code() == 200]) == 3
+    assert len(bob.ep) == 1 and bob.requests[0][0].established
+
+
+def test_no_ack_ends_call_with_bye(world: World) -> None:
+    """No ACK within 64*T1: the UAS gives up and sends BYE (13.3.1.4)."""
+    raw = world.raw()
+    bob = world.node(accept)
+    raw.send(_invite(raw, bob.uri), bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    world.advance(31.5)
+    assert not raw.requests("BYE")
+    world.advance(1.0)
+    world.drive(lambda: raw.requests("BYE"), "BYE")
+    bye = raw.requests("BYE")[0]
+    assert bye.uri() == raw.uri  # the remote target: the INVITE's Contact
+    assert _tag(bye.get_header("to")) == "rawtag"
+    oks = [r for r in raw.responses() if r.code() == 200]
+    assert 5 <= len(oks) <= 12  # T1 doubling to T2 over 32 s
+
+
+def test_cancel_matched_to_invite(world: World) -> None:
+    """CANCEL gets 200 and its INVITE 487; the context is gone."""
+    raw = world.raw()
+    bob = world.node()  # rings forever
+    invite = _invite(raw, bob.uri)
+    raw.send(invite, bob.leg.src)
+    world.drive(lambda: bob.requests)
+    # a CANCEL with a wrong CSeq does not match: 481
+    wrong = invite.create_cancel()
+    wrong.set_cseq(7)
+    raw.send(wrong, bob.leg.src)
+    world.drive(raw.responses)
+    assert raw.responses()[0].code() == 481
+    raw.got.clear()
+    raw.send(invite.create_cancel(), bob.leg.src)
+    world.drive(lambda: len(raw.responses()) == 2)
+    codes = sorted((r.method(), r.code()) for r in raw.responses())
+    assert codes == [("CANCEL", 200), ("INVITE", 487)]
+    assert [r.method() for _, r in bob.requests] == ["INVITE", "CANCEL"]
+    assert len(bob.ep) == 0
+
+
+def test_reinvite_during_reinvite(world: World) -> None:
+    """An INVITE while our re-INVITE is pending gets 491; while the peer's is
+    unanswered, 500 with Retry-After (14.2)."""
+    bob = world.node(accept)
+    alice = world.node(accept)
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: len(bob.requests) == 2)
+    bob_ctx = bob.requests[0][0]
+    bob.answer = None  # bob does not answer the re-INVITE
+    alice.ep.invite(ctx)
+    world.drive(lambda: len(bob.requests) == 3)
+    # bob now re-INVITEs alice while alice's re-INVITE waits at bob: glare at alice? No:
+    # alice's INVITE is pending at alice (client) -> alice answers bob's INVITE 491
+    bob.ep.invite(bob_ctx, callback=bob.cb)
+    world.drive(lambda: bob.events, "bob's re-INVITE answered")
+    assert bob.events[-1].code == 491
+    # and a third INVITE from alice while bob has not answered the second: 500
+    raw_ctx_invite = bob.requests[2][1]
+    assert raw_ctx_invite.method() == "INVITE"
+    n = len(alice.events)
+    alice.ep.invite(ctx, callback=alice.cb)
+    world.drive(lambda: len(alice.events) > n + 0 and alice.events[-1].code == 500, "500")
+    resp = alice.events[-1].packet
+    assert isinstance(resp, Response) and resp.get_header("retry-after") is not None
+
+
+# ------------------------------------------------------------ outside dialogs
+
+
+def test_options_and_message(world: World) -> None:
+    bob = world.node(accept)
+    alice = world.node()
+    for method in ("OPTIONS", "MESSAGE"):
+        alice.ep.new_request(
+            method,
+            {"from_": "<sip:a@127.0.0.1>", "to": f"<{bob.uri}>"},
+            callback=alice.cb,
+            body=b"hello" if method == "MESSAGE" else None,
+            content_type="text/plain" if method == "MESSAGE" else None,
+        )
+    world.drive(lambda: len(alice.events) == 2)
+    assert alice.codes() == [200, 200]
+    assert [r.method() for _, r in bob.requests] == ["OPTIONS", "MESSAGE"]
+    assert bob.requests[1][1].body() == b"hello"
+    assert len(alice.ep) == 0 and len(bob.ep) == 0
+
+
+def _registrar(grant: int = 60) -> Callable[[Raw, Request, Addr], None]:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "REGISTER":
+            expires = int(req.get_header("expires") or 0)
+            contact = req.get_header("contact")
+            if contact == "*":
+                resp = req.create_response(200)
+            else:
+                resp = req.create_response(
+                    200, headers={"contact": f"{contact};expires={min(expires, grant)}"}
+                )
+            raw.send(resp, src)
+
+    return answer
+
+
+def test_register_refresh_and_unregister(world: World) -> None:
+    reg = world.raw(_registrar(60))
+    alice = world.node()
+    ctx = alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        expires=3600,
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert ctx.expires == 60 and alice.codes() == [200]
+    world.advance(29.0)
+    assert len(reg.requests("REGISTER")) == 1
+    world.advance(2.0)
+    world.drive(lambda: len(alice.events) == 2, "refreshed")
+    regs = reg.requests("REGISTER")
+    assert len(regs) == 2 and regs[0].callid() == regs[1].callid()
+    assert regs[1].cseq_number() == regs[0].cseq_number() + 1  # type: ignore[operator]
+    assert alice.ep.unregister(ctx)
+    world.drive(lambda: len(alice.events) == 3)
+    assert reg.requests("REGISTER")[-1].get_header("expires") == "0"
+    assert len(alice.ep) == 0
+    world.advance(120.0)
+    assert len(reg.requests("REGISTER")) == 3
+
+
+def test_unregister_all(world: World) -> None:
+    reg = world.raw(_registrar())
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact="*",
+        expires=0,
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    req = reg.requests("REGISTER")[0]
+    assert req.get_header("contact") == "*" and req.get_header("expires") == "0"
+    assert len(alice.ep) == 0
+
+
+# ------------------------------------------------------------------ digest
+
+SECRET = b"test secret"
+
+
+def _digest_server(
+    password: str = "pw",
+    algorithm: str = "MD5",
+    code: int = 401,
+    methods: tuple[str, ...] = ("REGISTER", "INVITE", "BYE"),
+    stale_first: bool = False,
+) -> Callable[[Raw, Request, Addr], None]:
+    """A raw UAS/registrar that wants digest for ``methods`` (401 or 407)."""
+    stale_sent: list[bool] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        method = req.method()
+        if method == "ACK":
+            return
+        if method in methods:
+            now = 1_000_000.0 + len(stale_sent)  # (a stale challenge has a new nonce)
+            verdict = verify(
+                req,
+                realm="example.org",
+                secret=SECRET,
+                lookup=lambda user, realm: password if user == "alice" else None,
+                now=now,
+                proxy=code == 407,
+            )
+            stale = stale_first and not stale_sent and verdict.status == Status.OK
+            if stale:
+                stale_sent.append(True)
+            if verdict.status != Status.OK or stale:
+                header = "proxy-authenticate" if code == 407 else "www-authenticate"
+                challenge = make_challenge(
+                    "example.org",
+                    secret=SECRET,
+                    algorithm=algorithm,
+                    now=1_000_000.0 + len(stale_sent),
+                    stale=stale or verdict.status == Status.STALE,
+                )
+                raw.send(req.create_response(code, headers={header: challenge}), src)
+                return
+        resp = req.create_response(200)
+        if method == "REGISTER":
+            resp.set_header("contact", f"{req.get_header('contact')};expires=60")
+        raw.send(resp, src)
+
+    return answer
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256", "SHA-512-256-sess"])
+@pytest.mark.parametrize("code", [401, 407])
+def test_register_with_digest(world: World, algorithm: str, code: int) -> None:
+    reg = world.raw(_digest_server(algorithm=algorithm, code=code))
+    alice = world.node()
+    ctx = alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "pw"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert alice.codes() == [200] and ctx.expires == 60
+    regs = reg.requests("REGISTER")
+    assert len(regs) == 2
+    header = "proxy-authorization" if code == 407 else "authorization"
+    assert f"algorithm={algorithm}" in (regs[1].get_header(header) or "")
+    assert regs[1].cseq_number() == 2 and regs[1].callid() == regs[0].callid()
+    # the refresh answers the same challenge again with the next nc
+    world.advance(31.0)
+    world.drive(lambda: len(alice.events) == 2)
+    assert len(reg.requests("REGISTER")) == 3
+    assert "nc=00000002" in (reg.requests("REGISTER")[2].get_header(header) or "")
+
+
+def test_wrong_password_reported_once(world: World) -> None:
+    """A second challenge for the realm just answered is a failure, reported once."""
+    reg = world.raw(_digest_server(password="right"))
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "wrong"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(5.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
+    assert len(reg.requests("REGISTER")) == 2
+    assert len(alice.ep) == 0
+
+
+def test_stale_nonce_retried_without_asking(world: World) -> None:
+    asked: list[str] = []
+
+    def creds(realm: str) -> tuple[str, str]:
+        asked.append(realm)
+        return ("alice", "pw")
+
+    reg = world.raw(_digest_server(stale_first=True))
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=creds,
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert alice.codes() == [200]
+    assert len(reg.requests("REGISTER")) == 3
+
+
+def test_reinvite_challenged_stays_in_dialog(world: World) -> None:
+    """A 401 to a re-INVITE is answered in the dialog (same Call-ID and tags):
+    the peer accepts it; nothing is retried outside the dialog."""
+    callee = world.raw(_digest_server(methods=("INVITE",)))
+    alice = world.node()
+    ctx = alice.ep.invite(
+        {
+            "from_": f"<sip:alice@{alice.leg.src}>",
+            "to": f"<{callee.uri}>",
+            "auth": ("alice", "pw"),
+        },
+        callback=alice.cb,
+        uri=callee.uri,
+    )
+    world.drive(lambda: 200 in alice.codes())
+    n = len(alice.events)
+    alice.ep.invite(ctx)
+    world.drive(lambda: len(alice.events) > n)
+    assert alice.events[-1].code == 200 and alice.events[-1].err == 0
+    invites = callee.requests("INVITE")
+    assert len(invites) == 4
+    for inv in invites[2:]:
+        assert _tag(inv.get_header("to")) == ctx.remote_tag
+        assert inv.callid() == ctx.callid
+    assert [i.cseq_number() for i in invites] == [1, 2, 3, 4]
+    assert len(alice.ep) == 1
+
+
+def test_481_to_reinvite_ends_dialog(world: World) -> None:
+    """A 481 to a re-INVITE reaches the callback and ends the dialog (12.2.1.2)."""
+    state = {"n": 0}
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            state["n"] += 1
+            raw.send(req.create_response(200 if state["n"] == 1 else 481), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.invite(ctx)
+    world.drive(lambda: 481 in alice.codes())
+    assert alice.events[-1].err == errno.EINVAL
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def test_target_refresh_by_update_2xx(world: World) -> None:
+    """The Contact of a 2xx to UPDATE (or re-INVITE) becomes the remote target."""
+    n = {"update": 0}
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        method = req.method()
+        if method == "ACK":
+            return
+        resp = req.create_response(200)
+        if method == "UPDATE":
+            n["update"] += 1
+            resp.set_header("contact", f"<sip:moved@{raw.leg.src}>")
+        raw.send(resp, src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.new_request("UPDATE", ctx)
+    world.drive(lambda: len(alice.events) == 2)
+    assert ctx.remote_target == f"sip:moved@{callee.leg.src}"
+    alice.ep.new_request("BYE", ctx)
+    world.drive(lambda: callee.requests("BYE"))
+    assert callee.requests("BYE")[0].uri() == f"sip:moved@{callee.leg.src}"
+
+
+def test_uas_target_refresh_by_reinvite(world: World) -> None:
+    raw = world.raw()
+    bob = world.node(accept)
+    invite = _invite(raw, bob.uri)
+    raw.send(invite, bob.leg.src)
+    world.drive(lambda: bob.requests)
+    ctx = bob.requests[0][0]
+    assert ctx.remote_target == raw.uri
+    re = _invite(raw, bob.uri, cseq=2)
+    re.set_header("to", ctx.to)
+    re.set_header("contact", f"<sip:new@{raw.leg.src}>")
+    raw.send(re, bob.leg.src)
+    world.drive(lambda: len(bob.requests) == 2)
+    assert ctx.remote_target == f"sip:new@{raw.leg.src}"
+
+
+# --------------------------------------------------------------- bad input
+
+
+def test_malformed_challenge_fails_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        raw.send(
+            req.create_response(401, headers={"www-authenticate": 'Digest realm="x, nonce'}), src
+        )
+
+    reg = world.raw(answer)
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "pw"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(2.0)
+    assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
+    assert len(reg.requests("REGISTER")) == 1
+
+
+def test_2xx_without_contact_acked_to_request_uri(world: World) -> None:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            resp = req.create_response(200)
+            resp.del_header("contact")
+            raw.leg.sendto(resp, src)  # (no Contact added by the leg)
+        elif req.method() == "BYE":
+            raw.send(req.create_response(200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: callee.requests("ACK"))
+    assert callee.requests("ACK")[0].uri() == callee.uri
+    assert ctx.remote_target == callee.uri
+
+
+@pytest.mark.parametrize("rr", ["<sip:[::zz];lr>", "<mailto:x@y>", "<sip:;lr>"])
+def test_garbage_record_route(world: World, rr: str) -> None:
+    """A 2xx whose Record-Route the parser lets through but nobody can route
+    to: the call is reported, the ACK and a BYE fail quietly (a log line, an
+    error to the BYE's callback), and the context is closed."""
+    callee = world.raw(_answer_2xx({"record-route": rr}))
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.new_request("BYE", ctx)
+    world.advance(40.0)
+    assert alice.codes()[:2] == [180, 200]
+    assert len(alice.events) == 3  # the BYE's outcome, whatever it is
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def test_cseq_limit(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """CSeq numbers are 32-bit (8.1.1.5): 2**31 from the peer is taken, a local
+    counter at 2**32-1 refuses to send, and 2**32 on the wire is dropped with a
+    log line."""
+    caplog.set_level(logging.INFO, "netsip")
+    bob = world.node(accept)
+    alice = world.node()
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: 200 in alice.codes())
+    ctx.cseq = 2**31 - 1
+    alice.ep.new_request("INFO", ctx, callback=alice.cb)
+    world.drive(lambda: len(alice.events) >= 3)
+    assert alice.codes() == [180, 200, 200], alice.codes()
+    assert bob.requests[0][0].remote_cseq == 2**31
+    ctx.cseq = 2**32 - 1
+    with pytest.raises(OverflowError):
+        alice.ep.new_request("INFO", ctx)
+    raw = world.raw()
+    data = (
+        f"OPTIONS {bob.uri} SIP/2.0\r\nVia: SIP/2.0/UDP {raw.leg.src};branch=z9hG4bKx\r\n"
+        f"From: <sip:a@b>;tag=1\r\nTo: <{bob.uri}>\r\nCall-ID: big\r\n"
+        f"CSeq: 4294967296 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    sock = raw.leg.socketpool().master()
+    sock.sendto(data, (bob.leg.src.addr, bob.leg.src.port))
+    world.drive(lambda: "cseq number out of range" in caplog.text, "the drop logged")
+    world.advance(0.5)
+    assert raw.responses() == []  # dropped as unparsable, like any malformed datagram
+    assert not any(r.method() == "OPTIONS" for _, r in bob.requests)
+
+
+def test_ack_and_cancel_for_unknown_transactions(world: World) -> None:
+    bob = world.node(accept)
+    raw = world.raw()
+    invite = _invite(raw, bob.uri, "unknown")
+    raw.send(invite.create_cancel(), bob.leg.src)
+    ack = Request(
+        "ACK",
+        bob.uri,
+        {
+            "from": "<sip:a@b>;tag=1",
+            "to": f"<{bob.uri}>",
+            "call-id": "unknown2",
+            "cseq": "1 ACK",
+            "max-forwards": "70",
+        },
+    )
+    raw.send(ack, bob.leg.src)
+    world.drive(raw.responses)
+    world.advance(0.5)
+    assert [r.code() for r in raw.responses()] == [481]
+    assert bob.requests == [] and len(bob.ep) == 0
+
+
+def test_response_for_closed_context(world: World) -> None:
+    pending: list[tuple[Request, Addr]] = []
+    callee = world.raw(lambda raw, req, src: pending.append((req, src)))
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: pending)
+    alice.ep.close_context(ctx)
+    req, src = pending[0]
+    callee.send(req.create_response(200), src)
+    callee.send(req.create_response(180), src)
+    world.advance(1.0)
+    assert alice.events == [] and len(alice.ep) == 0
+    assert not callee.requests("ACK")
