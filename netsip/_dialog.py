@@ -124,7 +124,6 @@ class ServerInvite:
     request: Request
     tid: str
     cseq: int
-    branch: str | None
     leg: Leg
     from_: Addr
     #: the 100 Trying timer (RFC 3261 17.2.1), while nothing was sent
@@ -215,6 +214,8 @@ class Context:
     # ------------------------------------------------------------ creation
 
     def __post_init__(self) -> None:
+        if self.local_tag:
+            return  # (incoming_from: all given)
         if not self.callid:
             self.callid = f"{secrets.token_hex(16)}"
         # our tag goes on our side: To when incoming, From otherwise
@@ -263,27 +264,29 @@ class Context:
 
     @classmethod
     def incoming_from(cls, request: Request, leg: Leg) -> Context:
-        """The context of a request that starts a call or transaction here.
+        """The context of a request (without To tag) that starts a call or
+        transaction here.
 
-        The request's To gets our tag, so responses created from it carry it.
+        Our tag is the one :meth:`Request.create_response` puts in the
+        responses (:meth:`Request.response_tag`): the application's responses
+        carry it without the request being changed.
         """
         to = request.get_header("to") or ""
         frm = request.get_header("from") or ""
-        ctx = cls(
+        tag = request.response_tag()
+        return cls(
             from_=frm,
-            to=to,
+            to=f"{to};tag={tag}",
             incoming=True,
             callid=request.callid() or "",
             method=request.method(),
             leg=leg,
+            local_tag=tag,
+            remote_tag=header_tag(frm),
+            remote_target=contact_uri(request),
+            route=request.get_headers("record-route"),
+            remote_cseq=request.cseq_number(),
         )
-        if ctx.to != to:
-            request.set_header("to", ctx.to)
-        ctx.remote_tag = header_tag(frm)
-        ctx.remote_target = contact_uri(request)
-        ctx.route = request.get_headers("record-route")
-        ctx.remote_cseq = request.cseq_number()
-        return ctx
 
     def fork(self, response: Response, remote_target: str | None) -> Context:
         """A new dialog of this (outgoing) call, set up by a 2xx with another tag."""

@@ -81,11 +81,11 @@ Differences from Net::SIP:
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
-from netsip._callbacks import invoke_callback
+from netsip._callbacks import as_callable, invoke_callback
 from netsip._dialog import (
     Acked,
     Auth,
@@ -148,7 +148,9 @@ class Endpoint:
         self.timeout = timeout
         self._loop = dispatcher.eventloop
         self._ctx: dict[str, Context] = {}
-        self._application: object = None
+        self._application: Callable[..., object] = as_callable(None)
+        # (one bound method, so that _callback can recognise it by identity)
+        self._app_wrapper = self._application_callback
         dispatcher.set_receiver(self.receive)
 
     # ---------------------------------------------------------------- API
@@ -173,7 +175,7 @@ class Endpoint:
         request, leg, from_)``.
         """
         receive = getattr(app, "receive", None)
-        self._application = receive if callable(receive) else app
+        self._application = as_callable(receive if callable(receive) else app)
 
     def invite(
         self,
@@ -775,7 +777,11 @@ class Endpoint:
         method = request.method()
         callid = request.callid() or ""
         call = self._ctx.get(callid)
-        to_tag = header_tag(request.get_header("to"))
+        to = request.get_header("to")
+        if call is not None and call.local_tag in (to or ""):
+            to_tag: str | None = call.local_tag  # (the usual case, without the regex)
+        else:
+            to_tag = header_tag(to)
         if method == "CANCEL":
             self._receive_cancel(call, request, leg, from_)
             return
@@ -786,7 +792,7 @@ class Endpoint:
                 return
             server = call.server
             if server is not None and method == "INVITE" and server.tid == request.tid():
-                if server.branch == _branch(request):
+                if _branch(server.request) == _branch(request):
                     if server.last is not None:  # a retransmission (17.2.1)
                         self.dispatcher.deliver(server.last, leg=leg, dst_addr=from_)
                 else:
@@ -805,7 +811,13 @@ class Endpoint:
         else:
             ctx = None
             if call is not None and call.local_tag == to_tag:
-                ctx = call.dialog_for(header_tag(request.get_header("from")))
+                frm = request.get_header("from") or ""
+                remote = call.remote_tag
+                if call.forks is None and remote is not None and remote in frm:
+                    # (the usual case: a random tag found in the From is its tag)
+                    ctx = call
+                else:
+                    ctx = call.dialog_for(header_tag(frm))
         if ctx is None:
             # 12.2.2: a request in a dialog we do not know
             if method != "ACK":
@@ -823,11 +835,11 @@ class Endpoint:
             self._respond(request, 481, leg, from_, msg="Call/Transaction Does Not Exist")
             return
         ctx = Context.incoming_from(request, leg)
-        ctx.callback = self._application_callback
+        ctx.callback = self._app_wrapper
         self._ctx[ctx.callid] = ctx
         if method == "INVITE":
             ctx.server = ServerInvite(
-                request, request.tid(), ctx.remote_cseq or 0, _branch(request), leg, from_
+                request, request.tid(), ctx.remote_cseq or 0, leg, from_
             )
         self._callback(ctx.callback, ctx, 0, 0, request, leg, from_)
         if ctx.closed:
@@ -858,7 +870,7 @@ class Endpoint:
         from_: Addr | None,
     ) -> None:
         # Perl's wrapper: the application gets (endpoint, ctx, request, leg, from)
-        invoke_callback(self._application, endpoint, ctx, packet, leg, from_)
+        self._application(endpoint, ctx, packet, leg, from_)
 
     def _send_trying(self, ctx: Context, server: ServerInvite, _timer: object) -> None:
         server.timer = None
@@ -914,7 +926,7 @@ class Endpoint:
             return
         if method == "INVITE":
             ctx.server = server = ServerInvite(
-                request, request.tid(), cseq, _branch(request), leg, from_
+                request, request.tid(), cseq, leg, from_
             )
             self._callback(ctx.callback, ctx, 0, 0, request, leg, from_)
             if ctx.server is server and server.last is None and not ctx.closed:
@@ -943,7 +955,7 @@ class Endpoint:
             call is None
             or server is None
             or server.cseq != request.cseq_number()
-            or server.branch != _branch(request)
+            or _branch(server.request) != _branch(request)
         ):
             log.info("CANCEL without its INVITE (%s): 481", request.callid())
             self._respond(request, 481, leg, from_, msg="Call/Transaction Does Not Exist")
@@ -1027,7 +1039,11 @@ class Endpoint:
         if cb is None:
             return
         try:
-            invoke_callback(cb, self, ctx, err, code, packet, leg, from_)
+            if cb is self._app_wrapper:
+                # (every incoming call: no invoke_callback dispatch twice)
+                self._application(self, ctx, packet, leg, from_)
+            else:
+                invoke_callback(cb, self, ctx, err, code, packet, leg, from_)
         finally:
             ctx.ack = None
 

@@ -603,6 +603,12 @@ class Request(Packet):
                 resp.set_header(name, values)
         return resp
 
+    def response_tag(self) -> str:
+        """The To tag :meth:`create_response` gives this request's responses
+        when its To has none (the same for every response and retransmission).
+        A UAS uses it as its local tag (RFC 3261 12.1.1)."""
+        return self._to_tag(self.get_header("call-id"), self.get_header("from"))
+
     @staticmethod
     def _to_tag(callid: str | None, frm: str | None) -> str:
         # copying the keyed state costs less than setting up a keyed hash
