@@ -115,6 +115,8 @@ class ClientTxn:
     cancel_sent: bool = False
     #: redirects (302) followed for this request
     redirects: int = 0
+    #: it carries credentials answering an earlier challenge (a refresh)
+    preemptive: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -209,6 +211,8 @@ class Context:
     callback: object = field(default=None, repr=False)
     #: REGISTER: the request to send again on refresh, and whether to
     register: Request | None = field(default=None, repr=False)
+    #: REGISTER: the leg and destination given, for refreshes and unregister
+    register_via: tuple[Leg | None, object] = field(default=(None, None), repr=False)
     refresh: bool = False
 
     # ------------------------------------------------------------ creation

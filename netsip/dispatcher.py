@@ -68,7 +68,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from netsip._delivery import DeliveryQueue, QueueEntry
 from netsip._log import get_logger
@@ -348,7 +348,9 @@ class Dispatcher:
                     return
             if self._by_tid and packet.method() == "ACK":
                 self._delivery.cancel_by_tid(packet.tid(), requests=False)
-        elif self._by_tid:
+        elif self._by_tid and (packet.method() == "INVITE" or cast(Response, packet).code() >= 200):
+            # a provisional response ends the retransmission of an INVITE
+            # (17.1.1.2) but not of another request (17.1.2.2: on at T2)
             self._delivery.cancel_by_tid(packet.tid(), requests=True)
         fn = self._receive_fn
         if fn is not None:

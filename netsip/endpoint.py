@@ -111,6 +111,8 @@ log = get_logger(__name__)
 
 #: RFC 3261 17.2.1: send 100 Trying if the TU has not answered within 200 ms.
 TRYING_DELAY: Final = 0.2
+#: RFC 3261 20.19: expiry values are 32-bit; more is read as this.
+MAX_EXPIRES: Final = 2**32 - 1
 #: How many 302 redirects an outgoing request follows.
 MAX_REDIRECTS: Final = 5
 #: RFC 3261 14.2: Retry-After of the 500 to an INVITE during an INVITE
@@ -255,7 +257,7 @@ class Endpoint:
         Returns:
             False if ``ctx`` is not a registration.
         """
-        if ctx.method != "REGISTER" or ctx.register is None:
+        if ctx.method != "REGISTER" or ctx.register is None or ctx.closed:
             return False
         ctx.refresh = False
         self._cancel_timer(ctx, "refresh")
@@ -295,6 +297,8 @@ class Endpoint:
         leg: Leg | None = args.pop("leg", None)
         dst_addr: object = args.pop("dst_addr", None)
         resp40x: Response | None = args.pop("resp40x", None)
+        if isinstance(ctx, Context) and ctx.closed:
+            raise ValueError(f"context {ctx.callid} is closed")
         if not isinstance(ctx, Context):
             ctx = Context.from_args(ctx, method if isinstance(method, str) else method.method())
             self._ctx[ctx.callid] = ctx
@@ -308,6 +312,10 @@ class Endpoint:
             ctx.cseq = max(ctx.cseq, request.cseq_number() or 0)
         if request.method() == "REGISTER":
             ctx.register = request
+            if leg is not None or dst_addr is not None:
+                ctx.register_via = (leg, dst_addr)
+            else:
+                leg, dst_addr = ctx.register_via
         if leg is None and dst_addr is None and ctx.established:
             leg = ctx.leg
             dst_addr = ctx.dialog_route().next_hop(leg) if leg is not None else None
@@ -362,7 +370,7 @@ class Endpoint:
         for txn in ctx.transactions:
             if txn.timer is not None:
                 txn.timer.cancel()
-            cancel(txn.tid)
+            cancel(txn.tid if txn.method != "CANCEL" else txn.tid + " CANCEL")
         ctx.transactions.clear()
         if ctx.server is not None:
             if ctx.server.timer is not None:
@@ -480,6 +488,8 @@ class Endpoint:
         self._callback(txn.callback, ctx, err, 0, None, None, None)
         if txn.method == "CANCEL" or ctx.closed:
             return
+        if not ctx.established and txn.method != ctx.method:
+            return  # (a request in an early dialog: the INVITE decides)
         if ctx.established and txn.method == "INVITE":
             # 14.1: no response to a re-INVITE ends the dialog, with a BYE
             self._bye(ctx)
@@ -548,6 +558,15 @@ class Endpoint:
     ) -> None:
         if txn.method != "INVITE":
             return  # (Perl passes on provisional responses to INVITE only)
+        if not ctx.established and ctx.remote_tag is None:
+            tag = header_tag(response.get_header("to"))
+            if tag is not None:
+                # 12.1.2: an early dialog, for requests before the 2xx (UPDATE, PRACK)
+                ctx.remote_tag = tag
+                ctx.to = response.get_header("to") or ctx.to
+                ctx.remote_target = contact_uri(response) or txn.request.uri()
+                ctx.route = list(reversed(response.get_headers("record-route")))
+                ctx.leg = leg
         if not txn.provisional:
             txn.provisional = True
             # Timer B ends in the Proceeding state (17.1.1.2): the call may ring
@@ -561,6 +580,9 @@ class Endpoint:
     def _send_cancel(self, ctx: Context, txn: ClientTxn) -> None:
         """Send the CANCEL of ``txn`` where the INVITE went (RFC 3261 9.1)."""
         txn.cancel_sent = True
+        if txn.timer is None:
+            # 9.1: without a final response 64*T1 after the CANCEL, give up
+            txn.timer = self._loop.add_timer(self.timeout, partial(self._timed_out, ctx, txn))
         cancel = txn.request.create_cancel()
         self._send(ctx, cancel, txn.cancel_callback, txn.leg, txn.dst_addr)
 
@@ -664,7 +686,7 @@ class Endpoint:
             if method == "REGISTER":
                 self._registered(ctx, txn, response)
             self._callback(txn.callback, ctx, 0, code, response, leg, from_)
-            if not ctx.established and not ctx.refresh:
+            if not ctx.established and not ctx.refresh and txn.method == ctx.method:
                 self.close_context(ctx)
             return
         if code == 302 and not ctx.established and txn.redirects < MAX_REDIRECTS:
@@ -690,7 +712,7 @@ class Endpoint:
         self._callback(txn.callback, ctx, err, code, response, leg, from_)
         if ctx.closed:
             return
-        if not ctx.established or code == 481:
+        if (not ctx.established and txn.method == ctx.method) or code == 481:
             # the call or the transaction failed; 481: the dialog is gone
             self.close_context(ctx)
         elif code == 408:
@@ -722,6 +744,10 @@ class Endpoint:
         """
         request = txn.request.clone()
         assert isinstance(request, Request)
+        if txn.preemptive:
+            # the refresh answered an old challenge; a new one is no refusal
+            request.del_header("authorization")
+            request.del_header("proxy-authorization")
         if not self._authorize(ctx, request, response):
             return False
         ctx.challenge = response
@@ -769,7 +795,8 @@ class Endpoint:
             log.warning("REGISTER %s: CSeq exhausted, not refreshed", ctx.callid)
             return
         ctx.register = request
-        self._send(ctx, request, ctx.callback, None, None)
+        self._send(ctx, request, ctx.callback, *ctx.register_via)
+        ctx.transactions[-1].preemptive = ctx.challenge is not None
 
     # ------------------------------------------------------------ UAS side
 
@@ -798,6 +825,16 @@ class Endpoint:
                 else:
                     # 8.2.2.2: the same request on another path (a fork merged)
                     self._respond(request, 482, leg, from_, msg="Loop Detected")
+                return
+            if (
+                call.incoming
+                and method == call.method
+                and request.cseq_number() == call.remote_cseq
+                and not call.established
+            ):
+                # a retransmission the application has not answered yet
+                # (once it has, the dispatcher's response cache answers)
+                log.debug("%s %s retransmitted before the answer", method, callid)
                 return
             if method != "ACK" and call.incoming and not call.established and server is None:
                 # an earlier transaction outside a dialog with this Call-ID
@@ -838,9 +875,7 @@ class Endpoint:
         ctx.callback = self._app_wrapper
         self._ctx[ctx.callid] = ctx
         if method == "INVITE":
-            ctx.server = ServerInvite(
-                request, request.tid(), ctx.remote_cseq or 0, leg, from_
-            )
+            ctx.server = ServerInvite(request, request.tid(), ctx.remote_cseq or 0, leg, from_)
         self._callback(ctx.callback, ctx, 0, 0, request, leg, from_)
         if ctx.closed:
             return
@@ -925,9 +960,7 @@ class Endpoint:
             self.close_context(ctx)
             return
         if method == "INVITE":
-            ctx.server = server = ServerInvite(
-                request, request.tid(), cseq, leg, from_
-            )
+            ctx.server = server = ServerInvite(request, request.tid(), cseq, leg, from_)
             self._callback(ctx.callback, ctx, 0, 0, request, leg, from_)
             if ctx.server is server and server.last is None and not ctx.closed:
                 server.timer = self._loop.add_timer(
@@ -960,7 +993,8 @@ class Endpoint:
             log.info("CANCEL without its INVITE (%s): 481", request.callid())
             self._respond(request, 481, leg, from_, msg="Call/Transaction Does Not Exist")
             return
-        self._respond(request, 200, leg, from_)
+        ok = request.create_response(200, headers={"to": _with_tag(request, server.request)})
+        self.dispatcher.deliver(ok, leg=leg, dst_addr=from_)
         if server.timer is not None:
             server.timer.cancel()
         call.server = None
@@ -1064,6 +1098,14 @@ class Endpoint:
             timer.cancel()
 
 
+def _with_tag(cancel: Request, invite: Request) -> str:
+    """The To of the 200 to a CANCEL: with the tag of the INVITE's responses (9.2)."""
+    to = cancel.get_header("to") or ""
+    if header_tag(to) is not None:
+        return to
+    return f"{to};tag={invite.response_tag()}"
+
+
 def _branch(request: Request) -> str | None:
     vias = request.get_headers("via")
     if not vias:
@@ -1081,9 +1123,9 @@ def _granted_expires(request: Request, response: Response, contact: str | None) 
             continue
         raw = params.get("expires")
         if raw is not None and raw.isdigit():
-            return int(raw)
+            return min(int(raw), MAX_EXPIRES)
     for source in (response, request):
         raw = source.get_header("expires")
         if raw is not None and raw.strip().isdigit():
-            return int(raw)
+            return min(int(raw), MAX_EXPIRES)
     return 0

@@ -1011,3 +1011,195 @@ def test_response_for_closed_context(world: World) -> None:
     world.advance(1.0)
     assert alice.events == [] and len(alice.ep) == 0
     assert not callee.requests("ACK")
+
+
+# ------------------------------------------------------ review regressions
+
+
+def test_early_dialog_request_keeps_the_call(world: World) -> None:
+    """An UPDATE in the early dialog (after a 183 with a tag) goes with the
+    tag, its 200 does not end the call, and the INVITE's 200 is ACKed."""
+    held: list[tuple[Request, Addr]] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            held.append((req, src))
+            raw.send(req.create_response(183), src)
+        elif req.method() != "ACK":
+            raw.send(req.create_response(200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 183 in alice.codes())
+    alice.ep.new_request("UPDATE", ctx, body=b"v=0")
+    world.drive(lambda: len(alice.events) == 2)
+    update = callee.requests("UPDATE")[0]
+    assert _tag(update.get_header("to")) == ctx.remote_tag is not None
+    assert not ctx.closed
+    req, src = held[0]
+    callee.send(req.create_response(200), src)
+    world.drive(lambda: callee.requests("ACK"))
+    assert alice.codes() == [183, 200, 200] and ctx.established
+
+
+def test_cancel_without_487_times_out(world: World) -> None:
+    """9.1: a CANCELled INVITE that never gets its final response is given up
+    after 64*T1; the callback hears ETIMEDOUT and the context is gone."""
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            raw.send(req.create_response(180), src)
+        elif req.method() == "CANCEL":
+            raw.send(req.create_response(200), src)  # but no 487, ever
+
+    callee = world.raw(answer)
+    alice = world.node()
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 180 in alice.codes())
+    alice.ep.cancel_invite(ctx)
+    world.drive(lambda: callee.requests("CANCEL"))
+    world.advance(33.0)
+    assert (errno.ETIMEDOUT, 0) in [(e.err, e.code) for e in alice.events]
+    assert ctx.closed and len(alice.ep) == 0
+
+
+def test_retransmission_before_answer_not_delivered_twice(world: World) -> None:
+    raw = world.raw()
+    bob = world.node()  # does not answer at once
+    msg = Request(
+        "MESSAGE",
+        bob.uri,
+        {
+            "from": "<sip:a@b>;tag=1",
+            "to": f"<{bob.uri}>",
+            "call-id": "m1",
+            "cseq": "1 MESSAGE",
+            "max-forwards": "70",
+        },
+        b"hi",
+    )
+    raw.send(msg, bob.leg.src)
+    world.drive(lambda: bob.requests)
+    raw.send(msg, bob.leg.src)
+    world.advance(0.5)
+    assert len(bob.requests) == 1 and len(bob.ep) == 1
+    ctx, req = bob.requests[0]
+    bob.ep.new_response(ctx, req.create_response(200), bob.leg, raw.leg.src)
+    world.drive(lambda: raw.responses())
+    assert len(bob.ep) == 0
+
+
+def test_closed_context_refuses_requests(world: World) -> None:
+    bob = world.node(accept)
+    alice = world.node()
+    ctx = _call(world, alice, bob.uri)
+    world.drive(lambda: 200 in alice.codes())
+    alice.ep.close_context(ctx)
+    with pytest.raises(ValueError, match="closed"):
+        alice.ep.new_request("BYE", ctx)
+    assert len(alice.ep) == 0
+
+
+def test_register_refresh_keeps_destination(world: World) -> None:
+    """A registrar given by name with an explicit dst_addr: the refresh and the
+    unregister go to the same place (no DNS for the name)."""
+    reg = world.raw(_registrar(60))
+    alice = world.node()
+    ctx = alice.ep.register(
+        registrar="sip:registrar.invalid",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        callback=alice.cb,
+        dst_addr=reg.leg.src,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(31.0)
+    world.drive(lambda: len(alice.events) == 2)
+    alice.ep.unregister(ctx)
+    world.drive(lambda: len(alice.events) == 3)
+    assert [e.code for e in alice.events] == [200, 200, 200]
+    assert len(reg.requests("REGISTER")) == 3
+
+
+def test_refresh_with_single_use_nonce(world: World) -> None:
+    """A registrar that wants a new nonce for every REGISTER (no stale flag):
+    the refresh's old answer is refused, and answered again, not reported."""
+    n = {"challenges": 0}
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        now = 1_000_000.0 + n["challenges"]
+        verdict = verify(
+            req, realm="r", secret=SECRET, lookup=lambda u, r: "pw", now=now, max_age=0.5
+        )
+        if verdict.status != Status.OK:
+            n["challenges"] += 1
+            challenge = make_challenge("r", secret=SECRET, now=now + 1)
+            raw.send(req.create_response(401, headers={"www-authenticate": challenge}), src)
+            return
+        resp = req.create_response(200)
+        resp.set_header("contact", f"{req.get_header('contact')};expires=60")
+        raw.send(resp, src)
+
+    reg = world.raw(answer)
+    alice = world.node()
+    alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        auth=("alice", "pw"),
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    world.advance(31.0)
+    world.drive(lambda: len(alice.events) == 2)
+    assert [(e.err, e.code) for e in alice.events] == [(0, 200), (0, 200)]
+
+
+def test_huge_expires_clamped(world: World) -> None:
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        contact = req.get_header("contact")
+        raw.send(req.create_response(200, headers={"contact": f"{contact};expires={10**40}"}), src)
+
+    reg = world.raw(answer)
+    alice = world.node()
+    ctx = alice.ep.register(
+        registrar=f"sip:{reg.leg.src}",
+        from_="<sip:alice@example.org>",
+        contact=f"<sip:alice@{alice.leg.src}>",
+        callback=alice.cb,
+    )
+    world.drive(lambda: alice.events)
+    assert alice.codes() == [200] and ctx.expires == 2**32 - 1
+
+
+def test_provisional_does_not_stop_non_invite_retransmission(world: World) -> None:
+    """17.1.2.2: after a 100 to a MESSAGE the request is still retransmitted
+    (at T2), so a lost final response is recovered."""
+    seen: list[int] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        seen.append(1)
+        # a 100 to the first copy; the 200 only to a later one
+        raw.send(req.create_response(100 if len(seen) == 1 else 200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    alice.ep.new_request(
+        "MESSAGE", {"from_": "<sip:a@h>", "to": f"<{callee.uri}>"}, callback=alice.cb, body=b"x"
+    )
+    world.drive(lambda: seen)
+    world.advance(5.0)
+    assert alice.codes() == [200]
+
+
+def test_cancel_200_carries_invite_tag(world: World) -> None:
+    raw = world.raw()
+    bob = world.node()
+    invite = _invite(raw, bob.uri)
+    raw.send(invite, bob.leg.src)
+    world.drive(lambda: bob.requests)
+    raw.send(invite.create_cancel(), bob.leg.src)
+    world.drive(lambda: len(raw.responses()) == 2)
+    tags = {r.method(): _tag(r.get_header("to")) for r in raw.responses()}
+    assert tags["CANCEL"] == tags["INVITE"] == bob.requests[0][0].local_tag
