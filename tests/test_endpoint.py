@@ -1086,7 +1086,7 @@ def test_retransmission_before_answer_not_delivered_twice(world: World) -> None:
     assert len(bob.requests) == 1 and len(bob.ep) == 1
     ctx, req = bob.requests[0]
     bob.ep.new_response(ctx, req.create_response(200), bob.leg, raw.leg.src)
-    world.drive(lambda: raw.responses())
+    world.drive(raw.responses)
     assert len(bob.ep) == 0
 
 
