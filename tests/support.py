@@ -818,3 +818,71 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = SIPP_WAIT) -> i
 
 
 __all__ += ["ENDPOINT_PEER", "sipp_errors", "start_endpoint_peer", "start_sipp", "stop_process"]
+
+
+# --- what an Endpoint's context callback gets ---
+
+# (appended here, below the helpers above, to keep this block in one place)
+from netsip.endpoint import Context, Endpoint  # noqa: E402
+from netsip.leg import Leg  # noqa: E402
+
+
+@dataclass(eq=False)
+class EndpointEvent:
+    """One call of an Endpoint context callback, with ``ctx.ack`` as it was during the call."""
+
+    ep: Endpoint
+    ctx: Context
+    err: int
+    code: int
+    packet: Packet | None
+    leg: Leg | None
+    from_: Addr | None
+    ack: Request | None
+
+
+@dataclass(eq=False)
+class EndpointEvents:
+    """A context callback (``cb``) that records each call in ``events`` and hands it to ``then``.
+
+    ``keep=False`` records nothing (many calls, only ``then`` wanted).
+    """
+
+    then: Callable[[EndpointEvent], object] | None = None
+    keep: bool = True
+    events: list[EndpointEvent] = field(default_factory=list)
+
+    def cb(  # noqa: PLR0917  (the Endpoint's callback convention, Net::SIP's order)
+        self,
+        ep: Endpoint,
+        ctx: Context,
+        err: int,
+        code: int,
+        packet: Packet | None,
+        leg: Leg | None,
+        from_: Addr | None,
+    ) -> None:
+        event = EndpointEvent(ep, ctx, err, code, packet, leg, from_, ctx.ack)
+        if self.keep:
+            self.events.append(event)
+        if self.then is not None:
+            self.then(event)
+
+    def codes(self) -> list[int]:
+        """The response codes, in order (0 for a request or an error without a response)."""
+        return [e.code for e in self.events]
+
+    def outcomes(self) -> list[tuple[int, int | str]]:
+        """(err, the method of a request or the code of a response), in order."""
+        return [
+            (e.err, e.packet.method() if isinstance(e.packet, Request) else e.code)
+            for e in self.events
+        ]
+
+    @property
+    def acked(self) -> bool:
+        """A 200 came with its ACK already made (``ctx.ack`` set in the callback)."""
+        return any(e.code == 200 and e.ack is not None for e in self.events)
+
+
+__all__ += ["EndpointEvent", "EndpointEvents"]

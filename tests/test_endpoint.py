@@ -13,6 +13,7 @@ import errno
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -24,16 +25,9 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.testing import FakeClock, advance, drive
 from netsip.util import Addr, Proto, sip_hdrval2parts
+from tests.support import EndpointEvent, EndpointEvents
 
 # ---------------------------------------------------------------- helpers
-
-
-@dataclass(eq=False)
-class Event:
-    ctx: Context
-    err: int
-    code: int
-    packet: Packet | None
 
 
 @dataclass(eq=False)
@@ -44,7 +38,22 @@ class Node:
     disp: Dispatcher
     answer: Callable[[Node, Context, Request, Leg, Addr], None] | None = None
     requests: list[tuple[Context, Request]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    recorder: EndpointEvents = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = EndpointEvents(then=self._answer_in_context)
+
+    @property
+    def events(self) -> list[EndpointEvent]:
+        return self.recorder.events
+
+    @property
+    def cb(self) -> Callable[..., None]:
+        """The context callback: records the event (and answers a request in the context)."""
+        return self.recorder.cb
+
+    def codes(self) -> list[int]:
+        return self.recorder.codes()
 
     @property
     def leg(self) -> Leg:
@@ -60,23 +69,10 @@ class Node:
         if self.answer is not None and request is not None:
             self.answer(self, ctx, request, leg, from_)
 
-    def cb(  # noqa: PLR0917  (the Endpoint's callback convention)
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
-        self.events.append(Event(ctx, err, code, packet))
-        if isinstance(packet, Request) and self.answer is not None and leg and from_:
+    def _answer_in_context(self, e: EndpointEvent) -> None:
+        if isinstance(e.packet, Request) and self.answer is not None and e.leg and e.from_:
             # a request in a context of ours: the application answers it too
-            self.answer(self, ctx, packet, leg, from_)
-
-    def codes(self) -> list[int]:
-        return [e.code for e in self.events]
+            self.answer(self, e.ctx, e.packet, e.leg, e.from_)
 
 
 @dataclass(eq=False)
@@ -141,6 +137,18 @@ class World:
 
     def drive(self, cond: Callable[[], object], what: str = "") -> None:
         drive(self.loop, cond, 5.0, what)
+
+    def register(self, node: Node, reg: Raw, contact: str = "", **kw: Any) -> Context:
+        """``node`` registers alice (its own Contact by default) at ``reg``: the first outcome."""
+        ctx = node.ep.register(
+            registrar=f"sip:{reg.leg.src}",
+            from_="<sip:alice@example.org>",
+            contact=contact or f"<sip:alice@{node.leg.src}>",
+            callback=node.cb,
+            **kw,
+        )
+        self.drive(lambda: node.events)
+        return ctx
 
     def advance(self, seconds: float) -> None:
         advance(self.loop, self.clock, seconds, step=0.125)
@@ -642,14 +650,7 @@ def _registrar(grant: int = 60) -> Callable[[Raw, Request, Addr], None]:
 def test_register_refresh_and_unregister(world: World) -> None:
     reg = world.raw(_registrar(60))
     alice = world.node()
-    ctx = alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        expires=3600,
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    ctx = world.register(alice, reg, expires=3600)
     assert ctx.expires == 60 and alice.codes() == [200]
     world.advance(29.0)
     assert len(reg.requests("REGISTER")) == 1
@@ -669,14 +670,7 @@ def test_register_refresh_and_unregister(world: World) -> None:
 def test_unregister_all(world: World) -> None:
     reg = world.raw(_registrar())
     alice = world.node()
-    alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact="*",
-        expires=0,
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    world.register(alice, reg, contact="*", expires=0)
     req = reg.requests("REGISTER")[0]
     assert req.get_header("contact") == "*" and req.get_header("expires") == "0"
     assert len(alice.ep) == 0
@@ -738,14 +732,7 @@ def _digest_server(
 def test_register_with_digest(world: World, algorithm: str, code: int) -> None:
     reg = world.raw(_digest_server(algorithm=algorithm, code=code))
     alice = world.node()
-    ctx = alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        auth=("alice", "pw"),
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    ctx = world.register(alice, reg, auth=("alice", "pw"))
     assert alice.codes() == [200] and ctx.expires == 60
     regs = reg.requests("REGISTER")
     assert len(regs) == 2
@@ -763,14 +750,7 @@ def test_wrong_password_reported_once(world: World) -> None:
     """A second challenge for the realm just answered is a failure, reported once."""
     reg = world.raw(_digest_server(password="right"))
     alice = world.node()
-    alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        auth=("alice", "wrong"),
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    world.register(alice, reg, auth=("alice", "wrong"))
     world.advance(5.0)
     assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
     assert len(reg.requests("REGISTER")) == 2
@@ -786,14 +766,7 @@ def test_stale_nonce_retried_without_asking(world: World) -> None:
 
     reg = world.raw(_digest_server(stale_first=True))
     alice = world.node()
-    alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        auth=creds,
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    world.register(alice, reg, auth=creds)
     assert alice.codes() == [200]
     assert len(reg.requests("REGISTER")) == 3
 
@@ -898,14 +871,7 @@ def test_malformed_challenge_fails_once(world: World, caplog: pytest.LogCaptureF
 
     reg = world.raw(answer)
     alice = world.node()
-    alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        auth=("alice", "pw"),
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    world.register(alice, reg, auth=("alice", "pw"))
     world.advance(2.0)
     assert [(e.err, e.code) for e in alice.events] == [(errno.EPERM, 401)]
     assert len(reg.requests("REGISTER")) == 1
@@ -1143,14 +1109,7 @@ def test_refresh_with_single_use_nonce(world: World) -> None:
 
     reg = world.raw(answer)
     alice = world.node()
-    alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        auth=("alice", "pw"),
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    world.register(alice, reg, auth=("alice", "pw"))
     world.advance(31.0)
     world.drive(lambda: len(alice.events) == 2)
     assert [(e.err, e.code) for e in alice.events] == [(0, 200), (0, 200)]
@@ -1163,13 +1122,7 @@ def test_huge_expires_clamped(world: World) -> None:
 
     reg = world.raw(answer)
     alice = world.node()
-    ctx = alice.ep.register(
-        registrar=f"sip:{reg.leg.src}",
-        from_="<sip:alice@example.org>",
-        contact=f"<sip:alice@{alice.leg.src}>",
-        callback=alice.cb,
-    )
-    world.drive(lambda: alice.events)
+    ctx = world.register(alice, reg)
     assert alice.codes() == [200] and ctx.expires == 2**32 - 1
 
 

@@ -27,11 +27,12 @@ from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import Packet, Request
+from netsip.packet import Request
 from netsip.retransmit import T1
 from netsip.socketpool import get_settings
 from netsip.testing import FakeClock, advance, drive, open_fds
 from netsip.util import Addr, Proto
+from tests.support import EndpointEvent, EndpointEvents
 
 CALLS = 1000
 PARALLEL = 50
@@ -71,6 +72,17 @@ class Calls:
     finished: int = 0
     cancel_answered: int = 0
     failures: list[str] = field(default_factory=list)
+    invite_cb: Callable[..., None] = field(init=False, repr=False)
+    callee_bye_cb: Callable[..., None] = field(init=False, repr=False)
+    caller_bye_cb: Callable[..., None] = field(init=False, repr=False)
+    cancel_cb: Callable[..., None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # the context callbacks (a thousand calls: they keep no events)
+        self.invite_cb = EndpointEvents(self.on_invite, keep=False).cb
+        self.callee_bye_cb = EndpointEvents(self.on_callee_bye, keep=False).cb
+        self.caller_bye_cb = EndpointEvents(self.on_caller_bye, keep=False).cb
+        self.cancel_cb = EndpointEvents(self.on_cancel, keep=False).cb
 
     def done(self) -> bool:
         return self.finished >= CALLS or len(self.failures) > 20
@@ -147,17 +159,8 @@ class Calls:
         else:
             self.fail(callid, f"callee got {method}")
 
-    # the Endpoint's callback signature: (endpoint, ctx, err, code, packet, leg, from_)
-    def callee_bye_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def on_callee_bye(self, e: EndpointEvent) -> None:
+        ctx, err, code = e.ctx, e.err, e.code
         if err or code != 200:
             self.fail(ctx.callid, f"callee's BYE: {errno.errorcode.get(err, err)} {code}")
         else:
@@ -165,16 +168,8 @@ class Calls:
 
     # --------------------------------------------------------- the caller
 
-    def invite_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def on_invite(self, e: EndpointEvent) -> None:
+        ep, ctx, err, code, packet = e.ep, e.ctx, e.err, e.code, e.packet
         call = self.calls[ctx.callid]
         kind = call.kind
         if isinstance(packet, Request):
@@ -187,7 +182,7 @@ class Calls:
             if kind == "cancel":
                 ep.cancel_invite(ctx, callback=self.cancel_cb)
         elif code == 200 and not err and kind in ("bye-caller", "bye-callee"):
-            if ctx.ack is None:
+            if e.ack is None:
                 self.fail(ctx.callid, "2xx without an ACK")
             self.step(ctx.callid, "caller: 200")
             if kind == "bye-caller":
@@ -199,31 +194,15 @@ class Calls:
         else:
             self.fail(ctx.callid, f"caller got {errno.errorcode.get(err, err)} {code}")
 
-    def caller_bye_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def on_caller_bye(self, e: EndpointEvent) -> None:
+        ctx, err, code = e.ctx, e.err, e.code
         if err or code != 200:
             self.fail(ctx.callid, f"caller's BYE: {errno.errorcode.get(err, err)} {code}")
         else:
             self.step(ctx.callid, "caller: BYE 200", caller_done=True)
 
-    def cancel_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def on_cancel(self, e: EndpointEvent) -> None:
+        ctx, err, code = e.ctx, e.err, e.code
         if err or code != 200:
             self.fail(ctx.callid, f"CANCEL: {errno.errorcode.get(err, err)} {code}")
         else:

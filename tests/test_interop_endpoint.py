@@ -38,10 +38,12 @@ from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import Packet, Request
+from netsip.packet import Request
 from netsip.util import Addr, Proto
 from tests.support import (
     SIPP_WAIT,
+    EndpointEvent,
+    EndpointEvents,
     PipeReader,
     drive,
     free_port,
@@ -133,6 +135,13 @@ class Caller:
     acked: int = 0
     ended: int = 0
     failures: list[str] = field(default_factory=list)
+    _invite_cb: Callable[..., None] = field(init=False, repr=False)
+    _bye_cb: Callable[..., None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # the context callbacks (many calls: they keep no events)
+        self._invite_cb = EndpointEvents(self._on_invite, keep=False).cb
+        self._bye_cb = EndpointEvents(self._on_bye, keep=False).cb
 
     def finished(self) -> int:
         return self.ended + len(self.failures)
@@ -155,38 +164,20 @@ class Caller:
         self.failures.append(f"{ctx.callid}: {what}")
         self.fill()
 
-    # the Endpoint's callback signature: (endpoint, ctx, err, code, packet, leg, from_)
-    def _invite_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def _on_invite(self, e: EndpointEvent) -> None:
+        ep, ctx, err, code, packet = e.ep, e.ctx, e.err, e.code, e.packet
         if isinstance(packet, Request):
             self._fail(ctx, f"unexpected {packet.method()} from the callee")
         elif err:
             self._fail(ctx, f"INVITE failed: {errno.errorcode.get(err, err)} {code}")
         elif code == 200:
             self.answered += 1
-            if ctx.ack is not None:
+            if e.ack is not None:
                 self.acked += 1
             _later(self.side.loop, lambda: ep.new_request("BYE", ctx, callback=self._bye_cb))
 
-    # the Endpoint's callback signature: (endpoint, ctx, err, code, packet, leg, from_)
-    def _bye_cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
+    def _on_bye(self, e: EndpointEvent) -> None:
+        ctx, err, code = e.ctx, e.err, e.code
         if err or code != 200:
             self._fail(ctx, f"BYE failed: {errno.errorcode.get(err, err)} {code}")
         else:
@@ -348,32 +339,6 @@ def perl_peer(loop: EventLoop, *args: str) -> Iterator[PerlPeer]:
         stop_process(proc, PERL_TIMEOUT)
 
 
-@dataclass(eq=False)
-class Events:
-    """What a context callback got: (err, code or method) in order."""
-
-    got: list[tuple[int, int | str]] = field(default_factory=list)
-    acked: bool = False
-
-    # the Endpoint's callback signature: (endpoint, ctx, err, code, packet, leg, from_)
-    def cb(  # noqa: PLR0917
-        self,
-        ep: Endpoint,
-        ctx: Context,
-        err: int,
-        code: int,
-        packet: Packet | None,
-        leg: Leg | None,
-        from_: Addr | None,
-    ) -> None:
-        if isinstance(packet, Request):
-            self.got.append((err, packet.method()))
-        else:
-            self.got.append((err, code))
-            if code == 200 and ctx.ack is not None:
-                self.acked = True
-
-
 @pytest.mark.parametrize("proto", PROTOS)
 def test_perl_simple_calls_netsip(proto: Proto, loop: EventLoop) -> None:
     """Net::SIP::Simple invites netsip, gets 200 with SDP, ACKs, hangs up; netsip answers BYE."""
@@ -404,7 +369,7 @@ def test_netsip_calls_perl_simple(
             dst = perl.address(loop)
             tail = "" if proto == "udp" else ";transport=tcp"
             to = f"sip:perl@{dst}{tail}"
-            events = Events()
+            events = EndpointEvents()
             ctx = side.ep.invite(
                 {"from_": f"<sip:netsip@{side.leg.src}>", "to": f"<{to}>"},
                 callback=events.cb,
@@ -412,15 +377,15 @@ def test_netsip_calls_perl_simple(
                 content_type="application/sdp",
                 uri=to,
             )
-            drive(loop, lambda: (0, 200) in events.got, LOOP_TIMEOUT, "the 200 from Perl")
+            drive(loop, lambda: (0, 200) in events.outcomes(), LOOP_TIMEOUT, "the 200 from Perl")
             assert events.acked and ctx.established
             if hangup == "netsip":
                 # the ACK went out when the callback returned, the BYE follows it
                 side.ep.new_request("BYE", ctx, callback=events.cb)
                 drive(loop, lambda: len(side.ep) == 0, LOOP_TIMEOUT, "BYE answered")
-                assert events.got[-1] == (0, 200)
+                assert events.outcomes()[-1] == (0, 200)
             else:
-                drive(loop, lambda: (0, "BYE") in events.got, LOOP_TIMEOUT, "BYE from Perl")
+                drive(loop, lambda: (0, "BYE") in events.outcomes(), LOOP_TIMEOUT, "BYE from Perl")
             rc = perl.finish(loop)
             assert rc == 0, perl.lines()
             assert perl.lines()[-1] == "DONE ok", perl.lines()
@@ -431,7 +396,7 @@ def test_netsip_calls_perl_simple(
         else:
             assert requests == ["REQUEST INVITE 1 INVITE", "REQUEST ACK 1 ACK"], perl.lines()
             assert "RESPONSE 200 1 BYE" in perl.seen(), perl.lines()
-            assert events.got[-1] == (0, "BYE")
+            assert events.outcomes()[-1] == (0, "BYE")
         assert len(side.ep) == 0
 
 
@@ -456,7 +421,7 @@ def test_netsip_registers_at_perl_registrar(
         with perl_peer(loop, *args) as perl:
             dst = perl.address(loop)
             tail = "" if proto == "udp" else ";transport=tcp"
-            events = Events()
+            events = EndpointEvents()
             ctx = side.ep.register(
                 registrar=f"sip:{dst}{tail}",
                 from_="<sip:alice@netsip.test>",
@@ -465,9 +430,9 @@ def test_netsip_registers_at_perl_registrar(
                 auth=("alice", password),
                 callback=events.cb,
             )
-            drive(loop, lambda: bool(events.got), LOOP_TIMEOUT, "the REGISTER's outcome")
+            drive(loop, lambda: bool(events.outcomes()), LOOP_TIMEOUT, "the REGISTER's outcome")
             spin(loop, 0.5)  # nothing more comes: no retry after the final answer
-            assert events.got == [(err, code)], events.got
+            assert events.outcomes() == [(err, code)], events.outcomes()
             if err:
                 assert len(side.ep) == 0
             else:
