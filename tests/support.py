@@ -38,8 +38,10 @@ import pytest
 from hypothesis import strategies as st
 
 from netsip import cli
+from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EventLoop
 from netsip.framing import Message, frame
+from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.testing import (
@@ -823,8 +825,6 @@ __all__ += ["ENDPOINT_PEER", "sipp_errors", "start_endpoint_peer", "start_sipp",
 # --- what an Endpoint's context callback gets ---
 
 # (appended here, below the helpers above, to keep this block in one place)
-from netsip.endpoint import Context, Endpoint  # noqa: E402
-from netsip.leg import Leg  # noqa: E402
 
 
 @dataclass(eq=False)
