@@ -486,7 +486,10 @@ class Endpoint:
         self._end_txn(ctx, txn)
         ctx.error = err
         self._callback(txn.callback, ctx, err, 0, None, None, None)
-        if txn.method == "CANCEL" or ctx.closed:
+        if ctx.closed:
+            return
+        if txn.method == "CANCEL":
+            self._cancel_done(ctx)
             return
         if not ctx.established and txn.method != ctx.method:
             return  # (a request in an early dialog: the INVITE decides)
@@ -496,6 +499,13 @@ class Endpoint:
         else:
             # the call, the transaction outside a dialog, or (12.2.1.2: no
             # response to a request in a dialog) the dialog is over
+            self.close_context(ctx)
+
+    def _cancel_done(self, ctx: Context) -> None:
+        """A CANCEL ended: close the call if its INVITE has ended too."""
+        if ctx.closed or ctx.established:
+            return
+        if not any(t.method in ("INVITE", "CANCEL") for t in ctx.transactions):
             self.close_context(ctx)
 
     def _end_txn(self, ctx: Context, txn: ClientTxn) -> None:
@@ -677,6 +687,8 @@ class Endpoint:
             self._callback(txn.callback, ctx, 0, code, response, leg, from_)
             if method == "BYE":
                 self.close_context(ctx)
+            else:
+                self._cancel_done(ctx)
             return
         if 200 <= code < 300:
             if method in _TARGET_REFRESH and ctx.established:
@@ -712,9 +724,13 @@ class Endpoint:
         self._callback(txn.callback, ctx, err, code, response, leg, from_)
         if ctx.closed:
             return
-        if (not ctx.established and txn.method == ctx.method) or code == 481:
-            # the call or the transaction failed; 481: the dialog is gone
-            self.close_context(ctx)
+        if not ctx.established and txn.method == ctx.method:
+            # the call or the transaction failed; a CANCEL still on its way
+            # gets its own outcome first (_cancel_done closes then)
+            if not any(t.method == "CANCEL" for t in ctx.transactions):
+                self.close_context(ctx)
+        elif code == 481:
+            self.close_context(ctx)  # the dialog is gone
         elif code == 408:
             # 12.2.1.2, 14.1: the dialog is over, end the session
             self._bye(ctx) if txn.method == "INVITE" else self.close_context(ctx)

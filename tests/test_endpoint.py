@@ -1156,3 +1156,28 @@ def test_cancel_200_carries_invite_tag(world: World) -> None:
     world.drive(lambda: len(raw.responses()) == 2)
     tags = {r.method(): _tag(r.get_header("to")) for r in raw.responses()}
     assert tags["CANCEL"] == tags["INVITE"] == bob.requests[0][0].local_tag
+
+
+def test_cancel_outcome_when_487_comes_first(world: World) -> None:
+    """The 487 overtakes the CANCEL's 200: both callbacks get their outcome,
+    then the context is gone."""
+    held: list[tuple[Request, Addr]] = []
+
+    def answer(raw: Raw, req: Request, src: Addr) -> None:
+        if req.method() == "INVITE":
+            held.append((req, src))
+            raw.send(req.create_response(180), src)
+        elif req.method() == "CANCEL":
+            inv, isrc = held[0]
+            raw.send(inv.create_response(487), isrc)
+            raw.send(req.create_response(200), src)
+
+    callee = world.raw(answer)
+    alice = world.node()
+    cancelled = Node(alice.ep, alice.disp)
+    ctx = _call(world, alice, callee.uri)
+    world.drive(lambda: 180 in alice.codes())
+    alice.ep.cancel_invite(ctx, callback=cancelled.cb)
+    world.drive(lambda: cancelled.events and 487 in alice.codes(), "both outcomes")
+    assert cancelled.codes() == [200]
+    assert ctx.closed and len(alice.ep) == 0
