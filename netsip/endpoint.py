@@ -289,7 +289,9 @@ class Endpoint:
             The request as sent (before the leg added its Via).
 
         Raises:
-            ValueError: ``call-id`` given, or a bad context mapping.
+            ValueError: ``call-id`` given, a bad context mapping, a closed
+                context, or a re-INVITE while an INVITE is in progress
+                (RFC 3261 14.1).
             OverflowError: the context's CSeq is exhausted.
         """
         if "call_id" in args or "call-id" in args:
@@ -306,6 +308,13 @@ class Endpoint:
             self._ctx[ctx.callid] = ctx
         if callback is not None:
             ctx.callback = callback
+        if (
+            method == "INVITE"
+            and ctx.established
+            and (ctx.server is not None or any(t.method == "INVITE" for t in ctx.transactions))
+        ):
+            # 14.1: no re-INVITE while another INVITE is in progress either way
+            raise ValueError(f"an INVITE is in progress in {ctx.callid}")
         request = method if isinstance(method, Request) else ctx.new_request(method, body, **args)
         if resp40x is not None and self._authorize(ctx, request, resp40x):
             # (authorize counts the CSeq past the challenged request's)

@@ -585,8 +585,9 @@ def test_cancel_matched_to_invite(world: World) -> None:
 
 
 def test_reinvite_during_reinvite(world: World) -> None:
-    """An INVITE while our re-INVITE is pending gets 491; while the peer's is
-    unanswered, 500 with Retry-After (14.2)."""
+    """14.2: an INVITE while our own re-INVITE is pending gets 491; one while
+    the peer's previous INVITE is unanswered gets 500 with Retry-After. 14.1:
+    neither side may start one itself meanwhile."""
     bob = world.node(accept)
     alice = world.node(accept)
     ctx = _call(world, alice, bob.uri)
@@ -595,19 +596,34 @@ def test_reinvite_during_reinvite(world: World) -> None:
     bob.answer = None  # bob does not answer the re-INVITE
     alice.ep.invite(ctx)
     world.drive(lambda: len(bob.requests) == 3)
-    # bob now re-INVITEs alice while alice's re-INVITE waits at bob: glare at alice? No:
-    # alice's INVITE is pending at alice (client) -> alice answers bob's INVITE 491
-    bob.ep.invite(bob_ctx, callback=bob.cb)
-    world.drive(lambda: bob.events, "bob's re-INVITE answered")
-    assert bob.events[-1].code == 491
-    # and a third INVITE from alice while bob has not answered the second: 500
-    raw_ctx_invite = bob.requests[2][1]
-    assert raw_ctx_invite.method() == "INVITE"
-    n = len(alice.events)
-    alice.ep.invite(ctx, callback=alice.cb)
-    world.drive(lambda: len(alice.events) > n + 0 and alice.events[-1].code == 500, "500")
-    resp = alice.events[-1].packet
-    assert isinstance(resp, Response) and resp.get_header("retry-after") is not None
+    with pytest.raises(ValueError, match="in progress"):
+        alice.ep.invite(ctx)
+    with pytest.raises(ValueError, match="in progress"):
+        bob.ep.invite(bob_ctx)
+    raw = world.raw()
+
+    def forged(frm: str, to: str, cseq: int, target: str) -> Request:
+        return Request(
+            "INVITE",
+            target,
+            {
+                "from": frm,
+                "to": to,
+                "call-id": ctx.callid,
+                "cseq": f"{cseq} INVITE",
+                "max-forwards": "70",
+                "contact": f"<{raw.uri}>",
+            },
+        )
+
+    # as bob, to alice, whose own INVITE is pending: glare, 491
+    raw.send(forged(ctx.to, ctx.from_, bob_ctx.cseq + 1, alice.uri), alice.leg.src)
+    # as alice, to bob, whose answer to alice's INVITE is pending: 500
+    raw.send(forged(ctx.from_, ctx.to, ctx.cseq + 1, bob.uri), bob.leg.src)
+    world.drive(lambda: len(raw.responses()) == 2)
+    codes = {r.code(): r for r in raw.responses()}
+    assert sorted(codes) == [491, 500]
+    assert codes[500].get_header("retry-after") is not None
 
 
 # ------------------------------------------------------------ outside dialogs
