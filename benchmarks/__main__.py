@@ -49,10 +49,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -72,6 +70,8 @@ from benchmarks.load import (
     Result,
     Spec,
     cpu_seconds,
+    environment,
+    loadavg,
     measure_interleaved,
     perl_netsip_available,
     run_sipp,
@@ -681,45 +681,6 @@ def _has_workers() -> bool:
     return "--workers" in proc.stdout and "--work-us" in proc.stdout
 
 
-def environment() -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        if m:
-            cpu = m.group(1).strip()
-    except OSError:
-        pass
-    sipp = "no sipp"
-    if shutil.which("sipp"):
-        v = subprocess.run(["sipp", "-v"], capture_output=True, text=True, check=False)
-        m = re.search(r"v(\d+\.\d+(?:\.\d+)?)", v.stdout + v.stderr)
-        sipp = f"sipp {m.group(1)}" if m else "sipp"
-    perl = "absent"
-    if perl_netsip_available():
-        v = subprocess.run(["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"],
-                           capture_output=True, text=True, check=False)  # fmt: skip
-        perl = v.stdout.strip() or "present"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "kernel": f"Linux {platform.release()}",
-        "python": platform.python_version(),
-        "sipp": sipp,
-        "perl_netsip": perl,
-        "loadavg": _loadavg(),
-    }
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n", 1)[0] if __doc__ else None
@@ -834,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     if not have_sipp:
         _say(log, "sipp is not installed: sipp, rate and workers sections skipped")
     res["seconds"] = round(time.monotonic() - t0)
-    res["loadavg_after"] = _loadavg()
+    res["loadavg_after"] = loadavg()
     res["targets"] = targets(res)
     if write:
         os.makedirs(out_dir, exist_ok=True)

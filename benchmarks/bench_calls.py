@@ -51,10 +51,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
 import json
 import os
-import platform
 import select
 import shutil
 import signal
@@ -70,7 +68,7 @@ from typing import Any, Final
 # Run from a checkout without installing: the benchmarks package is in the parent.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.load import cpu_seconds, sipp_local_ip
+from benchmarks.load import cpu_seconds, environment, loadavg, sipp_local_ip
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
@@ -905,41 +903,6 @@ def write_md(path: str, lines: list[str]) -> None:
         f.write(text)
 
 
-def environment() -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for ln in f:
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    v = subprocess.run(["sipp", "-v"], capture_output=True, text=True, check=False)
-    sipp = next((w for w in (v.stdout + v.stderr).split() if w.startswith("v3")), "?").rstrip(".")
-    perl = subprocess.run(
-        ["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "kernel": f"Linux {platform.release()}",
-        "python": platform.python_version(),
-        "sipp": f"sipp {sipp}",
-        "perl_netsip": perl or "absent",
-        "loadavg": _loadavg(),
-    }
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_calls",
@@ -1048,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(log, "pyspy")
             res["pyspy"] = pyspy_section(calls, args.concurrency, workdir, log)
     res["seconds"] = round(time.monotonic() - t0)
-    res["loadavg_after"] = _loadavg()
+    res["loadavg_after"] = loadavg()
     res["targets"] = targets(res)
     lines = report(res)
     print("\n".join(lines))

@@ -19,10 +19,13 @@ system) when the kernel has it, else from ``/proc/PID/stat`` (clock ticks).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import json
 import os
+import platform
 import random
+import re
 import selectors
 import shutil
 import socket
@@ -506,3 +509,44 @@ def _generator_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_generator_main(sys.argv[1:]))
+
+
+def environment() -> dict[str, str]:
+    """The machine and the peers, for the header of a benchmark report."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if m:
+            cpu = m.group(1).strip()
+    except OSError:
+        pass
+    sipp = "no sipp"
+    if shutil.which("sipp"):
+        v = subprocess.run(["sipp", "-v"], capture_output=True, text=True, check=False)
+        m = re.search(r"v(\d+\.\d+(?:\.\d+)?)", v.stdout + v.stderr)
+        sipp = f"sipp {m.group(1)}" if m else "sipp"
+    perl = "absent"
+    if perl_netsip_available():
+        v = subprocess.run(["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        perl = v.stdout.strip() or "present"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "kernel": f"Linux {platform.release()}",
+        "python": platform.python_version(),
+        "sipp": sipp,
+        "perl_netsip": perl,
+        "loadavg": loadavg(),
+    }
+
+
+def loadavg() -> str:
+    """The 1-minute load average (``?`` if unknown): how busy the machine was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import errno
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from netsip._abnf import TAG_VALUE_RE
 from netsip._log import get_logger
-from netsip.digest import NonceCounter
+from netsip.digest import Auth, NonceCounter
 from netsip.eventloop import TimerLike
 from netsip.leg import Leg
 from netsip.packet import Request, Response
@@ -62,9 +62,6 @@ log = get_logger(__name__)
 #: unsigned integer" (the initial one "less than 2**31": ours start at 1).
 MAX_CSEQ: Final = 2**32 - 1
 
-#: What ``auth`` may be: ``(user, password)``, a mapping realm ->
-#: ``(user, password)``, or a callable ``realm -> (user, password) | None``.
-Auth = tuple[str, str] | Mapping[str, tuple[str, str]] | Callable[[str], "tuple[str, str] | None"]
 
 #: The keys a mapping given instead of a Context may hold (Perl's hash keys).
 ContextArgs = Mapping[str, Any]
@@ -294,7 +291,7 @@ class Context:
 
     def fork(self, response: Response, remote_target: str | None) -> Context:
         """A new dialog of this (outgoing) call, set up by a 2xx with another tag."""
-        other = Context(
+        return Context(
             from_=self.from_,
             to=response.get_header("to") or self.to,
             contact=self.contact,
@@ -308,9 +305,8 @@ class Context:
             established=True,
             leg=self.leg,
             primary=self,
+            callback=self.callback,
         )
-        other.callback = self.callback
-        return other
 
     # ------------------------------------------------------------- queries
 
@@ -420,7 +416,3 @@ class Context:
     def dialog_route(self) -> DialogRoute:
         """The remote target and route set as a :class:`DialogRoute`."""
         return DialogRoute(self.remote_target or self._default_uri(False), tuple(self.route))
-
-    def headers_of(self, names: Sequence[str], request: Request) -> list[tuple[str, str]]:
-        """The values of ``names`` on ``request``, as pairs (to copy them)."""
-        return [(name, v) for name in names for v in request.get_headers(name)]

@@ -199,9 +199,9 @@ class Endpoint:
             The context.
         """
         request = self.new_request("INVITE", ctx, callback, body, **args)
-        found = self._ctx.get(request.callid() or "")
         if isinstance(ctx, Context):
             return ctx
+        found = self._ctx.get(request.callid() or "")
         assert found is not None  # (new_request registered it)
         return found
 
@@ -410,8 +410,7 @@ class Endpoint:
             self._ctx[ctx.callid] = heir
         elif self._ctx.get(ctx.callid) is ctx:
             del self._ctx[ctx.callid]
-        if ctx.completed is not None:
-            ctx.completed = None
+        ctx.completed = None
         return ctx
 
     def close(self) -> None:
@@ -1018,8 +1017,8 @@ class Endpoint:
             log.info("CANCEL without its INVITE (%s): 481", request.callid())
             self._respond(request, 481, leg, from_, msg="Call/Transaction Does Not Exist")
             return
-        ok = request.create_response(200, headers={"to": _with_tag(request, server.request)})
-        self.dispatcher.deliver(ok, leg=leg, dst_addr=from_)
+        # (its To tag is the INVITE's: both derive it from Call-ID and From, 9.2)
+        self._respond(request, 200, leg, from_)
         if server.timer is not None:
             server.timer.cancel()
         call.server = None
@@ -1121,14 +1120,6 @@ class Endpoint:
         timer = ctx.timers.pop(name, None)
         if timer is not None:
             timer.cancel()
-
-
-def _with_tag(cancel: Request, invite: Request) -> str:
-    """The To of the 200 to a CANCEL: with the tag of the INVITE's responses (9.2)."""
-    to = cancel.get_header("to") or ""
-    if header_tag(to) is not None:
-        return to
-    return f"{to};tag={invite.response_tag()}"
 
 
 def _branch(request: Request) -> str | None:
