@@ -272,7 +272,11 @@ class SDP:
                 fmt=fmt_l,
                 addr=str(maddr) if maddr is not None else addr,
                 own_c=maddr is not None,
-                lines=[("a", a) for a in _as_list(md.get("a"))],
+                lines=[
+                    (k, x)
+                    for k in ("i", "b", "k", "a")  # RFC 8866 5 order
+                    for x in _as_list(md.get(k))
+                ],
             )
             mlist.append(m)
         return cls(lines, mlist)

@@ -223,3 +223,13 @@ def test_fuzz_only_sdperror(data: bytes | str) -> None:
     sdp.get_media()
     with contextlib.suppress(SDPError):
         answer(sdp, addr="127.0.0.1", ports=list(range(1000, 1000 + len(sdp.media))))
+
+
+def test_new_from_parts_media_lines() -> None:
+    sdp = SDP.new_from_parts(
+        {"addr": "127.0.0.1"},
+        {"port": 4000, "fmt": [0], "b": "AS:64", "a": ["ptime:20"], "addr": "::1"},
+    )
+    again = SDP.new_from_string(sdp.as_string())
+    assert again.media[0].lines == [("b", "AS:64"), ("a", "ptime:20")]
+    assert again.media[0].addr == "::1" and again.get_media()[0]["fmt"] == ["0"]
