@@ -316,6 +316,10 @@ class _ToneGenerator:
         values = [
             round(amplitude * (math.sin(w1 * n) + math.sin(w2 * n))) for n in range(start, end)
         ]
+        # two tones above -3 dBm0 each can exceed the 16-bit range: clip, as
+        # G.711 does at its overload point anyway
+        if amplitude * 2 > 32767:
+            values = [max(-32768, min(32767, v)) for v in values]
         # the event may end inside the last slot: silence for the rest of it
         values += [0] * (_FRAME - len(values))
         return struct.pack(f"<{_FRAME}h", *values)
@@ -515,26 +519,30 @@ class _Extractor:
 
 # ----------------------------------------------------------------- in-band detection
 #
-# Thresholds, as powers (mean squares) on the 16-bit scale.  ITU-T Q.24 asks
-# for operation down to about -25 dBm0 per tone; twist and relative peak
-# values as in common detectors (8 dB normal twist, 6 dB reverse twist).
-_BLOCK: Final = _FRAME
+# Windows of 20 ms (160 samples) every 10 ms: a 40 ms tone then always fills
+# two whole windows, however it is aligned to the packets, and a 20 ms tone
+# never does (ITU-T Q.24: accept 40 ms, reject about 20 ms).  Thresholds are
+# powers (mean squares) on the 16-bit scale.  Q.24 asks for operation down to
+# about -25 dBm0 per tone and for +-1.5 % frequency tolerance; twist and
+# relative-peak limits as in common detectors.
+_WINDOW: Final = 160
+_HOP: Final = 80
 _POWER_0DBM0: Final = _PEAK_0DBM0**2 / 2
-_MIN_TONE: Final = _POWER_0DBM0 * 10 ** (-36 / 10)
+_MIN_TONE: Final = _POWER_0DBM0 * 10 ** (-36 / 10)  # -36 dBm0 per tone
 _NORMAL_TWIST: Final = 10 ** (8 / 10)  # row (low group) stronger than column
 _REVERSE_TWIST: Final = 10 ** (6 / 10)  # column stronger than row
 _RELATIVE_PEAK: Final = 10 ** (6 / 10)  # over the other tones of the group
-_TONE_SHARE: Final = 0.5  # of the block's power in the two tones
-_MIN_BLOCKS: Final = 2  # 40 ms
-_MAX_GAP: Final = 1  # blocks of dropout bridged inside a digit
+_TONE_SHARE: Final = 0.5  # of the window's power in the two tones
+_MIN_WINDOWS: Final = 3  # consecutive windows (40 ms) to accept a digit
+_MAX_GAP: Final = 2  # windows of dropout bridged inside a digit
 
-_HANN: Final = [0.5 - 0.5 * math.cos(2 * math.pi * (n + 0.5) / _BLOCK) for n in range(_BLOCK)]
-# a sine of amplitude A gives |X|^2 = (A * sum(w) / 2)^2: scale to A^2 / 2
+_HANN: Final = [0.5 - 0.5 * math.cos(2 * math.pi * (n + 0.5) / _WINDOW) for n in range(_WINDOW)]
+# a sine of amplitude A gives |X|^2 = (A * sum(w) / 2)^2: scale that to A^2 / 2
 _SCALE: Final = 2 / sum(_HANN) ** 2
 _BASIS: Final = [
     (
-        [math.cos(2 * math.pi * f * n / _RATE) for n in range(_BLOCK)],
-        [math.sin(2 * math.pi * f * n / _RATE) for n in range(_BLOCK)],
+        [math.cos(2 * math.pi * f * n / _RATE) for n in range(_WINDOW)],
+        [math.sin(2 * math.pi * f * n / _RATE) for n in range(_WINDOW)],
     )
     for f in (*_ROWS, *_COLS)
 ]
@@ -545,13 +553,13 @@ def _dot(a: list[float], b: list[float]) -> float:
     return float(sum(map(mul, a, b)))
 
 
-def _classify(block: bytes) -> str | None:
-    """The digit a 20 ms block of 16-bit LE linear audio holds, or None."""
+def _classify(window: bytes) -> str | None:
+    """The digit a 20 ms window of 16-bit LE linear audio holds, or None."""
     samples = array("h")
-    samples.frombytes(block)
+    samples.frombytes(window)
     if _BIG_ENDIAN:  # pragma: no cover - the samples are little-endian
         samples.byteswap()
-    power = sum(map(mul, samples, samples)) / _BLOCK
+    power = sum(map(mul, samples, samples)) / _WINDOW
     if power < 2 * _MIN_TONE:
         return None
     windowed = list(map(mul, samples, _HANN))
@@ -575,20 +583,20 @@ def _classify(block: bytes) -> str | None:
 
 @dataclass(slots=True)
 class _AudioDetector:
-    """In-band DTMF in one G.711 stream: blocks, their digits, digits with durations."""
+    """In-band DTMF in one G.711 stream: windows, their digits, digits with durations."""
 
     payload_type: int
     enabled: bool = True
-    buffer: bytearray = field(default_factory=bytearray)  # linear samples not yet in a block
+    buffer: bytearray = field(default_factory=bytearray)  # linear samples of the next window
     next_ts: int | None = None  # the timestamp that continues the stream
     candidate: str | None = None
-    candidate_blocks: int = 0
+    candidate_windows: int = 0
     active: str | None = None
-    active_blocks: int = 0
+    active_windows: int = 0
     misses: int = 0
 
     def discontinuity(self) -> None:
-        """The stream jumped: the samples before and after do not form one block."""
+        """The stream jumped: the samples before and after do not form one window."""
         self.buffer.clear()
         self.next_ts = None
 
@@ -599,39 +607,43 @@ class _AudioDetector:
             return found
         if self.next_ts is not None and timestamp != self.next_ts:
             gap = (timestamp - self.next_ts) & _MASK32
-            lost = gap // _BLOCK if gap < _HALF32 else _MAX_GAP + 1
+            lost = gap // _HOP if gap < _HALF32 else _MAX_GAP + 1
             self.buffer.clear()
             # lost packets are silence, as far as a digit can tell
             for _ in range(min(lost, _MAX_GAP + 1)):
-                self._block(None, found)
+                self._window(None, found)
         self.next_ts = (timestamp + len(payload)) & _MASK32
         decode = alaw_decode if self.payload_type == _PCMA else ulaw_decode
-        self.buffer += decode(payload)
-        size = 2 * _BLOCK
-        whole = len(self.buffer) - len(self.buffer) % size
-        for start in range(0, whole, size):
-            self._block(_classify(bytes(self.buffer[start : start + size])), found)
-        del self.buffer[:whole]
+        buffer = self.buffer
+        buffer += decode(payload)
+        size, hop = 2 * _WINDOW, 2 * _HOP
+        start = 0
+        while start + size <= len(buffer):
+            self._window(_classify(bytes(buffer[start : start + size])), found)
+            start += hop
+        del buffer[:start]
         return found
 
-    def _block(self, digit: str | None, found: list[tuple[str, int]]) -> None:
-        """Advance the digit state by one block showing ``digit`` (None: none)."""
+    def _window(self, digit: str | None, found: list[tuple[str, int]]) -> None:
+        """Advance the digit state by one window showing ``digit`` (None: none)."""
         if self.active is not None:
             if digit == self.active:
-                self.active_blocks += 1 + self.misses
+                self.active_windows += 1 + self.misses
                 self.misses = 0
                 return
             self.misses += 1
             if digit is None and self.misses <= _MAX_GAP:
                 return
-            found.append((self.active, self.active_blocks * _BLOCK * 1000 // _RATE))
+            # n windows 10 ms apart span (n + 1) * 10 ms
+            ms = (self.active_windows + 1) * _HOP * 1000 // _RATE
+            found.append((self.active, ms))
             self.active, self.misses = None, 0
         if digit is None:
-            self.candidate, self.candidate_blocks = None, 0
+            self.candidate, self.candidate_windows = None, 0
             return
         if digit != self.candidate:
-            self.candidate, self.candidate_blocks = digit, 0
-        self.candidate_blocks += 1
-        if self.candidate_blocks >= _MIN_BLOCKS:
-            self.active, self.active_blocks = digit, self.candidate_blocks
-            self.candidate, self.candidate_blocks = None, 0
+            self.candidate, self.candidate_windows = digit, 0
+        self.candidate_windows += 1
+        if self.candidate_windows >= _MIN_WINDOWS:
+            self.active, self.active_windows = digit, self.candidate_windows
+            self.candidate, self.candidate_windows = None, 0

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import pytest
 
-from netsip._g711 import ulaw_encode
-from netsip.dtmf import EVENTS, DTMFExtractor, DTMFResult, dtmf_extractor, dtmf_generator
+from netsip._g711 import ulaw_decode, ulaw_encode
+from netsip.dtmf import (
+    EVENTS,
+    DTMFExtractor,
+    DTMFGenerator,
+    DTMFResult,
+    dtmf_extractor,
+    dtmf_generator,
+)
 
 EVENT_PT = 101
 SSRC = 0x1234ABCD
@@ -20,21 +28,25 @@ HEADER = struct.Struct("!BBHII")
 
 
 class Stream:
-    """An RTP sender: one slot every 20 ms, sequence and timestamp advancing per slot."""
+    """An RTP sender: one slot every 20 ms, sequence and timestamp advancing per slot.
+
+    Like Net::SIP's sender, a slot in which the generator says "over" goes to
+    the next event, so the stream has no gaps.
+    """
 
     def __init__(self, seq: int = 65530, timestamp: int = 0xFFFFF000, ssrc: int = SSRC) -> None:
-        # start near the wrap of both counters, so every test crosses it
+        # start near the wrap of both counters, so every test crosses them
         self.seq, self.timestamp, self.ssrc = seq, timestamp, ssrc
 
-    def slot(self) -> tuple[int, int, int]:
-        current = (self.seq, self.timestamp, self.ssrc)
+    def advance(self) -> None:
         self.seq = (self.seq + 1) & 0xFFFF
         self.timestamp = (self.timestamp + 160) & 0xFFFFFFFF
-        return current
 
-    def audio(self, pt: int, payload: bytes) -> bytes:
-        seq, ts, ssrc = self.slot()
-        return HEADER.pack(0x80, pt, seq, ts, ssrc) + payload
+    def audio(self, payload: bytes, pt: int = 0) -> bytes:
+        """A packet of ``payload`` (160 samples) in the next slot."""
+        packet = HEADER.pack(0x80, pt, self.seq, self.timestamp, self.ssrc) + payload
+        self.advance()
+        return packet
 
     def play(self, event: str, duration: int, **kw: int) -> list[bytes]:
         """The packets of one event; RFC 4733 pause slots get a packet of silence.
@@ -45,11 +57,14 @@ class Stream:
         gen = dtmf_generator(event, duration, **kw)
         packets: list[bytes] = []
         for _ in range(duration // 20 + 10):  # bounded: the slots the event can take
-            seq, ts, ssrc = self.slot()
-            slot = gen(seq, ts, ssrc)
+            slot = gen(self.seq, self.timestamp, self.ssrc)
             if not slot:
                 return packets
-            packets += [p or HEADER.pack(0x80, 0, seq, ts, ssrc) + SILENCE for p in slot]
+            if slot == [b""]:
+                packets.append(self.audio(SILENCE))
+            else:
+                packets += slot
+                self.advance()
         raise AssertionError("the generator did not end")
 
 
@@ -81,7 +96,9 @@ def extract(x: DTMFExtractor, packets: list[bytes]) -> list[DTMFResult]:
 def test_every_digit_round_trips(kw: dict[str, int], method: str, digit: str) -> None:
     got = extract(dtmf_extractor(**kw), play_digits(digit, kw))
     assert [(r.event, r.method) for r in got] == [(digit, method)]
-    assert got[0].duration == 100
+    # RFC 4733 carries the duration; in-band it is measured to 10 ms windows
+    tolerance = 0 if method == "rfc2833" else 20
+    assert abs(got[0].duration - 100) <= tolerance
 
 
 @pytest.mark.parametrize(("kw", "method"), METHODS)
@@ -90,3 +107,207 @@ def test_a_sequence_comes_out_in_order_once_each(kw: dict[str, int], method: str
     got = extract(dtmf_extractor(**kw), play_digits(digits, kw))
     assert "".join(r.event for r in got) == digits
     assert {r.method for r in got} == {method}
+
+
+@pytest.mark.parametrize(("kw", "method"), METHODS)
+def test_net_sip_call_dtmf_timing(kw: dict[str, int], method: str) -> None:
+    # Net::SIP::Simple::Call::dtmf: 100 ms digits, 50 ms between different
+    # digits, 100 ms between equal ones
+    stream, packets = Stream(), []
+    digits = "1223"
+    for i, digit in enumerate(digits):
+        if i:
+            packets += stream.play("", 100 if digits[i - 1] == digit else 50, **kw)
+        packets += stream.play(digit, 100, **kw)
+    packets += stream.play("", 200, **kw)
+    got = extract(dtmf_extractor(**kw), packets)
+    assert "".join(r.event for r in got) == digits
+
+
+@pytest.mark.parametrize("kw", [{"audio_type": 0}, {"audio_type": 8}])
+@pytest.mark.parametrize("duration", [40, 60, 250, 2000])
+def test_inband_durations(kw: dict[str, int], duration: int) -> None:
+    stream = Stream()
+    packets = stream.play("7", duration, **kw) + stream.play("", 100, **kw)
+    got = extract(dtmf_extractor(**kw), packets)
+    assert [r.event for r in got] == ["7"]
+    assert abs(got[0].duration - duration) <= 20
+
+
+def test_both_types_in_one_extractor() -> None:
+    # Net::SIP::Simple::Call builds one extractor for both payload types
+    x = dtmf_extractor(rfc2833_type=EVENT_PT, audio_type=0)
+    got = extract(x, play_digits("12", {"audio_type": 0}))
+    assert [(r.event, r.method) for r in got] == [("1", "audio"), ("2", "audio")]
+    stream = Stream(seq=100, timestamp=10**6)
+    packets = stream.play("3", 100, rfc2833_type=EVENT_PT) + stream.play(
+        "", 60, rfc2833_type=EVENT_PT
+    )
+    assert [(r.event, r.method) for r in extract(x, packets)] == [("3", "rfc2833")]
+
+
+def test_inband_detection_stops_once_rfc4733_events_arrive() -> None:
+    # a peer that sends both would otherwise get every digit twice
+    x = dtmf_extractor(rfc2833_type=EVENT_PT, audio_type=0)
+    stream, packets = Stream(), []
+    for digit in "45":
+        events = stream.play(digit, 100, rfc2833_type=EVENT_PT)
+        packets += events
+        # the same digit in-band right after (a gateway passing the audio on)
+        packets += stream.play(digit, 100, audio_type=0)
+        packets += stream.play("", 60, audio_type=0)
+    got = extract(x, packets)
+    assert [(r.event, r.method) for r in got] == [("4", "rfc2833"), ("5", "rfc2833")]
+
+
+# ------------------------------------------------------------ the RFC 4733 generator
+
+
+def run_generator(gen: DTMFGenerator, seq: int, ts: int, ssrc: int) -> list[list[bytes]]:
+    slots: list[list[bytes]] = []
+    for i in range(1000):  # bounded
+        slot = gen((seq + i) & 0xFFFF, (ts + 160 * i) & 0xFFFFFFFF, ssrc)
+        if not slot:
+            return slots
+        slots.append(slot)
+    raise AssertionError("the generator did not end")
+
+
+def test_rfc4733_packets_byte_by_byte() -> None:
+    # RFC 4733 2.3: |event|E|R|volume|duration|; 2.5.1: the timestamp of the
+    # event's start in every packet, marker on the first, E on the last, the
+    # last sent three times with the same duration (2.5.1.4)
+    gen = dtmf_generator("#", 60, rfc2833_type=101)
+    slots = run_generator(gen, 7, 1000, 0xDEADBEEF)
+    header = "80{pt:02x}{seq:04x}000003e8deadbeef"
+    expected = [
+        header.format(pt=0x80 | 101, seq=7) + "0b0a00a0",  # marker; 160 units so far
+        header.format(pt=101, seq=8) + "0b0a0140",
+        header.format(pt=101, seq=9) + "0b8a01e0",  # E bit; 480 units = 60 ms
+        header.format(pt=101, seq=10) + "0b8a01e0",
+        header.format(pt=101, seq=11) + "0b8a01e0",
+    ]
+    assert [[p.hex() for p in slot] for slot in slots] == [[e] for e in expected]
+
+
+@pytest.mark.parametrize(("event", "code"), [(e, i) for i, e in enumerate(EVENTS)])
+def test_rfc4733_event_codes(event: str, code: int) -> None:
+    # RFC 4733 3.2: 0-9 are 0-9, * is 10, # is 11, A-D are 12-15
+    for spelling in {event, event.lower()}:
+        (first,), *_ = run_generator(dtmf_generator(spelling, 100, rfc2833_type=96), 1, 0, 1)
+        assert first[12] == code
+
+
+def test_rfc4733_volume_and_payload_type() -> None:
+    (first,), *_ = run_generator(dtmf_generator("1", 100, rfc2833_type=127, volume=0), 1, 0, 1)
+    assert first[1] == 0x80 | 127
+    assert first[13] == 0  # 0 dBm0, not replaced by 10 as in Net::SIP
+    (first,), *_ = run_generator(dtmf_generator("1", 100, rfc2833_type=96, volume=63), 1, 0, 1)
+    assert first[13] == 63
+
+
+def test_rfc4733_short_event_is_one_packet_with_marker_and_end() -> None:
+    slots = run_generator(dtmf_generator("5", 0, rfc2833_type=101), 1, 0, 1)
+    assert len(slots) == 3
+    assert {slot[0][1] for slot in slots[1:]} == {101}
+    first = slots[0][0]
+    assert first[1] == 0x80 | 101
+    assert first[12:] == bytes([5, 0x80 | 10, 0, 160])
+    x = dtmf_extractor(rfc2833_type=101)
+    assert extract(x, [s[0] for s in slots]) == [DTMFResult("5", 20, "rfc2833")]
+
+
+def test_rfc4733_duration_not_a_multiple_of_the_slot() -> None:
+    slots = run_generator(dtmf_generator("9", 90, rfc2833_type=101), 1, 0, 1)
+    durations = [int.from_bytes(s[0][14:16], "big") for s in slots]
+    assert durations == [160, 320, 480, 640, 720, 720, 720]
+
+
+def test_rfc4733_timestamp_wraps() -> None:
+    slots = run_generator(dtmf_generator("1", 100, rfc2833_type=101), 0xFFFE, 0xFFFFFF00, 9)
+    assert {s[0][4:8] for s in slots} == {bytes.fromhex("ffffff00")}
+    assert [int.from_bytes(s[0][2:4], "big") for s in slots] == [0xFFFE, 0xFFFF, 0, 1, 2, 3, 4]
+    assert [int.from_bytes(s[0][14:16], "big") for s in slots][-1] == 800
+
+
+def test_rfc4733_long_event_is_split_into_segments() -> None:
+    # 2.5.1.3: the duration field holds 0xFFFF units at most (8.19 s); a
+    # longer event goes on in a new segment with the timestamp 0xFFFF later
+    gen = dtmf_generator("D", 10_000, rfc2833_type=101)
+    slots = run_generator(gen, 0, 0, 1)
+    stamps = [int.from_bytes(s[0][4:8], "big") for s in slots]
+    durations = [int.from_bytes(s[0][14:16], "big") for s in slots]
+    assert sorted(set(stamps)) == [0, 0xFFFF]
+    assert max(durations) == 0xFFFF
+    assert durations[stamps.index(0xFFFF) - 1] == 0xFFFF
+    assert durations[-1] == 80_000 - 0xFFFF
+    assert sum(s[0][1] >> 7 for s in slots) == 1  # one marker, on the first
+    x = dtmf_extractor(rfc2833_type=101)
+    assert extract(x, [s[0] for s in slots]) == [DTMFResult("D", 10_000, "rfc2833")]
+
+
+@pytest.mark.parametrize("event", ["", " ", "x", "12", "E", ","])
+def test_pause_has_no_data(event: str) -> None:
+    slots = run_generator(dtmf_generator(event, 100, rfc2833_type=101), 1, 0, 1)
+    assert slots == [[b""]] * 5
+
+
+@pytest.mark.parametrize("pt", [0, 8])
+def test_inband_pause_is_silence(pt: int) -> None:
+    slots = run_generator(dtmf_generator("", 100, audio_type=pt), 1, 0, 1)
+    assert len(slots) == 5
+    silence = bytes([0xFF if pt == 0 else 0xD5]) * 160
+    assert {s[0][12:] for s in slots} == {silence}
+    assert {s[0][1] for s in slots} == {pt}
+
+
+@pytest.mark.parametrize("pt", [0, 8])
+def test_inband_packets(pt: int) -> None:
+    slots = run_generator(dtmf_generator("1", 100, audio_type=pt), 3, 5000, 77)
+    assert len(slots) == 5
+    for i, (packet,) in enumerate(slots):
+        seq, ts = struct.unpack("!HI", packet[2:8])
+        assert (packet[0], packet[1], seq, ts) == (0x80, pt, 3 + i, 5000 + 160 * i)
+        assert len(packet) == 12 + 160
+
+
+def test_inband_volume_sets_the_tone_level() -> None:
+    def level(volume: int) -> float:
+        (packet,), *_ = run_generator(dtmf_generator("5", 20, audio_type=0, volume=volume), 1, 0, 1)
+        pcm = struct.unpack("<160h", ulaw_decode(packet[12:]))
+        return 10 * math.log10(sum(v * v for v in pcm) / 160)
+
+    # two tones of -v dBm0 each: the power drops 10 dB with volume 10 -> 20
+    assert level(10) - level(20) == pytest.approx(10, abs=0.3)
+    assert level(20) - level(30) == pytest.approx(10, abs=0.3)
+    # 0 dBm0 per tone overloads the sum of both: clipped, still the loudest
+    assert level(0) > level(10)
+
+
+def test_generator_ends_by_timestamp_or_by_slots() -> None:
+    # a timestamp jump ends the event early; a stuck timestamp cannot make it
+    # last forever
+    gen = dtmf_generator("1", 100, rfc2833_type=101)
+    assert len(gen(1, 0, 1)) == 1
+    assert gen(2, 10_000, 1)[0][13] & 0x80  # E bit: the event is over
+    gen = dtmf_generator("1", 100, audio_type=0)
+    assert len(run_generator(lambda seq, ts, ssrc: gen(seq, 0, ssrc), 1, 0, 1)) == 5
+
+
+def test_generator_argument_errors() -> None:
+    with pytest.raises(ValueError, match="neither"):
+        dtmf_generator("1", 100)
+    with pytest.raises(ValueError, match="volume"):
+        dtmf_generator("1", 100, rfc2833_type=101, volume=64)
+    with pytest.raises(ValueError, match="volume"):
+        dtmf_generator("1", 100, audio_type=0, volume=-1)
+    with pytest.raises(ValueError, match="payload type"):
+        dtmf_generator("1", 100, rfc2833_type=128)
+    with pytest.raises(ValueError, match="negative"):
+        dtmf_generator("1", -1, audio_type=0)
+    with pytest.raises(ValueError, match="neither"):
+        dtmf_extractor()
+    with pytest.raises(ValueError, match="both"):
+        dtmf_extractor(rfc2833_type=8, audio_type=8)
+    with pytest.raises(ValueError, match="payload type"):
+        dtmf_extractor(audio_type=-1)
