@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 import struct
 
 import pytest
 
-from netsip._g711 import ulaw_decode, ulaw_encode
+from netsip._g711 import alaw_encode, ulaw_decode, ulaw_encode
 from netsip.dtmf import (
     EVENTS,
     DTMFExtractor,
@@ -311,3 +312,237 @@ def test_generator_argument_errors() -> None:
         dtmf_extractor(rfc2833_type=8, audio_type=8)
     with pytest.raises(ValueError, match="payload type"):
         dtmf_extractor(audio_type=-1)
+
+
+# ------------------------------------------------------------ the extractor on bad input
+
+
+def event_packet(
+    seq: int, ts: int, code: int, end: bool, duration: int, *, marker: bool = False
+) -> bytes:
+    pt = 101 | (0x80 if marker else 0)
+    return HEADER.pack(0x80, pt, seq, ts, SSRC) + struct.pack(
+        "!BBH", code, (0x80 if end else 0) | 10, duration
+    )
+
+
+def test_end_triple_and_retransmissions_report_once() -> None:
+    x = dtmf_extractor(rfc2833_type=101)
+    packets = [
+        event_packet(1, 800, 3, False, 160, marker=True),
+        event_packet(2, 800, 3, False, 320),
+    ]
+    packets += [event_packet(3 + i, 800, 3, True, 480) for i in range(3)]
+    packets += [event_packet(6, 800, 3, False, 320), event_packet(7, 800, 3, True, 480)]
+    packets.append(event_packet(3, 800, 3, True, 480))  # late duplicate seq
+    assert extract(x, packets) == [DTMFResult("3", 60, "rfc2833")]
+    # the same digit again is a new digit (new timestamp)
+    again = [event_packet(8, 2000, 3, False, 160, marker=True), event_packet(9, 2000, 3, True, 320)]
+    assert extract(x, again) == [DTMFResult("3", 40, "rfc2833")]
+
+
+def test_lost_end_packets_end_the_event_with_the_stream() -> None:
+    x = dtmf_extractor(rfc2833_type=101)
+    got = extract(
+        x, [event_packet(1, 800, 7, False, 160, marker=True), event_packet(2, 800, 7, False, 320)]
+    )
+    assert got == []
+    later = [HEADER.pack(0x80, 0, 3 + i, 1120 + 160 * i, SSRC) + SILENCE for i in range(10)]
+    assert extract(x, later) == [DTMFResult("7", 40, "rfc2833")]
+
+
+def test_another_event_ends_the_current_one() -> None:
+    x = dtmf_extractor(rfc2833_type=101)
+    packets = [
+        event_packet(1, 0, 1, False, 160, marker=True),
+        event_packet(2, 480, 2, False, 160, marker=True),
+    ]
+    packets += [event_packet(3, 480, 2, True, 320)]
+    assert [r.event for r in extract(x, packets)] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x80",
+        b"\x80\x65\x00\x01",
+        bytes(12),
+        HEADER.pack(0x40, 101, 1, 0, 1) + bytes(4),  # RTP version 1
+        HEADER.pack(0x80, 101, 1, 0, 1) + b"\x01",  # short event payload
+        HEADER.pack(0x8F, 101, 1, 0, 1) + bytes(4),  # 15 CSRCs announced, none there
+        HEADER.pack(0x90, 101, 1, 0, 1) + b"\x00\x00\xff\xff",  # extension beyond the end
+        HEADER.pack(0xA0, 101, 1, 0, 1) + b"\x01\x00\x00\xff",  # padding beyond the end
+        HEADER.pack(0x80, 101, 1, 0, 1) + bytes([200, 0x80, 0, 160]),  # event 200
+        HEADER.pack(0x80, 55, 1, 0, 1) + bytes(160),  # unknown payload type
+    ],
+)
+def test_bad_packets_are_dropped(packet: bytes) -> None:
+    x = dtmf_extractor(rfc2833_type=101, audio_type=0)
+    assert x(packet) is None
+    # and the stream still works afterwards
+    got = extract(x, play_digits("9", {"rfc2833_type": 101}))
+    assert [r.event for r in got] == ["9"]
+
+
+def test_rtp_header_extension_csrc_and_padding_are_skipped() -> None:
+    x = dtmf_extractor(rfc2833_type=101)
+    payload = struct.pack("!BBH", 4, 0x8A, 800)
+    packet = (
+        HEADER.pack(0xB1, 0x80 | 101, 1, 0, 1)
+        + b"\x00\x00\x00\x01"  # one CSRC
+        + b"\xbe\xde\x00\x01\x00\x00\x00\x00"  # extension of one word
+        + payload
+        + b"\x00\x00\x03"  # three octets of padding
+    )
+    assert x(packet) == DTMFResult("4", 100, "rfc2833")
+
+
+def test_sequence_jumps() -> None:
+    x = dtmf_extractor(rfc2833_type=101)
+    assert extract(x, [event_packet(100, 0, 1, False, 160, marker=True)]) == []
+    # out of order (behind): dropped, as Net::SIP does
+    assert extract(x, [event_packet(90, 0, 1, True, 800)]) == []
+    # forward jump: accepted (lost packets)
+    assert extract(x, [event_packet(5000, 0, 1, True, 800)]) == [DTMFResult("1", 100, "rfc2833")]
+    # a restarted sender far behind: accepted after two packets in sequence
+    restart = [
+        event_packet(10, 9000, 2, False, 160, marker=True),
+        event_packet(11, 9000, 2, True, 320),
+    ]
+    restart.append(event_packet(12, 9000, 2, True, 320))
+    assert extract(x, restart) == [DTMFResult("2", 40, "rfc2833")]
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(4733)
+    x = dtmf_extractor(rfc2833_type=101, audio_type=0)
+    burst = rng.randbytes(64 * 1024)
+    results = [x(burst[i : i + n]) for i, n in zip(range(0, 65536, 172), [172] * 400, strict=False)]
+    results.append(x(burst))
+    # random headers with a valid version and our payload types
+    for _ in range(2000):
+        pt = rng.choice([0, 101, 8, 101 | 0x80])
+        results.append(x(bytes([0x80, pt]) + rng.randbytes(rng.randrange(0, 200))))
+    assert all(r is None or r.event in EVENTS for r in results)
+
+
+def test_64k_burst_of_events() -> None:
+    # 16384 random telephone-events (64 KiB of payload): sensible digits, at
+    # most one per packet, bounded pending results
+    rng = random.Random(2833)
+    x = dtmf_extractor(rfc2833_type=101)
+    results = []
+    for seq in range(16384):
+        payload = rng.randbytes(4)
+        results.append(x(HEADER.pack(0x80, 101, seq & 0xFFFF, rng.randrange(4) * 160, 1) + payload))
+    got = [r for r in results if r is not None]
+    assert got and all(r.event in EVENTS and r.method == "rfc2833" for r in got)
+    assert all(0 <= r.duration <= 0x1FFFE * 1000 // 8000 for r in got)
+
+
+def test_64k_inband_burst() -> None:
+    x = dtmf_extractor(audio_type=0)
+    tone = b"".join(p[12:] for p in Stream().play("6", 8300, audio_type=0))[: 64 * 1024]
+    assert x(HEADER.pack(0x80, 0, 1, 0, 1) + tone) is None
+    got = x(HEADER.pack(0x80, 0, 2, len(tone), 1) + SILENCE * 3)
+    assert got is not None and got.event == "6"
+    assert abs(got.duration - 8192) <= 20
+
+
+# ------------------------------------------------------------ in-band robustness
+
+
+def pcm_packets(samples: list[float], pt: int = 0) -> list[bytes]:
+    encode = alaw_encode if pt == 8 else ulaw_encode
+    stream, packets = Stream(), []
+    for k in range(0, len(samples) - 159, 160):
+        block = [max(-32768, min(32767, round(v))) for v in samples[k : k + 160]]
+        packets.append(stream.audio(encode(struct.pack("<160h", *block)), pt))
+    return packets
+
+
+def tones(digit: str, ms: int, dbm0: float) -> list[float]:
+    low, high = TONES[digit]
+    a = PEAK_0DBM0 * 10 ** (dbm0 / 20)
+    return [
+        a * (math.sin(2 * math.pi * low * n / 8000) + math.sin(2 * math.pi * high * n / 8000))
+        for n in range(ms * 8)
+    ]
+
+
+def noise(ms: int, dbm0: float, rng: random.Random) -> list[float]:
+    sigma = PEAK_0DBM0 / math.sqrt(2) * 10 ** (dbm0 / 20)
+    return [rng.gauss(0, sigma) for _ in range(ms * 8)]
+
+
+@pytest.mark.parametrize("pt", [0, 8])
+@pytest.mark.parametrize("snr", [20, 10, 6])
+def test_inband_with_noise(pt: int, snr: int) -> None:
+    rng = random.Random(snr)
+    signal: list[float] = noise(200, -15 - snr, rng)
+    for digit in "159#":
+        t = tones(digit, 80, -15)
+        signal += [s + n for s, n in zip(t, noise(80, -15 - snr + 3, rng), strict=True)]
+        signal += noise(80, -15 - snr, rng)
+    got = extract(dtmf_extractor(audio_type=pt), pcm_packets(signal, pt))
+    assert "".join(r.event for r in got) == "159#"
+
+
+@pytest.mark.parametrize("dbm0", [-3, -20, -30])
+def test_inband_levels(dbm0: int) -> None:
+    signal = [0.0] * 800 + tones("0", 100, dbm0) + [0.0] * 800
+    assert [r.event for r in extract(dtmf_extractor(audio_type=0), pcm_packets(signal))] == ["0"]
+
+
+def test_inband_no_false_digits() -> None:
+    rng = random.Random(7)
+    x = dtmf_extractor(audio_type=0)
+    silence = [0.0] * 8000
+    one_khz = [20000 * math.sin(2 * math.pi * 1000 * n / 8000) for n in range(16000)]
+    white = noise(2000, -10, rng)
+    # speech-like: harmonic series on a wandering pitch, formant-ish weights, breath
+    speech: list[float] = []
+    phase = 0.0
+    for _ in range(100):  # 100 syllables of 40 ms
+        f0 = rng.uniform(80, 300)
+        weights = [rng.uniform(0, 1) / (h**0.7) for h in range(1, 30)]
+        for _n in range(320):
+            phase += 2 * math.pi * f0 / 8000
+            v = sum(w * math.sin(h * phase) for h, w in enumerate(weights, 1) if h * f0 < 3800)
+            speech.append(3000 * v + rng.gauss(0, 300))
+    for signal in (silence, one_khz, white, speech):
+        assert extract(x, pcm_packets(signal)) == []
+
+
+def test_inband_lost_packet_inside_a_digit_is_bridged() -> None:
+    packets = pcm_packets([0.0] * 800 + tones("8", 200, -10) + [0.0] * 1600)
+    del packets[10]  # 20 ms lost in the middle of the tone
+    got = extract(dtmf_extractor(audio_type=0), packets)
+    assert [r.event for r in got] == ["8"]
+
+
+@pytest.mark.parametrize("size", [80, 240, 400])
+def test_inband_any_packet_size(size: int) -> None:
+    samples = [0.0] * 800 + tones("*", 100, -10) + [0.0] * 1600
+    x = dtmf_extractor(audio_type=0)
+    got = []
+    for seq, k in enumerate(range(0, len(samples) - size + 1, size)):
+        block = struct.pack(f"<{size}h", *[round(v) for v in samples[k : k + size]])
+        r = x(HEADER.pack(0x80, 0, seq, k, 1) + ulaw_encode(block))
+        if r is not None:
+            got.append(r)
+    assert [r.event for r in got] == ["*"]
+
+
+def test_inband_20ms_tone_is_not_a_digit() -> None:
+    signal = [0.0] * 800 + tones("3", 20, -10) + [0.0] * 800
+    assert extract(dtmf_extractor(audio_type=0), pcm_packets(signal)) == []
+
+
+TONES = {
+    d: (r, c)
+    for r, keys in zip((697, 770, 852, 941), ("123A", "456B", "789C", "*0#D"), strict=True)
+    for d, c in zip(keys, (1209, 1336, 1477, 1633), strict=True)
+}
+PEAK_0DBM0 = 32767 * 10 ** (-3.17 / 20)
