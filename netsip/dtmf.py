@@ -31,16 +31,17 @@ How it works:
   its digit and RTP timestamp, so the three end packets and retransmissions
   report it once, and the same digit pressed again (a new timestamp) is a new
   digit.
-* In-band detection: the G.711 payload is decoded and cut into 20 ms blocks
-  (160 samples).  For each block the power at the eight DTMF frequencies is
-  what the Goertzel algorithm computes (a single-frequency DFT), evaluated as
-  Hann-windowed dot products at the exact frequencies, which CPython runs in C.
-  A block shows a digit when the strongest row and column tone are each above
-  a minimum level, within the allowed twist of each other, clearly above the
-  other tones of their group, and together hold most of the block's energy
-  (this rejects speech, noise and single tones).  A digit needs two blocks
-  (40 ms); it ends after two blocks without it (one block of dropout is
-  bridged) or at another digit, and is then reported.
+* In-band detection: the G.711 payload is decoded and analysed in 20 ms
+  windows (160 samples) every 10 ms.  For each window the power at the eight
+  DTMF frequencies is what the Goertzel algorithm computes (a single-frequency
+  DFT), evaluated as Hann-windowed dot products at the exact frequencies,
+  which CPython runs in C.  A window shows a digit when the strongest row and
+  column tone are each above a minimum level, within the allowed twist of
+  each other, clearly above the other tones of their group, and together hold
+  most of the window's energy (this rejects speech, noise and single tones).
+  A digit needs three consecutive windows (40 ms; a 20 ms tone never
+  passes); it ends after three windows without it (two are bridged) or at
+  another digit, and is then reported.
 * Bad input never raises: short or malformed packets, other RTP versions and
   unknown payload types are dropped (logged at DEBUG); duplicate and
   out-of-order packets are dropped by sequence number as Net::SIP does.
