@@ -1,0 +1,460 @@
+"""RTP media for the simple user agent: echo and send/receive (``Net::SIP::Simple::RTP``).
+
+``media_recv_echo(output, delay)`` and ``media_send_recv(input, repeat, output)``
+return ``init_media`` callbacks: ``Call`` calls them with itself and a
+:class:`MediaArgs` once the SDP offer/answer is done, and owns the returned
+:class:`MediaSession` (``close()`` on hang-up). ``create_rtp_sockets`` is the
+port of the function of the same name in ``Net::SIP::Util``.
+
+RTP (RFC 3550 5.1): version 2, random SSRC, sequence number and timestamp;
+the timestamp advances by the samples per packet (160 for 20 ms at 8 kHz).
+On receive the padding, CSRC list and header extension are skipped.
+
+Differences from Net::SIP:
+- Sending is paced by one repeating EventLoop timer per session (every packet
+  interval); after a stall the frames that are due are sent, but at most a
+  few per tick (catch up without bursting), no threads.
+- Symmetric RTP (RFC 4961): we send from the socket we receive on. Until the
+  first valid packet arrives we send to the SDP address; the source of the
+  first valid packet is latched (peer behind NAT), packets from any other
+  source are then dropped (logged once per session).
+- Bad packets (short, wrong version, unexpected source) are dropped with a
+  rate limited log line; nothing raises out of the loop.
+- Per stream counters (packets/bytes sent and received, lost by sequence gaps).
+- Not done yet: RTCP receiver reports and BYE, WAV files, DTMF sending and
+  extraction (the :class:`DTMFRequest` queue and ``dtmf_xtract`` fields are
+  part of the interface but not consumed yet).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from netsip._log import get_logger
+from netsip.eventloop import EV_READ, EventLoop, TimerLike
+
+__all__ = [
+    "DTMFRequest",
+    "InitMedia",
+    "MediaArgs",
+    "MediaCall",
+    "MediaSession",
+    "RTPHeader",
+    "StreamStats",
+    "build_rtp",
+    "check_media_input",
+    "create_rtp_sockets",
+    "media_recv_echo",
+    "media_send_recv",
+    "parse_rtp",
+]
+
+log = get_logger(__name__)
+
+#: ports tried by create_rtp_sockets (Net::SIP uses any free even port)
+DEFAULT_PORT_RANGE = (20000, 40000)
+#: at most this many frames are sent in one timer tick when catching up
+MAX_CATCHUP = 3
+
+Pair = tuple[socket.socket, socket.socket]
+Addr = tuple[str, int]
+#: output: a file name or callable(payload, seq, timestamp, channel)
+Output = str | Callable[[bytes, int, int, int], None] | None
+#: input: a file name or callable(seq, channel) -> payload or None when done
+Input = str | Callable[[int, int], "bytes | None"]
+
+
+def create_rtp_sockets(
+    laddr: str,
+    count: int = 1,
+    *,
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+    tries: int = 100,
+) -> tuple[int, list[Pair]]:
+    """``count`` consecutive (RTP even, RTCP = RTP+1) UDP socket pairs on ``laddr``.
+
+    Returns the first RTP port and the pairs; raises OSError when no free
+    range was found in ``tries`` attempts.
+    """
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    fam = socket.AF_INET6 if ":" in laddr else socket.AF_INET
+    lo, hi = port_range
+    for _ in range(tries):
+        base = random.randrange(lo, hi - 2 * count) & ~1
+        socks: list[socket.socket] = []
+        try:
+            for i in range(2 * count):
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((laddr, base + i))
+                s.setblocking(False)
+        except OSError as e:
+            for s in socks:
+                s.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return base, [(socks[2 * i], socks[2 * i + 1]) for i in range(count)]
+    raise OSError(errno.EADDRINUSE, f"no free RTP port range on {laddr}")
+
+
+@dataclass(slots=True)
+class DTMFRequest:
+    """DTMF events to send (``Call.dtmf``), consumed by the sender."""
+
+    events: str
+    duration: int = 100
+    methods: frozenset[str] = frozenset({"rfc2833", "audio"})
+    callback: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class MediaArgs:
+    """What ``Call`` hands to ``init_media`` (Perl's ``$args``)."""
+
+    loop: EventLoop
+    lsocks: list[Pair | None]
+    raddr: list[tuple[Addr, Addr | None] | None]
+    rtp_param: tuple[int, int, float] = (0, 160, 0.02)
+    ssocks: list[Pair | None] | None = None
+    dtmf_events: collections.deque[DTMFRequest] = field(default_factory=collections.deque)
+    dtmf_xtract: list[tuple[int | None, int | None] | None] = field(default_factory=list)
+    cb_dtmf: Callable[[str, int], None] | None = None
+    cb_rtp_done: Callable[[], None] | None = None
+
+
+class MediaCall(Protocol):
+    """The part of ``Call`` the media callbacks use."""
+
+    def bye(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RTPHeader:
+    """The fields of an RTP header (RFC 3550 5.1) and where the payload is."""
+
+    payload_type: int
+    marker: bool
+    seq: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def build_rtp(
+    pt: int, seq: int, timestamp: int, ssrc: int, payload: bytes, *, marker: bool = False
+) -> bytes:
+    """An RTP packet, version 2, no CSRC/extension/padding (RFC 3550 5.1)."""
+    return (
+        struct.pack(
+            "!BBHII",
+            0x80,
+            (0x80 if marker else 0) | (pt & 0x7F),
+            seq & 0xFFFF,
+            timestamp & 0xFFFFFFFF,
+            ssrc & 0xFFFFFFFF,
+        )
+        + payload
+    )
+
+
+def parse_rtp(data: bytes) -> RTPHeader | None:
+    """Parse an RTP packet; None if it is not valid RTP version 2 (RFC 3550 5.1, A.1)."""
+    if len(data) < 12:
+        return None
+    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
+    if b0 >> 6 != 2:
+        return None
+    end = len(data)
+    if b0 & 0x20:  # padding: the last octet counts the padding octets
+        pad = data[-1]
+        end -= pad
+    off = 12 + 4 * (b0 & 0x0F)  # CSRC list
+    if b0 & 0x10:  # header extension (RFC 3550 5.3.1)
+        if off + 4 > end:
+            return None
+        (words,) = struct.unpack_from("!H", data, off + 2)
+        off += 4 + 4 * words
+    if off > end or end > len(data):
+        return None
+    return RTPHeader(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, data[off:end])
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters of one stream (m-line)."""
+
+    sent_packets: int = 0
+    sent_bytes: int = 0
+    recv_packets: int = 0
+    recv_bytes: int = 0
+    lost: int = 0
+    dropped: int = 0
+
+
+class _Stream:
+    __slots__ = (
+        "channel",
+        "echo_buf",
+        "last_seq",
+        "latched",
+        "raddr",
+        "rtp",
+        "send_sock",
+        "seq",
+        "ssrc",
+        "stats",
+        "timestamp",
+        "warned",
+    )
+
+    def __init__(
+        self, channel: int, rtp: socket.socket, send_sock: socket.socket, raddr: Addr | None
+    ) -> None:
+        self.channel = channel
+        self.rtp = rtp
+        self.send_sock = send_sock
+        self.raddr = raddr
+        self.latched = False
+        self.warned = False
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.timestamp = random.getrandbits(32)
+        self.last_seq: int | None = None
+        self.stats = StreamStats()
+        self.echo_buf: collections.deque[bytes] = collections.deque()
+
+    def send(self, pt: int, payload: bytes, samples: int) -> None:
+        if self.raddr is None:
+            return
+        pkt = build_rtp(pt, self.seq, self.timestamp, self.ssrc, payload)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        try:
+            self.send_sock.sendto(pkt, self.raddr)
+        except OSError as e:
+            log.info("rtp: send to %s failed: %s", self.raddr, e)
+            return
+        self.stats.sent_packets += 1
+        self.stats.sent_bytes += len(pkt)
+
+
+class MediaSession:
+    """The running media of one call; ``close()`` releases everything."""
+
+    def __init__(
+        self,
+        call: MediaCall,
+        args: MediaArgs,
+        *,
+        echo_delay: int | None = None,
+        output: Output = None,
+        input: Input | None = None,
+        repeat: int = 1,
+    ) -> None:
+        self.loop = args.loop
+        self.args = args
+        self.call = call
+        self.pt, self.samples, self.interval = args.rtp_param
+        self.streams: list[_Stream] = []
+        self.closed = False
+        self._echo_delay = echo_delay
+        self._out_file: IO[bytes] | None = None
+        self._out_cb: Callable[[bytes, int, int, int], None] | None = None
+        if isinstance(output, str):
+            self._out_file = open(output, "wb")  # noqa: SIM115 - closed in close()
+        elif output is not None:
+            self._out_cb = output
+        self._input = input
+        self._repeat = repeat
+        self._in_data = b""
+        self._in_pos = 0
+        if isinstance(input, str):
+            check_media_input(input)
+            with open(input, "rb") as f:
+                self._in_data = f.read()
+        self._timer: TimerLike | None = None
+        self._next_send = self.loop.looptime
+        ssocks = args.ssocks if args.ssocks is not None else args.lsocks
+        self._fds: list[socket.socket] = []
+        for i, pair in enumerate(args.lsocks):
+            if pair is None:
+                continue
+            spair = ssocks[i] if i < len(ssocks) else None
+            ra = args.raddr[i] if i < len(args.raddr) else None
+            st = _Stream(i, pair[0], (spair or pair)[0], ra[0] if ra else None)
+            self.streams.append(st)
+            self.loop.add_fd(pair[0], EV_READ, self._reader(st), f"rtp{i}")
+            self._fds.append(pair[0])
+        if input is not None:
+            self._timer = self.loop.add_timer(0, self._tick, self.interval, "rtp-send")
+
+    # -- statistics
+    def stats(self) -> list[StreamStats]:
+        """Counters per stream (m-lines that were not rejected)."""
+        return [s.stats for s in self.streams]
+
+    # -- receiving
+    def _reader(self, st: _Stream) -> Callable[[object], None]:
+        return lambda _fd: self._receive(st)
+
+    def _receive(self, st: _Stream) -> None:
+        for _ in range(64):  # bounded: the loop is level triggered
+            try:
+                data, src = st.rtp.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.info("rtp: receive failed: %s", e)
+                return
+            self._packet(st, data, (src[0], src[1]))
+
+    def _packet(self, st: _Stream, data: bytes, src: Addr) -> None:
+        hdr = parse_rtp(data)
+        if hdr is None:
+            st.stats.dropped += 1
+            log.info("rtp: dropped invalid packet (%d bytes) from %s", len(data), src)
+            return
+        # symmetric RTP (RFC 4961): latch to the first valid source
+        if not st.latched:
+            st.latched = True
+            if st.raddr is not None:
+                st.raddr = src
+        elif st.raddr is not None and src != st.raddr:
+            st.stats.dropped += 1
+            if not st.warned:
+                st.warned = True
+                log.warning("rtp: ignoring packets from %s, latched to %s", src, st.raddr)
+            return
+        if st.last_seq is not None:
+            gap = (hdr.seq - st.last_seq) & 0xFFFF
+            if 1 < gap < 3000:  # RFC 3550 A.1 MAX_DROPOUT
+                st.stats.lost += gap - 1
+            elif gap == 0 or gap >= 0x10000 - 100:
+                st.stats.dropped += 1  # duplicate or late
+                return
+        st.last_seq = hdr.seq
+        st.stats.recv_packets += 1
+        st.stats.recv_bytes += len(data)
+        self._write(hdr.payload, hdr.seq, hdr.timestamp, st.channel)
+        if self._echo_delay is not None and self._echo_delay >= 0:
+            st.echo_buf.append(hdr.payload)
+            while len(st.echo_buf) > self._echo_delay:
+                st.send(hdr.payload_type, st.echo_buf.popleft(), self.samples)
+
+    def _write(self, payload: bytes, seq: int, ts: int, channel: int) -> None:
+        if self._out_file is not None:
+            self._out_file.write(payload)
+        elif self._out_cb is not None:
+            self._out_cb(payload, seq, ts, channel)
+
+    # -- sending
+    def _frame(self, st: _Stream) -> bytes | None:
+        if callable(self._input):
+            return self._input(st.seq, st.channel)
+        size = self.samples
+        if self._in_pos >= len(self._in_data):
+            self._repeat -= 1
+            if self._repeat <= 0 or not self._in_data:
+                return None
+            self._in_pos = 0
+        buf = self._in_data[self._in_pos : self._in_pos + size]
+        return buf
+
+    def _tick(self, _timer: object = None) -> None:
+        if self.closed:
+            return
+        now = self.loop.looptime
+        self._next_send = max(self._next_send, now - MAX_CATCHUP * self.interval)
+        sent = 0
+        while self._next_send <= now + 1e-9 and sent < MAX_CATCHUP:
+            self._next_send += self.interval
+            sent += 1
+            done = False
+            for st in self.streams:
+                payload = self._frame(st)
+                if payload is None:
+                    done = True
+                    break
+                st.send(self.pt, payload, self.samples)
+            if not callable(self._input):
+                self._in_pos += self.samples
+            if done:
+                self._finished()
+                return
+
+    def _finished(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cb = self.args.cb_rtp_done
+        if cb is not None:
+            cb()
+        else:
+            self.call.bye()
+
+    def close(self) -> None:
+        """Unregister the sockets, cancel the timer, close the output; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for s in self._fds:
+            self.loop.del_fd(s)
+        self._fds = []
+        if self._out_file is not None:
+            self._out_file.close()
+            self._out_file = None
+
+
+InitMedia = Callable[[MediaCall, MediaArgs], MediaSession]
+
+
+def check_media_input(input: Input) -> None:
+    """Raise ValueError if ``input`` is a file name that cannot be sent."""
+    if callable(input):
+        return
+    try:
+        with open(input, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise ValueError(f"media input {input!r}: {e.strerror or e}") from e
+    if not head:
+        raise ValueError(f"media input {input!r} is empty")
+
+
+def media_recv_echo(output: Output = None, delay: int = 0) -> InitMedia:
+    """Echo received packets after ``delay`` packets (< 0: receive only).
+
+    Received payloads are written to ``output`` (file name or callable).
+    """
+
+    def init(call: MediaCall, args: MediaArgs) -> MediaSession:
+        return MediaSession(call, args, echo_delay=delay, output=output)
+
+    return init
+
+
+def media_send_recv(input: Input, repeat: int = 1, output: Output = None) -> InitMedia:
+    """Send frames from ``input`` (raw G.711 file or callable) ``repeat`` times.
+
+    Received payloads are written to ``output``; when the input is exhausted
+    ``cb_rtp_done`` (default ``call.bye()``) is called.
+    """
+    if isinstance(input, str):
+        check_media_input(input)
+
+    def init(call: MediaCall, args: MediaArgs) -> MediaSession:
+        return MediaSession(call, args, echo_delay=-1, output=output, input=input, repeat=repeat)
+
+    return init

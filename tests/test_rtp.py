@@ -1,0 +1,223 @@
+"""netsip.rtp over real loopback UDP sockets, the loop driven by a FakeClock."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netsip.eventloop import EventLoop
+from netsip.rtp import (
+    MediaArgs,
+    MediaSession,
+    build_rtp,
+    check_media_input,
+    create_rtp_sockets,
+    media_recv_echo,
+    media_send_recv,
+    parse_rtp,
+)
+from netsip.testing import FakeClock, advance, datagrams, open_fds, udp_socket
+
+
+class _Call:
+    def __init__(self) -> None:
+        self.byes = 0
+
+    def bye(self) -> None:
+        self.byes += 1
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def loop(clock: FakeClock) -> Iterator[EventLoop]:
+    lp = EventLoop(clock=clock)
+    yield lp
+    lp.close()
+
+
+def _addr(s: socket.socket) -> tuple[str, int]:
+    a = s.getsockname()
+    return (a[0], a[1])
+
+
+def _close(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_create_rtp_sockets_pairs_even_odd() -> None:
+    port, pairs = create_rtp_sockets("127.0.0.1", 3)
+    try:
+        assert port % 2 == 0
+        ports = [p for pair in pairs for p in (_addr(pair[0])[1], _addr(pair[1])[1])]
+        assert ports == list(range(port, port + 6))
+    finally:
+        _close(pairs)
+
+
+def test_build_parse_roundtrip_and_header_features() -> None:
+    pkt = build_rtp(8, 65535, 0xFFFFFFFF, 1234, b"abc", marker=True)
+    h = parse_rtp(pkt)
+    assert h is not None
+    assert (h.payload_type, h.marker, h.seq, h.timestamp, h.ssrc, h.payload) == (
+        8,
+        True,
+        65535,
+        0xFFFFFFFF,
+        1234,
+        b"abc",
+    )
+    # 2 CSRCs, an extension of 1 word, 2 octets padding
+    b0 = 0x80 | 0x20 | 0x10 | 2
+    raw = struct.pack("!BBHII", b0, 0, 1, 2, 3) + b"C" * 8 + struct.pack("!HH", 0xBEDE, 1) + b"XXXX"
+    raw += b"pay" + b"\x00\x02"
+    h = parse_rtp(raw)
+    assert h is not None and h.payload == b"pay"
+    assert parse_rtp(b"\x80" * 11) is None
+    assert parse_rtp(b"\x40" + b"\x00" * 20) is None  # version 1
+    assert parse_rtp(struct.pack("!BBHII", 0x80 | 0x10, 0, 1, 2, 3)) is None  # truncated ext
+
+
+def _session_pair(
+    loop: EventLoop,
+) -> tuple[list[tuple[socket.socket, socket.socket]], socket.socket, MediaArgs]:
+    _, pairs = create_rtp_sockets("127.0.0.1")
+    peer = udp_socket()
+    rtcp = udp_socket()
+    args = MediaArgs(
+        loop=loop,
+        lsocks=[pairs[0]],
+        raddr=[(_addr(peer), _addr(rtcp))],
+    )
+    rtcp.close()
+    return pairs, peer, args
+
+
+def test_recv_echo_echoes_and_writes_output(loop: EventLoop, clock: FakeClock) -> None:
+    pairs, peer, args = _session_pair(loop)
+    got: list[tuple[bytes, int, int, int]] = []
+    sess = media_recv_echo(lambda p, s, t, c: got.append((p, s, t, c)), delay=1)(_Call(), args)
+    try:
+        dst = _addr(pairs[0][0])
+        for i in range(3):
+            peer.sendto(build_rtp(0, 100 + i, 160 * i, 99, bytes([i]) * 160), dst)
+        advance(loop, clock, 0.25)
+        assert [g[1] for g in got] == [100, 101, 102]
+        back = [parse_rtp(d) for d in datagrams(peer)]
+        assert [h.payload[:1] for h in back if h] == [b"\x00", b"\x01"]  # one packet delay
+        seqs = [h.seq for h in back if h]
+        assert seqs[1] == (seqs[0] + 1) & 0xFFFF
+        assert sess.stats()[0].recv_packets == 3 and sess.stats()[0].sent_packets == 2
+    finally:
+        sess.close()
+        sess.close()
+        _close(pairs)
+        peer.close()
+
+
+def test_recv_echo_bad_input_and_latching(
+    loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pairs, peer, args = _session_pair(loop)
+    other = udp_socket()
+    got: list[int] = []
+    sess = media_recv_echo(lambda p, s, t, c: got.append(s), delay=-1)(_Call(), args)
+    try:
+        dst = _addr(pairs[0][0])
+        peer.sendto(b"short", dst)
+        peer.sendto(b"\x40" * 40, dst)
+        peer.sendto(build_rtp(0, 65534, 0, 1, b"a"), dst)
+        peer.sendto(build_rtp(0, 65535, 0, 1, b"a"), dst)
+        peer.sendto(build_rtp(0, 2, 0, 1, b"a"), dst)  # wrap, 2 lost
+        advance(loop, clock, 0.1)
+        other.sendto(build_rtp(0, 3, 0, 1, b"a"), dst)
+        other.sendto(build_rtp(0, 4, 0, 1, b"a"), dst)
+        advance(loop, clock, 0.1)
+        peer.sendto(build_rtp(0, 3, 0, 1, b"a"), dst)
+        advance(loop, clock, 0.1)
+        assert got == [65534, 65535, 2, 3]
+        st = sess.stats()[0]
+        assert st.lost == 2 and st.dropped == 4
+        assert sum("ignoring packets from" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
+        other.close()
+
+
+def test_send_recv_file_paced_repeat_and_done(
+    loop: EventLoop, clock: FakeClock, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.ulaw"
+    src.write_bytes(bytes(range(160)) * 3)
+    out = tmp_path / "out.raw"
+    pairs, peer, args = _session_pair(loop)
+    call = _Call()
+    sess = media_send_recv(str(src), repeat=2, output=str(out))(call, args)
+    try:
+        advance(loop, clock, 0.05)
+        first = datagrams(peer)
+        assert 2 <= len(first) <= 4  # paced, 20 ms each
+        advance(loop, clock, 0.5)
+        pkts = [parse_rtp(d) for d in first + datagrams(peer)]
+        hs = [h for h in pkts if h is not None]
+        assert len(hs) == 6 and call.byes == 1
+        assert all(
+            (b.seq - a.seq) & 0xFFFF == 1 and (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160
+            for a, b in itertools.pairwise(hs)
+        )
+        peer.sendto(build_rtp(0, 1, 0, 5, b"xyz"), _addr(pairs[0][0]))
+        advance(loop, clock, 0.1)
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
+    assert out.read_bytes() == b"xyz"
+
+
+def test_send_recv_stall_catches_up_without_burst(loop: EventLoop, clock: FakeClock) -> None:
+    pairs, peer, args = _session_pair(loop)
+    done: list[bool] = []
+    args.cb_rtp_done = lambda: done.append(True)
+    sess = media_send_recv(lambda seq, ch: b"\xff" * 160)(_Call(), args)
+    try:
+        loop.loop(0)
+        datagrams(peer)
+        clock.advance(2.0)  # a stall of 100 frames
+        loop.loop(0)
+        assert 1 <= len(datagrams(peer)) <= 3
+        assert not done
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
+
+
+def test_check_media_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nope"):
+        check_media_input(str(tmp_path / "nope"))
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        media_send_recv(str(tmp_path / "empty"))
+
+
+def test_no_leak_200_sessions(loop: EventLoop) -> None:
+    fds, timers = open_fds(), loop.timer_count()
+    for _ in range(200):
+        _, pairs = create_rtp_sockets("127.0.0.1")
+        args = MediaArgs(loop=loop, lsocks=[pairs[0]], raddr=[(("127.0.0.1", 9), None)])
+        sess: MediaSession = media_send_recv(lambda s, c: b"\x00" * 160)(_Call(), args)
+        sess.close()
+        _close(pairs)
+    assert open_fds() == fds and loop.timer_count() == timers and loop.fd_count() == 0
