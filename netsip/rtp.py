@@ -21,7 +21,9 @@ Differences from Net::SIP:
 - Bad packets (short, wrong version, unexpected source) are dropped with a
   rate limited log line; nothing raises out of the loop.
 - Per stream counters (packets/bytes sent and received, lost by sequence gaps).
-- Not done yet: RTCP receiver reports and BYE, WAV files, DTMF sending and
+- RTCP (Net::SIP has none): receiver reports every 5 s and BYE on close,
+  see :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged.
+- Not done yet: WAV files, DTMF sending and
   extraction (the :class:`DTMFRequest` queue and ``dtmf_xtract`` fields are
   part of the interface but not consumed yet).
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from netsip._log import get_logger
+from netsip._rtcp import ReceptionStats, build_bye, build_rr, parse_rtcp
 from netsip.eventloop import EV_READ, EventLoop, TimerLike
 
 __all__ = [
@@ -60,6 +63,8 @@ log = get_logger(__name__)
 
 #: ports tried by create_rtp_sockets (Net::SIP uses any free even port)
 DEFAULT_PORT_RANGE = (20000, 40000)
+#: RTCP report interval (RFC 3550 6.2: 5 s minimum)
+RTCP_INTERVAL = 5.0
 #: at most this many frames are sent in one timer tick when catching up
 MAX_CATCHUP = 3
 
@@ -207,7 +212,10 @@ class _Stream:
         "last_seq",
         "latched",
         "raddr",
+        "rtcp",
+        "rtcp_raddr",
         "rtp",
+        "rx",
         "send_sock",
         "seq",
         "ssrc",
@@ -231,6 +239,17 @@ class _Stream:
         self.last_seq: int | None = None
         self.stats = StreamStats()
         self.echo_buf: collections.deque[bytes] = collections.deque()
+        self.rtcp: socket.socket | None = None
+        self.rtcp_raddr: Addr | None = None
+        self.rx = ReceptionStats()
+
+    def send_rtcp(self, data: bytes) -> None:
+        if self.rtcp is None or self.rtcp_raddr is None:
+            return
+        try:
+            self.rtcp.sendto(data, self.rtcp_raddr)
+        except OSError as e:
+            log.info("rtcp: send to %s failed: %s", self.rtcp_raddr, e)
 
     def send(self, pt: int, payload: bytes, samples: int) -> None:
         if self.raddr is None:
@@ -291,9 +310,15 @@ class MediaSession:
             spair = ssocks[i] if i < len(ssocks) else None
             ra = args.raddr[i] if i < len(args.raddr) else None
             st = _Stream(i, pair[0], (spair or pair)[0], ra[0] if ra else None)
+            st.rtcp = (spair or pair)[1]
+            st.rtcp_raddr = ra[1] if ra else None
             self.streams.append(st)
             self.loop.add_fd(pair[0], EV_READ, self._reader(st), f"rtp{i}")
-            self._fds.append(pair[0])
+            self.loop.add_fd(pair[1], EV_READ, self._rtcp_reader(pair[1]), f"rtcp{i}")
+            self._fds += [pair[0], pair[1]]
+        self._rtcp_timer: TimerLike | None = self.loop.add_timer(
+            RTCP_INTERVAL, self._report, RTCP_INTERVAL, "rtcp-rr"
+        )
         if input is not None:
             self._timer = self.loop.add_timer(0, self._tick, self.interval, "rtp-send")
 
@@ -305,6 +330,26 @@ class MediaSession:
     # -- receiving
     def _reader(self, st: _Stream) -> Callable[[object], None]:
         return lambda _fd: self._receive(st)
+
+    def _rtcp_reader(self, sock: socket.socket) -> Callable[[object], None]:
+        return lambda _fd: self._receive_rtcp(sock)
+
+    def _receive_rtcp(self, sock: socket.socket) -> None:
+        for _ in range(16):
+            try:
+                data, src = sock.recvfrom(65536)
+            except OSError:
+                return
+            parsed = parse_rtcp(data)
+            if parsed is None:
+                log.info("rtcp: dropped invalid packet (%d bytes) from %s", len(data), src[:2])
+            else:
+                log.debug("rtcp from %s: %s", src[:2], parsed)
+
+    def _report(self, _timer: object = None) -> None:
+        """Receiver report on each stream (RFC 3550 6.4.2)."""
+        for st in self.streams:
+            st.send_rtcp(build_rr(st.ssrc, st.rx if st.rx.base_seq is not None else None))
 
     def _receive(self, st: _Stream) -> None:
         for _ in range(64):  # bounded: the loop is level triggered
@@ -342,6 +387,7 @@ class MediaSession:
                 st.stats.dropped += 1  # duplicate or late
                 return
         st.last_seq = hdr.seq
+        st.rx.update(hdr.seq, hdr.timestamp, hdr.ssrc, self.loop.looptime)
         st.stats.recv_packets += 1
         st.stats.recv_bytes += len(data)
         self._write(hdr.payload, hdr.seq, hdr.timestamp, st.channel)
@@ -409,6 +455,11 @@ class MediaSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+            self._rtcp_timer = None
+        for st in self.streams:
+            st.send_rtcp(build_bye(st.ssrc))  # RFC 3550 6.6
         for s in self._fds:
             self.loop.del_fd(s)
         self._fds = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import struct
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from netsip._log import FILTER
+from netsip._rtcp import parse_rtcp
 from netsip.eventloop import EventLoop
 from netsip.rtp import (
     MediaArgs,
@@ -30,6 +33,12 @@ class _Call:
 
     def bye(self) -> None:
         self.byes += 1
+
+
+@pytest.fixture(autouse=True)
+def _logs(caplog: pytest.LogCaptureFixture) -> None:
+    FILTER.reset()
+    caplog.set_level(logging.INFO, "netsip.rtp")
 
 
 @pytest.fixture
@@ -221,3 +230,33 @@ def test_no_leak_200_sessions(loop: EventLoop) -> None:
         sess.close()
         _close(pairs)
     assert open_fds() == fds and loop.timer_count() == timers and loop.fd_count() == 0
+
+
+def test_rtcp_receiver_report_bye_and_garbage(
+    loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, pairs = create_rtp_sockets("127.0.0.1")
+    peer, peer_rtcp = udp_socket(), udp_socket()
+    args = MediaArgs(loop=loop, lsocks=[pairs[0]], raddr=[(_addr(peer), _addr(peer_rtcp))])
+    sess = media_recv_echo(delay=-1)(_Call(), args)
+    try:
+        for seq in (10, 11, 14):  # 12, 13 lost
+            peer.sendto(build_rtp(0, seq, seq * 160, 77, b"x" * 160), _addr(pairs[0][0]))
+        peer_rtcp.sendto(b"\xff garbage", _addr(pairs[0][1]))
+        peer_rtcp.sendto(b"\x80\xc9\x00\x09", _addr(pairs[0][1]))  # length beyond the data
+        advance(loop, clock, 5.5)
+        rr = datagrams(peer_rtcp)
+        assert len(rr) == 1
+        assert parse_rtcp(rr[0]) == [(201, sess.streams[0].ssrc)]
+        ssrc, lost_word, highest, _jitter = struct.unpack_from("!IIII", rr[0], 8)
+        assert ssrc == 77 and highest == 14
+        assert lost_word & 0xFFFFFF == 2 and lost_word >> 24 == (2 << 8) // 5
+        assert sum("rtcp: dropped invalid" in r.getMessage() for r in caplog.records) == 2
+        sess.close()
+        bye = datagrams(peer_rtcp)
+        assert len(bye) == 1 and (203, sess.streams[0].ssrc) in (parse_rtcp(bye[0]) or [])
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
+        peer_rtcp.close()
