@@ -23,7 +23,9 @@ Differences from Net::SIP:
 - Per stream counters (packets/bytes sent and received, lost by sequence gaps).
 - RTCP (Net::SIP has none): receiver reports every 5 s and BYE on close,
   see :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged.
-- Not done yet: WAV files, DTMF sending and
+- WAV input (mu-law, A-law; PCM16 8 kHz mono once ``netsip._g711`` is
+  wired in: ``_PCM_ENCODER``) and WAV output, see :mod:`netsip._wav`.
+- Not done yet: DTMF sending and
   extraction (the :class:`DTMFRequest` queue and ``dtmf_xtract`` fields are
   part of the interface but not consumed yet).
 """
@@ -41,6 +43,7 @@ from typing import IO, Protocol
 
 from netsip._log import get_logger
 from netsip._rtcp import ReceptionStats, build_bye, build_rr, parse_rtcp
+from netsip._wav import Encoder, WavWriter, read_media
 from netsip.eventloop import EV_READ, EventLoop, TimerLike
 
 __all__ = [
@@ -60,6 +63,10 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+#: the PCM16 -> G.711 encoder for WAV input; None until netsip._g711 is
+#: merged (then: ``lambda pt, pcm: (alaw_encode if pt == 8 else ulaw_encode)(pcm)``)
+_PCM_ENCODER: Encoder | None = None
 
 #: ports tried by create_rtp_sockets (Net::SIP uses any free even port)
 DEFAULT_PORT_RANGE = (20000, 40000)
@@ -286,9 +293,11 @@ class MediaSession:
         self.streams: list[_Stream] = []
         self.closed = False
         self._echo_delay = echo_delay
-        self._out_file: IO[bytes] | None = None
+        self._out_file: IO[bytes] | WavWriter | None = None
         self._out_cb: Callable[[bytes, int, int, int], None] | None = None
-        if isinstance(output, str):
+        if isinstance(output, str) and output.lower().endswith(".wav"):
+            self._out_file = WavWriter(output, self.pt)
+        elif isinstance(output, str):
             self._out_file = open(output, "wb")  # noqa: SIM115 - closed in close()
         elif output is not None:
             self._out_cb = output
@@ -299,7 +308,7 @@ class MediaSession:
         if isinstance(input, str):
             check_media_input(input)
             with open(input, "rb") as f:
-                self._in_data = f.read()
+                self._in_data = read_media(f.read(), input, self.pt, _PCM_ENCODER)
         self._timer: TimerLike | None = None
         self._next_send = self.loop.looptime
         ssocks = args.ssocks if args.ssocks is not None else args.lsocks
@@ -482,6 +491,9 @@ def check_media_input(input: Input) -> None:
         raise ValueError(f"media input {input!r}: {e.strerror or e}") from e
     if not head:
         raise ValueError(f"media input {input!r} is empty")
+    if head.startswith(b"RIFF"):
+        with open(input, "rb") as f:
+            read_media(f.read(), input, 0, _PCM_ENCODER)
 
 
 def media_recv_echo(output: Output = None, delay: int = 0) -> InitMedia:

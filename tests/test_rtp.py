@@ -260,3 +260,60 @@ def test_rtcp_receiver_report_bye_and_garbage(
         _close(pairs)
         peer.close()
         peer_rtcp.close()
+
+
+def _wav(tag: int, body: bytes, rate: int = 8000, bits: int = 8) -> bytes:
+    fmt = struct.pack("<HHIIHH", tag, 1, rate, rate, 1, bits)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(body))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(body))
+        + body
+    )
+
+
+def test_wav_input_passthrough_and_wav_output(
+    loop: EventLoop, clock: FakeClock, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.wav"
+    src.write_bytes(_wav(7, b"\x11" * 320))
+    out = tmp_path / "out.wav"
+    pairs, peer, args = _session_pair(loop)
+    sess = media_send_recv(str(src), output=str(out))(_Call(), args)
+    try:
+        advance(loop, clock, 0.2)
+        hs = [parse_rtp(d) for d in datagrams(peer)]
+        assert [h.payload for h in hs if h] == [b"\x11" * 160] * 2
+        peer.sendto(build_rtp(0, 1, 0, 5, b"\x22" * 160), _addr(pairs[0][0]))
+        advance(loop, clock, 0.1)
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
+    assert out.read_bytes() == _wav(7, b"\x22" * 160)
+
+
+def test_bad_wav_rejected(tmp_path: Path) -> None:
+    stereo = tmp_path / "s.wav"
+    stereo.write_bytes(_wav(7, b"\x00" * 10, rate=16000))
+    with pytest.raises(ValueError, match="8 kHz mono"):
+        check_media_input(str(stereo))
+    odd = tmp_path / "o.wav"
+    odd.write_bytes(_wav(85, b"\x00" * 10))
+    with pytest.raises(ValueError, match="unsupported WAV format"):
+        media_send_recv(str(odd))
+    junk = tmp_path / "j.wav"
+    junk.write_bytes(b"RIFF\x00\x00\x00\x00XXXX")
+    with pytest.raises(ValueError, match="not WAVE"):
+        check_media_input(str(junk))
+
+
+def test_pcm_wav_without_encoder_is_a_clear_error(tmp_path: Path) -> None:
+    pcm = tmp_path / "p.wav"
+    pcm.write_bytes(_wav(1, b"\x00\x00" * 10, bits=16))
+    with pytest.raises(ValueError, match=r"G\.711 encoder"):
+        check_media_input(str(pcm))
