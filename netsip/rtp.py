@@ -25,9 +25,11 @@ Differences from Net::SIP:
   see :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged.
 - WAV input (mu-law, A-law; PCM16 8 kHz mono once ``netsip._g711`` is
   wired in: ``_PCM_ENCODER``) and WAV output, see :mod:`netsip._wav`.
-- Not done yet: DTMF sending and
-  extraction (the :class:`DTMFRequest` queue and ``dtmf_xtract`` fields are
-  part of the interface but not consumed yet).
+- DTMF sending/extraction run through ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR``
+  (to be set to netsip.dtmf's functions once it is merged); while they are
+  None the :class:`DTMFRequest` queue and ``dtmf_xtract`` are not consumed.
+  A DTMF slot replaces the audio frame of the first stream (RFC 4733 on the
+  negotiated telephone-event type, else in-band).
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ log = get_logger(__name__)
 #: the PCM16 -> G.711 encoder for WAV input; None until netsip._g711 is
 #: merged (then: ``lambda pt, pcm: (alaw_encode if pt == 8 else ulaw_encode)(pcm)``)
 _PCM_ENCODER: Encoder | None = None
+
+#: (event, duration_ms, *, rfc2833_type, audio_type) -> gen(seq, ts, ssrc) -> packets;
+#: netsip.dtmf.dtmf_generator once merged
+DTMFGenerator = Callable[..., Callable[[int, int, int], list[bytes]]]
+#: (*, rfc2833_type, audio_type) -> x(packet, time) -> (event, ms, method) | None
+DTMFExtractor = Callable[..., Callable[[bytes, "float | None"], "tuple[str, int, str] | None"]]
+_DTMF_GENERATOR: DTMFGenerator | None = None
+_DTMF_EXTRACTOR: DTMFExtractor | None = None
 
 #: ports tried by create_rtp_sockets (Net::SIP uses any free even port)
 DEFAULT_PORT_RANGE = (20000, 40000)
@@ -215,6 +225,7 @@ class StreamStats:
 class _Stream:
     __slots__ = (
         "channel",
+        "dtmf_x",
         "echo_buf",
         "last_seq",
         "latched",
@@ -249,6 +260,7 @@ class _Stream:
         self.rtcp: socket.socket | None = None
         self.rtcp_raddr: Addr | None = None
         self.rx = ReceptionStats()
+        self.dtmf_x: Callable[[bytes, float | None], tuple[str, int, str] | None] | None = None
 
     def send_rtcp(self, data: bytes) -> None:
         if self.rtcp is None or self.rtcp_raddr is None:
@@ -310,6 +322,9 @@ class MediaSession:
             with open(input, "rb") as f:
                 self._in_data = read_media(f.read(), input, self.pt, _PCM_ENCODER)
         self._timer: TimerLike | None = None
+        self._dtmf_gen: Callable[[int, int, int], list[bytes]] | None = None
+        self._dtmf_req: DTMFRequest | None = None
+        self._dtmf_left = ""
         self._next_send = self.loop.looptime
         ssocks = args.ssocks if args.ssocks is not None else args.lsocks
         self._fds: list[socket.socket] = []
@@ -319,6 +334,9 @@ class MediaSession:
             spair = ssocks[i] if i < len(ssocks) else None
             ra = args.raddr[i] if i < len(args.raddr) else None
             st = _Stream(i, pair[0], (spair or pair)[0], ra[0] if ra else None)
+            xt = args.dtmf_xtract[i] if i < len(args.dtmf_xtract) else None
+            if xt is not None and _DTMF_EXTRACTOR is not None and args.cb_dtmf is not None:
+                st.dtmf_x = _DTMF_EXTRACTOR(rfc2833_type=xt[0], audio_type=xt[1])
             st.rtcp = (spair or pair)[1]
             st.rtcp_raddr = ra[1] if ra else None
             self.streams.append(st)
@@ -399,6 +417,13 @@ class MediaSession:
         st.rx.update(hdr.seq, hdr.timestamp, hdr.ssrc, self.loop.looptime)
         st.stats.recv_packets += 1
         st.stats.recv_bytes += len(data)
+        if st.dtmf_x is not None and self.args.cb_dtmf is not None:
+            found = st.dtmf_x(data, self.loop.looptime)
+            if found is not None:
+                self.args.cb_dtmf(found[0], found[1])
+            xt = self.args.dtmf_xtract[st.channel]
+            if xt is not None and hdr.payload_type == xt[0]:
+                return  # telephone-event, not audio
         self._write(hdr.payload, hdr.seq, hdr.timestamp, st.channel)
         if self._echo_delay is not None and self._echo_delay >= 0:
             st.echo_buf.append(hdr.payload)
@@ -433,6 +458,8 @@ class MediaSession:
         while self._next_send <= now + 1e-9 and sent < MAX_CATCHUP:
             self._next_send += self.interval
             sent += 1
+            if self._send_dtmf():
+                continue
             done = False
             for st in self.streams:
                 payload = self._frame(st)
@@ -445,6 +472,45 @@ class MediaSession:
             if done:
                 self._finished()
                 return
+
+    def _send_dtmf(self) -> bool:
+        """Send the next DTMF slot instead of audio (RFC 4733); False if none is queued."""
+        st = self.streams[0] if self.streams else None
+        if st is None or _DTMF_GENERATOR is None:
+            return False
+        while True:
+            if self._dtmf_gen is not None:
+                pkts = self._dtmf_gen(st.seq, st.timestamp, st.ssrc)
+                if pkts:
+                    for pkt in pkts:
+                        if pkt and st.raddr is not None:
+                            try:
+                                st.send_sock.sendto(pkt, st.raddr)
+                            except OSError as e:
+                                log.info("rtp: dtmf send failed: %s", e)
+                            st.stats.sent_packets += 1
+                            st.stats.sent_bytes += len(pkt)
+                            st.seq = (st.seq + 1) & 0xFFFF
+                    st.timestamp = (st.timestamp + self.samples) & 0xFFFFFFFF
+                    return True
+                self._dtmf_gen = None
+            if self._dtmf_left and self._dtmf_req is not None:
+                ev, self._dtmf_left = self._dtmf_left[0], self._dtmf_left[1:]
+                xt = self.args.dtmf_xtract[0] if self.args.dtmf_xtract else None
+                rfc = xt[0] if xt and "rfc2833" in self._dtmf_req.methods else None
+                audio = self.pt if rfc is None and "audio" in self._dtmf_req.methods else None
+                self._dtmf_gen = _DTMF_GENERATOR(
+                    ev, self._dtmf_req.duration, rfc2833_type=rfc, audio_type=audio
+                )
+                continue
+            if self._dtmf_req is not None:
+                done, self._dtmf_req = self._dtmf_req, None
+                if done.callback is not None:
+                    done.callback()
+            if not self.args.dtmf_events:
+                return False
+            self._dtmf_req = self.args.dtmf_events.popleft()
+            self._dtmf_left = self._dtmf_req.events
 
     def _finished(self) -> None:
         if self._timer is not None:

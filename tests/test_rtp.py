@@ -6,15 +6,17 @@ import itertools
 import logging
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import netsip.rtp as rtp_mod
 from netsip._log import FILTER
 from netsip._rtcp import parse_rtcp
 from netsip.eventloop import EventLoop
 from netsip.rtp import (
+    DTMFRequest,
     MediaArgs,
     MediaSession,
     build_rtp,
@@ -317,3 +319,54 @@ def test_pcm_wav_without_encoder_is_a_clear_error(tmp_path: Path) -> None:
     pcm.write_bytes(_wav(1, b"\x00\x00" * 10, bits=16))
     with pytest.raises(ValueError, match=r"G\.711 encoder"):
         check_media_input(str(pcm))
+
+
+def test_dtmf_slots_replace_audio_and_extraction_once(
+    loop: EventLoop, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    def gen(event: str, duration: int, **kw: int | None) -> Callable[[int, int, int], list[bytes]]:
+        left = [2]
+
+        def g(seq: int, ts: int, ssrc: int) -> list[bytes]:
+            if not left[0]:
+                return []
+            left[0] -= 1
+            return [build_rtp(kw["rfc2833_type"] or 0, seq, ts, ssrc, event.encode())]
+
+        return g
+
+    def xtr(**kw: int | None) -> Callable[[bytes, float | None], tuple[str, int, str] | None]:
+        def x(pkt: bytes, t: float | None) -> tuple[str, int, str] | None:
+            h = parse_rtp(pkt)
+            return (h.payload.decode(), 100, "rfc2833") if h and h.payload_type == 101 else None
+
+        return x
+
+    monkeypatch.setattr(rtp_mod, "_DTMF_GENERATOR", gen)
+    monkeypatch.setattr(rtp_mod, "_DTMF_EXTRACTOR", xtr)
+    pairs, peer, args = _session_pair(loop)
+    args.dtmf_xtract = [(101, None)]
+    digits: list[tuple[str, int]] = []
+    args.cb_dtmf = lambda e, d: digits.append((e, d))
+    done: list[bool] = []
+    args.dtmf_events.append(DTMFRequest("12", callback=lambda: done.append(True)))
+    audio: list[bytes] = []
+    sess = media_send_recv(lambda s, c: b"\xaa" * 160, output=lambda p, s, t, c: audio.append(p))(
+        _Call(), args
+    )
+    try:
+        advance(loop, clock, 0.2)
+        hs = [h for h in (parse_rtp(d) for d in datagrams(peer)) if h]
+        assert [h.payload for h in hs[:4]] == [b"1", b"1", b"2", b"2"]
+        assert all(h.payload_type == 101 for h in hs[:4]) and hs[4].payload == b"\xaa" * 160
+        assert all((b.seq - a.seq) & 0xFFFF == 1 for a, b in itertools.pairwise(hs))
+        assert done == [True]
+        peer.sendto(build_rtp(101, 1, 0, 5, b"9"), _addr(pairs[0][0]))
+        peer.sendto(build_rtp(0, 2, 160, 5, b"\x01"), _addr(pairs[0][0]))
+        advance(loop, clock, 0.1)
+        assert digits == [("9", 100)] and audio == [b"\x01"]
+    finally:
+        sess.close()
+        _close(pairs)
+        peer.close()
