@@ -101,6 +101,16 @@ _MANDATORY: tuple[str, ...] = ("from", "to", "call-id", "cseq")
 _MANDATORY_SET: frozenset[str] = frozenset(_MANDATORY)
 
 
+def _cache_key(packet: Packet) -> str:
+    """``cache_key(packet)``, kept by the packet until one of its headers in
+    the key changes (a request's key serves its responses: see
+    ``Request.create_response``)."""
+    key = packet._ckey
+    if key is None:
+        key = packet._ckey = cache_key(packet)
+    return key
+
+
 def _missing_header(packet: Packet) -> str | None:
     """The first of the mandatory headers that ``packet`` lacks, or None."""
     if packet.has_headers(_MANDATORY_SET):  # (the usual case in one set operation)
@@ -337,7 +347,7 @@ class Dispatcher:
             if self._cache:
                 # the cache lookup runs for every request: its key is the only
                 # work on a miss (the usual case), _cached_response only on a hit
-                key = cache_key(packet)
+                key = _cache_key(packet)
                 cached = self._cache.get(key, self.eventloop.looptime)
                 if cached is not None:
                     cached = self._cached_response(key, cached)
@@ -441,12 +451,12 @@ class Dispatcher:
                     invoke_callback(callback, errno_of(exc))
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
-                    self._cache.put(cache_key(packet), packet.as_bytes(), now)
+                    self._cache.put(_cache_key(packet), packet.as_bytes(), now)
                     if self._cache_timer is None:  # (armed all the time under load)
                         self._arm_cache_timer()
                 return
         if cache:
-            self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
+            self._cache.put(_cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
             self._arm_cache_timer()
 
         schedule = None
