@@ -455,24 +455,34 @@ class Dispatcher:
                     if self._cache_timer is None:  # (armed all the time under load)
                         self._arm_cache_timer()
                 return
-        if cache:
+        if cache and direct is None:
             self._cache.put(_cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
             self._arm_cache_timer()
 
         schedule = None
         if timers is not None:
             schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
-        self._delivery.deliver(
-            packet,
-            leg=leg,
-            dst_addr=dst_addr,
-            direct=direct,
-            schedule=schedule,
-            callback=callback,
-            id=id,
-            callid=callid,
-            proto=proto,
-        )
+        try:
+            self._delivery.deliver(
+                packet,
+                leg=leg,
+                dst_addr=dst_addr,
+                direct=direct,
+                schedule=schedule,
+                callback=callback,
+                id=id,
+                callid=callid,
+                proto=proto,
+            )
+        finally:
+            if cache and direct is not None:
+                # (a final response to INVITE): sent already, with the headers
+                # the leg added, so its wire form is final: kept as for a
+                # response sent once above (it was serialised once, and bytes
+                # cost the cyclic GC nothing for the 32 s they are kept)
+                self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                if self._cache_timer is None:
+                    self._arm_cache_timer()
 
     def queue_entries(self) -> list[QueueEntry]:
         """The deliveries in the queue, oldest first (monitoring, ``cancel_delivery('qentry')``)."""
