@@ -69,7 +69,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from types import FunctionType
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 from netsip._abnf import CSEQ_RE, TAG_PARAM_RE
 from netsip._cache import HEADER_START_CACHE, KEY_CACHE
@@ -201,6 +201,7 @@ class Packet(HeaderFields):
     __slots__ = (
         "_body",
         "_ckey",
+        "_cmethod",
         "_code",
         "_first",
         "_lines",
@@ -234,6 +235,10 @@ class Packet(HeaderFields):
     # every request received and every response sent; create_response
     # gives a response its request's key when the two must be equal.
     _ckey: str | None
+    # a response's method (the one in its CSeq), False until asked for;
+    # reset whenever CSeq changes. The dispatcher, the leg and the endpoint
+    # ask for it several times per response.
+    _cmethod: str | Literal[False] | None
 
     # -- construction -----------------------------------------------------
 
@@ -253,6 +258,7 @@ class Packet(HeaderFields):
         ) = parts
         self._index = None
         self._ckey = None
+        self._cmethod = False
 
     @staticmethod
     def new_from_string(data: bytes | bytearray | memoryview | str) -> Request | Response:
@@ -348,6 +354,7 @@ class Packet(HeaderFields):
             # the tid depends on Call-ID and CSeq only
             if key in ("call-id", "cseq"):
                 self._tid = None
+                self._cmethod = False
         self._wire = None
 
     # -- body -------------------------------------------------------------
@@ -797,11 +804,17 @@ class Response(Packet):
 
     def method(self) -> str | None:
         """The method of the request, from the CSeq header (None without)."""
+        method = self._cmethod
+        if method is not False:
+            return method
         cseq = self.get_header("cseq")
         if not cseq:
-            return None
-        parts = cseq.split()
-        return parts[1] if len(parts) > 1 else None
+            method = None
+        else:
+            parts = cseq.split()
+            method = parts[1] if len(parts) > 1 else None
+        self._cmethod = method
+        return method
 
     def _start_line(self) -> str:
         first = self._first

@@ -1557,3 +1557,35 @@ def test_create_response_headers_as_set_header_one_by_one(
     for pkt in (fast, plain):  # (several CSeq values: both have no tid)
         with contextlib.suppress(PacketError):
             assert pkt.tid() == make_tid(pkt.get_header("call-id"), pkt.get_header("cseq"))
+
+
+def plain_response_method(p: Packet) -> str | None:
+    """Response.method the long way: from its CSeq header, every time."""
+    cseq = p.get_header("cseq")
+    parts = cseq.split() if cseq else []
+    return parts[1] if len(parts) > 1 else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "insert", "del", "set", "clone"]),
+            st.sampled_from(["CSeq", "cseq", "Call-ID", "To"]),
+            st.lists(st.sampled_from(["1 INVITE", "2 BYE", "3", "<sip:x@h>"]), max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_response_method_follows_cseq_changes(ops: list[tuple[str, str, list[str]]]) -> None:
+    """A response remembers its method until its CSeq changes."""
+    r: Packet = req(INVITE).create_response(200, headers={"cseq": "5 INVITE"})
+    for op, name, values in ops:
+        if op == "clone":
+            r = r.clone()
+        else:
+            edit_headers(r, op, name, values)
+        with contextlib.suppress(PacketError):  # (several different CSeqs)
+            want = plain_response_method(r)
+            assert r.method() == want
+            assert r.method() == want  # (remembered)
