@@ -101,6 +101,16 @@ _MANDATORY: tuple[str, ...] = ("from", "to", "call-id", "cseq")
 _MANDATORY_SET: frozenset[str] = frozenset(_MANDATORY)
 
 
+def _cache_key(packet: Packet) -> str:
+    """``cache_key(packet)``, kept by the packet until one of its headers in
+    the key changes (a request's key serves its responses: see
+    ``Request.create_response``)."""
+    key = packet._ckey
+    if key is None:
+        key = packet._ckey = cache_key(packet)
+    return key
+
+
 def _missing_header(packet: Packet) -> str | None:
     """The first of the mandatory headers that ``packet`` lacks, or None."""
     if packet.has_headers(_MANDATORY_SET):  # (the usual case in one set operation)
@@ -337,7 +347,7 @@ class Dispatcher:
             if self._cache:
                 # the cache lookup runs for every request: its key is the only
                 # work on a miss (the usual case), _cached_response only on a hit
-                key = cache_key(packet)
+                key = _cache_key(packet)
                 cached = self._cache.get(key, self.eventloop.looptime)
                 if cached is not None:
                     cached = self._cached_response(key, cached)
@@ -441,28 +451,38 @@ class Dispatcher:
                     invoke_callback(callback, errno_of(exc))
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
-                    self._cache.put(cache_key(packet), packet.as_bytes(), now)
+                    self._cache.put(_cache_key(packet), packet.as_bytes(), now)
                     if self._cache_timer is None:  # (armed all the time under load)
                         self._arm_cache_timer()
                 return
-        if cache:
-            self._cache.put(cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
+        if cache and direct is None:
+            self._cache.put(_cache_key(packet), packet, now)  # type: ignore[arg-type]  # Response
             self._arm_cache_timer()
 
         schedule = None
         if timers is not None:
             schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
-        self._delivery.deliver(
-            packet,
-            leg=leg,
-            dst_addr=dst_addr,
-            direct=direct,
-            schedule=schedule,
-            callback=callback,
-            id=id,
-            callid=callid,
-            proto=proto,
-        )
+        try:
+            self._delivery.deliver(
+                packet,
+                leg=leg,
+                dst_addr=dst_addr,
+                direct=direct,
+                schedule=schedule,
+                callback=callback,
+                id=id,
+                callid=callid,
+                proto=proto,
+            )
+        finally:
+            if cache and direct is not None:
+                # (a final response to INVITE): sent already, with the headers
+                # the leg added, so its wire form is final: kept as for a
+                # response sent once above (it was serialised once, and bytes
+                # cost the cyclic GC nothing for the 32 s they are kept)
+                self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                if self._cache_timer is None:
+                    self._arm_cache_timer()
 
     def queue_entries(self) -> list[QueueEntry]:
         """The deliveries in the queue, oldest first (monitoring, ``cancel_delivery('qentry')``)."""

@@ -69,10 +69,10 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from types import FunctionType
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 
 from netsip._abnf import CSEQ_RE, TAG_PARAM_RE
-from netsip._cache import HEADER_START_CACHE
+from netsip._cache import HEADER_START_CACHE, KEY_CACHE
 from netsip._fields import (
     ENC,
     ERRORS,
@@ -88,7 +88,9 @@ from netsip._fields import (
     checked_method,
     checked_msg,
     checked_uri,
+    clean_value,
     header_start,
+    iter_values,
     make_headers,
     make_tid,
     normalize_header_key,
@@ -112,10 +114,14 @@ __all__ = [
     "truncated_request",
 ]
 
-# the cache's lookup (see netsip._cache: bound, so as fast as a dict's)
+# the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
 _header_start_get = HEADER_START_CACHE.get
+_key_get = KEY_CACHE.get
 # a packet's object, before Packet._set fills it
 _new = object.__new__
+
+# the headers of the response-cache key (Packet._ckey)
+_KEY_HEADERS = frozenset(("from", "to", "call-id", "cseq"))
 
 # the headers create_response copies from the request (RFC 3261 8.2.6.2)
 _RESPONSE_COPIES = frozenset(("via", "record-route", "from", "to", "call-id", "cseq", "timestamp"))
@@ -124,6 +130,17 @@ _RESPONSE_COPIES = frozenset(("via", "record-route", "from", "to", "call-id", "c
 # retransmitted request gets the same tag), different between processes
 _TAG_KEY = os.urandom(16)
 _TAG_HASH = hashlib.blake2s(digest_size=8, key=_TAG_KEY)
+
+
+def _tag_of(callid: str | None, frm: str | None) -> str:
+    # copying the keyed state costs less than setting up a keyed hash
+    h = _TAG_HASH.copy()
+    h.update(f"{callid}\x00{frm}".encode(ENC, ERRORS))
+    return h.hexdigest()
+
+
+# the last (Call-ID, From, tag) of Request._to_tag
+_last_tag: tuple[str | None, str | None, str] = (None, None, _tag_of(None, None))
 
 
 def _has_tag(addr: str) -> bool:
@@ -181,7 +198,18 @@ class Packet(HeaderFields):
     bytes on the wire; packets are mutable and therefore unhashable.
     """
 
-    __slots__ = ("_body", "_code", "_first", "_lines", "_method", "_text", "_tid", "_wire")
+    __slots__ = (
+        "_body",
+        "_ckey",
+        "_cmethod",
+        "_code",
+        "_first",
+        "_lines",
+        "_method",
+        "_text",
+        "_tid",
+        "_wire",
+    )
 
     # the start line: method (None in a response), status code (0 in a
     # request), Request-URI or reason phrase
@@ -201,6 +229,16 @@ class Packet(HeaderFields):
     # transaction (request and response); the parser fills it in from the
     # Call-ID and CSeq it has at hand, create_response copies it.
     _tid: str | None
+    # the response-cache key (netsip.respcache.cache_key: CSeq, Call-ID,
+    # From, To without tag), None until the dispatcher asks for it; reset
+    # whenever one of those headers changes. The dispatcher computes it for
+    # every request received and every response sent; create_response
+    # gives a response its request's key when the two must be equal.
+    _ckey: str | None
+    # a response's method (the one in its CSeq), False until asked for;
+    # reset whenever CSeq changes. The dispatcher, the leg and the endpoint
+    # ask for it several times per response.
+    _cmethod: str | Literal[False] | None
 
     # -- construction -----------------------------------------------------
 
@@ -219,6 +257,8 @@ class Packet(HeaderFields):
             self._wire,
         ) = parts
         self._index = None
+        self._ckey = None
+        self._cmethod = False
 
     @staticmethod
     def new_from_string(data: bytes | bytearray | memoryview | str) -> Request | Response:
@@ -309,9 +349,12 @@ class Packet(HeaderFields):
     # -- headers (the methods are HeaderFields') ----------------------------
 
     def _headers_changed(self, key: str) -> None:
-        # the tid depends on Call-ID and CSeq only
-        if key in ("call-id", "cseq"):
-            self._tid = None
+        if key in _KEY_HEADERS:
+            self._ckey = None
+            # the tid depends on Call-ID and CSeq only
+            if key in ("call-id", "cseq"):
+                self._tid = None
+                self._cmethod = False
         self._wire = None
 
     # -- body -------------------------------------------------------------
@@ -546,6 +589,10 @@ class Request(Packet):
         hdrs: list[Hdr] = []
         rr: list[str] = []
         frm = to = callid = cseq = ts = None
+        # the request's cache key serves the response if the key's headers
+        # are each there once (a repeated one is in the request's key
+        # twice, once in the response's)
+        ckey = self._ckey
         copied = _RESPONSE_COPIES
         for k, v, _ in self._hdrs:
             if k not in copied:
@@ -555,16 +602,28 @@ class Request(Packet):
             elif k == "record-route":
                 rr.append(v)
             elif k == "from":
+                if frm is not None:
+                    ckey = None
                 frm = v
             elif k == "to":
+                if to is not None:
+                    ckey = None
                 to = v
             elif k == "call-id":
+                if callid is not None:
+                    ckey = None
                 callid = v
             elif k == "cseq":
+                if cseq is not None:
+                    ckey = None
                 cseq = v
             elif k == "timestamp":
                 ts = v
         if to is not None and code != 100 and not _has_tag(to):
+            if to[-1:] != ">":
+                # (appended to a name-addr's '>', the tag leaves the key's To
+                # as it was: the key strips a tag after the last '>')
+                ckey = None
             to = f"{to};tag={self._to_tag(callid, frm)}"
         if rr:
             hdrs.extend(("record-route", v, -1) for v in rr)
@@ -597,10 +656,27 @@ class Request(Packet):
                 None,
             )
         )
+        resp._ckey = ckey
         if headers:
-            items = headers.items() if isinstance(headers, Mapping) else headers
+            items = (
+                headers.items()
+                if type(headers) is dict or isinstance(headers, Mapping)
+                else headers
+            )
+            added: set[str] | None = None
             for name, values in items:
-                resp.set_header(name, values)
+                key = _key_get(name) or normalize_header_key(name)
+                if key in copied or (added is not None and key in added):
+                    resp.set_header(name, values)
+                    continue
+                # a header the response does not have yet (Contact, Content-Type
+                # ...): set_header would scan the headers for it and append;
+                # appended directly (the index is not built yet, and the
+                # transaction id does not depend on it)
+                resp._hdrs.extend([(key, clean_value(v), -1) for v in iter_values(values)])
+                if added is None:
+                    added = set()
+                added.add(key)
         return resp
 
     def response_tag(self) -> str:
@@ -611,10 +687,15 @@ class Request(Packet):
 
     @staticmethod
     def _to_tag(callid: str | None, frm: str | None) -> str:
-        # copying the keyed state costs less than setting up a keyed hash
-        h = _TAG_HASH.copy()
-        h.update(f"{callid}\x00{frm}".encode(ENC, ERRORS))
-        return h.hexdigest()
+        # the last tag is remembered: a UAS asks for the same request's tag
+        # several times in a row (its local tag, the 180, the 200)
+        global _last_tag
+        last = _last_tag
+        if last[0] == callid and last[1] == frm:
+            return last[2]
+        tag = _tag_of(callid, frm)
+        _last_tag = (callid, frm, tag)
+        return tag
 
     def _dialog_request(self, method: str, to: list[str]) -> Request:
         num = ""
@@ -723,11 +804,17 @@ class Response(Packet):
 
     def method(self) -> str | None:
         """The method of the request, from the CSeq header (None without)."""
+        method = self._cmethod
+        if method is not False:
+            return method
         cseq = self.get_header("cseq")
         if not cseq:
-            return None
-        parts = cseq.split()
-        return parts[1] if len(parts) > 1 else None
+            method = None
+        else:
+            parts = cseq.split()
+            method = parts[1] if len(parts) > 1 else None
+        self._cmethod = method
+        return method
 
     def _start_line(self) -> str:
         first = self._first

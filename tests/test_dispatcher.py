@@ -361,6 +361,33 @@ def test_response_cache_answers_retransmitted_request(clock: FakeClock, floop: E
     b.disp.close()
 
 
+def test_a_retransmitted_invite_gets_the_2xx_as_it_went_out(
+    clock: FakeClock, floop: EventLoop
+) -> None:
+    """The 2xx to INVITE is retransmitted (and its delivery kept), and it is
+    cached only once sent: with the Allow and Supported its leg added."""
+    b = _peer(floop)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
+        cli.bind(("127.0.0.1", 0))
+        cli.setblocking(False)
+        invite = _request("INVITE", _uri(b.leg))
+        invite.add_header("via", f"SIP/2.0/UDP 127.0.0.1:{cli.getsockname()[1]};branch=z9hG4bKx")
+        raw = invite.as_bytes()
+        dst = ("127.0.0.1", b.leg.src.port)
+        cli.sendto(raw, dst)
+        _advance(floop, clock, 0.1)
+        (first,) = datagrams(cli)
+        ok = Packet.new_from_string(first)
+        assert isinstance(ok, Response) and ok.code() == 200
+        assert ok.get_headers("allow") and ok.get_headers("supported")
+        assert b.disp.queue_size() == 1  # retransmitted until the ACK
+        cli.sendto(raw, dst)  # a retransmission: answered from the cache
+        _advance(floop, clock, 0.1)
+        assert datagrams(cli) == [first]
+        assert len(b.got) == 1
+    b.disp.close()
+
+
 # ------------------------------------------------------------ cancelling
 
 

@@ -26,6 +26,7 @@ import netsip.packet
 import netsip.respcache
 from netsip import _abnf, _cache, _fields, _headers, _parser
 from netsip import packet as packet_mod
+from netsip._fields import make_tid
 from netsip.packet import (
     REASON_PHRASES,
     BodyTruncatedError,
@@ -1523,3 +1524,68 @@ def test_get_headers_returns_a_copy() -> None:
     vias = p.get_headers("via")
     vias.append("changed")
     assert p.get_headers("via") == [vias[0]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Contact", "m", "X-A", "x-a", "To", "CSeq", "Via", "Content-Length"]),
+            st.one_of(
+                st.sampled_from(["<sip:b@h>", "1 INVITE", "a\r\n b", " 7 "]),
+                st.lists(st.sampled_from(["<sip:c@h>", "2"]), max_size=2),
+                st.none(),
+            ),
+        ),
+        max_size=5,
+    ),
+    st.booleans(),
+)
+def test_create_response_headers_as_set_header_one_by_one(
+    extra: list[tuple[str, str | list[str] | None]], as_dict: bool
+) -> None:
+    """create_response appends a header it did not copy without set_header's scan."""
+    p = req(INVITE)
+    headers = dict(extra) if as_dict else extra
+    items = headers.items() if isinstance(headers, dict) else headers
+    fast = p.create_response(200, headers=headers, body=b"x")
+    plain = p.create_response(200, body=b"x")
+    for name, values in items:
+        plain.set_header(name, values)
+    assert fast.header_items() == plain.header_items()
+    assert fast.as_bytes() == plain.as_bytes()
+    for pkt in (fast, plain):  # (several CSeq values: both have no tid)
+        with contextlib.suppress(PacketError):
+            assert pkt.tid() == make_tid(pkt.get_header("call-id"), pkt.get_header("cseq"))
+
+
+def plain_response_method(p: Packet) -> str | None:
+    """Response.method the long way: from its CSeq header, every time."""
+    cseq = p.get_header("cseq")
+    parts = cseq.split() if cseq else []
+    return parts[1] if len(parts) > 1 else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "insert", "del", "set", "clone"]),
+            st.sampled_from(["CSeq", "cseq", "Call-ID", "To"]),
+            st.lists(st.sampled_from(["1 INVITE", "2 BYE", "3", "<sip:x@h>"]), max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_response_method_follows_cseq_changes(ops: list[tuple[str, str, list[str]]]) -> None:
+    """A response remembers its method until its CSeq changes."""
+    r: Packet = req(INVITE).create_response(200, headers={"cseq": "5 INVITE"})
+    for op, name, values in ops:
+        if op == "clone":
+            r = r.clone()
+        else:
+            edit_headers(r, op, name, values)
+        with contextlib.suppress(PacketError):  # (several different CSeqs)
+            want = plain_response_method(r)
+            assert r.method() == want
+            assert r.method() == want  # (remembered)

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from netsip import respcache
+from netsip.dispatcher import _cache_key
 from netsip.packet import Packet, Request
 from netsip.respcache import CACHE_TIME, ResponseCache, cache_key
 from tests.support import address, nasty_text
@@ -249,3 +250,52 @@ def test_an_entry_bigger_than_the_bound_is_not_kept() -> None:
     assert cache.get("small", 0.0) == b"x" * 10 and cache.bytes == 10
     cache.put("small", b"z" * 200, now=1.0)  # replaced by a huge one: gone
     assert (len(cache), cache.bytes) == (0, 0)
+
+
+# the dispatcher's memo of the key on the packet (dispatcher._cache_key), and
+# the response that inherits its request's key from create_response
+
+_extra_headers = st.lists(
+    st.tuples(
+        st.sampled_from(["Contact", "X-A", "To", "t", "From", "CSeq", "Call-ID", "Content-Type"]),
+        st.one_of(address, st.sampled_from(["1 OPTIONS", "x", "a/b"])),
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=500)
+@given(header_sets(), st.sampled_from([100, 180, 200, 486]), _extra_headers)
+def test_a_response_inherits_its_request_key_only_when_equal(
+    headers: list[tuple[str, str]], code: int, extra: list[tuple[str, str]]
+) -> None:
+    req = Request("OPTIONS", "sip:bob@127.0.0.1", headers)
+    assert _cache_key(req) == ref_cache_key(req)  # (and now memorised)
+    resp = req.create_response(code, headers=extra)
+    assert _cache_key(resp) == ref_cache_key(resp)
+    try:
+        parsed = Packet.new_from_string(req.as_bytes())
+    except ValueError:
+        pass  # the values do not make a valid message
+    else:
+        assert _cache_key(parsed) == ref_cache_key(parsed)
+        assert _cache_key(parsed.clone()) == ref_cache_key(parsed)
+    # a change of a header in the key forgets it, on request and response
+    for pkt in (req, resp):
+        for name, value in (("To", "<sip:z@h>;tag=2"), ("CSeq", "9 BYE"), ("f", "<sip:y@h>")):
+            pkt.set_header(name, value)
+            assert _cache_key(pkt) == ref_cache_key(pkt)
+
+
+def test_a_parsed_invite_hands_its_key_to_its_responses() -> None:
+    req = Packet.new_from_string(
+        b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1\r\n"
+        b'f: "A" <sip:a@127.0.0.1>;tag=9\r\nt: <sip:bob@127.0.0.1>\r\n'
+        b"i: 1@h\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(req, Request)
+    key = _cache_key(req)
+    for code in (100, 180, 200, 486):
+        resp = req.create_response(code, headers={"contact": "<sip:b@h>"})
+        assert resp._ckey == key == ref_cache_key(resp)  # inherited, not computed
