@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from netsip import __version__
-from netsip.cli import bench, listen, options, send
+from netsip.cli import bench, listen, options, register, send
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, Parents, Parser, logging_to_stderr
 from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
 from netsip.cli.bench import percentile
@@ -64,6 +64,7 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
     "options": options.cmd_options,
     "send": send.cmd_send,
     "bench": bench.cmd_bench,
+    "register": register.cmd_register,
 }
 
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_parser(sub, parents)
     send.add_parser(sub, parents)
     bench.add_parser(sub, parents)
+    register.add_parser(sub, parents)
     return ap
 
 
