@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from netsip import __version__
-from netsip.cli import bench, listen, options, register, send
+from netsip.cli import answer, bench, call, listen, options, register, send
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, Parents, Parser, logging_to_stderr
 from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
 from netsip.cli.bench import percentile
@@ -65,6 +65,8 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
     "send": send.cmd_send,
     "bench": bench.cmd_bench,
     "register": register.cmd_register,
+    "call": call.cmd_call,
+    "answer": answer.cmd_answer,
 }
 
 
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_parser(sub, parents)
     bench.add_parser(sub, parents)
     register.add_parser(sub, parents)
+    call.add_parser(sub, parents)
+    answer.add_parser(sub, parents)
     return ap
 
 
