@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from netsip._log import get_logger
-from netsip.cli._client import parse_target
+from netsip.cli._client import parse_target, peer
 from netsip.cli._common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -250,8 +250,6 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
         auth=auth,
     )
     try:
-        for leg in legs:
-            log.info("listening on %s:%s", leg.proto, leg.src)
         if args.register:
             outcome: Var[Any] = Var()
             ua.register(
@@ -274,7 +272,7 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
             info = CallInfo(len(stats.calls) + 1, time.monotonic())
             stats.calls.append(info)
             n = info.number
-            line(f"call {n} from {request.get_header('from')} ({from_addr.proto}:{from_addr})")
+            line(f"call {n} from {request.get_header('from')} ({peer(from_addr)})")
             if args.record:
                 info.recorder = Recorder(record_path(args.record, n))
             if audio is not None:
@@ -282,16 +280,16 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
             else:
                 media = rtp.media_recv_echo(info.recorder, 0)
             call.set_param(
+                netsip_cli=info,
                 init_media=media,
-                cb_established=lambda *_a: established(call, info),
                 cb_dtmf=lambda event, duration: dtmf(info, event, duration),
                 recv_bye=lambda *_a: peer_bye(info),
-                cb_cleanup=lambda *_a: ended(info),
                 cb_rtp_done=lambda *_a: None,  # (a played file ends in silence, not BYE)
             )
             return True
 
-        def established(call: Any, info: CallInfo) -> None:
+        def established(_status: str, call: Any) -> None:
+            info: CallInfo = call.get_param("netsip_cli")
             info.established_at = time.monotonic()
             line(f"call {info.number}: established")
             if args.duration is not None:
@@ -315,7 +313,10 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
             what = "BYE" if info.established_at is not None else "CANCEL"
             line(f"call {info.number}: {what} from the caller")
 
-        def ended(info: CallInfo) -> None:
+        def ended(call: Any) -> None:
+            info: CallInfo | None = call.get_param("netsip_cli")
+            if info is None:
+                return  # (rejected before cb_create)
             stats.ended += 1
             length = time.monotonic() - (info.established_at or info.started)
             text = f"call {info.number}: ended after {length:.3f} s"
@@ -330,7 +331,9 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
                 calls_done.value = True
 
         calls_done: Var[bool] = Var()
-        ua.listen(cb_create=created)
+        ua.listen(cb_create=created, cb_established=established, cb_cleanup=ended)
+        for leg in legs:  # (after the registration: calls may come now)
+            log.info("listening on %s:%s", leg.proto, leg.src)
         loop.loop(None, calls_done, stop)
     finally:
         ua.cleanup()

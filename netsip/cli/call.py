@@ -190,6 +190,7 @@ def _run(  # noqa: PLR0917  (the command's settings, one sequence of events)
         outgoing_proxy=args.proxy,
         auth=auth,
     )
+    ua.endpoint.timeout = args.timeout  # Timer B/F (RFC 3261 17.1.1.2) of --timeout
     out = Outcome(time.monotonic())
     done: Var[bool] = Var()
     timers: list[Any] = []
