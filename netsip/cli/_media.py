@@ -17,10 +17,11 @@ Net::SIP's ``Net::SIP::Simple::RTP`` reads and writes raw PCMU only.
 
 from __future__ import annotations
 
+import importlib
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from netsip.cli._common import CliError
 
@@ -31,6 +32,11 @@ FRAME: Final = 160
 #: a frame of mu-law silence (0xFF encodes the linear value 0)
 SILENCE: Final = b"\xff" * FRAME
 _RATE: Final = 8000
+
+
+def _g711() -> Any:
+    """netsip._g711 (imported when needed until it is on main)."""
+    return importlib.import_module("netsip._g711")
 
 
 def read_audio(path: str, option: str = "--play") -> bytes:
@@ -58,9 +64,8 @@ def read_audio(path: str, option: str = "--play") -> bytes:
             f"{option}: {path}: {rate} Hz, {channels} channel(s), {8 * width}-bit: "
             f"use 8000 Hz mono 16-bit PCM (e.g. sox IN -r 8000 -c 1 -b 16 OUT.wav)"
         )
-    from netsip._g711 import ulaw_encode  # noqa: PLC0415  (TODO: top once _g711 is on main)
-
-    return ulaw_encode(pcm[: len(pcm) - len(pcm) % 2])
+    encoded: bytes = _g711().ulaw_encode(pcm[: len(pcm) - len(pcm) % 2])
+    return encoded
 
 
 @dataclass(slots=True)
@@ -117,8 +122,7 @@ class Recorder:
         if not self.path.lower().endswith(".wav"):
             Path(self.path).write_bytes(data)
             return
-        from netsip._g711 import ulaw_decode  # noqa: PLC0415  (TODO: top once _g711 is on main)
-
+        ulaw_decode = _g711().ulaw_decode
         with wave.open(self.path, "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +239,9 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
     audio: bytes | None,
     stats: Stats,
 ) -> int:
-    from netsip import rtp  # noqa: PLC0415
-    from netsip.simple import Simple  # noqa: PLC0415
+    # (imported here until netsip.simple and netsip.rtp are on main: usage errors work without)
+    rtp = importlib.import_module("netsip.rtp")
+    Simple = importlib.import_module("netsip.simple").Simple  # noqa: N806
 
     host = f"[{first.addr}]" if ":" in first.addr else first.addr
     auth = (args.user, args.password) if args.user and args.password is not None else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -180,8 +181,9 @@ def _run(  # noqa: PLR0917  (the command's settings, one sequence of events)
     recorder: Recorder | None,
 ) -> Outcome:
     """Call, wait for the end; the outcome."""
-    from netsip import rtp  # noqa: PLC0415
-    from netsip.simple import Simple  # noqa: PLC0415
+    # (imported here until netsip.simple and netsip.rtp are on main: usage errors work without)
+    rtp = importlib.import_module("netsip.rtp")
+    Simple = importlib.import_module("netsip.simple").Simple  # noqa: N806
 
     loop = client.loop
     ua = Simple(
