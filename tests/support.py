@@ -886,3 +886,110 @@ class EndpointEvents:
 
 
 __all__ += ["EndpointEvent", "EndpointEvents"]
+
+
+# --- Kamailio (tests/kamailio/*.cfg) on free loopback ports ---
+
+KAMAILIO_START_TIMEOUT = 15.0  # seconds for Kamailio to open its ports
+
+
+def free_udp_tcp_port() -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP at the time of asking."""
+    for _ in range(50):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
+        ):
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no free port on 127.0.0.1")
+
+
+class Kamailio:
+    """A Kamailio process with a config from ``tests/kamailio/``.
+
+    Args:
+        config: the file name in ``tests/kamailio/``; its ``@KPORT@``,
+            ``@MPATH@`` and ``@NETSIP@`` are filled in.
+        tmp: directory for the config, the run directory and the log.
+        netsip_uri: what ``@NETSIP@`` stands for.
+        defines: ``-A`` switches (``#!ifdef`` names of the config).
+    """
+
+    def __init__(
+        self, config: str, tmp: Path, netsip_uri: str = "", defines: Sequence[str] = ()
+    ) -> None:
+        binary, mpath = require_kamailio()
+        self.port = free_udp_tcp_port()
+        text = (ROOT / "tests" / "kamailio" / config).read_text()
+        text = text.replace("@KPORT@", str(self.port)).replace("@MPATH@", mpath)
+        text = text.replace("@NETSIP@", netsip_uri)
+        cfg = tmp / "kamailio.cfg"
+        cfg.write_text(text)
+        rundir = tmp / "kamailio-run"
+        rundir.mkdir()
+        self.log = tmp / "kamailio.log"
+        # -DD: stay in the foreground (workers are still forked),
+        # -E: log to stderr; small shared/private memory
+        args = [binary, "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(rundir)]
+        for name in defines:
+            args += ["-A", name]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + KAMAILIO_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kamailio exited: {self.log.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                # the process is starting: poll its port (no loop to drive here)
+                time.sleep(0.05)
+        raise AssertionError(f"kamailio did not listen: {self.log.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # workers left behind by a crash of the main process
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class AuthKamailio(Kamailio):
+    """Kamailio with ``registrar_auth.cfg``; ``defines`` are its ``-A`` switches.
+
+    ``SHA256`` challenges with ``algorithm=SHA-256`` instead of MD5, ``QOP``
+    with ``qop="auth"``.
+    """
+
+    def __init__(self, tmp: Path, *defines: str) -> None:
+        super().__init__("registrar_auth.cfg", tmp, defines=defines)
+
+    def uri(self, proto: str, user: str | None = None) -> str:
+        """A SIP URI at Kamailio, reached over ``proto``."""
+        user_part = f"{user}@" if user else ""
+        transport = ";transport=tcp" if proto == "tcp" else ""
+        return f"sip:{user_part}127.0.0.1:{self.port}{transport}"
+
+
+__all__ += ["AuthKamailio", "Kamailio", "free_udp_tcp_port"]

@@ -16,18 +16,13 @@ group: it forks workers). Skipped without ``kamailio`` unless
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
+    Kamailio,
     Listen,
     check_all_successful,
     listen_summary_only,
@@ -42,76 +37,6 @@ pytestmark = pytest.mark.interop
 
 HERE = Path(__file__).resolve().parent
 CALLS = 20
-START_TIMEOUT = 15.0  # seconds for Kamailio to open its ports
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP at the time of asking."""
-    for _ in range(50):
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
-        ):
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(port)
-    raise AssertionError("no free port on 127.0.0.1")
-
-
-class Kamailio:
-    """A Kamailio process with a config from ``tests/kamailio/``."""
-
-    def __init__(self, config: str, tmp: Path, netsip_uri: str) -> None:
-        binary, mpath = require_kamailio()
-        self.port = _free_port()
-        text = (HERE / "kamailio" / config).read_text()
-        text = text.replace("@KPORT@", str(self.port)).replace("@MPATH@", mpath)
-        text = text.replace("@NETSIP@", netsip_uri)
-        cfg = tmp / "kamailio.cfg"
-        cfg.write_text(text)
-        rundir = tmp / "kamailio-run"
-        rundir.mkdir()
-        self.log = tmp / "kamailio.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                # -DD: stay in the foreground (workers are still forked),
-                # -E: log to stderr; small shared/private memory
-                [binary, "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(rundir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"kamailio exited: {self.log.read_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                # the process is starting: poll its port (no loop to drive here)
-                time.sleep(0.05)
-        raise AssertionError(f"kamailio did not listen: {self.log.read_text()[-3000:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        # workers left behind by a crash of the main process
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,7 @@ from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.util import Addr
-from tests.support import drive, require_kamailio
-from tests.test_interop_kamailio import HERE, Kamailio, _free_port
+from tests.support import AuthKamailio, drive, require_kamailio
 
 pytestmark = pytest.mark.interop
 
@@ -51,42 +49,6 @@ SDP = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
     b"t=0 0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 )
-
-
-class AuthKamailio(Kamailio):
-    """Kamailio with ``registrar_auth.cfg``; ``defines`` are its ``-A`` switches.
-
-    ``SHA256`` challenges with ``algorithm=SHA-256`` instead of MD5, ``QOP``
-    with ``qop="auth"``.
-    """
-
-    def __init__(self, tmp: Path, *defines: str) -> None:
-        binary, mpath = require_kamailio()
-        self.port = _free_port()
-        text = (HERE / "kamailio" / "registrar_auth.cfg").read_text()
-        cfg = tmp / "kamailio.cfg"
-        cfg.write_text(text.replace("@KPORT@", str(self.port)).replace("@MPATH@", mpath))
-        rundir = tmp / "kamailio-run"
-        rundir.mkdir()
-        self.log = tmp / "kamailio.log"
-        args = [binary, "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(rundir)]
-        for name in defines:
-            args += ["-A", name]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._wait_ready()
-
-    def uri(self, proto: str, user: str | None = None) -> str:
-        """A SIP URI at Kamailio, reached over ``proto``."""
-        user_part = f"{user}@" if user else ""
-        transport = ";transport=tcp" if proto == "tcp" else ""
-        return f"sip:{user_part}127.0.0.1:{self.port}{transport}"
 
 
 class TracingLeg(Leg):

@@ -1,4 +1,4 @@
-"""The ``netsip`` command: listen, options, send and bench, built on Leg and Dispatcher.
+"""The ``netsip`` command: listen, options, send, bench, register, call and answer.
 
 Net::SIP ships its tools as sample programs (``examples/bin/answer_machine.pl``,
 ``examples/bench/listen.pl`` and ``call.pl``), each a few dozen lines on
@@ -6,7 +6,8 @@ Net::SIP ships its tools as sample programs (``examples/bin/answer_machine.pl``,
 the same idea as one command with subcommands, written on netsip's public API
 only (:class:`~netsip.leg.Leg`, :class:`~netsip.dispatcher.Dispatcher`,
 :class:`~netsip.eventloop.EventLoop`, :class:`~netsip.packet.Request`,
-:class:`~netsip.transaction.TransactionClient`), one module per subcommand:
+:class:`~netsip.transaction.TransactionClient`, :class:`~netsip.endpoint.Endpoint`,
+:class:`~netsip.simple.Simple`), one module per subcommand:
 
 :mod:`~netsip.cli.listen`
     answers every request but ACK with one status and prints one line per
@@ -18,12 +19,22 @@ only (:class:`~netsip.leg.Leg`, :class:`~netsip.dispatcher.Dispatcher`,
 :mod:`~netsip.cli.bench`
     a closed-loop load generator: transactions or whole calls per second,
     latency percentiles.
+:mod:`~netsip.cli.register`
+    one REGISTER with digest on an :class:`~netsip.endpoint.Endpoint`; the
+    bindings and the expiry granted.
+:mod:`~netsip.cli.call`
+    one call on :class:`~netsip.simple.Simple`: audio from a file, DTMF,
+    recording, BYE.
+:mod:`~netsip.cli.answer`
+    accepts calls on :class:`~netsip.simple.Simple`: echo or a file,
+    recording, DTMF printed; optionally registered first.
 
 Shared pieces are private modules: ``_common`` (errors, exit codes, argument
 types, logging, signals, TLS options), ``_client`` (the target and the UAC's
-setup for options/send/bench) and ``_listen_sockets`` (``--listen`` specs and
-binding). Each subcommand module has ``add_parser(subparsers, parents)`` and
-its ``cmd_*(args) -> int``.
+leg for options/send/bench/register/call), ``_listen_sockets`` (``--listen``
+specs and binding) and ``_media`` (``--play``/``--record`` files). Each
+subcommand module has ``add_parser(subparsers, parents)`` and its
+``cmd_*(args) -> int``.
 
 Exit status: 0 success; 1 the peer failed us (no 2xx, refused, unreachable,
 timeout); 2 bad input (usage, unparsable URI, port in use, certificate
@@ -43,7 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from netsip import __version__
-from netsip.cli import bench, listen, options, send
+from netsip.cli import answer, bench, call, listen, options, register, send
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, Parents, Parser, logging_to_stderr
 from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
 from netsip.cli.bench import percentile
@@ -64,6 +75,9 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
     "options": options.cmd_options,
     "send": send.cmd_send,
     "bench": bench.cmd_bench,
+    "register": register.cmd_register,
+    "call": call.cmd_call,
+    "answer": answer.cmd_answer,
 }
 
 
@@ -81,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_parser(sub, parents)
     send.add_parser(sub, parents)
     bench.add_parser(sub, parents)
+    register.add_parser(sub, parents)
+    call.add_parser(sub, parents)
+    answer.add_parser(sub, parents)
     return ap
 
 

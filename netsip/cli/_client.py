@@ -20,7 +20,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from netsip import __version__
 from netsip._log import get_logger
@@ -88,9 +88,11 @@ def parse_target(text: str, transport: str | None) -> Target:
     return Target(uri, proto, host, port, family)
 
 
-class Client:
-    """A UAC on one leg towards ``target``: its transactions go through a
-    :class:`~netsip.transaction.TransactionClient` on a Dispatcher of that leg.
+class ClientLeg:
+    """One leg towards ``target`` and a Dispatcher on it, the target resolved:
+    what a UAC of the command needs before it sends (``register`` puts an
+    :class:`~netsip.endpoint.Endpoint` on it, :class:`Client` a
+    :class:`~netsip.transaction.TransactionClient`).
 
     Raises:
         CliError: the target cannot be resolved or reached, the local address
@@ -133,9 +135,6 @@ class Client:
             where = Addr(bind_ip, bind_port, family)
             raise CliError(f"cannot bind {target.proto}:{where}: {exc.strerror or exc}") from None
         self.dispatcher = Dispatcher([self.leg], loop)
-        self.transactions = TransactionClient(
-            self.dispatcher, timeout=self.timeout, on_request=_ignore_request
-        )
         scheme = "sips" if target.proto == "tls" else "sip"
         self.from_uri = f"{scheme}:netsip@{self.leg.src}"
         if self.dst is None:
@@ -184,6 +183,24 @@ class Client:
             self.dst = Addr(fallback_ip, port, family, self.target.host, self.target.proto)
             return
         raise CliError(f"cannot resolve {self.target.host!r}")
+
+    def close(self) -> None:
+        self.dispatcher.close()
+
+
+class Client(ClientLeg):
+    """A UAC on one leg towards ``target``: its transactions go through a
+    :class:`~netsip.transaction.TransactionClient` on a Dispatcher of that leg.
+
+    Raises:
+        CliError: as :class:`ClientLeg`.
+    """
+
+    def __init__(self, args: argparse.Namespace, target: Target, loop: EventLoop) -> None:
+        super().__init__(args, target, loop)
+        self.transactions = TransactionClient(
+            self.dispatcher, timeout=self.timeout, on_request=_ignore_request
+        )
 
     # ----------------------------------------------------------- requests
 
@@ -275,7 +292,7 @@ class Client:
 
     def close(self) -> None:
         self.transactions.close()
-        self.dispatcher.close()
+        super().close()
 
 
 def _ignore_request(request: Request, leg: Leg, from_: Addr) -> None:
@@ -285,11 +302,23 @@ def _ignore_request(request: Request, leg: Leg, from_: Addr) -> None:
 @contextlib.contextmanager
 def client_session(args: argparse.Namespace, target: Target) -> Iterator[tuple[Client, Var[int]]]:
     """An event loop, signal handling and a :class:`Client`, all closed afterwards."""
+    with leg_session(args, target, Client) as session:
+        yield session
+
+
+_C = TypeVar("_C", bound=ClientLeg)
+
+
+@contextlib.contextmanager
+def leg_session(
+    args: argparse.Namespace, target: Target, kind: type[_C]
+) -> Iterator[tuple[_C, Var[int]]]:
+    """An event loop, signal handling and a ``kind`` of ClientLeg, all closed afterwards."""
     loop = EventLoop()
     stop: Var[int] = Var()
     try:
         with SignalStop(loop, stop):
-            client = Client(args, target, loop)
+            client = kind(args, target, loop)
             try:
                 yield client, stop
             finally:
