@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--username", help="user name for digest authorization")
     p.add_argument("--password", help="password for digest authorization")
     return p.parse_args(argv)
+
+
+def flag(box: list[object]) -> Callable[..., None]:
+    """A callback that marks `box` (a loop stop variable) with its arguments."""
+    return lambda *a: box.append(a)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         next_done: list[object] = []
         call.reinvite(
             init_media=ua.rtp("send_recv", files[0]),
-            cb_rtp_done=next_done.append,
+            cb_rtp_done=flag(next_done),
             recv_bye=lambda *a: peer_hangup.append(a),
         )
         ua.loop(None, next_done, peer_hangup)
