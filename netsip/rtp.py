@@ -23,12 +23,11 @@ Differences from Net::SIP:
 - Per stream counters (packets/bytes sent and received, lost by sequence gaps).
 - RTCP (Net::SIP has none): receiver reports every 5 s and BYE on close,
   see :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged.
-- WAV input (mu-law, A-law; PCM16 8 kHz mono once ``netsip._g711`` is
-  wired in: ``_PCM_ENCODER``) and WAV output, see :mod:`netsip._wav`.
-- DTMF sending/extraction run through ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR``
-  (to be set to netsip.dtmf's functions once it is merged); while they are
-  None the :class:`DTMFRequest` queue and ``dtmf_xtract`` are not consumed.
-  A DTMF slot replaces the audio frame of the first stream (RFC 4733 on the
+- WAV input (mu-law, A-law, PCM16 8 kHz mono encoded with
+  :mod:`netsip._g711`) and WAV output, see :mod:`netsip._wav`.
+- DTMF is sent and extracted with :mod:`netsip.dtmf` (the hooks
+  ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR`` let tests put fakes in). Only a
+  sending session (``media_send_recv``) sends queued DTMF. A DTMF slot replaces the audio frame of the first stream (RFC 4733 on the
   negotiated telephone-event type, else in-band).
 """
 
@@ -43,9 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
+from netsip._g711 import alaw_encode, ulaw_encode
 from netsip._log import get_logger
 from netsip._rtcp import ReceptionStats, build_bye, build_rr, parse_rtcp
 from netsip._wav import Encoder, WavWriter, read_media
+from netsip.dtmf import dtmf_extractor, dtmf_generator
 from netsip.eventloop import EV_READ, EventLoop, TimerLike
 
 __all__ = [
@@ -66,17 +67,22 @@ __all__ = [
 
 log = get_logger(__name__)
 
-#: the PCM16 -> G.711 encoder for WAV input; None until netsip._g711 is
-#: merged (then: ``lambda pt, pcm: (alaw_encode if pt == 8 else ulaw_encode)(pcm)``)
-_PCM_ENCODER: Encoder | None = None
+
+def _pcm_encode(pt: int, pcm: bytes) -> bytes:
+    """PCM16 WAV input to the payload type's G.711 law (8 PCMA, else PCMU)."""
+    return alaw_encode(pcm) if pt == 8 else ulaw_encode(pcm)
+
+
+#: the PCM16 -> G.711 encoder for WAV input
+_PCM_ENCODER: Encoder | None = _pcm_encode
 
 #: (event, duration_ms, *, rfc2833_type, audio_type) -> gen(seq, ts, ssrc) -> packets;
 #: netsip.dtmf.dtmf_generator once merged
 DTMFGenerator = Callable[..., Callable[[int, int, int], list[bytes]]]
 #: (*, rfc2833_type, audio_type) -> x(packet, time) -> (event, ms, method) | None
 DTMFExtractor = Callable[..., Callable[[bytes, "float | None"], "tuple[str, int, str] | None"]]
-_DTMF_GENERATOR: DTMFGenerator | None = None
-_DTMF_EXTRACTOR: DTMFExtractor | None = None
+_DTMF_GENERATOR: DTMFGenerator | None = dtmf_generator
+_DTMF_EXTRACTOR: DTMFExtractor | None = dtmf_extractor
 
 #: ports tried by create_rtp_sockets (Net::SIP uses any free even port)
 DEFAULT_PORT_RANGE = (20000, 40000)

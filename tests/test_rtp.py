@@ -314,7 +314,16 @@ def test_bad_wav_rejected(tmp_path: Path) -> None:
         check_media_input(str(junk))
 
 
-def test_pcm_wav_without_encoder_is_a_clear_error(tmp_path: Path) -> None:
+def test_pcm_wav_is_accepted_and_encoded(tmp_path: Path) -> None:
+    pcm = tmp_path / "p.wav"
+    pcm.write_bytes(_wav(1, b"\x00\x00" * 10, bits=16))
+    check_media_input(str(pcm))  # (PCM16 is encoded with netsip._g711)
+
+
+def test_pcm_wav_without_encoder_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rtp_mod, "_PCM_ENCODER", None)
     pcm = tmp_path / "p.wav"
     pcm.write_bytes(_wav(1, b"\x00\x00" * 10, bits=16))
     with pytest.raises(ValueError, match=r"G\.711 encoder"):

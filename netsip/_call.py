@@ -1,0 +1,825 @@
+"""One call of the user agent: port of Perl's ``Net::SIP::Simple::Call``.
+
+A :class:`Call` is created by :meth:`netsip.simple.Simple.invite` (we call)
+or by :meth:`netsip.simple.Simple.listen` (we are called). It owns one
+:class:`~netsip.endpoint.Context`, the RTP sockets of its media streams, and
+the running media session (:mod:`netsip.rtp`). Its parameters are Perl's
+connection parameters, a plain mapping (:meth:`Call.set_param`,
+:meth:`Call.get_param`) that the callbacks receive and may extend:
+
+``leg``, ``init_media``, ``rtp_param`` (``(pt, samples, interval[, name])``),
+``sdp``, ``sdp_peer``, ``sdp_on_ack``, ``media_lsocks``, ``call_on_hold``,
+``clear_sdp``, ``dtmf_methods``, ``sip_header``, ``ring_time``, and the
+callbacks ``cb_final``, ``cb_preliminary``, ``cb_established``,
+``cb_invite``, ``cb_dtmf``, ``cb_notify``, ``cb_message``, ``cb_noanswer``,
+``cb_rtp_done``, ``recv_bye``, ``send_bye``, ``cb_cleanup``.
+
+Offer and answer (RFC 3264, through :mod:`netsip.sdp`):
+
+- an INVITE carries our offer (one audio stream, the codec of ``rtp_param``
+  plus telephone-event); the 2xx carries the answer. With ``sdp_on_ack`` the
+  INVITE has no body: the 2xx then carries the peer's offer and our answer
+  goes in the ACK (RFC 3261 13.2.1);
+- an incoming INVITE (or re-INVITE) with an offer gets the answer in the 2xx;
+  one without a body gets our offer in the 2xx, and the ACK carries the
+  answer;
+- an UPDATE (RFC 3311) with an offer is answered in its 200;
+- a 183 with SDP starts early media; the 2xx restarts it.
+
+Differences from Net::SIP:
+
+- Hold (``call_on_hold``) is ``a=sendonly`` (or ``a=inactive`` when the
+  value is ``"inactive"``), as RFC 3264 8.4 asks, not ``c=0.0.0.0``; the
+  peer's hold, either way, stops our sending.
+- Bad SDP in an INVITE is answered: 488 when no stream can be accepted, 400
+  when the SDP does not parse, 415 for a body that is not SDP (Perl drops the
+  packet or answers with an empty SDP).
+- A call that fails before it is established releases its RTP sockets at
+  once (Perl keeps them until :meth:`Call.cleanup`).
+- INFO, MESSAGE and UPDATE in a call are answered (200, or 415/488), with the
+  callbacks ``cb_info`` and ``cb_message``; an unknown method gets 501.
+- :meth:`Call.dtmf` refuses (``ValueError``) when no media runs, instead of
+  blocking forever.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import logging
+import secrets
+import socket
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from netsip._dialog import Context
+from netsip.endpoint import Endpoint
+from netsip.leg import Leg
+from netsip.packet import Packet, Request, Response
+from netsip.rtp import DTMFRequest, MediaArgs, MediaSession, create_rtp_sockets
+from netsip.sdp import (
+    PCMA,
+    PCMU,
+    SDP,
+    TELEPHONE_EVENT,
+    Codec,
+    Negotiated,
+    SDPError,
+    answer,
+    negotiate,
+    offer,
+    sdp_from_body,
+)
+from netsip.util import Addr, Var, invoke_callback
+
+if TYPE_CHECKING:
+    from netsip.simple import Simple
+
+log = logging.getLogger(__name__)
+
+#: Perl's default ``rtp_param``: PCMU/8000, 160 bytes every 20 ms
+DEFAULT_RTP_PARAM: tuple[int, int, float] = (0, 160, 0.02)
+_STATIC_CODECS = {0: PCMU, 8: PCMA}
+#: the methods a call answers in its dialog (Allow of its responses)
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE"
+
+
+class Call:
+    """A call: its context, its media sockets and session, its callbacks.
+
+    Args:
+        ua: the user agent (:class:`netsip.simple.Simple`).
+        ctx: the context (incoming calls), the peer's address, or a mapping
+            of context keys (``to``, ``from_``, ``contact``, ``auth``,
+            ``route``).
+        param: the connection parameters (see the module docstring).
+    """
+
+    def __init__(
+        self, ua: Simple, ctx: Context | str | Mapping[str, Any], param: Mapping[str, Any] | None
+    ) -> None:
+        self.ua = ua
+        self.endpoint: Endpoint = ua.endpoint
+        if isinstance(ctx, Context):
+            self.ctx: Context | dict[str, Any] | None = ctx
+        else:
+            args: dict[str, Any] = {"to": ctx} if isinstance(ctx, str) else dict(ctx)
+            args.setdefault("from_", args.pop("from", None) or ua.from_)
+            for key in ("contact", "auth", "route"):
+                if args.get(key) is None and getattr(ua, key) is not None:
+                    args[key] = getattr(ua, key)
+            self.ctx = {k: v for k, v in args.items() if v is not None}
+        self.param: dict[str, Any] = dict(param or {})
+        self.param.setdefault("init_media", ua.rtp("media_recv_echo"))
+        self.param.setdefault("rtp_param", DEFAULT_RTP_PARAM)
+        self.dtmf_events: deque[DTMFRequest] = deque()
+        self.media: MediaSession | None = None
+        self._cleanup: list[Callable[[Call], object]] = []
+        cb = self.param.pop("cb_cleanup", None)
+        if cb is not None:
+            self._cleanup.append(lambda call: invoke_callback(cb, call))
+        self._sockets: list[tuple[socket.socket, socket.socket] | None] = []
+        self._local_sdp: SDP | None = None  # our last SDP
+        self._session_id = secrets.randbelow(2**62)  # o= of our SDPs (RFC 8866 5.2)
+        self._offer_pending = False  # our offer is out (in a 2xx or an INVITE)
+        self.closed = False
+        self.established = False
+        self.error: str | None = None
+
+    # ------------------------------------------------------------ parameters
+
+    def set_param(self, **kw: Any) -> Call:
+        """Change connection parameters (``init_media``, ``sdp_on_ack`` ...)."""
+        self.param.update(kw)
+        return self
+
+    def get_param(self, *keys: str) -> Any:
+        """The value of one parameter, or a list of values for several."""
+        values = [self.param.get(k) for k in keys]
+        return values[0] if len(values) == 1 else values
+
+    def get_peer(self) -> str:
+        """The peer of the call (its To, or From for an incoming call)."""
+        ctx = self.context
+        return ctx.peer() if ctx is not None else ""
+
+    @property
+    def context(self) -> Context | None:
+        """The endpoint's context of the call (None before the first INVITE)."""
+        return self.ctx if isinstance(self.ctx, Context) else None
+
+    # --------------------------------------------------------------- INVITE
+
+    def reinvite(self, **args: Any) -> Context | None:
+        """Send an INVITE: the first one of the call, or a re-INVITE.
+
+        ``args`` are merged into the parameters. Without ``cb_final`` this
+        waits in the loop until the final response (and CANCELs the INVITE
+        after ``ring_time`` seconds when given, calling ``cb_noanswer``).
+
+        Returns:
+            The context, or None if the INVITE could not be sent.
+        """
+        param = self.param
+        clear = args.pop("clear_sdp", param.get("clear_sdp"))
+        if clear:
+            self._clear_sdp()
+        param.update(args)
+        if param.get("leg") is None:
+            param["leg"] = self.ua.leg_for(self._target())
+        body = None
+        if not param.get("sdp_on_ack"):
+            sdp = self._local_offer()
+            body = bytes(sdp)
+            self._offer_pending = True
+        stop: Var[str] = Var()
+        blocking = param.get("cb_final") is None
+        if blocking:
+            param["cb_final"] = stop
+        headers = dict(param.get("sip_header") or {})
+        if body is not None:
+            headers.setdefault("content-type", "application/sdp")
+        try:
+            ctx = self.endpoint.invite(
+                self.ctx or {}, self._invite_response, body, leg=param["leg"], headers=headers
+            )
+        except (ValueError, OverflowError) as exc:
+            self.error = str(exc)
+            log.warning("INVITE not sent: %s", exc)
+            if blocking:
+                param["cb_final"] = None
+            return None
+        self.ctx = ctx
+        if blocking:
+            ring_time = param.get("ring_time")
+            if ring_time:
+                self.ua.loop(float(ring_time), stop)
+                if not stop:
+                    self.endpoint.cancel_invite(ctx, None, self._no_answer(stop))
+            self.ua.loop(None, stop)
+            param["cb_final"] = None
+        return ctx
+
+    def _target(self) -> str:
+        ctx = self.ctx
+        if isinstance(ctx, Context):
+            return ctx.remote_target or ctx.to
+        return str((ctx or {}).get("to", ""))
+
+    def _no_answer(self, stop: Var[str]) -> Callable[..., None]:
+        def cancelled(
+            _ep: Endpoint,
+            _ctx: Context,
+            err: int,
+            code: int,
+            packet: Packet | None,
+            _leg: Leg | None,
+            _from: Addr | None,
+        ) -> None:
+            if 100 <= code < 200:
+                return
+            stop.value = "NOANSWER"
+            invoke_callback(
+                self.param.get("cb_noanswer"),
+                "NOANSWER",
+                self,
+                {"errno": err, "code": code, "packet": packet},
+            )
+
+        return cancelled
+
+    def _invite_response(  # noqa: PLR0917  (the endpoint's callback arguments)
+        self,
+        endpoint: Endpoint,
+        ctx: Context,
+        err: int,
+        code: int,
+        packet: Packet | None,
+        leg: Leg | None,
+        from_: Addr | None,
+    ) -> None:
+        """The context callback: responses to our INVITEs, requests of the peer."""
+        if isinstance(packet, Request) and not err:
+            self.receive(endpoint, ctx, err, code, packet, leg, from_)
+            return
+        param = self.param
+        if err:
+            if code != 487 and err != errnos.ECANCELED:
+                self.error = f"Failed with error {err}" + (f" code={code}" if code else "")
+            invoke_callback(
+                param.get("cb_final"), "FAIL", self, {"errno": err, "code": code, "packet": packet}
+            )
+            self._failed(ctx)
+            return
+        if packet is None:
+            return
+        if code < 200:
+            if code != 100 and packet.body():
+                self._early_media(packet)
+            invoke_callback(param.get("cb_preliminary"), self, code, packet)
+            return
+        if code >= 300:
+            self.error = f"Failed with code {code}"
+            invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
+            self._failed(ctx)
+            return
+        self.rtp_cleanup()
+        if not self._peer_sdp_from_2xx(ctx, packet):
+            invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
+            if not ctx.closed:
+                self.bye()
+            return
+        self.established = True
+        invoke_callback(param.get("cb_final"), "OK", self, {"packet": packet})
+        self._start_media()
+
+    def _failed(self, ctx: Context) -> None:
+        # a call that never got established frees its media at once
+        if not self.established:
+            self.cleanup()
+
+    def _peer_sdp_from_2xx(self, ctx: Context, response: Packet) -> bool:
+        """The SDP of a 2xx: the answer to our offer, or (sdp_on_ack) an offer."""
+        try:
+            peer = _sdp_of(response)
+        except _BodyRejectedError as exc:
+            self.error = exc.reason
+            log.warning("unusable body in the 2xx of %s: %s", ctx.callid, exc.reason)
+            return False
+        if self._offer_pending:
+            self._offer_pending = False
+            if peer is None:
+                if self.param.get("sdp_peer") is not None:
+                    return True  # a re-INVITE answered without SDP: keep the session
+                self.error = "no SDP in the 2xx"
+                log.warning("2xx of %s without the answer to our offer", ctx.callid)
+                return False
+            return self._set_peer(peer)
+        if peer is None:
+            self.error = "no SDP offer in the 2xx (sdp_on_ack)"
+            return False
+        try:
+            ours = self._local_answer(peer)
+        except SDPError as exc:
+            self.error = str(exc)
+            return False
+        if ctx.ack is not None:
+            ctx.ack.set_body(bytes(ours))
+            ctx.ack.set_header("content-type", "application/sdp")
+        return self._set_peer(peer)
+
+    def _early_media(self, response: Packet) -> None:
+        """A 18x with SDP: the answer, early (RFC 3261 13.2.1, RFC 3960)."""
+        try:
+            peer = _sdp_of(response)
+        except _BodyRejectedError as exc:
+            log.info("unusable body in %s: %s", response, exc.reason)
+            return
+        if peer is None or not self._offer_pending:
+            return
+        self.rtp_cleanup()
+        if self._set_peer(peer):
+            self._start_media()
+
+    # -------------------------------------------------------------- requests
+
+    def cancel(self, **args: Any) -> bool:
+        """CANCEL the pending INVITE; ``cb_final`` (or ``send_cancel``) gets the outcome.
+
+        Returns:
+            False if there is no INVITE to cancel.
+        """
+        ctx = self.context
+        if ctx is None:
+            return False
+        cb = args.pop("cb_final", None) or self.param.get("send_cancel")
+        merged = {**self.param, **args}
+
+        def done(
+            _ep: Endpoint,
+            _ctx: Context,
+            _err: int,
+            code: int,
+            _packet: Packet | None,
+            _leg: Leg | None,
+            _from: Addr | None,
+        ) -> None:
+            if not 100 <= code < 200:
+                invoke_callback(cb, merged)
+
+        return self.endpoint.cancel_invite(ctx, None, done)
+
+    def bye(self, **args: Any) -> None:
+        """End the call with BYE; ``cb_final`` (or ``send_bye``) gets the outcome.
+
+        A call that is not established yet is cancelled instead (RFC 3261
+        15: a caller must not send BYE before the INVITE has a final response).
+        """
+        ctx = self.context
+        if ctx is None or ctx.closed:
+            self.cleanup()
+            return
+        cb = args.pop("cb_final", None) or self.param.get("send_bye")
+        merged = {**self.param, **args}
+        if not ctx.established and not ctx.incoming:
+            self.cancel(cb_final=cb, **args)
+            return
+
+        def done(
+            _ep: Endpoint,
+            _ctx: Context,
+            _err: int,
+            code: int,
+            _packet: Packet | None,
+            _leg: Leg | None,
+            _from: Addr | None,
+        ) -> None:
+            if 100 <= code < 200:
+                return
+            invoke_callback(cb, merged)
+            self.cleanup()
+
+        self.rtp_cleanup()
+        try:
+            self.endpoint.new_request("BYE", ctx, done)
+        except (ValueError, OverflowError) as exc:
+            log.warning("BYE not sent for %s: %s", ctx.callid, exc)
+            self.cleanup()
+
+    def request(self, method: str, body: bytes | str | None = None, **args: Any) -> Request | None:
+        """Send a request in the call (INFO, MESSAGE, NOTIFY, UPDATE ...).
+
+        ``cb_final`` gets ``('OK' | 'FAIL', call, {'code':, 'packet':})``
+        for the final response (or the timeout).
+        """
+        ctx = self.context
+        if ctx is None or ctx.closed:
+            raise ValueError("the call has no dialog")
+        cb = args.pop("cb_final", None)
+
+        def done(
+            _ep: Endpoint,
+            _ctx: Context,
+            err: int,
+            code: int,
+            packet: Packet | None,
+            leg: Leg | None,
+            from_: Addr | None,
+        ) -> None:
+            if isinstance(packet, Request) and not err:
+                self.receive(_ep, _ctx, err, code, packet, leg, from_)
+                return
+            if 100 <= code < 200:
+                return
+            status = "FAIL" if err or code >= 300 else "OK"
+            invoke_callback(cb, status, self, {"code": code, "packet": packet})
+
+        return self.endpoint.new_request(method, ctx, done, body, **args)
+
+    def dtmf(self, events: str, **args: Any) -> None:
+        """Send DTMF ``events`` (0-9, A-D, ``*``, ``#``; anything else is a pause).
+
+        Args:
+            events: the digits.
+            **args: ``duration`` (ms per digit, default 100), ``methods``
+                (``"rfc2833,audio"``: RFC 4733 when the peer offered
+                telephone-event, else in-band tones), ``cb_final`` (called
+                with ``'OK'`` when all are sent; without it this waits).
+
+        Raises:
+            ValueError: no media session runs, or ``methods`` names none
+                this call can use.
+        """
+        if self.media is None:
+            raise ValueError("no media session: DTMF needs an established call with media")
+        methods = frozenset(
+            m for m in str(args.get("methods") or "rfc2833,audio").replace(",", " ").split() if m
+        )
+        unknown = methods - {"rfc2833", "audio"}
+        if unknown or not methods:
+            raise ValueError(f"unknown DTMF methods {sorted(unknown)}")
+        cb = args.get("cb_final")
+        stop: Var[str] = Var()
+        done = cb if cb is not None else stop
+        self.dtmf_events.append(
+            DTMFRequest(
+                events=events,
+                duration=int(args.get("duration") or 100),
+                methods=methods,
+                callback=lambda: invoke_callback(done, "OK"),
+            )
+        )
+        if cb is None:
+            self.ua.loop(None, stop, lambda: self.closed)
+
+    # --------------------------------------------------------------- receive
+
+    def receive(  # noqa: PLR0917  (the endpoint's callback arguments)
+        self,
+        endpoint: Endpoint,
+        ctx: Context,
+        err: int,
+        code: int,
+        packet: Packet | None,
+        leg: Leg | None,
+        from_: Addr | None,
+    ) -> None:
+        """The context callback of an incoming call: requests of the peer."""
+        del code
+        if packet is None:
+            if err:
+                self.error = f"error occurred: {err}"
+                if err == errnos.ETIMEDOUT and not ctx.established:
+                    self.cleanup()
+            return
+        if not isinstance(packet, Request):
+            log.debug("response %s in the request callback of %s dropped", packet, ctx.callid)
+            return
+        assert leg is not None and from_ is not None
+        method = packet.method()
+        param = self.param
+        if method in ("BYE", "CANCEL"):
+            self.cleanup()
+            invoke_callback(param.get("recv_bye"), param)
+        elif method == "INVITE":
+            self._incoming_invite(ctx, packet, leg, from_)
+        elif method == "ACK":
+            self._ack(ctx, packet)
+        elif method == "UPDATE":
+            self._update(ctx, packet, leg, from_)
+        elif method == "OPTIONS":
+            self._respond(ctx, packet.create_response(200, headers=self.ua.options), leg, from_)
+        elif method in ("NOTIFY", "INFO", "MESSAGE"):
+            self._respond(ctx, packet.create_response(200), leg, from_)
+            name = {"NOTIFY": "cb_notify", "INFO": "cb_info", "MESSAGE": "cb_message"}[method]
+            invoke_callback(param.get(name), self, packet)
+        else:
+            log.info("%s in call %s: 501", method, ctx.callid)
+            resp = packet.create_response(501, headers={"allow": ALLOW})
+            self._respond(ctx, resp, leg, from_)
+
+    def _respond(self, ctx: Context, response: Response, leg: Leg, from_: Addr) -> None:
+        self.endpoint.new_response(ctx, response, leg, from_)
+
+    def _incoming_invite(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
+        """An INVITE or re-INVITE: answer its offer, or offer in the 2xx."""
+        param = self.param
+        if param.get("clear_sdp"):
+            self._clear_sdp()
+        if param.get("leg") is None:
+            param["leg"] = leg
+        try:
+            peer = _sdp_of(request)
+        except _BodyRejectedError as exc:
+            log.info("INVITE %s rejected: %s", ctx.callid, exc.reason)
+            resp = request.create_response(exc.code, headers=exc.headers)
+            self._respond(ctx, resp, leg, from_)
+            if not ctx.established:
+                self.cleanup()
+            return
+        try:
+            if peer is None:
+                sdp = self._local_offer()
+                self._offer_pending = True
+            else:
+                sdp = self._local_answer(peer)
+                if not self._set_peer(peer):
+                    raise SDPError(self.error or "unusable SDP")
+        except SDPError as exc:
+            log.info("INVITE %s: no acceptable media (%s): 488", ctx.callid, exc)
+            self._respond(ctx, request.create_response(488), leg, from_)
+            if not ctx.established:
+                self.cleanup()
+            return
+        resp = invoke_callback(param.get("cb_invite"), self, request)
+        if not isinstance(resp, Response):
+            resp = request.create_response(
+                200, headers={"content-type": "application/sdp"}, body=bytes(sdp)
+            )
+        self._respond(ctx, resp, leg, from_)
+        if resp.code() >= 300 and not ctx.established:
+            self.cleanup()
+
+    def _ack(self, ctx: Context, request: Request) -> None:
+        """The ACK of our 2xx: the call (or its new session) is established."""
+        if self._offer_pending:
+            # our offer went in the 2xx: the answer is in the ACK (13.3.1.1)
+            self._offer_pending = False
+            try:
+                peer = _sdp_of(request)
+            except (SDPError, _BodyRejectedError) as exc:  # (answer or body)
+                log.warning("unusable SDP answer in the ACK of %s: %s", ctx.callid, exc)
+                peer = None
+            if peer is None or not self._set_peer(peer):
+                log.warning("no SDP answer in the ACK of %s: BYE", ctx.callid)
+                self.bye()
+                return
+        self.rtp_cleanup()
+        self.established = True
+        invoke_callback(self.param.get("cb_established"), "OK", self)
+        self._start_media()
+
+    def _update(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
+        """UPDATE (RFC 3311): an offer answered in its 200, media restarted."""
+        try:
+            peer = _sdp_of(request)
+        except _BodyRejectedError as exc:
+            self._respond(ctx, request.create_response(exc.code, headers=exc.headers), leg, from_)
+            return
+        if peer is None:
+            self._respond(ctx, request.create_response(200), leg, from_)
+            return
+        try:
+            sdp = self._local_answer(peer)
+        except SDPError as exc:
+            log.info("UPDATE in %s: %s: 488", ctx.callid, exc)
+            self._respond(ctx, request.create_response(488), leg, from_)
+            return
+        headers = {"content-type": "application/sdp"}
+        self._respond(
+            ctx, request.create_response(200, headers=headers, body=bytes(sdp)), leg, from_
+        )
+        self.rtp_cleanup()
+        if self._set_peer(peer):
+            self._start_media()
+
+    # ----------------------------------------------------------------- SDP
+
+    def _clear_sdp(self) -> None:
+        for key in ("sdp", "sdp_peer", "media_lsocks"):
+            self.param.pop(key, None)
+        self._local_sdp = None
+        self._close_sockets()
+
+    def _laddr(self) -> str:
+        leg = self.param.get("leg")
+        if isinstance(leg, Leg):
+            return leg.laddr(0)
+        return self.ua.default_leg().laddr(0)
+
+    def _codecs(self) -> list[Codec]:
+        """The codec of ``rtp_param`` (PCMU by default), then telephone-event."""
+        rp = tuple(self.param.get("rtp_param") or DEFAULT_RTP_PARAM)
+        codec = _STATIC_CODECS.get(int(rp[0]), PCMU)
+        if len(rp) > 3 and rp[3]:
+            name, _, clock = str(rp[3]).partition("/")
+            codec = Codec(name, int(clock) if clock.isdigit() else 8000)
+        return [codec, TELEPHONE_EVENT]
+
+    def _versioned(self, sdp: SDP) -> SDP:
+        """``sdp`` as the next version of our session (RFC 3264 5, 8: same
+        session id, the version one up)."""
+        prev = self._local_sdp
+        version = (prev.version() or 0) + 1 if prev is not None else 1
+        lines = []
+        for kind, value in sdp.lines:
+            parts = value.split()
+            if kind == "o" and len(parts) >= 3:
+                parts[1], parts[2] = str(self._session_id), str(version)
+            lines.append((kind, " ".join(parts) if kind == "o" else value))
+        sdp.lines = lines
+        return sdp
+
+    def _ensure_sockets(self, count: int) -> list[int]:
+        """RTP/RTCP socket pairs for ``count`` streams; their RTP ports."""
+        given = self.param.get("media_lsocks")
+        if given is not None:
+            self._sockets = list(given)
+        while len(self._sockets) < count:
+            _port, pairs = create_rtp_sockets(self._laddr(), 1)
+            self._sockets.extend(pairs)
+        self.param["media_lsocks"] = self._sockets
+        return [pair[0].getsockname()[1] if pair is not None else 0 for pair in self._sockets]
+
+    def _hold(self) -> str | None:
+        hold = self.param.get("call_on_hold")
+        self.param["call_on_hold"] = False  # (one-shot, as in Perl)
+        if not hold:
+            return None
+        return "inactive" if hold == "inactive" else "sendonly"
+
+    def _local_offer(self) -> SDP:
+        """Our offer: the ``sdp`` parameter, or one audio stream on new sockets."""
+        hold = self._hold()
+        given = self.param.get("sdp")
+        if given is not None and self._local_sdp is None:
+            sdp = given if isinstance(given, SDP) else SDP.new_from_string(str(given))
+            if self.param.get("media_lsocks") is None:
+                raise ValueError("an sdp parameter needs media_lsocks (its sockets) too")
+            self._sockets = list(self.param["media_lsocks"])
+        else:
+            ports = self._ensure_sockets(1)
+            sdp = self._versioned(
+                offer(
+                    addr=self._laddr(),
+                    media=[("audio", ports[0])],
+                    codecs=self._codecs(),
+                    direction=hold or "sendrecv",
+                )
+            )
+        self._local_sdp = sdp
+        self.param["sdp"] = sdp
+        return sdp
+
+    def _local_answer(self, peer: SDP) -> SDP:
+        """Our answer to the peer's offer, on our sockets (one pair per m-line)."""
+        hold = self._hold()
+        ports = self._ensure_sockets(len(peer.media))
+        sdp = self._versioned(
+            answer(
+                peer,
+                addr=self._laddr(),
+                ports=ports[: len(peer.media)],
+                codecs=self._codecs(),
+                direction=hold,
+            )
+        )
+        self._local_sdp = sdp
+        self.param["sdp"] = sdp
+        return sdp
+
+    def _set_peer(self, peer: SDP) -> bool:
+        """Take the peer's SDP for the session; False if unusable."""
+        local = self._local_sdp
+        if local is None:
+            self.error = "no local SDP"
+            return False
+        if len(peer.media) != len(local.media):
+            self.error = "Unexpected number of media entries in SDP from peer"
+            log.warning("%s", self.error)
+            return False
+        self.param["sdp_peer"] = peer
+        return True
+
+    # --------------------------------------------------------------- media
+
+    def _start_media(self) -> None:
+        """Start ``init_media`` with what both SDPs negotiated."""
+        local, peer = self._local_sdp, self.param.get("sdp_peer")
+        init = self.param.get("init_media")
+        if local is None or not isinstance(peer, SDP) or init is None:
+            return
+        streams = negotiate(local, peer)
+        args = self._media_args(streams)
+        try:
+            self.media = invoke_callback(init, self, args)
+        except (OSError, ValueError) as exc:
+            log.warning("media for %s failed: %s", self.get_peer(), exc)
+            self.error = str(exc)
+            self.media = None
+
+    def _media_args(self, streams: list[Negotiated | None]) -> MediaArgs:
+        param = self.param
+        cb_dtmf = param.get("cb_dtmf")
+        wanted = str(param.get("dtmf_methods") or "audio,rfc2833")
+        lsocks: list[tuple[socket.socket, socket.socket] | None] = []
+        raddr: list[tuple[tuple[str, int], tuple[str, int] | None] | None] = []
+        xtract: list[tuple[int | None, int | None] | None] = []
+        rtp_param = tuple(param.get("rtp_param") or DEFAULT_RTP_PARAM)[:3]
+        chosen: tuple[int, int, float] | None = None
+        for i, n in enumerate(streams):
+            pair = self._sockets[i] if i < len(self._sockets) else None
+            if n is None or pair is None:
+                lsocks.append(None)
+                raddr.append(None)
+                xtract.append(None)
+                continue
+            lsocks.append(pair)
+            raddr.append((n.remote, n.remote_rtcp) if n.send and n.remote is not None else None)
+            if chosen is None and n.media == "audio":
+                samples = n.codec.clock * n.ptime // 1000
+                chosen = (n.payload_type, samples, n.ptime / 1000)
+            if n.media == "audio":
+                # (the sender takes the telephone-event type from here too;
+                # the extractor runs only with a cb_dtmf)
+                rfc = n.dtmf_type if "rfc2833" in wanted else None
+                audio = n.payload_type if "audio" in wanted and n.payload_type in (0, 8) else None
+                xtract.append((rfc, audio) if rfc is not None or audio is not None else None)
+            else:
+                xtract.append(None)
+        if chosen is None:
+            chosen = (int(rtp_param[0]), int(rtp_param[1]), float(rtp_param[2]))
+        return MediaArgs(
+            loop=self.ua.eventloop,
+            lsocks=lsocks,
+            raddr=raddr,
+            rtp_param=chosen,
+            dtmf_events=self.dtmf_events,
+            dtmf_xtract=xtract,
+            cb_dtmf=(lambda ev, dur: invoke_callback(cb_dtmf, ev, dur)) if cb_dtmf else None,
+            cb_rtp_done=_callback_or_none(param.get("cb_rtp_done"), self),
+        )
+
+    def rtp_cleanup(self) -> None:
+        """Stop the media session (the sockets stay for the next one)."""
+        media, self.media = self.media, None
+        if media is not None:
+            media.close()
+
+    def cleanup(self) -> None:
+        """End the call locally: media, sockets, the context, ``cb_cleanup``."""
+        if self.closed:
+            return
+        self.closed = True
+        self.rtp_cleanup()
+        self._close_sockets()
+        while self._cleanup:
+            self._cleanup.pop(0)(self)
+        ctx = self.context
+        if ctx is not None:
+            self.endpoint.close_context(ctx)
+        self.ua.forget_call(self)
+        for req in self.dtmf_events:
+            if req.callback is not None:
+                req.callback()
+        self.dtmf_events.clear()
+
+    def _close_sockets(self) -> None:
+        sockets, self._sockets = self._sockets, []
+        self.param.pop("media_lsocks", None)
+        for pair in sockets:
+            if pair is not None:
+                for sock in pair:
+                    sock.close()
+
+    def __repr__(self) -> str:
+        ctx = self.context
+        return f"<Call {ctx.callid if ctx else '(new)'} {self.get_peer()}>"
+
+
+def _callback_or_none(cb: object, call: Call) -> Callable[[], None] | None:
+    if cb is None:
+        return None
+    return lambda: invoke_callback(cb, call)
+
+
+class _BodyRejectedError(ValueError):
+    """A body we cannot take: the status to answer with."""
+
+    def __init__(self, code: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.headers = headers
+
+
+def _sdp_of(packet: Packet) -> SDP | None:
+    """The SDP of a packet's body, None without one.
+
+    Raises:
+        _BodyRejectedError: 415 for a body that holds no SDP, 400 for SDP that
+            does not parse (RFC 3261 21.4.19, 21.4.1).
+    """
+    body = packet.body()
+    if not body:
+        return None
+    ctype = packet.get_header("content-type") or "application/sdp"
+    try:
+        sdp = sdp_from_body(ctype, body)
+    except SDPError as exc:
+        raise _BodyRejectedError(400, f"malformed SDP: {exc}") from None
+    if sdp is None:
+        raise _BodyRejectedError(
+            415, f"no SDP in a {ctype} body", {"accept": "application/sdp, multipart/mixed"}
+        )
+    return sdp
