@@ -5,7 +5,10 @@ header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
 :mod:`netsip.packet` (``Packet``, ``Request``, ``Response``),
 :mod:`netsip.framing` (TCP stream framing), :mod:`netsip.socketpool`
 (``SocketPool``), :mod:`netsip.leg` (``Leg``), :mod:`netsip.dispatcher`
-(``Dispatcher``) and :mod:`netsip.transaction` (``TransactionClient``). The
+(``Dispatcher``), :mod:`netsip.transaction` (``TransactionClient``),
+:mod:`netsip.endpoint` (``Endpoint``), and the user agent: :mod:`netsip.sdp`,
+:mod:`netsip.dtmf`, :mod:`netsip.rtp` and :mod:`netsip.simple` (``Simple``,
+``Call``). The
 names re-exported here are the public API. :mod:`netsip.testing` holds
 helpers for testing applications built on netsip (import it by name).
 """
@@ -14,11 +17,15 @@ from __future__ import annotations
 
 from netsip.digest import HA1, NonceCounter, Verdict, make_challenge, verify
 from netsip.dispatcher import Dispatcher, QueueEntry
+from netsip.dtmf import dtmf_extractor, dtmf_generator
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoop, TimerEvent
 from netsip.framing import FramingError
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
+from netsip.rtp import media_recv_echo, media_send_recv
+from netsip.sdp import SDP, SDPError
+from netsip.simple import Call, Simple
 from netsip.socketpool import SocketPool, get_settings, import_settings
 from netsip.transaction import ClientTransaction, TransactionClient
 from netsip.util import Addr, NetSIPError, Var, invoke_callback
@@ -29,7 +36,9 @@ __all__ = [
     "EV_READ",
     "EV_WRITE",
     "HA1",
+    "SDP",
     "Addr",
+    "Call",
     "ClientTransaction",
     "Context",
     "Dispatcher",
@@ -44,15 +53,21 @@ __all__ = [
     "QueueEntry",
     "Request",
     "Response",
+    "SDPError",
+    "Simple",
     "SocketPool",
     "TimerEvent",
     "TransactionClient",
     "Var",
     "Verdict",
     "__version__",
+    "dtmf_extractor",
+    "dtmf_generator",
     "get_settings",
     "import_settings",
     "invoke_callback",
     "make_challenge",
+    "media_recv_echo",
+    "media_send_recv",
     "verify",
 ]

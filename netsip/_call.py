@@ -270,8 +270,9 @@ class Call:
                 self.bye()
             return
         self.established = True
-        invoke_callback(param.get("cb_final"), "OK", self, {"packet": packet})
+        # media first, so that cb_final can send DTMF at once (Perl: the other order)
         self._start_media()
+        invoke_callback(param.get("cb_final"), "OK", self, {"packet": packet})
 
     def _failed(self, ctx: Context) -> None:
         # a call that never got established frees its media at once
@@ -556,8 +557,8 @@ class Call:
                 return
         self.rtp_cleanup()
         self.established = True
-        invoke_callback(self.param.get("cb_established"), "OK", self)
         self._start_media()
+        invoke_callback(self.param.get("cb_established"), "OK", self)
 
     def _update(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
         """UPDATE (RFC 3311): an offer answered in its 200, media restarted."""

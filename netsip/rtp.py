@@ -27,8 +27,9 @@ Differences from Net::SIP:
   :mod:`netsip._g711`) and WAV output, see :mod:`netsip._wav`.
 - DTMF is sent and extracted with :mod:`netsip.dtmf` (the hooks
   ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR`` let tests put fakes in). Only a
-  sending session (``media_send_recv``) sends queued DTMF. A DTMF slot replaces the audio frame of the first stream (RFC 4733 on the
-  negotiated telephone-event type, else in-band).
+  sending session (``media_send_recv``) sends queued DTMF. A DTMF slot
+  replaces the audio frame of the first stream (RFC 4733 on the negotiated
+  telephone-event type, else in-band).
 """
 
 from __future__ import annotations
