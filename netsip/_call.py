@@ -770,9 +770,7 @@ class Call:
         if ctx is not None:
             self.endpoint.close_context(ctx)
         self.ua.forget_call(self)
-        for req in self.dtmf_events:
-            if req.callback is not None:
-                req.callback()
+        # (unsent DTMF is dropped; a blocking dtmf() stops on self.closed)
         self.dtmf_events.clear()
 
     def _close_sockets(self) -> None:
