@@ -50,10 +50,11 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from netsip._dialog import Context
 from netsip.endpoint import Endpoint
+from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.rtp import DTMFRequest, MediaArgs, MediaSession, create_rtp_sockets
@@ -72,9 +73,6 @@ from netsip.sdp import (
 )
 from netsip.util import Addr, Var, invoke_callback
 
-if TYPE_CHECKING:
-    from netsip.simple import Simple
-
 log = logging.getLogger(__name__)
 
 #: Perl's default ``rtp_param``: PCMU/8000, 160 bytes every 20 ms
@@ -82,6 +80,24 @@ DEFAULT_RTP_PARAM: tuple[int, int, float] = (0, 160, 0.02)
 _STATIC_CODECS = {0: PCMU, 8: PCMA}
 #: the methods a call answers in its dialog (Allow of its responses)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE"
+
+
+class UserAgent(Protocol):
+    """What a call needs of its user agent (:class:`netsip.simple.Simple`)."""
+
+    endpoint: Endpoint
+    eventloop: EventLoop
+    from_: str | None
+    contact: str | None
+    auth: Any
+    route: list[str] | None
+    options: dict[str, str]
+
+    def rtp(self, method: str, *args: Any) -> Any: ...
+    def leg_for(self, target: str) -> Leg: ...
+    def default_leg(self) -> Leg: ...
+    def loop(self, timeout: float | None = None, *stopvars: Any) -> None: ...
+    def forget_call(self, call: Call) -> None: ...
 
 
 class Call:
@@ -96,7 +112,7 @@ class Call:
     """
 
     def __init__(
-        self, ua: Simple, ctx: Context | str | Mapping[str, Any], param: Mapping[str, Any] | None
+        self, ua: UserAgent, ctx: Context | str | Mapping[str, Any], param: Mapping[str, Any] | None
     ) -> None:
         self.ua = ua
         self.endpoint: Endpoint = ua.endpoint

@@ -245,8 +245,12 @@ class Simple:
     # ------------------------------------------------------------------ loop
 
     def loop(self, timeout: float | None = None, *stopvars: Any) -> None:
-        """Run the event loop (see :meth:`EventLoop.loop`)."""
-        self.eventloop.loop(timeout, *stopvars)
+        """Run the event loop (see :meth:`EventLoop.loop`).
+
+        A stop variable is a :class:`Var`, a zero-argument callable, or a list
+        (true once it is not empty: a callback can append to it).
+        """
+        self.eventloop.loop(timeout, *(_stop_of(v) for v in stopvars))
 
     def add_timer(self, when: float, cb: object, repeat: float | None = None) -> Any:
         """Add a timer to the loop (see :meth:`EventLoop.add_timer`)."""
@@ -490,6 +494,12 @@ class Simple:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _stop_of(var: Any) -> Any:
+    if isinstance(var, list):
+        return lambda: bool(var)
+    return var
 
 
 def _split_proto(spec: str) -> tuple[str | None, str]:

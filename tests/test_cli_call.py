@@ -342,7 +342,6 @@ def test_call_to_a_closed_port_exits_1(proto: str, capsys: pytest.CaptureFixture
 # -------------------------------------------------------------- live peers
 
 
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 @pytest.mark.interop
 def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Perl's examples/bench/listen.pl (Simple->listen, recv_echo) sends our audio back."""
@@ -374,7 +373,6 @@ def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFix
     assert read_wav(tmp_path / "echo.wav") == ulaw_decode(ulaw_encode(pcm))
 
 
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 @pytest.mark.interop
 def test_perl_bench_call_to_netsip_answer(listen_factory: list[Listen], tmp_path: Path) -> None:
     """Perl's examples/bench/call.pl (2 parallel calls, RTP both ways) against answer --echo."""

@@ -61,7 +61,6 @@ def _wait_bound(proc: subprocess.Popen[bytes], port: int) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 def test_perl_listen_echoes_netsip_bench_call() -> None:
     _require_simple()
     listen = _perl_bench("listen.pl")
@@ -97,7 +96,6 @@ def test_perl_listen_echoes_netsip_bench_call() -> None:
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 def test_perl_bench_call_against_netsip_listen() -> None:
     _require_simple()
     call = _perl_bench("call.pl")

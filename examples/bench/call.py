@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     total = Stats()
     started: list[bool] = []
 
-    def media(index: int) -> tuple[Callable[[], bytes], Callable[[bytes], None]]:
+    def media(index: int) -> tuple[Callable[[int, int], bytes], Callable[..., None]]:
         sent = [0]
         received = [0]
 
-        def send() -> bytes:
+        def send(_seq: int, _channel: int) -> bytes:
             t = now()
             seq = 0
             if started:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 seq = sent[0]
             return FRAME.pack(seq, int(t), int((t - int(t)) * 1_000_000)) + PAD
 
-        def recv(payload: bytes) -> None:
+        def recv(payload: bytes, *_info: object) -> None:
             if len(payload) < FRAME.size:
                 return
             seq, sec, usec = FRAME.unpack_from(payload)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         connected.append(box)
-    ua.loop(args.duration, *connected)
+    ua.loop(args.duration, lambda: all(connected))
     if not all(connected):
         print(
             f"only {sum(map(bool, connected))} of {args.parallel} calls connected", file=sys.stderr
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     started.append(True)
     start = now()
 
-    def report() -> None:
+    def report(_timer: object = None) -> None:
         print(stats.line(now() - start), flush=True)
         total.ok += stats.ok
         total.lost += stats.lost
