@@ -57,8 +57,8 @@ from tests.support import (
 
 #: why the Perl bench peers are skipped (issue 15 stays open for them)
 PERL_BENCH_NOT_YET = (
-    "not working yet: Perl bench/listen.pl prints nothing in this harness, and bench/call.pl"
-    " binds 127.0.0.1:5060"
+    "not working yet: Perl's bench/call.pl sends from 127.0.0.1:5060 (it has no option for"
+    " its own address) and prints no statistics in this harness"
 )
 
 
@@ -352,7 +352,9 @@ def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFix
         missing_peer("Net::SIP's examples/bench/listen.pl", "apt-get install libnet-sip-perl")
     port = free_udp_tcp_port()
     proc = subprocess.Popen(
-        [perl, str(script), "-L", f"127.0.0.1:{port}"],
+        # (stdout unbuffered: Perl holds "Listening..." in its buffer on a pipe)
+        [perl, "-e", "$| = 1; $0 = shift; do $0; die $@ if $@", str(script),
+         "-L", f"127.0.0.1:{port}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -374,6 +376,7 @@ def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.interop
+@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 def test_perl_bench_call_to_netsip_answer(listen_factory: list[Listen], tmp_path: Path) -> None:
     """Perl's examples/bench/call.pl (2 parallel calls, RTP both ways) against answer --echo."""
     needs_simple()
