@@ -75,6 +75,11 @@ from netsip.util import Addr, Var, invoke_callback
 
 log = logging.getLogger(__name__)
 
+#: the endpoint's context callback: (endpoint, ctx, error, code, packet, leg, from_)
+EndpointCallback = Callable[
+    [Endpoint, Context, int, int, "Packet | None", "Leg | None", "Addr | None"], None
+]
+
 #: Perl's default ``rtp_param``: PCMU/8000, 160 bytes every 20 ms
 DEFAULT_RTP_PARAM: tuple[int, int, float] = (0, 160, 0.02)
 _STATIC_CODECS = {0: PCMU, 8: PCMA}
@@ -222,18 +227,8 @@ class Call:
             return ctx.remote_target or ctx.to
         return str((ctx or {}).get("to", ""))
 
-    def _no_answer(self, stop: Var[str]) -> Callable[..., None]:
-        def cancelled(
-            _ep: Endpoint,
-            _ctx: Context,
-            err: int,
-            code: int,
-            packet: Packet | None,
-            _leg: Leg | None,
-            _from: Addr | None,
-        ) -> None:
-            if 100 <= code < 200:
-                return
+    def _no_answer(self, stop: Var[str]) -> EndpointCallback:
+        def cancelled(err: int, code: int, packet: Packet | None) -> None:
             stop.value = "NOANSWER"
             invoke_callback(
                 self.param.get("cb_noanswer"),
@@ -242,7 +237,29 @@ class Call:
                 {"errno": err, "code": code, "packet": packet},
             )
 
-        return cancelled
+        return self._on_final(cancelled)
+
+    def _on_final(self, handler: Callable[[int, int, Packet | None], object]) -> EndpointCallback:
+        """An endpoint callback for a request of ours: ``handler(err, code,
+        packet)`` gets its final outcome (provisional responses are skipped),
+        requests of the peer go to :meth:`receive` (the callback of a request
+        becomes the context's)."""
+
+        def callback(  # noqa: PLR0917  (the endpoint's callback arguments)
+            endpoint: Endpoint,
+            ctx: Context,
+            err: int,
+            code: int,
+            packet: Packet | None,
+            leg: Leg | None,
+            from_: Addr | None,
+        ) -> None:
+            if isinstance(packet, Request) and not err:
+                self.receive(endpoint, ctx, err, code, packet, leg, from_)
+            elif not 100 <= code < 200:
+                handler(err, code, packet)
+
+        return callback
 
     def _invite_response(  # noqa: PLR0917  (the endpoint's callback arguments)
         self,
@@ -352,19 +369,10 @@ class Call:
         cb = args.pop("cb_final", None) or self.param.get("send_cancel")
         merged = {**self.param, **args}
 
-        def done(
-            _ep: Endpoint,
-            _ctx: Context,
-            _err: int,
-            code: int,
-            _packet: Packet | None,
-            _leg: Leg | None,
-            _from: Addr | None,
-        ) -> None:
-            if not 100 <= code < 200:
-                invoke_callback(cb, merged)
+        def done(_err: int, _code: int, _packet: Packet | None) -> None:
+            invoke_callback(cb, merged)
 
-        return self.endpoint.cancel_invite(ctx, None, done)
+        return self.endpoint.cancel_invite(ctx, None, self._on_final(done))
 
     def bye(self, **args: Any) -> None:
         """End the call with BYE; ``cb_final`` (or ``send_bye``) gets the outcome.
@@ -382,23 +390,13 @@ class Call:
             self.cancel(cb_final=cb, **args)
             return
 
-        def done(
-            _ep: Endpoint,
-            _ctx: Context,
-            _err: int,
-            code: int,
-            _packet: Packet | None,
-            _leg: Leg | None,
-            _from: Addr | None,
-        ) -> None:
-            if 100 <= code < 200:
-                return
+        def done(_err: int, _code: int, _packet: Packet | None) -> None:
             invoke_callback(cb, merged)
             self.cleanup()
 
         self.rtp_cleanup()
         try:
-            self.endpoint.new_request("BYE", ctx, done)
+            self.endpoint.new_request("BYE", ctx, self._on_final(done))
         except (ValueError, OverflowError) as exc:
             log.warning("BYE not sent for %s: %s", ctx.callid, exc)
             self.cleanup()
@@ -414,24 +412,11 @@ class Call:
             raise ValueError("the call has no dialog")
         cb = args.pop("cb_final", None)
 
-        def done(
-            _ep: Endpoint,
-            _ctx: Context,
-            err: int,
-            code: int,
-            packet: Packet | None,
-            leg: Leg | None,
-            from_: Addr | None,
-        ) -> None:
-            if isinstance(packet, Request) and not err:
-                self.receive(_ep, _ctx, err, code, packet, leg, from_)
-                return
-            if 100 <= code < 200:
-                return
+        def done(err: int, code: int, packet: Packet | None) -> None:
             status = "FAIL" if err or code >= 300 else "OK"
             invoke_callback(cb, status, self, {"code": code, "packet": packet})
 
-        return self.endpoint.new_request(method, ctx, done, body, **args)
+        return self.endpoint.new_request(method, ctx, self._on_final(done), body, **args)
 
     def dtmf(self, events: str, **args: Any) -> None:
         """Send DTMF ``events`` (0-9, A-D, ``*``, ``#``; anything else is a pause).

@@ -44,7 +44,7 @@ from typing import Any, cast
 
 from netsip import rtp as rtp_module
 from netsip._call import ALLOW, Call
-from netsip._dialog import Context
+from netsip._dialog import Context, name_addr_uri
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
@@ -57,7 +57,7 @@ from netsip.util import (
     hostname2ip,
     invoke_callback,
     ip_is_v46,
-    sip_hdrval2parts,
+    sip_uri2domain,
     sip_uri2sockinfo,
 )
 
@@ -157,8 +157,8 @@ class Simple:
         self.endpoint = Endpoint(self.dispatcher)
         self.endpoint.set_application(self._default_application)
         if from_ and domain is None:
-            info = _uri_domain(from_)
-            domain = info
+            uri = name_addr_uri(from_)
+            domain = sip_uri2domain(uri) if "@" in uri else None
         if from_ and "@" not in from_ and " " not in from_:
             if domain is None:
                 raise ValueError(f"from_ {from_!r} has no domain and no domain is given")
@@ -229,9 +229,9 @@ class Simple:
     def leg_for(self, target: str) -> Leg:
         """A leg that can deliver to ``target`` (the outgoing proxy's, if any)."""
         dst = self.dispatcher.outgoing_proxy or target
-        uri = dst if dst.startswith(("sip:", "sips:")) else f"sip:{dst}"
-        if "<" in uri:
-            uri = uri[uri.index("<") + 1 : uri.index(">")] if ">" in uri else uri
+        uri = name_addr_uri(dst)
+        if not uri.startswith(("sip:", "sips:")):
+            uri = f"sip:{uri}"
         for leg in self.dispatcher.get_legs():
             if leg.can_deliver_to(uri):
                 return leg
@@ -517,23 +517,9 @@ def _resolve(host: str) -> str:
     return found[0]
 
 
-def _uri_domain(value: str) -> str | None:
-    uri = value
-    if "<" in uri and ">" in uri:
-        uri = uri[uri.index("<") + 1 : uri.index(">")]
-    if "@" not in uri:
-        return None
-    host = uri.split("@", 1)[1]
-    for stop in (";", ">", "?"):
-        host = host.split(stop, 1)[0]
-    return host or None
-
-
 def _contact_for(leg: Leg, from_: str) -> str:
     """A Contact for ``from_`` at ``leg``: the From's user at the leg's URI."""
-    uri, _params = sip_hdrval2parts("from", from_)
-    if "<" in uri:
-        uri = uri[uri.index("<") + 1 : uri.index(">")]
+    uri = name_addr_uri(from_)
     user = uri.split(":", 1)[1].split("@", 1)[0] if "@" in uri else ""
     scheme, _, rest = leg.contact.partition(":")
     return f"<{scheme}:{user}@{rest}>" if user else f"<{leg.contact}>"
