@@ -14,9 +14,14 @@ one leg (UDP or TCP) on the loopback:
   audio holds them);
 - audio: alice plays a 16-bit WAV file, bob a mu-law WAV file; each records
   the other to a WAV file (:mod:`netsip._wav`), and each recording holds
-  exactly the G.711 payload of what the other played.
+  exactly the G.711 payload of what the other played;
+- the commands: ``netsip answer --register`` (alice, echoing, ``--record``)
+  gets two calls of ``netsip call --proxy`` (bob): one plays a WAV file
+  (both recordings hold it sample for sample), one sends ``--dtmf 0-9*#``
+  (printed by ``answer`` in order).
 
-Every wait drives the loop with a bound (:data:`WAIT`); Kamailio's log and
+Every wait drives the loop with a bound (:data:`WAIT`), the commands'
+``--timeout``/``--calls`` and the subprocess timeouts; Kamailio's log and
 the user agents' outcomes are printed for a failed test. Skipped without
 ``kamailio`` unless ``NETSIP_REQUIRE_PEERS=1``.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import struct
 import wave
 from collections.abc import Callable, Iterator
@@ -34,14 +40,21 @@ from typing import Any
 
 import pytest
 
-from netsip._g711 import ulaw_encode
+from netsip._g711 import ulaw_decode, ulaw_encode
 from netsip._wav import read_media
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Request
 from netsip.simple import Call, Simple
 from netsip.util import Addr
-from tests.support import AuthKamailio, drive, require_kamailio
+from tests.support import (
+    AuthKamailio,
+    Listen,
+    drive,
+    netsip_command,
+    require_kamailio,
+    run_cli,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -289,3 +302,70 @@ def test_recorded_wav_is_the_played_wav_through_kamailio(rig: Rig, proto: str) -
     for name in ("bob-heard.wav", "alice-heard.wav"):
         head = (tmp / name).read_bytes()[:36]
         assert struct.unpack_from("<HHI", head, 20) == (7, 1, 8000), name
+
+
+# ------------------------------------------------- the commands, through Kamailio
+
+
+def tone_wav(path: Path, seconds: float) -> bytes:
+    """A 16-bit PCM WAV file (a rising tone with noise); its samples as G.711 keeps them."""
+    pcm_wav(path, seconds, seed=5)
+    with wave.open(str(path), "rb") as wav:
+        pcm = wav.readframes(wav.getnframes())
+    return ulaw_decode(ulaw_encode(pcm))
+
+
+def wav_samples(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (8000, 1, 2)
+        return wav.readframes(wav.getnframes())
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_netsip_call_and_answer_through_kamailio(
+    proto: str, listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``netsip answer --register`` (alice, echo) gets two calls of ``netsip call --proxy``
+    (bob): a WAV file played and both recordings, then DTMF ``0-9*#``."""
+    require_kamailio()
+    kam = AuthKamailio(tmp_path, "QOP")
+    try:
+        registrar = kam.uri(proto)
+        srv = Listen(
+            [],
+            tmp_path,
+            command=[
+                *netsip_command(), "answer", "--listen", f"{proto}:127.0.0.1:0",
+                "--register", registrar, "--user", "alice", "--password", PASSWORDS["alice"],
+                "--record", str(tmp_path / "heard.wav"), "--calls", "2",
+            ],
+        )  # fmt: skip
+        listen_factory.append(srv)
+        srv.addresses(1)  # (printed once registered)
+        expected = tone_wav(tmp_path / "tone.wav", 0.6)
+        bob = [f"sip:alice@127.0.0.1:{kam.port}", "--proxy", registrar, "--user", "bob",
+               "--password", PASSWORDS["bob"], "--timeout", "10"]  # fmt: skip
+        status, out, err = run_cli(
+            ["call", *bob, "--play", str(tmp_path / "tone.wav"),
+             "--record", str(tmp_path / "echo.wav")],
+            capsys,
+        )  # fmt: skip
+        assert status == 0, (out, err)
+        assert ">>> BYE (done)" in out and "ended by us (BYE)" in out, out
+        status, out, err = run_cli(["call", *bob, "--dtmf", DIGITS], capsys)
+        assert status == 0, (out, err)
+        assert f"DTMF sent: {DIGITS}" in out, out
+        srv.returncode = srv.proc.wait(timeout=WAIT)  # (--calls 2: it stops by itself)
+        srv.err.drain()
+        answered = srv.stdout_path.read_text()
+    finally:
+        kam.close()
+    assert srv.returncode == 0, (answered, srv.err.lines)
+    assert re.search(r"^registered at .*: expires \d+$", answered, re.M), answered
+    assert "2 established, 2 ended (2 by the caller's BYE, 0 by ours)" in answered, answered
+    # the file reached alice whole, and came back to bob sample for sample
+    assert wav_samples(tmp_path / "heard.wav") == expected
+    assert wav_samples(tmp_path / "echo.wav") == expected
+    # the digits, in order (RFC 4733: both offered telephone-event)
+    digits = re.findall(r"^call 2: DTMF (\S) \(\d+ ms\)$", answered, re.M)
+    assert "".join(digits) == DIGITS, answered
