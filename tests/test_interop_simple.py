@@ -17,7 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import ROOT, free_port, python_env, require_perl_netsip, stop_process
+from tests.support import (
+    ROOT,
+    LineReader,
+    free_port,
+    missing_peer,
+    python_env,
+    require_perl_netsip,
+    stop_process,
+)
 
 pytestmark = [pytest.mark.interop]
 
@@ -26,24 +34,25 @@ EXAMPLES = ROOT / "examples"
 WAIT = 30.0  # upper bound for a peer to bind or a run to end
 BENCH = ("-N", "3", "-S", "1", "--duration", "3")  # 3 calls, 3 s, statistics every second
 
-#: why the Perl bench peers are skipped (issue 15 stays open for them)
-PERL_BENCH_NOT_YET = (
-    "not working yet: Perl's bench/call.pl sends from 127.0.0.1:5060 (it has no option for"
-    " its own address) and prints no statistics in this harness"
-)
+#: Perl's bench/call.pl, fixed to keep its calls and given -L (see its header)
+PERL_BENCH_CALL = ROOT / "tests" / "perl" / "bench_call.pl"
 
 
 def _require_simple() -> None:
     pytest.importorskip("netsip.simple", reason="netsip.simple is not there yet")
 
 
+def _perl_unbuffered() -> list[str]:
+    """perl running the script named next with stdout unbuffered (lines arrive as printed)."""
+    return [require_perl_netsip(), "-e", "$| = 1; $0 = shift; do $0; die $@ if $@"]
+
+
 def _perl_bench(name: str) -> list[str]:
-    perl = require_perl_netsip()
     script = PERL_BENCH / name
+    command = _perl_unbuffered()
     if not script.exists():
-        pytest.skip(f"{script} is not installed")
-    # stdout unbuffered, so the statistics lines arrive as printed
-    return [perl, "-e", "$| = 1; $0 = shift; do $0; die $@ if $@", str(script)]
+        missing_peer(f"Net::SIP's {script}", "apt-get install libnet-sip-perl")
+    return [*command, str(script)]
 
 
 def _wait_bound(proc: subprocess.Popen[bytes], port: int) -> None:
@@ -96,41 +105,38 @@ def test_perl_listen_echoes_netsip_bench_call() -> None:
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 def test_perl_bench_call_against_netsip_listen() -> None:
+    """Perl's bench/call.pl (tests/perl/bench_call.pl: its calls kept alive, -L) calls
+    examples/bench/listen.py: 3 calls connect and call.pl's statistics count echoed packets."""
     _require_simple()
-    call = _perl_bench("call.pl")
+    call = [*_perl_unbuffered(), str(PERL_BENCH_CALL)]
     port = free_port()
     netsip = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "bench" / "listen.py"), "-L", f"127.0.0.1:{port}"],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env=python_env(),
     )
     caller: subprocess.Popen[bytes] | None = None
     try:
-        _wait_bound(netsip, port)
+        assert netsip.stdout is not None
+        LineReader(netsip.stdout.fileno(), WAIT).wait_for("^Listening")
         caller = subprocess.Popen(
-            [*call, "-P", f"127.0.0.1:{port}", "-N", "3", "-S", "1"],
+            [*call, "-L", f"127.0.0.1:{free_port()}", "-P", f"127.0.0.1:{port}", "-N", "3",
+             "-S", "1"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
         assert caller.stdout is not None
-        # call.pl runs until stopped: read its statistics lines until packets came back
-        good = None
-        deadline = time.monotonic() + WAIT
-        for raw in caller.stdout:
-            line = raw.decode(errors="replace")
-            m = re.search(r"pkt=(\d+)/(\d+)/(\d+)", line)
-            if m and int(m.group(1)) > 0:
-                good = (int(m.group(1)), int(m.group(2)))
-                break
-            assert time.monotonic() < deadline, "no echoed packets within the bound"
-        assert good is not None, "call.pl ended without statistics"
-        assert good[1] == 0, f"lost packets: {good}"
+        reader = LineReader(caller.stdout.fileno(), WAIT)
+        reader.wait_for("^All 3 calls connected")
+        # call.pl runs until stopped; its statistics: seconds pkt=good/lost/ignored delay(ms)=...
+        (m,) = reader.wait_for(r"^\s*\d+ pkt=([1-9]\d*)/(\d+)/(\d+) delay\(ms\)=[\d.]+/")
     finally:
         if caller is not None:
             stop_process(caller, WAIT)
         stop_process(netsip, WAIT)
+    good, lost, ignored = map(int, m.groups())
+    assert good > 0 and lost == 0 and ignored == 0, m.group(0)
