@@ -12,6 +12,8 @@
   Perl examples above are callers, so the Perl callee is always answer_machine.pl.
   What arrives is compared with what was sent byte for byte: G.711 payloads
   pass through unchanged.
+- third party call control: ``examples/3pcc.py`` connects answer_machine.pl
+  (called first, without SDP) with ``netsip answer``.
 
 Each peer runs on a free loopback port and is stopped after the test; a
 missing peer skips (fails under NETSIP_REQUIRE_PEERS=1). Subprocesses are
@@ -254,17 +256,20 @@ def test_perl_invite_and_recv_records_netsip_answer_play(
     assert set(got[len(audio) :]) == {0xFF}
 
 
-def _answer_machine(tmp_path: Path, welcome: bytes) -> tuple[subprocess.Popen[bytes], int, Path]:
+def _answer_machine(
+    tmp_path: Path, welcome: bytes, *args: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Perl's bin/answer_machine.pl on a free port: it plays ``welcome`` (then repeats its
-    last frame) and records each media session to its own file in the returned directory."""
+    last frame) and records each media session to its own file in the returned directory;
+    ``args`` replace its ``-T 20`` (it hangs up after -T seconds)."""
     command = _perl_example(PERL_EXAMPLES / "bin" / "answer_machine.pl")
     (tmp_path / "welcome.pcmu").write_bytes(welcome)
     savedir = tmp_path / "machine"
     savedir.mkdir()
     port = free_port()
     proc = subprocess.Popen(
-        [*command, "-W", str(tmp_path / "welcome.pcmu"), "-D", str(savedir), "-T", "20",
-         f"sip:perl@127.0.0.1:{port}"],
+        [*command, "-W", str(tmp_path / "welcome.pcmu"), "-D", str(savedir),
+         *(args or ("-T", "20")), f"sip:perl@127.0.0.1:{port}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -328,3 +333,37 @@ def test_netsip_invite_and_recv_records_perl_answer_machine(tmp_path: Path) -> N
     tail = got[len(welcome) :]
     assert tail, "nothing after the welcome file"
     assert tail == welcome[-FRAME:] * (len(tail) // FRAME)
+
+
+def test_netsip_3pcc_connects_perl_answer_machine_with_netsip_answer(
+    listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """examples/3pcc.py calls Perl's answer_machine.pl first, without SDP (its offer comes
+    in the 2xx, our answer in the ACK), then netsip answer with that offer; audio flows
+    between the two directly; answer_machine.pl hangs up (-T 2) and its BYE is relayed."""
+    _require_simple()
+    welcome, audio = _pcmu(25, 3), _pcmu(25, 13)
+    perl, perl_port, savedir = _answer_machine(tmp_path, welcome, "-T", "2")
+    try:
+        (tmp_path / "play.pcmu").write_bytes(audio)
+        srv, port = _answer(
+            tmp_path, "--play", str(tmp_path / "play.pcmu"), "--record", str(tmp_path / "rec")
+        )
+        listen_factory.append(srv)
+        res = _run(
+            [sys.executable, str(EXAMPLES / "3pcc.py"), f"127.0.0.1:{free_port()}",
+             f"sip:perl@127.0.0.1:{perl_port}", f"sip:answer@127.0.0.1:{port}"],
+            env=python_env(),
+        )  # fmt: skip
+    finally:
+        stop_process(perl, WAIT)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert "connected" in res.stdout.splitlines()
+    assert f"BYE from sip:perl@127.0.0.1:{perl_port} relayed to" in res.stdout
+    out = _answer_output(srv)
+    assert srv.returncode == 0, out
+    assert "call 1: BYE from the caller" in out, out
+    # each side recorded the other's file first, byte for byte
+    (perl_got,) = _recordings(savedir)
+    assert perl_got[: len(audio)] == audio
+    assert (tmp_path / "rec").read_bytes()[: len(welcome)] == welcome
