@@ -314,10 +314,11 @@ def test_netsip_invite_and_send_reinvite_to_perl_answer_machine(tmp_path: Path) 
 
 def test_netsip_invite_and_recv_records_perl_answer_machine(tmp_path: Path) -> None:
     """examples/invite_and_recv.py -O file -T 2 records answer_machine.pl's welcome file
-    (then the last frame of it again and again, as answer_machine.pl does)."""
+    (then the last frame of it again and again, as answer_machine.pl does); it echoes
+    what it gets (as the Perl example), and answer_machine.pl records that echo."""
     _require_simple()
     welcome = _pcmu(25, 5)
-    perl, port, _savedir = _answer_machine(tmp_path, welcome)
+    perl, port, savedir = _answer_machine(tmp_path, welcome)
     outfile = tmp_path / "netsip.pcmu"
     try:
         res = _run(
@@ -333,6 +334,8 @@ def test_netsip_invite_and_recv_records_perl_answer_machine(tmp_path: Path) -> N
     tail = got[len(welcome) :]
     assert tail, "nothing after the welcome file"
     assert tail == welcome[-FRAME:] * (len(tail) // FRAME)
+    (echoed,) = _recordings(savedir)
+    assert echoed[: len(welcome)] == welcome
 
 
 def test_netsip_3pcc_connects_perl_answer_machine_with_netsip_answer(
