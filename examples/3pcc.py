@@ -81,10 +81,13 @@ def _with_tag(key: str, value: str, tag: str | None) -> str:
 
 
 def _contact_uri(value: str | None) -> str | None:
+    """The URI of a Contact value (``"x" <sip:a@h>;p=1`` -> ``sip:a@h``)."""
     if not value:
         return None
     data = sip_hdrval2parts("contact", value)[0]
-    return data[data.index("<") + 1 : data.rindex(">")] if "<" in data else data
+    if "<" in data:
+        data = data.partition("<")[2].partition(">")[0]
+    return data or None
 
 
 @dataclass(slots=True)
@@ -192,9 +195,11 @@ class ThirdPartyCall:
         """Steps 2 and 3: the answers to our INVITEs."""
         method = (resp.cseq() or " ").split()[-1]
         code = resp.code()
-        if method != "INVITE" or code < 200 or d.invite is None:
-            return  # (provisional, or the answer to an ACK: nothing to do)
-        self.dispatcher.cancel_delivery(resp.tid())
+        if code < 200:
+            return  # (provisional: we wait for the final answer)
+        self.dispatcher.cancel_delivery(resp.tid())  # (no more retransmissions)
+        if method != "INVITE" or d.invite is None:
+            return  # (the BYE after a failure)
         if code >= 300:
             self.dispatcher.deliver(d.invite.create_ack(resp), do_retransmits=False)
             if d is self.b and self.a.answer is not None:
@@ -242,6 +247,13 @@ class ThirdPartyCall:
                 self.dispatcher.deliver(req.create_response(501), leg=self.leg, dst_addr=from_)
             return
         other = self._other(d)
+        if other.answer is None:
+            # the other party never answered (refused, or not yet): nothing to relay
+            # to; the call of this party is ended anyway (RFC 3261 15.1.2)
+            code = 200 if method == "BYE" else 481
+            print(f"{method} from {d.party} answered {code} here", flush=True)
+            self.dispatcher.deliver(req.create_response(code), leg=self.leg, dst_addr=from_)
+            return
         num = req.cseq_number() or 0
         req.set_uri(other.target or other.party)
         req.set_header("cseq", f"{num + CSEQ_OFFSET} {method}")
@@ -254,6 +266,9 @@ class ThirdPartyCall:
         req.set_header("to", _with_tag("to", req.get_header("to") or "", other.peer_tag))
         # the party's own CSeq number, for the response (as Perl does)
         vias = req.get_headers("via")
+        if not vias:
+            log.info("%s from %s without Via: dropped", method, from_)
+            return
         data, params = sip_hdrval2parts("via", vias[0])
         params["cseq"] = str(num)
         req.set_header("via", [sip_parts2hdrval("via", data, params), *vias[1:]])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, Listen, free_port, netsip_command, python_env
+from tests.support import ROOT, Listen, free_port, netsip_command, python_env, summary_counts
 
 #: the ports of Net::SIP's Simple examples (examples/responder.py is tests/test_examples.py's)
 UA_EXAMPLES = (
@@ -133,3 +133,27 @@ def test_3pcc_connects_two_netsip_parties(listen_factory: list[Listen], tmp_path
     b_got = (tmp_path / "b.rec").read_bytes()
     assert a_got[: len(b_audio)] == b_audio
     assert b_got[: len(a_audio)] == a_audio
+
+
+def test_3pcc_refused_by_to_ends_the_call_with_from(
+    listen_factory: list[Listen], tmp_path: Path
+) -> None:
+    """TO answers 486: the controller ACKs it, ends FROM's call (ACK and BYE), exits 1."""
+    pytest.importorskip("netsip.simple")
+    a, a_port = _party(tmp_path, "a", _pcmu(5, 7))
+    listen_factory.append(a)
+    busy = Listen(["--listen", "udp:127.0.0.1:0", "--code", "486"], tmp_path)
+    listen_factory.append(busy)
+    b_port = busy.addresses(1)["udp"].port
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "3pcc.py"), f"127.0.0.1:{free_port()}",
+         f"sip:a@127.0.0.1:{a_port}", f"sip:b@127.0.0.1:{b_port}"],
+        capture_output=True, text=True, timeout=RUN, env=python_env(), check=False,
+    )  # fmt: skip
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert f"failed: sip:b@127.0.0.1:{b_port} answered 486 Busy Here" in res.stdout.splitlines()
+    a_out = _party_output(a)  # (--calls 1: it exits once its call ended)
+    assert a.returncode == 0, a_out
+    assert " 1 ended (" in a_out, a_out  # (not established: the ACK had no answer)
+    busy_out = busy.stop()
+    assert summary_counts(busy_out).get("ACK") == 1, busy_out  # the 486 was acknowledged
