@@ -29,8 +29,9 @@ Differences from Net::SIP's 3pcc.pl:
   of the 2xx go to the party's Contact (12.2.1.1) with a CSeq of the INVITE's
   number (13.2.2.4); a failed second INVITE ends the first call with ACK and BYE
   (Perl sends a CANCEL for a call that was answered already).
-- Requests other than BYE and CANCEL get 501 (Perl drops them silently); -d is a
-  flag (logging at DEBUG level).
+- Requests other than BYE and CANCEL get 501 (Perl drops them silently); a BYE
+  while the other party is not connected (it refused) is answered 200 here, not
+  relayed. -d is a flag (logging at DEBUG level).
 - As in Perl, a relayed request's CSeq number is raised by 20 (our CSeq space in the
   other call) and the party's own number rides in a ``cseq`` parameter of its Via,
   where the response finds it again.
