@@ -92,7 +92,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol, TypeAlias
@@ -114,6 +114,7 @@ __all__ = [
     "Verdict",
     "answer",
     "authorize",
+    "credentials_realm",
     "make_challenge",
     "parse_challenges",
     "verify",
@@ -744,14 +745,17 @@ def authorize(
         return False
     for hdr, answers in new.items():
         realms = {realm for realm, _ in answers}
-        kept = [v for v in old_values[hdr] if _realm_of(v) not in realms]
+        kept = [v for v in old_values[hdr] if credentials_realm(v) not in realms]
         request.set_header(hdr, kept + [v for _, v in answers])
     _bump_cseq(request, response)
     return True
 
 
-def _realm_of(value: str) -> str | None:
-    """The realm of one credentials value (None if it has none or does not parse)."""
+def credentials_realm(value: str) -> str | None:
+    """The realm of one ``Authorization``/``Proxy-Authorization`` value
+    (None if it has none, holds several credentials, or does not parse):
+    a server removes the credentials of its own realm before passing a
+    request on (RFC 3261 22.3)."""
     try:
         parsed = _scan(value)
     except _MalformedError:
@@ -816,11 +820,19 @@ class Verdict:
         status: see :class:`Status`.
         user: the user the credentials name (None if none could be read).
         algorithm: the algorithm the client used (None without credentials).
+        nonce, nc, qop: what the credentials judged said (None without
+            credentials, ``nc`` and ``qop`` also None for an RFC 2069
+            answer): a server tracking ``nc`` (RFC 7616 3.4, replays within
+            the nonce's age) needs them. Not compared: a verdict is its
+            status, user and algorithm.
     """
 
     status: Status
     user: str | None = None
     algorithm: str | None = None
+    nonce: str | None = field(default=None, compare=False)
+    nc: str | None = field(default=None, compare=False)
+    qop: str | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -949,9 +961,14 @@ def _verify_one(
 ) -> Verdict:
     alg = a.algorithm
 
+    nc = a.nc if a.qop is not None else None
+
+    def verdict(status: Status) -> Verdict:
+        return Verdict(status, a.user, alg.name, nonce=a.nonce, nc=nc, qop=a.qop)
+
     def wrong(why: str, *args: object) -> Verdict:
         log.info("digest: credentials of %r refused: " + why, a.user, *args)
-        return Verdict(Status.WRONG, a.user, alg.name)
+        return verdict(Status.WRONG)
 
     if a.user is None:
         return wrong("no username readable (userhash is not supported)")
@@ -999,6 +1016,4 @@ def _verify_one(
             break
     else:
         return wrong("wrong response")
-    if age > max_age:
-        return Verdict(Status.STALE, a.user, alg.name)
-    return Verdict(Status.OK, a.user, alg.name)
+    return verdict(Status.STALE if age > max_age else Status.OK)
