@@ -89,7 +89,14 @@ from netsip.digest import (
 from netsip.dispatcher import Dispatcher
 from netsip.leg import Leg
 from netsip.packet import Packet, Request
-from netsip.util import Addr, NetSIPError, invoke_callback, sip_uri2parts, sip_uri_eq
+from netsip.util import (
+    Addr,
+    NetSIPError,
+    invoke_callback,
+    sip_hdrval2parts,
+    sip_uri2parts,
+    sip_uri_eq,
+)
 
 __all__ = [
     "FILTERS",
@@ -127,7 +134,10 @@ _STAMP_RE: Final = re.compile(r"([0-9a-f]{1,16})\.")
 
 def _uri_parts(packet: Request, name: str) -> tuple[str, str | None] | None:
     value = packet.get_header(name)
-    parts = sip_uri2parts(value) if value else None
+    if not value:
+        return None
+    # the value without its parameters (the tag), then the URI (as Perl does)
+    parts = sip_uri2parts(sip_hdrval2parts(name, value)[0])
     return (parts[0], parts[1]) if parts is not None else None
 
 
@@ -158,7 +168,8 @@ def from_is_auth_user(packet: Request, leg: Leg, from_: Addr, user: str, realm: 
 def to_is_from(packet: Request, leg: Leg, from_: Addr, user: str, realm: str) -> bool:
     """To and From name the same URI (a user registering themself)."""
     frm, to = packet.get_header("from"), packet.get_header("to")
-    if frm and to and sip_uri_eq(frm, to):
+    # the name-addrs without their parameters (the tag): URI against URI
+    if frm and to and sip_uri_eq(sip_hdrval2parts("from", frm)[0], sip_hdrval2parts("to", to)[0]):
         return True
     log.info("To %r is not From %r", to, frm)
     return False
@@ -447,13 +458,14 @@ class Authorize:
             return self._code
         problem = self._problem(verdict, packet, now)
         if problem is not None:
-            why, stale = problem
+            reason, detail, stale = problem
+            # (the reason is a code literal: the log's rate limit keys on it)
             log.info(
-                "%s from %s: %s (user %r): %d%s",
+                "%s from %s, user %r: " + reason + "%s: %d%s",
                 method,
                 from_,
-                why,
                 verdict.user,
+                detail,
                 self._code,
                 " stale" if stale else "",
             )
@@ -467,23 +479,26 @@ class Authorize:
         self._consume(packet)
         return None
 
-    def _problem(self, verdict: Verdict, packet: Request, now: float) -> tuple[str, bool] | None:
-        """Why the request does not pass, for the log, and whether the
-        credentials were right (``stale=true``, RFC 7616 3.3); None: it passes."""
+    def _problem(
+        self, verdict: Verdict, packet: Request, now: float
+    ) -> tuple[str, str, bool] | None:
+        """None if the request passes; else why not, as a fixed reason, a
+        detail, and whether the credentials were right (so the challenge
+        says ``stale=true``, RFC 7616 3.3)."""
         if verdict.status is Status.MISSING:
             if packet.get_headers(self._request_hdr):
-                return "no readable credentials for the realm", False
-            return "no credentials", False
+                return "no readable credentials for the realm", "", False
+            return "no credentials", "", False
         if verdict.status is Status.WRONG:
-            return "credentials refused", False
+            return "credentials refused", "", False
         offered = self._offered(verdict)
         if offered is not None:
-            return offered, False
+            return "not offered: ", offered, False
         if verdict.status is Status.STALE:
-            return "nonce expired", True
+            return "nonce expired", "", True
         nc = verdict.nc
         if nc is not None and _NC_RE.fullmatch(nc) is None:
-            return f"nc {nc!r} is not 8 hex digits", False
+            return "nc is not 1 to 8 hex digits: ", repr(nc), False
         assert verdict.nonce is not None
         replay = self.nonces.use(
             verdict.nonce,
@@ -492,15 +507,15 @@ class Authorize:
             now,
         )
         if replay is not None:
-            return f"replay ({replay})", True
+            return "replayed nonce: ", replay, True
         return None
 
     def _offered(self, verdict: Verdict) -> str | None:
         """Why the answer's algorithm or qop was not one offered (None: it was)."""
         if verdict.algorithm not in self.algorithms:
-            return f"algorithm {verdict.algorithm} not offered"
+            return f"algorithm {verdict.algorithm}"
         if verdict.qop not in (self.qop or (None,)):
-            return f"qop {verdict.qop} not offered"
+            return f"qop {verdict.qop}"
         return None
 
     def _lookup(self, user: str, realm: str) -> str | HA1 | None:
