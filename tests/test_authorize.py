@@ -34,6 +34,7 @@ from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
+from netsip.simple import Simple, _AuthFront
 from netsip.testing import FakeClock, addr_of, drive, pkt, udp_socket
 from netsip.util import Addr
 from tests.support import EndpointEvents
@@ -671,3 +672,62 @@ def test_responses_pass_untouched(world: World) -> None:
         b"Content-Length: 0\r\n\r\n"
     )
     assert server.auth.receive(resp, server.disp.legs[0], server.addr) is None
+
+
+# ------------------------------------------------- Simple.listen(auth_*=...)
+
+
+def _ua(loop: EventLoop, name: str, auth: Any = None) -> Simple:
+    return Simple(from_=f"sip:{name}@127.0.0.1", leg="udp:127.0.0.1:0", loop=loop, auth=auth)
+
+
+def test_simple_listen_with_auth_lets_the_right_caller_in(
+    loop: EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "netsip.authorize")
+    bob = _ua(loop, "bob")
+    alice = _ua(loop, "alice", auth=("alice", "wonderland"))
+    mallory = _ua(loop, "mallory", auth=("alice", "guessed"))
+    try:
+        created: list[Any] = []
+
+        def create(call: Any, *rest: Any) -> bool:
+            created.append(call)
+            return True
+
+        front = bob.listen(
+            auth_user2pass=USERS,
+            auth_realm=REALM,
+            auth_filter={"INVITE": "FromIsAuthUser"},
+            cb_create=create,
+        )
+        assert isinstance(front, _AuthFront) and front.auth.realm == REALM
+        bob_uri = f"sip:bob@{bob.default_leg().src}"
+
+        finals: list[str] = []
+        call = alice.invite(bob_uri, cb_final=lambda status, c, info: finals.append(status))
+        drive(loop, lambda: finals, what="alice's final response")
+        assert finals == ["OK"] and call.established and len(created) == 1
+        call.bye()
+        drive(loop, lambda: call.closed, what="the BYE")
+
+        bad: list[tuple[str, int]] = []
+        mallory.invite(
+            bob_uri, cb_final=lambda status, c, info: bad.append((status, info.get("code", 0)))
+        )
+        drive(loop, lambda: bad, what="mallory's final response")
+        assert bad == [("FAIL", 401)]
+        assert len(created) == 1  # the endpoint never saw mallory's INVITE
+        assert any("credentials refused" in r.getMessage() for r in caplog.records)
+    finally:
+        for agent in (alice, mallory, bob):
+            agent.cleanup()
+
+
+def test_simple_create_auth_uses_its_dispatcher(loop: EventLoop) -> None:
+    agent = _ua(loop, "bob")
+    auth = agent.create_auth(user2pass=USERS, realm=REALM, i_am_proxy=True)
+    assert isinstance(auth, Authorize) and auth.dispatcher is agent.dispatcher
+    assert auth.i_am_proxy
+    assert agent.listen() is agent.endpoint  # without auth_*: the endpoint, as before
+    agent.cleanup()
