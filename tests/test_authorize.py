@@ -35,7 +35,7 @@ from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.simple import Simple, _AuthFront
-from netsip.testing import FakeClock, addr_of, drive, pkt, udp_socket
+from netsip.testing import FakeClock, addr_of, advance, drive, pkt, udp_socket
 from netsip.util import Addr
 from tests.support import EndpointEvents
 
@@ -408,6 +408,33 @@ def test_retransmission_is_not_a_replay(world: World) -> None:
     # and if it reaches the authorizer (no cache), it passes as the same request
     assert server.auth.nonces.use(ch.nonce, 1, "call-1 1 REGISTER", world.clock()) is None
     assert server.auth.nonces.use(ch.nonce, 1, "call-1 2 REGISTER", world.clock()) is not None
+
+
+@pytest.mark.parametrize(("max_age", "handled"), [(300, [401]), (30, [401, 401])])
+def test_endpoint_refresh_counts_nc_on_or_gets_stale(
+    world: World, max_age: float, handled: list[int]
+) -> None:
+    """The Endpoint refreshes a registration with the last challenge and the
+    next nc: within the nonce's age it passes at once, after it the server
+    says stale and the client answers the new nonce without asking anyone."""
+    server = world.server(max_age=max_age)
+    ep = world.endpoint()
+    rec = EndpointEvents()
+    ep.register(
+        registrar=server.uri,
+        from_=f"<sip:alice@{REALM}>",
+        contact=f"<sip:alice@{ep.dispatcher.legs[0].src}>",
+        auth=("alice", "wonderland"),
+        callback=rec.cb,
+        expires=120,
+    )
+    drive(world.loop, lambda: rec.codes() == [200], 5.0, "the registration")
+    assert server.handled == [401]
+    advance(world.loop, world.clock, 61)  # the refresh is due after 60 s
+    drive(world.loop, lambda: rec.codes() == [200, 200], 5.0, "the refresh")
+    assert len(server.passed) == 2 and server.handled == handled
+    creds = [r.get_headers("authorization") for r in server.passed]
+    assert creds == [[], []]  # consumed
 
 
 def test_rfc2069_answer_is_good_for_one_request(world: World) -> None:
