@@ -10,9 +10,10 @@ code, the chain stops). Responses always pass.
 How it works:
 
 - Challenges and checks are :mod:`netsip.digest`'s stateless primitives
-  (:func:`~netsip.digest.make_challenge`, :func:`~netsip.digest.verify`): a
-  nonce is ``<time>.<HMAC(secret, time:realm[:opaque])>`` with a random
-  per-instance ``secret``, good for ``max_age`` seconds. A request without
+  (:func:`~netsip.digest.make_nonce`, :func:`~netsip.digest.make_challenge`,
+  :func:`~netsip.digest.verify`): a nonce is ``<time>.<random>.<HMAC(secret,
+  time.random:realm[:opaque])>`` with a random per-instance ``secret``, new
+  for every challenge, good for ``max_age`` seconds. A request without
   (readable, right) credentials for the realm gets a 401 with
   ``WWW-Authenticate`` (a 407 with ``Proxy-Authenticate`` when
   ``i_am_proxy``): one challenge per offered algorithm, strongest first
@@ -84,6 +85,7 @@ from netsip.digest import (
     Verdict,
     credentials_realm,
     make_challenge,
+    make_nonce,
     verify,
 )
 from netsip.dispatcher import Dispatcher
@@ -413,8 +415,6 @@ class Authorize:
                 "authorization",
                 "www-authenticate",
             )
-        # the challenges of the current second: (stamp, stale) -> values
-        self._challenges: dict[tuple[int, bool], list[str]] = {}
         self._challenge_values(0.0, stale=False)  # checks algorithms and qop now
 
     @classmethod
@@ -558,34 +558,29 @@ class Authorize:
     # ----------------------------------------------------------- answering
 
     def _challenge_values(self, now: float, *, stale: bool) -> list[str]:
-        """One challenge per algorithm, preferred first (RFC 8760 2.4); the
-        nonce changes once a second, so the values are kept for that second."""
-        key = (int(now), stale)
-        values = self._challenges.get(key)
-        if values is None:
-            values = [
-                make_challenge(
-                    self.realm,
-                    secret=self._secret,
-                    algorithm=alg,
-                    qop=self.qop,
-                    stale=stale,
-                    opaque=self.opaque,
-                    now=now,
-                )
-                for alg in self.algorithms
-            ]
-            self._challenges = {k: v for k, v in self._challenges.items() if k[0] == key[0]}
-            self._challenges[key] = values
-        return values
+        """One challenge per algorithm, preferred first (RFC 8760 2.4), all
+        with one new nonce (a nonce per challenge: nc is counted per nonce)."""
+        nonce = make_nonce(self.realm, secret=self._secret, opaque=self.opaque, now=now)
+        return [
+            make_challenge(
+                self.realm,
+                secret=self._secret,
+                algorithm=alg,
+                qop=self.qop,
+                stale=stale,
+                opaque=self.opaque,
+                now=now,
+                nonce=nonce,
+            )
+            for alg in self.algorithms
+        ]
 
     def _challenge(
         self, packet: Request, leg: Leg, from_: Addr, now: float, *, stale: bool
     ) -> None:
         values = self._challenge_values(now, stale=stale)
-        self._send(
-            packet.create_response(self._code, headers={self._challenge_hdr: values}), leg, from_
-        )
+        response = packet.create_response(self._code, headers={self._challenge_hdr: values})
+        self._send(response, leg, from_)
 
     def _send(self, response: Packet, leg: Leg, from_: Addr) -> None:
         try:
