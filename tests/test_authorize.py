@@ -10,6 +10,7 @@ nonce ages are moved by the test, traffic is driven by the loop.
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,16 @@ from netsip.packet import Packet, Request, Response
 from netsip.simple import Simple, _AuthFront
 from netsip.testing import FakeClock, addr_of, advance, drive, pkt, udp_socket
 from netsip.util import Addr
-from tests.support import EndpointEvents
+from tests.support import (
+    EndpointEvents,
+    free_port,
+    require_perl_netsip,
+    require_sipp,
+    sipp_errors,
+    sipp_stats,
+    start_sipp,
+    stop_process,
+)
 
 REALM = "example.org"
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -62,7 +72,12 @@ class Server:
         if isinstance(packet, Request):
             self.passed.append(packet)
             if packet.method() != "ACK":
-                self.disp.deliver(packet.create_response(200), leg=leg, dst_addr=from_)
+                # (a REGISTER's 200 says how long: Perl's Simple wants to know)
+                granted = packet.get_header("expires") or "60"
+                extra = {"expires": granted} if packet.method() == "REGISTER" else None
+                self.disp.deliver(
+                    packet.create_response(200, headers=extra), leg=leg, dst_addr=from_
+                )
 
     @property
     def addr(self) -> Addr:
@@ -71,6 +86,17 @@ class Server:
     @property
     def uri(self) -> str:
         return f"sip:{self.addr}"
+
+
+def make_server(loop: EventLoop, **kw: Any) -> Server:
+    """A Server on a UDP leg of ``loop``; ``kw`` for Authorize (realm and users preset)."""
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+    kw.setdefault("realm", REALM)
+    if "user2pass" not in kw and "user2a1" not in kw:
+        kw["user2pass"] = USERS
+    server = Server(disp, Authorize(dispatcher=disp, **kw))
+    disp.set_receiver(server)
+    return server
 
 
 @dataclass(eq=False)
@@ -121,13 +147,8 @@ class World:
     socks: list[Any] = field(default_factory=list)
 
     def server(self, **kw: Any) -> Server:
-        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], self.loop)
-        self.dispatchers.append(disp)
-        kw.setdefault("realm", REALM)
-        if "user2pass" not in kw and "user2a1" not in kw:
-            kw["user2pass"] = USERS
-        server = Server(disp, Authorize(dispatcher=disp, **kw))
-        disp.set_receiver(server)
+        server = make_server(self.loop, **kw)
+        self.dispatchers.append(server.disp)
         return server
 
     def peer(self) -> Peer:
@@ -758,3 +779,87 @@ def test_simple_create_auth_uses_its_dispatcher(loop: EventLoop) -> None:
     assert auth.i_am_proxy
     assert agent.listen() is agent.endpoint  # without auth_*: the endpoint, as before
     agent.cleanup()
+
+
+# -------------------------------------------------------------- live peers
+
+AUTH_CLIENT = Path(__file__).parent / "perl" / "auth_client.pl"
+REGISTER_AUTH = Path(__file__).parent / "sipp" / "register_auth.xml"
+PEER_WAIT = 30.0  # bound for driving netsip while a live peer runs
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    ("password", "expect"), [("wonderland", "REGISTERED 60"), ("guessed", "FAILED")]
+)
+def test_perl_simple_registers_through_authorize(
+    loop: EventLoop, password: str, expect: str
+) -> None:
+    """Net::SIP::Simple answers the MD5 challenge (it skips SHA-256, offered first)."""
+    perl = require_perl_netsip()
+    server = make_server(loop)
+    try:
+        proc = subprocess.Popen(
+            [perl, str(AUTH_CLIENT), "--registrar", str(server.addr), "--password", password],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            drive(loop, lambda: proc.poll() is not None, PEER_WAIT, "the Perl client ended")
+            out, _ = proc.communicate(timeout=PEER_WAIT)
+        finally:
+            stop_process(proc)
+        lines = out.decode("utf-8", "replace").splitlines()
+        assert lines and lines[-1].startswith(expect), lines
+        assert proc.returncode == (0 if expect.startswith("REGISTERED") else 1), lines
+        assert len(server.passed) == (1 if expect.startswith("REGISTERED") else 0)
+        assert server.handled[0] == 401
+    finally:
+        server.disp.close()
+
+
+@pytest.mark.interop
+def test_sipp_registers_through_authorize(loop: EventLoop, tmp_path: Path) -> None:
+    """sipp's [authentication]: 500 registrations, none failed. sipp answers
+    the first challenge whatever its algorithm (and knows only MD5), so the
+    server offers MD5 alone here."""
+    sipp = require_sipp()
+    server = make_server(loop, algorithms=("MD5",))
+    count = 500
+    try:
+        proc, stf = start_sipp(
+            sipp,
+            [
+                str(server.addr),
+                "-sf", str(REGISTER_AUTH), "-p", str(free_port()),
+                "-m", str(count), "-r", "500", "-rp", "1000", "-l", "50",
+            ],
+            tmp_path,
+        )  # fmt: skip
+        try:
+            drive(loop, lambda: proc.poll() is not None, PEER_WAIT, "sipp ended")
+            rc = proc.wait(timeout=PEER_WAIT)
+        finally:
+            stop_process(proc)
+        stats = sipp_stats(stf)
+        errors = sipp_errors(tmp_path)
+        assert stats["SuccessfulCall(C)"] == str(count), (stats, errors)
+        assert stats["FailedCall(C)"] == "0", (stats, errors)
+        assert rc == 0, errors
+        assert len(server.passed) == count
+        assert server.handled.count(401) >= count
+    finally:
+        server.disp.close()
+
+
+def test_opaque_is_announced_and_must_come_back(world: World) -> None:
+    server, peer = world.server(opaque="op-1"), world.peer()
+    ch = first_challenge(world, server, peer)
+    assert ch.opaque == "op-1"
+    dropped = Challenge(ch.header, ch.realm, ch.nonce, ch.algorithm, ch.qop, opaque=None)
+    creds = [("Authorization", credentials(dropped, "REGISTER"))]
+    assert peer.ask(server, request("REGISTER", peer, headers=creds)).code() == 401
+    creds = [("Authorization", credentials(ch, "REGISTER", nc=2))]
+    assert peer.ask(server, request("REGISTER", peer, cseq=2, headers=creds)).code() == 200
+    assert world.register(server).codes() == [200]  # the Endpoint echoes it
