@@ -306,7 +306,9 @@ def _scan(value: str) -> list[tuple[str, dict[str, str]]]:
                 break
             name, raw = pm.group(1).lower(), pm.group(2)
             if raw[:1] == '"':
-                raw = _UNESCAPE_RE.sub(r"\1", raw[1:-1])
+                raw = raw[1:-1]
+                if "\\" in raw:  # (quoted-pairs are rare: skip the regex)
+                    raw = _UNESCAPE_RE.sub(r"\1", raw)
             if name in params:
                 raise _MalformedError(f"{name} twice")
             if len(raw) > MAX_PARAM or _CTL_RE.search(raw):
