@@ -547,6 +547,10 @@ class Authorize:
     def _consume(self, packet: Request) -> None:
         """Remove the credentials of this realm (RFC 3261 22.3)."""
         values = packet.get_headers(self._request_hdr)
+        if len(values) == 1:
+            # the usual case: the credentials just verified, nothing else
+            packet.del_header(self._request_hdr)
+            return
         kept = [v for v in values if credentials_realm(v) != self.realm]
         if len(kept) == len(values):
             return
