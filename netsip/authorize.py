@@ -37,7 +37,9 @@ How it works:
   and at most ``max_nonces`` nonces are tracked; when that table is full the
   oldest entry goes and every nonce issued up to its time that is not in the
   table counts as used (challenged with ``stale=true``), so forgetting never
-  lets a replay through.
+  lets a replay through. So at most ``max_nonces`` x :data:`NC_WINDOW`
+  counts are held (10,000 x 64 by default; usually one or two per nonce),
+  and only requests with right credentials add any.
 - After the credentials, the ``filter`` of the request's method (Perl's
   shape: ``{method: [alternative, ...]}``, an alternative a callback, a
   filter name, or a list of them that must all pass) decides; the filters
