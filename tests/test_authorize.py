@@ -395,7 +395,10 @@ def test_expired_nonce_with_right_credentials_is_stale(world: World) -> None:
     assert peer.ask(server, request("REGISTER", peer, cseq=3, headers=ok)).code() == 200
 
 
-def test_nc_replay_is_refused_with_stale_and_counting_on_passes(world: World) -> None:
+def test_nc_replay_is_refused_with_stale_and_counting_on_passes(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "netsip.authorize")
     server, peer = world.server(), world.peer()
     ch = first_challenge(world, server, peer)
 
@@ -416,6 +419,10 @@ def test_nc_replay_is_refused_with_stale_and_counting_on_passes(world: World) ->
     stale = register(7, 6)
     assert stale.code() == 401 and all(c.stale for c in challenges(stale))
     assert len(server.passed) == 4
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("replayed nonce: nc 1 used before" in m for m in logged) == 1, logged
+    assert sum("replayed nonce: nc 3 used before" in m for m in logged) == 1, logged
+    assert sum("nonce expired" in m for m in logged) == 1, logged
 
 
 def test_retransmission_is_not_a_replay(world: World) -> None:
