@@ -247,7 +247,7 @@ def credentials(
     )
 
 
-def first_challenge(world: World, server: Server, peer: Peer) -> Challenge:
+def first_challenge(server: Server, peer: Peer) -> Challenge:
     resp = peer.ask(server, request("OPTIONS", peer, callid="probe"))
     assert resp.code() == 401
     return challenges(resp)[0]
@@ -378,7 +378,7 @@ def test_users_from_file(world: World, tmp_path: Path) -> None:
 
 def test_expired_nonce_with_right_credentials_is_stale(world: World) -> None:
     server, peer = world.server(max_age=60), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     world.clock.advance(61)
     resp = peer.ask(
         server, request("REGISTER", peer, headers=[("Authorization", credentials(ch, "REGISTER"))])
@@ -400,7 +400,7 @@ def test_nc_replay_is_refused_with_stale_and_counting_on_passes(
 ) -> None:
     caplog.set_level(logging.INFO, "netsip.authorize")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
 
     def register(cseq: int, nc: int) -> Response:
         creds = [("Authorization", credentials(ch, "REGISTER", nc=nc))]
@@ -427,7 +427,7 @@ def test_nc_replay_is_refused_with_stale_and_counting_on_passes(
 
 def test_retransmission_is_not_a_replay(world: World) -> None:
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     data = request("REGISTER", peer, headers=[("Authorization", credentials(ch, "REGISTER"))])
     assert peer.ask(server, data).code() == 200
     # the same request again: the dispatcher's response cache answers it
@@ -467,7 +467,7 @@ def test_endpoint_refresh_counts_nc_on_or_gets_stale(
 
 def test_rfc2069_answer_is_good_for_one_request(world: World) -> None:
     server, peer = world.server(algorithms=("MD5",), qop=()), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     assert ch.qop == ()
     creds = [("Authorization", credentials(ch, "REGISTER"))]
     assert "nc=" not in creds[0][1]
@@ -552,7 +552,7 @@ def test_bad_ten_kilobytes_of_junk(world: World, caplog: pytest.LogCaptureFixtur
 def test_bad_wrong_realm(world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "netsip")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     other = Challenge(ch.header, "elsewhere", ch.nonce, ch.algorithm, ch.qop)
     creds = [("Authorization", credentials(other, "REGISTER"))]
     resp = peer.ask(server, request("REGISTER", peer, headers=creds))
@@ -562,7 +562,7 @@ def test_bad_wrong_realm(world: World, caplog: pytest.LogCaptureFixture) -> None
 def test_bad_wrong_uri(world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "netsip")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     creds = [("Authorization", credentials(ch, "REGISTER", uri="sip:other.example"))]
     resp = peer.ask(server, request("REGISTER", peer, headers=creds))
     _assert_challenged(server, resp, caplog, "credentials refused")
@@ -571,7 +571,7 @@ def test_bad_wrong_uri(world: World, caplog: pytest.LogCaptureFixture) -> None:
 def test_bad_unknown_algorithm(world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "netsip")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     creds = credentials(ch, "REGISTER").replace("algorithm=SHA-256", "algorithm=ROT13")
     resp = peer.ask(server, request("REGISTER", peer, headers=[("Authorization", creds)]))
     _assert_challenged(server, resp, caplog, "no readable credentials")
@@ -580,7 +580,7 @@ def test_bad_unknown_algorithm(world: World, caplog: pytest.LogCaptureFixture) -
 def test_bad_algorithm_not_offered(world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "netsip")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     weak = Challenge(ch.header, ch.realm, ch.nonce, digest.ALGORITHMS["SHA-512-256"], ch.qop)
     creds = [("Authorization", credentials(weak, "REGISTER"))]
     resp = peer.ask(server, request("REGISTER", peer, headers=creds))
@@ -590,7 +590,7 @@ def test_bad_algorithm_not_offered(world: World, caplog: pytest.LogCaptureFixtur
 def test_bad_forged_nonce(world: World, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "netsip")
     server, peer = world.server(), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     forged = Challenge(
         ch.header, ch.realm, f"{int(world.clock()):x}." + "0" * 64, ch.algorithm, ch.qop
     )
@@ -619,7 +619,7 @@ def test_ack_and_cancel_are_never_challenged(
 
 def test_ack_and_cancel_with_their_invite_credentials_pass(world: World) -> None:
     server, peer = world.server(max_age=60), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     invite_creds = [("Authorization", credentials(ch, "INVITE"))]
     assert peer.ask(server, request("INVITE", peer, callid="i", headers=invite_creds)).code() == 200
     # an ACK and a CANCEL carry the INVITE's credentials (RFC 3261 22.1), even past the age
@@ -674,7 +674,7 @@ def test_filter_per_method(world: World) -> None:
         filter={"register": [["ToIsFrom", "FromIsAuthUser"]], "INVITE": "FromIsRealm"}
     )
     peer = world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
 
     def ask(method: str, nc: int, frm: str, to: str, user: str = "alice") -> int:
         password = USERS[user]
@@ -692,7 +692,7 @@ def test_filter_per_method(world: World) -> None:
     assert server.handled.count(403) == 2
 
     server2 = world.server(filter={"REGISTER": [["FromIsRealm", "ToIsFrom"], log_and_pass]})
-    ch = first_challenge(world, server2, peer)
+    ch = first_challenge(server2, peer)
     creds = [("Authorization", credentials(ch, "REGISTER"))]
     data = request("REGISTER", peer, frm="<sip:x@y>;tag=1", headers=creds)
     assert peer.ask(server2, data).code() == 200
@@ -862,7 +862,7 @@ def test_sipp_registers_through_authorize(loop: EventLoop, tmp_path: Path) -> No
 
 def test_opaque_is_announced_and_must_come_back(world: World) -> None:
     server, peer = world.server(opaque="op-1"), world.peer()
-    ch = first_challenge(world, server, peer)
+    ch = first_challenge(server, peer)
     assert ch.opaque == "op-1"
     dropped = Challenge(ch.header, ch.realm, ch.nonce, ch.algorithm, ch.qop, opaque=None)
     creds = [("Authorization", credentials(dropped, "REGISTER"))]
