@@ -8,6 +8,7 @@ Endpoint and Simple for the real client side (refreshes).
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from netsip.simple import Simple
 from netsip.testing import drive, pkt
 from netsip.util import Addr
 from tests.server_helpers import Client, Server, close_server, make_server, request
+from tests.support import free_udp_tcp_port, require_perl_netsip
 
 
 @dataclass(eq=False)
@@ -476,3 +478,40 @@ def test_canonical_aor() -> None:
     )
     assert canonical_aor("<sips:%62ob@h>") == "sips:bob@h"
     assert canonical_aor("tel:+1") is None and canonical_aor("garbage here") is None
+
+
+# ------------------------------------------------------------------ Perl's Net::SIP as the client
+
+_PERL_REGISTER = r"""
+use strict; use warnings; use Net::SIP;
+my ($reg, $port, $expires) = @ARGV;
+my $ua = Net::SIP::Simple->new(
+    registrar => "127.0.0.1:$reg", from => 'sip:bob@example.org', leg => "127.0.0.1:$port");
+my $done;
+$ua->register(expires => $expires, cb_final => sub {
+    my ($status, %info) = @_;
+    my $p = $info{packet};
+    print "$status ", ($p ? $p->code : '-'), " ", ($p ? join(',', $p->get_header('contact')) : ''), "\n";
+    $done = 1;
+});
+$ua->loop(10, \$done);
+"""
+
+
+def test_perl_netsip_registers(world: World) -> None:
+    """Perl's Net::SIP::Simple registers and unregisters with netsip's registrar."""
+    perl = require_perl_netsip()
+    port = free_udp_tcp_port()
+
+    def perl_register(expires: int) -> str:
+        args = [perl, "-e", _PERL_REGISTER, str(world.server.addr.port), str(port), str(expires)]
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            drive(world.server.loop, lambda: proc.poll() is not None, 20.0, "perl exits")
+            out, err = proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return out.decode().strip()
+
+    assert perl_register(1800) == f"OK 200 <sip:bob@127.0.0.1:{port}>;expires=1800"
+    assert world.reg.query("sip:bob@example.org") == [f"sip:bob@127.0.0.1:{port}"]
+    assert perl_register(0) == "OK 200"
+    assert world.reg.query("sip:bob@example.org") == []
