@@ -491,7 +491,8 @@ my $done;
 $ua->register(expires => $expires, cb_final => sub {
     my ($status, %info) = @_;
     my $p = $info{packet};
-    print "$status ", ($p ? $p->code : '-'), " ", ($p ? join(',', $p->get_header('contact')) : ''), "\n";
+    my @c = $p ? $p->get_header('contact') : ();
+    print "$status ", ($p ? $p->code : '-'), " ", join(',', @c), "\n";
     $done = 1;
 });
 $ua->loop(10, \$done);
