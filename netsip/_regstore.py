@@ -97,8 +97,9 @@ class RegistrationStore(Protocol):
     def put(self, aor: str, bindings: Sequence[Binding], now: float) -> None:
         """Replace every binding of ``aor`` with ``bindings`` (none: delete the AOR).
 
-        All or nothing: a store that cannot commit raises ``OSError`` (the
-        registrar then answers 500, RFC 3261 10.3 step 7).
+        All or nothing: a store that cannot commit raises ``OSError`` or a
+        subclass (the registrar then answers 500, RFC 3261 10.3 step 7; a
+        Redis store wraps its client's errors). :meth:`get` fails the same way.
         """
         ...
 

@@ -285,6 +285,10 @@ def _parse_contact(value: str) -> _Contact:
     return _Contact(uri, expires, q, instance, reg_id, "".join(other))
 
 
+def _is_sip(uri: str) -> bool:
+    return uri.partition(":")[0].lower() in ("sip", "sips")
+
+
 def _format_q(q: float) -> str:
     return f"{q:.3f}".rstrip("0").rstrip(".") if q != int(q) else str(int(q))
 
@@ -320,6 +324,7 @@ class Registrar:
             bindings of one AOR (403 beyond).
         pass_foreign: for a REGISTER to a domain not served, return None
             (leave it to the next link of a chain) instead of answering 404.
+        domain: one domain, as ``domains`` (Net::SIP takes either name).
 
     Raises:
         ValueError: inconsistent limits.
@@ -336,6 +341,7 @@ class Registrar:
         default_expires: int = 3600,
         max_contacts: int = 20,
         pass_foreign: bool = False,
+        domain: str | None = None,
     ) -> None:
         if not 0 <= min_expires <= max_expires:
             raise ValueError(
@@ -349,6 +355,8 @@ class Registrar:
         self.default_expires = min(max(default_expires, min_expires), max_expires)
         self.max_contacts = max_contacts
         self.pass_foreign = pass_foreign
+        if domains is None and domain is not None:
+            domains = domain
         if isinstance(domains, str):
             domains = [domains]
         self.domains: tuple[str, ...] | None = (
@@ -376,7 +384,7 @@ class Registrar:
 
     def query(self, aor: str) -> list[str]:
         """The SIP/SIPS contact URIs registered for ``aor``, highest q first (as Net::SIP)."""
-        return [b.contact for b in self.lookup(aor) if b.contact[:4].lower() in ("sip:", "sips")]
+        return [b.contact for b in self.lookup(aor) if _is_sip(b.contact)]
 
     def expire(self) -> int:
         """Drop the bindings that expired (only those: the store's heap) and re-arm the timer.
@@ -455,7 +463,7 @@ class Registrar:
         if aor is None:
             return
         for b in self.lookup(aor):
-            if b.contact[:4].lower() in ("sip:", "sips"):
+            if _is_sip(b.contact):
                 log.debug("rewrite %s %s to %s", request.method(), aor, b.contact)
                 request.set_uri(b.contact)
                 if b.path:
@@ -497,7 +505,7 @@ class Registrar:
         aor = canonical_aor(to_uri.group("uri"))
         if aor is None:
             raise _RejectError(404, "Not Found", f"To is not a SIP URI: {to[:80]!r}")
-        if not self._serves(aor.rpartition("@")[2]):
+        if not self._serves(aor.partition(":")[2].rpartition("@")[2]):
             self._foreign(f"AOR {aor} is not in a served domain")
             return None
         # step 6: the contacts
@@ -510,7 +518,10 @@ class Registrar:
         cseq = request.cseq_number() or 0
         now = self.dispatcher.eventloop.looptime
         self.store.expire(now)  # (pops only what is due)
-        current = self.store.get(aor, now)
+        try:
+            current = self.store.get(aor, now)
+        except OSError as exc:
+            raise _RejectError(500, "Server Internal Error", f"store failed: {exc}") from exc
         flows = False
         if "*" in (v.strip() for v in values):
             new = self._unregister_all(request, values, current, callid, cseq)

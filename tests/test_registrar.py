@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -516,3 +516,31 @@ def test_perl_netsip_registers(world: World) -> None:
     assert world.reg.query("sip:bob@example.org") == [f"sip:bob@127.0.0.1:{port}"]
     assert perl_register(0) == "OK 200"
     assert world.reg.query("sip:bob@example.org") == []
+
+
+class _FailingStore(MemoryStore):
+    """A store whose commits fail (a database down)."""
+
+    def put(self, aor: str, bindings: Sequence[Binding], now: float) -> None:
+        raise ConnectionRefusedError("store down")
+
+
+def test_store_failure_500(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A store that cannot commit: 500, nothing half-done (10.3 step 7)."""
+    reg = Registrar(dispatcher=world.server.disp, store=_FailingStore())
+    world.server.disp.set_receiver(reg)
+    with caplog.at_level(logging.INFO, logger="netsip.registrar"):
+        assert world.ask(contacts=["<sip:a@10.0.0.1>"]).code() == 500
+    assert "store down" in caplog.text and reg.query(ALICE) == []
+
+
+def test_domain_alias_and_aor_without_user(world: World) -> None:
+    """Net::SIP's ``domain=``; an AOR without user part is checked by its host too."""
+    reg = Registrar(dispatcher=world.server.disp, domain="example.org")
+    world.server.disp.set_receiver(reg)
+    assert reg.domains == ("example.org",)
+    ok = world.ask(contacts=["<sip:gw@10.0.0.1>"], to="<sip:example.org>", uri="sip:127.0.0.1")
+    assert ok.code() == 200 and reg.query("sip:example.org") == ["sip:gw@10.0.0.1"]
+    bad = world.ask(contacts=["<sip:gw@10.0.0.1>"], to="<sip:other.net>", uri="sip:127.0.0.1")
+    assert bad.code() == 404
+    reg.close()
