@@ -373,12 +373,19 @@ class Registrar:
 
         Args:
             aor: an address of record (any form :func:`canonical_aor` takes).
+
+        Returns:
+            The bindings; none if the store failed (logged).
         """
         key = canonical_aor(aor)
         if key is None:
             return []
         now = self.dispatcher.eventloop.looptime
-        bindings = self.store.get(key, now)
+        try:
+            bindings = self.store.get(key, now)
+        except OSError as exc:
+            log.warning("lookup of %s failed: %s", key, exc)
+            return []
         bindings.sort(key=lambda b: -(1.0 if b.q is None else b.q))
         return bindings
 
@@ -601,7 +608,9 @@ class Registrar:
         for c in contacts:
             r = header if c.expires is None else _delta_seconds(c.expires)
             requested.append(self.default_expires if r is None else r)
-        if flows and sum(1 for r in requested if r) > 1:
+        # RFC 5626 6: a reg-id among several contacts to register (non-zero expiry)
+        live = [c for c, r in zip(contacts, requested, strict=True) if r]
+        if flows and len(live) > 1 and any(c in flows for c in live):
             raise _RejectError(400, "Bad Request", "reg-id with more than one contact to register")
         for r in requested:
             # step 6: 423 only if 0 < interval < min and below an hour

@@ -200,6 +200,14 @@ def test_outbound_instance_and_reg_id(world: World) -> None:
     # two contacts to register when one has a reg-id: 400
     two = world.ask(contacts=[f"<sip:a@10.0.0.7>;{inst};reg-id=3", "<sip:z@10.0.0.7>"])
     assert two.code() == 400
+    # but a flow may come with contacts it removes (expiry 0): here flow 2, by its key
+    one = world.ask(
+        contacts=[
+            f"<sip:a@10.0.0.7>;{inst};reg-id=3",
+            f"<sip:a@10.0.0.8>;{inst};reg-id=2;expires=0",
+        ]
+    )
+    assert one.code() == 200 and len(world.reg.query(ALICE)) == 2
 
 
 def test_outbound_not_first_hop(world: World) -> None:
