@@ -18,7 +18,7 @@ from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Response
 from netsip.testing import FakeClock, addr_of, advance, datagrams, drive, pkt, spin, udp_socket
-from netsip.util import Addr
+from netsip.util import Addr, Proto
 
 _branches = itertools.count(1)
 
@@ -110,10 +110,10 @@ def request(
     return "\r\n".join(lines).encode()
 
 
-def make_server() -> Server:
+def make_server(proto: Proto = "udp") -> Server:
     clock = FakeClock(1_000_000.0)
     loop = EventLoop(clock=clock)
-    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto=proto)], loop)
     return Server(loop, clock, disp)
 
 

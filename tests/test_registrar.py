@@ -344,6 +344,32 @@ def test_endpoint_registers_and_refreshes(world: World) -> None:
         disp.close()
 
 
+def test_endpoint_over_tcp() -> None:
+    """Over TCP the answer goes back on the client's connection."""
+    server = make_server("tcp")
+    reg = Registrar(dispatcher=server.disp)
+    server.disp.set_receiver(reg)
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="tcp")], server.loop)
+    ep = Endpoint(disp)
+    codes: list[int] = []
+    try:
+        ep.register(
+            registrar=f"sip:{server.addr};transport=tcp",
+            from_=f"<{ALICE}>",
+            contact=f"<sip:alice@{disp.legs[0].src};transport=tcp>",
+            callback=lambda _ep, _ctx, _err, code, *_: codes.append(code),
+            refresh=False,
+        )
+        drive(server.loop, lambda: codes, 5.0)
+        assert codes == [200]
+        assert reg.query(ALICE) == [f"sip:alice@{disp.legs[0].src};transport=tcp"]
+    finally:
+        ep.close()
+        disp.close()
+        reg.close()
+        close_server(server)
+
+
 def test_simple_register(world: World) -> None:
     """Simple.register returns the expiry the registrar granted (capped at max_expires)."""
     with Simple(from_=ALICE, leg="udp:127.0.0.1:0", loop=world.server.loop) as ua:
