@@ -24,7 +24,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
 from netsip.proxy import MTU_LIMIT, NatBasic, StatelessProxy
 from netsip.sdp import SDP
-from netsip.util import Addr, Proto, sip_hdrval2parts
+from netsip.util import Addr, Proto, Var, sip_hdrval2parts
 from tests.support import (
     TlsFiles,
     connect,
@@ -916,3 +916,67 @@ def test_no_nat_on_one_leg(world: World) -> None:
     (req,) = world.recv(uas)
     assert req.body() == SDP_BODY
     assert nat.calls == []
+
+
+# ------------------------------------------------------ netsip UAs end to end
+
+
+def test_call_between_simple_uas_through_the_proxy(world: World) -> None:
+    """alice (UDP) calls bob@example.com (TCP) through the proxy: echo, then bob hangs up."""
+    from netsip.simple import Call, Simple  # noqa: PLC0415  # (only this test needs the UA)
+
+    loop = world.loop
+    pu, pt = udp_leg(), tcp_leg()
+    bob = Simple(from_="sip:bob@example.com", leg="tcp:127.0.0.1:0", loop=loop)
+    bob_contact = f"sip:bob@{hostport(bob.default_leg())};transport=tcp"
+    world.proxy(
+        pu,
+        pt,
+        lookup=lambda aor: [bob_contact] if aor == "sip:bob@example.com" else [],
+        domains=["example.com"],
+    )
+    alice = Simple(
+        from_="sip:alice@example.net",
+        leg="udp:127.0.0.1:0",
+        loop=loop,
+        outgoing_proxy=hostport(pu),
+    )
+    try:
+        b_calls: list[Call] = []
+        echoed: list[bytes] = []
+        invites: list[Request] = []
+
+        def created(call: Call, request: Request, *_rest: object) -> bool:
+            b_calls.append(call)
+            invites.append(request)
+            return True
+
+        bob.listen(
+            init_media=bob.rtp("media_recv_echo"),
+            cb_create=created,
+        )
+        final: list[str] = []
+        bye = Var[bool]()
+        payloads = [bytes([i]) * 160 for i in range(10)]
+        it = iter(payloads)
+        call = alice.invite(
+            "sip:bob@example.com",
+            init_media=alice.rtp(
+                "media_send_recv", lambda *_: next(it, None), 1, lambda p, *_: echoed.append(p)
+            ),
+            cb_final=lambda status, call, info: final.append(status),
+            recv_bye=lambda param: setattr(bye, "value", True),
+        )
+        drive(loop, lambda: len(echoed) >= len(payloads), what="the echo through the proxy")
+        assert final == ["OK"]
+        assert echoed[: len(payloads)] == payloads
+        # bob saw both Record-Routes (RFC 5658) and alice's Contact hidden behind a token
+        rr = invites[0].get_headers("record-route")
+        assert rr[:2] == [f"<{pt.contact};lr>", f"<{pu.contact};lr>"]
+        assert re.search(r"sip:b[A-Z2-7]+@", invites[0].get_header("contact") or "")
+        # bob hangs up: the BYE takes the route set back through the proxy
+        b_calls[0].bye()
+        drive(loop, lambda: bool(bye) and call.closed, what="alice heard bob's BYE")
+    finally:
+        alice.cleanup()
+        bob.cleanup()
