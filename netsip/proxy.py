@@ -61,7 +61,8 @@ Differences from Net::SIP 0.835:
   Max-Forwards, Route and Record-Route gets 400 (the packet parser already
   refuses most of it: such a datagram is logged and dropped by the pool);
 - errors Perl only logs are answered: 416, 420, 480, 503 (the next hop
-  cannot be resolved or reached), 403 for a domain not served (``domains``);
+  cannot be resolved or reached), 403 for a request neither for nor from a
+  served domain (``domains``);
 - ``lookup`` and ``domains`` are this port's (Perl's
   ``bin/stateless_proxy.pl`` subclasses the proxy for that);
 - the forwarded packet is handed to the outgoing leg's socket pool as it is
@@ -262,9 +263,11 @@ class StatelessProxy:
             becomes the Request-URI.
         domains: the domains the proxy serves (``"example.com"``,
             ``"*.example.com"``, ``"*"``; its own addresses always count).
-            With ``domains`` a request for another domain gets 403, and one
-            for a served domain that ``lookup`` knows nobody for gets 480.
-            None: everything is forwarded (as Net::SIP).
+            With ``domains`` a request for another domain gets 403 unless
+            its From is in a served domain (put an ``Authorize`` in front to
+            make that From true), and one for a served domain that
+            ``lookup`` knows nobody for gets 480. None: everything is
+            forwarded (as Net::SIP).
     """
 
     def __init__(
@@ -322,7 +325,10 @@ class StatelessProxy:
         *,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer ``request`` ourselves (never an ACK), with a log line."""
+        """Answer ``request`` ourselves (an ACK is dropped instead), with a log line."""
+        if request.method() == "ACK":
+            log.info("ACK from %s on %s dropped: %d %s", from_, leg.dump(), code, reason or "")
+            return
         log.info(
             "%s from %s on %s answered %d %s",
             request.method(),
@@ -331,8 +337,6 @@ class StatelessProxy:
             code,
             reason or "",
         )
-        if request.method() == "ACK":
-            return
         try:
             leg.deliver(request.create_response(code, reason, headers), from_)
         except (NetSIPError, OSError, ValueError) as exc:
@@ -382,6 +386,12 @@ class StatelessProxy:
             if "*." + host in domains:
                 return True
         return False
+
+    def _from_served(self, req: Request) -> bool:
+        """Whether the From of ``req`` is in a served domain (one of ours calling out)."""
+        value = req.get_header("from")
+        parts = sip_uri2parts(sip_hdrval2parts("from", value)[0]) if value else None
+        return parts is not None and self._serves(parts[0])
 
     # ------------------------------------------------------------ requests
 
@@ -552,7 +562,8 @@ class StatelessProxy:
                 self._reply(req, leg, from_, 404)
             return True
         served = mine is not None or (self.domains is not None and self._serves(domain))
-        if self.domains is not None and not served:
+        if self.domains is not None and not served and not self._from_served(req):
+            # neither for nor from a served domain: no open relay
             self._reply(req, leg, from_, 403, "Relaying Forbidden")
             return True
         if req.method() == "REGISTER" or user is None:

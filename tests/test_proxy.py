@@ -401,12 +401,17 @@ def test_lookup_and_domains(world: World, caplog: pytest.LogCaptureFixture) -> N
         send(uac, raw_request("INVITE", "sip:carol@sub.example.org", uac, branch="z9hG4bK2"), leg)
         (r480,) = world.recv(uac)
         # another domain: not relayed
-        send(uac, raw_request("INVITE", "sip:dave@example.net", uac, branch="z9hG4bK3"), leg)
+        foreign = raw_request("INVITE", "sip:dave@example.net", uac, branch="z9hG4bK3")
+        send(uac, foreign.replace(b"alice@example.com", b"alice@example.net"), leg)
         (r403,) = world.recv(uac)
     assert isinstance(r480, Response) and r480.code() == 480
     assert isinstance(r403, Response) and (r403.code(), r403.msg()) == (403, "Relaying Forbidden")
     assert "403" in caplog.text and "480" in caplog.text
     assert datagrams(uas) == []
+    # one of ours calling out is relayed (From in a served domain)
+    out = raw_request("OPTIONS", f"sip:dave@{hostport(sock_addr(uas))}", uac, branch="z9hG4bK4")
+    send(uac, out.replace(b"alice@example.com", b"alice@sub.example.org"), leg)
+    assert world.recv(uas)[0].method() == "OPTIONS"
 
 
 def test_lookup_with_a_registrar_query(world: World) -> None:
