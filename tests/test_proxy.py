@@ -166,11 +166,9 @@ def raw_request(
         "From: <sip:alice@example.com>;tag=alice1",
         f"To: <sip:bob@example.com>{';tag=' + to_tag if to_tag else ''}",
         f"Call-ID: {callid}",
-        f"CSeq: {cseq} {'INVITE' if method == 'ACK' and to_tag else method}",
+        f"CSeq: {cseq} {method}",
         "Contact: <sip:alice@" + hostport(sock_addr(src)) + ">",
     ]
-    if method == "ACK" and to_tag:
-        lines[5] = f"CSeq: {cseq} ACK"
     if max_forwards is not None:
         lines.append(f"Max-Forwards: {max_forwards}")
     lines += list(headers)
@@ -885,6 +883,27 @@ def test_nathelper(world: World) -> None:
     (resp,) = world.recv(uac)
     assert isinstance(resp, Response) and resp.code() == 486
     assert [k for k, _ in nat.calls].count("close") == 3
+    # a 200 with SDP: sockets on the caller's side (side 1, the UDP leg), then the ACK
+    nat.calls.clear()
+    reinvite = raw_request(
+        "INVITE", uri, uac, headers=sdp, body=SDP_BODY, branch="z9hG4bKre", cseq=3
+    )
+    send(uac, reinvite, pu)
+    world.until(lambda: len(uas.requests()) == 4)
+    ok = uas.requests()[3].create_response(200, None, {"content-type": "application/sdp"})
+    ok.set_body(SDP_BODY)
+    uas.disp.deliver(ok, leg=uas.leg("tcp"), dst_addr=uas.got[-1][1])
+    (answer,) = world.recv(uac)
+    assert SDP.new_from_string(answer.body()).get_media()[0]["addr"] == "127.0.0.9"
+    send(uac, raw_request("ACK", uri, uac, branch="z9hG4bKack", cseq=3, to_tag="b"), pu)
+    world.until(lambda: len(uas.requests()) == 5)
+    assert [k for k, _ in nat.calls] == [
+        f"allocate 0 {pt.laddr(0)} 1",
+        "activate",
+        f"allocate 1 {pu.laddr(0)} 1",
+        "activate",
+        "activate",
+    ]
 
 
 def test_nathelper_out_of_sockets_drops(world: World, caplog: pytest.LogCaptureFixture) -> None:
