@@ -70,27 +70,31 @@ Differences from Net::SIP 0.835:
   Supported (Perl's ``Leg::deliver`` adds those to INVITEs);
 - a rewritten Contact is the outgoing leg's URI (with its ``transport``)
   with the token as user part, so a TCP/TLS leg is reached over TCP/TLS;
-- the NAT helper gets a :class:`NatBasic` record instead of an array.
+- the NAT helper gets a :class:`NatBasic` record instead of an array
+  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s.
+
+Known limit: the 1300-byte rule looks at each request alone, so the CANCEL
+(or the ACK of a failure) of an INVITE that went over TCP because of its
+size goes over UDP; a stateless proxy has nothing to remember the INVITE's
+transport by. Downstream elements match them by branch, which is the same.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 from netsip._delivery import via_uri
 from netsip._log import get_logger
+from netsip._nat import NatBasic, NATHelper, ResponseCodes, nat_packet
 from netsip._rewrite import ContactCrypt, CryptFn, DefaultRewriteContact
 from netsip.dispatcher import Dispatcher, Target
 from netsip.leg import DEFAULT_ALLOW, ForwardError, Leg
 from netsip.packet import Packet, Request, Response
-from netsip.sdp import SDP, SDPError, sdp_from_body
 from netsip.util import (
     DEFAULT_PORTS,
     Addr,
@@ -128,44 +132,6 @@ _SCHEME_RX = re.compile(r"sips?:", re.IGNORECASE)
 _ANY_SCHEME_RX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _ANGLE_RX = re.compile(r"<([^>]*)>")
 _CONTACT_RX = re.compile(r"(.*?<)(sips?:[^>\s]+)(>.*)\Z|(sips?:[^>\s]+)\Z", re.IGNORECASE | re.S)
-
-
-@dataclass(frozen=True, slots=True)
-class NatBasic:
-    """What identifies a media session for the NAT helper (Perl's ``NAT_BASIC`` array).
-
-    ``idfrom``/``idto`` are ``"<uri>\\0<tag>\\0<leg ip:port>"`` for each side
-    (the tag is empty if the header has none); ``cseq`` is None when the
-    whole call ends (BYE).
-    """
-
-    callid: str
-    cseq: int | None
-    idfrom: str
-    idto: str
-    uri_from: str
-    uri_to: str
-
-
-class NATHelper(Protocol):
-    """The NAT helper the proxy calls for SDP bodies (``Net::SIP::NATHelper::Base``'s methods).
-
-    ``side`` is 0 for requests (allocate on the From side), 1 for responses.
-    """
-
-    def allocate_sockets(
-        self, nat: NatBasic, side: int, addr: str, media: list[dict[str, object]]
-    ) -> Sequence[tuple[str, int]] | None:
-        """New ``(ip, port)`` per media of the SDP on address ``addr``; None if out of sockets."""
-        ...
-
-    def activate_session(self, nat: NatBasic) -> object:
-        """Activate the session; true if both sides are allocated."""
-        ...
-
-    def close_session(self, nat: NatBasic) -> object:
-        """Close the session (of the whole call when ``nat.cseq`` is None)."""
-        ...
 
 
 def _md5(*parts: str) -> str:
@@ -292,9 +258,8 @@ class StatelessProxy:
         self.domains: frozenset[str] | None = (
             frozenset(d.lower() for d in domains) if domains is not None else None
         )
-        # response codes >= 400 to INVITE, for the NAT helper's ACK (two
-        # generations of at most 5000 entries, as in Perl)
-        self._respcode: list[dict[tuple[str, int, str, str], int]] = [{}, {}]
+        # response codes >= 400 to INVITE, for the NAT helper's ACK
+        self._respcodes = ResponseCodes()
 
     # ------------------------------------------------------------ receiving
 
@@ -781,82 +746,4 @@ class StatelessProxy:
         nh = self.nathelper
         if nh is None or incoming_leg is outgoing_leg:
             return None
-        cseq = packet.cseq() or ""
-        cseq_method = cseq.split()[-1] if cseq.split() else ""
-        body: SDP | None = None
-        if cseq_method in ("INVITE", "ACK") and packet.body():
-            ctype = packet.get_header("content-type") or ""
-            try:
-                body = sdp_from_body(ctype, packet.body())
-            except SDPError as exc:
-                log.info("malformed SDP body: %s", exc)
-                return (500, "malformed SDP body")
-            if body is not None and not ctype.lower().startswith("application/sdp"):
-                log.info("SDP in a multipart body is not rewritten")
-                body = None
-        request = packet if isinstance(packet, Request) else None
-        method = request.method() if request is not None else ""
-        track: int | None = None
-        if isinstance(packet, Response) and packet.method() == "INVITE" and packet.code() >= 400:
-            track = packet.code()
-        if body is None and method not in ("ACK", "CANCEL", "BYE") and track is None:
-            return None
-
-        ids: list[str] = []
-        uris: list[str] = []
-        for key in ("from", "to"):
-            value = packet.get_header(key)
-            if value is None:
-                return (0, f"no {key.upper()} header in packet")
-            uparts = sip_uri2parts(sip_hdrval2parts("from", value)[0])
-            if uparts is None:
-                return (0, f"bad {key.upper()} header in packet")
-            dom, user, proto = uparts[0], uparts[1], uparts[2]
-            uri = f"{proto}:{user}@{dom}" if user else f"{proto}:{dom}"
-            uris.append(uri)
-            ids.append(f"{uri}\0{_tag(value)}")
-        ileg, oleg = incoming_leg.laddr(1), outgoing_leg.laddr(1)
-        if request is not None:
-            idfrom, idto, side = f"{ids[0]}\0{ileg}", f"{ids[1]}\0{oleg}", 0
-        else:
-            idfrom, idto, side = f"{ids[0]}\0{oleg}", f"{ids[1]}\0{ileg}", 1
-        number = packet.cseq_number()
-        if number is None:
-            return (0, "no CSeq in packet")
-        callid = packet.callid() or ""
-        nat = NatBasic(callid, number, idfrom, idto, uris[0], uris[1])
-        rkey = (callid, number, idfrom, idto)
-
-        if track is not None:
-            rc = self._respcode[0]
-            if len(rc) > 5000:
-                self._respcode[1] = rc
-                rc = self._respcode[0] = {}
-            rc[rkey] = track
-            log.debug("close session %s|%d because of %d", callid, number, track)
-            nh.close_session(nat)
-            return None
-        if method == "CANCEL":
-            nh.close_session(nat)
-            return None
-        if method == "BYE":
-            nh.close_session(dataclasses.replace(nat, cseq=None))
-            return None
-        if body is not None:
-            new_media = nh.allocate_sockets(nat, side, outgoing_leg.laddr(0), body.get_media())
-            if not new_media:
-                log.info("allocation of RTP sockets failed for %s|%d", callid, number)
-                return (0, "allocation of RTP sockets failed")
-            try:
-                body.replace_media_listen(list(new_media))
-            except SDPError as exc:
-                return (0, f"NAT helper: {exc}")
-            packet.set_body(body.as_string())
-        if method == "ACK":
-            code = self._respcode[0].get(rkey) or self._respcode[1].get(rkey) or -1
-            if code <= 400 and not nh.activate_session(nat):
-                log.debug("session %s|%d still incomplete in ACK", callid, number)
-                return (0, "incomplete session in ACK")
-        elif not nh.activate_session(nat):
-            log.debug("session %s|%d not yet complete", callid, number)
-        return None
+        return nat_packet(nh, self._respcodes, packet, incoming_leg, outgoing_leg)
