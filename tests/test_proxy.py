@@ -12,8 +12,10 @@ import contextlib
 import logging
 import re
 import socket
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,7 @@ from netsip.proxy import MTU_LIMIT, NatBasic, StatelessProxy
 from netsip.sdp import SDP
 from netsip.util import Addr, Proto, Var, sip_hdrval2parts
 from tests.support import (
+    PipeReader,
     TlsFiles,
     connect,
     datagrams,
@@ -34,7 +37,11 @@ from tests.support import (
     have_ipv6,
     make_tls_files,
     pkt,
+    require_perl_netsip,
+    require_sipp,
+    sipp_stats,
     spin,
+    start_perl_peer,
     udp_socket,
 )
 
@@ -1004,3 +1011,123 @@ def test_call_between_simple_uas_through_the_proxy(world: World) -> None:
     finally:
         alice.cleanup()
         bob.cleanup()
+
+
+# ------------------------------------------------------------ live peers
+
+
+def _sipp(sipp: str, args: list[str], cwd: Path, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sipp,
+            *args,
+            "-i",
+            "127.0.0.1",
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-trace_stat",
+            "-stf",
+            str(cwd / f"{name}.csv"),
+            "-trace_err",
+        ],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_uac_through_the_proxy_to_sipp_uas(
+    world: World, tmp_path: Path, transport: str
+) -> None:
+    """sipp -sn uac -> proxy -> sipp -sn uas: INVITE, ACK, BYE, every call successful."""
+    sipp = require_sipp()
+    pu, pt = udp_leg(), tcp_leg()
+    world.proxy(pu, pt)
+    proxy_port = (pu if transport == "u1" else pt).src.port
+    uas_port = free_udp_tcp_port()
+    calls = 50
+    uas = _sipp(sipp, ["-sn", "uas", "-p", str(uas_port), "-t", transport], tmp_path, "uas")
+    try:
+        uac = _sipp(
+            sipp,
+            [
+                f"127.0.0.1:{uas_port}",
+                "-sn",
+                "uac",
+                "-rsa",
+                f"127.0.0.1:{proxy_port}",
+                "-t",
+                transport,
+                "-p",
+                str(free_udp_tcp_port()),
+                "-m",
+                str(calls),
+                "-r",
+                "100",
+            ],
+            tmp_path,
+            "uac",
+        )
+        try:
+            world.until(lambda: uac.poll() is not None, 40)
+        finally:
+            if uac.poll() is None:
+                uac.kill()
+            _, err = uac.communicate(timeout=10)
+        stats = sipp_stats(tmp_path / "uac.csv")
+        assert stats["SuccessfulCall(C)"] == str(calls), (stats, err)
+        assert stats["FailedCall(C)"] == "0", (stats, err)
+        assert uac.returncode == 0, err
+    finally:
+        uas.kill()
+        uas.communicate(timeout=10)
+
+
+@pytest.mark.interop
+def test_perl_netsip_server_behind_the_proxy(world: World) -> None:
+    """netsip UAC over UDP -> proxy -> Perl Net::SIP over TCP: every OPTIONS answered."""
+    require_perl_netsip()
+    pu, pt = udp_leg(), tcp_leg()
+    world.proxy(pu, pt)
+    uac = world.peer(udp_leg(), answer=None)
+    proc = start_perl_peer(
+        "--mode", "server", "--proto", "tcp", "--listen", "127.0.0.1:0",
+        "--count", "3", "--timeout", "20",
+    )  # fmt: skip
+    assert proc.stdout is not None
+    out = PipeReader(world.loop, proc.stdout.fileno())
+    try:
+        world.until(out.has_line, 20)
+        first = out.lines()[0].split()
+        assert first[0] == "LISTENING", out.lines()
+        uri = f"sip:perl@{first[1]}:{first[2]};transport=tcp"
+        for n in range(3):
+            req = Request(
+                "OPTIONS",
+                uri,
+                {
+                    "route": f"<{pu.contact};lr>",
+                    "from": f"<sip:alice@example.com>;tag=p{n}",
+                    "to": f"<{uri}>",
+                    "call-id": f"perl-{n}@test",
+                    "cseq": "1 OPTIONS",
+                    "max-forwards": "70",
+                },
+            )
+            uac.disp.deliver(req)
+        world.until(lambda: len(uac.responses()) >= 3, 20)
+        assert [r.code() for r in uac.responses()] == [200, 200, 200]
+        world.until(lambda: bool(out.eof), 20)
+        assert proc.wait(timeout=10) == 0, out.lines()
+        seen = [line for line in out.lines() if line.startswith("REQUEST OPTIONS")]
+        assert len(seen) == 3 and all(" tcp:" in line for line in seen), out.lines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
