@@ -28,6 +28,7 @@ from netsip.proxy import MTU_LIMIT, NatBasic, StatelessProxy
 from netsip.sdp import SDP
 from netsip.util import Addr, Proto, Var, sip_hdrval2parts
 from tests.support import (
+    Kamailio,
     PipeReader,
     TlsFiles,
     connect,
@@ -37,6 +38,7 @@ from tests.support import (
     have_ipv6,
     make_tls_files,
     pkt,
+    require_kamailio,
     require_perl_netsip,
     require_sipp,
     sipp_stats,
@@ -1131,3 +1133,46 @@ def test_perl_netsip_server_behind_the_proxy(world: World) -> None:
             proc.kill()
             proc.wait(timeout=10)
         proc.stdout.close()
+
+
+@pytest.mark.interop
+def test_sipp_through_the_proxy_and_kamailio(world: World, tmp_path: Path) -> None:
+    """sipp -> proxy -> Kamailio (record-routing) -> netsip UAS; ACK and BYE by the route set."""
+    sipp = require_sipp()
+    require_kamailio()
+    pu = udp_leg()
+    world.proxy(pu)
+    uas = world.peer(udp_leg())
+    kam = Kamailio("record_route.cfg", tmp_path, f"sip:{hostport(uas.leg())};transport=udp")
+    calls = 20
+    try:
+        uac = _sipp(
+            sipp,
+            [
+                f"127.0.0.1:{kam.port}",
+                "-sf", str(Path(__file__).resolve().parent / "sipp" / "uac_route_set.xml"),
+                "-rsa", hostport(pu),
+                "-t", "u1",
+                "-p", str(free_udp_tcp_port()),
+                "-m", str(calls),
+                "-r", "20",
+            ],
+            tmp_path,
+            "uac",
+        )  # fmt: skip
+        try:
+            world.until(lambda: uac.poll() is not None, 40)
+        finally:
+            if uac.poll() is None:
+                uac.kill()
+            _, err = uac.communicate(timeout=10)
+        stats = sipp_stats(tmp_path / "uac.csv")
+        assert stats["SuccessfulCall(C)"] == str(calls), (stats, err, kam.log.read_text()[-2000:])
+        assert uac.returncode == 0, err
+    finally:
+        kam.close()
+    methods = [p.method() for p in uas.requests()]
+    assert methods.count("INVITE") == calls and methods.count("BYE") == calls
+    assert methods.count("ACK") == calls
+    rr = uas.requests()[0].get_headers("record-route")
+    assert rr[-1] == f"<{pu.contact};lr>" and len(rr) == 2
