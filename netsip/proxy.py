@@ -361,9 +361,42 @@ class StatelessProxy:
     # ------------------------------------------------------------ requests
 
     def _receive_request(self, req: Request, leg: Leg, from_: Addr) -> None:
-        method = req.method()
+        checked = self._check(req, leg, from_)
+        if checked is None:
+            return
+        max_forwards, route_uris = checked
+        out_leg = self._preprocess_routes(req, leg, route_uris)
+        rewritten, back_leg = self._rewrite_uri_back(req, leg)
+        if back_leg is not None:
+            out_leg = back_leg
 
-        # RFC 3261 16.3 step 3: Max-Forwards
+        # RFC 3261 16.3 step 4: loop detection, with the key of 16.6 step 8
+        keys = self._keys(req)
+        if self._looped(req, keys[:_KEY_LEN]):
+            self._reply(req, leg, from_, 482)
+            return
+
+        # RFC 3261 16.5/16.6: the target
+        if route_uris:
+            target = self._route_next_hop(req, route_uris[0])
+        elif not rewritten and self._find_target(req, leg, from_):
+            return  # answered
+        else:
+            target = req.uri()
+
+        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards)
+        self.dispatcher.resolve_uri(
+            target,
+            partial(self._resolved, fwd),
+            allowed_legs=[out_leg] if out_leg is not None else None,
+        )
+
+    def _check(self, req: Request, leg: Leg, from_: Addr) -> tuple[int, list[str]] | None:
+        """RFC 3261 16.3 steps 1, 3, 5: the Max-Forwards to send and the Route URIs.
+
+        None if the request was answered (or, an ACK, dropped).
+        """
+        # step 3: Max-Forwards
         mf = req.get_header("max-forwards")
         if mf is None:
             max_forwards = DEFAULT_MAX_FORWARDS
@@ -374,33 +407,42 @@ class StatelessProxy:
                 value = -1
             if value < 0:
                 self._reply(req, leg, from_, 400, "Bad Max-Forwards")
-                return
+                return None
             if value == 0:
                 self._reply(req, leg, from_, 483)
-                return
+                return None
             # a huge value must not make a long loop: at most the default
             max_forwards = min(value, DEFAULT_MAX_FORWARDS) - 1
 
-        # RFC 3261 16.3 step 1: Route and Record-Route must be SIP URIs
-        routes = req.get_headers("route")
+        # step 1: Route and Record-Route must be SIP URIs
         route_uris: list[str] = []
-        for name, values in (("Route", routes), ("Record-Route", req.get_headers("record-route"))):
-            for v in values:
+        for name, key in (("Route", "route"), ("Record-Route", "record-route")):
+            for v in req.header_values(key):
                 uri = _route_uri(v)
                 if uri is None:
                     self._reply(req, leg, from_, 400, f"Bad {name} Header")
-                    return
-                if name == "Route":
+                    return None
+                if key == "route":
                     route_uris.append(uri)
 
-        # RFC 3261 16.3 step 5: this proxy supports no extension
-        if method not in ("ACK", "CANCEL"):
+        # step 5: this proxy supports no extension
+        if req.method() not in ("ACK", "CANCEL"):
             required = [x.strip() for v in req.get_headers("proxy-require") for x in v.split(",")]
             if any(required):
                 self._reply(req, leg, from_, 420, headers={"unsupported": ", ".join(required)})
-                return
+                return None
+        return max_forwards, route_uris
 
-        # RFC 3261 16.4: route information preprocessing
+    def _preprocess_routes(self, req: Request, leg: Leg, route_uris: list[str]) -> Leg | None:
+        """RFC 3261 16.4: undo a strict router, drop this proxy's own Routes.
+
+        ``route_uris`` (the URIs of the Route values) is updated in place.
+
+        Returns:
+            The outgoing leg named by the last own Route, if it is not
+            ``leg`` (a double Record-Route, RFC 5658); else None.
+        """
+        routes = req.get_headers("route")
         changed = False
         out_leg: Leg | None = None
         parts = sip_uri2parts(req.uri())
@@ -418,59 +460,45 @@ class StatelessProxy:
             routes.pop(0)
             changed = True
             if rleg is not leg:
-                out_leg = rleg  # RFC 5658: the other leg's Record-Route
+                out_leg = rleg
         if changed:
             if routes:
                 req.set_header("route", routes)
             else:
                 req.del_header("route")
+        return out_leg
 
-        # a Request-URI that is a Contact this proxy rewrote: back to the original
-        rewritten = False
+    def _rewrite_uri_back(self, req: Request, leg: Leg) -> tuple[bool, Leg | None]:
+        """A Request-URI that is a Contact this proxy rewrote gets the original back.
+
+        Returns:
+            Whether it was rewritten, and the leg the token says to leave on.
+        """
         parts = sip_uri2parts(req.uri())
-        if parts is not None and parts[1]:
-            var: Var[Leg] = Var()
-            back = invoke_callback(self.rewrite_contact, parts[1], leg, var)
-            if isinstance(back, str) and back:
-                if _ANY_SCHEME_RX.match(back) is None:
-                    back = f"{parts[2]}:{back}"  # a Perl-style callback: user@host only
-                log.debug("rewrote URI %s back to %s", req.uri(), back)
-                req.set_uri(back)
-                rewritten = True
-                if isinstance(var.value, Leg):
-                    out_leg = var.value
+        if parts is None or not parts[1]:
+            return False, None
+        var: Var[Leg] = Var()
+        back = invoke_callback(self.rewrite_contact, parts[1], leg, var)
+        if not isinstance(back, str) or not back:
+            return False, None
+        if _ANY_SCHEME_RX.match(back) is None:
+            back = f"{parts[2]}:{back}"  # a Perl-style callback: user@host only
+        log.debug("rewrote URI %s back to %s", req.uri(), back)
+        req.set_uri(back)
+        return True, var.value if isinstance(var.value, Leg) else None
 
-        # RFC 3261 16.3 step 4: loop detection, with the key of 16.6 step 8
-        keys = self._keys(req)
-        looped = self._looped(req, keys[:_KEY_LEN])
-        if looped:
-            self._reply(req, leg, from_, 482)
-            return
-
-        # RFC 3261 16.5/16.6: the target
-        if route_uris:
-            target = route_uris[0]
-            rparts = sip_uri2parts(target)
-            if rparts is not None and "lr" not in rparts[3]:
-                # RFC 3261 16.6 step 6: the next hop is a strict router
-                routes.pop(0)
-                routes.append(f"<{req.uri()}>")
-                req.set_uri(target)
-                req.set_header("route", routes)
-        elif not rewritten:
-            answered = self._find_target(req, leg, from_)
-            if answered:
-                return
-            target = req.uri()
-        else:
-            target = req.uri()
-
-        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards)
-        self.dispatcher.resolve_uri(
-            target,
-            partial(self._resolved, fwd),
-            allowed_legs=[out_leg] if out_leg is not None else None,
-        )
+    @staticmethod
+    def _route_next_hop(req: Request, top: str) -> str:
+        """The next hop by the top Route ``top``; RFC 3261 16.6 step 6 for a strict router."""
+        rparts = sip_uri2parts(top)
+        if rparts is not None and "lr" not in rparts[3]:
+            # the next hop is a strict router: it gets the URI, ours goes last
+            routes = req.get_headers("route")
+            routes.pop(0)
+            routes.append(f"<{req.uri()}>")
+            req.set_uri(top)
+            req.set_header("route", routes)
+        return top
 
     def _keys(self, req: Request) -> str:
         """The loop key and transaction key of the branch (RFC 3261 16.6 step 8, 16.11)."""
