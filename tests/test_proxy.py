@@ -1176,3 +1176,59 @@ def test_sipp_through_the_proxy_and_kamailio(world: World, tmp_path: Path) -> No
     assert methods.count("ACK") == calls
     rr = uas.requests()[0].get_headers("record-route")
     assert rr[-1] == f"<{pu.contact};lr>" and len(rr) == 2
+
+
+def test_registrar_and_proxy_in_a_chain(world: World) -> None:
+    """Net::SIP's test_registrar_and_proxy: bob registers, alice calls him through the proxy.
+
+    The registrar sees only REGISTER (an inner chain), so the proxy's ``lookup``
+    and ``domains`` decide for everything else.
+    """
+    from netsip.chain import ReceiveChain  # noqa: PLC0415
+    from netsip.registrar import Registrar  # noqa: PLC0415
+    from netsip.simple import Call, Simple  # noqa: PLC0415
+
+    loop = world.loop
+    pu = udp_leg()
+    disp = Dispatcher([pu], loop)
+    world.dispatchers.append(disp)
+    registrar = Registrar(dispatcher=disp, domains=["example.com"])
+    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=["example.com"])
+    disp.set_receiver(ReceiveChain([ReceiveChain([registrar], methods=["REGISTER"]), proxy]))
+
+    bob = Simple(from_="sip:bob@example.com", leg="udp:127.0.0.1:0", loop=loop)
+    alice = Simple(
+        from_="sip:alice@example.net",
+        leg="udp:127.0.0.1:0",
+        loop=loop,
+        outgoing_proxy=hostport(pu),
+    )
+    try:
+        assert bob.register(registrar=hostport(pu)) is not None, bob.error()
+        assert registrar.query("sip:bob@example.com")
+        b_calls: list[Call] = []
+
+        def created(call: Call, *_rest: object) -> bool:
+            b_calls.append(call)
+            return True
+
+        bob.listen(init_media=bob.rtp("media_recv_echo"), cb_create=created)
+        final: list[str] = []
+        call = alice.invite(
+            "sip:bob@example.com", cb_final=lambda status, call, info: final.append(status)
+        )
+        drive(loop, lambda: bool(final) and bool(b_calls), what="bob answered")
+        assert final == ["OK"]
+        call.bye()
+        drive(loop, lambda: call.closed, what="the BYE through the proxy")
+        # nobody registered as carol: 480 from the proxy
+        info: list[object] = []
+        alice.invite(
+            "sip:carol@example.com",
+            cb_final=lambda status, call, i: info.append((status, i.get("code"))),
+        )
+        drive(loop, lambda: bool(info), what="carol's final response")
+        assert info == [("FAIL", 480)]
+    finally:
+        alice.cleanup()
+        bob.cleanup()
