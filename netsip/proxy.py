@@ -231,7 +231,9 @@ class StatelessProxy:
             ``"*.example.com"``, ``"*"``; its own addresses always count).
             With ``domains`` a request for another domain gets 403 unless
             its From is in a served domain (put an ``Authorize`` in front to
-            make that From true), and one for a served domain that
+            make that From true) or its URI is a contact ``lookup`` has for
+            its To (a registrar in front rewrote it), and one for a served
+            domain that
             ``lookup`` knows nobody for gets 480. None: everything is
             forwarded (as Net::SIP).
     """
@@ -357,6 +359,22 @@ class StatelessProxy:
         value = req.get_header("from")
         parts = sip_uri2parts(sip_hdrval2parts("from", value)[0]) if value else None
         return parts is not None and self._serves(parts[0])
+
+    def _registered_target(self, req: Request) -> bool:
+        """Whether the Request-URI is a contact ``lookup`` has for the To of ``req``.
+
+        A registrar in front of the proxy (a chain) has rewritten the URI of a
+        request for a served address of record to the contact already.
+        """
+        value = req.get_header("to")
+        if self.lookup is None or value is None:
+            return False
+        parts = sip_uri2parts(sip_hdrval2parts("to", value)[0])
+        if parts is None or parts[1] is None or not self._serves(parts[0]):
+            return False
+        uri = req.uri()
+        aor = f"{parts[2]}:{parts[1]}@{parts[0]}"
+        return any(sip_uri_eq(_strip_angle(c), uri) for c in self.lookup(aor))
 
     # ------------------------------------------------------------ requests
 
@@ -555,7 +573,12 @@ class StatelessProxy:
                 self._reply(req, leg, from_, 404)
             return True
         served = mine is not None or (self.domains is not None and self._serves(domain))
-        if self.domains is not None and not served and not self._from_served(req):
+        if (
+            self.domains is not None
+            and not served
+            and not self._from_served(req)
+            and not self._registered_target(req)
+        ):
             # neither for nor from a served domain: no open relay
             self._reply(req, leg, from_, 403, "Relaying Forbidden")
             return True

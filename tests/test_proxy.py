@@ -1232,3 +1232,29 @@ def test_registrar_and_proxy_in_a_chain(world: World) -> None:
     finally:
         alice.cleanup()
         bob.cleanup()
+
+
+def test_registrar_in_front_rewrites_and_the_proxy_relays(world: World) -> None:
+    """A chain [registrar, proxy]: the registrar rewrites the URI to bob's contact;
+    the proxy (``domains``) relays it for an outside caller because ``lookup`` has it."""
+    from netsip.chain import ReceiveChain  # noqa: PLC0415
+    from netsip.registrar import Registrar  # noqa: PLC0415
+
+    pu = udp_leg()
+    disp = Dispatcher([pu], world.loop)
+    world.dispatchers.append(disp)
+    registrar = Registrar(dispatcher=disp, domains=["example.com"])
+    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=["example.com"])
+    disp.set_receiver(ReceiveChain([registrar, proxy]))
+    bob, caller = world.udp(), world.udp()
+    contact = f"sip:bob@{hostport(sock_addr(bob))}"
+    register = raw_request("REGISTER", "sip:example.com", bob, headers=["Expires: 60"])
+    register = register.replace(b"From: <sip:alice@example.com>", b"From: <sip:bob@example.com>")
+    register = register.replace(b"Contact: <sip:alice@", b"Contact: <sip:bob@")
+    send(bob, register, pu)
+    (ok,) = world.recv(bob)
+    assert isinstance(ok, Response) and ok.code() == 200, ok.as_string()
+    invite = raw_request("INVITE", "sip:bob@example.com", caller, branch="z9hG4bKx", cseq=5)
+    send(caller, invite.replace(b"alice@example.com", b"alice@example.net"), pu)
+    (req,) = world.recv(bob)
+    assert isinstance(req, Request) and req.uri() == contact
