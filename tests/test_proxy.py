@@ -298,7 +298,8 @@ def test_max_forwards_zero_gets_483(world: World, caplog: pytest.LogCaptureFixtu
 
 
 def test_garbage_max_forwards(world: World, caplog: pytest.LogCaptureFixture) -> None:
-    """From the network the parser refuses it (logged, dropped); handed in, it gets 400."""
+    """From the network the parser refuses it: the socket pool answers 400 with a
+    Warning, nothing is forwarded; handed in, the proxy answers 400."""
     leg = udp_leg()
     proxy, _ = world.proxy(leg)
     uac, uas = world.udp(), world.udp()
@@ -307,7 +308,9 @@ def test_garbage_max_forwards(world: World, caplog: pytest.LogCaptureFixture) ->
         send(uac, raw_request("OPTIONS", uri, uac, max_forwards="lots"), leg)
         world.nothing(uas)
     assert "max-forwards" in caplog.text
-    assert datagrams(uac) == []
+    (refused,) = world.recv(uac)
+    assert isinstance(refused, Response) and refused.code() == 400
+    assert "max-forwards" in (refused.get_header("warning") or "")
     req = pkt(raw_request("OPTIONS", uri, uac))
     req.set_header("max-forwards", "-3")
     with caplog.at_level(logging.INFO, logger="netsip.proxy"):
@@ -487,6 +490,8 @@ def test_unparseable_route_is_dropped_and_logged(
         send(uac, raw_request("INVITE", uri, uac, headers=["Route: <sip:x@y"]), leg)
         world.nothing(uas)
     assert "route" in caplog.text.lower()
+    (refused,) = world.recv(uac)  # from the socket pool: the parser refused it
+    assert isinstance(refused, Response) and refused.code() == 400
 
 
 def test_proxy_require_and_scheme(world: World) -> None:
