@@ -30,11 +30,11 @@ Differences from Net::SIP:
 - A registration refreshes itself before it expires (the endpoint's
   ``refresh``); :meth:`Simple.cleanup` does not unregister.
 - ``Simple`` is a context manager (``with Simple(...) as ua``) that cleans up.
-- ``auth_*`` arguments of :meth:`listen` put an
-  :class:`~netsip.authorize.Authorize` in front of the endpoint, as in Perl;
-  ``auth_i_am_proxy`` is passed on (Perl drops it). The other ``create_*``
-  server methods wait for the server modules (registrar, proxy, chain);
-  until then they raise ``NotImplementedError``.
+- ``auth_*`` arguments of :meth:`listen`, :meth:`create_registrar` and
+  :meth:`create_stateless_proxy` put an :class:`~netsip.authorize.Authorize`
+  in front, in a :class:`~netsip.chain.ReceiveChain`, as in Perl;
+  ``auth_i_am_proxy`` is passed on (Perl drops it, so its proxy challenges
+  with 401 where RFC 3261 22.3 asks for 407).
 """
 
 from __future__ import annotations
@@ -48,11 +48,14 @@ from netsip import rtp as rtp_module
 from netsip._call import ALLOW, Call
 from netsip._dialog import Context, name_addr_uri
 from netsip.authorize import Authorize
+from netsip.chain import ReceiveChain
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import Packet, Request
+from netsip.packet import Request
+from netsip.proxy import StatelessProxy
+from netsip.registrar import Registrar
 from netsip.util import (
     Addr,
     Proto,
@@ -404,7 +407,7 @@ class Simple:
         call.reinvite(**args)
         return call
 
-    def listen(self, **args: Any) -> Endpoint | _AuthFront:
+    def listen(self, **args: Any) -> Endpoint | ReceiveChain:
         """Accept incoming calls (and answer OPTIONS), with ``args`` as each
         call's parameters.
 
@@ -423,13 +426,11 @@ class Simple:
             The endpoint (the last object of a receive chain), or with
             ``auth_*`` the receiver made of the authorizer and the endpoint.
         """
-        auth_args = {k[5:]: args.pop(k) for k in list(args) if k.startswith("auth_")}
+        auth = self._auth_from(args)
         self._listen_args = dict(args)
-        if not auth_args:
+        if auth is None:
             return self.endpoint
-        front = _AuthFront(self.create_auth(**auth_args), self.endpoint)
-        self.dispatcher.set_receiver(front)
-        return front
+        return self.create_chain([auth, self.endpoint])
 
     def _default_application(
         self, endpoint: Endpoint, ctx: Context, request: Any, leg: Leg, from_: Addr
@@ -488,37 +489,54 @@ class Simple:
         ``args`` as for :class:`~netsip.authorize.Authorize`."""
         return Authorize(dispatcher=self.dispatcher, **args)
 
-    def create_registrar(self, **args: Any) -> Any:
-        """A registrar (``Net::SIP::Registrar``): not there yet."""
-        raise NotImplementedError("netsip.registrar is not there yet")
+    def create_registrar(self, **args: Any) -> Registrar | ReceiveChain:
+        """A registrar on this agent's dispatcher, set as its receiver
+        (``Net::SIP::Registrar``).
 
-    def create_stateless_proxy(self, **args: Any) -> Any:
-        """A stateless proxy (``Net::SIP::StatelessProxy``): not there yet."""
-        raise NotImplementedError("netsip.proxy is not there yet")
+        ``args`` as for :class:`~netsip.registrar.Registrar`, and ``auth_*``
+        (the :class:`~netsip.authorize.Authorize` arguments with the prefix):
+        with them an authorizer checks each REGISTER first, and the result is
+        the chain of the two.
+        """
+        auth = self._auth_from(args)
+        registrar = Registrar(dispatcher=self.dispatcher, **args)
+        if auth is not None:
+            return self.create_chain([auth, registrar], methods=["REGISTER"])
+        self.dispatcher.set_receiver(registrar)
+        return registrar
 
-    def create_chain(self, objects: Sequence[object], **args: Any) -> Any:
-        """A receive chain (``Net::SIP::ReceiveChain``): not there yet."""
-        raise NotImplementedError("netsip.chain is not there yet")
+    def create_stateless_proxy(self, **args: Any) -> StatelessProxy | ReceiveChain:
+        """A stateless proxy on this agent's dispatcher, set as its receiver
+        (``Net::SIP::StatelessProxy``).
+
+        ``args`` as for :class:`~netsip.proxy.StatelessProxy`, and ``auth_*``
+        as for :meth:`create_registrar` (challenging with 407).
+        """
+        args.setdefault("auth_i_am_proxy", True)
+        auth = self._auth_from(args)
+        proxy = StatelessProxy(dispatcher=self.dispatcher, **args)
+        if auth is not None:
+            return self.create_chain([auth, proxy])
+        self.dispatcher.set_receiver(proxy)
+        return proxy
+
+    def create_chain(self, objects: Sequence[object], **args: Any) -> ReceiveChain:
+        """A receive chain of ``objects``, set as the dispatcher's receiver
+        (``Net::SIP::ReceiveChain``; ``args``: ``filter``, ``methods``)."""
+        chain = ReceiveChain(objects, **args)
+        self.dispatcher.set_receiver(chain)
+        return chain
+
+    def _auth_from(self, args: dict[str, Any]) -> Authorize | None:
+        """An authorizer from the ``auth_*`` keys of ``args`` (all removed),
+        or None when there are none but ``auth_i_am_proxy`` (as Perl)."""
+        auth_args = {k[5:]: args.pop(k) for k in list(args) if k.startswith("auth_")}
+        if not auth_args.keys() - {"i_am_proxy"}:
+            return None
+        return self.create_auth(**auth_args)
 
 
 # ------------------------------------------------------------------ helpers
-
-
-class _AuthFront:
-    """The authorizer, then the endpoint: the receive chain Perl's listen
-    makes (``create_chain([auth, endpoint])``) until ``netsip.chain`` is there."""
-
-    __slots__ = ("auth", "endpoint")
-
-    def __init__(self, auth: Authorize, endpoint: Endpoint) -> None:
-        self.auth = auth
-        self.endpoint = endpoint
-
-    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> int | None:
-        handled = self.auth.receive(packet, leg, from_)
-        if not handled:
-            self.endpoint.receive(packet, leg, from_)
-        return handled
 
 
 def _stop_of(var: Any) -> Any:

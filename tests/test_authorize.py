@@ -29,13 +29,14 @@ from netsip.authorize import (
     to_is_from,
     users_from_file,
 )
+from netsip.chain import ReceiveChain
 from netsip.digest import HA1, Challenge, parse_challenges
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.simple import Simple, _AuthFront
+from netsip.simple import Simple
 from netsip.testing import FakeClock, addr_of, advance, drive, pkt, udp_socket
 from netsip.util import Addr
 from tests.support import (
@@ -756,7 +757,9 @@ def test_simple_listen_with_auth_lets_the_right_caller_in(
             auth_filter={"INVITE": "FromIsAuthUser"},
             cb_create=create,
         )
-        assert isinstance(front, _AuthFront) and front.auth.realm == REALM
+        assert isinstance(front, ReceiveChain)
+        auth, endpoint = front.objects
+        assert isinstance(auth, Authorize) and auth.realm == REALM and endpoint is bob.endpoint
         bob_uri = f"sip:bob@{bob.default_leg().src}"
 
         finals: list[str] = []
