@@ -312,11 +312,11 @@ class StatelessProxy:
     # ------------------------------------------------------------ legs
 
     def _my_leg(self, uri: str) -> Leg | None:
-        """The leg ``uri`` names (its contact, or its address and port), if any."""
-        legs = self.dispatcher.legs
-        for leg in legs:
-            if sip_uri_eq(uri, leg.contact):
-                return leg
+        """The leg ``uri`` names (its contact, or its address and port), if any.
+
+        A ``transport`` in ``uri`` must be the leg's: UDP and TCP legs on one
+        port have equal contacts but for it.
+        """
         try:
             info = sip_uri2sockinfo(uri)
         except ValueError:
@@ -324,9 +324,11 @@ class StatelessProxy:
         if info is None:
             return None
         proto, host, port, _family = info
+        legs = [leg for leg in self.dispatcher.legs if proto is None or proto == leg.proto]
         for leg in legs:
-            if proto is not None and proto != leg.proto:
-                continue
+            if sip_uri_eq(uri, leg.contact):
+                return leg
+        for leg in legs:
             if host not in (leg.src.addr, leg.src.host):
                 continue
             if (port or DEFAULT_PORTS[leg.proto]) == leg.src.port:
