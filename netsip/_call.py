@@ -47,31 +47,21 @@ from __future__ import annotations
 import errno as errnos
 import logging
 import secrets
-import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, CallMedia, sdp_of
 from netsip._dialog import Context
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.rtp import DTMFRequest, MediaArgs, MediaSession, create_rtp_sockets
-from netsip.sdp import (
-    PCMA,
-    PCMU,
-    SDP,
-    TELEPHONE_EVENT,
-    Codec,
-    Negotiated,
-    SDPError,
-    answer,
-    negotiate,
-    offer,
-    sdp_from_body,
-)
+from netsip.rtp import DTMFRequest, MediaSession
+from netsip.sdp import SDPError
 from netsip.util import Addr, Var, invoke_callback
+
+__all__ = ["ALLOW", "DEFAULT_RTP_PARAM", "SUPPORTED", "Call", "UserAgent"]
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +70,10 @@ EndpointCallback = Callable[
     [Endpoint, Context, int, int, "Packet | None", "Leg | None", "Addr | None"], None
 ]
 
-#: Perl's default ``rtp_param``: PCMU/8000, 160 bytes every 20 ms
-DEFAULT_RTP_PARAM: tuple[int, int, float] = (0, 160, 0.02)
-_STATIC_CODECS = {0: PCMU, 8: PCMA}
 #: the methods a call answers in its dialog (Allow of its responses)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE, PRACK"
+#: the extensions a call supports (RFC 3262, RFC 4028)
+SUPPORTED = "100rel, timer"
 
 
 class UserAgent(Protocol):
@@ -105,7 +94,7 @@ class UserAgent(Protocol):
     def forget_call(self, call: Call) -> None: ...
 
 
-class Call:
+class Call(CallMedia):
     """A call: its context, its media sockets and session, its callbacks.
 
     Args:
@@ -115,6 +104,8 @@ class Call:
             ``route``).
         param: the connection parameters (see the module docstring).
     """
+
+    ua: UserAgent
 
     def __init__(
         self, ua: UserAgent, ctx: Context | str | Mapping[str, Any], param: Mapping[str, Any] | None
@@ -139,8 +130,8 @@ class Call:
         cb = self.param.pop("cb_cleanup", None)
         if cb is not None:
             self._cleanup.append(lambda call: invoke_callback(cb, call))
-        self._sockets: list[tuple[socket.socket, socket.socket] | None] = []
-        self._local_sdp: SDP | None = None  # our last SDP
+        self._sockets = []
+        self._local_sdp = None  # our last SDP
         self._session_id = secrets.randbelow(2**62)  # o= of our SDPs (RFC 8866 5.2)
         self._offer_pending = False  # our offer is out (in a 2xx or an INVITE)
         self.closed = False
@@ -315,8 +306,8 @@ class Call:
     def _peer_sdp_from_2xx(self, ctx: Context, response: Packet) -> bool:
         """The SDP of a 2xx: the answer to our offer, or (sdp_on_ack) an offer."""
         try:
-            peer = _sdp_of(response)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(response)
+        except BodyRejectedError as exc:
             self.error = exc.reason
             log.warning("unusable body in the 2xx of %s: %s", ctx.callid, exc.reason)
             return False
@@ -345,8 +336,8 @@ class Call:
     def _early_media(self, response: Packet) -> None:
         """A 18x with SDP: the answer, early (RFC 3261 13.2.1, RFC 3960)."""
         try:
-            peer = _sdp_of(response)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(response)
+        except BodyRejectedError as exc:
             log.info("unusable body in %s: %s", response, exc.reason)
             return
         if peer is None or not self._offer_pending:
@@ -511,8 +502,8 @@ class Call:
         if param.get("leg") is None:
             param["leg"] = leg
         try:
-            peer = _sdp_of(request)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(request)
+        except BodyRejectedError as exc:
             log.info("INVITE %s rejected: %s", ctx.callid, exc.reason)
             resp = request.create_response(exc.code, headers=exc.headers)
             self._respond(ctx, resp, leg, from_)
@@ -548,8 +539,8 @@ class Call:
             # our offer went in the 2xx: the answer is in the ACK (13.3.1.1)
             self._offer_pending = False
             try:
-                peer = _sdp_of(request)
-            except (SDPError, _BodyRejectedError) as exc:  # (answer or body)
+                peer = sdp_of(request)
+            except (SDPError, BodyRejectedError) as exc:  # (answer or body)
                 log.warning("unusable SDP answer in the ACK of %s: %s", ctx.callid, exc)
                 peer = None
             if peer is None or not self._set_peer(peer):
@@ -564,8 +555,8 @@ class Call:
     def _update(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
         """UPDATE (RFC 3311): an offer answered in its 200, media restarted."""
         try:
-            peer = _sdp_of(request)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(request)
+        except BodyRejectedError as exc:
             self._respond(ctx, request.create_response(exc.code, headers=exc.headers), leg, from_)
             return
         if peer is None:
@@ -585,179 +576,6 @@ class Call:
         if self._set_peer(peer):
             self._start_media()
 
-    # ----------------------------------------------------------------- SDP
-
-    def _clear_sdp(self) -> None:
-        for key in ("sdp", "sdp_peer", "media_lsocks"):
-            self.param.pop(key, None)
-        self._local_sdp = None
-        self._close_sockets()
-
-    def _laddr(self) -> str:
-        leg = self.param.get("leg")
-        if isinstance(leg, Leg):
-            return leg.laddr(0)
-        return self.ua.default_leg().laddr(0)
-
-    def _codecs(self) -> list[Codec]:
-        """The codec of ``rtp_param`` (PCMU by default), then telephone-event."""
-        rp = tuple(self.param.get("rtp_param") or DEFAULT_RTP_PARAM)
-        codec = _STATIC_CODECS.get(int(rp[0]), PCMU)
-        if len(rp) > 3 and rp[3]:
-            name, _, clock = str(rp[3]).partition("/")
-            codec = Codec(name, int(clock) if clock.isdigit() else 8000)
-        return [codec, TELEPHONE_EVENT]
-
-    def _versioned(self, sdp: SDP) -> SDP:
-        """``sdp`` as the next version of our session (RFC 3264 5, 8: same
-        session id, the version one up)."""
-        prev = self._local_sdp
-        version = (prev.version() or 0) + 1 if prev is not None else 1
-        lines = []
-        for kind, value in sdp.lines:
-            parts = value.split()
-            if kind == "o" and len(parts) >= 3:
-                parts[1], parts[2] = str(self._session_id), str(version)
-            lines.append((kind, " ".join(parts) if kind == "o" else value))
-        sdp.lines = lines
-        return sdp
-
-    def _ensure_sockets(self, count: int) -> list[int]:
-        """RTP/RTCP socket pairs for ``count`` streams; their RTP ports."""
-        given = self.param.get("media_lsocks")
-        if given is not None:
-            self._sockets = list(given)
-        while len(self._sockets) < count:
-            _port, pairs = create_rtp_sockets(self._laddr(), 1)
-            self._sockets.extend(pairs)
-        self.param["media_lsocks"] = self._sockets
-        return [pair[0].getsockname()[1] if pair is not None else 0 for pair in self._sockets]
-
-    def _hold(self) -> str | None:
-        hold = self.param.get("call_on_hold")
-        self.param["call_on_hold"] = False  # (one-shot, as in Perl)
-        if not hold:
-            return None
-        return "inactive" if hold == "inactive" else "sendonly"
-
-    def _local_offer(self) -> SDP:
-        """Our offer: the ``sdp`` parameter, or one audio stream on new sockets."""
-        hold = self._hold()
-        given = self.param.get("sdp")
-        if given is not None and self._local_sdp is None:
-            sdp = given if isinstance(given, SDP) else SDP.new_from_string(str(given))
-            if self.param.get("media_lsocks") is None:
-                raise ValueError("an sdp parameter needs media_lsocks (its sockets) too")
-            self._sockets = list(self.param["media_lsocks"])
-        else:
-            ports = self._ensure_sockets(1)
-            sdp = self._versioned(
-                offer(
-                    addr=self._laddr(),
-                    media=[("audio", ports[0])],
-                    codecs=self._codecs(),
-                    direction=hold or "sendrecv",
-                )
-            )
-        self._local_sdp = sdp
-        self.param["sdp"] = sdp
-        return sdp
-
-    def _local_answer(self, peer: SDP) -> SDP:
-        """Our answer to the peer's offer, on our sockets (one pair per m-line)."""
-        hold = self._hold()
-        ports = self._ensure_sockets(len(peer.media))
-        sdp = self._versioned(
-            answer(
-                peer,
-                addr=self._laddr(),
-                ports=ports[: len(peer.media)],
-                codecs=self._codecs(),
-                direction=hold,
-            )
-        )
-        self._local_sdp = sdp
-        self.param["sdp"] = sdp
-        return sdp
-
-    def _set_peer(self, peer: SDP) -> bool:
-        """Take the peer's SDP for the session; False if unusable."""
-        local = self._local_sdp
-        if local is None:
-            self.error = "no local SDP"
-            return False
-        if len(peer.media) != len(local.media):
-            self.error = "Unexpected number of media entries in SDP from peer"
-            log.warning("%s", self.error)
-            return False
-        self.param["sdp_peer"] = peer
-        return True
-
-    # --------------------------------------------------------------- media
-
-    def _start_media(self) -> None:
-        """Start ``init_media`` with what both SDPs negotiated."""
-        local, peer = self._local_sdp, self.param.get("sdp_peer")
-        init = self.param.get("init_media")
-        if local is None or not isinstance(peer, SDP) or init is None:
-            return
-        streams = negotiate(local, peer)
-        args = self._media_args(streams)
-        try:
-            self.media = invoke_callback(init, self, args)
-        except (OSError, ValueError) as exc:
-            log.warning("media for %s failed: %s", self.get_peer(), exc)
-            self.error = str(exc)
-            self.media = None
-
-    def _media_args(self, streams: list[Negotiated | None]) -> MediaArgs:
-        param = self.param
-        cb_dtmf = param.get("cb_dtmf")
-        wanted = str(param.get("dtmf_methods") or "audio,rfc2833")
-        lsocks: list[tuple[socket.socket, socket.socket] | None] = []
-        raddr: list[tuple[tuple[str, int], tuple[str, int] | None] | None] = []
-        xtract: list[tuple[int | None, int | None] | None] = []
-        rtp_param = tuple(param.get("rtp_param") or DEFAULT_RTP_PARAM)[:3]
-        chosen: tuple[int, int, float] | None = None
-        for i, n in enumerate(streams):
-            pair = self._sockets[i] if i < len(self._sockets) else None
-            if n is None or pair is None:
-                lsocks.append(None)
-                raddr.append(None)
-                xtract.append(None)
-                continue
-            lsocks.append(pair)
-            raddr.append((n.remote, n.remote_rtcp) if n.send and n.remote is not None else None)
-            if chosen is None and n.media == "audio":
-                samples = n.codec.clock * n.ptime // 1000
-                chosen = (n.payload_type, samples, n.ptime / 1000)
-            if n.media == "audio":
-                # (the sender takes the telephone-event type from here too;
-                # the extractor runs only with a cb_dtmf)
-                rfc = n.dtmf_type if "rfc2833" in wanted else None
-                audio = n.payload_type if "audio" in wanted and n.payload_type in (0, 8) else None
-                xtract.append((rfc, audio) if rfc is not None or audio is not None else None)
-            else:
-                xtract.append(None)
-        if chosen is None:
-            chosen = (int(rtp_param[0]), int(rtp_param[1]), float(rtp_param[2]))
-        return MediaArgs(
-            loop=self.ua.eventloop,
-            lsocks=lsocks,
-            raddr=raddr,
-            rtp_param=chosen,
-            dtmf_events=self.dtmf_events,
-            dtmf_xtract=xtract,
-            cb_dtmf=(lambda ev, dur: invoke_callback(cb_dtmf, ev, dur)) if cb_dtmf else None,
-            cb_rtp_done=_callback_or_none(param.get("cb_rtp_done"), self),
-        )
-
-    def rtp_cleanup(self) -> None:
-        """Stop the media session (the sockets stay for the next one)."""
-        media, self.media = self.media, None
-        if media is not None:
-            media.close()
-
     def cleanup(self) -> None:
         """End the call locally: media, sockets, the context, ``cb_cleanup``."""
         if self.closed:
@@ -774,52 +592,6 @@ class Call:
         # (unsent DTMF is dropped; a blocking dtmf() stops on self.closed)
         self.dtmf_events.clear()
 
-    def _close_sockets(self) -> None:
-        sockets, self._sockets = self._sockets, []
-        self.param.pop("media_lsocks", None)
-        for pair in sockets:
-            if pair is not None:
-                for sock in pair:
-                    sock.close()
-
     def __repr__(self) -> str:
         ctx = self.context
         return f"<Call {ctx.callid if ctx else '(new)'} {self.get_peer()}>"
-
-
-def _callback_or_none(cb: object, call: Call) -> Callable[[], None] | None:
-    if cb is None:
-        return None
-    return lambda: invoke_callback(cb, call)
-
-
-class _BodyRejectedError(ValueError):
-    """A body we cannot take: the status to answer with."""
-
-    def __init__(self, code: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.headers = headers
-
-
-def _sdp_of(packet: Packet) -> SDP | None:
-    """The SDP of a packet's body, None without one.
-
-    Raises:
-        _BodyRejectedError: 415 for a body that holds no SDP, 400 for SDP that
-            does not parse (RFC 3261 21.4.19, 21.4.1).
-    """
-    body = packet.body()
-    if not body:
-        return None
-    ctype = packet.get_header("content-type") or "application/sdp"
-    try:
-        sdp = sdp_from_body(ctype, body)
-    except SDPError as exc:
-        raise _BodyRejectedError(400, f"malformed SDP: {exc}") from None
-    if sdp is None:
-        raise _BodyRejectedError(
-            415, f"no SDP in a {ctype} body", {"accept": "application/sdp, multipart/mixed"}
-        )
-    return sdp
