@@ -51,8 +51,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, CallMedia, sdp_of
+from netsip._callext import ALLOW, SUPPORTED, CallExtensions, EndpointCallback
+from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, sdp_of
 from netsip._dialog import Context
+from netsip._session_timer import uac_result
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -64,16 +66,6 @@ from netsip.util import Addr, Var, invoke_callback
 __all__ = ["ALLOW", "DEFAULT_RTP_PARAM", "SUPPORTED", "Call", "UserAgent"]
 
 log = logging.getLogger(__name__)
-
-#: the endpoint's context callback: (endpoint, ctx, error, code, packet, leg, from_)
-EndpointCallback = Callable[
-    [Endpoint, Context, int, int, "Packet | None", "Leg | None", "Addr | None"], None
-]
-
-#: the methods a call answers in its dialog (Allow of its responses)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE, PRACK"
-#: the extensions a call supports (RFC 3262, RFC 4028)
-SUPPORTED = "100rel, timer"
 
 
 class UserAgent(Protocol):
@@ -94,7 +86,7 @@ class UserAgent(Protocol):
     def forget_call(self, call: Call) -> None: ...
 
 
-class Call(CallMedia):
+class Call(CallExtensions):
     """A call: its context, its media sockets and session, its callbacks.
 
     Args:
@@ -137,6 +129,8 @@ class Call(CallMedia):
         self.closed = False
         self.established = False
         self.error: str | None = None
+        self._init_extensions()
+        self._invite_sent: tuple[bytes | None, dict[str, str]] | None = None
 
     # ------------------------------------------------------------ parameters
 
@@ -155,11 +149,6 @@ class Call(CallMedia):
         ctx = self.context
         return ctx.peer() if ctx is not None else ""
 
-    @property
-    def context(self) -> Context | None:
-        """The endpoint's context of the call (None before the first INVITE)."""
-        return self.ctx if isinstance(self.ctx, Context) else None
-
     # --------------------------------------------------------------- INVITE
 
     def reinvite(self, **args: Any) -> Context | None:
@@ -177,6 +166,9 @@ class Call(CallMedia):
         if clear:
             self._clear_sdp()
         param.update(args)
+        ctx = self.context
+        # (first: a bad prack or session timer parameter raises ValueError here)
+        headers = self._extension_headers(initial=ctx is None or not ctx.established)
         if param.get("leg") is None:
             param["leg"] = self.ua.leg_for(self._target())
         body = None
@@ -188,13 +180,11 @@ class Call(CallMedia):
         blocking = param.get("cb_final") is None
         if blocking:
             param["cb_final"] = stop
-        headers = dict(param.get("sip_header") or {})
+        headers.update(param.get("sip_header") or {})
         if body is not None:
             headers.setdefault("content-type", "application/sdp")
         try:
-            ctx = self.endpoint.invite(
-                self.ctx or {}, self._invite_response, body, leg=param["leg"], headers=headers
-            )
+            ctx = self._send_invite(body, headers)
         except (ValueError, OverflowError) as exc:
             self.error = str(exc)
             log.warning("INVITE not sent: %s", exc)
@@ -210,6 +200,15 @@ class Call(CallMedia):
                     self.endpoint.cancel_invite(ctx, None, self._no_answer(stop))
             self.ua.loop(None, stop)
             param["cb_final"] = None
+        return ctx
+
+    def _send_invite(self, body: bytes | None, headers: dict[str, str]) -> Context:
+        """Send an INVITE of this call (kept for a retry after 422)."""
+        self._invite_sent = (body, headers)
+        ctx = self.endpoint.invite(
+            self.ctx or {}, self._invite_response, body, leg=self.param["leg"], headers=headers
+        )
+        self.ctx = ctx
         return ctx
 
     def _target(self) -> str:
@@ -230,28 +229,6 @@ class Call(CallMedia):
 
         return self._on_final(cancelled)
 
-    def _on_final(self, handler: Callable[[int, int, Packet | None], object]) -> EndpointCallback:
-        """An endpoint callback for a request of ours: ``handler(err, code,
-        packet)`` gets its final outcome (provisional responses are skipped),
-        requests of the peer go to :meth:`receive` (the callback of a request
-        becomes the context's)."""
-
-        def callback(  # noqa: PLR0917  (the endpoint's callback arguments)
-            endpoint: Endpoint,
-            ctx: Context,
-            err: int,
-            code: int,
-            packet: Packet | None,
-            leg: Leg | None,
-            from_: Addr | None,
-        ) -> None:
-            if isinstance(packet, Request) and not err:
-                self.receive(endpoint, ctx, err, code, packet, leg, from_)
-            elif not 100 <= code < 200:
-                handler(err, code, packet)
-
-        return callback
-
     def _invite_response(  # noqa: PLR0917  (the endpoint's callback arguments)
         self,
         endpoint: Endpoint,
@@ -267,6 +244,8 @@ class Call(CallMedia):
             self.receive(endpoint, ctx, err, code, packet, leg, from_)
             return
         param = self.param
+        if code == 422 and isinstance(packet, Response) and self._invite_again(ctx, packet):
+            return
         if err:
             if code != 487 and err != errnos.ECANCELED:
                 self.error = f"Failed with error {err}" + (f" code={code}" if code else "")
@@ -278,8 +257,8 @@ class Call(CallMedia):
         if packet is None:
             return
         if code < 200:
-            if code != 100 and packet.body():
-                self._early_media(packet)
+            if code != 100 and isinstance(packet, Response) and not self._provisional(ctx, packet):
+                return  # (a reliable 18x again: not processed further, RFC 3262 4)
             invoke_callback(param.get("cb_preliminary"), self, code, packet)
             return
         if code >= 300:
@@ -294,9 +273,31 @@ class Call(CallMedia):
                 self.bye()
             return
         self.established = True
+        self._peer_allow(packet)
+        if isinstance(packet, Response):
+            self._apply_timer(uac_result(self._asked_se, packet), we_sent=True)
         # media first, so that cb_final can send DTMF at once (Perl: the other order)
         self._start_media()
         invoke_callback(param.get("cb_final"), "OK", self, {"packet": packet})
+
+    def _invite_again(self, ctx: Context, response: Response) -> bool:
+        """A 422 to our INVITE: send it again with the peer's Min-SE (RFC 4028 7.4)."""
+        more = self._retry_422(response)
+        if more is None or self._invite_sent is None:
+            return False
+        body, headers = self._invite_sent
+        headers = {**headers, **more}
+        try:
+            self._send_invite(body, headers)
+        except (ValueError, OverflowError) as exc:
+            log.warning("INVITE not sent again after 422: %s", exc)
+            return False
+        return True
+
+    def _peer_allow(self, packet: Packet) -> None:
+        allow = packet.get_headers("allow")
+        if allow:
+            self.param["_peer_allow"] = ", ".join(allow).upper()
 
     def _failed(self, ctx: Context) -> None:
         # a call that never got established frees its media at once
@@ -311,6 +312,11 @@ class Call(CallMedia):
             self.error = exc.reason
             log.warning("unusable body in the 2xx of %s: %s", ctx.callid, exc.reason)
             return False
+        if self._early_done:
+            # offer and answer were exchanged reliably before (RFC 3262 5):
+            # a 2xx may repeat the SDP, and it is no new offer
+            self._early_done = False
+            return peer is None or self._set_peer(peer)
         if self._offer_pending:
             self._offer_pending = False
             if peer is None:
@@ -332,19 +338,6 @@ class Call(CallMedia):
             ctx.ack.set_body(bytes(ours))
             ctx.ack.set_header("content-type", "application/sdp")
         return self._set_peer(peer)
-
-    def _early_media(self, response: Packet) -> None:
-        """A 18x with SDP: the answer, early (RFC 3261 13.2.1, RFC 3960)."""
-        try:
-            peer = sdp_of(response)
-        except BodyRejectedError as exc:
-            log.info("unusable body in %s: %s", response, exc.reason)
-            return
-        if peer is None or not self._offer_pending:
-            return
-        self.rtp_cleanup()
-        if self._set_peer(peer):
-            self._start_media()
 
     # -------------------------------------------------------------- requests
 
@@ -479,7 +472,9 @@ class Call(CallMedia):
         elif method == "ACK":
             self._ack(ctx, packet)
         elif method == "UPDATE":
-            self._update(ctx, packet, leg, from_)
+            self._update_received(ctx, packet, leg, from_)
+        elif method == "PRACK":
+            self._prack(ctx, packet, leg, from_)
         elif method == "OPTIONS":
             self._respond(ctx, packet.create_response(200, headers=self.ua.options), leg, from_)
         elif method in ("NOTIFY", "INFO", "MESSAGE"):
@@ -491,9 +486,6 @@ class Call(CallMedia):
             resp = packet.create_response(501, headers={"allow": ALLOW})
             self._respond(ctx, resp, leg, from_)
 
-    def _respond(self, ctx: Context, response: Response, leg: Leg, from_: Addr) -> None:
-        self.endpoint.new_response(ctx, response, leg, from_)
-
     def _incoming_invite(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
         """An INVITE or re-INVITE: answer its offer, or offer in the 2xx."""
         param = self.param
@@ -501,6 +493,17 @@ class Call(CallMedia):
             self._clear_sdp()
         if param.get("leg") is None:
             param["leg"] = leg
+        self._peer_allow(request)
+        if ctx.established and self._offer_pending:
+            # RFC 3311 5.2 (and RFC 3261 14.2): our offer (an UPDATE) is pending
+            self._respond(ctx, request.create_response(491), leg, from_)
+            return
+        checked = self._check_extensions(request, initial=not ctx.established)
+        if isinstance(checked, Response):
+            self._respond(ctx, checked, leg, from_)
+            if not ctx.established:
+                self.cleanup()
+            return
         try:
             peer = sdp_of(request)
         except BodyRejectedError as exc:
@@ -511,6 +514,7 @@ class Call(CallMedia):
                 self.cleanup()
             return
         try:
+            offered = peer is None
             if peer is None:
                 sdp = self._local_offer()
                 self._offer_pending = True
@@ -529,9 +533,7 @@ class Call(CallMedia):
             resp = request.create_response(
                 200, headers={"content-type": "application/sdp"}, body=bytes(sdp)
             )
-        self._respond(ctx, resp, leg, from_)
-        if resp.code() >= 300 and not ctx.established:
-            self.cleanup()
+        self._answer_invite(ctx, request, leg, from_, resp, checked, offered)
 
     def _ack(self, ctx: Context, request: Request) -> None:
         """The ACK of our 2xx: the call (or its new session) is established."""
@@ -552,35 +554,12 @@ class Call(CallMedia):
         self._start_media()
         invoke_callback(self.param.get("cb_established"), "OK", self)
 
-    def _update(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
-        """UPDATE (RFC 3311): an offer answered in its 200, media restarted."""
-        try:
-            peer = sdp_of(request)
-        except BodyRejectedError as exc:
-            self._respond(ctx, request.create_response(exc.code, headers=exc.headers), leg, from_)
-            return
-        if peer is None:
-            self._respond(ctx, request.create_response(200), leg, from_)
-            return
-        try:
-            sdp = self._local_answer(peer)
-        except SDPError as exc:
-            log.info("UPDATE in %s: %s: 488", ctx.callid, exc)
-            self._respond(ctx, request.create_response(488), leg, from_)
-            return
-        headers = {"content-type": "application/sdp"}
-        self._respond(
-            ctx, request.create_response(200, headers=headers, body=bytes(sdp)), leg, from_
-        )
-        self.rtp_cleanup()
-        if self._set_peer(peer):
-            self._start_media()
-
     def cleanup(self) -> None:
         """End the call locally: media, sockets, the context, ``cb_cleanup``."""
         if self.closed:
             return
         self.closed = True
+        self._close_extensions()
         self.rtp_cleanup()
         self._close_sockets()
         while self._cleanup:
