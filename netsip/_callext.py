@@ -512,6 +512,7 @@ class CallExtensions(CallMedia):
         self.param.update(args)
         headers: dict[str, str] = {}
         body = None
+        previous = self._local_sdp
         if with_offer:
             body = bytes(self._local_offer())
             headers["content-type"] = "application/sdp"
@@ -522,12 +523,16 @@ class CallExtensions(CallMedia):
             headers["supported"] = "timer"
 
         def done(err: int, code: int, packet: Packet | None) -> None:
+            ok = not err and 200 <= code < 300 and isinstance(packet, Response)
             if with_offer:
                 self._offer_pending = False
+                if not ok and previous is not None:
+                    # a rejected offer changes nothing (RFC 3264 8: the old session goes on)
+                    self._local_sdp = previous
+                    self.param["sdp"] = previous
             if code == 491 and with_offer and attempt < MAX_GLARE_RETRIES and not self.closed:
                 self._retry_later({**args, "offer": True, "cb_final": cb, "_attempt": attempt + 1})
                 return
-            ok = not err and 200 <= code < 300 and isinstance(packet, Response)
             if ok and isinstance(packet, Response):
                 self._updated(packet, with_offer, "session-expires" in headers)
             invoke_callback(cb, "OK" if ok else "FAIL", self, {"code": code, "packet": packet})

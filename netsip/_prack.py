@@ -190,9 +190,11 @@ class ReliableSender:
             self.close()
             self._timed_out(flight.response)
             return
-        flight.interval *= 2
-        flight.timer = self._loop.add_timer(flight.interval, partial(self._retransmit, flight))
         self._transmit(flight.response)
+        flight.interval *= 2
+        # (the last wait ends at 64*T1 sharp: the time-out is not a doubling late)
+        delay = min(flight.interval, flight.started + 64 * self._t1 - now)
+        flight.timer = self._loop.add_timer(delay, partial(self._retransmit, flight))
 
     def prack(self, request: Request) -> int:
         """Match a PRACK to the response in flight.
