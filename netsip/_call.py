@@ -14,6 +14,25 @@ callbacks ``cb_final``, ``cb_preliminary``, ``cb_established``,
 ``cb_invite``, ``cb_dtmf``, ``cb_notify``, ``cb_message``, ``cb_noanswer``,
 ``cb_rtp_done``, ``recv_bye``, ``send_bye``, ``cb_cleanup``.
 
+Parameters beyond Net::SIP (see :mod:`netsip._callext`):
+
+``prack``
+    reliable provisional responses (RFC 3262): ``"off"``, ``"supported"``
+    (the default: ``Supported: 100rel``, reliable 18x when the caller
+    supports it) or ``"required"`` (``Require: 100rel``; a caller without it
+    gets 421).
+``provisional``, ``answer_after``
+    (called side) a 180 or 183 sent before the 2xx (a 183 carries our
+    answer: early media), and the seconds until the 2xx (default 0; None
+    waits for :meth:`Call.accept`). The 2xx waits for the PRACKs too.
+``session_expires``, ``min_se``, ``session_refresh``, ``session_refresher``
+    session timers (RFC 4028): the interval to ask for (None: none, but the
+    peer's is honoured), the smallest accepted (default 90, 422 below it),
+    ``"update"`` (default) or ``"invite"`` to refresh with, who should
+    refresh (``"uac"``/``"uas"``).
+
+:meth:`Call.update` sends an UPDATE (RFC 3311) with or without a new offer.
+
 Offer and answer (RFC 3264, through :mod:`netsip.sdp`):
 
 - an INVITE carries our offer (one audio stream, the codec of ``rtp_param``
@@ -23,8 +42,12 @@ Offer and answer (RFC 3264, through :mod:`netsip.sdp`):
 - an incoming INVITE (or re-INVITE) with an offer gets the answer in the 2xx;
   one without a body gets our offer in the 2xx, and the ACK carries the
   answer;
-- an UPDATE (RFC 3311) with an offer is answered in its 200;
-- a 183 with SDP starts early media; the 2xx restarts it.
+- an UPDATE (RFC 3311) with an offer is answered in its 200 (491 while our
+  own offer is pending);
+- a 183 with SDP starts early media; the 2xx restarts it. With 100rel the
+  answer (or, after an INVITE without one, the offer) is in the reliable
+  18x, the PRACK carries the answer to such an offer, and the 2xx carries
+  no SDP.
 
 Differences from Net::SIP:
 
@@ -38,6 +61,8 @@ Differences from Net::SIP:
   once (Perl keeps them until :meth:`Call.cleanup`).
 - INFO, MESSAGE and UPDATE in a call are answered (200, or 415/488), with the
   callbacks ``cb_info`` and ``cb_message``; an unknown method gets 501.
+- PRACK, UPDATE sending, session timers, Require/Supported checks (420,
+  421) and :meth:`Call.accept` are new: Net::SIP has none of them.
 - :meth:`Call.dtmf` refuses (``ValueError``) when no media runs, instead of
   blocking forever.
 """
@@ -297,7 +322,7 @@ class Call(CallExtensions):
     def _peer_allow(self, packet: Packet) -> None:
         allow = packet.get_headers("allow")
         if allow:
-            self.param["_peer_allow"] = ", ".join(allow).upper()
+            self._peer_methods = frozenset(m.strip().upper() for m in allow)
 
     def _failed(self, ctx: Context) -> None:
         # a call that never got established frees its media at once

@@ -123,6 +123,8 @@ class CallExtensions(CallMedia):
         self._asked_se: int | None = None
         self._se_retries = 0
         self._retry: TimerLike | None = None
+        #: the methods the peer allows (its Allow), None while unknown
+        self._peer_methods: frozenset[str] | None = None
 
     # -------------------------------------------------------- shared parts
 
@@ -177,6 +179,10 @@ class CallExtensions(CallMedia):
     def _timer_config(self) -> TimerConfig:
         return TimerConfig.from_param(self.param)
 
+    def _supported(self) -> str:
+        """Our Supported: 100rel only when the ``prack`` mode is not off."""
+        return SUPPORTED if prack_mode(self.param.get("prack", "supported")) != "off" else "timer"
+
     def _close_extensions(self) -> None:
         """Stop every timer of the extensions (the call ends)."""
         if self._sender is not None:
@@ -199,7 +205,7 @@ class CallExtensions(CallMedia):
         """
         mode = prack_mode(self.param.get("prack", "supported"))
         cfg = self._timer_config()
-        headers = {"supported": SUPPORTED if mode != "off" else "timer", "allow": ALLOW}
+        headers = {"supported": self._supported(), "allow": ALLOW}
         if initial and mode == "required":
             headers["require"] = "100rel"
         interval = self._session.interval or self._asked_se or cfg.session_expires
@@ -403,7 +409,7 @@ class CallExtensions(CallMedia):
                 response.set_body(b"")
                 response.del_header("content-type")
             self._early_done = False
-            response.set_header("supported", SUPPORTED)
+            response.set_header("supported", self._supported())
             response.set_header("allow", ALLOW)
             if held.timer is not None:
                 for name, value in uas_headers(held.timer).items():
@@ -617,7 +623,11 @@ class CallExtensions(CallMedia):
             return
         cfg = self._timer_config()
         method = cfg.refresh
-        if method == "update" and "UPDATE" not in self.param.get("_peer_allow", "UPDATE"):
+        if (
+            method == "update"
+            and self._peer_methods is not None
+            and ("UPDATE" not in self._peer_methods)
+        ):
             method = "invite"  # (the peer does not do UPDATE)
         try:
             if method == "update":
@@ -639,7 +649,7 @@ class CallExtensions(CallMedia):
                 self._session.interval = self._asked_se or self._session.interval
                 self._refresh_session()
         elif code in (405, 501):
-            self.param["_peer_allow"] = "INVITE"
+            self._peer_methods = frozenset({"INVITE"})
             ctx = self.context
             if ctx is not None and not ctx.closed:
                 try:
@@ -661,6 +671,10 @@ class CallExtensions(CallMedia):
 
         def done(err: int, code: int, packet: Packet | None) -> None:
             self._offer_pending = False
+            if code == 422 and isinstance(packet, Response) and self._retry_422(packet):
+                self._session.interval = self._asked_se or self._session.interval
+                self._refresh_session()
+                return
             if err or not isinstance(packet, Response) or not 200 <= code < 300:
                 log.info("session refresh of %s failed: %d/%d", ctx.callid, err, code)
                 return

@@ -147,10 +147,14 @@ class TimerConfig:
         self, interval: int | None = None, min_se: int | None = None
     ) -> dict[str, str]:
         """The headers of an INVITE/UPDATE asking for ``interval`` (RFC 4028 7.1)."""
-        headers = {"min-se": str(max(self.min_se, min_se or 0))}
+        headers = {}
         interval = interval if interval is not None else self.session_expires
         if interval is not None:
             headers["session-expires"] = SessionExpires(interval, self.refresher).header()
+        floor = max(self.min_se, min_se or 0)
+        if interval is not None or floor != MIN_SE:
+            # (5: without it the peer assumes 90)
+            headers["min-se"] = str(floor)
         return headers
 
 
