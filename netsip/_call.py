@@ -291,7 +291,6 @@ class Call(CallExtensions):
             invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
             self._failed(ctx)
             return
-        self.rtp_cleanup()
         if not self._peer_sdp_from_2xx(ctx, packet):
             invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
             if not ctx.closed:
@@ -574,7 +573,6 @@ class Call(CallExtensions):
                 log.warning("no SDP answer in the ACK of %s: BYE", ctx.callid)
                 self.bye()
                 return
-        self.rtp_cleanup()
         self.established = True
         self._start_media()
         invoke_callback(self.param.get("cb_established"), "OK", self)

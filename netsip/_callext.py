@@ -265,7 +265,6 @@ class CallExtensions(CallMedia):
                 # the answer, reliably: offer/answer is done (RFC 3262 5)
                 self._offer_pending = False
                 self._early_done = True
-                self.rtp_cleanup()
                 if self._set_peer(peer):
                     self._start_media()
             elif self.param.get("sdp_peer") is None:
@@ -302,7 +301,6 @@ class CallExtensions(CallMedia):
             return
         if peer is None or not self._offer_pending:
             return
-        self.rtp_cleanup()
         if self._set_peer(peer):
             self._start_media()
 
@@ -440,7 +438,6 @@ class CallExtensions(CallMedia):
         )
         if with_sdp and not offered:
             self._early_done = reliable
-            self.rtp_cleanup()
             self._start_media()  # (early media: the peer's SDP is known)
         if not reliable:
             self._respond(ctx, response, leg, from_)
@@ -482,7 +479,6 @@ class CallExtensions(CallMedia):
             self._offer_pending = False
             if self._set_peer(peer):
                 self._early_done = True
-                self.rtp_cleanup()
                 self._start_media()
         self._respond(ctx, request.create_response(200), leg, from_)
         self._send_held()
@@ -574,7 +570,6 @@ class CallExtensions(CallMedia):
                 log.warning("unusable answer to our UPDATE: %s", exc.reason)
                 peer = None
             if peer is not None and self._set_peer(peer):
-                self.rtp_cleanup()
                 self._start_media()
         if refresh or response.get_header("session-expires") is not None:
             self._apply_timer(uac_result(self._session.interval, response), we_sent=True)
@@ -608,7 +603,6 @@ class CallExtensions(CallMedia):
             headers["content-type"] = "application/sdp"
             resp = request.create_response(200, headers=headers, body=bytes(sdp))
             self._respond(ctx, resp, leg, from_)
-            self.rtp_cleanup()
             if self._set_peer(peer):
                 self._start_media()
         if ctx.established:
@@ -685,7 +679,6 @@ class CallExtensions(CallMedia):
             old = self.param.get("sdp_peer")
             changed = old is None or peer is None or old.get_media() != peer.get_media()
             if peer is not None and self._set_peer(peer) and changed:
-                self.rtp_cleanup()
                 self._start_media()
             self._apply_timer(uac_result(self._asked_se, packet), we_sent=True)
 

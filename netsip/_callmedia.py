@@ -66,6 +66,8 @@ class CallMedia:
     _local_sdp: SDP | None
     _session_id: int
     ua: MediaHost
+    #: what the running media session was started with (see _start_media)
+    _media_key: tuple[object, ...] | None = None
 
     def get_peer(self) -> str:
         """The peer of the call (the subclass knows its dialog)."""
@@ -182,12 +184,22 @@ class CallMedia:
     # --------------------------------------------------------------- media
 
     def _start_media(self) -> None:
-        """Start ``init_media`` with what both SDPs negotiated."""
+        """(Re)start ``init_media`` with what both SDPs negotiated.
+
+        A session that runs with the same negotiation, sockets and
+        ``init_media`` goes on (early media into the call, a session refresh:
+        RFC 3960, RFC 4028 10) instead of starting over.
+        """
         local, peer = self._local_sdp, self.param.get("sdp_peer")
         init = self.param.get("init_media")
         if local is None or not isinstance(peer, SDP) or init is None:
+            self.rtp_cleanup()
             return
         streams = negotiate(local, peer)
+        key = (streams, tuple(self._sockets), init)
+        if self.media is not None and key == self._media_key:
+            return
+        self.rtp_cleanup()
         args = self._media_args(streams)
         try:
             self.media = invoke_callback(init, self, args)
@@ -195,6 +207,7 @@ class CallMedia:
             log.warning("media for %s failed: %s", self.get_peer(), exc)
             self.error = str(exc)
             self.media = None
+        self._media_key = key if self.media is not None else None
 
     def _media_args(self, streams: list[Negotiated | None]) -> MediaArgs:
         param = self.param

@@ -918,9 +918,13 @@ def test_early_media_flows_before_the_200(real_loop: EventLoop, prack: str) -> N
     # bob got the first frames and echoed them back, before any 200
     assert echoed[:5] == frames[:5]
     assert got[:5] == frames[:5]
+    sessions = (call.media, p.b_calls[0].media)
+    assert None not in sessions
     p.b_calls[0].accept()
     drive(real_loop, lambda: seen.final and p.b_seen.established, what="the 200")
     assert seen.final[0][0] == "OK" and call.established
+    # the same SDP both times: the early session goes on into the call (RFC 3960)
+    assert (call.media, p.b_calls[0].media) == sessions
     n = len(got)
     drive(real_loop, lambda: len(got) >= n + 5, seconds=10, what="media after the 200")
     hang_up(p, call)
