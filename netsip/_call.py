@@ -212,6 +212,7 @@ class Call(CallExtensions):
             ctx = self._send_invite(body, headers)
         except (ValueError, OverflowError) as exc:
             self.error = str(exc)
+            self._offer_pending = False
             log.warning("INVITE not sent: %s", exc)
             if blocking:
                 param["cb_final"] = None

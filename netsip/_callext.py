@@ -46,6 +46,7 @@ from netsip._prack import (
     ReliableReceiver,
     ReliableSender,
     has_option,
+    header_value,
     is_reliable,
     option_tags,
     parse_rack,
@@ -312,6 +313,7 @@ class CallExtensions(CallMedia):
         try:
             mode = prack_mode(self.param.get("prack", "supported"))
             cfg = self._timer_config()
+            self._answer_plan()
         except ValueError as exc:
             log.warning("bad call parameters: %s", exc)
             return request.create_response(500)
@@ -349,22 +351,41 @@ class CallExtensions(CallMedia):
         """Send (or hold back) our answer to an INVITE, after the provisional
         response the ``provisional`` parameter asks for."""
         code = response.code()
-        provisional = self.param.get("provisional") if not ctx.established else None
+        provisional, delay = self._answer_plan()
+        if ctx.established:
+            provisional = None  # (a re-INVITE is answered at once)
         if 200 <= code < 300 and provisional:
-            self._send_provisional(ctx, request, leg, from_, int(provisional), offered)
+            self._send_provisional(ctx, request, leg, from_, provisional, offered)
         held = _Held(request, response, leg, from_, timer)
         if 200 <= code < 300 and provisional:
-            delay = self.param.get("answer_after", 0)
             self._held = held
             if delay is None:
                 return  # (until accept())
             if delay > 0:
-                held.wait = self.ua.eventloop.add_timer(float(delay), self._answer_due)
+                held.wait = self.ua.eventloop.add_timer(delay, self._answer_due)
                 return
             held.due = True
             self._send_held()
             return
         self._send_final(held)
+
+    def _answer_plan(self) -> tuple[int | None, float | None]:
+        """The ``provisional`` status and ``answer_after`` delay, checked.
+
+        Raises:
+            ValueError: not a 101-199 status, or not a delay >= 0 (or None).
+        """
+        raw, after = self.param.get("provisional"), self.param.get("answer_after", 0)
+        try:
+            provisional = int(raw) if raw else None
+            delay = float(after) if after is not None else None
+        except (TypeError, ValueError):
+            raise ValueError(f"bad provisional {raw!r} or answer_after {after!r}") from None
+        if provisional is not None and not 100 < provisional < 200:
+            raise ValueError(f"provisional must be a 101-199 status, not {provisional}")
+        if delay is not None and not 0 <= delay < float("inf"):
+            raise ValueError(f"answer_after must be >= 0 seconds or None, not {delay}")
+        return provisional, delay
 
     def accept(self) -> bool:
         """Send our 2xx to the INVITE, held back by ``answer_after=None``.
@@ -463,7 +484,7 @@ class CallExtensions(CallMedia):
         if sender is not None:
             code = sender.prack(request)
         else:
-            code = 400 if parse_rack(request.get_header("rack")) is None else 481
+            code = 400 if parse_rack(header_value(request, "rack")) is None else 481
         if code != 200:
             log.info("PRACK in %s: %d", ctx.callid, code)
             msg = "Bad RAck" if code == 400 else None
@@ -485,7 +506,7 @@ class CallExtensions(CallMedia):
 
     # --------------------------------------------------------------- UPDATE
 
-    def update(self, **args: Any) -> Request | None:
+    def update(self, **args: Any) -> Request:
         """Send an UPDATE (RFC 3311) in the early or confirmed dialog.
 
         Args:
@@ -503,12 +524,15 @@ class CallExtensions(CallMedia):
                 is pending either way, or the early dialog's offer/answer is
                 not done: RFC 3311 5.1).
         """
+        return self._send_update(dict(args), 0)
+
+    def _send_update(self, args: dict[str, Any], attempt: int) -> Request:
+        """:meth:`update`, the ``attempt``-th time after a 491."""
         ctx = self.context
         if ctx is None or ctx.closed or ctx.remote_tag is None:
             raise ValueError("UPDATE needs an early or confirmed dialog")
         with_offer = bool(args.pop("offer", True))
         cb = args.pop("cb_final", None)
-        attempt = int(args.pop("_attempt", 0))
         if with_offer and (self._offer_pending or (not ctx.established and not self._early_done)):
             raise ValueError("an offer is pending: no UPDATE with an offer now (RFC 3311 5.1)")
         self.param.update(args)
@@ -533,15 +557,23 @@ class CallExtensions(CallMedia):
                     self._local_sdp = previous
                     self.param["sdp"] = previous
             if code == 491 and with_offer and attempt < MAX_GLARE_RETRIES and not self.closed:
-                self._retry_later({**args, "offer": True, "cb_final": cb, "_attempt": attempt + 1})
+                self._retry_later({**args, "offer": True, "cb_final": cb}, attempt + 1)
                 return
             if ok and isinstance(packet, Response):
                 self._updated(packet, with_offer, "session-expires" in headers)
             invoke_callback(cb, "OK" if ok else "FAIL", self, {"code": code, "packet": packet})
 
-        return self.endpoint.new_request("UPDATE", ctx, self._on_final(done), body, headers=headers)
+        try:
+            return self.endpoint.new_request(
+                "UPDATE", ctx, self._on_final(done), body, headers=headers
+            )
+        except (ValueError, OverflowError):
+            if with_offer:
+                self._offer_pending = False
+                self._local_sdp = previous
+            raise
 
-    def _retry_later(self, args: dict[str, Any]) -> None:
+    def _retry_later(self, args: dict[str, Any], attempt: int) -> None:
         """RFC 3261 14.1 (RFC 3311 5.1): after a 491, try again in 2.1-4 s
         (we own the Call-ID: we called) or 0-2 s, in steps of 10 ms."""
         ctx = self.context
@@ -554,7 +586,7 @@ class CallExtensions(CallMedia):
             if self.closed:
                 return
             try:
-                self.update(**args)
+                self._send_update(dict(args), attempt)
             except (ValueError, OverflowError) as exc:
                 log.info("UPDATE not sent again: %s", exc)
                 invoke_callback(args.get("cb_final"), "FAIL", self, {"code": 491, "packet": None})
@@ -571,7 +603,7 @@ class CallExtensions(CallMedia):
                 peer = None
             if peer is not None and self._set_peer(peer):
                 self._start_media()
-        if refresh or response.get_header("session-expires") is not None:
+        if refresh or header_value(response, "session-expires") is not None:
             self._apply_timer(uac_result(self._session.interval, response), we_sent=True)
 
     def _update_received(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
@@ -682,7 +714,11 @@ class CallExtensions(CallMedia):
                 self._start_media()
             self._apply_timer(uac_result(self._asked_se, packet), we_sent=True)
 
-        self.endpoint.new_request("INVITE", ctx, self._on_final(done), body, headers=headers)
+        try:
+            self.endpoint.new_request("INVITE", ctx, self._on_final(done), body, headers=headers)
+        except (ValueError, OverflowError):
+            self._offer_pending = False
+            raise
 
     def _session_expired(self) -> None:
         """No refresh in time (RFC 4028 10): end the call with BYE."""

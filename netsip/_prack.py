@@ -45,6 +45,7 @@ __all__ = [
     "ReliableReceiver",
     "ReliableSender",
     "has_option",
+    "header_value",
     "is_reliable",
     "option_tags",
     "parse_rack",
@@ -94,6 +95,15 @@ def option_tags(packet: Packet, header: str) -> list[str]:
     for value in packet.get_headers(header):
         tags.extend(t.strip().lower() for t in value.split(",") if t.strip())
     return tags
+
+
+def header_value(packet: Packet, name: str) -> str | None:
+    """The value of a single-valued header, None when absent, ``""`` (which
+    no parser here accepts) when it has several different values."""
+    try:
+        return packet.get_header(name)
+    except ValueError:
+        return ""
 
 
 def parse_rseq(value: str | None) -> int | None:
@@ -205,7 +215,7 @@ class ReliableSender:
             unacknowledged response matches, RFC 3262 3), 400 (no or a
             malformed ``RAck``).
         """
-        rack = parse_rack(request.get_header("rack"))
+        rack = parse_rack(header_value(request, "rack"))
         if rack is None:
             return 400
         flight = self._in_flight
@@ -240,7 +250,7 @@ class ReliableReceiver:
         """True if ``response`` is the next reliable provisional response (to
         PRACK and process); False for a retransmission, one out of order, or
         one without a usable ``RSeq`` (not processed further)."""
-        rseq = parse_rseq(response.get_header("rseq"))
+        rseq = parse_rseq(header_value(response, "rseq"))
         if rseq is None:
             log.info("reliable %s without a valid RSeq: ignored", response)
             return False
@@ -254,7 +264,7 @@ class ReliableReceiver:
     @staticmethod
     def rack(response: Response) -> str:
         """The ``RAck`` of the PRACK for ``response`` (RFC 3262 7.2)."""
-        rseq = parse_rseq(response.get_header("rseq"))
+        rseq = parse_rseq(header_value(response, "rseq"))
         return f"{rseq} {response.cseq_number()} {response.method()}"
 
 

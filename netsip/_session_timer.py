@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Literal
 
-from netsip._prack import has_option
+from netsip._prack import has_option, header_value
 from netsip.eventloop import EventLoop, TimerLike
 from netsip.packet import Packet, Request, Response
 from netsip.util import sip_hdrval2parts
@@ -187,8 +187,8 @@ def uas_negotiate(cfg: TimerConfig, request: Request) -> Negotiated | Rejection 
         ``Session-Expires`` or ``Min-SE``, 422 with our ``Min-SE`` for an
         interval below it), or None (no session timer).
     """
-    raw = request.get_header("session-expires")
-    raw_min = request.get_header("min-se")
+    raw = header_value(request, "session-expires")
+    raw_min = header_value(request, "min-se")
     their_min = parse_min_se(raw_min) if raw_min is not None else MIN_SE
     if their_min is None:
         return Rejection(400, "Malformed Min-SE", {})
@@ -240,7 +240,7 @@ def uac_result(asked: int | None, response: Response) -> Negotiated | None:
         The timer, or None when the 2xx has no (usable) ``Session-Expires``:
         no session timer ("can be turned off in mid dialog").
     """
-    se = parse_session_expires(response.get_header("session-expires"))
+    se = parse_session_expires(header_value(response, "session-expires"))
     if se is None:
         return None
     interval = se.interval
@@ -255,7 +255,7 @@ def uac_result(asked: int | None, response: Response) -> Negotiated | None:
 def retry_after_422(cfg: TimerConfig, asked: int | None, response: Packet) -> int | None:
     """The interval to ask for after a 422 (RFC 4028 7.4), None to give up
     (no usable ``Min-SE``, or not above what we asked)."""
-    their_min = parse_min_se(response.get_header("min-se"))
+    their_min = parse_min_se(header_value(response, "min-se"))
     if their_min is None or their_min < MIN_SE:
         return None
     if asked is not None and their_min <= asked:

@@ -853,21 +853,32 @@ def test_uas_negotiation_rules() -> None:
 @pytest.mark.parametrize(
     ("headers", "code", "check"),
     [
-        ({"Session-Expires": "soon"}, 400, None),
-        ({"Session-Expires": "600", "Min-SE": "-1"}, 400, None),
-        ({"Session-Expires": "30"}, 422, ("min-se", "90")),
-        ({"Session-Expires": "60", "Min-SE": "60"}, 422, ("min-se", "90")),
-        ({"Require": "foo, 100rel, bar"}, 420, ("unsupported", "foo, bar")),
+        ([("Session-Expires", "soon")], 400, None),
+        ([("Session-Expires", "600"), ("Min-SE", "-1")], 400, None),
+        ([("Session-Expires", "600"), ("Session-Expires", "900")], 400, None),
+        ([("Session-Expires", "30")], 422, ("min-se", "90")),
+        ([("Session-Expires", "60"), ("Min-SE", "60")], 422, ("min-se", "90")),
+        ([("Require", "foo, 100rel, bar")], 420, ("unsupported", "foo, bar")),
         (
-            {"Session-Expires": "99999999999999999999"},
+            [("Session-Expires", "99999999999999999999")],
             200,
             ("session-expires", "4294967295;refresher=uas"),
         ),
+        ([("Session-Expires", "600;refresher=uac")], 200, ("require", "timer")),
     ],
-    ids=["garbage", "bad-min-se", "below-min-se", "below-90", "unknown-require", "huge"],
+    ids=[
+        "garbage",
+        "bad-min-se",
+        "two-values",
+        "below-min-se",
+        "below-90",
+        "unknown-require",
+        "huge",
+        "caller-refreshes",
+    ],
 )
 def test_bad_session_headers_from_the_network(
-    loop: EventLoop, headers: dict[str, str], code: int, check: tuple[str, str] | None
+    loop: EventLoop, headers: list[tuple[str, str]], code: int, check: tuple[str, str] | None
 ) -> None:
     p = pair(loop, None)
     p.listen()
@@ -881,6 +892,23 @@ def test_bad_session_headers_from_the_network(
         assert ", ".join(resp.get_headers(check[0])) == check[1]
     if code >= 300:
         assert not p.bob.calls
+    # the agent still serves: a call goes through
+    _established(p)
+    p.close()
+
+
+def test_bad_answer_parameters_get_500_not_an_exception(loop: EventLoop) -> None:
+    p = pair(loop, None)
+    p.listen(provisional="soon")
+    seen = Outcome()
+    p.call(seen)
+    drive(loop, lambda: seen.final)
+    assert seen.final[0][1]["code"] == 500
+    p.bob.listen(provisional=183, answer_after=-1, init_media=None)
+    seen = Outcome()
+    p.call(seen)
+    drive(loop, lambda: seen.final)
+    assert seen.final[0][1]["code"] == 500
     p.close()
 
 
@@ -960,7 +988,7 @@ _RAW = [0]
 
 
 def _raw_invite(
-    loop: EventLoop, raw: socket.socket, agent: Simple, extra: dict[str, str]
+    loop: EventLoop, raw: socket.socket, agent: Simple, extra: list[tuple[str, str]]
 ) -> Response:
     leg = agent.default_leg()
     host, port = leg.src.addr, leg.src.port
@@ -980,7 +1008,7 @@ def _raw_invite(
         "CSeq: 1 INVITE",
         "Max-Forwards: 70",
         f"Contact: <sip:raw@{lhost}:{lport}>",
-        *(f"{k}: {v}" for k, v in extra.items()),
+        *(f"{k}: {v}" for k, v in extra),
         "Content-Type: application/sdp",
         f"Content-Length: {len(body)}",
     ]
