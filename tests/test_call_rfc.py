@@ -442,6 +442,25 @@ def test_unreliable_provisional_when_the_caller_has_no_100rel(
     p.close()
 
 
+def test_cancel_while_the_200_is_held_back(loop: EventLoop, clock: FakeClock) -> None:
+    p = pair(loop, clock)
+    p.listen(provisional=183, answer_after=30)
+    p.advance(0.5)
+    before = loop.timer_count()
+    seen = Outcome()
+    call = p.call(seen)
+    drive(loop, lambda: p.a_wire.responses("PRACK", 200), what="the PRACK answered")
+    assert call.cancel()
+    drive(loop, lambda: seen.final and not p.bob.calls, what="the 487")
+    assert seen.final[0][1]["code"] == 487
+    p.advance(40.0, step=0.5)
+    # no 200 after the 487: the held answer and its timer went with the call
+    assert not p.a_wire.responses("INVITE", 200)
+    assert len(p.alice.endpoint) == 0 and len(p.bob.endpoint) == 0
+    assert loop.timer_count() == before
+    p.close()
+
+
 def test_bad_and_unknown_rack_get_400_and_481(loop: EventLoop, clock: FakeClock) -> None:
     p = pair(loop, clock)
     p.listen(provisional=183, answer_after=None)
