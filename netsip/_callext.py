@@ -38,9 +38,9 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from netsip._callmedia import BodyRejectedError, CallMedia, sdp_of
+from netsip._callmedia import BodyRejectedError, CallMedia, MediaHost, sdp_of
 from netsip._dialog import Context
 from netsip._prack import (
     ReliableReceiver,
@@ -102,9 +102,16 @@ class _Held:
     wait: TimerLike | None = None
 
 
+class ExtensionHost(MediaHost, Protocol):
+    """What the extensions of a call need of its user agent."""
+
+    contact: str | None
+
+
 class CallExtensions(CallMedia):
     """PRACK, UPDATE and session timers of a call (see the module docstring)."""
 
+    ua: ExtensionHost
     endpoint: Endpoint
     ctx: Context | dict[str, Any] | None
     closed: bool
@@ -144,12 +151,15 @@ class CallExtensions(CallMedia):
         leg: Leg | None,
         from_: Addr | None,
     ) -> None:
+        """Requests of the peer (:class:`netsip._call.Call` defines it)."""
         raise NotImplementedError
 
     def bye(self, **args: Any) -> None:
+        """End the call (:class:`netsip._call.Call` defines it)."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
+        """End the call locally (:class:`netsip._call.Call` defines it)."""
         raise NotImplementedError
 
     def _on_final(self, handler: Callable[[int, int, Packet | None], object]) -> EndpointCallback:
@@ -428,8 +438,9 @@ class CallExtensions(CallMedia):
                 response.set_body(b"")
                 response.del_header("content-type")
             self._early_done = False
-            response.set_header("supported", self._supported())
-            response.set_header("allow", ALLOW)
+            for name, value in (("supported", self._supported()), ("allow", ALLOW)):
+                if not response.get_headers(name):
+                    response.set_header(name, value)
             if held.timer is not None:
                 for name, value in uas_headers(held.timer).items():
                     response.set_header(name, value)
@@ -453,7 +464,10 @@ class CallExtensions(CallMedia):
         with_sdp = sdp is not None and (
             (reliable and (code == 183 or offered)) or (code == 183 and not offered)
         )
-        headers = {"content-type": "application/sdp"} if with_sdp else None
+        # 12.1.1: a response that makes a dialog (an early one here) has a Contact
+        headers = {"contact": self.ua.contact or f"<{leg.contact}>"}
+        if with_sdp:
+            headers["content-type"] = "application/sdp"
         response = request.create_response(
             code, headers=headers, body=bytes(sdp) if with_sdp and sdp is not None else b""
         )

@@ -313,6 +313,7 @@ def test_reliable_183_is_pracked_before_the_200(loop: EventLoop, clock: FakeCloc
     r183 = seen.preliminary[0]
     assert r183.code() == 183 and r183.get_header("require") == "100rel"
     assert r183.body() and r183.get_header("content-type") == "application/sdp"
+    assert r183.get_header("contact") is not None  # (it makes the early dialog)
     pracks = p.b_wire.requests("PRACK")
     assert len(pracks) == 1
     assert (
