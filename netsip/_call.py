@@ -76,7 +76,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from netsip._callext import ALLOW, SUPPORTED, CallExtensions, EndpointCallback
+from netsip._callext import (
+    ALLOW,
+    MAX_GLARE_RETRIES,
+    SUPPORTED,
+    CallExtensions,
+    EndpointCallback,
+)
 from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, sdp_of
 from netsip._dialog import Context
 from netsip._session_timer import uac_result
@@ -156,6 +162,7 @@ class Call(CallExtensions):
         self.error: str | None = None
         self._init_extensions()
         self._invite_sent: tuple[bytes | None, dict[str, str]] | None = None
+        self._glare_retries = 0
 
     # ------------------------------------------------------------ parameters
 
@@ -272,6 +279,8 @@ class Call(CallExtensions):
         param = self.param
         if code == 422 and isinstance(packet, Response) and self._invite_again(ctx, packet):
             return
+        if code == 491 and ctx.established and self._reinvite_after_glare():
+            return
         if err:
             if code != 487 and err != errnos.ECANCELED:
                 self.error = f"Failed with error {err}" + (f" code={code}" if code else "")
@@ -298,6 +307,7 @@ class Call(CallExtensions):
                 self.bye()
             return
         self.established = True
+        self._glare_retries = 0
         self._peer_allow(packet)
         if isinstance(packet, Response):
             self._apply_timer(uac_result(self._asked_se, packet), we_sent=True)
@@ -317,6 +327,35 @@ class Call(CallExtensions):
         except (ValueError, OverflowError) as exc:
             log.warning("INVITE not sent again after 422: %s", exc)
             return False
+        return True
+
+    def _reinvite_after_glare(self) -> bool:
+        """A 491 to our re-INVITE (RFC 3261 14.1): the same offer again later."""
+        sent = self._invite_sent
+        if sent is None or self._glare_retries >= MAX_GLARE_RETRIES:
+            return False
+        self._glare_retries += 1
+        self._offer_pending = False
+        hold = self._offer_hold
+
+        def again() -> None:
+            # a new offer: the SDP may have changed meanwhile (the peer's
+            # re-INVITE went first), and its version goes up (RFC 3264 8)
+            body, headers = sent
+            try:
+                headers = {**headers, **self._extension_headers(initial=False)}
+                if body is not None:
+                    self.param["call_on_hold"] = hold
+                    body = bytes(self._local_offer())
+                    self._offer_pending = True
+                self._send_invite(body, headers)
+            except (ValueError, OverflowError) as exc:
+                self._offer_pending = False
+                log.info("re-INVITE not sent again: %s", exc)
+                info = {"code": 491, "packet": None}
+                invoke_callback(self.param.get("cb_final"), "FAIL", self, info)
+
+        self._after_glare(again)
         return True
 
     def _peer_allow(self, packet: Packet) -> None:

@@ -588,24 +588,33 @@ class CallExtensions(CallMedia):
             raise
 
     def _retry_later(self, args: dict[str, Any], attempt: int) -> None:
-        """RFC 3261 14.1 (RFC 3311 5.1): after a 491, try again in 2.1-4 s
-        (we own the Call-ID: we called) or 0-2 s, in steps of 10 ms."""
-        ctx = self.context
-        owner = ctx is not None and not ctx.incoming
-        delay = (210 + secrets.randbelow(191)) / 100 if owner else secrets.randbelow(201) / 100
-        log.info("491 for our UPDATE: again in %.2f s", delay)
+        """The UPDATE of ``args`` again after a 491."""
 
-        def again(_timer: object) -> None:
-            self._retry = None
-            if self.closed:
-                return
+        def again() -> None:
             try:
                 self._send_update(dict(args), attempt)
             except (ValueError, OverflowError) as exc:
                 log.info("UPDATE not sent again: %s", exc)
                 invoke_callback(args.get("cb_final"), "FAIL", self, {"code": 491, "packet": None})
 
-        self._retry = self.ua.eventloop.add_timer(delay, again)
+        self._after_glare(again)
+
+    def _after_glare(self, action: Callable[[], object]) -> None:
+        """RFC 3261 14.1 (RFC 3311 5.1): after a 491, try again in 2.1-4 s
+        (we own the Call-ID: we called) or 0-2 s, in steps of 10 ms."""
+        ctx = self.context
+        owner = ctx is not None and not ctx.incoming
+        delay = (210 + secrets.randbelow(191)) / 100 if owner else secrets.randbelow(201) / 100
+        log.info("491: our request again in %.2f s", delay)
+
+        def fire(_timer: object) -> None:
+            self._retry = None
+            if not self.closed:
+                action()
+
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = self.ua.eventloop.add_timer(delay, fire)
 
     def _updated(self, response: Response, with_offer: bool, refresh: bool) -> None:
         """The 2xx to our UPDATE: the answer, the session timer."""

@@ -68,6 +68,8 @@ class CallMedia:
     ua: MediaHost
     #: what the running media session was started with (see _start_media)
     _media_key: tuple[object, ...] | None = None
+    #: the ``call_on_hold`` of our last offer
+    _offer_hold: object = None
 
     def get_peer(self) -> str:
         """The peer of the call (the subclass knows its dialog)."""
@@ -130,6 +132,7 @@ class CallMedia:
 
     def _local_offer(self) -> SDP:
         """Our offer: the ``sdp`` parameter, or one audio stream on new sockets."""
+        self._offer_hold = self.param.get("call_on_hold")  # (to offer it again after a 491)
         hold = self._hold()
         given = self.param.get("sdp")
         if given is not None and self._local_sdp is None:

@@ -709,6 +709,25 @@ def test_update_glare_491_both_retry_at_their_random_times(
     p.close()
 
 
+def test_reinvite_glare_491_both_retry(loop: EventLoop, clock: FakeClock) -> None:
+    p = pair(loop, clock)
+    p.listen()
+    call = _established(p)
+    done_a: list[str] = []
+    done_b: list[str] = []
+    call.reinvite(call_on_hold=True, cb_final=lambda status, *_a: done_a.append(status))
+    p.b_calls[0].reinvite(cb_final=lambda status, *_a: done_b.append(status))
+    drive(loop, lambda: p.a_wire.responses("INVITE", 491) and p.b_wire.responses("INVITE", 491))
+    assert not done_a and not done_b
+    p.advance(4.5, step=0.01)
+    drive(loop, lambda: done_a and done_b, what="both re-INVITEs after their retry")
+    assert done_a == ["OK"] and done_b == ["OK"]
+    assert call.get_param("sdp").media[0].direction == "sendonly"
+    assert p.b_calls[0].get_param("sdp_peer").media[0].direction == "sendonly"
+    hang_up(p, call)
+    p.close()
+
+
 def test_reinvite_while_our_update_offer_is_pending_gets_491(
     loop: EventLoop, clock: FakeClock
 ) -> None:
@@ -716,12 +735,21 @@ def test_reinvite_while_our_update_offer_is_pending_gets_491(
     p.listen()
     call = _established(p)
     p.b_wire.drop = lambda packet: isinstance(packet, Request) and packet.method() == "UPDATE"
-    call.update(cb_final=lambda *_a: None)
-    result: list[tuple[str, dict[str, Any]]] = []
-    p.b_calls[0].reinvite(cb_final=lambda status, _c, info: result.append((status, info)))
-    drive(loop, lambda: result)
-    assert result[0][0] == "FAIL" and result[0][1]["code"] == 491
+    updated: list[str] = []
+    call.update(cb_final=lambda status, *_a: updated.append(status))
+    result: list[str] = []
+    p.b_calls[0].reinvite(cb_final=lambda status, *_a: result.append(status))
+    drive(loop, lambda: p.b_wire.responses("INVITE", 491), what="491 for bob's re-INVITE")
+    assert not result
+    # the UPDATE gets through (retransmitted), then bob's re-INVITE (retried in 0-2 s)
     p.b_wire.drop = lambda _p: False
+    p.advance(4.0, step=0.05)
+    drive(loop, lambda: updated and result)
+    assert updated == ["OK"] and result == ["OK"]
+    # (a retry before the UPDATE's retransmission got through meets 491 again)
+    tries = p.a_wire.requests("INVITE")
+    assert len(tries) >= 2 and len({i.cseq_number() for i in tries}) == len(tries)
+    assert len(p.b_wire.responses("INVITE", 491)) == len(tries) - 1
     hang_up(p, call)
     p.close()
 
