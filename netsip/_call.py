@@ -189,6 +189,9 @@ class Call(CallExtensions):
         ``args`` are merged into the parameters. Without ``cb_final`` this
         waits in the loop until the final response (and CANCELs the INVITE
         after ``ring_time`` seconds when given, calling ``cb_noanswer``).
+        A 422 is answered by asking again with the peer's Min-SE (RFC 4028
+        7.4), a 491 to a re-INVITE by offering again later (RFC 3261 14.1);
+        ``cb_final`` gets the outcome of the last try.
 
         Returns:
             The context, or None if the INVITE could not be sent.

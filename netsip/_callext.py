@@ -21,7 +21,8 @@ UPDATE (RFC 3311)
   :meth:`CallExtensions.update` sends one in an early or confirmed dialog,
   with a new offer (hold, resume, other codecs) or without a body; a 491
   (both sides offered at once) retries after the random time of RFC 3261
-  14.1. An incoming UPDATE with an offer while ours is pending gets 491.
+  14.1, for a re-INVITE too. An incoming UPDATE or re-INVITE with an offer
+  while ours is pending gets 491.
 Session timers (``session_expires``, ``min_se``, ``session_refresh``,
 ``session_refresher``; see :mod:`netsip._session_timer`)
   ``Session-Expires``/``Min-SE`` in our INVITE, 422 answered by asking
