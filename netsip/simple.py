@@ -30,9 +30,11 @@ Differences from Net::SIP:
 - A registration refreshes itself before it expires (the endpoint's
   ``refresh``); :meth:`Simple.cleanup` does not unregister.
 - ``Simple`` is a context manager (``with Simple(...) as ua``) that cleans up.
-- ``auth_*`` arguments of :meth:`listen` and the ``create_*`` server methods
-  wait for the server modules (registrar, authorize, proxy); until then they
-  raise ``NotImplementedError``.
+- ``auth_*`` arguments of :meth:`listen` put an
+  :class:`~netsip.authorize.Authorize` in front of the endpoint, as in Perl;
+  ``auth_i_am_proxy`` is passed on (Perl drops it). The other ``create_*``
+  server methods wait for the server modules (registrar, proxy, chain);
+  until then they raise ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ from typing import Any, cast
 from netsip import rtp as rtp_module
 from netsip._call import ALLOW, SUPPORTED, Call
 from netsip._dialog import Context, name_addr_uri
+from netsip.authorize import Authorize
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import Request
+from netsip.packet import Packet, Request
 from netsip.util import (
     Addr,
     Proto,
@@ -401,7 +404,7 @@ class Simple:
         call.reinvite(**args)
         return call
 
-    def listen(self, **args: Any) -> Endpoint:
+    def listen(self, **args: Any) -> Endpoint | _AuthFront:
         """Accept incoming calls (and answer OPTIONS), with ``args`` as each
         call's parameters.
 
@@ -410,19 +413,23 @@ class Simple:
                 (``(from, request) -> bool``), ``cb_create`` (``(call,
                 request, leg, from_)``, a false result rejects the call; a
                 callable result becomes the call's context callback),
-                ``cb_message`` (``(ua, request)`` for MESSAGE outside calls).
+                ``cb_message`` (``(ua, request)`` for MESSAGE outside calls),
+                and ``auth_*``: the arguments of
+                :class:`~netsip.authorize.Authorize` without the prefix
+                (``auth_user2pass``, ``auth_realm``, ...); with them an
+                authorizer checks every request before the endpoint does.
 
         Returns:
-            The endpoint (the last object of a receive chain).
-
-        Raises:
-            NotImplementedError: ``auth_*`` arguments (they need the
-                authorizer of the server modules).
+            The endpoint (the last object of a receive chain), or with
+            ``auth_*`` the receiver made of the authorizer and the endpoint.
         """
-        if any(key.startswith("auth_") for key in args):
-            raise NotImplementedError("auth_* needs netsip.authorize, which is not there yet")
+        auth_args = {k[5:]: args.pop(k) for k in list(args) if k.startswith("auth_")}
         self._listen_args = dict(args)
-        return self.endpoint
+        if not auth_args:
+            return self.endpoint
+        front = _AuthFront(self.create_auth(**auth_args), self.endpoint)
+        self.dispatcher.set_receiver(front)
+        return front
 
     def _default_application(
         self, endpoint: Endpoint, ctx: Context, request: Any, leg: Leg, from_: Addr
@@ -476,9 +483,10 @@ class Simple:
 
     # ---------------------------------------------------------------- servers
 
-    def create_auth(self, **args: Any) -> Any:
-        """An authorizer (``Net::SIP::Authorize``): not there yet."""
-        raise NotImplementedError("netsip.authorize is not there yet")
+    def create_auth(self, **args: Any) -> Authorize:
+        """An authorizer on this agent's dispatcher (``Net::SIP::Authorize``);
+        ``args`` as for :class:`~netsip.authorize.Authorize`."""
+        return Authorize(dispatcher=self.dispatcher, **args)
 
     def create_registrar(self, **args: Any) -> Any:
         """A registrar (``Net::SIP::Registrar``): not there yet."""
@@ -494,6 +502,23 @@ class Simple:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+class _AuthFront:
+    """The authorizer, then the endpoint: the receive chain Perl's listen
+    makes (``create_chain([auth, endpoint])``) until ``netsip.chain`` is there."""
+
+    __slots__ = ("auth", "endpoint")
+
+    def __init__(self, auth: Authorize, endpoint: Endpoint) -> None:
+        self.auth = auth
+        self.endpoint = endpoint
+
+    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> int | None:
+        handled = self.auth.receive(packet, leg, from_)
+        if not handled:
+            self.endpoint.receive(packet, leg, from_)
+        return handled
 
 
 def _stop_of(var: Any) -> Any:
