@@ -13,10 +13,14 @@ PRACK or refresh.
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from netsip._dialog import header_tag
@@ -42,6 +46,15 @@ from netsip.sdp import SDP
 from netsip.simple import Call, Simple
 from netsip.testing import FakeClock, advance, drive, length_is, udp_socket
 from netsip.util import Addr
+from tests.support import (
+    check_all_successful,
+    free_udp_tcp_port,
+    require_sipp,
+    sipp_errors,
+    sipp_stats,
+    start_sipp,
+    stop_process,
+)
 
 FRAME = 160
 
@@ -1005,6 +1018,94 @@ def test_early_media_flows_before_the_200(real_loop: EventLoop, prack: str) -> N
     drive(real_loop, lambda: len(got) >= n + 5, seconds=10, what="media after the 200")
     hang_up(p, call)
     p.close()
+
+
+# ------------------------------------------------------------- sipp peers
+
+
+SIPP_SCENARIOS = Path(__file__).resolve().parent / "sipp"
+
+
+def _sipp_bound(proc: subprocess.Popen[bytes], port: int, cwd: Path) -> None:
+    """Return once sipp has its UDP socket on ``port`` (psutil)."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        try:
+            conns = psutil.Process(proc.pid).net_connections(kind="udp")
+        except psutil.NoSuchProcess:
+            conns = []
+        if any(c.laddr and c.laddr.port == port for c in conns):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"sipp did not start: {sipp_errors(cwd)}")
+        time.sleep(0.02)  # waiting for another program to bind: nothing to drive
+
+
+@pytest.mark.interop
+def test_sipp_uas_with_a_reliable_183(real_loop: EventLoop, tmp_path: Path) -> None:
+    """sipp's UAS sends a reliable 183 with its answer: netsip PRACKs it (RAck
+    checked by sipp), takes the early answer, and the 200 without SDP
+    establishes the call."""
+    sipp = require_sipp()
+    port = free_udp_tcp_port()
+    proc, stf = start_sipp(
+        sipp,
+        ["-sf", str(SIPP_SCENARIOS / "uas_100rel.xml"), "-t", "u1", "-p", str(port),
+         "-mi", "127.0.0.1", "-mp", str(free_udp_tcp_port()), "-m", "1"],
+        tmp_path,
+    )  # fmt: skip
+    alice = ua(real_loop, "alice")
+    try:
+        _sipp_bound(proc, port, tmp_path)
+        seen = Outcome()
+        call = alice.invite(
+            f"sip:sipp@127.0.0.1:{port}",
+            init_media=None,
+            cb_final=seen.cb_final,
+            cb_preliminary=seen.cb_preliminary,
+        )
+        drive(real_loop, lambda: seen.final, seconds=15, what="sipp's 200")
+        assert seen.final[0][0] == "OK", (seen.final, sipp_errors(tmp_path))
+        assert [r.code() for r in seen.preliminary] == [183]
+        peer = call.get_param("sdp_peer")
+        assert isinstance(peer, SDP) and peer.media[0].port > 0  # (from the 183)
+        call.bye()
+        drive(real_loop, lambda: call.closed, seconds=15, what="the BYE answered")
+        drive(real_loop, lambda: proc.poll() is not None, seconds=15, what="sipp's end")
+    finally:
+        rc = stop_process(proc)
+        alice.cleanup()
+    check_all_successful(rc, sipp_stats(stf), sipp_errors(tmp_path), 1)
+
+
+@pytest.mark.interop
+def test_sipp_uac_pracks_our_reliable_183(real_loop: EventLoop, tmp_path: Path) -> None:
+    """sipp's UAC offers 100rel: netsip's reliable 183 carries RSeq and the
+    answer, sipp PRACKs it with the RSeq it read, and netsip's 200 follows
+    the PRACK's 200."""
+    sipp = require_sipp()
+    bob = ua(real_loop, "bob")
+    answered: list[Call] = []
+    bob.listen(
+        init_media=None,
+        provisional=183,
+        cb_create=lambda call, *_r: answered.append(call) or True,
+    )
+    leg = bob.default_leg()
+    proc, stf = start_sipp(
+        sipp,
+        ["-sf", str(SIPP_SCENARIOS / "uac_100rel.xml"), "-t", "u1",
+         "-p", str(free_udp_tcp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_tcp_port()),
+         "-m", "1", "-s", "bob", f"127.0.0.1:{leg.src.port}"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        drive(real_loop, lambda: proc.poll() is not None, seconds=25, what="sipp's call")
+    finally:
+        rc = stop_process(proc)
+        bob.cleanup()
+    check_all_successful(rc, sipp_stats(stf), sipp_errors(tmp_path), 1)
+    assert len(answered) == 1 and answered[0].closed
 
 
 # ------------------------------------------------------------------ leaks
