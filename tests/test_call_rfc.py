@@ -1086,11 +1086,12 @@ def test_sipp_uac_pracks_our_reliable_183(real_loop: EventLoop, tmp_path: Path) 
     sipp = require_sipp()
     bob = ua(real_loop, "bob")
     answered: list[Call] = []
-    bob.listen(
-        init_media=None,
-        provisional=183,
-        cb_create=lambda call, *_r: answered.append(call) or True,
-    )
+
+    def created(call: Call, *_rest: object) -> bool:
+        answered.append(call)
+        return True
+
+    bob.listen(init_media=None, provisional=183, cb_create=created)
     leg = bob.default_leg()
     proc, stf = start_sipp(
         sipp,
