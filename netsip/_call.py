@@ -203,7 +203,12 @@ class Call(CallExtensions):
         param.update(args)
         ctx = self.context
         # (first: a bad prack or session timer parameter raises ValueError here)
-        headers = self._extension_headers(initial=ctx is None or not ctx.established)
+        try:
+            headers = self._extension_headers(initial=ctx is None or not ctx.established)
+        except ValueError:
+            if ctx is None:
+                self.cleanup()  # (a call that never started is forgotten)
+            raise
         if param.get("leg") is None:
             param["leg"] = self.ua.leg_for(self._target())
         body = None

@@ -881,7 +881,7 @@ def test_session_timer_parameters_are_checked(loop: EventLoop, clock: FakeClock)
     ):
         with pytest.raises(ValueError):
             p.alice.invite(uri_of(p.bob, "bob"), cb_final=lambda *_a: None, **bad)
-    assert len(p.alice.endpoint) == 0
+    assert len(p.alice.endpoint) == 0 and not p.alice.calls
     p.close()
 
 
