@@ -44,11 +44,15 @@ from netsip.util import sip_hdrval2parts
 __all__ = [
     "MIN_SE",
     "Negotiated",
+    "Rejection",
+    "SessionExpires",
     "SessionTimer",
     "TimerConfig",
     "parse_min_se",
     "parse_session_expires",
+    "retry_after_422",
     "uac_result",
+    "uas_headers",
     "uas_negotiate",
 ]
 
