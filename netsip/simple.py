@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from netsip import rtp as rtp_module
-from netsip._call import ALLOW, Call
+from netsip._call import ALLOW, SUPPORTED, Call
 from netsip._dialog import Context, name_addr_uri
 from netsip.authorize import Authorize
 from netsip.chain import ReceiveChain
@@ -77,7 +77,7 @@ DEFAULT_OPTIONS: dict[str, str] = {
     "accept": "application/sdp",
     "accept-encoding": "",
     "accept-language": "en",
-    "supported": "",
+    "supported": SUPPORTED,
 }
 
 LegSpec = Leg | str | socket.socket | Mapping[str, Any]
