@@ -156,6 +156,7 @@ def test_verbose_prints_a_line_per_request(
         (["--users", "/nonexistent/users"], "--users /nonexistent/users"),
         (["--min-expires", "100", "--max-expires", "10"], "--min-expires"),
         (["-l", "tls:127.0.0.1:0"], "needs --tls-cert"),
+        (["--algorithms", "MD5,SHA-1"], "unknown ['SHA-1']"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], why: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,6 +47,7 @@ from netsip.cli._common import (
     tls_options,
 )
 from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.digest import ALGORITHMS
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -91,6 +92,13 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         help="digest credentials, lines 'user:password' ('#' comments)",
     )
     p.add_argument("--realm", help="the digest realm (default: the first --domain, else netsip)")
+    p.add_argument(
+        "--algorithms",
+        default="SHA-256,MD5",
+        metavar="A,B",
+        help="digest algorithms offered, preferred first (default %(default)s; "
+        "clients that answer only the first challenge, such as sipp, need MD5)",
+    )
     p.add_argument(
         "--store",
         default="memory:",
@@ -161,6 +169,11 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             raise CliError(
                 f"--users {args.users}: {getattr(exc, 'strerror', None) or exc}"
             ) from None
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    unknown = [a for a in algorithms if a.upper() not in ALGORITHMS]
+    if unknown or not algorithms:
+        known = ", ".join(a.name for a in ALGORITHMS.values())
+        raise CliError(f"--algorithms {args.algorithms}: unknown {unknown} (known: {known})")
     store = _store(args.store)
     domains = [d.lower() for d in args.domain] or None
 
@@ -228,8 +241,11 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
     if users is None:
         return ReceiveChain([count, ReceiveChain([registrar], methods=["REGISTER"]), proxy])
     realm = args.realm or (domains[0] if domains else "netsip")
-    as_registrar = Authorize(dispatcher=disp, realm=realm, user2pass=users)
-    as_proxy = Authorize(dispatcher=disp, realm=realm, user2pass=users, i_am_proxy=True)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    as_registrar = Authorize(dispatcher=disp, realm=realm, user2pass=users, algorithms=algorithms)
+    as_proxy = Authorize(
+        dispatcher=disp, realm=realm, user2pass=users, algorithms=algorithms, i_am_proxy=True
+    )
 
     def from_ours(packet: Packet, _leg: Leg, _from: Addr) -> bool:
         """An initial request (no To tag) from one of our domains: to be challenged."""
