@@ -32,7 +32,6 @@ import argparse
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from netsip._log import get_logger
 from netsip.authorize import Authorize, users_from_file
@@ -43,10 +42,13 @@ from netsip.cli._common import (
     Parents,
     SignalStop,
     Subparsers,
-    make_leg,
-    tls_options,
 )
-from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.cli._listen_sockets import (
+    add_server_arguments,
+    make_legs,
+    open_listen_sockets,
+    server_specs,
+)
 from netsip.digest import ALGORITHMS
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
@@ -71,14 +73,7 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         "proxy that reaches the registered users; with --users, digest: 401 for "
         "REGISTER, 407 for calls from our domains. A summary on Ctrl-C/SIGTERM.",
     )
-    p.add_argument(
-        "-l",
-        "--listen",
-        action="append",
-        metavar="[PROTO:]ADDR[:PORT]",
-        help="where to listen, repeatable, as for 'netsip listen' "
-        "(default: udp+tcp 127.0.0.1:5060); port 0 picks a free one",
-    )
+    add_server_arguments(p)
     p.add_argument(
         "--domain",
         action="append",
@@ -109,13 +104,6 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     p.add_argument(
         "--max-expires", type=int, default=86400, metavar="S", help="default %(default)s"
     )
-    p.add_argument(
-        "--tls-verify-client",
-        type=int,
-        choices=(-1, 0, 1),
-        default=0,
-        help="client certificates: 0 not asked, 1 required, -1 verified if sent",
-    )
 
 
 @dataclass(slots=True)
@@ -135,13 +123,6 @@ class Stats:
         ]
 
 
-def _specs(args: argparse.Namespace) -> list[ListenSpec]:
-    specs: list[ListenSpec] = []
-    for text in args.listen or ():
-        specs.extend(parse_listen_spec(text))
-    return specs or parse_listen_spec("127.0.0.1:5060")
-
-
 def _store(url: str) -> MemoryStore:
     scheme = url.partition(":")[0].lower()
     if scheme == "memory":
@@ -151,14 +132,7 @@ def _store(url: str) -> MemoryStore:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     """``netsip proxy``."""
-    specs = _specs(args)
-    tls: dict[str, Any] | None = None
-    if any(s.proto == "tls" for s in specs):
-        if not args.tls_cert:
-            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
-        tls = tls_options(args, server=True)
-    elif args.tls_cert or args.tls_key or args.tls_ca:
-        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+    specs, tls = server_specs(args)
     if not 0 < args.min_expires <= args.max_expires:
         raise CliError("need 0 < --min-expires <= --max-expires")
     users: dict[str, str] | None = None
@@ -185,10 +159,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     registrar: Registrar | None = None
     try:
         with SignalStop(loop, stop):
-            legs = [
-                make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
-                for spec, sock in bound
-            ]
+            legs = make_legs(bound, tls)
             disp = Dispatcher(legs, loop)
             registrar = Registrar(
                 dispatcher=disp,
