@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from netsip import Call, EventLoop, Packet, Simple
+from netsip import Call, EventLoop, Request, Simple
 from netsip.testing import drive
 from netsip.util import Addr
 from tests.support import ROOT, Listen, python_env
@@ -103,11 +103,11 @@ class Answerer:
     """Bob's side: answers with echo and keeps each INVITE and where it came from."""
 
     def __init__(self, ua: Simple) -> None:
-        self.invites: list[tuple[Packet, Addr]] = []
+        self.invites: list[tuple[Request, Addr]] = []
         self.calls: list[Call] = []
         ua.listen(init_media=ua.rtp("media_recv_echo"), cb_create=self.created)
 
-    def created(self, call: Call, request: Packet, _leg: object, from_: Addr) -> bool:
+    def created(self, call: Call, request: Request, _leg: object, from_: Addr) -> bool:
         self.calls.append(call)
         self.invites.append((request, from_))
         return True
