@@ -35,8 +35,10 @@ from pathlib import Path
 import pytest
 
 from netsip.eventloop import EventLoop
+from netsip.packet import Request
 from netsip.simple import Call, Simple
 from tests.support import (
+    LOOPBACKS,
     AuthKamailio,
     LineReader,
     Listen,
@@ -88,9 +90,16 @@ def peers() -> Iterator[list[subprocess.Popen[bytes]]]:
         stop_process(p)
 
 
-def start_proxy(started: list[Listen], tmp: Path, *args: str) -> tuple[Listen, int]:
-    """``netsip proxy -v -l 127.0.0.1:0 ARGS`` (UDP and TCP on one port); it and the port."""
-    proc = Listen([], tmp, command=[*netsip_command(), "proxy", "-v", "-l", "127.0.0.1:0", *args])
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def start_proxy(
+    started: list[Listen], tmp: Path, *args: str, host: str = "127.0.0.1"
+) -> tuple[Listen, int]:
+    """``netsip proxy -v -l HOST:0 ARGS`` (UDP and TCP on one port); it and the port."""
+    command = [*netsip_command(), "proxy", "-v", "-l", hostport(host, 0), *args]
+    proc = Listen([], tmp, command=command)
     started.append(proc)
     addrs = proc.addresses(2)
     assert addrs["udp"].port == addrs["tcp"].port, addrs
@@ -139,42 +148,78 @@ def finished(peers: list[subprocess.Popen[bytes]], out: LineReader, index: int) 
     return peers[index].wait(timeout=WAIT)
 
 
-@pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_perl_uas_register_and_call_with_rtp_echo(
-    started: list[Listen], peers: list[subprocess.Popen[bytes]], tmp_path: Path, proto: str
-) -> None:
-    """Perl's bob and alice register with digest; alice calls bob, RTP is echoed, she hangs up."""
-    require_perl_netsip()
-    proxy, port = start_proxy(
-        started, tmp_path, "--domain", "example.com", "--users", users_file(tmp_path)
+PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+
+
+def perl_call(
+    peers: list[subprocess.Popen[bytes]], common: list[str], at: str, caller: str, callee: str
+) -> str:
+    """Perl's ``callee`` registers and listens, ``caller`` registers, calls, unregisters.
+
+    Returns:
+        The callee's Contact URI (the remote target of the dialog).
+    """
+    first = len(peers)
+    listener = perl_ua(
+        peers, "--mode", "listen", "--user", callee, "--password", PASSWORDS[callee], *common
     )
-    at = f"127.0.0.1:{port}"
-    common = ["--proto", proto, "--domain", "example.com", "--registrar", at]
-    bob = perl_ua(peers, "--mode", "listen", "--user", "bob", "--password", "builder", *common)
-    contact = bob.wait_for(r"^LISTENING (\S+) (\d+)$")[0]
-    bob.wait_for(r"^REGISTERED 300$")
-    alice = perl_ua(
-        peers, "--mode", "call", "--user", "alice", "--password", "wonderland", *common,
-        "--proxy", at, "--to", "sip:bob@example.com", "--packets", str(RTP_PACKETS),
+    ip, port = listener.wait_for(r"^LISTENING (\S+) (\d+)$")[0].groups()
+    listener.wait_for(r"^REGISTERED 300$")
+    out = perl_ua(
+        peers, "--mode", "call", "--user", caller, "--password", PASSWORDS[caller], *common,
+        "--proxy", at, "--to", f"sip:{callee}@example.com", "--packets", str(RTP_PACKETS),
     )  # fmt: skip
-    assert finished(peers, alice, 1) == 0, alice.lines
-    assert finished(peers, bob, 0) == 0, bob.lines
-    assert alice.lines == [
+    assert finished(peers, out, first + 1) == 0, out.lines
+    assert finished(peers, listener, first) == 0, listener.lines
+    assert out.lines == [
         "REGISTERED 300",
         "FINAL OK 200",
         f"RTP sent={RTP_PACKETS} echoed={RTP_PACKETS}",
         "BYE-DONE 200",
+        "UNREGISTERED 0",
         "DONE ok",
     ]
-    assert bob.lines[-4:] == ["CALL-CREATED", "ESTABLISHED", "PEER-BYE", "DONE ok"]
+    assert listener.lines[-4:] == ["CALL-CREATED", "ESTABLISHED", "PEER-BYE", "DONE ok"]
+    return f"sip:{callee}@{hostport(ip, int(port))}"
+
+
+@pytest.mark.parametrize("host", LOOPBACKS)
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_perl_uas_register_and_call_each_other_with_rtp_echo(
+    started: list[Listen],
+    peers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    proto: str,
+    host: str,
+) -> None:
+    """Perl's alice and bob register with digest and call each other; RTP is echoed."""
+    require_perl_netsip()
+    proxy, port = start_proxy(
+        started, tmp_path, "--domain", "example.com", "--users", users_file(tmp_path), host=host
+    )
+    at = hostport(host, port)
+    common = ["--proto", proto, "--listen", hostport(host, 0), "--domain", "example.com"]
+    common += ["--registrar", at]
+    transport = ";transport=tcp" if proto == "tcp" else ""
+    bob_uri = perl_call(peers, common, at, "alice", "bob") + transport
+    alice_uri = perl_call(peers, common, at, "bob", "alice") + transport
     methods, responses, registered, lines = stop_proxy(proxy)
-    # each REGISTER challenged once (401), alice's INVITE once (407, ACKed hop by hop)
-    assert methods == {"REGISTER": 4, "INVITE": 2, "ACK": 2, "BYE": 1}, methods
-    assert responses >= 2 and registered == 2  # the 200s to the INVITE and the BYE
-    # the ACK of the 200 and the BYE: to bob's Contact, through the proxy (Record-Route)
-    bob_uri = f"sip:bob@{contact[1]}:{contact[2]}" + (";transport=tcp" if proto == "tcp" else "")
-    in_dialog = [line.split()[:2] for line in lines if line.startswith(("ACK", "BYE"))]
-    assert in_dialog == [["ACK", "sip:bob@example.com"], ["ACK", bob_uri], ["BYE", bob_uri]]
+    # 3 REGISTERs per round (and a 401 to each); each INVITE challenged once (407)
+    assert methods.keys() == {"REGISTER", "INVITE", "ACK", "BYE"}, methods
+    assert methods["REGISTER"] >= 12 and methods["INVITE"] >= 4, methods
+    assert responses >= 4  # the 200s to each INVITE and each BYE
+    assert registered == 2  # the listeners (each caller removed its binding)
+    # the ACK of the 407 is hop by hop, to the AOR; the ACK of the 200 and the BYE
+    # go to the callee's Contact, through the proxy (its Record-Route)
+    in_dialog = [tuple(line.split()[:2]) for line in lines if line.startswith(("ACK", "BYE"))]
+    assert list(dict.fromkeys(in_dialog)) == [
+        ("ACK", "sip:bob@example.com"),
+        ("ACK", bob_uri),
+        ("BYE", bob_uri),
+        ("ACK", "sip:alice@example.com"),
+        ("ACK", alice_uri),
+        ("BYE", alice_uri),
+    ]
 
 
 def test_perl_ua_with_a_wrong_password_is_refused(
@@ -189,7 +234,7 @@ def test_perl_ua_with_a_wrong_password_is_refused(
     assert finished(peers, mallory, 0) == 1, mallory.lines
     assert mallory.lines == ["FAILED register 401", "DONE failed: not registered"]
     methods, _responses, registered, _lines = stop_proxy(proxy)
-    assert methods == {"REGISTER": 2} and registered == 0
+    assert methods.keys() == {"REGISTER"} and methods["REGISTER"] >= 2 and registered == 0
 
 
 # ------------------------------------------------------------ sipp
@@ -280,9 +325,13 @@ def send_echo(ua: Simple, to: str, echoed: list[bytes]) -> tuple[Call, list[str]
     return call, final
 
 
-def answer_echo(ua: Simple, calls: list[Call]) -> None:
-    def created(call: Call, *_rest: object) -> bool:
+def answer_echo(ua: Simple, calls: list[Call], invites: list[Request] | None = None) -> None:
+    """Answer every call, echoing its RTP; the calls (and their INVITEs) in the lists."""
+
+    def created(call: Call, request: Request, *_rest: object) -> bool:
         calls.append(call)
+        if invites is not None:
+            invites.append(request)
         return True
 
     ua.listen(init_media=ua.rtp("media_recv_echo"), cb_create=created)
@@ -365,7 +414,8 @@ def test_netsip_proxy_to_kamailio_to_a_registered_netsip_ua(
         try:
             assert bob.register(registrar=kam.uri(proto), expires=600) is not None, bob.error()
             b_calls: list[Call] = []
-            answer_echo(bob, b_calls)
+            invites: list[Request] = []
+            answer_echo(bob, b_calls, invites)
             talk_and_hang_up(loop, alice, kam.uri(proto, "bob"), b_calls)
         finally:
             alice.cleanup()
@@ -378,6 +428,11 @@ def test_netsip_proxy_to_kamailio_to_a_registered_netsip_ua(
     methods, responses, registered, lines = stop_proxy(proxy)
     assert registered == 0
     # Kamailio's 407 and the INVITE with credentials, each ACKed; the BYE by the route set
-    assert methods == {"INVITE": 2, "ACK": 2, "BYE": 1}, methods
+    assert methods.keys() == {"INVITE", "ACK", "BYE"}, methods
+    assert methods["INVITE"] >= 2 and methods["ACK"] >= 2, methods
     assert responses >= 4  # 407, 200 to the INVITE, 200 to the BYE (and 100s, 180)
     assert all(f" from {proto}:" in line for line in lines), lines
+    # the route set bob got: Kamailio's Record-Route on top of netsip's
+    rr = invites[0].get_headers("record-route")
+    assert len(rr) == 2 and f"127.0.0.1:{kam.port}" in rr[0], rr
+    assert re.search(rf"127\.0\.0\.1:{port}\b.*;lr", rr[1]), rr

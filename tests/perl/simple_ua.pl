@@ -23,8 +23,10 @@
 #                 FINAL <status> <code>
 #                 RTP sent=<n> echoed=<m>
 #             and hang up when all came back (or --echo-wait seconds after
-#             the last was sent); then BYE-DONE <code>. Exit 0 if the call
-#             came up, every packet was echoed and the BYE got 200.
+#             the last was sent); then BYE-DONE <code>. With --registrar
+#             it then removes its registration: UNREGISTERED <expires>.
+#             Exit 0 if the call came up, every packet was echoed, the BYE
+#             got 200 (and the registration is gone).
 #
 # Exit 1 if something failed, 2 if --timeout ended the run first.
 
@@ -120,24 +122,32 @@ $ua->add_timer($opt{timeout}, \$timed_out);
 if ($opt{mode} eq 'listen') {
     print "LISTENING ", $sock->sockhost, " ", $sock->sockport, "\n";
 }
-if ($opt{registrar}) {
+# register the contact of the leg for $expires seconds (0: remove it);
+# print and return what came of it
+sub register {
+    my $expires = shift;
     my $result;
     $ua->register(
         # no ";transport=tcp" here: Simple would send the Request-URI in
         # angle brackets; with only a TCP leg it takes TCP anyway
         registrar => "sip:$opt{registrar}",
         contact   => "sip:$opt{user}\@$hostport" . transport(),
-        expires   => 300,
+        expires   => $expires,
         cb_final  => sub {
             my ($status, %info) = @_;
-            $result = $status eq 'OK' ? "REGISTERED " . ($info{expires} // '?')
+            my $what = $expires ? 'REGISTERED' : 'UNREGISTERED';
+            $result = $status eq 'OK' ? "$what " . ($info{expires} // 0)
                 : "FAILED register " . ($info{code} // $info{errno} // $ua->error // '?');
         },
     );
     $ua->loop(\$result, \$timed_out, \$stopped);
     $result or done(2, 'failed: no answer to REGISTER');
     print "$result\n";
-    $result =~ m{^REGISTERED} or done(1, 'failed: not registered');
+    return $result;
+}
+
+if ($opt{registrar}) {
+    register(300) =~ m{^REGISTERED} or done(1, 'failed: not registered');
 }
 done(0, 'ok') if $opt{mode} eq 'register';
 exit(run_listen()) if $opt{mode} eq 'listen';
@@ -215,5 +225,8 @@ sub run_call {
     done(1, "failed: BYE got $bye_code") if $bye_code != 200;
     done(1, "failed: $echoed of $nsent RTP packets echoed")
         if $nsent != $opt{packets} || $echoed != $nsent;
+    if ($opt{registrar}) {
+        register(0) =~ m{^UNREGISTERED} or done(1, 'failed: not unregistered');
+    }
     done(0, 'ok');
 }
