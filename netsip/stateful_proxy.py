@@ -413,6 +413,8 @@ class StatefulProxy(StatelessProxy):
             return
         targets, pkt = chosen
         addr, out = targets[0]
+        if self._clients.get((cl.branch, cl.method)) is cl:
+            del self._clients[(cl.branch, cl.method)]  # (a failover to another leg)
         cl.request, cl.leg, cl.addr, cl.rest = pkt, out, addr, targets[1:]
         cl.branch = out.branch + cl.fwd.keys
         self._clients[(cl.branch, cl.method)] = cl
