@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ from netsip.packet import Packet, Request, Response
 from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import FakeClock, advance, open_fds
 from netsip.util import Addr, Proto
-from tests.support import datagrams, drive, pkt, udp_socket
+from tests.support import Listen, datagrams, drive, netsip_command, pkt, udp_socket
 from tests.test_proxy import branch_of, raw_request, send, tcp_leg, udp_leg
 
 AOR = "sip:bob@example.com"
@@ -514,3 +515,58 @@ def test_1000_forked_calls_every_branch_fails(world: World) -> None:
     assert world.loop.fd_count() == fds
     assert open_fds() == open_
     assert len(c1.requests("ACK")) == 1000 and len(c2.requests("ACK")) == 1000
+
+
+# ------------------------------------------------------------ the command
+
+
+@pytest.fixture
+def started() -> Iterator[list[Listen]]:
+    procs: list[Listen] = []
+    yield procs
+    for p in procs:
+        p.close()
+
+
+def recv_packet(s: socket.socket, seconds: float = 10.0) -> Packet:
+    s.settimeout(seconds)
+    return pkt(s.recv(65535))
+
+
+def test_cli_proxy_stateful_forks_to_every_registered_contact(
+    started: list[Listen], tmp_path: Path
+) -> None:
+    proc = Listen(
+        [],
+        tmp_path,
+        command=[*netsip_command(), "proxy", "-l", "127.0.0.1:0", "--stateful"],
+    )
+    started.append(proc)
+    udp = proc.addresses(2)["udp"]
+    phones = [udp_socket(), udp_socket()]
+    caller = udp_socket()
+    try:
+        for i, ph in enumerate(phones):
+            reg = raw_request(
+                "REGISTER",
+                "sip:example.com",
+                ph,
+                branch=f"z9hG4bKreg{i}",
+                callid=f"reg-{i}@test",
+                headers=["Expires: 300"],
+            )
+            ph.sendto(reg, (udp.addr, udp.port))
+            resp = recv_packet(ph)
+            assert isinstance(resp, Response) and resp.code() == 200
+        caller.sendto(raw_request("INVITE", AOR, caller), (udp.addr, udp.port))
+        trying = recv_packet(caller)  # a stateless proxy sends no 100
+        assert isinstance(trying, Response) and trying.code() == 100
+        invites = [recv_packet(ph) for ph in phones]
+        assert all(isinstance(r, Request) and r.method() == "INVITE" for r in invites)
+        branches = {branch_of(r.get_headers("via")[0]) for r in invites}
+        assert len(branches) == 2
+    finally:
+        for s in (*phones, caller):
+            s.close()
+    proc.stop()
+    assert proc.returncode == 0
