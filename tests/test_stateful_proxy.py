@@ -8,6 +8,7 @@ transports; faults.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -421,7 +422,8 @@ def test_timer_c_without_provisional_is_408(world: World) -> None:
     assert mute.requests("CANCEL") == []
 
 
-def test_branch_that_never_answers_gets_408(world: World) -> None:
+def test_branch_that_never_answers_gets_408(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "netsip.stateful_proxy")
     leg = udp_leg()
     mute = world.callee("mute")
     proxy = world.proxy(leg, contacts=[mute.contact])
@@ -430,6 +432,7 @@ def test_branch_that_never_answers_gets_408(world: World) -> None:
     assert codes(world.responses(caller, 1)) == [100]
     assert world.quiet(caller, 31.0) == []
     assert final(world.quiet(caller, 2.0)) == 408  # Timer B, 64*T1
+    assert "unanswered (Timer B/F): 408" in caplog.text
     # Timer A: T1, 2T1, 4T1 ... below 64*T1
     assert len(mute.requests("INVITE")) == 7
     world.quiet(caller, 40.0)
@@ -462,7 +465,66 @@ def test_record_route_udp_in_tcp_out(world: World) -> None:
     assert bob.requests("BYE")[0].get_headers("via")[0].startswith("SIP/2.0/TCP ")
 
 
+def test_tcp_caller(world: World) -> None:
+    uleg, tleg = udp_leg(), tcp_leg()
+    bob = world.callee("bob", [180, 200])
+    world.proxy(uleg, tleg, contacts=[bob.contact])
+    alice = world.callee("alice", proto="tcp")
+    req = Request(
+        "INVITE",
+        AOR,
+        {
+            "from": "<sip:alice@example.com>;tag=a1",
+            "to": f"<{AOR}>",
+            "call-id": "tcp-1@test",
+            "cseq": "1 INVITE",
+            "max-forwards": "70",
+            "contact": f"<{alice.contact}>",
+        },
+    )
+    src = tleg.src
+    alice.disp.deliver(
+        req, leg=alice.leg, dst_addr=Addr(src.addr, src.port, src.family, None, "tcp")
+    )
+
+    def responses() -> list[Response]:
+        return [p for p in alice.got if isinstance(p, Response)]
+
+    world.until(lambda: len(responses()) >= 3, "100, 180, 200 over TCP")
+    assert codes(responses()) == [100, 180, 200]
+    (inv,) = bob.requests("INVITE")
+    assert inv.get_headers("via")[0].startswith("SIP/2.0/UDP ")
+
+
 # ------------------------------------------------------------ faults
+
+
+def test_unreachable_branch_then_the_next_group(world: World) -> None:
+    leg = udp_leg()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"sip:dead@127.0.0.1:{closed.getsockname()[1]};transport=tcp"
+    good = world.callee("good", [200])
+    world.proxy(leg, tcp_leg(), contacts=[(dead, 1.0), (good.contact, 0.5)], forking="serial")
+    caller = world.caller()
+    invite(caller, leg)
+    assert codes(world.responses(caller, 2)) == [100, 200]
+    assert len(good.requests("INVITE")) == 1
+
+
+def test_every_branch_unreachable_is_500(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "netsip.stateful_proxy")
+    leg = udp_leg()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"sip:dead@127.0.0.1:{closed.getsockname()[1]};transport=tcp"
+    # no TLS leg: that contact cannot even be resolved to a destination
+    world.proxy(leg, tcp_leg(), contacts=[dead, "sip:tls@127.0.0.1:5061;transport=tls"])
+    caller = world.caller()
+    invite(caller, leg)
+    got = world.responses(caller, 2)
+    assert codes(got) == [100, 500]  # a 503 is never forwarded (16.7 step 6)
+    assert "sending INVITE to" in caplog.text and "cannot resolve next hop" in caplog.text
 
 
 def test_cancel_racing_200(world: World) -> None:
