@@ -53,6 +53,14 @@ How it works:
   pending, then 64*T1 more (to absorb the ACK and the retransmissions of
   final responses, Timer D/K), and then everything of it is forgotten.
 
+Why not :class:`netsip.transaction.TransactionClient` and the dispatcher's
+request retransmission: both key a transaction by ``Request.tid()`` (Call-ID
+and CSeq number, as Net::SIP), which every branch of a forked request
+shares, so a response on one branch would end the retransmissions of all
+of them; and the client ACKs a 2xx itself, which a proxy must forward
+instead. Each branch therefore times its retransmissions itself, with the
+same :class:`~netsip.retransmit.RetransmitSchedule` the dispatcher uses.
+
 Performance plan: per request one context, per branch one client record and
 at most two timers (retransmission/timeout, Timer C); one dict lookup per
 response and per ACK/CANCEL. Nothing scans the contexts.
