@@ -292,6 +292,41 @@ def test_non_invite_gets_no_100(world: World) -> None:
     assert codes(world.responses(caller, 1)) == [200]
 
 
+def test_retransmitted_requests_are_absorbed(world: World) -> None:
+    leg = udp_leg()
+    ringing = world.callee("ringing", [180])
+    mute = world.callee("mute")
+    proxy = world.proxy(leg, contacts=[ringing.contact])
+    caller = world.caller()
+    invite(caller, leg)
+    assert codes(world.responses(caller, 2)) == [100, 180]
+    invite(caller, leg)  # answered from the response cache: the last provisional
+    assert codes(world.responses(caller, 1)) == [180]
+    assert len(ringing.requests("INVITE")) == 1
+    # a non-INVITE retransmitted before any response: no second transaction
+    proxy.locate = lambda _aor: [mute.contact]
+    invite(caller, leg, 2, method="MESSAGE")
+    world.until(lambda: mute.requests("MESSAGE"), "MESSAGE at mute")
+    invite(caller, leg, 2, method="MESSAGE")
+    world.quiet(caller)
+    assert proxy.server_transactions == 2 and proxy.client_transactions == 2
+    assert len(mute.requests("MESSAGE")) == 1
+
+
+def test_cancel_stops_serial_forking(world: World) -> None:
+    leg = udp_leg()
+    first = world.callee("first", [180])
+    second = world.callee("second", [200])
+    world.proxy(leg, contacts=[(first.contact, 0.9), (second.contact, 0.1)], forking="serial")
+    caller = world.caller()
+    invite(caller, leg)
+    assert codes(world.responses(caller, 2)) == [100, 180]
+    send(caller, raw_request("CANCEL", AOR, caller, branch="z9hG4bKc1", callid="call-1@test"), leg)
+    got = world.responses(caller, 2)
+    assert sorted(codes(got)) == [200, 487]  # 200 to the CANCEL, 487 to the INVITE
+    assert second.got == []
+
+
 # ------------------------------------------------------------ best response
 
 
