@@ -20,6 +20,7 @@ from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
+from netsip.simple import Call, Simple
 from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import FakeClock, advance, open_fds
 from netsip.util import Addr, Proto
@@ -667,3 +668,50 @@ def test_cli_proxy_stateful_forks_to_every_registered_contact(
             s.close()
     proc.stop()
     assert proc.returncode == 0
+
+
+# ------------------------------------------------------------ netsip user agents
+
+
+def test_simple_uas_call_through_forking_proxy() -> None:
+    """netsip's user agent calls an AOR with two contacts: one busy, one answering."""
+    with EventLoop() as loop:
+        w = World(loop, FakeClock())  # (the clock is unused: a real-clock loop)
+        leg = udp_leg()
+        busy = w.callee("busy", [486])
+        bob = Simple(from_=AOR, leg="udp:127.0.0.1:0", loop=loop)
+        alice = Simple(
+            from_="sip:alice@example.com",
+            leg="udp:127.0.0.1:0",
+            loop=loop,
+            outgoing_proxy=f"sip:{leg.src.addr}:{leg.src.port}",
+        )
+        try:
+            bob_contact = bob.dispatcher.legs[0].contact
+            proxy = w.proxy(leg, contacts=[busy.contact, bob_contact])
+            answered: list[Call] = []
+
+            def created(call: Call, *_rest: object) -> bool:
+                answered.append(call)
+                return True
+
+            bob.listen(init_media=bob.rtp("media_recv_echo"), cb_create=created)
+            final: list[tuple[str, object]] = []
+            call = alice.invite(
+                AOR,
+                init_media=alice.rtp("media_recv_echo"),
+                cb_final=lambda status, _c, info: final.append((status, info.get("code"))),
+            )
+            w.until(lambda: final, "the final response")
+            assert final[0][0] == "OK" and len(answered) == 1
+            assert busy.requests("ACK")  # the proxy ACKed the 486 itself
+            call.bye()
+            w.until(lambda: call.closed and answered[0].closed, "the BYE through the proxy")
+            assert proxy.server_transactions >= 1
+        finally:
+            alice.cleanup()
+            bob.cleanup()
+            for p in w.proxies:
+                p.close()
+            for d in w.dispatchers:
+                d.close()
