@@ -65,9 +65,20 @@ Performance plan: per request one context, per branch one client record and
 at most two timers (retransmission/timeout, Timer C); one dict lookup per
 response and per ACK/CANCEL. Nothing scans the contexts.
 
-Differences from Net::SIP: not in Net::SIP. From RFC 3261: a proxy "MAY"
-recurse on 3xx (16.5); this one forwards the 3xx upstream instead. Only
-locally generated 408s after an upstream CANCEL give 487 upstream.
+Differences from Net::SIP: Net::SIP has no stateful proxy. Where this one
+departs from RFC 3261 or takes one of its options:
+
+- no recursion on 3xx (16.5 "MAY"): a 3xx is a final response like others;
+- responses go upstream to the request's source address and port (as if
+  the caller had asked for ``rport``, RFC 3581), over its connection for
+  TCP/TLS;
+- a retransmitted INVITE after a 2xx went upstream is answered from the
+  response cache with the last provisional response (RFC 6026 would absorb
+  it silently);
+- a non-INVITE branch that got a provisional response goes on
+  retransmitting on its doubling schedule (17.1.2.2 asks for T2 at once);
+- when only our own 408s (no answer at all) follow an upstream CANCEL, the
+  caller gets 487, the answer it expects to a CANCELled INVITE.
 """
 
 from __future__ import annotations
