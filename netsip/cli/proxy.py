@@ -1,5 +1,6 @@
-"""``netsip proxy``: a registrar and a stateless proxy, with digest, for
-one domain or several.
+"""``netsip proxy``: a registrar and a proxy (stateless, or with
+``--stateful`` transaction-stateful and forking), with digest, for one domain
+or several.
 
 What Net::SIP's ``examples/test_registrar_and_proxy.pl`` and
 ``examples/bin/stateless_proxy.pl`` do, as one command: REGISTER is handled
@@ -74,8 +75,9 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     p = subparsers.add_parser(
         "proxy",
         parents=[parents.common, parents.tls],
-        help="registrar and stateless proxy, with digest (--users)",
+        help="registrar and proxy (stateless or --stateful), with digest (--users)",
         description="A registrar for --domain (any domain without it) and a stateless "
+        "(or --stateful forking) "
         "proxy that reaches the registered users; with --users, digest: 401 for "
         "REGISTER, 407 for calls from our domains. A summary on Ctrl-C/SIGTERM.",
     )
