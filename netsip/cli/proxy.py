@@ -1,5 +1,6 @@
-"""``netsip proxy``: a registrar and a stateless proxy, with digest, for
-one domain or several.
+"""``netsip proxy``: a registrar and a proxy (stateless, or with
+``--stateful`` transaction-stateful and forking), with digest, for one domain
+or several.
 
 What Net::SIP's ``examples/test_registrar_and_proxy.pl`` and
 ``examples/bin/stateless_proxy.pl`` do, as one command: REGISTER is handled
@@ -20,6 +21,11 @@ pass unchallenged. The chain::
 summary (requests per method, responses forwarded, bindings held). Exit 0
 then; 2 for bad arguments (a port in use, an unreadable users file, an
 unknown store).
+
+With ``--stateful`` the proxy is a
+:class:`~netsip.stateful_proxy.StatefulProxy` instead: 100 Trying, forking
+to every registered contact (``--forking parallel``, or ``serial`` by
+q-value), the best final response, Timer C.
 
 Differences from Net::SIP's scripts: one command for both, challenges with
 407 from the proxy (Perl's ``create_stateless_proxy`` drops
@@ -56,6 +62,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request
 from netsip.proxy import StatelessProxy
 from netsip.registrar import MemoryStore, Registrar
+from netsip.stateful_proxy import StatefulProxy
 from netsip.util import Addr, Var, sip_hdrval2parts, sip_uri2domain
 
 __all__ = ["add_parser", "cmd_proxy"]
@@ -68,8 +75,9 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     p = subparsers.add_parser(
         "proxy",
         parents=[parents.common, parents.tls],
-        help="registrar and stateless proxy, with digest (--users)",
+        help="registrar and proxy (stateless or --stateful), with digest (--users)",
         description="A registrar for --domain (any domain without it) and a stateless "
+        "(or --stateful forking) "
         "proxy that reaches the registered users; with --users, digest: 401 for "
         "REGISTER, 407 for calls from our domains. A summary on Ctrl-C/SIGTERM.",
     )
@@ -99,6 +107,19 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         default="memory:",
         metavar="URL",
         help="where registrations are kept (default %(default)s; only memory: so far)",
+    )
+    p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="a transaction-stateful proxy that forks to every contact of a user "
+        "(RFC 3261 16) instead of the stateless one",
+    )
+    p.add_argument(
+        "--forking",
+        choices=("parallel", "serial"),
+        default="parallel",
+        help="with --stateful: all contacts at once, or by q-value, highest first "
+        "(default %(default)s)",
     )
     p.add_argument("--min-expires", type=int, default=30, metavar="S", help="default %(default)s")
     p.add_argument(
@@ -194,7 +215,16 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
     stats: Stats,
 ) -> ReceiveChain:
     """The receive chain: counting, then REGISTER, then the proxy."""
-    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
+    proxy: StatelessProxy
+    if getattr(args, "stateful", False):
+        proxy = StatefulProxy(
+            dispatcher=disp,
+            lookup=registrar.lookup,
+            domains=domains,
+            forking=getattr(args, "forking", "parallel"),
+        )
+    else:
+        proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
     verbose = bool(getattr(args, "verbose", 0))
 
     def count(packet: Packet, _leg: Leg, from_: Addr) -> None:
