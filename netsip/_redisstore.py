@@ -241,6 +241,7 @@ class RedisStore:
                 "the Redis store needs redis-py: pip install 'netsip[redis]'"
             ) from exc
         self._answered: type[Exception] = redis.ResponseError
+        self._noscript: type[Exception] = redis.exceptions.NoScriptError
         self._failed: tuple[type[Exception], ...] = (redis.RedisError, OSError)
         self._timeout: type[Exception] = redis.TimeoutError
         if client is None:
@@ -377,7 +378,7 @@ class RedisStore:
                 self._call(now, "EVALSHA", self._sha, 1, key, *args)
                 return
             except RedisStoreError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
+                if not isinstance(exc.__cause__, self._noscript):
                     raise
         self._call(now, "EVAL", _PUT_SCRIPT, 1, key, *args)
         # EVAL caches the script in Redis: the SHA1 of its text is its name there

@@ -67,9 +67,17 @@ def run_workers(
         try:
             for i, bound in enumerate(sets):
                 rfd, wfd = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    _worker(i + 1, bound, serve, prog, sets=sets, fds=(rfd, wfd), siblings=children)
+                # blocked over the fork: a signal the child gets before it has its own
+                # handler waits for that handler (the parent's would not stop it)
+                signal.pthread_sigmask(signal.SIG_BLOCK, SignalStop.SIGNALS)
+                try:
+                    pid = os.fork()
+                    if pid == 0:
+                        _worker(
+                            i + 1, bound, serve, prog, sets=sets, fds=(rfd, wfd), siblings=children
+                        )
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalStop.SIGNALS)
                 os.close(wfd)
                 children[pid] = (i + 1, rfd)
         finally:
@@ -94,7 +102,13 @@ def _worker(
     fds: tuple[int, int],
     siblings: Mapping[int, tuple[int, int]],
 ) -> NoReturn:
-    """The forked worker: close what is not its own, serve, report, ``_exit``."""
+    """The forked worker: close what is not its own, serve, report, ``_exit``.
+
+    Args:
+        sets: every worker's sockets; the others' are closed here.
+        fds: this worker's report pipe (read end, closed here; write end).
+        siblings: the workers forked before, whose pipe read ends are closed here.
+    """
     rfd, wfd = fds
     stop: Var[int] = Var()
 
@@ -103,6 +117,7 @@ def _worker(
 
     for sig in SignalStop.SIGNALS:  # not the parent's forwarding handler
         signal.signal(sig, early)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalStop.SIGNALS)  # (blocked by the parent)
     status = EXIT_FAIL
     try:
         os.close(rfd)
