@@ -32,17 +32,23 @@ AOR in between, so :meth:`put` does not overwrite the hash: it sends what
 changed since the ``get`` just before it (bindings added, changed, removed),
 each with the value it had then, to a Lua script that applies all of them
 only if none of those bindings changed meanwhile (one round trip, atomic in
-Redis). So two processes that refresh different contacts of one AOR at the
-same time both keep theirs; two that change the same binding at the same
-time: the second fails (``OSError``, the registrar answers 500 and the
-client retries). A :meth:`put` without a ``get`` of that AOR just before it
-replaces the whole AOR.
+Redis; one key per call, so Redis Cluster could shard the AORs). So two
+processes that refresh different contacts of one AOR at the same time both
+keep theirs; two that change the same binding at the same time: the second
+fails (``OSError``, the registrar answers 500 and the client retries). A
+:meth:`put` without a ``get`` of that AOR just before it replaces the whole
+AOR. (A merge may leave an AOR with more than the registrar's
+``max_contacts`` bindings, by at most those added at the same time.)
 
 Failures: the client is redis-py's blocking one, on the event loop's
 thread, so every Redis call has a short bound. Each network step (connect,
 the reply to a command) waits at most ``timeout`` seconds (default 0.25);
 a REGISTER makes two calls (``HGETALL``, then ``EVALSHA``, plus ``EVAL``
-once if Redis lost the script); redis-py does not retry. When Redis is
+once if Redis lost the script); redis-py does not retry. The bound on the
+loop's stall per REGISTER is therefore a few timeouts: about 4 x ``timeout``
+(1 s at the default: a new connection and its handshake, ``HGETALL``,
+``EVALSHA``) for a Redis that answers each step just in time; a Redis that
+hangs costs one ``timeout``, then the back-off below applies. When Redis is
 down a call fails at once (connection refused) and the next one connects
 again, so the store recovers by itself when Redis comes back. When Redis
 does not answer in time, the loop stalled for ``timeout``: for the next

@@ -17,6 +17,7 @@ import logging
 import re
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,6 +281,17 @@ def test_store_errors() -> None:
         RedisStore("redis://127.0.0.1:6379/0", timeout=0)
     with pytest.raises(ValueError):
         RedisStore("http://127.0.0.1/")
+
+
+def test_without_redis_py(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-py is optional: the module imports, making a store says what to install."""
+    monkeypatch.setitem(sys.modules, "redis", None)  # (import redis: ImportError)
+    with pytest.raises(ImportError, match=re.escape("pip install 'netsip[redis]'")):
+        RedisStore()
+    status, _out, err = run_cli(["proxy", "-l", "udp:127.0.0.1:0", "--store", "redis://h"], capsys)
+    assert status == 2 and "netsip[redis]" in err
 
 
 # --------------------------------------------- faults: Redis down, Redis slow
