@@ -18,7 +18,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -332,6 +332,38 @@ def test_redis_down_500_then_recovers(
             assert w.ask(contacts=["<sip:b@10.0.0.2>"], callid="3").code() == 200
         assert "answers again" in caplog.text
         assert w.reg.query(ALICE) == ["sip:b@10.0.0.2"]
+    finally:
+        _close(w)
+        store.close()
+
+
+class _KillAfterGet(RedisStore):
+    """Kills Redis between the read and the write of one REGISTER."""
+
+    kill: Callable[[], None] | None = None
+
+    def get(self, aor: str, now: float) -> list[Binding]:
+        got = super().get(aor, now)
+        if self.kill is not None:
+            self.kill()
+            self.kill = None
+        return got
+
+
+def test_redis_killed_during_register(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis gone after the REGISTER read its bindings: the write fails, 500, logged."""
+    store = _KillAfterGet(own_redis.url)
+    w = _world(store)
+    try:
+        assert w.ask(contacts=["<sip:a@10.0.0.1>"], callid="1").code() == 200
+        store.kill = own_redis.kill
+        with caplog.at_level(logging.INFO):
+            assert w.ask(contacts=["<sip:b@10.0.0.2>"], callid="2").code() == 500
+        assert store.kill is None and "store failed" in caplog.text
+        own_redis.start()
+        assert w.ask(contacts=["<sip:b@10.0.0.2>"], callid="2").code() == 200
     finally:
         _close(w)
         store.close()
