@@ -510,6 +510,36 @@ def test_proxy_redis_down_and_back(
     assert proc.returncode == 0 and "registered users: unknown (the store failed)" in out, out
 
 
+def test_proxy_redis_slow(started: list[Listen], tmp_path: Path, own_redis: RedisServer) -> None:
+    """netsip proxy with Redis stalled: REGISTER 500 and OPTIONS 200 while Redis sleeps."""
+    proc, addr = start_proxy(started, tmp_path, "--store", own_redis.url)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(WAIT)
+    to_proxy = f"sip:{addr.addr}:{addr.port}"
+    sleeper: _Sleeper | None = None
+
+    def ask(data: bytes) -> bytes:
+        client.sendto(data, addr.sockaddr())
+        return client.recv(65536)
+
+    try:
+        reply = ask(request(uri=to_proxy, contacts=["<sip:a@10.0.0.1>"], callid="1"))
+        assert reply.startswith(b"SIP/2.0 200 "), reply
+        sleeper = _Sleeper(own_redis, 3)
+        reply = ask(request(uri=to_proxy, contacts=["<sip:a@10.0.0.1>"], callid="2"))
+        assert reply.startswith(b"SIP/2.0 500 "), reply
+        reply = ask(request("OPTIONS", to_proxy, to=f"<{to_proxy}>", callid="o"))
+        assert reply.startswith(b"SIP/2.0 200 "), reply
+        assert not sleeper.awake()
+        proc.err.wait_for(r"Redis at redis://127\.0\.0\.1:\d+/0 failed: Timeout")
+    finally:
+        client.close()
+        if sleeper is not None:
+            sleeper.close()
+    proc.stop()
+    assert proc.returncode == 0
+
+
 def test_workers_share_port_and_store(
     started: list[Listen], tmp_path: Path, rstore: RedisStore
 ) -> None:
