@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import tests.test_registrar as memory_tests
@@ -596,3 +597,20 @@ def test_sigint_stops_workers(started: list[Listen], tmp_path: Path, rstore: Red
     proc, _addr = start_proxy(started, tmp_path, "--store", rstore.url, "-w", "3")
     out = proc.stop(signal.SIGINT)
     assert proc.returncode == 0 and "workers: 3 of 3 ok" in out, out
+
+
+def test_workers_end_with_their_parent(
+    started: list[Listen], tmp_path: Path, rstore: RedisStore
+) -> None:
+    """The parent killed (SIGKILL, no chance to forward): its workers stop too (Linux)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    proc, _addr = start_proxy(started, tmp_path, "--store", rstore.url, "-w", "2")
+    (m,) = proc.err.wait_for(r"2 workers: (\d+) (\d+)$")
+    workers = [psutil.Process(int(m[1])), psutil.Process(int(m[2]))]
+    proc.proc.kill()
+    proc.proc.wait(timeout=WAIT)
+    _gone, alive = psutil.wait_procs(workers, timeout=WAIT)
+    for p in alive:
+        p.kill()
+    assert alive == []

@@ -5,7 +5,10 @@ The sockets are bound before the fork, once per worker, with
 so the kernel spreads UDP flows and TCP connections over the workers. The
 parent keeps no socket: it forwards SIGINT/SIGTERM to the workers, waits for
 them and collects what each one reports (a JSON object through a pipe) for
-the summary. A worker that fails stops the others.
+the summary. A worker that fails stops the others; a parent that dies
+(SIGKILL) stops the workers on Linux. The signals are blocked over each
+fork, so a signal that comes before a worker has its own handler waits for
+it (the parent's handler would not stop the worker).
 
 Net::SIP has no counterpart (one process, one event loop).
 """
@@ -13,13 +16,14 @@ Net::SIP has no counterpart (one process, one event loop).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias
 
 from netsip._log import get_logger
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, SignalStop
@@ -29,6 +33,9 @@ from netsip.util import Var
 __all__ = ["Serve", "run_workers"]
 
 log = get_logger(__name__)
+
+#: prctl(2) option: the signal this process gets when its parent dies (linux/prctl.h)
+_PR_SET_PDEATHSIG: Final = 1
 
 #: What a worker runs: serve ``bound`` as worker ``number`` until ``stop`` is
 #: set (possibly set already: a signal during start-up); returns its report.
@@ -111,12 +118,14 @@ def _worker(
     """
     rfd, wfd = fds
     stop: Var[int] = Var()
+    parent = os.getppid()
 
     def early(signum: int, frame: FrameType | None) -> None:
         stop.value = signum
 
     for sig in SignalStop.SIGNALS:  # not the parent's forwarding handler
         signal.signal(sig, early)
+    _die_with_parent(parent)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalStop.SIGNALS)  # (blocked by the parent)
     status = EXIT_FAIL
     try:
@@ -140,6 +149,18 @@ def _worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)  # no cleanup of the parent's state in the child
+
+
+def _die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the parent dies, so that a parent killed with SIGKILL
+    leaves no worker serving the port (Linux ``prctl(PR_SET_PDEATHSIG)``;
+    elsewhere the workers outlive it)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before: stop now (pending till unblocked)
 
 
 def _reap(
