@@ -33,6 +33,11 @@ When Redis is down or slow, REGISTER is answered with 500, calls to users
 find nobody (480), everything else is served; the store connects again by
 itself.
 
+With ``--stateful`` the proxy is a
+:class:`~netsip.stateful_proxy.StatefulProxy` instead: 100 Trying, forking
+to every registered contact (``--forking parallel``, or ``serial`` by
+q-value), the best final response, Timer C.
+
 Differences from Net::SIP's scripts: one command for both, challenges with
 407 from the proxy (Perl's ``create_stateless_proxy`` drops
 ``i_am_proxy``), and several transports on one port by default.
@@ -74,6 +79,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request
 from netsip.proxy import StatelessProxy
 from netsip.registrar import MemoryStore, Registrar, RegistrationStore
+from netsip.stateful_proxy import StatefulProxy
 from netsip.util import Addr, Var, sip_hdrval2parts, sip_uri2domain
 
 __all__ = ["add_parser", "cmd_proxy"]
@@ -127,6 +133,19 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         metavar="N",
         help="N processes sharing the port(s) with SO_REUSEPORT (default %(default)s); "
         "more than 1 needs a shared --store",
+    )
+    p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="a transaction-stateful proxy that forks to every contact of a user "
+        "(RFC 3261 16) instead of the stateless one",
+    )
+    p.add_argument(
+        "--forking",
+        choices=("parallel", "serial"),
+        default="parallel",
+        help="with --stateful: all contacts at once, or by q-value, highest first "
+        "(default %(default)s)",
     )
     p.add_argument("--min-expires", type=int, default=30, metavar="S", help="default %(default)s")
     p.add_argument(
@@ -320,7 +339,16 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
     stats: Stats,
 ) -> ReceiveChain:
     """The receive chain: counting, then REGISTER, then the proxy."""
-    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
+    proxy: StatelessProxy
+    if getattr(args, "stateful", False):
+        proxy = StatefulProxy(
+            dispatcher=disp,
+            lookup=registrar.lookup,
+            domains=domains,
+            forking=getattr(args, "forking", "parallel"),
+        )
+    else:
+        proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
     verbose = bool(getattr(args, "verbose", 0))
 
     def count(packet: Packet, _leg: Leg, from_: Addr) -> None:
