@@ -586,6 +586,10 @@ def test_workers_share_port_and_store(
         (["--store", "mongodb://127.0.0.1/0"], "unknown store"),
         (["--store", "redis://127.0.0.1:port/0"], "--store 'redis://127.0.0.1:port/0'"),
         (["--workers", "0"], "must be at least 1"),
+        (
+            ["--workers", "2", "--store", "redis://127.0.0.1:1/0", "--stateful"],
+            "--workers 2 with --stateful",
+        ),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], why: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,7 +28,10 @@ processes share them. ``--workers N`` forks N processes that listen on the
 same port(s) with ``SO_REUSEPORT`` (the kernel spreads UDP flows and TCP
 connections over them) and prints one summary for all; it needs a shared
 store: with ``memory:`` each worker would know only the registrations it
-received itself, so ``--workers`` above 1 with it is a usage error (2).
+received itself, so ``--workers`` above 1 with it is a usage error (2); so
+it is with ``--stateful`` (below): the kernel picks the worker by the
+sender's address, so a callee's responses would often reach another worker
+than the one that holds their transaction.
 When Redis is down or slow, REGISTER is answered with 500, calls to users
 find nobody (480), everything else is served; the store connects again by
 itself.
@@ -244,6 +247,14 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         raise CliError(
             f"--workers {args.workers} needs a shared store (--store redis://HOST:PORT/DB): "
             "with memory: each worker would know only the registrations it received"
+        )
+    if args.workers > 1 and getattr(args, "stateful", False):
+        # SO_REUSEPORT picks the worker by the sender's address: a callee's
+        # responses would often reach another worker than their transaction's
+        raise CliError(
+            f"--workers {args.workers} with --stateful: the transactions live in one "
+            "process, the responses could reach another; run several stateful "
+            "processes on their own ports behind a load balancer instead"
         )
     if isinstance(store, RedisStore):
         try:
