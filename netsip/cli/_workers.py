@@ -68,6 +68,7 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    parent = os.getpid()
     # installed before the first fork: a signal during start-up stops every worker
     saved = {sig: signal.signal(sig, forward) for sig in SignalStop.SIGNALS}
     try:
@@ -81,7 +82,14 @@ def run_workers(
                     pid = os.fork()
                     if pid == 0:
                         _worker(
-                            i + 1, bound, serve, prog, sets=sets, fds=(rfd, wfd), siblings=children
+                            i + 1,
+                            bound,
+                            serve,
+                            prog,
+                            sets=sets,
+                            fds=(rfd, wfd),
+                            siblings=children,
+                            parent=parent,
                         )
                 finally:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalStop.SIGNALS)
@@ -108,6 +116,7 @@ def _worker(
     sets: list[Bound],
     fds: tuple[int, int],
     siblings: Mapping[int, tuple[int, int]],
+    parent: int,
 ) -> NoReturn:
     """The forked worker: close what is not its own, serve, report, ``_exit``.
 
@@ -115,10 +124,10 @@ def _worker(
         sets: every worker's sockets; the others' are closed here.
         fds: this worker's report pipe (read end, closed here; write end).
         siblings: the workers forked before, whose pipe read ends are closed here.
+        parent: the parent's pid (from before the fork: it may be gone already).
     """
     rfd, wfd = fds
     stop: Var[int] = Var()
-    parent = os.getppid()
 
     def early(signum: int, frame: FrameType | None) -> None:
         stop.value = signum
@@ -137,8 +146,11 @@ def _worker(
                 for _, sock in other:
                     sock.close()
         report = serve(bound, number, stop)
-        with os.fdopen(wfd, "w") as pipe:
-            json.dump(report, pipe)
+        try:
+            with os.fdopen(wfd, "w") as pipe:
+                json.dump(report, pipe)
+        except BrokenPipeError:
+            log.warning("worker %d: the parent is gone, no summary", number)
         status = EXIT_OK
     except CliError as exc:
         print(f"{prog}: error: worker {number}: {exc}", file=sys.stderr)
