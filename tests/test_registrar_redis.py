@@ -30,6 +30,7 @@ from netsip.chain import ReceiveChain
 from netsip.eventloop import EventLoop
 from netsip.proxy import StatelessProxy
 from netsip.registrar import Binding, MemoryStore, Registrar, RegistrationStore
+from netsip.simple import Call
 from netsip.testing import drive
 from netsip.util import Addr
 from tests.server_helpers import Client, Server, close_server, make_server, request
@@ -465,8 +466,8 @@ def test_two_proxies_share_registrations(
     alice = phone(loop, "sip:alice@example.com", at_two)
     try:
         assert bob.register() is not None, bob.error()
-        calls: list[object] = []
-        answer_calls(bob, calls)  # type: ignore[arg-type]  # (only counted)
+        calls: list[Call] = []
+        answer_calls(bob, calls)
         status, _code, c = call(loop, alice, "sip:bob@example.com")
         assert status == "OK" and len(calls) == 1
         c.bye()
