@@ -19,6 +19,7 @@ helpers for testing applications built on netsip (import it by name).
 
 from __future__ import annotations
 
+from netsip._redisstore import RedisStore, RedisStoreError
 from netsip.authorize import Authorize, users_from_file
 from netsip.blocker import Blocker
 from netsip.chain import ReceiveChain
@@ -72,6 +73,8 @@ __all__ = [
     "QueueEntry",
     "ReceiveChain",
     "Redirect",
+    "RedisStore",
+    "RedisStoreError",
     "Registrar",
     "RegistrationStore",
     "Request",
