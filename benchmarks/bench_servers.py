@@ -11,9 +11,11 @@ servers measured in the same command.
 ``register``
     sipp registers with digest (``REGISTER``, ``401``, ``REGISTER`` with
     ``[authentication]``, ``200``: two transactions per registration), ``-l``
-    ``--concurrency`` registrations in flight, ``--users`` (1,000) distinct
-    AORs in turn (an injection file), all authenticating as one digest user
-    (sipp cannot take the digest user from the file). Against
+    ``--concurrency`` registrations in flight, the AORs in turn (an injection
+    file): once with one AOR and once with 1,000 (``--aors``), all
+    authenticating as one digest user (sipp cannot take the digest user from
+    the file). sipp keeps its address for all runs, so every AOR holds one
+    binding. Against
     ``netsip proxy --users FILE --algorithms MD5`` (Authorize, 401, in front
     of the Registrar and its memory store) and ``benchmarks/perl/servers.pl
     register FILE`` (Net::SIP::Authorize in front of Net::SIP::Registrar in a
@@ -168,15 +170,21 @@ def tree_cpu(pid: int) -> float:
 class Server:
     """A server process: ``kind`` netsip, perl or kamailio; ``mode`` register or proxy."""
 
-    def __init__(self, kind: str, mode: str, workdir: str, users_file: str) -> None:
+    def __init__(
+        self, kind: str, mode: str, workdir: str, users_file: str, baseline: str | None = None
+    ) -> None:
         self.kind = kind
         tag = f"{kind}-{mode}-{time.monotonic_ns()}"
         self.log_path = os.path.join(workdir, f"{tag}.log")
         self.port = 0
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        if kind == "baseline":  # netsip imported from another checkout
+            if baseline is None:
+                raise ValueError("baseline server without --baseline DIR")
+            env["PYTHONPATH"] = os.path.abspath(baseline) + os.pathsep + env["PYTHONPATH"]
         new_session = False
-        if kind == "netsip":
+        if kind in ("netsip", "baseline"):
             self.port = free_port()
             cmd = [sys.executable, "-m", "netsip", "proxy", "-q",
                    "-l", f"udp:127.0.0.1:{self.port}"]  # fmt: skip
@@ -269,11 +277,12 @@ def kamailio_cmd(port: int, workdir: str, tag: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def started(kinds: list[str], mode: str, workdir: str, users_file: str) -> Iterator[list[Server]]:
+def started(kinds: list[str], mode: str, workdir: str, users_file: str,
+            baseline: str | None = None) -> Iterator[list[Server]]:  # fmt: skip
     servers: list[Server] = []
     try:
         for k in kinds:
-            servers.append(Server(k, mode, workdir, users_file))
+            servers.append(Server(k, mode, workdir, users_file, baseline))
         yield servers
     finally:
         for s in servers:
@@ -320,7 +329,10 @@ def _bound(ip: str, port: int) -> bool:
 
 
 def run_sipp(args: list[str], n: int, concurrency: int, workdir: str) -> dict[str, Any]:
-    """One sipp run of ``n`` calls (``args``: destination and scenario); ok, failed, secs."""
+    """One sipp run of ``n`` calls (``args``: destination and scenario); ok, failed, secs.
+
+    sipp's address is a fresh one of 127.0.0.0/8 unless ``args`` has ``-i``.
+    """
     sipp = shutil.which("sipp")
     if sipp is None:
         raise RuntimeError("sipp is not installed")
@@ -328,7 +340,8 @@ def run_sipp(args: list[str], n: int, concurrency: int, workdir: str) -> dict[st
     stat = os.path.join(workdir, f"stat-{tag}.csv")
     errors = os.path.join(workdir, f"errors-{tag}.log")
     timeout = 60 + n // 100
-    cmd = [sipp, *args, "-t", "u1", "-i", sipp_local_ip(), "-l", str(concurrency),
+    local = [] if "-i" in args else ["-i", sipp_local_ip()]
+    cmd = [sipp, *args, "-t", "u1", *local, "-l", str(concurrency),
            "-m", str(n), "-r", "1000000", "-nd", "-nostdin", "-buff_size", str(SIPP_BUFFER),
            "-trace_stat", "-stf", stat, "-fd", "3600", "-trace_err", "-error_file", errors,
            "-timeout", f"{timeout}s", "-timeout_error"]  # fmt: skip
@@ -365,6 +378,7 @@ class Row:
     cpu_us_per_op: float | None = None
     runs: list[tuple[float, float | None]] = field(default_factory=list)  # (ops/s, us/op)
     errors: list[str] = field(default_factory=list)
+    aors: int | None = None  # register: the distinct AORs registering in turn
 
 
 def interleaved(
@@ -388,7 +402,7 @@ def interleaved(
             concurrency)
         for s in servers
     ]  # fmt: skip
-    for s, row, args in zip(servers, rows, sipp_args, strict=True):
+    for s, args in zip(servers, sipp_args, strict=True):
         res = run_sipp(args, warmup, concurrency, workdir)
         if res["failed"] or not res["ok"]:
             _say(log, f"  {section} {s.kind}: warm-up failed {res.get('errors')}")
@@ -417,7 +431,8 @@ def interleaved(
 
 
 def register_section(kinds: list[str], ops: int, users: int, concurrency: int, *,
-                     repeats: int, workdir: str, log: list[str]) -> list[Row]:  # fmt: skip
+                     repeats: int, workdir: str, log: list[str],
+                     baseline: str | None = None) -> list[Row]:  # fmt: skip
     scen = os.path.join(workdir, "register.xml")
     with open(scen, "w") as f:
         f.write(REGISTER_SCENARIO)
@@ -427,16 +442,24 @@ def register_section(kinds: list[str], ops: int, users: int, concurrency: int, *
     users_file = os.path.join(workdir, "users.txt")
     with open(users_file, "w") as f:
         f.write(f"{DIGEST_USER[0]}:{DIGEST_USER[1]}\n")
-    with started(kinds, "register", workdir, users_file) as servers:
-        args = [[f"{s.addr[0]}:{s.addr[1]}", "-sf", scen, "-inf", inf] for s in servers]
+    # one address for sipp in every run: each AOR keeps one binding (its Contact)
+    # instead of gaining one per run, and the 200s stay the same size
+    local = ["-i", sipp_local_ip(), "-p", str(free_port())]
+    with started(kinds, "register", workdir, users_file, baseline) as servers:
+        args = [[f"{s.addr[0]}:{s.addr[1]}", "-sf", scen, "-inf", inf, *local]
+                for s in servers]  # fmt: skip
         # the warm-up registers every AOR: the stores hold all of them when measured
-        return interleaved(servers, "register", args, ops, concurrency, repeats=repeats,
-                           warmup=users, workdir=workdir, log=log)  # fmt: skip
+        rows = interleaved(servers, "register", args, ops, concurrency, repeats=repeats,
+                           warmup=max(users, 200), workdir=workdir, log=log)  # fmt: skip
+    for row in rows:
+        row.aors = users
+    return rows
 
 
 def proxy_section(kinds: list[str], ops: int, concurrency: int, *, repeats: int,
-                  workdir: str, log: list[str]) -> list[Row]:  # fmt: skip
-    with sipp_uas(workdir) as uas, started(kinds, "proxy", workdir, "") as servers:
+                  workdir: str, log: list[str],
+                  baseline: str | None = None) -> list[Row]:  # fmt: skip
+    with sipp_uas(workdir) as uas, started(kinds, "proxy", workdir, "", baseline) as servers:
         args = [[f"{uas[0]}:{uas[1]}", "-rsa", f"{s.addr[0]}:{s.addr[1]}", "-sf", UAC_SCENARIO]
                 for s in servers]  # fmt: skip
         return interleaved(servers, "proxy", args, ops, concurrency, repeats=repeats,
@@ -485,11 +508,10 @@ def _cpu(rows: list[dict[str, Any]], kind: str) -> float | None:
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if "register" in res:
-        rows = res["register"]
+    for aors, rows in _by_aors(res.get("register", [])).items():
         x = _ratio(_cpu(rows, "perl"), _cpu(rows, "netsip"))
-        out.append({"target": f"REGISTER with digest: Perl CPU/registration >= "
-                              f"{REGISTER_VS_PERL:g}x netsip's",
+        out.append({"target": f"REGISTER with digest, {aors:,} AOR{'s' if aors != 1 else ''}: "
+                              f"Perl CPU/registration >= {REGISTER_VS_PERL:g}x netsip's",
                     "value": x, "hit": None if x is None else x >= REGISTER_VS_PERL})  # fmt: skip
     if "proxy" in res:
         rows = res["proxy"]
@@ -506,28 +528,40 @@ SERVER_NAMES: Final = {
     "register": {
         "netsip": "netsip (`netsip proxy --users`: Authorize + Registrar)",
         "perl": "Perl (Net::SIP::Authorize + Registrar)",
+        "baseline": "netsip (`--baseline`)",
     },
     "proxy": {
         "netsip": "netsip (`netsip proxy`: Registrar + StatelessProxy)",
         "perl": "Perl (Net::SIP::StatelessProxy)",
         "kamailio": "Kamailio 5 (`forward()`, 1 worker)",
+        "baseline": "netsip (`--baseline`)",
     },
 }
 
 
+def _by_aors(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r.get("aors") or 0, []).append(r)
+    return out
+
+
 def table(rows: list[dict[str, Any]], unit: str, per_msg: int) -> list[str]:
-    net = _cpu(rows, "netsip")
+    aors = rows[0].get("aors") is not None
     out = [
-        f"| server | {unit}s per run | {unit}s/s | CPU µs/{unit} (runs) "
+        ("| AORs " if aors else "")
+        + f"| server | {unit}s per run | {unit}s/s | CPU µs/{unit} (runs) "
         f"| CPU µs/{'request' if per_msg == 2 else 'message'} | this / netsip "
         "| failed | sipp retrans |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ("|---:" if aors else "") + "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        net = _cpu([x for x in rows if x.get("aors") == r.get("aors")], "netsip")
         cpu = r["cpu_us_per_op"]
         runs = ", ".join(_num(c, ".0f") for _, c in r["runs"])
         out.append(
-            f"| {SERVER_NAMES[r['section']].get(r['server'], r['server'])} | {r['ops']:,} "
+            (f"| {r['aors']:,} " if aors else "")
+            + f"| {SERVER_NAMES[r['section']].get(r['server'], r['server'])} | {r['ops']:,} "
             f"| {_num(r['ops_per_s'], ',.0f')} | **{_num(cpu, '.0f')}** ({runs}) "
             f"| {_num(cpu / per_msg if cpu else None, '.1f')} "
             f"| {_num(_ratio(cpu, net), '.2f')} | {r['failed']} | {r['retrans']} |"
@@ -550,7 +584,7 @@ def report(res: dict[str, Any]) -> list[str]:
         r0 = res["register"][0]
         out += [
             f"**REGISTER with digest**: sipp, {res['concurrency']} registrations in flight, "
-            f"{res['users']:,} AORs in turn; a registration is REGISTER, 401, REGISTER with "
+            "the AORs in turn; a registration is REGISTER, 401, REGISTER with "
             f"credentials, 200; median of {len(r0['runs'])} interleaved runs; CPU is the "
             "server process's (user + system).",
             "",
@@ -604,16 +638,21 @@ def chart(res: dict[str, Any], path: str) -> bool:
               if res.get(k)]  # fmt: skip
     if not panels:
         return False
-    colors = {"netsip": "tab:green", "perl": "tab:red", "kamailio": "tab:blue"}
+    colors = {"netsip": "tab:green", "baseline": "tab:olive", "perl": "tab:red",
+              "kamailio": "tab:blue"}  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         rows = [r for r in res[key] if r["cpu_us_per_op"]]
-        names = [r["server"] for r in rows]
+        names = [r["server"] + (f"\n{r['aors']:,} AOR{'s' if r['aors'] != 1 else ''}"
+                                if r.get("aors") else "") for r in rows]  # fmt: skip
         ys = [r["cpu_us_per_op"] for r in rows]
-        bars = ax.bar(names, ys, color=[colors.get(n, "grey") for n in names])
-        net = _cpu(rows, "netsip")
-        ax.bar_label(bars, labels=[f"{y:,.0f}" + (f"\n({y / net:.1f}x)" if net else "")
-                                   for y in ys], fontsize=8, padding=2)  # fmt: skip
+        bars = ax.bar(names, ys, color=[colors.get(r["server"], "grey") for r in rows])
+        nets = [_cpu([x for x in rows if x.get("aors") == r.get("aors")], "netsip")
+                for r in rows]  # fmt: skip
+        ax.bar_label(bars, labels=[f"{y:,.0f}" + (f"\n({y / n:.1f}x)" if n else "")
+                                   for y, n in zip(ys, nets, strict=True)],
+                     fontsize=8, padding=2)  # fmt: skip
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(0, max(ys) * 1.25)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("server CPU µs (user + system)")
@@ -653,9 +692,11 @@ def kamailio_version() -> str | None:
 
 
 def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str | None,
-        write: bool, command: str, registrations: int | None = None, users: int = 1000,
+        write: bool, command: str, registrations: int | None = None,
+        aors: tuple[int, ...] = (1, 1000),
         concurrency: int = 20, calls: int | None = None,
-        memory_count: int | None = None) -> tuple[list[str], int]:  # fmt: skip
+        memory_count: int | None = None,
+        baseline: str | None = None) -> tuple[list[str], int]:  # fmt: skip
     """Run the sections; returns the Markdown lines and the number of failed operations.
 
     Files (JSON, PNG, the section of performance.md) go to ``out_dir`` (default
@@ -668,7 +709,7 @@ def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str |
     t0 = time.monotonic()
     kam = kamailio_version()
     res: dict[str, Any] = {"command": command, "environment": environment(),
-                           "concurrency": concurrency, "users": users}  # fmt: skip
+                           "concurrency": concurrency}  # fmt: skip
     if kam:
         res["kamailio"] = kam
     perl = shutil.which("perl") is not None
@@ -676,15 +717,18 @@ def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str |
         if "register" in sections:
             n = registrations or (1000 if quick else 8000)
             _say(log, f"register: {n} registrations per run, {reps} run(s) each")
-            kinds = ["netsip", *(["perl"] if perl else [])]
-            res["register"] = [asdict(r) for r in register_section(
-                kinds, n, users, concurrency, repeats=reps, workdir=workdir, log=log)]  # fmt: skip
+            kinds = ["netsip", *(["baseline"] if baseline else []), *(["perl"] if perl else [])]
+            res["register"] = [asdict(r) for users in aors for r in register_section(
+                kinds, n, users, concurrency, repeats=reps, workdir=workdir, log=log,
+                baseline=baseline)]  # fmt: skip
         if "proxy" in sections:
             n = calls or (1000 if quick else 6000)
             _say(log, f"proxy: {n} calls per run, {reps} run(s) each")
-            kinds = ["netsip", *(["perl"] if perl else []), *(["kamailio"] if kam else [])]
+            kinds = ["netsip", *(["baseline"] if baseline else []),
+                     *(["perl"] if perl else []), *(["kamailio"] if kam else [])]  # fmt: skip
             res["proxy"] = [asdict(r) for r in proxy_section(
-                kinds, n, concurrency, repeats=reps, workdir=workdir, log=log)]  # fmt: skip
+                kinds, n, concurrency, repeats=reps, workdir=workdir, log=log,
+                baseline=baseline)]  # fmt: skip
     if "memory" in sections:
         count = memory_count or (20_000 if quick else 100_000)
         _say(log, f"memory: {count:,} registrations")
@@ -720,10 +764,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help="sections (default: all)")
     ap.add_argument("--repeats", type=int, help="measured runs per server (median; default 5)")
     ap.add_argument("--registrations", type=int, help="per register run (Perl a quarter)")
-    ap.add_argument("--users", type=int, default=1000, help="distinct AORs (default 1,000)")
+    ap.add_argument("--aors", default="1,1000",
+                    help="distinct AORs registering, a run of the register section "
+                         "for each (default %(default)s)")  # fmt: skip
     ap.add_argument("--calls", type=int, help="per proxy run (Perl a quarter)")
     ap.add_argument("--concurrency", type=int, default=20, help="sipp -l (default 20)")
     ap.add_argument("--memory-count", type=int, help="registrations held (default 100,000)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run netsip importing the netsip package in DIR "
+                         "(another revision: before/after in one run)")  # fmt: skip
     ap.add_argument("--out", help="where performance-servers.* and performance.md go")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
@@ -739,10 +788,11 @@ def main(argv: list[str] | None = None) -> int:
         write=not args.no_write and (args.out is not None or not args.quick),
         command=" ".join(["python -m benchmarks.bench_servers", *argv_list]),
         registrations=args.registrations,
-        users=args.users,
+        aors=tuple(int(a) for a in args.aors.split(",") if a),
         concurrency=args.concurrency,
         calls=args.calls,
         memory_count=args.memory_count,
+        baseline=args.baseline,
     )
     print("\n".join(lines))
     return 1 if failed else 0
