@@ -203,7 +203,9 @@ class Server:
         else:
             raise ValueError(kind)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            # (python -m puts the working directory first on sys.path)
+            cwd = os.path.abspath(baseline) if kind == "baseline" and baseline else REPO
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE if kind == "perl" else log,
                                          stderr=log, start_new_session=new_session)  # fmt: skip
         try:
