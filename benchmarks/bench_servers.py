@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -279,19 +279,6 @@ def kamailio_cmd(port: int, workdir: str, tag: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def started(kinds: list[str], mode: str, workdir: str, users_file: str,
-            baseline: str | None = None) -> Iterator[list[Server]]:  # fmt: skip
-    servers: list[Server] = []
-    try:
-        for k in kinds:
-            servers.append(Server(k, mode, workdir, users_file, baseline))
-        yield servers
-    finally:
-        for s in servers:
-            s.stop()
-
-
-@contextlib.contextmanager
 def sipp_uas(workdir: str) -> Iterator[tuple[str, int]]:
     """sipp's built-in UAS (``-sn uas``) on a fresh loopback address: its (ip, port)."""
     sipp = shutil.which("sipp")
@@ -384,47 +371,60 @@ class Row:
 
 
 def interleaved(
-    servers: list[Server],
+    kinds: list[str],
+    start: Callable[[str], Server],
+    args_of: Callable[[Server], list[str]],
+    *,
     section: str,
-    sipp_args: list[list[str]],
     ops: int,
     concurrency: int,
-    *,
     repeats: int,
     warmup: int,
+    restart: bool,
     workdir: str,
     log: list[str],
 ) -> list[Row]:
     """Load every server ``repeats`` times, round by round in a rotated order.
 
-    Each server first gets ``warmup`` operations (not measured).
+    ``start(kind)`` starts a server and ``args_of(server)`` gives sipp's
+    destination and scenario. A server first gets ``warmup`` operations (not
+    measured). With ``restart``, every measured run gets a server of its own
+    (started, warmed up, measured, stopped), else each server serves all its
+    runs.
     """
-    rows = [
-        Row(s.kind, section, max(int(ops * (PERL_SHARE if s.kind == "perl" else 1)), 1),
-            concurrency)
-        for s in servers
-    ]  # fmt: skip
-    for s, args in zip(servers, sipp_args, strict=True):
-        res = run_sipp(args, warmup, concurrency, workdir)
-        if res["failed"] or not res["ok"]:
-            _say(log, f"  {section} {s.kind}: warm-up failed {res.get('errors')}")
-    for r in range(repeats):
-        for k in range(len(servers)):
-            i = (k + r) % len(servers)
-            s, row = servers[i], rows[i]
-            cpu0 = s.cpu()
-            res = run_sipp(sipp_args[i], row.ops, concurrency, workdir)
-            cpu = s.cpu() - cpu0
-            ok = res["ok"]
-            row.ok += ok
-            row.failed += res["failed"]
-            row.retrans += res.get("retrans", 0)
-            row.errors += res.get("errors", [])[:3]
-            us = round(1e6 * cpu / ok, 2) if ok else None
-            row.runs.append((round(ok / res["secs"], 1), us))
-            _say(log, f"  {section} {s.kind:9} {ok / res['secs']:8.0f} ops/s "
-                      f"{_num(us, '.1f'):>8} us/op ok {ok} failed {res['failed']} "
-                      f"retrans {res.get('retrans', 0)}")  # fmt: skip
+    rows = [Row(k, section, max(int(ops * (PERL_SHARE if k == "perl" else 1)), 1), concurrency)
+            for k in kinds]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+
+        def warm(kind: str) -> Server:
+            srv = start(kind)
+            stack.callback(srv.stop)
+            res = run_sipp(args_of(srv), warmup, concurrency, workdir)
+            if res["failed"] or not res["ok"]:
+                _say(log, f"  {section} {kind}: warm-up failed {res.get('errors')}")
+            return srv
+
+        servers = {} if restart else {k: warm(k) for k in kinds}
+        for r in range(repeats):
+            for j in range(len(kinds)):
+                i = (j + r) % len(kinds)
+                row = rows[i]
+                srv = warm(kinds[i]) if restart else servers[kinds[i]]
+                cpu0 = srv.cpu()
+                res = run_sipp(args_of(srv), row.ops, concurrency, workdir)
+                cpu = srv.cpu() - cpu0
+                if restart:
+                    srv.stop()
+                ok = res["ok"]
+                row.ok += ok
+                row.failed += res["failed"]
+                row.retrans += res.get("retrans", 0)
+                row.errors += res.get("errors", [])[:3]
+                us = round(1e6 * cpu / ok, 2) if ok else None
+                row.runs.append((round(ok / res["secs"], 1), us))
+                _say(log, f"  {section} {row.server:9} {ok / res['secs']:8.0f} ops/s "
+                          f"{_num(us, '.1f'):>8} us/op ok {ok} failed {res['failed']} "
+                          f"retrans {res.get('retrans', 0)}")  # fmt: skip
     for row in rows:
         cpus = [c for _, c in row.runs if c is not None]
         row.ops_per_s = round(statistics.median(t for t, _ in row.runs), 1)
@@ -435,10 +435,11 @@ def interleaved(
 def register_section(kinds: list[str], ops: int, users: int, concurrency: int, *,
                      repeats: int, workdir: str, log: list[str],
                      baseline: str | None = None) -> list[Row]:  # fmt: skip
+    """REGISTER with digest; a fresh server per run (see the comment below)."""
     scen = os.path.join(workdir, "register.xml")
     with open(scen, "w") as f:
         f.write(REGISTER_SCENARIO)
-    inf = os.path.join(workdir, "aors.csv")
+    inf = os.path.join(workdir, f"aors-{users}.csv")
     with open(inf, "w") as f:
         f.write("SEQUENTIAL\n" + "".join(f"user{i};\n" for i in range(users)))
     users_file = os.path.join(workdir, "users.txt")
@@ -447,12 +448,20 @@ def register_section(kinds: list[str], ops: int, users: int, concurrency: int, *
     # one address for sipp in every run: each AOR keeps one binding (its Contact)
     # instead of gaining one per run, and the 200s stay the same size
     local = ["-i", sipp_local_ip(), "-p", str(free_port())]
-    with started(kinds, "register", workdir, users_file, baseline) as servers:
-        args = [[f"{s.addr[0]}:{s.addr[1]}", "-sf", scen, "-inf", inf, *local]
-                for s in servers]  # fmt: skip
-        # the warm-up registers every AOR: the stores hold all of them when measured
-        rows = interleaved(servers, "register", args, ops, concurrency, repeats=repeats,
-                           warmup=max(users, 200), workdir=workdir, log=log)  # fmt: skip
+    # Perl's Registrar (0.835) adds an event-loop timer on every REGISTER (its
+    # check of the last timer compares with a reference, always true), kept
+    # until the binding's expiry, and the loop scans its timers on every turn:
+    # its cost per registration grows with the registrations it has served. A
+    # fresh server per run (netsip's too) makes its runs alike; the warm-up
+    # registers every AOR, so the stores hold all of them when measured.
+    rows = interleaved(
+        kinds,
+        lambda kind: Server(kind, "register", workdir, users_file, baseline),
+        lambda srv: [f"{srv.addr[0]}:{srv.addr[1]}", "-sf", scen, "-inf", inf, *local],
+        section="register", ops=ops, concurrency=concurrency, repeats=repeats,
+        warmup=max(users, 200), restart=True,
+        workdir=workdir, log=log,
+    )  # fmt: skip
     for row in rows:
         row.aors = users
     return rows
@@ -461,11 +470,17 @@ def register_section(kinds: list[str], ops: int, users: int, concurrency: int, *
 def proxy_section(kinds: list[str], ops: int, concurrency: int, *, repeats: int,
                   workdir: str, log: list[str],
                   baseline: str | None = None) -> list[Row]:  # fmt: skip
-    with sipp_uas(workdir) as uas, started(kinds, "proxy", workdir, "", baseline) as servers:
-        args = [[f"{uas[0]}:{uas[1]}", "-rsa", f"{s.addr[0]}:{s.addr[1]}", "-sf", UAC_SCENARIO]
-                for s in servers]  # fmt: skip
-        return interleaved(servers, "proxy", args, ops, concurrency, repeats=repeats,
-                           warmup=min(ops, 500), workdir=workdir, log=log)  # fmt: skip
+    """Stateless proxying; each proxy serves all its runs."""
+    with sipp_uas(workdir) as uas:
+        return interleaved(
+            kinds,
+            lambda kind: Server(kind, "proxy", workdir, "", baseline),
+            lambda srv: [f"{uas[0]}:{uas[1]}", "-rsa", f"{srv.addr[0]}:{srv.addr[1]}",
+                         "-sf", UAC_SCENARIO],
+            section="proxy", ops=ops, concurrency=concurrency, repeats=repeats,
+            warmup=min(ops, 500), restart=False,
+            workdir=workdir, log=log,
+        )  # fmt: skip
 
 
 def memory_section(count: int, log: list[str]) -> dict[str, Any]:
@@ -717,7 +732,7 @@ def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str |
     perl = shutil.which("perl") is not None
     with tempfile.TemporaryDirectory(prefix="netsip-servers.") as workdir:
         if "register" in sections:
-            n = registrations or (1000 if quick else 8000)
+            n = registrations or (1000 if quick else 4000)
             _say(log, f"register: {n} registrations per run, {reps} run(s) each")
             kinds = ["netsip", *(["baseline"] if baseline else []), *(["perl"] if perl else [])]
             res["register"] = [asdict(r) for users in aors for r in register_section(
