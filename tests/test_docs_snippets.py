@@ -2,13 +2,14 @@
 
 A block is runnable when the line just before its opening fence is a marker::
 
-    <!-- snippet: NAME [background] [ready="TEXT"] [expect="TEXT" ...] [exit=N] -->
+    <!-- snippet: NAME [background [interrupt]] [ready="TEXT"] [expect="TEXT" ...] [exit=N] -->
 
 The snippets of one page run in order, as separate Python processes, in one
 temporary directory (a file one writes, the next reads). A ``background``
 snippet (an answering phone, a registrar) keeps running while the next
 foreground snippet runs; once that is done it is given a bounded time to end
-on its own, and is interrupted (SIGINT, a user's Ctrl-C) after that. ``ready`` is a line it
+on its own, and is interrupted (SIGINT, a user's Ctrl-C) after that; with
+``interrupt`` (a server that runs until stopped) it is interrupted at once. ``ready`` is a line it
 prints when it serves; the next snippet starts only then. ``expect`` texts
 must appear in the snippet's output; ``exit`` is the exit status it must
 return (0 for a foreground snippet unless given).
@@ -48,6 +49,7 @@ class Snippet:
     name: str
     code: str
     background: bool = False
+    interrupt: bool = False
     ready: str | None = None
     expect: list[str] = field(default_factory=list)
     exit: int | None = None
@@ -61,6 +63,8 @@ def parse_marker(text: str, code: str) -> Snippet:
         key, _, value = word.partition("=")
         if key == "background":
             snippet.background = True
+        elif key == "interrupt":
+            snippet.interrupt = True
         elif key == "ready":
             snippet.ready = value
         elif key == "expect":
@@ -84,14 +88,14 @@ def pages() -> list[Path]:
 def test_marker_parsing() -> None:
     page = (
         "text\n"
-        '<!-- snippet: a.py background ready="up" expect="x y" expect=z -->\n'
+        '<!-- snippet: a.py background interrupt ready="up" expect="x y" expect=z -->\n'
         "```python\nprint(5080)\n```\n"
         "```python\nnot marked\n```\n"
         "<!-- snippet: b.py exit=3 -->\n```python\npass\n```\n"
     )
     found = [parse_marker(m.group(1), m.group(2)) for m in MARKER.finditer(page)]
     assert found == [
-        Snippet("a.py", "print(5080)\n", True, "up", ["x y", "z"]),
+        Snippet("a.py", "print(5080)\n", True, True, "up", ["x y", "z"]),
         Snippet("b.py", "pass\n", exit=3),
     ]
     with pytest.raises(AssertionError, match="unknown marker word"):
@@ -170,7 +174,7 @@ def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
                 continue
             running.check(running.finish(RUN_TIMEOUT))
             for bg in background:
-                bg.check(bg.finish(END_TIMEOUT))
+                bg.check(bg.finish(0 if bg.snippet.interrupt else END_TIMEOUT))
             background.clear()
     finally:
         for bg in background:

@@ -1,5 +1,6 @@
-"""``netsip proxy``: a registrar and a stateless proxy, with digest, for
-one domain or several.
+"""``netsip proxy``: a registrar and a proxy (stateless, or with
+``--stateful`` transaction-stateful and forking), with digest, for one domain
+or several.
 
 What Net::SIP's ``examples/test_registrar_and_proxy.pl`` and
 ``examples/bin/stateless_proxy.pl`` do, as one command: REGISTER is handled
@@ -21,6 +22,11 @@ summary (requests per method, responses forwarded, bindings held). Exit 0
 then; 2 for bad arguments (a port in use, an unreadable users file, an
 unknown store).
 
+With ``--stateful`` the proxy is a
+:class:`~netsip.stateful_proxy.StatefulProxy` instead: 100 Trying, forking
+to every registered contact (``--forking parallel``, or ``serial`` by
+q-value), the best final response, Timer C.
+
 Differences from Net::SIP's scripts: one command for both, challenges with
 407 from the proxy (Perl's ``create_stateless_proxy`` drops
 ``i_am_proxy``), and several transports on one port by default.
@@ -32,7 +38,6 @@ import argparse
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from netsip._log import get_logger
 from netsip.authorize import Authorize, users_from_file
@@ -43,10 +48,13 @@ from netsip.cli._common import (
     Parents,
     SignalStop,
     Subparsers,
-    make_leg,
-    tls_options,
 )
-from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.cli._listen_sockets import (
+    add_server_arguments,
+    make_legs,
+    open_listen_sockets,
+    server_specs,
+)
 from netsip.digest import ALGORITHMS
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
@@ -54,6 +62,7 @@ from netsip.leg import Leg
 from netsip.packet import Packet, Request
 from netsip.proxy import StatelessProxy
 from netsip.registrar import MemoryStore, Registrar
+from netsip.stateful_proxy import StatefulProxy
 from netsip.util import Addr, Var, sip_hdrval2parts, sip_uri2domain
 
 __all__ = ["add_parser", "cmd_proxy"]
@@ -66,19 +75,13 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     p = subparsers.add_parser(
         "proxy",
         parents=[parents.common, parents.tls],
-        help="registrar and stateless proxy, with digest (--users)",
+        help="registrar and proxy (stateless or --stateful), with digest (--users)",
         description="A registrar for --domain (any domain without it) and a stateless "
+        "(or --stateful forking) "
         "proxy that reaches the registered users; with --users, digest: 401 for "
         "REGISTER, 407 for calls from our domains. A summary on Ctrl-C/SIGTERM.",
     )
-    p.add_argument(
-        "-l",
-        "--listen",
-        action="append",
-        metavar="[PROTO:]ADDR[:PORT]",
-        help="where to listen, repeatable, as for 'netsip listen' "
-        "(default: udp+tcp 127.0.0.1:5060); port 0 picks a free one",
-    )
+    add_server_arguments(p)
     p.add_argument(
         "--domain",
         action="append",
@@ -105,16 +108,22 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         metavar="URL",
         help="where registrations are kept (default %(default)s; only memory: so far)",
     )
+    p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="a transaction-stateful proxy that forks to every contact of a user "
+        "(RFC 3261 16) instead of the stateless one",
+    )
+    p.add_argument(
+        "--forking",
+        choices=("parallel", "serial"),
+        default="parallel",
+        help="with --stateful: all contacts at once, or by q-value, highest first "
+        "(default %(default)s)",
+    )
     p.add_argument("--min-expires", type=int, default=30, metavar="S", help="default %(default)s")
     p.add_argument(
         "--max-expires", type=int, default=86400, metavar="S", help="default %(default)s"
-    )
-    p.add_argument(
-        "--tls-verify-client",
-        type=int,
-        choices=(-1, 0, 1),
-        default=0,
-        help="client certificates: 0 not asked, 1 required, -1 verified if sent",
     )
 
 
@@ -135,13 +144,6 @@ class Stats:
         ]
 
 
-def _specs(args: argparse.Namespace) -> list[ListenSpec]:
-    specs: list[ListenSpec] = []
-    for text in args.listen or ():
-        specs.extend(parse_listen_spec(text))
-    return specs or parse_listen_spec("127.0.0.1:5060")
-
-
 def _store(url: str) -> MemoryStore:
     scheme = url.partition(":")[0].lower()
     if scheme == "memory":
@@ -151,14 +153,7 @@ def _store(url: str) -> MemoryStore:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     """``netsip proxy``."""
-    specs = _specs(args)
-    tls: dict[str, Any] | None = None
-    if any(s.proto == "tls" for s in specs):
-        if not args.tls_cert:
-            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
-        tls = tls_options(args, server=True)
-    elif args.tls_cert or args.tls_key or args.tls_ca:
-        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+    specs, tls = server_specs(args)
     if not 0 < args.min_expires <= args.max_expires:
         raise CliError("need 0 < --min-expires <= --max-expires")
     users: dict[str, str] | None = None
@@ -185,10 +180,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     registrar: Registrar | None = None
     try:
         with SignalStop(loop, stop):
-            legs = [
-                make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
-                for spec, sock in bound
-            ]
+            legs = make_legs(bound, tls)
             disp = Dispatcher(legs, loop)
             registrar = Registrar(
                 dispatcher=disp,
@@ -223,7 +215,16 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
     stats: Stats,
 ) -> ReceiveChain:
     """The receive chain: counting, then REGISTER, then the proxy."""
-    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
+    proxy: StatelessProxy
+    if getattr(args, "stateful", False):
+        proxy = StatefulProxy(
+            dispatcher=disp,
+            lookup=registrar.lookup,
+            domains=domains,
+            forking=getattr(args, "forking", "parallel"),
+        )
+    else:
+        proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
     verbose = bool(getattr(args, "verbose", 0))
 
     def count(packet: Packet, _leg: Leg, from_: Addr) -> None:
