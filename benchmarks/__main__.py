@@ -41,7 +41,7 @@ a ``--quick`` run writes only when ``--out`` is given).
 ``--baseline DIR`` adds the pool and dispatcher responders importing the
 ``netsip`` package found in DIR (an older revision: before/after in one run).
 
-``servers`` (not in the default run: ``--only servers``, about 3 minutes,
+``servers`` (not in the default run: ``--only servers``, about 2 minutes,
     ``--quick`` well under one): :mod:`benchmarks.bench_servers`, digest
     REGISTER and stateless proxying under sipp against Perl's Net::SIP (and
     Kamailio's ``forward()`` for the proxy), and the registrar's memory per
