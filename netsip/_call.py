@@ -197,6 +197,10 @@ class Call(CallExtensions):
             The context, or None if the INVITE could not be sent.
         """
         param = self.param
+        on_cleanup = args.pop("cb_cleanup", None)
+        if on_cleanup is not None:
+            # (Simple.invite passes the parameters here, not to __init__)
+            self._cleanup.append(lambda call: invoke_callback(on_cleanup, call))
         clear = args.pop("clear_sdp", param.get("clear_sdp"))
         if clear:
             self._clear_sdp()
