@@ -68,7 +68,7 @@ from netsip.eventloop import (
 )
 from netsip.util import Var, as_callable, invoke_callback
 
-__all__ = ["AsyncioEventLoop", "AsyncioTimer", "new_asyncio_loop"]
+__all__ = ["AsyncioEventLoop", "AsyncioTimer", "check_can_block", "new_asyncio_loop"]
 
 log = get_logger(__name__)
 
@@ -391,8 +391,7 @@ class AsyncioEventLoop(EventLoop):
         if self._is_closed:
             raise RuntimeError("AsyncioEventLoop is closed")
         _check_stopvars(stopvars)
-        if self.aloop.is_running():
-            raise RuntimeError(_BLOCKING_MESSAGE)
+        check_can_block(self)
         self.aloop.run_until_complete(self.run(timeout, *stopvars))
 
     async def run(self, timeout: float | None = None, *stopvars: StopVar) -> None:
@@ -510,3 +509,17 @@ class AsyncioEventLoop(EventLoop):
     def __repr__(self) -> str:
         state = " closed" if self._is_closed else ""
         return f"<AsyncioEventLoop fds={len(self._afds)} timers={len(self._timers)}{state}>"
+
+
+def check_can_block(loop: object) -> None:
+    """Refuse a blocking call (one that runs the loop until its outcome) that cannot block.
+
+    For the blocking methods of the user agent, before they send anything.
+
+    Raises:
+        RuntimeError: ``loop`` is an :class:`AsyncioEventLoop` whose asyncio
+            loop is running (in this thread or another): waiting there would
+            stop every other task.
+    """
+    if isinstance(loop, AsyncioEventLoop) and loop.aloop.is_running():
+        raise RuntimeError(_BLOCKING_MESSAGE)

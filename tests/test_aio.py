@@ -270,11 +270,17 @@ def test_loop_blocks_only_outside_a_running_asyncio_loop() -> None:
         lp = AsyncioEventLoop()
         with pytest.raises(RuntimeError, match=r"await loop\.run"):
             lp.loop(1)
-        with (
-            Simple(from_="sip:a@127.0.0.1", leg="udp:127.0.0.1:0", loop=lp) as ua,
-            pytest.raises(RuntimeError, match="cb_final"),
-        ):
-            ua.register(registrar="sip:127.0.0.1:9")
+        with Simple(from_="sip:a@127.0.0.1", leg="udp:127.0.0.1:0", loop=lp) as ua:
+            # Simple's blocking methods refuse before they send anything
+            with pytest.raises(RuntimeError, match="cb_final"):
+                ua.register(registrar="sip:127.0.0.1:9")
+            with pytest.raises(RuntimeError, match="UserAgent"):
+                ua.invite("sip:b@127.0.0.1:9")
+            assert (ua.calls, len(ua.endpoint)) == ([], 0)
+            call = Call(ua, "sip:b@127.0.0.1:9", {})
+            with pytest.raises(RuntimeError, match="cannot block"):
+                call.reinvite()
+            assert call.context is None
         lp.close()
 
     run("asyncio", main())
