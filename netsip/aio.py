@@ -219,9 +219,16 @@ class AsyncioEventLoop(EventLoop):
         elif fd is not entry.fileobj and not (
             isinstance(fd, int) and isinstance(entry.fileobj, int)
         ):
-            # A different object on a known fd number: the old one was closed
-            # without del_fd and its number reused. Register afresh.
+            # A different object on a known fd number: the old one may have been
+            # closed without del_fd and its number reused. Register afresh; the
+            # other direction keeps its callback (as EventLoop does).
+            other = entry.handlers[1 - rw]
             self._unwatch(entry, None)
+            if other is not None:
+                other.active = True
+                entry.handlers[1 - rw] = other
+                if not self._watch(entry, 1 - rw):
+                    entry.handlers[1 - rw] = None
         entry.fileobj = fd
         old = entry.handlers[rw]
         entry.handlers[rw] = handler
@@ -229,16 +236,22 @@ class AsyncioEventLoop(EventLoop):
             # replaced: the registration stays, the dispatch looks the handler up
             old.active = False
             return
-        try:
-            if rw == EV_READ:
-                self.aloop.add_reader(fileno, self._ready, entry, EV_READ)
-            else:
-                self.aloop.add_writer(fileno, self._ready, entry, EV_WRITE)
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning("add_fd(%r, %d, %s): cannot watch fd: %s", fd, rw, name, exc)
+        if not self._watch(entry, rw):
             entry.handlers[rw] = None
             if entry.handlers == [None, None]:
                 del self._afds[fileno]
+
+    def _watch(self, entry: _AioFd, rw: int) -> bool:
+        """Register ``entry`` with asyncio for direction ``rw``; False (logged) if it cannot be."""
+        try:
+            if rw == EV_READ:
+                self.aloop.add_reader(entry.fileno, self._ready, entry, EV_READ)
+            else:
+                self.aloop.add_writer(entry.fileno, self._ready, entry, EV_WRITE)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("add_fd(%r, %d): cannot watch fd: %s", entry.fileobj, rw, exc)
+            return False
+        return True
 
     def del_fd(self, fd: FdLike, rw: int | None = None) -> None:
         """Stop watching ``fd`` in one direction, or both when ``rw`` is None

@@ -172,6 +172,27 @@ def test_timer_cancelled_from_its_callback_and_repeat_cleared() -> None:
     run("asyncio", main())
 
 
+def test_new_object_on_a_known_fd_number_keeps_the_other_direction() -> None:
+    async def main() -> None:
+        lp = AsyncioEventLoop()
+        a, b = socket.socketpair()
+        read: list[bytes] = []
+        wrote: list[object] = []
+        with a, b:
+            lp.add_fd(a.fileno(), EV_WRITE, wrote.append)
+            lp.add_fd(a, EV_READ, lambda s: read.append(s.recv(10)))  # same number, an object
+            b.send(b"x")
+            await lp.run(5, lambda: read and wrote)
+            assert read == [b"x"]
+            assert wrote[-1] == a.fileno()
+            assert lp.fd_count() == 1
+            lp.del_fd(a)
+            assert lp.fd_count() == 0
+        lp.close()
+
+    run("asyncio", main())
+
+
 def test_bad_arguments_and_closed_fds() -> None:
     async def main() -> None:
         lp = AsyncioEventLoop()
