@@ -20,6 +20,8 @@ from netsip.registrar import Registrar
 from netsip.simple import Call, Simple
 from netsip.testing import drive
 
+pytestmark = pytest.mark.both_loops
+
 USERS = {"alice": "wonderland", "bob": "builder"}
 
 
