@@ -56,6 +56,8 @@ from tests.support import (
     stop_process,
 )
 
+pytestmark = pytest.mark.both_loops
+
 FRAME = 160
 
 
