@@ -405,7 +405,12 @@ class AsyncioEventLoop(EventLoop):
             raise RuntimeError("AsyncioEventLoop is closed")
         _check_stopvars(stopvars)
         check_can_block(self)
-        self.aloop.run_until_complete(self.run(timeout, *stopvars))
+        try:
+            # (_wait, not run: a callback may close the loop before it starts)
+            self.aloop.run_until_complete(self._wait(timeout, stopvars))
+        finally:
+            if self._is_closed and self._own_aloop:
+                self._drain_and_close()  # close() was called by a callback
 
     async def run(self, timeout: float | None = None, *stopvars: StopVar) -> None:
         """Wait, while netsip's callbacks run, as :meth:`EventLoop.loop` would.
@@ -428,7 +433,10 @@ class AsyncioEventLoop(EventLoop):
         if self._is_closed:
             raise RuntimeError("AsyncioEventLoop is closed")
         _check_stopvars(stopvars)
-        if stopvars and _stopped(stopvars):
+        await self._wait(timeout, stopvars)
+
+    async def _wait(self, timeout: float | None, stopvars: tuple[StopVar, ...]) -> None:
+        if self._is_closed or (stopvars and _stopped(stopvars)):
             return
         if timeout is not None and timeout <= 0:
             await asyncio.sleep(0)

@@ -287,6 +287,13 @@ def test_loop_blocks_only_outside_a_running_asyncio_loop() -> None:
         assert stop.value
         assert isinstance(lp, EventLoop)
 
+    # closed by a callback inside loop(): its own asyncio loop is closed after
+    lp = AsyncioEventLoop()
+    lp.add_timer(0, lambda _t: lp.close())
+    lp.loop(5)
+    assert lp.closed
+    assert lp.aloop.is_closed()
+
     async def main() -> None:
         lp = AsyncioEventLoop()
         with pytest.raises(RuntimeError, match=r"await loop\.run"):
