@@ -142,6 +142,7 @@ class _Waiter:
 
     stopvars: tuple[StopVar, ...]
     future: asyncio.Future[None]
+    poll: asyncio.TimerHandle | None = None  # the next look at the stop variables
 
 
 def _stopped(stopvars: tuple[StopVar, ...]) -> bool:
@@ -444,27 +445,24 @@ class AsyncioEventLoop(EventLoop):
         fut: asyncio.Future[None] = self.aloop.create_future()
         waiter = _Waiter(stopvars, fut)
         self._waiters.append(waiter)
-        handles: list[asyncio.TimerHandle] = []
-        if timeout is not None:
-            handles.append(self.aloop.call_later(timeout, _resolve, fut))
+        deadline = None if timeout is None else self.aloop.call_later(timeout, _resolve, fut)
         if stopvars:
-            handles.append(
-                self.aloop.call_later(STOPVAR_POLL_INTERVAL, self._poll_waiter, waiter, handles)
-            )
+            waiter.poll = self.aloop.call_later(STOPVAR_POLL_INTERVAL, self._poll_waiter, waiter)
         try:
             await fut
         finally:
-            for handle in handles:
-                handle.cancel()
+            if deadline is not None:
+                deadline.cancel()
+            if waiter.poll is not None:
+                waiter.poll.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
-    def _poll_waiter(self, waiter: _Waiter, handles: list[asyncio.TimerHandle]) -> None:
+    def _poll_waiter(self, waiter: _Waiter) -> None:
+        waiter.poll = None
         self._check_one(waiter)
         if not waiter.future.done():
-            handles.append(
-                self.aloop.call_later(STOPVAR_POLL_INTERVAL, self._poll_waiter, waiter, handles)
-            )
+            waiter.poll = self.aloop.call_later(STOPVAR_POLL_INTERVAL, self._poll_waiter, waiter)
 
     def _check_waiters(self) -> None:
         for waiter in list(self._waiters):
