@@ -327,6 +327,7 @@ class UserAgent:
 
         Raises:
             RequestFailedError: the call failed (a final response >= 300, or none).
+            ValueError: bad arguments, or the INVITE could not be sent.
             asyncio.CancelledError: the task was cancelled (see the module docstring).
         """
         reserved = _RESERVED.intersection(args) | ({"cb_final"} & set(args))
@@ -342,6 +343,10 @@ class UserAgent:
             **args,
         )
         self._track(acall, call)
+        if call.context is None:  # the INVITE was not sent (logged by the call)
+            error = call.error
+            call.cleanup()
+            raise ValueError(f"INVITE not sent: {error}")
         try:
             status, info = await fut
         except asyncio.CancelledError:
