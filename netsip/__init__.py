@@ -9,7 +9,8 @@ header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
 :mod:`netsip.endpoint` (``Endpoint``), and the user agent: :mod:`netsip.sdp`,
 :mod:`netsip.dtmf`, :mod:`netsip.rtp` and :mod:`netsip.simple` (``Simple``,
 ``Call``); the servers: :mod:`netsip.registrar`, :mod:`netsip.authorize`,
-:mod:`netsip.proxy` (``StatelessProxy``), :mod:`netsip.redirect`,
+:mod:`netsip.proxy` (``StatelessProxy``), :mod:`netsip.stateful_proxy`
+(``StatefulProxy``), :mod:`netsip.redirect`,
 :mod:`netsip.chain` (``ReceiveChain``), :mod:`netsip.blocker` and
 :mod:`netsip.dropper`. The
 names re-exported here are the public API. :mod:`netsip.testing` holds
@@ -18,6 +19,7 @@ helpers for testing applications built on netsip (import it by name).
 
 from __future__ import annotations
 
+from netsip._redisstore import RedisStore, RedisStoreError
 from netsip.authorize import Authorize, users_from_file
 from netsip.blocker import Blocker
 from netsip.chain import ReceiveChain
@@ -37,6 +39,7 @@ from netsip.rtp import media_recv_echo, media_send_recv
 from netsip.sdp import SDP, SDPError
 from netsip.simple import Call, Simple
 from netsip.socketpool import SocketPool, get_settings, import_settings
+from netsip.stateful_proxy import StatefulProxy
 from netsip.transaction import ClientTransaction, TransactionClient
 from netsip.util import Addr, NetSIPError, Var, invoke_callback
 
@@ -70,6 +73,8 @@ __all__ = [
     "QueueEntry",
     "ReceiveChain",
     "Redirect",
+    "RedisStore",
+    "RedisStoreError",
     "Registrar",
     "RegistrationStore",
     "Request",
@@ -77,6 +82,7 @@ __all__ = [
     "SDPError",
     "Simple",
     "SocketPool",
+    "StatefulProxy",
     "StatelessProxy",
     "TimerEvent",
     "TransactionClient",

@@ -81,7 +81,7 @@ from netsip._log import get_logger
 from netsip._settings import Settings
 from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike
 from netsip.framing import FramingError, NeedMore, PacketError, next_message
-from netsip.packet import Packet
+from netsip.packet import Packet, refused_request, warning
 from netsip.util import Addr, Proto, as_callable, invoke_callback
 
 __all__ = ["StreamTransport"]
@@ -364,6 +364,7 @@ class StreamTransport(ConnTable):
                     self.drop(conn, errno.ECONNABORTED, "%s", exc)
                     return
                 except PacketError as exc:
+                    self._refuse(conn, bytes(buf[pos : pos + max_header]), exc)
                     self.drop(conn, errno.ECONNABORTED, "invalid packet: %s", exc)
                     return
                 if isinstance(got, NeedMore):
@@ -397,6 +398,22 @@ class StreamTransport(ConnTable):
                 else:
                     del buf[:pos]
                     conn.scan = conn.need = 0
+
+    def _refuse(self, conn: Conn, head: bytes, exc: PacketError) -> None:
+        """Best effort before the connection is dropped (its framing is lost):
+        400 for a request the parser refused (RFC 3261 21.4.1), written at
+        once when nothing else is queued; responses and ACKs get none."""
+        end = head.find(b"\r\n\r\n")
+        if end < 0 or conn.wbuf or head[:1] == b"S":
+            return
+        request = refused_request(head[: end + 4])
+        if request is None:
+            return
+        try:
+            data = request.create_response(400, "Bad Request", {"warning": warning(exc)})
+            conn.send(bytearray(data.as_bytes()))
+        except (PacketError, OSError) as err:
+            log.info("cannot answer the refused request: %s", err)
 
     def _pong(self, conn: Conn) -> None:
         """Queue an RFC 5626 4.4.1 "pong" on ``conn`` (written after the read batch)."""

@@ -867,11 +867,21 @@ def refused_request(data: bytes) -> Request | None:
             lines[-1] += " " + line.strip()  # folded (RFC 3261 7.3.1)
         else:
             lines.append(line)
-    keep = [lines[0]]
-    keep += (ln for ln in lines[1:] if ln.partition(":")[0].strip().lower() in _ANSWER_HEADERS)
-    try:
-        pkt = Packet.new_from_string(("\r\n".join(keep) + "\r\n\r\n").encode(ENC, ERRORS))
-    except PacketError:
+    keep = [ln for ln in lines[1:] if ln.partition(":")[0].strip().lower() in _ANSWER_HEADERS]
+    first = lines[0].split(" ")
+    starts = [lines[0]]
+    if len(first) == 3 and first[0].isalpha() and first[2] == "SIP/2.0":
+        # a bad Request-URI: the response does not carry it
+        starts.append(f"{first[0]} sip:invalid.invalid SIP/2.0")
+    for start in starts:
+        try:
+            pkt = Packet.new_from_string(
+                ("\r\n".join([start, *keep]) + "\r\n\r\n").encode(ENC, ERRORS)
+            )
+            break
+        except PacketError:
+            continue
+    else:
         return None
     if not isinstance(pkt, Request) or pkt.method() == "ACK" or not pkt.get_headers("via"):
         return None

@@ -587,10 +587,7 @@ class StatelessProxy:
         if req.method() == "REGISTER" or user is None:
             return False
         if self.lookup is not None and (served or self.domains is None):
-            contacts = list(self.lookup(f"{scheme}:{user}@{domain}"))
-            if contacts:
-                log.debug("location of %s@%s: %s", user, domain, contacts[0])
-                req.set_uri(_strip_angle(contacts[0]))
+            if self._route_to_aor(req, f"{scheme}:{user}@{domain}"):
                 return False
             if served:
                 self._reply(req, leg, from_, 480)
@@ -599,6 +596,23 @@ class StatelessProxy:
             self._reply(req, leg, from_, 404)
             return True
         return False
+
+    def _route_to_aor(self, req: Request, aor: str) -> bool:
+        """Point the Request-URI of ``req`` at a contact of ``aor`` (RFC 3261 16.5).
+
+        The stateless proxy takes the first (highest q) contact ``lookup``
+        has; a stateful proxy forks to all of them instead.
+
+        Returns:
+            False if nobody is registered for ``aor``.
+        """
+        assert self.lookup is not None
+        contacts = list(self.lookup(aor))
+        if not contacts:
+            return False
+        log.debug("location of %s: %s", aor, contacts[0])
+        req.set_uri(_strip_angle(contacts[0]))
+        return True
 
     def _resolved(self, fwd: _Forward, result: list[Target] | int) -> None:
         if isinstance(result, int):
@@ -617,12 +631,25 @@ class StatelessProxy:
 
     def _send_request(self, fwd: _Forward, targets: list[Target]) -> None:
         """Build the forwarded request for the first target and send it (RFC 3261 16.6)."""
+        chosen = self._choose(fwd, targets)
+        if chosen is None:
+            return
+        targets, pkt = chosen
+        addr, out = targets[0]
+        callback = partial(self._sent, fwd, targets[1:]) if len(targets) > 1 else None
+        out.sendto(pkt, addr, callback)
+
+    def _choose(self, fwd: _Forward, targets: list[Target]) -> tuple[list[Target], Request] | None:
+        """The destinations in the order to try, and the request built for the first.
+
+        None if the request must be dropped (the NAT helper refused it).
+        """
         if fwd.in_leg.proto != "udp" and len(targets) > 1:
             # Perl: a request that came over a stream prefers a stream onwards
             targets.sort(key=lambda t: t[1].proto == "udp")
         pkt = self._outgoing(fwd, targets[0][1])
         if pkt is None:
-            return
+            return None
         if targets[0][1].proto == "udp" and len(pkt.as_bytes()) > MTU_LIMIT:
             # RFC 3261 18.1.1: too big for UDP without a known path MTU: over
             # a congestion-controlled transport if the next hop offers one;
@@ -633,10 +660,8 @@ class StatelessProxy:
                 targets = reliable + [t for t in targets if t[1].proto == "udp"]
                 pkt = self._outgoing(fwd, targets[0][1])
                 if pkt is None:
-                    return
-        addr, out = targets[0]
-        callback = partial(self._sent, fwd, targets[1:]) if len(targets) > 1 else None
-        out.sendto(pkt, addr, callback)
+                    return None
+        return targets, pkt
 
     def _sent(self, fwd: _Forward, rest: list[Target], error: int) -> None:
         """Delivery callback: on a transport error try the next destination (RFC 3263 4.3)."""

@@ -386,11 +386,14 @@ class Registrar:
         except OSError as exc:
             log.warning("lookup of %s failed: %s", key, exc)
             return []
-        bindings.sort(key=lambda b: -(1.0 if b.q is None else b.q))
+        # highest q first; for equal q the freshest (latest expiry) first: a
+        # stale binding of a phone that went away must not win the call
+        bindings.sort(key=lambda b: (-(1.0 if b.q is None else b.q), -b.expires))
         return bindings
 
     def query(self, aor: str) -> list[str]:
-        """The SIP/SIPS contact URIs registered for ``aor``, highest q first (as Net::SIP)."""
+        """The SIP/SIPS contact URIs registered for ``aor``, highest q first (as
+        Net::SIP), the latest to expire first among equal q."""
         return [b.contact for b in self.lookup(aor) if _is_sip(b.contact)]
 
     def expire(self) -> int:

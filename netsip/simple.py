@@ -59,6 +59,7 @@ from netsip.leg import Leg
 from netsip.packet import Request
 from netsip.proxy import StatelessProxy
 from netsip.registrar import Registrar
+from netsip.stateful_proxy import StatefulProxy
 from netsip.util import (
     Addr,
     Proto,
@@ -522,6 +523,19 @@ class Simple:
         args.setdefault("auth_i_am_proxy", True)
         auth = self._auth_from(args)
         proxy = StatelessProxy(dispatcher=self.dispatcher, **args)
+        if auth is not None:
+            return self.create_chain([auth, proxy])
+        self.dispatcher.set_receiver(proxy)
+        return proxy
+
+    def create_stateful_proxy(self, **args: Any) -> StatefulProxy | ReceiveChain:
+        """A transaction-stateful forking proxy on this agent's dispatcher, set
+        as its receiver (not in Net::SIP): ``args`` as for
+        :class:`~netsip.stateful_proxy.StatefulProxy`, and ``auth_*`` as for
+        :meth:`create_stateless_proxy`."""
+        args.setdefault("auth_i_am_proxy", True)
+        auth = self._auth_from(args)
+        proxy = StatefulProxy(dispatcher=self.dispatcher, **args)
         if auth is not None:
             return self.create_chain([auth, proxy])
         self.dispatcher.set_receiver(proxy)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import strategies as st
@@ -66,6 +67,9 @@ from netsip.testing import (
     udp_socket,
 )
 from netsip.util import Addr, Var
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "LISTEN_TIMEOUT",
@@ -1028,3 +1032,85 @@ class AuthKamailio(Kamailio):
 
 
 __all__ += ["AuthKamailio", "Kamailio", "free_udp_tcp_port"]
+
+
+# --- Redis (the registrar store on Redis) on a free loopback port ---
+
+REDIS_START_TIMEOUT = 15.0  # seconds for redis-server to answer PING
+
+
+def require_redis() -> str:
+    """The redis-server binary, if it and redis-py are installed; else skip/fail."""
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+    if binary is None:
+        missing_peer("redis-server", "apt-get install redis-server")
+        raise AssertionError("unreachable")
+    try:
+        import redis  # noqa: F401, PLC0415  (optional: netsip[redis])
+    except ImportError:
+        missing_peer("redis-py", "pip install 'netsip[redis]'")
+    return binary
+
+
+class RedisServer:
+    """A ``redis-server`` without persistence on a free 127.0.0.1 port.
+
+    :meth:`kill` and :meth:`start` stop it and start it again on the same
+    port (empty: nothing is saved). DEBUG commands are allowed from the
+    loopback (``DEBUG SLEEP`` stalls it).
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.binary = require_redis()
+        self.tmp = tmp
+        self.port = free_port(socket.SOCK_STREAM)
+        self.log = tmp / f"redis-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (again) and wait until it answers PING."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.tmp)]
+        args += ["--enable-debug-command", "local", "--daemonize", "no"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited: {self.log.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                # the process is starting: poll its port (no loop to drive here)
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server did not answer: {self.log.read_text()[-3000:]}")
+
+    def client(self) -> redis.Redis:
+        """A redis-py client of this server (for the test's own commands)."""
+        import redis  # noqa: PLC0415  (optional: netsip[redis])
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=REDIS_START_TIMEOUT)
+
+    def kill(self) -> None:
+        """Kill it (SIGKILL: as a crash) and wait until it is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=REDIS_START_TIMEOUT)
+
+    close = kill
+
+
+__all__ += ["RedisServer", "require_redis"]

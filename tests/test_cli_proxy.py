@@ -152,7 +152,7 @@ def test_verbose_prints_a_line_per_request(
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        (["--store", "redis://127.0.0.1:6379/0"], "unknown store"),
+        (["--store", "mongodb://127.0.0.1:27017/0"], "unknown store"),
         (["--users", "/nonexistent/users"], "--users /nonexistent/users"),
         (["--min-expires", "100", "--max-expires", "10"], "--min-expires"),
         (["-l", "tls:127.0.0.1:0"], "needs --tls-cert"),

@@ -154,6 +154,19 @@ def test_several_contacts_ordered_by_q(world: World) -> None:
     assert world.ask(contacts=["<sip:x@10.0.0.5>;q=1.5"], callid="4").code() == 400
 
 
+def test_equal_q_freshest_binding_first(world: World) -> None:
+    """Among equal q the binding registered (or refreshed) last comes first: a phone that
+    went away without unregistering must not win the calls of its successor."""
+    world.ask(contacts=["<sip:old@10.0.0.1>"], callid="1", expires=600)
+    world.server.advance(60)
+    world.ask(contacts=["<sip:new@10.0.0.2>"], callid="2", expires=600)
+    assert world.reg.query(ALICE) == ["sip:new@10.0.0.2", "sip:old@10.0.0.1"]
+    world.server.advance(60)
+    refresh = world.ask(contacts=["<sip:old@10.0.0.1>"], callid="1", expires=600)
+    assert refresh.code() == 200
+    assert world.reg.query(ALICE) == ["sip:old@10.0.0.1", "sip:new@10.0.0.2"]
+
+
 def test_binding_matched_by_uri_rules(world: World) -> None:
     """19.1.4: host case does not matter, transport does; other parameters are ignored."""
     world.ask(contacts=["<sip:a@HOST.example;transport=tcp;foo=1>"], callid="1")

@@ -18,6 +18,7 @@ from netsip.chain import ReceiveChain
 from netsip.proxy import StatelessProxy
 from netsip.registrar import Registrar
 from netsip.simple import Call, Simple
+from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import drive
 
 pytestmark = pytest.mark.both_loops
@@ -156,3 +157,20 @@ def test_no_auth_keys_means_no_authorizer(loop: EventLoop) -> None:
         assert server.listen() is server.endpoint
     finally:
         server.cleanup()
+
+
+def test_create_stateful_proxy_with_the_registrars_lookup(loop: EventLoop) -> None:
+    """create_stateful_proxy: the transaction-stateful proxy behind the registrar."""
+    server = Simple(leg="udp:127.0.0.1:0", loop=loop)
+    registrar = Registrar(dispatcher=server.dispatcher)
+    proxy = server.create_stateful_proxy(lookup=registrar.lookup)
+    assert isinstance(proxy, StatefulProxy)
+    server.create_chain([ReceiveChain([registrar], methods=["REGISTER"]), proxy])
+    alice, bob = _phone(loop, "alice", server), _phone(loop, "bob", server)
+    try:
+        assert bob.register() is not None, bob.error()
+        _call_through(loop, alice, bob)
+    finally:
+        for ua in (alice, bob, server):
+            ua.cleanup()
+        proxy.close()

@@ -1,5 +1,6 @@
-"""``netsip proxy``: a registrar and a stateless proxy, with digest, for
-one domain or several.
+"""``netsip proxy``: a registrar and a proxy (stateless, or with
+``--stateful`` transaction-stateful and forking), with digest, for one domain
+or several.
 
 What Net::SIP's ``examples/test_registrar_and_proxy.pl`` and
 ``examples/bin/stateless_proxy.pl`` do, as one command: REGISTER is handled
@@ -21,6 +22,26 @@ summary (requests per method, responses forwarded, bindings held). Exit 0
 then; 2 for bad arguments (a port in use, an unreadable users file, an
 unknown store).
 
+Registrations are kept in the process (``--store memory:``, the default) or
+in Redis (``--store redis://HOST:PORT/DB``, :class:`~netsip._redisstore.RedisStore`,
+with ``pip install netsip[redis]``), where several ``netsip proxy``
+processes share them. ``--workers N`` forks N processes that listen on the
+same port(s) with ``SO_REUSEPORT`` (the kernel spreads UDP flows and TCP
+connections over them) and prints one summary for all; it needs a shared
+store: with ``memory:`` each worker would know only the registrations it
+received itself, so ``--workers`` above 1 with it is a usage error (2); so
+it is with ``--stateful`` (below): the kernel picks the worker by the
+sender's address, so a callee's responses would often reach another worker
+than the one that holds their transaction.
+When Redis is down or slow, REGISTER is answered with 500, calls to users
+find nobody (480), everything else is served; the store connects again by
+itself.
+
+With ``--stateful`` the proxy is a
+:class:`~netsip.stateful_proxy.StatefulProxy` instead: 100 Trying, forking
+to every registered contact (``--forking parallel``, or ``serial`` by
+q-value), the best final response, Timer C.
+
 Differences from Net::SIP's scripts: one command for both, challenges with
 407 from the proxy (Perl's ``create_stateless_proxy`` drops
 ``i_am_proxy``), and several transports on one port by default.
@@ -32,30 +53,37 @@ import argparse
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from netsip._log import get_logger
+from netsip._redisstore import RedisStore
 from netsip.authorize import Authorize, users_from_file
 from netsip.chain import ReceiveChain
 from netsip.cli._common import (
+    EXIT_FAIL,
     EXIT_OK,
     CliError,
     Parents,
     SignalStop,
     Subparsers,
+    positive_int,
 )
 from netsip.cli._listen_sockets import (
+    Bound,
     add_server_arguments,
     make_legs,
     open_listen_sockets,
     server_specs,
 )
+from netsip.cli._workers import run_workers
 from netsip.digest import ALGORITHMS
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request
 from netsip.proxy import StatelessProxy
-from netsip.registrar import MemoryStore, Registrar
+from netsip.registrar import MemoryStore, Registrar, RegistrationStore
+from netsip.stateful_proxy import StatefulProxy
 from netsip.util import Addr, Var, sip_hdrval2parts, sip_uri2domain
 
 __all__ = ["add_parser", "cmd_proxy"]
@@ -68,8 +96,9 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
     p = subparsers.add_parser(
         "proxy",
         parents=[parents.common, parents.tls],
-        help="registrar and stateless proxy, with digest (--users)",
+        help="registrar and proxy (stateless or --stateful), with digest (--users)",
         description="A registrar for --domain (any domain without it) and a stateless "
+        "(or --stateful forking) "
         "proxy that reaches the registered users; with --users, digest: 401 for "
         "REGISTER, 407 for calls from our domains. A summary on Ctrl-C/SIGTERM.",
     )
@@ -98,7 +127,30 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         "--store",
         default="memory:",
         metavar="URL",
-        help="where registrations are kept (default %(default)s; only memory: so far)",
+        help="where registrations are kept: memory: (this process, the default) or "
+        "redis://HOST[:PORT][/DB] (shared by several processes; needs netsip[redis])",
+    )
+    p.add_argument(
+        "-w",
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the port(s) with SO_REUSEPORT (default %(default)s); "
+        "more than 1 needs a shared --store",
+    )
+    p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="a transaction-stateful proxy that forks to every contact of a user "
+        "(RFC 3261 16) instead of the stateless one",
+    )
+    p.add_argument(
+        "--forking",
+        choices=("parallel", "serial"),
+        default="parallel",
+        help="with --stateful: all contacts at once, or by q-value, highest first "
+        "(default %(default)s)",
     )
     p.add_argument("--min-expires", type=int, default=30, metavar="S", help="default %(default)s")
     p.add_argument(
@@ -113,21 +165,65 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     responses: int = 0
 
-    def summary(self, elapsed: float, bindings: int) -> list[str]:
+    def summary(self, elapsed: float, bindings: int | None) -> list[str]:
         total = sum(self.requests.values())
         methods = ", ".join(f"{m} {n}" for m, n in sorted(self.requests.items())) or "-"
+        users = "unknown (the store failed)" if bindings is None else str(bindings)
         return [
             f"--- netsip proxy: {total} requests, {self.responses} responses "
             f"in {elapsed:.3f} s ---",
-            f"requests: {methods}; registered users: {bindings}",
+            f"requests: {methods}; registered users: {users}",
         ]
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON for the parent of ``--workers``."""
+        return {"requests": dict(self.requests), "responses": self.responses}
 
-def _store(url: str) -> MemoryStore:
+    def add(self, data: dict[str, Any]) -> None:
+        """Add the :meth:`to_dict` of a worker."""
+        self.requests.update({str(k): int(v) for k, v in data["requests"].items()})
+        self.responses += int(data["responses"])
+
+
+def _store(url: str) -> RegistrationStore:
+    """The store named by ``--store``.
+
+    Raises:
+        CliError: an unknown scheme, a bad Redis URL, redis-py missing (2).
+    """
     scheme = url.partition(":")[0].lower()
     if scheme == "memory":
         return MemoryStore()
-    raise CliError(f"--store {url!r}: unknown store (only memory: so far)")
+    if scheme in ("redis", "rediss"):
+        try:
+            return RedisStore(url)
+        except (ImportError, ValueError) as exc:
+            raise CliError(f"--store {url!r}: {exc}") from None
+    raise CliError(f"--store {url!r}: unknown store (memory: or redis://HOST:PORT/DB)")
+
+
+def _close_store(store: RegistrationStore) -> None:
+    if isinstance(store, RedisStore):
+        store.close()
+
+
+def _count_users(store: RegistrationStore) -> int | None:
+    """The AORs in the store for the summary; None if the store failed (logged)."""
+    try:
+        return len(list(store.aors()))
+    except OSError as exc:
+        log.warning("cannot count the registered users: %s", exc)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    """What every proxy process needs besides its sockets."""
+
+    args: argparse.Namespace
+    tls: dict[str, Any] | None
+    users: dict[str, str] | None
+    domains: list[str] | None
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -149,29 +245,94 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         known = ", ".join(a.name for a in ALGORITHMS.values())
         raise CliError(f"--algorithms {args.algorithms}: unknown {unknown} (known: {known})")
     store = _store(args.store)
-    domains = [d.lower() for d in args.domain] or None
-
-    (bound,) = open_listen_sockets(specs)
-    loop = EventLoop()
-    stop: Var[int] = Var()
-    stats = Stats()
+    if args.workers > 1 and isinstance(store, MemoryStore):
+        raise CliError(
+            f"--workers {args.workers} needs a shared store (--store redis://HOST:PORT/DB): "
+            "with memory: each worker would know only the registrations it received"
+        )
+    if args.workers > 1 and getattr(args, "stateful", False):
+        # SO_REUSEPORT picks the worker by the sender's address: a callee's
+        # responses would often reach another worker than their transaction's
+        raise CliError(
+            f"--workers {args.workers} with --stateful: the transactions live in one "
+            "process, the responses could reach another; run several stateful "
+            "processes on their own ports behind a load balancer instead"
+        )
+    if isinstance(store, RedisStore):
+        try:
+            store.ping()
+        except OSError as exc:
+            log.warning("%s; REGISTER is answered with 500 until Redis answers", exc)
+    cfg = _Config(args, tls, users, [d.lower() for d in args.domain] or None)
+    sets = open_listen_sockets(specs, args.workers)
     started = time.monotonic()
+    if args.workers == 1:
+        try:
+            stats = _serve(sets[0], cfg, store)
+        finally:
+            users_left = _count_users(store)
+            _close_store(store)
+        for text in stats.summary(time.monotonic() - started, users_left):
+            print(text)
+        return EXIT_OK
+    _close_store(store)  # (each worker connects on its own)
+
+    def serve(bound: Bound, _number: int, stop: Var[int]) -> dict[str, Any]:
+        worker_store = _store(args.store)
+        try:
+            return _serve(bound, cfg, worker_store, stop=stop, announce=False).to_dict()
+        finally:
+            _close_store(worker_store)
+
+    def ready() -> None:
+        for spec, _ in sets[0]:
+            log.info("listening on %s", spec)
+
+    results, failed = run_workers(sets, serve, ready, "netsip proxy")
+    stats = Stats()
+    for data in results.values():
+        stats.add(data)
+    store = _store(args.store)
+    users_left = _count_users(store)
+    _close_store(store)
+    for text in stats.summary(time.monotonic() - started, users_left):
+        print(text)
+    per = ", ".join(f"#{n} {sum(results[n]['requests'].values())}" for n in sorted(results))
+    print(f"workers: {len(results)} of {args.workers} ok; requests per worker: {per}")
+    return EXIT_OK if not failed else EXIT_FAIL
+
+
+def _serve(
+    bound: Bound,
+    cfg: _Config,
+    store: RegistrationStore,
+    *,
+    stop: Var[int] | None = None,
+    announce: bool = True,
+) -> Stats:
+    """Serve ``bound`` until SIGINT/SIGTERM (or ``stop`` set before); close the sockets."""
+    args = cfg.args
+    loop = EventLoop()
+    stop = stop if stop is not None else Var()
+    stats = Stats()
     registrar: Registrar | None = None
     try:
         with SignalStop(loop, stop):
-            legs = make_legs(bound, tls)
+            legs = make_legs(bound, cfg.tls)
             disp = Dispatcher(legs, loop)
             registrar = Registrar(
                 dispatcher=disp,
                 min_expires=args.min_expires,
                 max_expires=args.max_expires,
-                domains=domains,
+                domains=cfg.domains,
                 store=store,
             )
-            disp.set_receiver(_chain(args, disp, registrar, users, domains, stats))
-            for leg in legs:
-                log.info("listening on %s:%s", leg.proto, leg.src)
-            loop.loop(None, stop)
+            disp.set_receiver(_chain(args, disp, registrar, cfg.users, cfg.domains, stats))
+            if announce:
+                for leg in legs:
+                    log.info("listening on %s:%s", leg.proto, leg.src)
+            if not stop.value:
+                loop.loop(None, stop)
             disp.close()
     finally:
         if registrar is not None:
@@ -179,10 +340,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         for _, sock in bound:
             sock.close()  # (no-op for those a leg closed)
         loop.close()
-    bindings = len(list(store.aors()))
-    for text in stats.summary(time.monotonic() - started, bindings):
-        print(text)
-    return EXIT_OK
+    return stats
 
 
 def _chain(  # noqa: PLR0917  (the command's parts, put together once)
@@ -194,7 +352,16 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
     stats: Stats,
 ) -> ReceiveChain:
     """The receive chain: counting, then REGISTER, then the proxy."""
-    proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
+    proxy: StatelessProxy
+    if getattr(args, "stateful", False):
+        proxy = StatefulProxy(
+            dispatcher=disp,
+            lookup=registrar.lookup,
+            domains=domains,
+            forking=getattr(args, "forking", "parallel"),
+        )
+    else:
+        proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
     verbose = bool(getattr(args, "verbose", 0))
 
     def count(packet: Packet, _leg: Leg, from_: Addr) -> None:

@@ -396,6 +396,28 @@ def test_tcp_violation_closes_only_that_connection(loop: EventLoop, ip: str, bad
             assert not is_eof(good)
 
 
+def test_tcp_refused_request_gets_400_then_close(loop: EventLoop, ip: str) -> None:
+    """A request the parser refuses (here the Request-URI in angle brackets, as Perl's
+    Net::SIP sends it to a registrar with ;transport=tcp) gets a 400 saying why, then
+    the connection is closed: its framing is lost (RFC 3261 21.4.1)."""
+    got, cb = collector()
+    bad = request(1).replace(b"OPTIONS sip:", b"OPTIONS <sip:", 1)
+    bad = bad.replace(b" SIP/2.0\r\n", b"> SIP/2.0\r\n", 1)
+    with SocketPool("tcp", tcp_listener(ip)) as pool:
+        pool.attach_eventloop(loop, cb)
+        with connect(addr_of(pool.master())) as c:
+            c.sendall(bad)
+            drive(loop, lambda: bool(select.select([c], [], [], 0)[0]))  # the 400, or EOF
+            c.settimeout(5)
+            answer = b""
+            while chunk := c.recv(4096):
+                answer += chunk
+    resp = pkt(answer)
+    assert isinstance(resp, Response) and resp.code() == 400
+    assert "uri" in (resp.get_header("warning") or "").lower()
+    assert got == []
+
+
 def test_tcp_peer_reset_mid_message(loop: EventLoop, ip: str) -> None:
     got, cb = collector()
     with SocketPool("tcp", tcp_listener(ip)) as pool:
