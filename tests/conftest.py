@@ -40,6 +40,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise the ``loop`` fixture over the loop kinds asked for."""
     if "loop" not in metafunc.fixturenames:
         return
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("loop")
+    if defs and getattr(defs[-1].func, "__module__", __name__) != __name__:
+        return  # the module has a `loop` fixture of its own: it decides the loop
     option = metafunc.config.getoption("--loop")
     if option == "all":
         kinds: tuple[str, ...] = LOOP_KINDS

@@ -56,8 +56,6 @@ from tests.support import (
     stop_process,
 )
 
-pytestmark = pytest.mark.both_loops
-
 FRAME = 160
 
 

@@ -16,8 +16,6 @@ from netsip.util import Addr, NetSIPError
 from tests.dnsserver import DNSServer, Rec
 from tests.support import FakeClock, open_fds
 
-pytestmark = pytest.mark.both_loops
-
 ZONE: list[Rec] = [
     ("example.com", "NAPTR", '10 50 "s" "SIP+D2T" "" _sip._tcp.example.com.'),
     ("example.com", "NAPTR", '20 50 "s" "SIP+D2U" "" _sip._udp.example.com.'),
