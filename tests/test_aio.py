@@ -348,6 +348,53 @@ def test_callback_exceptions_reach_the_handler_and_the_loop_goes_on(kind: str) -
     run(kind, main())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_rfc3263_resolution_does_not_block_the_asyncio_loop(kind: str) -> None:
+    pytest.importorskip("dns")
+    from netsip.resolver import Resolver  # noqa: PLC0415  (needs dnspython)
+    from tests.dnsserver import DNSServer  # noqa: PLC0415
+
+    async def main() -> None:
+        errors = collect_errors(asyncio.get_running_loop())
+        lp = AsyncioEventLoop()
+        zone: list[tuple[str, str, str]] = [
+            ("_sip._udp.svc.test", "SRV", "0 0 5070 host.svc.test."),
+            ("_sip._tcp.svc.test", "SRV", "0 0 5071 host.svc.test."),
+            ("host.svc.test", "A", "127.0.0.5"),
+        ]
+        srv = DNSServer(lp, zone)
+        srv.truncate.add("_sip._tcp.svc.test")  # that answer comes over TCP
+        res = Resolver(lp, [srv.address])
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(ticker())
+        got: list[object] = []
+        res.resolve("svc.test", ("udp", "tcp"), got.append)
+        await lp.run(5, lambda: got)
+        other.cancel()
+        result = got[0]
+        assert isinstance(result, list)
+        assert [(p, a.addr, a.port) for p, a in result] == [
+            ("udp", "127.0.0.5", 5070),
+            ("tcp", "127.0.0.5", 5071),
+        ]
+        assert ("tcp", "_sip._tcp.svc.test", "SRV") in srv.queries
+        assert ticks > 0  # the other task ran while the queries were out
+        res.close()
+        srv.close()
+        assert (lp.fd_count(), lp.timer_count()) == (0, 0)
+        lp.close()
+        assert errors == []
+
+    run(kind, main())
+
+
 # ------------------------------------------------------- Simple on asyncio
 
 
