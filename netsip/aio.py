@@ -15,7 +15,7 @@ The mapping:
 * ``add_fd``/``del_fd`` become ``add_reader``/``add_writer`` and
   ``remove_reader``/``remove_writer`` of the asyncio loop (level-triggered
   there too: a fd whose data was not read is reported again);
-* ``add_timer`` becomes ``call_at`` (``call_soon`` for a timer that is due
+* ``add_timer`` becomes ``call_later`` (``call_soon`` for a timer that is due
   already, which keeps timers due at the same time in the order they were
   added); a repeating timer re-arms from its scheduled time, as in
   :class:`~netsip.eventloop.EventLoop`;
@@ -33,9 +33,17 @@ Differences from :class:`~netsip.eventloop.EventLoop`:
   ``await loop.run(timeout, *stopvars)`` is the way to wait. Outside a
   running asyncio loop (a script or a test), ``loop()`` runs the asyncio loop
   until ``run`` returns. So the blocking methods of
-  :class:`~netsip.simple.Simple` (``register`` or ``invite`` without
-  ``cb_final``) raise that error inside a coroutine: pass ``cb_final``, or
-  use the awaitable user agent :mod:`netsip.aioua`.
+  :class:`~netsip.simple.Simple` (``register``, ``invite`` or ``dtmf``
+  without ``cb_final``) raise that error inside a coroutine, before they
+  send anything (:func:`check_can_block`): pass ``cb_final``, or use the
+  awaitable user agent :mod:`netsip.aioua`.
+- Stop variables are checked after every netsip callback (and every
+  :data:`~netsip.eventloop.STOPVAR_POLL_INTERVAL` seconds, for changes made
+  by other tasks), not once per select cycle: there is no cycle of ours.
+- On uvloop, a fd whose poll reports an error (POLLERR: an ICMP error on a
+  connected UDP socket, or a UDP socket with ``IP_RECVERR``) is not watched
+  any more, because libuv stops polling it; the selectors-based asyncio loop
+  keeps reporting it, as :class:`~netsip.eventloop.EventLoop` does.
 - :class:`AsyncioEventLoop` subclasses :class:`~netsip.eventloop.EventLoop`
   so that the layers typed against it accept it, but none of its machinery
   is used: there is no selector and no timer heap of its own.
