@@ -131,6 +131,7 @@ __all__ = [
     "same_content",
     "sip_request",
     "sipp_stats",
+    "skip_unless_native",
     "spin",
     "start_perl_peer",
     "summary_counts",
@@ -148,6 +149,12 @@ REQUIRE_PEERS = os.environ.get("NETSIP_REQUIRE_PEERS", "") not in ("", "0")
 def is_uvloop(loop: EventLoop) -> bool:
     """True if ``loop`` is an :class:`AsyncioEventLoop` on uvloop."""
     return isinstance(loop, AsyncioEventLoop) and type(loop.aloop).__module__.startswith("uvloop")
+
+
+def skip_unless_native(loop: EventLoop, why: str) -> None:
+    """Skip the test unless ``loop`` is netsip's own :class:`EventLoop` (``--loop``)."""
+    if isinstance(loop, AsyncioEventLoop):
+        pytest.skip(f"native loop only: {why}")
 
 
 @contextlib.contextmanager
