@@ -78,6 +78,7 @@ Differences from Net::SIP:
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -660,7 +661,7 @@ class Registrar:
 
     def _ok(self, request: Request, bindings: list[Binding], now: float, flows: bool) -> Response:
         """10.3 step 8: 200 with every current binding and its expiry."""
-        bindings = sorted(bindings, key=lambda b: -(1.0 if b.q is None else b.q))
+        bindings = sorted(bindings, key=lambda b: (-(1.0 if b.q is None else b.q), -b.expires))
         contacts = []
         for b in bindings:
             value = f"<{b.contact}>;expires={max(math.ceil(b.expires - now), 0)}"
@@ -669,7 +670,7 @@ class Registrar:
             contacts.append(value + b.params)
         headers: dict[str, str | list[str]] = {
             "supported": ", ".join(SUPPORTED),
-            "date": email.utils.formatdate(now, usegmt=True),
+            "date": _http_date(now),
         }
         if contacts:
             headers["contact"] = contacts
@@ -679,3 +680,13 @@ class Registrar:
         if flows:
             headers["require"] = "outbound"  # RFC 5626 6
         return request.create_response(200, "OK", headers=headers)
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def _http_date(now: float) -> str:
+    """The Date header value (RFC 3261 20.17) for ``now``, formatted once a second."""
+    return _date_of_second(int(now))
