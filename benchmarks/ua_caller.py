@@ -108,12 +108,23 @@ class Step:
     rtt_ms: dict[str, float] = field(default_factory=dict)  # mean, p50, p95, max
     added_delay_ms: float | None = None  # mean round trip less the 1-call step's
     answerer_cpu_pct: float = 0.0
+    answerer_sys_pct: float = 0.0  # of which in the kernel (clock ticks: coarse)
     caller_cpu_pct: float = 0.0
     send_lag_ms: dict[str, float] = field(default_factory=dict)  # mean, max
     caller_drops: int = 0
     setup_failed: int = 0
     setup_s: float = 0.0
     held: bool = True
+
+
+def _system_seconds(pid: int) -> float:
+    """System CPU time of ``pid`` (``/proc/PID/stat``, in clock ticks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _udp_drops(port: int) -> int:
@@ -316,11 +327,13 @@ class Caller:
         drops0 = _udp_drops(self.rtp_port)
         t0 = time.monotonic()
         cpu0, own0 = cpu_seconds(self.pid), cpu_seconds(os.getpid())
+        sys0 = _system_seconds(self.pid)
         self.window = win
         self.loop.loop(seconds)
         self.window = -1
         wall = time.monotonic() - t0
         cpu, own = cpu_seconds(self.pid) - cpu0, cpu_seconds(os.getpid()) - own0
+        sys_cpu = _system_seconds(self.pid) - sys0
         self.loop.loop(grace)
         w.open = False
         lags = self.lags
@@ -341,6 +354,7 @@ class Caller:
                 "max": round(max(lags) / 1e6, 3),
             }
         step.answerer_cpu_pct = round(100 * cpu / wall, 1)
+        step.answerer_sys_pct = round(100 * sys_cpu / wall, 1)
         step.caller_cpu_pct = round(100 * own / wall, 1)
         step.caller_drops = _udp_drops(self.rtp_port) - drops0
         w.rtts = []
