@@ -20,7 +20,7 @@ Sections (``--only``, comma-separated):
     The caller (:mod:`benchmarks.ua_caller`: netsip's Endpoint for the
     signalling, one raw UDP socket for the RTP of every call) ramps up the
     calls to one answerer (``--steps``, by default 1, 10, 20, 50, 100, 200,
-    300, 400, 600, 800, 1000, 1200, 1600), each with RTP at 50 packets/s
+    400, 600, 800, 1000, 1200, 1600), each with RTP at 50 packets/s
     that the answerer echoes; per step it measures ``--measure`` seconds:
     loss and the echo's round trip at the caller, the answerer's CPU share.
     A step is held with loss below 1 % and a mean round trip less than 20 ms
@@ -76,7 +76,7 @@ LABELS: Final = {
     "perl": "Perl listen.pl",
 }
 SECTIONS: Final = ("media", "setup")
-STEPS: Final = (1, 10, 20, 50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1600)
+STEPS: Final = (1, 10, 20, 50, 100, 200, 400, 600, 800, 1000, 1200, 1600)
 QUICK_STEPS: Final = (1, 10, 50)
 
 #: the targets: netsip holds >= 5x Perl's calls; Perl's CPU per call >= 5x netsip's
@@ -85,6 +85,8 @@ SETUP_CPU_VS_PERL: Final = 5.0
 #: a step is held below these (the caller's measure)
 MAX_LOSS_PCT: Final = 1.0
 MAX_ADDED_DELAY_MS: Final = 20.0
+#: RTP packets per second and call (each way)
+PPS: Final = 50
 
 MD_BEGIN: Final = "<!-- ua benchmark results: begin (written by python -m benchmarks --only ua) -->"
 MD_END: Final = "<!-- ua benchmark results: end -->"
@@ -230,6 +232,10 @@ def media_section(
                 "rtt_p95_ms": _med([s["rtt_ms"].get("p95") for s in have]),
                 "answerer_cpu_pct": _med([s["answerer_cpu_pct"] for s in have]),
                 "answerer_sys_pct": _med([s.get("answerer_sys_pct") for s in have]),
+                # (each call: 50 packets/s in, 50 echoed)
+                "answerer_us_per_packet": _med(
+                    [s["answerer_cpu_pct"] * 1e4 / (n * PPS) for s in have]
+                ),
                 "caller_cpu_pct": _med([s["caller_cpu_pct"] for s in have]),
                 "send_lag_max_ms": _med([s["send_lag_ms"].get("max") for s in have]),
                 "caller_drops": sum(s["caller_drops"] for s in have),
@@ -388,11 +394,16 @@ def report(res: dict[str, Any]) -> list[str]:
                     f"| {_num(row['caller_cpu_pct'], '.0f')} "
                     f"| {_num(row['send_lag_max_ms'], '.1f')} |"
                 )
-        out += ["", "| answerer | highest calls held | the ramps ended by |", "|---|---:|---|"]
+        out += ["", "| answerer | highest calls held | CPU µs per echoed packet there "
+                "| the ramps ended by |", "|---|---:|---:|---|"]  # fmt: skip
         for a in media["answerers"].values():
             why = "; ".join(s or "all steps held" for s in a["stopped"])
             at_least = ">= " if a["capped"] else ""
-            out.append(f"| {a['label']} | **{at_least}{a['highest_held']:,}** | {why} |")
+            there: dict[str, Any] = next(
+                (r for r in a["rows"] if r["calls"] == a["highest_held"]), {}
+            )
+            us = _num(there.get("answerer_us_per_packet"), ".1f")
+            out.append(f"| {a['label']} | **{at_least}{a['highest_held']:,}** | {us} | {why} |")
         out.append("")
     setup = res.get("setup")
     if setup:
@@ -415,8 +426,9 @@ def report(res: dict[str, Any]) -> list[str]:
     out += ["**Targets**, this run:", "", "| target | netsip | Perl | ratio | verdict |",
             "|---|---:|---:|---:|---|"]  # fmt: skip
     for t in res["targets"]:
+        x = "n/a" if t["value"] is None else f"{t['value']:.2f}x"
         out.append(f"| {t['target']} | {_num(t['netsip'], ',g')} | {_num(t['perl'], ',g')} "
-                   f"| {_num(t['value'], '.2f')}x | {_verdict(t['hit'])} |")  # fmt: skip
+                   f"| {x} | {_verdict(t['hit'])} |")  # fmt: skip
     if res.get("chart"):
         out += ["", f"![The user agent with media]({res['chart']})"]
     return out
@@ -516,7 +528,7 @@ def run(
         kinds = [k for k in kinds if k != "perl"]
     repeats = repeats or (1 if quick else 3)
     steps = steps or list(QUICK_STEPS if quick else STEPS)
-    measure = measure or (1.0 if quick else 1.5)
+    measure = measure or (1.0 if quick else 1.25)
     t0 = time.monotonic()
     log: list[str] = []
     res: dict[str, Any] = {"command": command, "environment": environment()}
@@ -560,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answerers", default=",".join(ANSWERERS), help="default: all three")
     ap.add_argument("--repeats", type=int, help="ramps / runs per answerer (default 3)")
     ap.add_argument("--steps", help="calls per step, comma-separated")
-    ap.add_argument("--measure", type=float, help="seconds measured per step (default 1.5)")
+    ap.add_argument("--measure", type=float, help="seconds measured per step (default 1.25)")
     ap.add_argument("--rate", type=float, default=100.0, help="calls/s of the set-up section")
     ap.add_argument("--out", help="where performance-ua.{json,png} and performance.md go")
     ap.add_argument("--no-write", action="store_true", help="print only")
