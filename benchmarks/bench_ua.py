@@ -472,7 +472,7 @@ def chart(res: dict[str, Any], path: str) -> bool:
         ax_cpu.legend(fontsize=7)
         ax_delay.set_yscale("log")
         ax_delay.axhline(MAX_ADDED_DELAY_MS, color="grey", ls="--", lw=1)
-        ax_delay.set_ylabel("added mean round trip (ms, log)")
+        ax_delay.set_ylabel("added mean round trip (ms, log; 0.01: none)")
         ax_delay.set_title(f"echo delay over 1 call (limit {MAX_ADDED_DELAY_MS:g} ms)",
                            fontsize=10)  # fmt: skip
     if setup:
