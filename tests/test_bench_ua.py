@@ -30,6 +30,7 @@ def test_ua_caller_ramp_sets_up_echoes_and_hangs_up(tmp_path: Path) -> None:
                 # when its calls fail or nothing at all comes back)
                 max_loss=100.0,
                 max_delay=1e9,
+                no_mmsg=False,
             )
         )
         assert proc.poll() is None  # the answerer survived the ramp
