@@ -27,9 +27,11 @@ Sections (``--only``, comma-separated):
     above the 1-call step's of the same ramp; the ramp ends at the first
     step not held. Each answerer is ramped ``--repeats`` times, a fresh
     process each time, the answerers' ramps interleaved round by round in a
-    rotated order; per step the medians over the ramps (a ramp that ended
-    before a step counts as not holding it), and an answerer holds a step if
-    the medians do (and all steps below it).
+    rotated order; per step the medians over the ramps that got to it, and
+    an answerer holds a step if most of the ramps hold it (and all steps
+    below it). A step not held while the caller's own sends were more than
+    10 ms late is measured again, at most twice: other processes held the
+    caller up.
 ``setup``
     Call set-up and tear-down without media: sipp's ``uac`` scenario
     (INVITE with SDP, 200, ACK, BYE, 200) at ``--rate`` calls/s, which every
@@ -240,6 +242,7 @@ def media_section(
                 "send_lag_max_ms": _med([s["send_lag_ms"].get("max") for s in have]),
                 "caller_drops": sum(s["caller_drops"] for s in have),
                 "setup_failed": sum(s["setup_failed"] for s in have),
+                "remeasured": sum(s.get("attempts", 1) - 1 for s in have),
             }
             # held: by most of the ramps (one that ended before this step did not hold it)
             row["held"] = 2 * row["held_in"] > len(got)
@@ -374,9 +377,10 @@ def report(res: dict[str, Any]) -> list[str]:
             "are medians over the ramps that got to the step. A ramp holds a step with "
             f"loss < {MAX_LOSS_PCT:g} % and a mean round trip less than "
             f"{MAX_ADDED_DELAY_MS:g} ms above its 1-call step's, and ends at the first step "
-            "it does not hold; an answerer holds a step that most of its ramps held (and "
-            "every step below). CPU: the answerer's share of one core (of which in the "
-            "kernel), the caller's.",
+            "it does not hold (measured again, at most twice, when the caller's own sends "
+            "were more than 10 ms late: other processes had the cores); an answerer holds a "
+            "step that most of its ramps held (and every step below). CPU: the answerer's "
+            "share of one core (of which in the kernel), the caller's.",
             "",
             "| answerer | calls | held in (ramps) | loss % | added delay ms | p95 RTT ms "
             "| answerer CPU % (sys) | caller CPU % | caller max send lag ms |",
