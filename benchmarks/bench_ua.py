@@ -409,6 +409,7 @@ def report(res: dict[str, Any]) -> list[str]:
             us = _num(there.get("answerer_us_per_packet"), ".1f")
             out.append(f"| {a['label']} | **{at_least}{a['highest_held']:,}** | {us} | {why} |")
         out.append("")
+        out += equal_load_table(media["answerers"])
     setup = res.get("setup")
     if setup:
         r0 = setup[0]
@@ -436,6 +437,33 @@ def report(res: dict[str, Any]) -> list[str]:
     if res.get("chart"):
         out += ["", f"![The user agent with media]({res['chart']})"]
     return out
+
+
+def equal_load_table(answerers: dict[str, Any]) -> list[str]:
+    """CPU per echoed packet of netsip and Perl at the same number of calls: the
+    highest step both held (less sensitive to the machine's noise than the counts)."""
+    perl = answerers.get("perl")
+    if perl is None:
+        return []
+    out = [
+        "CPU per echoed packet at equal load (the highest step both held):",
+        "",
+        "| answerer | calls | netsip µs/packet | Perl µs/packet | Perl / netsip |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind in ("netsip", "listen.py"):
+        a = answerers.get(kind)
+        if a is None:
+            continue
+        n = min(a["highest_held"], perl["highest_held"])
+        mine = next((r for r in a["rows"] if r["calls"] == n), None)
+        theirs = next((r for r in perl["rows"] if r["calls"] == n), None)
+        if not n or mine is None or theirs is None:
+            continue
+        x, y = mine["answerer_us_per_packet"], theirs["answerer_us_per_packet"]
+        ratio = f"{y / x:.2f}x" if x and y else "n/a"
+        out.append(f"| {a['label']} | {n:,} | {_num(x, '.1f')} | {_num(y, '.1f')} | {ratio} |")
+    return [*out, ""]
 
 
 def chart(res: dict[str, Any], path: str) -> bool:
