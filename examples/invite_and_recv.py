@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     done: list[bool] = []
     call = ua.invite(
         args.to,
-        # Perl: rtp('recv_echo', $outfile, 0): record to the file, echo nothing back
+        # Perl: rtp('recv_echo', $outfile, 0): record to the file and echo it back
+        # at once (a delay of -1 would not echo)
         init_media=ua.rtp("recv_echo", args.outfile, 0),
         recv_bye=lambda *_: done.append(True),
     )

@@ -8,21 +8,31 @@ header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
 (``Dispatcher``), :mod:`netsip.transaction` (``TransactionClient``),
 :mod:`netsip.endpoint` (``Endpoint``), and the user agent: :mod:`netsip.sdp`,
 :mod:`netsip.dtmf`, :mod:`netsip.rtp` and :mod:`netsip.simple` (``Simple``,
-``Call``). The
+``Call``); the servers: :mod:`netsip.registrar`, :mod:`netsip.authorize`,
+:mod:`netsip.proxy` (``StatelessProxy``), :mod:`netsip.redirect`,
+:mod:`netsip.chain` (``ReceiveChain``), :mod:`netsip.blocker` and
+:mod:`netsip.dropper`. The
 names re-exported here are the public API. :mod:`netsip.testing` holds
 helpers for testing applications built on netsip (import it by name).
 """
 
 from __future__ import annotations
 
+from netsip.authorize import Authorize, users_from_file
+from netsip.blocker import Blocker
+from netsip.chain import ReceiveChain
 from netsip.digest import HA1, NonceCounter, Verdict, make_challenge, verify
 from netsip.dispatcher import Dispatcher, QueueEntry
+from netsip.dropper import ByField, ByIPPort, Dropper
 from netsip.dtmf import dtmf_extractor, dtmf_generator
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoop, TimerEvent
 from netsip.framing import FramingError
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
+from netsip.proxy import StatelessProxy
+from netsip.redirect import Redirect
+from netsip.registrar import Binding, MemoryStore, Registrar, RegistrationStore
 from netsip.rtp import media_recv_echo, media_send_recv
 from netsip.sdp import SDP, SDPError
 from netsip.simple import Call, Simple
@@ -38,24 +48,36 @@ __all__ = [
     "HA1",
     "SDP",
     "Addr",
+    "Authorize",
+    "Binding",
+    "Blocker",
+    "ByField",
+    "ByIPPort",
     "Call",
     "ClientTransaction",
     "Context",
     "Dispatcher",
+    "Dropper",
     "Endpoint",
     "EventLoop",
     "FramingError",
     "Leg",
+    "MemoryStore",
     "NetSIPError",
     "NonceCounter",
     "Packet",
     "PacketError",
     "QueueEntry",
+    "ReceiveChain",
+    "Redirect",
+    "Registrar",
+    "RegistrationStore",
     "Request",
     "Response",
     "SDPError",
     "Simple",
     "SocketPool",
+    "StatelessProxy",
     "TimerEvent",
     "TransactionClient",
     "Var",
@@ -69,5 +91,6 @@ __all__ = [
     "make_challenge",
     "media_recv_echo",
     "media_send_recv",
+    "users_from_file",
     "verify",
 ]

@@ -14,6 +14,25 @@ callbacks ``cb_final``, ``cb_preliminary``, ``cb_established``,
 ``cb_invite``, ``cb_dtmf``, ``cb_notify``, ``cb_message``, ``cb_noanswer``,
 ``cb_rtp_done``, ``recv_bye``, ``send_bye``, ``cb_cleanup``.
 
+Parameters beyond Net::SIP (see :mod:`netsip._callext`):
+
+``prack``
+    reliable provisional responses (RFC 3262): ``"off"``, ``"supported"``
+    (the default: ``Supported: 100rel``, reliable 18x when the caller
+    supports it) or ``"required"`` (``Require: 100rel``; a caller without it
+    gets 421).
+``provisional``, ``answer_after``
+    (called side) a 180 or 183 sent before the 2xx (a 183 carries our
+    answer: early media), and the seconds until the 2xx (default 0; None
+    waits for :meth:`Call.accept`). The 2xx waits for the PRACKs too.
+``session_expires``, ``min_se``, ``session_refresh``, ``session_refresher``
+    session timers (RFC 4028): the interval to ask for (None: none, but the
+    peer's is honoured), the smallest accepted (default 90, 422 below it),
+    ``"update"`` (default) or ``"invite"`` to refresh with, who should
+    refresh (``"uac"``/``"uas"``).
+
+:meth:`Call.update` sends an UPDATE (RFC 3311) with or without a new offer.
+
 Offer and answer (RFC 3264, through :mod:`netsip.sdp`):
 
 - an INVITE carries our offer (one audio stream, the codec of ``rtp_param``
@@ -23,8 +42,12 @@ Offer and answer (RFC 3264, through :mod:`netsip.sdp`):
 - an incoming INVITE (or re-INVITE) with an offer gets the answer in the 2xx;
   one without a body gets our offer in the 2xx, and the ACK carries the
   answer;
-- an UPDATE (RFC 3311) with an offer is answered in its 200;
-- a 183 with SDP starts early media; the 2xx restarts it.
+- an UPDATE (RFC 3311) with an offer is answered in its 200 (491 while our
+  own offer is pending);
+- a 183 with SDP starts early media; the 2xx restarts it. With 100rel the
+  answer (or, after an INVITE without one, the offer) is in the reliable
+  18x, the PRACK carries the answer to such an offer, and the 2xx carries
+  no SDP.
 
 Differences from Net::SIP:
 
@@ -38,6 +61,8 @@ Differences from Net::SIP:
   once (Perl keeps them until :meth:`Call.cleanup`).
 - INFO, MESSAGE and UPDATE in a call are answered (200, or 415/488), with the
   callbacks ``cb_info`` and ``cb_message``; an unknown method gets 501.
+- PRACK, UPDATE sending, session timers, Require/Supported checks (420,
+  421) and :meth:`Call.accept` are new: Net::SIP has none of them.
 - :meth:`Call.dtmf` refuses (``ValueError``) when no media runs, instead of
   blocking forever.
 """
@@ -47,44 +72,31 @@ from __future__ import annotations
 import errno as errnos
 import logging
 import secrets
-import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from netsip._callext import (
+    ALLOW,
+    MAX_GLARE_RETRIES,
+    SUPPORTED,
+    CallExtensions,
+    EndpointCallback,
+)
+from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, sdp_of
 from netsip._dialog import Context
+from netsip._session_timer import uac_result
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet, Request, Response
-from netsip.rtp import DTMFRequest, MediaArgs, MediaSession, create_rtp_sockets
-from netsip.sdp import (
-    PCMA,
-    PCMU,
-    SDP,
-    TELEPHONE_EVENT,
-    Codec,
-    Negotiated,
-    SDPError,
-    answer,
-    negotiate,
-    offer,
-    sdp_from_body,
-)
+from netsip.rtp import DTMFRequest, MediaSession
+from netsip.sdp import SDPError
 from netsip.util import Addr, Var, invoke_callback
 
+__all__ = ["ALLOW", "DEFAULT_RTP_PARAM", "SUPPORTED", "Call", "UserAgent"]
+
 log = logging.getLogger(__name__)
-
-#: the endpoint's context callback: (endpoint, ctx, error, code, packet, leg, from_)
-EndpointCallback = Callable[
-    [Endpoint, Context, int, int, "Packet | None", "Leg | None", "Addr | None"], None
-]
-
-#: Perl's default ``rtp_param``: PCMU/8000, 160 bytes every 20 ms
-DEFAULT_RTP_PARAM: tuple[int, int, float] = (0, 160, 0.02)
-_STATIC_CODECS = {0: PCMU, 8: PCMA}
-#: the methods a call answers in its dialog (Allow of its responses)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, UPDATE"
 
 
 class UserAgent(Protocol):
@@ -105,7 +117,7 @@ class UserAgent(Protocol):
     def forget_call(self, call: Call) -> None: ...
 
 
-class Call:
+class Call(CallExtensions):
     """A call: its context, its media sockets and session, its callbacks.
 
     Args:
@@ -115,6 +127,8 @@ class Call:
             ``route``).
         param: the connection parameters (see the module docstring).
     """
+
+    ua: UserAgent
 
     def __init__(
         self, ua: UserAgent, ctx: Context | str | Mapping[str, Any], param: Mapping[str, Any] | None
@@ -139,13 +153,16 @@ class Call:
         cb = self.param.pop("cb_cleanup", None)
         if cb is not None:
             self._cleanup.append(lambda call: invoke_callback(cb, call))
-        self._sockets: list[tuple[socket.socket, socket.socket] | None] = []
-        self._local_sdp: SDP | None = None  # our last SDP
+        self._sockets = []
+        self._local_sdp = None  # our last SDP
         self._session_id = secrets.randbelow(2**62)  # o= of our SDPs (RFC 8866 5.2)
         self._offer_pending = False  # our offer is out (in a 2xx or an INVITE)
         self.closed = False
         self.established = False
         self.error: str | None = None
+        self._init_extensions()
+        self._invite_sent: tuple[bytes | None, dict[str, str]] | None = None
+        self._glare_retries = 0
 
     # ------------------------------------------------------------ parameters
 
@@ -164,11 +181,6 @@ class Call:
         ctx = self.context
         return ctx.peer() if ctx is not None else ""
 
-    @property
-    def context(self) -> Context | None:
-        """The endpoint's context of the call (None before the first INVITE)."""
-        return self.ctx if isinstance(self.ctx, Context) else None
-
     # --------------------------------------------------------------- INVITE
 
     def reinvite(self, **args: Any) -> Context | None:
@@ -177,6 +189,9 @@ class Call:
         ``args`` are merged into the parameters. Without ``cb_final`` this
         waits in the loop until the final response (and CANCELs the INVITE
         after ``ring_time`` seconds when given, calling ``cb_noanswer``).
+        A 422 is answered by asking again with the peer's Min-SE (RFC 4028
+        7.4), a 491 to a re-INVITE by offering again later (RFC 3261 14.1);
+        ``cb_final`` gets the outcome of the last try.
 
         Returns:
             The context, or None if the INVITE could not be sent.
@@ -186,6 +201,14 @@ class Call:
         if clear:
             self._clear_sdp()
         param.update(args)
+        ctx = self.context
+        # (first: a bad prack or session timer parameter raises ValueError here)
+        try:
+            headers = self._extension_headers(initial=ctx is None or not ctx.established)
+        except ValueError:
+            if ctx is None:
+                self.cleanup()  # (a call that never started is forgotten)
+            raise
         if param.get("leg") is None:
             param["leg"] = self.ua.leg_for(self._target())
         body = None
@@ -197,15 +220,14 @@ class Call:
         blocking = param.get("cb_final") is None
         if blocking:
             param["cb_final"] = stop
-        headers = dict(param.get("sip_header") or {})
+        headers.update(param.get("sip_header") or {})
         if body is not None:
             headers.setdefault("content-type", "application/sdp")
         try:
-            ctx = self.endpoint.invite(
-                self.ctx or {}, self._invite_response, body, leg=param["leg"], headers=headers
-            )
+            ctx = self._send_invite(body, headers)
         except (ValueError, OverflowError) as exc:
             self.error = str(exc)
+            self._offer_pending = False
             log.warning("INVITE not sent: %s", exc)
             if blocking:
                 param["cb_final"] = None
@@ -219,6 +241,15 @@ class Call:
                     self.endpoint.cancel_invite(ctx, None, self._no_answer(stop))
             self.ua.loop(None, stop)
             param["cb_final"] = None
+        return ctx
+
+    def _send_invite(self, body: bytes | None, headers: dict[str, str]) -> Context:
+        """Send an INVITE of this call (kept for a retry after 422)."""
+        self._invite_sent = (body, headers)
+        ctx = self.endpoint.invite(
+            self.ctx or {}, self._invite_response, body, leg=self.param["leg"], headers=headers
+        )
+        self.ctx = ctx
         return ctx
 
     def _target(self) -> str:
@@ -239,28 +270,6 @@ class Call:
 
         return self._on_final(cancelled)
 
-    def _on_final(self, handler: Callable[[int, int, Packet | None], object]) -> EndpointCallback:
-        """An endpoint callback for a request of ours: ``handler(err, code,
-        packet)`` gets its final outcome (provisional responses are skipped),
-        requests of the peer go to :meth:`receive` (the callback of a request
-        becomes the context's)."""
-
-        def callback(  # noqa: PLR0917  (the endpoint's callback arguments)
-            endpoint: Endpoint,
-            ctx: Context,
-            err: int,
-            code: int,
-            packet: Packet | None,
-            leg: Leg | None,
-            from_: Addr | None,
-        ) -> None:
-            if isinstance(packet, Request) and not err:
-                self.receive(endpoint, ctx, err, code, packet, leg, from_)
-            elif not 100 <= code < 200:
-                handler(err, code, packet)
-
-        return callback
-
     def _invite_response(  # noqa: PLR0917  (the endpoint's callback arguments)
         self,
         endpoint: Endpoint,
@@ -276,6 +285,10 @@ class Call:
             self.receive(endpoint, ctx, err, code, packet, leg, from_)
             return
         param = self.param
+        if code == 422 and isinstance(packet, Response) and self._invite_again(ctx, packet):
+            return
+        if code == 491 and ctx.established and self._reinvite_after_glare():
+            return
         if err:
             if code != 487 and err != errnos.ECANCELED:
                 self.error = f"Failed with error {err}" + (f" code={code}" if code else "")
@@ -287,8 +300,8 @@ class Call:
         if packet is None:
             return
         if code < 200:
-            if code != 100 and packet.body():
-                self._early_media(packet)
+            if code != 100 and isinstance(packet, Response) and not self._provisional(ctx, packet):
+                return  # (a reliable 18x again: not processed further, RFC 3262 4)
             invoke_callback(param.get("cb_preliminary"), self, code, packet)
             return
         if code >= 300:
@@ -296,16 +309,67 @@ class Call:
             invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
             self._failed(ctx)
             return
-        self.rtp_cleanup()
         if not self._peer_sdp_from_2xx(ctx, packet):
             invoke_callback(param.get("cb_final"), "FAIL", self, {"code": code, "packet": packet})
             if not ctx.closed:
                 self.bye()
             return
         self.established = True
+        self._glare_retries = 0
+        self._peer_allow(packet)
+        if isinstance(packet, Response):
+            self._apply_timer(uac_result(self._asked_se, packet), we_sent=True)
         # media first, so that cb_final can send DTMF at once (Perl: the other order)
         self._start_media()
         invoke_callback(param.get("cb_final"), "OK", self, {"packet": packet})
+
+    def _invite_again(self, ctx: Context, response: Response) -> bool:
+        """A 422 to our INVITE: send it again with the peer's Min-SE (RFC 4028 7.4)."""
+        more = self._retry_422(response)
+        if more is None or self._invite_sent is None:
+            return False
+        body, headers = self._invite_sent
+        headers = {**headers, **more}
+        try:
+            self._send_invite(body, headers)
+        except (ValueError, OverflowError) as exc:
+            log.warning("INVITE not sent again after 422: %s", exc)
+            return False
+        return True
+
+    def _reinvite_after_glare(self) -> bool:
+        """A 491 to our re-INVITE (RFC 3261 14.1): the same offer again later."""
+        sent = self._invite_sent
+        if sent is None or self._glare_retries >= MAX_GLARE_RETRIES:
+            return False
+        self._glare_retries += 1
+        self._offer_pending = False
+        hold = self._offer_hold
+
+        def again() -> None:
+            # a new offer: the SDP may have changed meanwhile (the peer's
+            # re-INVITE went first), and its version goes up (RFC 3264 8)
+            body, headers = sent
+            try:
+                headers = {**headers, **self._extension_headers(initial=False)}
+                if body is not None:
+                    self.param["call_on_hold"] = hold
+                    body = bytes(self._local_offer())
+                    self._offer_pending = True
+                self._send_invite(body, headers)
+            except (ValueError, OverflowError) as exc:
+                self._offer_pending = False
+                log.info("re-INVITE not sent again: %s", exc)
+                info = {"code": 491, "packet": None}
+                invoke_callback(self.param.get("cb_final"), "FAIL", self, info)
+
+        self._after_glare(again)
+        return True
+
+    def _peer_allow(self, packet: Packet) -> None:
+        allow = packet.get_headers("allow")
+        if allow:
+            self._peer_methods = frozenset(m.strip().upper() for m in allow)
 
     def _failed(self, ctx: Context) -> None:
         # a call that never got established frees its media at once
@@ -315,11 +379,16 @@ class Call:
     def _peer_sdp_from_2xx(self, ctx: Context, response: Packet) -> bool:
         """The SDP of a 2xx: the answer to our offer, or (sdp_on_ack) an offer."""
         try:
-            peer = _sdp_of(response)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(response)
+        except BodyRejectedError as exc:
             self.error = exc.reason
             log.warning("unusable body in the 2xx of %s: %s", ctx.callid, exc.reason)
             return False
+        if self._early_done:
+            # offer and answer were exchanged reliably before (RFC 3262 5):
+            # a 2xx may repeat the SDP, and it is no new offer
+            self._early_done = False
+            return peer is None or self._set_peer(peer)
         if self._offer_pending:
             self._offer_pending = False
             if peer is None:
@@ -341,19 +410,6 @@ class Call:
             ctx.ack.set_body(bytes(ours))
             ctx.ack.set_header("content-type", "application/sdp")
         return self._set_peer(peer)
-
-    def _early_media(self, response: Packet) -> None:
-        """A 18x with SDP: the answer, early (RFC 3261 13.2.1, RFC 3960)."""
-        try:
-            peer = _sdp_of(response)
-        except _BodyRejectedError as exc:
-            log.info("unusable body in %s: %s", response, exc.reason)
-            return
-        if peer is None or not self._offer_pending:
-            return
-        self.rtp_cleanup()
-        if self._set_peer(peer):
-            self._start_media()
 
     # -------------------------------------------------------------- requests
 
@@ -488,7 +544,9 @@ class Call:
         elif method == "ACK":
             self._ack(ctx, packet)
         elif method == "UPDATE":
-            self._update(ctx, packet, leg, from_)
+            self._update_received(ctx, packet, leg, from_)
+        elif method == "PRACK":
+            self._prack(ctx, packet, leg, from_)
         elif method == "OPTIONS":
             self._respond(ctx, packet.create_response(200, headers=self.ua.options), leg, from_)
         elif method in ("NOTIFY", "INFO", "MESSAGE"):
@@ -500,9 +558,6 @@ class Call:
             resp = packet.create_response(501, headers={"allow": ALLOW})
             self._respond(ctx, resp, leg, from_)
 
-    def _respond(self, ctx: Context, response: Response, leg: Leg, from_: Addr) -> None:
-        self.endpoint.new_response(ctx, response, leg, from_)
-
     def _incoming_invite(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
         """An INVITE or re-INVITE: answer its offer, or offer in the 2xx."""
         param = self.param
@@ -510,9 +565,20 @@ class Call:
             self._clear_sdp()
         if param.get("leg") is None:
             param["leg"] = leg
+        self._peer_allow(request)
+        if ctx.established and self._offer_pending:
+            # RFC 3311 5.2 (and RFC 3261 14.2): our offer (an UPDATE) is pending
+            self._respond(ctx, request.create_response(491), leg, from_)
+            return
+        checked = self._check_extensions(request, initial=not ctx.established)
+        if isinstance(checked, Response):
+            self._respond(ctx, checked, leg, from_)
+            if not ctx.established:
+                self.cleanup()
+            return
         try:
-            peer = _sdp_of(request)
-        except _BodyRejectedError as exc:
+            peer = sdp_of(request)
+        except BodyRejectedError as exc:
             log.info("INVITE %s rejected: %s", ctx.callid, exc.reason)
             resp = request.create_response(exc.code, headers=exc.headers)
             self._respond(ctx, resp, leg, from_)
@@ -520,6 +586,7 @@ class Call:
                 self.cleanup()
             return
         try:
+            offered = peer is None
             if peer is None:
                 sdp = self._local_offer()
                 self._offer_pending = True
@@ -538,9 +605,7 @@ class Call:
             resp = request.create_response(
                 200, headers={"content-type": "application/sdp"}, body=bytes(sdp)
             )
-        self._respond(ctx, resp, leg, from_)
-        if resp.code() >= 300 and not ctx.established:
-            self.cleanup()
+        self._answer_invite(ctx, request, leg, from_, resp, checked, offered)
 
     def _ack(self, ctx: Context, request: Request) -> None:
         """The ACK of our 2xx: the call (or its new session) is established."""
@@ -548,221 +613,24 @@ class Call:
             # our offer went in the 2xx: the answer is in the ACK (13.3.1.1)
             self._offer_pending = False
             try:
-                peer = _sdp_of(request)
-            except (SDPError, _BodyRejectedError) as exc:  # (answer or body)
+                peer = sdp_of(request)
+            except (SDPError, BodyRejectedError) as exc:  # (answer or body)
                 log.warning("unusable SDP answer in the ACK of %s: %s", ctx.callid, exc)
                 peer = None
             if peer is None or not self._set_peer(peer):
                 log.warning("no SDP answer in the ACK of %s: BYE", ctx.callid)
                 self.bye()
                 return
-        self.rtp_cleanup()
         self.established = True
         self._start_media()
         invoke_callback(self.param.get("cb_established"), "OK", self)
-
-    def _update(self, ctx: Context, request: Request, leg: Leg, from_: Addr) -> None:
-        """UPDATE (RFC 3311): an offer answered in its 200, media restarted."""
-        try:
-            peer = _sdp_of(request)
-        except _BodyRejectedError as exc:
-            self._respond(ctx, request.create_response(exc.code, headers=exc.headers), leg, from_)
-            return
-        if peer is None:
-            self._respond(ctx, request.create_response(200), leg, from_)
-            return
-        try:
-            sdp = self._local_answer(peer)
-        except SDPError as exc:
-            log.info("UPDATE in %s: %s: 488", ctx.callid, exc)
-            self._respond(ctx, request.create_response(488), leg, from_)
-            return
-        headers = {"content-type": "application/sdp"}
-        self._respond(
-            ctx, request.create_response(200, headers=headers, body=bytes(sdp)), leg, from_
-        )
-        self.rtp_cleanup()
-        if self._set_peer(peer):
-            self._start_media()
-
-    # ----------------------------------------------------------------- SDP
-
-    def _clear_sdp(self) -> None:
-        for key in ("sdp", "sdp_peer", "media_lsocks"):
-            self.param.pop(key, None)
-        self._local_sdp = None
-        self._close_sockets()
-
-    def _laddr(self) -> str:
-        leg = self.param.get("leg")
-        if isinstance(leg, Leg):
-            return leg.laddr(0)
-        return self.ua.default_leg().laddr(0)
-
-    def _codecs(self) -> list[Codec]:
-        """The codec of ``rtp_param`` (PCMU by default), then telephone-event."""
-        rp = tuple(self.param.get("rtp_param") or DEFAULT_RTP_PARAM)
-        codec = _STATIC_CODECS.get(int(rp[0]), PCMU)
-        if len(rp) > 3 and rp[3]:
-            name, _, clock = str(rp[3]).partition("/")
-            codec = Codec(name, int(clock) if clock.isdigit() else 8000)
-        return [codec, TELEPHONE_EVENT]
-
-    def _versioned(self, sdp: SDP) -> SDP:
-        """``sdp`` as the next version of our session (RFC 3264 5, 8: same
-        session id, the version one up)."""
-        prev = self._local_sdp
-        version = (prev.version() or 0) + 1 if prev is not None else 1
-        lines = []
-        for kind, value in sdp.lines:
-            parts = value.split()
-            if kind == "o" and len(parts) >= 3:
-                parts[1], parts[2] = str(self._session_id), str(version)
-            lines.append((kind, " ".join(parts) if kind == "o" else value))
-        sdp.lines = lines
-        return sdp
-
-    def _ensure_sockets(self, count: int) -> list[int]:
-        """RTP/RTCP socket pairs for ``count`` streams; their RTP ports."""
-        given = self.param.get("media_lsocks")
-        if given is not None:
-            self._sockets = list(given)
-        while len(self._sockets) < count:
-            _port, pairs = create_rtp_sockets(self._laddr(), 1)
-            self._sockets.extend(pairs)
-        self.param["media_lsocks"] = self._sockets
-        return [pair[0].getsockname()[1] if pair is not None else 0 for pair in self._sockets]
-
-    def _hold(self) -> str | None:
-        hold = self.param.get("call_on_hold")
-        self.param["call_on_hold"] = False  # (one-shot, as in Perl)
-        if not hold:
-            return None
-        return "inactive" if hold == "inactive" else "sendonly"
-
-    def _local_offer(self) -> SDP:
-        """Our offer: the ``sdp`` parameter, or one audio stream on new sockets."""
-        hold = self._hold()
-        given = self.param.get("sdp")
-        if given is not None and self._local_sdp is None:
-            sdp = given if isinstance(given, SDP) else SDP.new_from_string(str(given))
-            if self.param.get("media_lsocks") is None:
-                raise ValueError("an sdp parameter needs media_lsocks (its sockets) too")
-            self._sockets = list(self.param["media_lsocks"])
-        else:
-            ports = self._ensure_sockets(1)
-            sdp = self._versioned(
-                offer(
-                    addr=self._laddr(),
-                    media=[("audio", ports[0])],
-                    codecs=self._codecs(),
-                    direction=hold or "sendrecv",
-                )
-            )
-        self._local_sdp = sdp
-        self.param["sdp"] = sdp
-        return sdp
-
-    def _local_answer(self, peer: SDP) -> SDP:
-        """Our answer to the peer's offer, on our sockets (one pair per m-line)."""
-        hold = self._hold()
-        ports = self._ensure_sockets(len(peer.media))
-        sdp = self._versioned(
-            answer(
-                peer,
-                addr=self._laddr(),
-                ports=ports[: len(peer.media)],
-                codecs=self._codecs(),
-                direction=hold,
-            )
-        )
-        self._local_sdp = sdp
-        self.param["sdp"] = sdp
-        return sdp
-
-    def _set_peer(self, peer: SDP) -> bool:
-        """Take the peer's SDP for the session; False if unusable."""
-        local = self._local_sdp
-        if local is None:
-            self.error = "no local SDP"
-            return False
-        if len(peer.media) != len(local.media):
-            self.error = "Unexpected number of media entries in SDP from peer"
-            log.warning("%s", self.error)
-            return False
-        self.param["sdp_peer"] = peer
-        return True
-
-    # --------------------------------------------------------------- media
-
-    def _start_media(self) -> None:
-        """Start ``init_media`` with what both SDPs negotiated."""
-        local, peer = self._local_sdp, self.param.get("sdp_peer")
-        init = self.param.get("init_media")
-        if local is None or not isinstance(peer, SDP) or init is None:
-            return
-        streams = negotiate(local, peer)
-        args = self._media_args(streams)
-        try:
-            self.media = invoke_callback(init, self, args)
-        except (OSError, ValueError) as exc:
-            log.warning("media for %s failed: %s", self.get_peer(), exc)
-            self.error = str(exc)
-            self.media = None
-
-    def _media_args(self, streams: list[Negotiated | None]) -> MediaArgs:
-        param = self.param
-        cb_dtmf = param.get("cb_dtmf")
-        wanted = str(param.get("dtmf_methods") or "audio,rfc2833")
-        lsocks: list[tuple[socket.socket, socket.socket] | None] = []
-        raddr: list[tuple[tuple[str, int], tuple[str, int] | None] | None] = []
-        xtract: list[tuple[int | None, int | None] | None] = []
-        rtp_param = tuple(param.get("rtp_param") or DEFAULT_RTP_PARAM)[:3]
-        chosen: tuple[int, int, float] | None = None
-        for i, n in enumerate(streams):
-            pair = self._sockets[i] if i < len(self._sockets) else None
-            if n is None or pair is None:
-                lsocks.append(None)
-                raddr.append(None)
-                xtract.append(None)
-                continue
-            lsocks.append(pair)
-            raddr.append((n.remote, n.remote_rtcp) if n.send and n.remote is not None else None)
-            if chosen is None and n.media == "audio":
-                samples = n.codec.clock * n.ptime // 1000
-                chosen = (n.payload_type, samples, n.ptime / 1000)
-            if n.media == "audio":
-                # (the sender takes the telephone-event type from here too;
-                # the extractor runs only with a cb_dtmf)
-                rfc = n.dtmf_type if "rfc2833" in wanted else None
-                audio = n.payload_type if "audio" in wanted and n.payload_type in (0, 8) else None
-                xtract.append((rfc, audio) if rfc is not None or audio is not None else None)
-            else:
-                xtract.append(None)
-        if chosen is None:
-            chosen = (int(rtp_param[0]), int(rtp_param[1]), float(rtp_param[2]))
-        return MediaArgs(
-            loop=self.ua.eventloop,
-            lsocks=lsocks,
-            raddr=raddr,
-            rtp_param=chosen,
-            dtmf_events=self.dtmf_events,
-            dtmf_xtract=xtract,
-            cb_dtmf=(lambda ev, dur: invoke_callback(cb_dtmf, ev, dur)) if cb_dtmf else None,
-            cb_rtp_done=_callback_or_none(param.get("cb_rtp_done"), self),
-        )
-
-    def rtp_cleanup(self) -> None:
-        """Stop the media session (the sockets stay for the next one)."""
-        media, self.media = self.media, None
-        if media is not None:
-            media.close()
 
     def cleanup(self) -> None:
         """End the call locally: media, sockets, the context, ``cb_cleanup``."""
         if self.closed:
             return
         self.closed = True
+        self._close_extensions()
         self.rtp_cleanup()
         self._close_sockets()
         while self._cleanup:
@@ -774,52 +642,6 @@ class Call:
         # (unsent DTMF is dropped; a blocking dtmf() stops on self.closed)
         self.dtmf_events.clear()
 
-    def _close_sockets(self) -> None:
-        sockets, self._sockets = self._sockets, []
-        self.param.pop("media_lsocks", None)
-        for pair in sockets:
-            if pair is not None:
-                for sock in pair:
-                    sock.close()
-
     def __repr__(self) -> str:
         ctx = self.context
         return f"<Call {ctx.callid if ctx else '(new)'} {self.get_peer()}>"
-
-
-def _callback_or_none(cb: object, call: Call) -> Callable[[], None] | None:
-    if cb is None:
-        return None
-    return lambda: invoke_callback(cb, call)
-
-
-class _BodyRejectedError(ValueError):
-    """A body we cannot take: the status to answer with."""
-
-    def __init__(self, code: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.headers = headers
-
-
-def _sdp_of(packet: Packet) -> SDP | None:
-    """The SDP of a packet's body, None without one.
-
-    Raises:
-        _BodyRejectedError: 415 for a body that holds no SDP, 400 for SDP that
-            does not parse (RFC 3261 21.4.19, 21.4.1).
-    """
-    body = packet.body()
-    if not body:
-        return None
-    ctype = packet.get_header("content-type") or "application/sdp"
-    try:
-        sdp = sdp_from_body(ctype, body)
-    except SDPError as exc:
-        raise _BodyRejectedError(400, f"malformed SDP: {exc}") from None
-    if sdp is None:
-        raise _BodyRejectedError(
-            415, f"no SDP in a {ctype} body", {"accept": "application/sdp, multipart/mixed"}
-        )
-    return sdp

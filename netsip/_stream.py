@@ -32,11 +32,18 @@ How it works:
   delivered are appended to the write buffer and written together after the
   batch.
 
-Differences from Net::SIP: corked writes, ``MAX_WBUF`` and the per-connection
-connect timer are this port's; an exception raised by a receive or
-``sendto`` callback propagates out of the loop, and what it interrupted (the
-messages already read behind it, the other callbacks due) resumes on a
-zero-delay timer instead of being lost or delivered twice.
+Keep-alives: leading CRLFs before a message are skipped (RFC 3261 7.5);
+each double CRLF ("ping", RFC 5626 4.4.1) is answered with one CRLF
+("pong") on the same connection and counts as activity for the idle
+expiry. A ping split across two reads is taken for two single CRLFs and not
+answered (clients send the four bytes in one write).
+
+Differences from Net::SIP: keep-alive pongs (Net::SIP's TODO), corked
+writes, ``MAX_WBUF`` and the per-connection connect timer are this port's;
+an exception raised by a receive or ``sendto`` callback propagates out of
+the loop, and what it interrupted (the messages already read behind it, the
+other callbacks due) resumes on a zero-delay timer instead of being lost or
+delivered twice.
 
 Performance plan. Operations per message: a read (``recv_into``), the
 framing and parse, the callback, the response's append and write. Goal: one
@@ -83,6 +90,9 @@ __all__ = ["StreamTransport"]
 log = get_logger("netsip.socketpool")
 
 _CORK_MAX: Final = 2**16  # bytes coalesced at most before a write (see read)
+#: RFC 5626 4.4.1: the keep-alive a client sends on a stream, and the server's answer
+_PING: Final = b"\r\n\r\n"
+_PONG: Final = b"\r\n"
 
 
 class StreamTransport(ConnTable):
@@ -337,6 +347,17 @@ class StreamTransport(ConnTable):
         loop = self.loop
         try:
             while True:
+                if buf.startswith(_PING, pos):
+                    # RFC 5626 4.4.1: a double CRLF between messages is a
+                    # keep-alive "ping"; the server answers each with a CRLF "pong"
+                    while buf.startswith(_PING, pos):
+                        pos += len(_PING)
+                        self._pong(conn)
+                    scan = pos
+                    if conn.closed:
+                        return
+                    if loop is not None:
+                        conn.didit = loop.looptime
                 try:
                     got = next_message(buf, pos, scan, max_header, max_body)
                 except FramingError as exc:
@@ -376,6 +397,14 @@ class StreamTransport(ConnTable):
                 else:
                     del buf[:pos]
                     conn.scan = conn.need = 0
+
+    def _pong(self, conn: Conn) -> None:
+        """Queue an RFC 5626 4.4.1 "pong" on ``conn`` (written after the read batch)."""
+        conn.wbuf += _PONG
+        conn.queued += len(_PONG)
+        self.wbuf_total += len(_PONG)
+        if conn is not self.corked and not conn.watch_write and not conn.inside_connect:
+            self.flush(conn)
 
     def _resume_extract(self, conn: Conn, _timer: object = None) -> None:
         if not conn.closed and conn.rbuf and len(conn.rbuf) >= conn.need:

@@ -52,7 +52,15 @@ from typing import Any, Final
 from netsip._conn import Conn, Deliver
 from netsip._log import get_logger
 from netsip.eventloop import EV_READ, Callback, EventLoopLike
-from netsip.packet import BodyTruncatedError, Packet, PacketError, truncated_request
+from netsip.packet import (
+    BodyTruncatedError,
+    Packet,
+    PacketError,
+    Request,
+    refused_request,
+    truncated_request,
+    warning,
+)
 from netsip.util import Addr, as_callable, invoke_callback
 
 __all__ = ["Held", "UDPTransport"]
@@ -202,6 +210,8 @@ class UDPTransport:
                 continue
             except PacketError as exc:
                 log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
+                if data[:1] != b"S":  # (a response, "SIP/2.0 ...", is never answered)
+                    self._answer_400(refused_request(data), "Bad Request", exc, sa)
                 continue
             self.deliver(pkt, self._peer_addr(sa))
             if conn.closed or self.loop is None:
@@ -211,12 +221,19 @@ class UDPTransport:
         """RFC 3261 18.3: a datagram that ends before its body: a request gets
         400 (to where it came from, as rport would have it), a response is
         dropped."""
-        request = truncated_request(exc)
         log.info("drop invalid packet from %s:%s: %s", sa[0], sa[1], exc)
+        self._answer_400(truncated_request(exc), "Content-Length Exceeds Body", None, sa)
+
+    def _answer_400(
+        self, request: Request | None, reason: str, exc: PacketError | None, sa: Any
+    ) -> None:
+        """400 for a request the parser refused (RFC 3261 21.4.1), to where
+        it came from, saying why in a Warning; ACKs and responses get none."""
         if request is None or request.method() == "ACK":
             return
+        headers = {"warning": warning(exc)} if exc is not None else None
         try:
-            response = request.create_response(400, "Content-Length Exceeds Body")
+            response = request.create_response(400, reason, headers)
         except PacketError as err:  # (headers too broken to answer)
             log.info("cannot answer the request from %s:%s: %s", sa[0], sa[1], err)
             return

@@ -38,15 +38,18 @@ How it works:
   request's old response: the same credentials, refused again. With
   ``stale=true`` and a new nonce it answers again (``auth`` is asked again:
   nothing here keeps passwords). So a retry loop ends after one refusal.
-- Server (:func:`make_challenge`, :func:`verify`): stateless nonces,
-  ``<time in hex>.<HMAC-SHA-256(secret, "time:realm[:opaque]")>``, so any
-  process holding ``secret`` verifies any other's nonce, and nothing is
-  stored. :func:`verify` checks, in order: credentials for the realm exist
-  (else ``missing``), are well formed, the nonce's HMAC, the ``uri``
-  against the Request-URI (RFC 7616 3.4.6), the response hash (constant
-  time), and only then the nonce's age: an expired nonce with a correct
-  response is ``stale`` (RFC 7616 3.3: stale means the credentials are
-  right but the nonce is old), anything wrong is ``wrong``.
+- Server (:func:`make_nonce`, :func:`make_challenge`, :func:`verify`):
+  stateless nonces, ``<time in hex>.<random>.<HMAC-SHA-256(secret,
+  "time.random:realm[:opaque]")>``, so any process holding ``secret``
+  verifies any other's nonce, and nothing is stored; the random part makes
+  each challenge's nonce unique (a server tracking ``nc`` per nonce, as
+  :mod:`netsip.authorize` does, needs that). :func:`verify` checks, in
+  order: credentials for the realm exist (else ``missing``), are well
+  formed, the nonce's HMAC, the ``uri`` against the Request-URI (RFC 7616
+  3.4.6), the response hash (constant time), and only then the nonce's
+  age: an expired nonce with a correct response is ``stale`` (RFC 7616
+  3.3: stale means the credentials are right but the nonce is old),
+  anything wrong is ``wrong``.
 
 Differences from Net::SIP:
 
@@ -92,7 +95,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol, TypeAlias
@@ -114,7 +117,9 @@ __all__ = [
     "Verdict",
     "answer",
     "authorize",
+    "credentials_realm",
     "make_challenge",
+    "make_nonce",
     "parse_challenges",
     "verify",
 ]
@@ -301,7 +306,9 @@ def _scan(value: str) -> list[tuple[str, dict[str, str]]]:
                 break
             name, raw = pm.group(1).lower(), pm.group(2)
             if raw[:1] == '"':
-                raw = _UNESCAPE_RE.sub(r"\1", raw[1:-1])
+                raw = raw[1:-1]
+                if "\\" in raw:  # (quoted-pairs are rare: skip the regex)
+                    raw = _UNESCAPE_RE.sub(r"\1", raw)
             if name in params:
                 raise _MalformedError(f"{name} twice")
             if len(raw) > MAX_PARAM or _CTL_RE.search(raw):
@@ -744,14 +751,17 @@ def authorize(
         return False
     for hdr, answers in new.items():
         realms = {realm for realm, _ in answers}
-        kept = [v for v in old_values[hdr] if _realm_of(v) not in realms]
+        kept = [v for v in old_values[hdr] if credentials_realm(v) not in realms]
         request.set_header(hdr, kept + [v for _, v in answers])
     _bump_cseq(request, response)
     return True
 
 
-def _realm_of(value: str) -> str | None:
-    """The realm of one credentials value (None if it has none or does not parse)."""
+def credentials_realm(value: str) -> str | None:
+    """The realm of one ``Authorization``/``Proxy-Authorization`` value
+    (None if it has none, holds several credentials, or does not parse):
+    a server removes the credentials of its own realm before passing a
+    request on (RFC 3261 22.3)."""
     try:
         parsed = _scan(value)
     except _MalformedError:
@@ -816,11 +826,19 @@ class Verdict:
         status: see :class:`Status`.
         user: the user the credentials name (None if none could be read).
         algorithm: the algorithm the client used (None without credentials).
+        nonce, nc, qop: what the credentials judged said (None without
+            credentials, ``nc`` and ``qop`` also None for an RFC 2069
+            answer): a server tracking ``nc`` (RFC 7616 3.4, replays within
+            the nonce's age) needs them. Not compared: a verdict is its
+            status, user and algorithm.
     """
 
     status: Status
     user: str | None = None
     algorithm: str | None = None
+    nonce: str | None = field(default=None, compare=False)
+    nc: str | None = field(default=None, compare=False)
+    qop: str | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -833,7 +851,9 @@ class Verdict:
 _CHECKED_AS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {"ACK": ("INVITE",), "CANCEL": ("CANCEL", "INVITE")}
 )
-_NONCE_RE: Final = re.compile(r"([0-9a-f]{1,16})\.([0-9a-f]{64})")
+# <time in hex>.<random>.<HMAC>: the random part makes every challenge's
+# nonce its own (a server counting nc per nonce tells clients apart by it)
+_NONCE_RE: Final = re.compile(r"(([0-9a-f]{1,16})\.[0-9a-f]{16})\.([0-9a-f]{64})")
 
 
 def _secret(secret: bytes | str) -> bytes:
@@ -845,6 +865,22 @@ def _nonce_mac(secret: bytes, stamp: str, realm: str, opaque: str | None) -> str
     return hmac.new(secret, _enc(data), hashlib.sha256).hexdigest()
 
 
+def make_nonce(realm: str, *, secret: bytes | str, opaque: str | None = None, now: float) -> str:
+    """A new nonce: ``<now in hex>.<16 random hex digits>.<HMAC-SHA-256(secret,
+    "now.random:realm[:opaque]")>``. :func:`verify` checks it with ``secret``
+    alone; the random part makes it unique, so that a server counting ``nc``
+    per nonce (RFC 7616 3.4) does not mistake two clients for a replay.
+
+    Args:
+        realm: the realm it is for.
+        secret: the server's key.
+        opaque: the challenge's ``opaque`` (covered by the HMAC).
+        now: the current time in seconds.
+    """
+    stamp = f"{int(now):x}.{secrets.token_hex(8)}"
+    return f"{stamp}.{_nonce_mac(_secret(secret), stamp, realm, opaque)}"
+
+
 def make_challenge(
     realm: str,
     *,
@@ -854,12 +890,14 @@ def make_challenge(
     stale: bool = False,
     opaque: str | None = None,
     now: float,
+    nonce: str | None = None,
 ) -> str:
     """A Digest challenge: the value of a ``WWW-Authenticate`` (401) or
     ``Proxy-Authenticate`` (407) header.
 
-    The nonce is ``<now in hex>.<HMAC-SHA-256(secret, "now:realm[:opaque]")>``:
-    :func:`verify` checks it with ``secret`` alone.
+    The nonce is a new one of :func:`make_nonce`, or ``nonce`` (made by
+    :func:`make_nonce` with the same realm, secret and opaque: the
+    challenges of one response for several algorithms can share one).
 
     Args:
         realm: the protection space, e.g. the domain (RFC 3261 22.1).
@@ -871,10 +909,12 @@ def make_challenge(
         stale: set when :func:`verify` said ``stale``.
         opaque: echoed by the client, covered by the nonce's HMAC.
         now: the current time in seconds (the event loop's ``looptime``).
+        nonce: the nonce to send (default: a new one).
 
     Raises:
-        ValueError: unknown algorithm or qop, ``-sess`` without qop, or a
-            control character in realm or opaque.
+        ValueError: unknown algorithm or qop, ``-sess`` without qop, a
+            control character in realm or opaque, a ``nonce`` not of
+            :func:`make_nonce`.
     """
     alg = ALGORITHMS.get(algorithm.upper())
     if alg is None:
@@ -887,8 +927,10 @@ def make_challenge(
     for what, text in (("realm", realm), ("opaque", opaque or "")):
         if _CTL_RE.search(text):
             raise ValueError(f"a control character in the {what}")
-    stamp = f"{int(now):x}"
-    nonce = f"{stamp}.{_nonce_mac(_secret(secret), stamp, realm, opaque)}"
+    if nonce is None:
+        nonce = make_nonce(realm, secret=secret, opaque=opaque, now=now)
+    elif not _NONCE_RE.fullmatch(nonce):
+        raise ValueError(f"not a nonce of make_nonce: {nonce!r}")
     parts = [f"realm={_quote(realm)}", f'nonce="{nonce}"', f"algorithm={alg.name}"]
     if qop:
         parts.append(f'qop="{",".join(qop)}"')
@@ -949,18 +991,23 @@ def _verify_one(
 ) -> Verdict:
     alg = a.algorithm
 
+    nc = a.nc if a.qop is not None else None
+
+    def verdict(status: Status) -> Verdict:
+        return Verdict(status, a.user, alg.name, nonce=a.nonce, nc=nc, qop=a.qop)
+
     def wrong(why: str, *args: object) -> Verdict:
         log.info("digest: credentials of %r refused: " + why, a.user, *args)
-        return Verdict(Status.WRONG, a.user, alg.name)
+        return verdict(Status.WRONG)
 
     if a.user is None:
         return wrong("no username readable (userhash is not supported)")
     m = _NONCE_RE.fullmatch(a.nonce)
     if m is None:
         return wrong("not our nonce")
-    stamp = m.group(1)
+    stamp = m.group(2)
     if not hmac.compare_digest(
-        _nonce_mac(secret, stamp, a.realm, a.opaque).encode(), m.group(2).encode()
+        _nonce_mac(secret, m.group(1), a.realm, a.opaque).encode(), m.group(3).encode()
     ):
         return wrong("not our nonce (or a different opaque)")
     age = now - int(stamp, 16)
@@ -999,6 +1046,4 @@ def _verify_one(
             break
     else:
         return wrong("wrong response")
-    if age > max_age:
-        return Verdict(Status.STALE, a.user, alg.name)
-    return Verdict(Status.OK, a.user, alg.name)
+    return verdict(Status.STALE if age > max_age else Status.OK)

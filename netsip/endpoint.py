@@ -325,7 +325,8 @@ class Endpoint:
                 ctx.register_via = (leg, dst_addr)
             else:
                 leg, dst_addr = ctx.register_via
-        if leg is None and dst_addr is None and ctx.established:
+        if leg is None and dst_addr is None and (ctx.established or ctx.remote_tag is not None):
+            # (an early dialog too: PRACK and UPDATE go along its route set)
             leg = ctx.leg
             dst_addr = ctx.dialog_route().next_hop(leg) if leg is not None else None
         self._send(ctx, request, ctx.callback, leg, dst_addr)
@@ -734,9 +735,12 @@ class Endpoint:
             return
         if not ctx.established and txn.method == ctx.method:
             # the call or the transaction failed; a CANCEL still on its way
-            # gets its own outcome first (_cancel_done closes then)
-            if not any(t.method == "CANCEL" for t in ctx.transactions):
+            # gets its own outcome first (_cancel_done closes then), and a
+            # retry the callback sent (a 422 answered, RFC 4028 7.4) goes on
+            if not any(t.method in ("CANCEL", ctx.method) for t in ctx.transactions):
                 self.close_context(ctx)
+        elif not ctx.established:
+            pass  # (a request in an early dialog, PRACK or UPDATE: the INVITE decides)
         elif code == 481:
             self.close_context(ctx)  # the dialog is gone
         elif code == 408:

@@ -111,7 +111,9 @@ __all__ = [
     "canonical_header_name",
     "normalize_header_key",
     "parse_stream",
+    "refused_request",
     "truncated_request",
+    "warning",
 ]
 
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
@@ -845,6 +847,42 @@ def _response(parts: Parts) -> Response:
     pkt = _new(Response)
     pkt._set(parts)
     return pkt
+
+
+#: the headers a 400 needs (RFC 3261 8.2.6.2), long and compact names
+_ANSWER_HEADERS = frozenset({"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"})
+
+
+def refused_request(data: bytes) -> Request | None:
+    """The request in a datagram the parser refused, for its 400 (RFC 3261 21.4.1).
+
+    The message again with only Via, From, To, Call-ID and CSeq: enough to
+    answer. None for a response, an ACK (never answered), or headers that
+    are broken even so.
+    """
+    head = data.lstrip(b"\r\n").partition(b"\r\n\r\n")[0]
+    lines: list[str] = []
+    for line in head.decode(ENC, ERRORS).split("\r\n"):
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + line.strip()  # folded (RFC 3261 7.3.1)
+        else:
+            lines.append(line)
+    keep = [lines[0]]
+    keep += (ln for ln in lines[1:] if ln.partition(":")[0].strip().lower() in _ANSWER_HEADERS)
+    try:
+        pkt = Packet.new_from_string(("\r\n".join(keep) + "\r\n\r\n").encode(ENC, ERRORS))
+    except PacketError:
+        return None
+    if not isinstance(pkt, Request) or pkt.method() == "ACK" or not pkt.get_headers("via"):
+        return None
+    return pkt
+
+
+def warning(reason: object, agent: str = "netsip") -> str:
+    """A Warning header value (RFC 3261 20.43) saying ``reason``: code 399,
+    printable ASCII only, at most 100 characters."""
+    text = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in str(reason)[:100])
+    return f'399 {agent} "{text}"'
 
 
 def truncated_request(exc: BodyTruncatedError) -> Request | None:

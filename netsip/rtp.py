@@ -26,10 +26,11 @@ Differences from Net::SIP:
 - WAV input (mu-law, A-law, PCM16 8 kHz mono encoded with
   :mod:`netsip._g711`) and WAV output, see :mod:`netsip._wav`.
 - DTMF is sent and extracted with :mod:`netsip.dtmf` (the hooks
-  ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR`` let tests put fakes in). Only a
-  sending session (``media_send_recv``) sends queued DTMF. A DTMF slot
-  replaces the audio frame of the first stream (RFC 4733 on the negotiated
-  telephone-event type, else in-band).
+  ``_DTMF_GENERATOR``/``_DTMF_EXTRACTOR`` let tests put fakes in). A DTMF
+  slot replaces the audio frame of the first stream (RFC 4733 on the
+  negotiated telephone-event type, else in-band): paced by the send timer
+  in ``media_send_recv``, and by the received packets in an echoing
+  ``media_recv_echo`` (as Perl); a receive-only session sends none.
 """
 
 from __future__ import annotations
@@ -433,6 +434,14 @@ class MediaSession:
                 return  # telephone-event, not audio
         self._write(hdr.payload, hdr.seq, hdr.timestamp, st.channel)
         if self._echo_delay is not None and self._echo_delay >= 0:
+            # queued DTMF replaces the echo while it plays, paced by the
+            # packets that arrive (as Perl's media_recv_echo)
+            if (
+                (self.args.dtmf_events or self._dtmf_req is not None)
+                and st is self.streams[0]
+                and self._send_dtmf()
+            ):
+                return
             st.echo_buf.append(hdr.payload)
             while len(st.echo_buf) > self._echo_delay:
                 st.send(hdr.payload_type, st.echo_buf.popleft(), self.samples)

@@ -30,9 +30,11 @@ Differences from Net::SIP:
 - A registration refreshes itself before it expires (the endpoint's
   ``refresh``); :meth:`Simple.cleanup` does not unregister.
 - ``Simple`` is a context manager (``with Simple(...) as ua``) that cleans up.
-- ``auth_*`` arguments of :meth:`listen` and the ``create_*`` server methods
-  wait for the server modules (registrar, authorize, proxy); until then they
-  raise ``NotImplementedError``.
+- ``auth_*`` arguments of :meth:`listen`, :meth:`create_registrar` and
+  :meth:`create_stateless_proxy` put an :class:`~netsip.authorize.Authorize`
+  in front, in a :class:`~netsip.chain.ReceiveChain`, as in Perl;
+  ``auth_i_am_proxy`` is passed on (Perl drops it, so its proxy challenges
+  with 401 where RFC 3261 22.3 asks for 407).
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from netsip import rtp as rtp_module
-from netsip._call import ALLOW, Call
+from netsip._call import ALLOW, SUPPORTED, Call
 from netsip._dialog import Context, name_addr_uri
+from netsip.authorize import Authorize
+from netsip.chain import ReceiveChain
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Request
+from netsip.proxy import StatelessProxy
+from netsip.registrar import Registrar
 from netsip.util import (
     Addr,
     Proto,
@@ -71,7 +77,7 @@ DEFAULT_OPTIONS: dict[str, str] = {
     "accept": "application/sdp",
     "accept-encoding": "",
     "accept-language": "en",
-    "supported": "",
+    "supported": SUPPORTED,
 }
 
 LegSpec = Leg | str | socket.socket | Mapping[str, Any]
@@ -401,7 +407,7 @@ class Simple:
         call.reinvite(**args)
         return call
 
-    def listen(self, **args: Any) -> Endpoint:
+    def listen(self, **args: Any) -> Endpoint | ReceiveChain:
         """Accept incoming calls (and answer OPTIONS), with ``args`` as each
         call's parameters.
 
@@ -410,19 +416,21 @@ class Simple:
                 (``(from, request) -> bool``), ``cb_create`` (``(call,
                 request, leg, from_)``, a false result rejects the call; a
                 callable result becomes the call's context callback),
-                ``cb_message`` (``(ua, request)`` for MESSAGE outside calls).
+                ``cb_message`` (``(ua, request)`` for MESSAGE outside calls),
+                and ``auth_*``: the arguments of
+                :class:`~netsip.authorize.Authorize` without the prefix
+                (``auth_user2pass``, ``auth_realm``, ...); with them an
+                authorizer checks every request before the endpoint does.
 
         Returns:
-            The endpoint (the last object of a receive chain).
-
-        Raises:
-            NotImplementedError: ``auth_*`` arguments (they need the
-                authorizer of the server modules).
+            The endpoint (the last object of a receive chain), or with
+            ``auth_*`` the receiver made of the authorizer and the endpoint.
         """
-        if any(key.startswith("auth_") for key in args):
-            raise NotImplementedError("auth_* needs netsip.authorize, which is not there yet")
+        auth = self._auth_from(args)
         self._listen_args = dict(args)
-        return self.endpoint
+        if auth is None:
+            return self.endpoint
+        return self.create_chain([auth, self.endpoint])
 
     def _default_application(
         self, endpoint: Endpoint, ctx: Context, request: Any, leg: Leg, from_: Addr
@@ -476,21 +484,56 @@ class Simple:
 
     # ---------------------------------------------------------------- servers
 
-    def create_auth(self, **args: Any) -> Any:
-        """An authorizer (``Net::SIP::Authorize``): not there yet."""
-        raise NotImplementedError("netsip.authorize is not there yet")
+    def create_auth(self, **args: Any) -> Authorize:
+        """An authorizer on this agent's dispatcher (``Net::SIP::Authorize``);
+        ``args`` as for :class:`~netsip.authorize.Authorize`."""
+        return Authorize(dispatcher=self.dispatcher, **args)
 
-    def create_registrar(self, **args: Any) -> Any:
-        """A registrar (``Net::SIP::Registrar``): not there yet."""
-        raise NotImplementedError("netsip.registrar is not there yet")
+    def create_registrar(self, **args: Any) -> Registrar | ReceiveChain:
+        """A registrar on this agent's dispatcher, set as its receiver
+        (``Net::SIP::Registrar``).
 
-    def create_stateless_proxy(self, **args: Any) -> Any:
-        """A stateless proxy (``Net::SIP::StatelessProxy``): not there yet."""
-        raise NotImplementedError("netsip.proxy is not there yet")
+        ``args`` as for :class:`~netsip.registrar.Registrar`, and ``auth_*``
+        (the :class:`~netsip.authorize.Authorize` arguments with the prefix):
+        with them an authorizer checks each REGISTER first, and the result is
+        the chain of the two.
+        """
+        auth = self._auth_from(args)
+        registrar = Registrar(dispatcher=self.dispatcher, **args)
+        if auth is not None:
+            return self.create_chain([auth, registrar], methods=["REGISTER"])
+        self.dispatcher.set_receiver(registrar)
+        return registrar
 
-    def create_chain(self, objects: Sequence[object], **args: Any) -> Any:
-        """A receive chain (``Net::SIP::ReceiveChain``): not there yet."""
-        raise NotImplementedError("netsip.chain is not there yet")
+    def create_stateless_proxy(self, **args: Any) -> StatelessProxy | ReceiveChain:
+        """A stateless proxy on this agent's dispatcher, set as its receiver
+        (``Net::SIP::StatelessProxy``).
+
+        ``args`` as for :class:`~netsip.proxy.StatelessProxy`, and ``auth_*``
+        as for :meth:`create_registrar` (challenging with 407).
+        """
+        args.setdefault("auth_i_am_proxy", True)
+        auth = self._auth_from(args)
+        proxy = StatelessProxy(dispatcher=self.dispatcher, **args)
+        if auth is not None:
+            return self.create_chain([auth, proxy])
+        self.dispatcher.set_receiver(proxy)
+        return proxy
+
+    def create_chain(self, objects: Sequence[object], **args: Any) -> ReceiveChain:
+        """A receive chain of ``objects``, set as the dispatcher's receiver
+        (``Net::SIP::ReceiveChain``; ``args``: ``filter``, ``methods``)."""
+        chain = ReceiveChain(objects, **args)
+        self.dispatcher.set_receiver(chain)
+        return chain
+
+    def _auth_from(self, args: dict[str, Any]) -> Authorize | None:
+        """An authorizer from the ``auth_*`` keys of ``args`` (all removed),
+        or None when there are none but ``auth_i_am_proxy`` (as Perl)."""
+        auth_args = {k[5:]: args.pop(k) for k in list(args) if k.startswith("auth_")}
+        if not auth_args.keys() - {"i_am_proxy"}:
+            return None
+        return self.create_auth(**auth_args)
 
 
 # ------------------------------------------------------------------ helpers

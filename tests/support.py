@@ -723,11 +723,17 @@ def sipp_stats(path: Path) -> dict[str, str]:
 def run_sipp(
     sipp: str, args: list[str], cwd: Path, timeout: float = SIPP_WAIT
 ) -> tuple[int, dict[str, str], str]:
-    """Run sipp to its end; (exit status, final statistics, stderr + error log)."""
+    """Run sipp to its end; (exit status, final statistics, stderr + error log).
+
+    Without ``-p`` in ``args`` sipp gets a free local port (its default,
+    5060, may be taken by another peer).
+    """
     stf = cwd / f"stats-{time.monotonic_ns()}.csv"
+    port = [] if "-p" in args else ["-p", str(free_udp_tcp_port())]
     cmd = [
         sipp,
         *args,
+        *port,
         "-i",
         "127.0.0.1",
         "-nostdin",

@@ -16,7 +16,8 @@ on loopback:
   are exit 1 with the status on one line of stderr; bad arguments exit 2;
 - live peers: Perl's ``examples/bench/listen.pl`` (``Simple->listen`` with
   ``recv_echo``) echoes ``netsip call``'s audio; Perl's
-  ``examples/bench/call.pl`` calls ``netsip answer``; ``netsip answer
+  ``examples/bench/call.pl`` (as ``tests/perl/bench_call.pl``) calls
+  ``netsip answer --echo`` and counts the packets echoed; ``netsip answer
   --register`` at Kamailio (digest) is reached by ``netsip call --proxy``
   through Kamailio (407 proxy authentication, record-routing).
 
@@ -44,21 +45,18 @@ from netsip.cli.answer import record_path
 from netsip.cli.call import check_dtmf
 from netsip.util import Addr
 from tests.support import (
+    ROOT,
     AuthKamailio,
     LineReader,
     Listen,
+    free_port,
     free_udp_tcp_port,
     missing_peer,
     netsip_command,
     require_kamailio,
     require_perl_netsip,
     run_cli,
-)
-
-#: why the Perl bench peers are skipped (issue 15 stays open for them)
-PERL_BENCH_NOT_YET = (
-    "not working yet: Perl's bench/call.pl sends from 127.0.0.1:5060 (it has no option for"
-    " its own address) and prints no statistics in this harness"
+    stop_process,
 )
 
 
@@ -79,6 +77,8 @@ def needs_simple() -> None:
 
 TIMEOUT = 30.0  # upper bound for any single wait on a subprocess
 BENCH = Path("/usr/share/doc/libnet-sip-perl/examples/bench")
+#: Perl's bench/call.pl, fixed to keep its calls and given -L (see its header)
+PERL_BENCH_CALL = ROOT / "tests" / "perl" / "bench_call.pl"
 
 
 def write_tone(path: Path, seconds: float = 0.4, freq: float = 440.0) -> bytes:
@@ -376,36 +376,41 @@ def test_call_perl_bench_listen_echoes(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.interop
-@pytest.mark.skip(reason=PERL_BENCH_NOT_YET)
 def test_perl_bench_call_to_netsip_answer(listen_factory: list[Listen], tmp_path: Path) -> None:
-    """Perl's examples/bench/call.pl (2 parallel calls, RTP both ways) against answer --echo."""
+    """Perl's bench/call.pl (2 parallel calls, RTP both ways) against answer --echo.
+
+    tests/perl/bench_call.pl is Net::SIP's examples/bench/call.pl with its Call
+    objects kept alive (the original drops them, so it never sees its 2xx) and a
+    -L option for its own address (see the script's header).
+    """
     needs_simple()
     perl = require_perl_netsip()
-    script = BENCH / "call.pl"
-    if not script.is_file():
-        missing_peer("Net::SIP's examples/bench/call.pl", "apt-get install libnet-sip-perl")
     srv, addrs = start_answer(listen_factory, tmp_path, "--listen", "udp:127.0.0.1:0")
+    leg = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [perl, str(script), "-P", str(addrs["udp"]), "-T", f"sip:me@{addrs['udp']}",
+        # (stdout unbuffered: the statistics lines arrive as printed)
+        [perl, "-e", "$| = 1; $0 = shift; do $0; die $@ if $@", str(PERL_BENCH_CALL),
+         "-L", leg, "-P", str(addrs["udp"]), "-T", f"sip:me@{addrs['udp']}",
          "-N", "2", "-S", "1"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         reader = LineReader(proc.stdout.fileno(), TIMEOUT)
-        reader.wait_for("All 2 calls connected")
-        # a statistics line with packets echoed back by netsip: pkt=ok/lost/ignored
-        (m,) = reader.wait_for(r"pkt=([1-9]\d*)/")
+        reader.wait_for("^All 2 calls connected")
+        # statistics: seconds pkt=good/lost/ignored delay(ms)=avg/min/max, here
+        # the packets netsip echoed back to call.pl
+        (m,) = reader.wait_for(r"^\s*\d+ pkt=([1-9]\d*)/(\d+)/(\d+) delay\(ms\)=[\d.]+/")
     finally:
-        proc.kill()
-        proc.wait(timeout=TIMEOUT)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc, TIMEOUT)
     out = srv.stop()
     assert srv.returncode == 0
+    # both calls came from the -L address and were answered
+    assert re.findall(r"^call \d+ from .* \((.*)\)$", out, re.M) == [f"udp:{leg}"] * 2, out
     assert "--- netsip answer: 2 calls in" in out
     assert "2 established" in out
-    assert int(m.group(1)) > 0
+    good, lost, ignored = map(int, m.groups())
+    assert good > 0 and lost == 0 and ignored == 0, m.group(0)
 
 
 @pytest.mark.interop

@@ -1589,3 +1589,51 @@ def test_response_method_follows_cseq_changes(ops: list[tuple[str, str, list[str
             want = plain_response_method(r)
             assert r.method() == want
             assert r.method() == want  # (remembered)
+
+
+# ------------------------------------------------- refused requests get a 400
+
+_REFUSED_HEAD = (
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKrefused\r\n"
+    "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\n"
+    "Call-ID: refused-1\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["Expires: 1" + "0" * 40, "Contact: garbage", "Max-Forwards: many", "Contact: <>"],
+)
+def test_refused_request_keeps_what_a_400_needs(bad: str) -> None:
+    data = f"INVITE sip:b@127.0.0.1 SIP/2.0\r\n{_REFUSED_HEAD}CSeq: 1 INVITE\r\n{bad}\r\n\r\n"
+    with pytest.raises(PacketError) as err:
+        Packet.new_from_string(data.encode())
+    req = packet_mod.refused_request(data.encode())
+    assert req is not None and req.method() == "INVITE"
+    resp = req.create_response(400, "Bad Request", {"warning": packet_mod.warning(err.value)})
+    assert resp.get_header("call-id") == "refused-1"
+    assert (resp.get_header("via") or "").endswith("branch=z9hG4bKrefused")
+    assert (resp.get_header("warning") or "").startswith('399 netsip "')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # an ACK is never answered (RFC 3261 17.2.1)
+        f"ACK sip:b@127.0.0.1 SIP/2.0\r\n{_REFUSED_HEAD}CSeq: 1 ACK\r\nContact: <>\r\n\r\n",
+        # a response neither
+        f"SIP/2.0 200 OK\r\n{_REFUSED_HEAD}CSeq: 1 INVITE\r\nContact: <>\r\n\r\n",
+        # nothing to answer with: no Via
+        "INVITE sip:b@127.0.0.1 SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContact: <>\r\n\r\n",
+        # not SIP at all
+        "\x00\x01garbage\r\n\r\n",
+    ],
+)
+def test_refused_request_none_when_nothing_may_be_answered(data: str) -> None:
+    assert packet_mod.refused_request(data.encode()) is None
+
+
+def test_warning_text_is_quoted_printable_ascii_and_bounded() -> None:
+    text = packet_mod.warning('bad "value" \\ \r\n\x00é' + "x" * 200)
+    assert text.startswith('399 netsip "bad ?value? ? ????')
+    assert len(text) == len('399 netsip ""') + 100 and text.endswith('"')

@@ -1,4 +1,4 @@
-"""The ``netsip`` command: listen, options, send, bench, register, call and answer.
+"""The ``netsip`` command: listen, options, send, bench, register, call, answer and proxy.
 
 Net::SIP ships its tools as sample programs (``examples/bin/answer_machine.pl``,
 ``examples/bench/listen.pl`` and ``call.pl``), each a few dozen lines on
@@ -28,6 +28,10 @@ only (:class:`~netsip.leg.Leg`, :class:`~netsip.dispatcher.Dispatcher`,
 :mod:`~netsip.cli.answer`
     accepts calls on :class:`~netsip.simple.Simple`: echo or a file,
     recording, DTMF printed; optionally registered first.
+:mod:`~netsip.cli.proxy`
+    a :class:`~netsip.registrar.Registrar` and a
+    :class:`~netsip.proxy.StatelessProxy`, with digest
+    (:class:`~netsip.authorize.Authorize`) for ``--users``.
 
 Shared pieces are private modules: ``_common`` (errors, exit codes, argument
 types, logging, signals, TLS options), ``_client`` (the target and the UAC's
@@ -54,7 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from netsip import __version__
-from netsip.cli import answer, bench, call, listen, options, register, send
+from netsip.cli import answer, bench, call, listen, options, proxy, register, send
 from netsip.cli._common import EXIT_FAIL, EXIT_OK, CliError, Parents, Parser, logging_to_stderr
 from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
 from netsip.cli.bench import percentile
@@ -78,6 +82,7 @@ _COMMANDS: Final[Mapping[str, Callable[[argparse.Namespace], int]]] = {
     "register": register.cmd_register,
     "call": call.cmd_call,
     "answer": answer.cmd_answer,
+    "proxy": proxy.cmd_proxy,
 }
 
 
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_parser(sub, parents)
     call.add_parser(sub, parents)
     answer.add_parser(sub, parents)
+    proxy.add_parser(sub, parents)
     return ap
 
 

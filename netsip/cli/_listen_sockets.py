@@ -8,6 +8,7 @@ that every worker gets ``SO_REUSEPORT`` twins bound before the fork.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import errno
@@ -15,9 +16,10 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from netsip.cli._common import CliError
+from netsip.cli._common import CliError, make_leg, tls_options
+from netsip.leg import Leg
 from netsip.util import (
     DEFAULT_PORTS,
     PROTOS,
@@ -165,3 +167,50 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // halve
     return got
+
+
+# ------------------------------------------------ the commands that listen
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """``-l/--listen`` and ``--tls-verify-client``, as the answering commands take them."""
+    p.add_argument(
+        "-l",
+        "--listen",
+        action="append",
+        metavar="[PROTO:]ADDR[:PORT]",
+        help="where to listen, repeatable, as for 'netsip listen' "
+        "(default: udp+tcp 127.0.0.1:5060); port 0 picks a free one",
+    )
+    p.add_argument(
+        "--tls-verify-client",
+        type=int,
+        choices=(-1, 0, 1),
+        default=0,
+        help="client certificates: 0 not asked, 1 required, -1 verified if sent",
+    )
+
+
+def server_specs(args: argparse.Namespace) -> tuple[list[ListenSpec], dict[str, Any] | None]:
+    """The ``--listen`` specs (default udp+tcp 127.0.0.1:5060) and the TLS
+    options of the server side, checked against each other."""
+    specs: list[ListenSpec] = []
+    for text in args.listen or ():
+        specs.extend(parse_listen_spec(text))
+    specs = specs or parse_listen_spec("127.0.0.1:5060")
+    tls: dict[str, Any] | None = None
+    if any(s.proto == "tls" for s in specs):
+        if not args.tls_cert:
+            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
+        tls = tls_options(args, server=True)
+    elif args.tls_cert or args.tls_key or args.tls_ca:
+        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+    return specs, tls
+
+
+def make_legs(bound: Bound, tls: dict[str, Any] | None) -> list[Leg]:
+    """A leg on each bound socket (TLS ones with ``tls``)."""
+    return [
+        make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
+        for spec, sock in bound
+    ]

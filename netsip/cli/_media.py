@@ -17,12 +17,12 @@ Net::SIP's ``Net::SIP::Simple::RTP`` reads and writes raw PCMU only.
 
 from __future__ import annotations
 
-import importlib
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+from netsip._g711 import ulaw_decode, ulaw_encode
 from netsip.cli._common import CliError
 
 __all__ = ["FRAME", "SILENCE", "Player", "Recorder", "read_audio"]
@@ -32,11 +32,6 @@ FRAME: Final = 160
 #: a frame of mu-law silence (0xFF encodes the linear value 0)
 SILENCE: Final = b"\xff" * FRAME
 _RATE: Final = 8000
-
-
-def _g711() -> Any:
-    """netsip._g711 (imported when needed until it is on main)."""
-    return importlib.import_module("netsip._g711")
 
 
 def read_audio(path: str, option: str = "--play") -> bytes:
@@ -64,7 +59,7 @@ def read_audio(path: str, option: str = "--play") -> bytes:
             f"{option}: {path}: {rate} Hz, {channels} channel(s), {8 * width}-bit: "
             f"use 8000 Hz mono 16-bit PCM (e.g. sox IN -r 8000 -c 1 -b 16 OUT.wav)"
         )
-    encoded: bytes = _g711().ulaw_encode(pcm[: len(pcm) - len(pcm) % 2])
+    encoded: bytes = ulaw_encode(pcm[: len(pcm) - len(pcm) % 2])
     return encoded
 
 
@@ -122,7 +117,6 @@ class Recorder:
         if not self.path.lower().endswith(".wav"):
             Path(self.path).write_bytes(data)
             return
-        ulaw_decode = _g711().ulaw_decode
         with wave.open(self.path, "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)

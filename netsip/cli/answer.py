@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netsip import rtp
 from netsip._log import get_logger
 from netsip.cli._client import parse_target, peer
 from netsip.cli._common import (
@@ -43,15 +43,20 @@ from netsip.cli._common import (
     SignalStop,
     Subparsers,
     count,
-    make_leg,
     seconds,
     strerror,
-    tls_options,
 )
-from netsip.cli._listen_sockets import ListenSpec, open_listen_sockets, parse_listen_spec
+from netsip.cli._listen_sockets import (
+    ListenSpec,
+    add_server_arguments,
+    make_legs,
+    open_listen_sockets,
+    server_specs,
+)
 from netsip.cli._media import Player, Recorder, read_audio
 from netsip.cli.register import add_credentials, default_aor, sip_uri_arg
 from netsip.eventloop import EventLoop
+from netsip.simple import Simple
 from netsip.util import Addr, Var
 
 __all__ = ["add_parser", "cmd_answer", "record_path"]
@@ -69,14 +74,7 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         "file (--play), record (--record), print DTMF digits; a summary on "
         "Ctrl-C/SIGTERM or after --calls calls.",
     )
-    p.add_argument(
-        "-l",
-        "--listen",
-        action="append",
-        metavar="[PROTO:]ADDR[:PORT]",
-        help="where to listen, repeatable, as for 'netsip listen' "
-        "(default: udp+tcp 127.0.0.1:5060); port 0 picks a free one",
-    )
+    add_server_arguments(p)
     media = p.add_mutually_exclusive_group()
     media.add_argument(
         "--echo", action="store_true", help="send each caller's audio back (the default)"
@@ -123,13 +121,6 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         metavar="S",
         help="seconds to wait for the registrar (default %(default)s)",
     )
-    p.add_argument(
-        "--tls-verify-client",
-        type=int,
-        choices=(-1, 0, 1),
-        default=0,
-        help="client certificates: 0 not asked, 1 required, -1 verified if sent",
-    )
 
 
 def record_path(path: str, number: int) -> str:
@@ -171,25 +162,9 @@ class Stats:
         ]
 
 
-def _specs(args: argparse.Namespace) -> list[ListenSpec]:
-    specs: list[ListenSpec] = []
-    for text in args.listen or ():
-        specs.extend(parse_listen_spec(text))
-    if not specs:
-        specs = parse_listen_spec("127.0.0.1:5060")
-    return specs
-
-
 def cmd_answer(args: argparse.Namespace) -> int:
     """``netsip answer``."""
-    specs = _specs(args)
-    tls: dict[str, Any] | None = None
-    if any(s.proto == "tls" for s in specs):
-        if not args.tls_cert:
-            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
-        tls = tls_options(args, server=True)
-    elif args.tls_cert or args.tls_key or args.tls_ca:
-        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+    specs, tls = server_specs(args)
     if args.password is not None and not args.user:
         raise CliError("--password needs --user")
     registrar = parse_target(args.register, None) if args.register else None
@@ -209,10 +184,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         with SignalStop(loop, stop):
-            legs = [
-                make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
-                for spec, sock in bound
-            ]
+            legs = make_legs(bound, tls)
             status = _serve(args, loop, stop, legs, bound[0][0], from_, audio, stats)
     finally:
         for _, sock in bound:
@@ -239,9 +211,6 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
     audio: bytes | None,
     stats: Stats,
 ) -> int:
-    # (imported here until netsip.simple and netsip.rtp are on main: usage errors work without)
-    rtp = importlib.import_module("netsip.rtp")
-    Simple = importlib.import_module("netsip.simple").Simple  # noqa: N806
 
     host = f"[{first.addr}]" if ":" in first.addr else first.addr
     auth = (args.user, args.password) if args.user and args.password is not None else None

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from netsip import rtp
 from netsip.cli._client import ClientLeg, Target, leg_session, parse_target, peer
 from netsip.cli._common import (
     EXIT_FAIL,
@@ -44,6 +44,7 @@ from netsip.cli._common import (
 from netsip.cli._media import Player, Recorder, read_audio
 from netsip.cli.register import add_credentials, default_aor, sip_uri_arg
 from netsip.packet import Response
+from netsip.simple import Simple
 from netsip.util import Var
 
 __all__ = ["DTMF_DIGITS", "add_parser", "check_dtmf", "cmd_call"]
@@ -181,9 +182,6 @@ def _run(  # noqa: PLR0917  (the command's settings, one sequence of events)
     recorder: Recorder | None,
 ) -> Outcome:
     """Call, wait for the end; the outcome."""
-    # (imported here until netsip.simple and netsip.rtp are on main: usage errors work without)
-    rtp = importlib.import_module("netsip.rtp")
-    Simple = importlib.import_module("netsip.simple").Simple  # noqa: N806
 
     loop = client.loop
     ua = Simple(
