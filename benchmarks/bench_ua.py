@@ -239,6 +239,7 @@ def media_section(
                     [s["answerer_cpu_pct"] * 1e4 / (n * PPS) for s in have]
                 ),
                 "caller_cpu_pct": _med([s["caller_cpu_pct"] for s in have]),
+                "other_cores": _med([s.get("other_cores") for s in have]),
                 "send_lag_max_ms": _med([s["send_lag_ms"].get("max") for s in have]),
                 "caller_drops": sum(s["caller_drops"] for s in have),
                 "setup_failed": sum(s["setup_failed"] for s in have),
@@ -380,11 +381,14 @@ def report(res: dict[str, Any]) -> list[str]:
             "it does not hold (measured again, at most twice, when the caller's own sends "
             "were more than 10 ms late: other processes had the cores); an answerer holds a "
             "step that most of its ramps held (and every step below). CPU: the answerer's "
-            "share of one core (of which in the kernel), the caller's.",
+            "share of one core (of which in the kernel), the caller's, and what the rest "
+            f"of the machine took meanwhile (of {env['cores']} cores: more than a few "
+            "tenths disturbs the figures).",
             "",
             "| answerer | calls | held in (ramps) | loss % | added delay ms | p95 RTT ms "
-            "| answerer CPU % (sys) | caller CPU % | caller max send lag ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| answerer CPU % (sys) | caller CPU % | caller max send lag ms "
+            "| other processes, cores |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for a in media["answerers"].values():
             for row in a["rows"]:
@@ -396,7 +400,8 @@ def report(res: dict[str, Any]) -> list[str]:
                     f"| {_num(row['answerer_cpu_pct'], '.0f')} "
                     f"({_num(row.get('answerer_sys_pct'), '.0f')}) "
                     f"| {_num(row['caller_cpu_pct'], '.0f')} "
-                    f"| {_num(row['send_lag_max_ms'], '.1f')} |"
+                    f"| {_num(row['send_lag_max_ms'], '.1f')} "
+                    f"| {_num(row.get('other_cores'), '.2f')} |"
                 )
         out += ["", "| answerer | highest calls held | CPU µs per echoed packet there "
                 "| the ramps ended by |", "|---|---:|---:|---|"]  # fmt: skip

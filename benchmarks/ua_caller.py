@@ -192,12 +192,24 @@ class Step:
     answerer_cpu_pct: float = 0.0
     answerer_sys_pct: float = 0.0  # of which in the kernel (clock ticks: coarse)
     caller_cpu_pct: float = 0.0
+    other_cores: float = 0.0  # CPU the rest of the machine took meanwhile, in cores
     send_lag_ms: dict[str, float] = field(default_factory=dict)  # mean, max
     caller_drops: int = 0
     setup_failed: int = 0
     setup_s: float = 0.0
     held: bool = True
     attempts: int = 1  # measurements (more when the caller's own sends were late)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes of the machine spent so far (``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _system_seconds(pid: int) -> float:
@@ -455,13 +467,14 @@ class Caller:
         drops0 = _udp_drops(self.rtp_port)
         t0 = time.monotonic()
         cpu0, own0 = cpu_seconds(self.pid), cpu_seconds(os.getpid())
-        sys0 = _system_seconds(self.pid)
+        sys0, busy0 = _system_seconds(self.pid), _busy_seconds()
         self.window = win
         self.loop.loop(seconds)
         self.window = -1
         wall = time.monotonic() - t0
         cpu, own = cpu_seconds(self.pid) - cpu0, cpu_seconds(os.getpid()) - own0
         sys_cpu = _system_seconds(self.pid) - sys0
+        others = _busy_seconds() - busy0 - cpu - own
         self.loop.loop(grace)
         w.open = False
         lags = self.lags
@@ -484,6 +497,7 @@ class Caller:
         step.answerer_cpu_pct = round(100 * cpu / wall, 1)
         step.answerer_sys_pct = round(100 * sys_cpu / wall, 1)
         step.caller_cpu_pct = round(100 * own / wall, 1)
+        step.other_cores = round(max(others / wall, 0.0), 2)
         step.caller_drops = _udp_drops(self.rtp_port) - drops0
         w.rtts = []
         return step
