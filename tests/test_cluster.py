@@ -10,9 +10,9 @@ calls go on through the other, those made once Kamailio's probe has seen
 the node down need no failover at all, and every registration is still
 there (in Redis, and each callee can still be called).
 
-Which node served a request is read from the nodes' ``-v`` lines; when
-Kamailio noticed the dead node, from its log (``event_route[dispatcher:
-dst-down]``). Everything runs on free loopback ports and is stopped
+Which node served a request is read from the nodes' ``-v`` lines, where
+Kamailio sent it from its log (``-A LOG_ROUTING``), when Kamailio noticed
+the dead node from its log too (``event_route[dispatcher:dst-down]``). Everything runs on free loopback ports and is stopped
 afterwards. Skipped without ``kamailio`` or ``redis-server``/redis-py
 unless ``NETSIP_REQUIRE_PEERS=1``.
 """
@@ -69,7 +69,7 @@ class ClusterKamailio(Kamailio):
         rundir.mkdir()
         self.log = tmp / "kamailio.log"
         args = [binary, "-f", str(CONFIG), "-L", mpath, "-DD", "-E", "-m", "32", "-M", "8"]
-        args += ["-Y", str(rundir), "-A", f'DSLIST="{dslist}"']
+        args += ["-Y", str(rundir), "-A", f'DSLIST="{dslist}"', "-A", "LOG_ROUTING"]
         args += ["-l", f"udp:127.0.0.1:{self.port}", "-l", f"tcp:127.0.0.1:{self.port}"]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -89,12 +89,22 @@ class ClusterKamailio(Kamailio):
         """The lines of its log that match ``pattern``."""
         return re.findall(pattern, self.log.read_text(errors="replace"), re.M)
 
+    def routes(self, method: str) -> list[tuple[str, int]]:
+        """(To URI, node port) of every ``method`` relayed to a node, in order."""
+        rx = rf"netsip route: {method} (\S+) -> sip:127\.0\.0\.1:(\d+)$"
+        return [(m[0], int(m[1])) for m in re.findall(rx, self.log.read_text(), re.M)]
+
 
 class Node:
-    """One ``netsip proxy -v --store URL`` on a free UDP port."""
+    """One ``netsip proxy -v --store URL --domain example.com`` on a free UDP port.
 
-    def __init__(self, tmp: Path, store: str) -> None:
-        command = [*netsip_command(), "proxy", "-v", "-l", "udp:127.0.0.1:0", "--store", store]
+    With ``--domain`` a user nobody registered gets 480 (not a search in DNS).
+    """
+
+    def __init__(self, tmp: Path, store: str, port: int = 0) -> None:
+        listen = f"udp:127.0.0.1:{port}"
+        command = [*netsip_command(), "proxy", "-v", "-l", listen, "--store", store]
+        command += ["--domain", "example.com"]
         self.proc = Listen([], tmp, command=command)
         self.addr = self.proc.addresses(1)["udp"]
 
@@ -149,6 +159,15 @@ def call_and_hang_up(loop: EventLoop, caller: Simple, to: str) -> None:
     drive(loop, lambda: c.closed, seconds=10, what=f"the BYE to {to}")
 
 
+def register_all(loop: EventLoop, at: Addr, answered: list[Call]) -> tuple[list[Simple], Simple]:
+    """The callees (registered through ``at``, answering) and a caller."""
+    callees = [phone(loop, f"sip:u{i}@example.com", at) for i in range(CALLEES)]
+    for ua in callees:
+        assert ua.register() is not None, ua.error()
+        answer_calls(ua, answered)
+    return callees, phone(loop, "sip:alice@example.com", at)
+
+
 def registered(url: str) -> set[str]:
     store = RedisStore(url)
     try:
@@ -172,20 +191,21 @@ def test_cluster_behind_kamailio_survives_a_dead_node(
         what="Kamailio's first OPTIONS probe of each node",
     )
     aors = [f"sip:u{i}@example.com" for i in range(CALLEES)]
-    callees = [phone(loop, aor, kamailio.addr) for aor in aors]
-    alice = phone(loop, "sip:alice@example.com", kamailio.addr)
     answered: list[Call] = []
     dead, alive = nodes
+    callees, alice = register_all(loop, kamailio.addr, answered)
     try:
-        for ua in callees:
-            assert ua.register() is not None, ua.error()
-            answer_calls(ua, answered)
         # round robin: each node got registrations, and calls to users
-        # registered through the other node (found in Redis)
+        # registered through the other node (found in Redis: the callees are
+        # called in a rotated order so that calls cross over)
         for _ in range(ROUNDS):
-            for aor in aors:
+            for aor in aors[1:] + aors[:1]:
                 call_and_hang_up(loop, alice, aor)
         assert len(answered) == ROUNDS * CALLEES
+        registered_at = dict(kamailio.routes("REGISTER"))
+        assert sorted(registered_at) == aors
+        crossed = [to for to, node in kamailio.routes("INVITE") if node != registered_at[to]]
+        assert len(crossed) >= CALLEES, kamailio.routes("INVITE")
         for n in nodes:
             assert n.served("REGISTER") >= 1 and n.served("INVITE") >= 1, n.proc.stdout_path
         assert sum(n.served("INVITE") for n in nodes) == ROUNDS * CALLEES
@@ -216,3 +236,44 @@ def test_cluster_behind_kamailio_survives_a_dead_node(
     assert alive.proc.returncode == 0, out
     methods, _responses, users = summary(out)
     assert users == CALLEES and methods["INVITE"] == alive.served("INVITE")
+
+
+def test_node_restarted_is_back_in_rotation(
+    loop: EventLoop,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    nodes: list[Node],
+    kamailio: ClusterKamailio,
+) -> None:
+    """A node killed and started again on its port: the probe puts it back, it gets calls."""
+    dead = nodes[0]
+    port = dead.addr.port
+    dead.kill()
+    drive(
+        loop,
+        lambda: kamailio.lines(rf"netsip node down: sip:127\.0\.0\.1:{port}$"),
+        seconds=DETECT,
+        what="the probe failing",
+    )
+    answered: list[Call] = []
+    callees, alice = register_all(loop, kamailio.addr, answered)
+    try:
+        # the node is out: the other one takes every registration
+        assert nodes[1].served("REGISTER") == CALLEES
+        back = Node(tmp_path, redis_server.url, port)
+        nodes.append(back)  # (stopped by the fixture)
+        drive(
+            loop,
+            lambda: kamailio.lines(rf"netsip node up: sip:127\.0\.0\.1:{port}$"),
+            seconds=DETECT,
+            what="the probe answered",
+        )
+        for i in range(CALLEES):
+            call_and_hang_up(loop, alice, f"sip:u{i}@example.com")
+        # round robin again: half the calls through the new process, which
+        # finds the users registered through the other one in Redis
+        assert back.served("INVITE") == nodes[1].served("INVITE") == CALLEES // 2
+        assert len(answered) == CALLEES
+    finally:
+        for ua in [*callees, alice]:
+            ua.cleanup()
