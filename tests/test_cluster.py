@@ -10,11 +10,11 @@ calls go on through the other, those made once Kamailio's probe has seen
 the node down need no failover at all, and every registration is still
 there (in Redis, and each callee can still be called).
 
-Which node served a request is read from the nodes' ``-v`` lines, where
-Kamailio sent it from its log (``-A LOG_ROUTING``), when Kamailio noticed
-the dead node from its log too (``event_route[dispatcher:dst-down]``). Everything runs on free loopback ports and is stopped
-afterwards. Skipped without ``kamailio`` or ``redis-server``/redis-py
-unless ``NETSIP_REQUIRE_PEERS=1``.
+Which node served a request is read from the nodes' ``-v`` lines; where
+Kamailio sent it, and when it noticed the dead node, from its log
+(``-A LOG_ROUTING``, ``event_route[dispatcher:dst-down]``). Everything runs
+on free loopback ports and is stopped afterwards. Skipped without
+``kamailio`` or ``redis-server``/redis-py unless ``NETSIP_REQUIRE_PEERS=1``.
 """
 
 from __future__ import annotations
