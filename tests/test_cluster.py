@@ -1,7 +1,7 @@
 """A netsip cluster behind Kamailio: two ``netsip proxy --store redis://`` nodes (live peers).
 
 Kamailio (``examples/cluster/kamailio.cfg``: the ``dispatcher`` module,
-round robin, OPTIONS probes every second, failover on a timeout) sits in
+round robin, OPTIONS probes every 2 s, failover on a timeout) sits in
 front of two ``netsip proxy -v --store redis://...`` processes that share
 one ``redis-server``. netsip user agents register and call through
 Kamailio only: a callee registered through one node is found by the other
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.interop
 CONFIG = ROOT / "examples" / "cluster" / "kamailio.cfg"
 CALLEES = 4  # users registered through Kamailio (round robin: 2 per node)
 ROUNDS = 2  # calls to every callee before and after the crash
-#: bounded real-time waits: a probe every 1 s plus a 1.5 s timeout to notice
+#: bounded real-time waits: a probe every 2 s plus a 1.5 s timeout to notice
 #: a dead node, on a loaded 2-CPU machine
 DETECT = 15.0
 
@@ -89,6 +89,11 @@ class ClusterKamailio(Kamailio):
         """The lines of its log that match ``pattern``."""
         return re.findall(pattern, self.log.read_text(errors="replace"), re.M)
 
+    def state(self, node: Addr) -> str | None:
+        """What its probes said last about ``node``: "up", "down" or None (nothing yet)."""
+        said = self.lines(rf"netsip node (up|down): sip:127\.0\.0\.1:{node.port}$")
+        return said[-1] if said else None
+
     def routes(self, method: str) -> list[tuple[str, int]]:
         """(To URI, node port) of every ``method`` relayed to a node, in order."""
         rx = rf"netsip route: {method} (\S+) -> sip:127\.0\.0\.1:(\d+)$"
@@ -101,10 +106,11 @@ class Node:
     With ``--domain`` a user nobody registered gets 480 (not a search in DNS).
     """
 
-    def __init__(self, tmp: Path, store: str, port: int = 0) -> None:
+    def __init__(self, tmp: Path, store: str, port: int = 0, *args: str) -> None:
         listen = f"udp:127.0.0.1:{port}"
         command = [*netsip_command(), "proxy", "-v", "-l", listen, "--store", store]
-        command += ["--domain", "example.com"]
+        command += ["--domain", "example.com", *args]
+        self.args = args
         self.proc = Listen([], tmp, command=command)
         self.addr = self.proc.addresses(1)["udp"]
 
@@ -133,11 +139,15 @@ def loop() -> Iterator[EventLoop]:
     lp.close()
 
 
-@pytest.fixture
-def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Node]]:
+@pytest.fixture(params=["stateless", "stateful"])
+def nodes(
+    tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest
+) -> Iterator[list[Node]]:
+    """Two nodes, stateless or ``--stateful``."""
+    args = ["--stateful"] if request.param == "stateful" else []
     started: list[Node] = []
     try:
-        started += [Node(tmp_path, redis_server.url) for _ in range(2)]
+        started += [Node(tmp_path, redis_server.url, 0, *args) for _ in range(2)]
         yield started
     finally:
         for node in started:
@@ -229,13 +239,12 @@ def test_cluster_behind_kamailio_survives_a_dead_node(
         assert held is not None
         answered[before:] = []
 
-        down = rf"netsip node down: sip:127\.0\.0\.1:{dead.addr.port}$"
         dead.kill()
         # calls right after the crash: any sent to the dead node times out
         # at Kamailio and goes to the other one (failure_route)
         for aor in aors:
             call_and_hang_up(loop, alice, aor)
-        drive(loop, lambda: kamailio.lines(down), seconds=DETECT, what="the probe failing")
+        drive(loop, lambda: kamailio.state(dead.addr) == "down", seconds=DETECT, what="the probe")
         failovers = len(kamailio.lines(r"netsip node failed: "))
         invites = alive.served("INVITE")
         # calls once the probe has seen the node down: straight to the live
@@ -273,25 +282,15 @@ def test_node_restarted_is_back_in_rotation(
     dead = nodes[0]
     port = dead.addr.port
     dead.kill()
-    drive(
-        loop,
-        lambda: kamailio.lines(rf"netsip node down: sip:127\.0\.0\.1:{port}$"),
-        seconds=DETECT,
-        what="the probe failing",
-    )
+    drive(loop, lambda: kamailio.state(dead.addr) == "down", seconds=DETECT, what="the probe")
     answered: list[Call] = []
     callees, alice = register_all(loop, kamailio.addr, answered)
     try:
         # the node is out: the other one takes every registration
         assert nodes[1].served("REGISTER") == CALLEES
-        back = Node(tmp_path, redis_server.url, port)
+        back = Node(tmp_path, redis_server.url, port, *dead.args)
         nodes.append(back)  # (stopped by the fixture)
-        drive(
-            loop,
-            lambda: kamailio.lines(rf"netsip node up: sip:127\.0\.0\.1:{port}$"),
-            seconds=DETECT,
-            what="the probe answered",
-        )
+        drive(loop, lambda: kamailio.state(back.addr) == "up", seconds=DETECT, what="the probe")
         for i in range(CALLEES):
             call_and_hang_up(loop, alice, f"sip:u{i}@example.com")
         # round robin again: half the calls through the new process, which
