@@ -41,6 +41,13 @@ a ``--quick`` run writes only when ``--out`` is given).
 ``--baseline DIR`` adds the pool and dispatcher responders importing the
 ``netsip`` package found in DIR (an older revision: before/after in one run).
 
+``servers`` (not in the default run: ``--only servers``, about 2 minutes,
+    ``--quick`` well under one): :mod:`benchmarks.bench_servers`, digest
+    REGISTER and stateless proxying under sipp against Perl's Net::SIP (and
+    Kamailio's ``forward()`` for the proxy), and the registrar's memory per
+    registration. It writes ``performance-servers.{json,png}`` and its own
+    part of ``performance.md``; the other sections' files are left alone.
+
 Benchmarks are not tests: nothing here fails on a number; the exit status is
 0 whether or not the targets are met, 1 if transactions failed.
 """
@@ -64,7 +71,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import Any, Final
 
-from benchmarks import bench_packet
+from benchmarks import bench_packet, bench_servers
 from benchmarks.load import (
     REPO,
     Result,
@@ -722,6 +729,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sections = [s for s in args.only.split(",") if s]
+    if "servers" in sections:  # its own module, files and part of performance.md
+        sections.remove("servers")
+        srv_lines, srv_failed = bench_servers.run(
+            quick=args.quick,
+            sections=list(bench_servers.SECTIONS),
+            repeats=args.repeats,
+            out_dir=args.out,
+            write=not args.no_write and (args.out is not None or not args.quick),
+            command=" ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        )
+        print("\n".join(srv_lines))
+        if srv_failed:
+            print(f"servers: {srv_failed} operations failed", file=sys.stderr)
+        if not sections:
+            return 1 if srv_failed else 0
     bad = set(sections) - set(SECTIONS)
     if bad:
         ap.error(f"unknown sections {sorted(bad)} (choose from {', '.join(SECTIONS)})")
