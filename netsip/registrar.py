@@ -165,6 +165,11 @@ def canonical_aor(uri: str) -> str | None:
     Returns:
         ``scheme:user@host[:port]``, or None if ``uri`` is not a SIP/SIPS URI.
     """
+    return _canonical_aor(uri) if len(uri) <= _CACHED_URI else _canonical_aor.__wrapped__(uri)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_aor(uri: str) -> str | None:
     uri = uri.strip()
     if uri.startswith("<") and uri.endswith(">"):
         uri = uri[1:-1]
@@ -188,8 +193,19 @@ def binding_key(uri: str) -> str:
     the default port), and the parameters ``transport``, ``user``, ``ttl``,
     ``method`` and ``maddr``; other parameters and headers are ignored
     (19.1.4 compares them only when both URIs have them). A URI that is not
-    SIP/SIPS compares as a string with its scheme lower-cased.
+    SIP/SIPS compares as a string with its scheme lower-cased. (Pure: the
+    last results are cached, as those of :func:`canonical_aor`: a registrar
+    sees the same AORs and contacts again and again.)
     """
+    return _binding_key(uri) if len(uri) <= _CACHED_URI else _binding_key.__wrapped__(uri)
+
+
+#: URIs up to this length have their canonical forms cached (bounded memory)
+_CACHED_URI = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _binding_key(uri: str) -> str:
     m = _split_uri(uri)
     if m is None:
         scheme, _, rest = uri.partition(":")
