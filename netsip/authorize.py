@@ -426,6 +426,7 @@ class Authorize:
                 "authorization",
                 "www-authenticate",
             )
+        self._templates: dict[bool, list[tuple[str, ...]]] = {}
         self._challenge_values(0.0, stale=False)  # checks algorithms and qop now
 
     @classmethod
@@ -574,21 +575,30 @@ class Authorize:
 
     def _challenge_values(self, now: float, *, stale: bool) -> list[str]:
         """One challenge per algorithm, preferred first (RFC 8760 2.4), all
-        with one new nonce (a nonce per challenge: nc is counted per nonce)."""
+        with one new nonce (a nonce per challenge: nc is counted per nonce).
+
+        The challenges are made (and checked) by :func:`make_challenge` once;
+        each response only puts its new nonce into them.
+        """
         nonce = make_nonce(self.realm, secret=self._secret, opaque=self.opaque, now=now)
-        return [
-            make_challenge(
-                self.realm,
-                secret=self._secret,
-                algorithm=alg,
-                qop=self.qop,
-                stale=stale,
-                opaque=self.opaque,
-                now=now,
-                nonce=nonce,
-            )
-            for alg in self.algorithms
-        ]
+        templates = self._templates.get(stale)
+        if templates is None:
+            templates = self._templates[stale] = [
+                tuple(
+                    make_challenge(
+                        self.realm,
+                        secret=self._secret,
+                        algorithm=alg,
+                        qop=self.qop,
+                        stale=stale,
+                        opaque=self.opaque,
+                        now=now,
+                        nonce=nonce,
+                    ).split(nonce, 1)
+                )
+                for alg in self.algorithms
+            ]
+        return [f"{before}{nonce}{after}" for before, after in templates]
 
     def _challenge(
         self, packet: Request, leg: Leg, from_: Addr, now: float, *, stale: bool
