@@ -261,7 +261,7 @@ def kamailio(workdir: str) -> Server:
         f.write(KAMAILIO_CFG.replace("@PORT@", str(port)).replace("@MPATH@", mpath))
     rundir = os.path.join(workdir, f"kamailio-{port}")
     os.mkdir(rundir)
-    cmd = [binary, "-f", cfg, "-DD", "-E", "-m", "64", "-M", "8", "-Y", rundir]
+    cmd = [binary, "-f", cfg, "-DD", "-E", "-m", "512", "-M", "16", "-Y", rundir]
     return Server("kamailio", cmd, port, workdir)
 
 
@@ -359,9 +359,8 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
                   log: list[str]) -> list[dict[str, Any]]:  # fmt: skip
     """CPU per proxied call of each proxy, runs interleaved; a row per proxy."""
     with contextlib.ExitStack() as stack:
-        uas = sipp_uas(workdir)
-        stack.callback(uas.stop)
         servers: list[Server] = []
+        uass: list[Server] = []  # a UAS per proxy: no proxy's trouble falls on another's runs
         for kind in kinds:
             if kind == "kamailio":
                 srv = kamailio(workdir)
@@ -369,8 +368,11 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
                 srv = netsip_proxy(kind, workdir, *(["--stateful"] if kind == "stateful" else []))
             stack.callback(srv.stop)
             servers.append(srv)
+            uas = sipp_uas(workdir)
+            stack.callback(uas.stop)
+            uass.append(uas)
         overhead = []
-        for srv in servers:
+        for srv, uas in zip(servers, uass, strict=True):
             calls_via(srv, uas, min(calls, 1000), conc, workdir)  # warm-up
             # sipp's start and exit: the best of three 1-call runs
             overhead.append(min(calls_via(srv, uas, 1, 1, workdir)["secs"] for _ in range(3)))
@@ -380,7 +382,7 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
                 i = (k + r) % len(servers)
                 srv = servers[i]
                 cpu0, busy0 = srv.cpu(), busy_cpu()
-                res = calls_via(srv, uas, calls, conc, workdir)
+                res = calls_via(srv, uass[i], calls, conc, workdir)
                 cpu, busy = srv.cpu() - cpu0, busy_cpu() - busy0
                 secs = max(res["secs"] - overhead[i], 1e-3)
                 ok = res["ok"]
@@ -573,6 +575,7 @@ def report(res: dict[str, Any]) -> list[str]:
             f"{_num(by.get('kamailio'), '.0f')} µs per call)",
             f"* stateless / Kamailio: {_num(rt['stateless_vs_kamailio'], '.2f')}x",
             "",
+            *proxy_notes(rows),
         ]
     if "register" in res:
         rows = res["register"]
@@ -584,12 +587,15 @@ def report(res: dict[str, Any]) -> list[str]:
             f"them), {rows[0]['concurrency']} in flight (closed loop: the rate with every "
             f"registration answered), the median of {rows[0]['repeats']} interleaved runs. "
             "CPU per registration of all the workers, of redis-server and of sipp; "
-            "then the cores each took while it ran, and the whole machine's.",
+            "then the cores each took while it ran, the whole machine's (`busy`) and "
+            "what is left of it for other processes (`others`: on a shared machine, the "
+            "load of everything else).",
             "",
             "| store, workers | reg/s | vs redis-1 | workers µs/reg | redis µs/reg | "
-            "sipp µs/reg | workers cores | redis cores | sipp cores | busy cores | failed | "
+            "sipp µs/reg | workers cores | redis cores | sipp cores | busy cores | others | "
+            "failed | "
             "requests per worker |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         scale = res["ratios"]["redis_scaling"]
         for r in rows:
@@ -600,17 +606,121 @@ def report(res: dict[str, Any]) -> list[str]:
                 f"{_num(r['redis_us'], '.0f')} | {_num(r['sipp_us'], '.0f')} | "
                 f"{_num(r['workers_cores'], '.2f')} | {_num(r['redis_cores'], '.2f')} | "
                 f"{_num(r['sipp_cores'], '.2f')} | {_num(r['machine_cores'], '.2f')} | "
-                f"{r['failed']} | {split} |"
+                f"{_num(_others(r), '.2f')} | {r['failed']} | {split} |"
             )
         out += [
             "",
             f"Redis with one worker against the memory store: "
             f"{_num(res['ratios']['redis1_vs_memory'], '.2f')}x the registrations/s.",
             "",
+            *register_notes(rows, res["ratios"]),
         ]
     if res.get("chart"):
         out += [f"![proxies and registrations]({res['chart']})", ""]
     return out
+
+
+def _others(r: dict[str, Any]) -> float | None:
+    """Cores the rest of the machine (other processes) took during the runs."""
+    parts = [r["machine_cores"], r["workers_cores"], r["redis_cores"], r["sipp_cores"]]
+    if any(p is None for p in parts):
+        return None
+    return max(0.0, float(parts[0]) - sum(float(p) for p in parts[1:]))
+
+
+def proxy_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the proxy table shows, in words, with its figures."""
+    by = {r["proxy"]: r for r in rows}
+    sl, sf, ka = (by.get(k, {}).get("cpu_us_per_call") for k in PROXIES)
+    out = ["What it shows:", ""]
+    if sl and sf:
+        out.append(
+            f"* The stateful proxy costs {sf - sl:,.0f} µs more per call than the stateless "
+            "one: per call it sends a 100 Trying, keeps a server and a client transaction for "
+            "the INVITE and for the BYE (a response context each, its timers armed and "
+            "cancelled: retransmission A/E, Timer C, then D/K for 32 s), and caches the "
+            "responses it sends upstream; the stateless proxy forwards each of the six "
+            "messages and forgets it."
+        )
+    if sf and ka:
+        out.append(
+            f"* Kamailio's `t_relay()` does the transaction work of the stateful proxy "
+            f"in C at {ka:,.0f} µs per call: netsip's stateful proxy takes "
+            f"{sf / ka:.1f}x its CPU" + (f", the stateless one {sl / ka:.1f}x." if sl else ".")
+        )
+    fails = sum(r["failed"] for r in rows)
+    if fails:
+        names = ", ".join(f"{r['proxy']} {r['failed']}" for r in rows if r["failed"])
+        out.append(
+            f"* Failed calls ({names}) are sipp's `FailedMaxUDPRetrans`: a request retransmitted "
+            "seven times without an answer; such a run lasts until its last call gave up "
+            "(about 32 s), so its calls/s is meaningless and the medians above are of the "
+            "runs; see the runs column."
+        )
+    return [*out, ""]
+
+
+def register_notes(rows: list[dict[str, Any]], rt: dict[str, Any]) -> list[str]:
+    """Where the scaling of the registrations stops and why, with the run's figures."""
+    by = {r["config"]: r for r in rows}
+    out = ["Where the scaling stops, and why:", ""]
+    mem, one = by.get("memory"), by.get("redis-1")
+    if mem and one and mem["workers_us"] and one["workers_us"]:
+        out.append(
+            f"* One worker on Redis spends {one['workers_us']:,.0f} µs of CPU per "
+            f"registration against {mem['workers_us']:,.0f} µs with the memory store (the "
+            "redis-py client, two commands per REGISTER: `HGETALL`, then `EVALSHA` of the "
+            f"update script), and Redis {_num(one['redis_us'], ',.0f')} µs more. It is busy "
+            f"only {one['workers_cores']:.2f} of a core: the client blocks the event loop "
+            "for each of the two round trips, and the worker waits for Redis (which needs the "
+            "other core, with sipp) instead of working"
+            + (
+                f" (here other processes also took {_others(one) or 0.0:.2f} of a core)."
+                if (_others(one) or 0.0) >= 0.3
+                else "."
+            )
+        )
+    two = by.get("redis-2")
+    if one and two:
+        gain = rt["redis_scaling"].get("redis-2") or 0.0
+        others = _others(two) or 0.0
+        what = (
+            "Two workers overlap those waits"
+            if gain >= 1.15
+            else "Two workers gain nothing in this run: the 2 cores had no idle time left"
+            + (f" ({others:.2f} of a core went to other processes)" if others >= 0.3 else "")
+        )
+        out.append(
+            f"* {what}: {_num(two['reg_per_s'])} reg/s, "
+            f"{_num(rt['redis_scaling'].get('redis-2'), '.2f')}x one worker; the machine is "
+            f"then {two['machine_cores']:.2f} of 2 cores busy (workers "
+            f"{two['workers_cores']:.2f}, Redis {two['redis_cores']:.2f}, sipp "
+            f"{two['sipp_cores']:.2f}, others {others:.2f})."
+        )
+    last = by.get(f"redis-{max(r['workers'] for r in rows)}")
+    if last and last is not two and last is not one:
+        cost = (last["workers_us"] or 0) + (last["redis_us"] or 0) + (last["sipp_us"] or 0)
+        ceiling = 2e6 / cost if cost else None
+        out.append(
+            f"* {last['workers']} workers: {_num(last['reg_per_s'])} reg/s, "
+            f"{_num(rt['redis_scaling'].get(last['config']), '.2f')}x one worker, with "
+            f"{last['machine_cores']:.2f} of 2 cores busy. Here it stops at the latest: "
+            "every registration "
+            f"costs {cost:,.0f} µs of CPU on this machine (workers "
+            f"{_num(last['workers_us'], ',.0f')}, Redis {_num(last['redis_us'], ',.0f')}, sipp "
+            f"{_num(last['sipp_us'], ',.0f')}), so 2 cores carry at most about "
+            f"{_num(ceiling)} reg/s; more workers only add processes to schedule. Workers on "
+            "cores of their own, Redis on another machine (and the load generator on a "
+            "third) are what would scale further: see the estimate in cluster.md."
+        )
+    if mem and one and mem["reg_per_s"] and one["reg_per_s"]:
+        ahead = "stays ahead of" if mem["reg_per_s"] > one["reg_per_s"] else "is behind"
+        out.append(
+            f"* The memory store ({_num(mem['reg_per_s'])} reg/s, one process) {ahead} "
+            "Redis on one machine; Redis is what lets several processes (or machines) share "
+            "the registrations."
+        )
+    return [*out, ""]
 
 
 def chart(res: dict[str, Any], path: str) -> bool:
@@ -660,7 +770,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caveat", help="a sentence on the machine's state for the page")
     ap.add_argument("--out", help="directory of performance-cluster.{md,json,png}")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--from-json", metavar="FILE", help="only render FILE's results again")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            print("\n".join(report(json.load(f))))
+        return 0
+    # stopped with SIGTERM: leave through the ExitStacks, which stop the servers
+    signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(143))
     sections = [s for s in args.only.split(",") if s]
     if set(sections) - set(SECTIONS):
         ap.error(f"sections: {', '.join(SECTIONS)}")
