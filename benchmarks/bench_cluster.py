@@ -526,6 +526,15 @@ def report(res: dict[str, Any]) -> list[str]:
         "load, each server in processes of its own, their CPU time from /proc, the medians",
         "of runs interleaved round by round). Set-up and commands: [cluster.md](cluster.md).",
         "",
+        "```sh",
+        "pip install -e '.[redis,bench]'     # redis-py; matplotlib for the chart",
+        "python -m benchmarks.bench_cluster  # about 4 minutes; writes docs/performance-cluster.*",
+        "python -m benchmarks.bench_cluster --quick --no-write   # a smoke run, under a minute",
+        "python -m benchmarks.bench_cluster --only register --workers 1,2,3",
+        "```",
+        "",
+        "It needs sipp, redis-server and Kamailio (left out if not installed).",
+        "",
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['kernel']}, Python "
         f"{env['python']}, {env['sipp']}; {res['date']}; load average "
         f"{env['loadavg']} before, {res['loadavg_after']} after; {res['seconds']} s.",
