@@ -394,7 +394,7 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
                           f"{run['cpu_us_per_call']:7.1f} us/call  failed {res['failed']}"
                           f"  retrans {run['retrans']}")  # fmt: skip
     rows = []
-    for srv, rs in zip(servers, runs, strict=True):
+    for srv, uas, rs in zip(servers, uass, runs, strict=True):
         rows.append({
             "proxy": srv.name, "calls": calls, "concurrency": conc, "repeats": repeats,
             "ok": sum(int(r["ok"]) for r in rs), "failed": sum(int(r["failed"]) for r in rs),
@@ -404,8 +404,25 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
             "cpu_util": _median([r["cpu_util"] for r in rs]),
             "machine_cores": _median([r["machine_cores"] for r in rs]),
             "runs": [(round(r["calls_per_s"], 1), round(r["cpu_us_per_call"], 1)) for r in rs],
+            "uas_bye_before_ack": _unexpected_at_ack(uas.out),
         })  # fmt: skip
     return rows
+
+
+def _unexpected_at_ack(path: str) -> int | None:
+    """Calls whose UAS got another request (the BYE) while it waited for the ACK.
+
+    From the screen sipp's UAS prints when it stops: the ``Unexpected-Msg``
+    column of its ACK line (sipp then drops the call: its BYE goes unanswered).
+    """
+    found = None
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode(errors="replace")
+            if "----------> ACK" in line:
+                fields = line.split()
+                found = int(fields[-1]) if fields and fields[-1].isdigit() else found
+    return found
 
 
 def _split(path: str) -> list[int]:
@@ -666,6 +683,18 @@ def proxy_notes(rows: list[dict[str, Any]]) -> list[str]:
             "(about 32 s), so its calls/s is meaningless and the medians above are of the "
             "runs; see the runs column."
         )
+        early = ", ".join(
+            f"{r['proxy']} {r['uas_bye_before_ack']}"
+            for r in rows
+            if r["failed"] and r.get("uas_bye_before_ack")
+        )
+        if early:
+            out.append(
+                f"* sipp's UAS got the BYE of some calls before their ACK ({early} calls), "
+                "counted it as an unexpected message and dropped the call: their BYE stays "
+                "unanswered. It happens in runs where the proxy stalled for over 500 ms "
+                "(sipp retransmitted requests: the retrans column)."
+            )
     return [*out, ""]
 
 
