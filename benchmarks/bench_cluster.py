@@ -639,7 +639,7 @@ def report(res: dict[str, Any]) -> list[str]:
             "CPU per registration of all the workers, of redis-server and of sipp; "
             "then the cores each took while it ran, the whole machine's (`busy`) and "
             "what is left of it for other processes (`others`: on a shared machine, the "
-            "load of everything else).",
+            "load of everything else). Each column is its own median over the runs.",
             "",
             "| store, workers | reg/s | vs redis-1 | workers µs/reg | redis µs/reg | "
             "sipp µs/reg | workers cores | redis cores | sipp cores | busy cores | others | "
@@ -788,10 +788,20 @@ def register_notes(rows: list[dict[str, Any]], rt: dict[str, Any]) -> list[str]:
         )
     if mem and one and mem["reg_per_s"] and one["reg_per_s"]:
         ahead = "stays ahead of" if mem["reg_per_s"] > one["reg_per_s"] else "is behind"
+        limit = ""
+        if (mem["workers_cores"] or 0) < 0.9 and (mem["machine_cores"] or 0) < 1.5:
+            limit = (
+                f" Its figure is a floor: its worker was busy only {mem['workers_cores']:.2f} "
+                f"of a core and the machine {mem['machine_cores']:.2f} of 2, so the load (sipp "
+                f"with {mem['concurrency']} in flight, a socket per registration), not the "
+                f"worker, set the pace; its CPU, {_num(mem['workers_us'], ',.0f')} µs per "
+                f"registration, says that one core would carry about "
+                f"{_num(1e6 / mem['workers_us'] if mem['workers_us'] else None)} reg/s."
+            )
         out.append(
             f"* The memory store ({_num(mem['reg_per_s'])} reg/s, one process) {ahead} "
             "Redis on one machine; Redis is what lets several processes (or machines) share "
-            "the registrations."
+            "the registrations." + limit
         )
     return [*out, ""]
 
