@@ -819,7 +819,8 @@ def chart(res: dict[str, Any], path: str) -> bool:
     if "proxy" in res:
         rows = res["proxy"]
         ax = axes[0]
-        ax.bar([r["proxy"] for r in rows], [r["cpu_us_per_call"] or 0 for r in rows],
+        ax.bar([r["proxy"].replace("-", "\n") for r in rows],
+               [r["cpu_us_per_call"] or 0 for r in rows],
                color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])  # fmt: skip
         ax.set_ylabel("proxy CPU µs per call (INVITE..BYE)")
         ax.set_title("CPU per proxied call")
@@ -860,9 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--from-json", metavar="FILE", help="only render FILE's results again")
     args = ap.parse_args(argv)
-    if args.from_json:
+    if args.from_json:  # (and its chart again, with --out DIR)
         with open(args.from_json) as f:
-            print("\n".join(report(json.load(f))))
+            saved = json.load(f)
+        if args.out:
+            chart(saved, os.path.join(args.out, "performance-cluster.png"))
+        print("\n".join(report(saved)))
         return 0
     # stopped with SIGTERM: leave through the ExitStacks, which stop the servers
     signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(143))
