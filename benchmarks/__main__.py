@@ -33,6 +33,14 @@ a smoke run of well under a minute):
     cost of the split more than a gain; once with ``--work-us`` (default 300)
     of CPU burnt per request, an application's work, where one worker is the
     bottleneck and a second one gains as long as there is a core for it.
+``ua`` (not in the default run: ``--only ua``, about 6 minutes): the user
+    agent with media, :mod:`benchmarks.bench_ua`. Calls with RTP echo at 50
+    packets/s each, ramped until loss or delay set in, against ``netsip
+    answer --echo``, netsip's ``examples/bench/listen.py`` and Perl's
+    ``examples/bench/listen.pl``; and the CPU per call set-up + tear-down
+    under sipp's ``uac`` scenario at ``--ua-rate`` calls/s. It writes
+    ``performance-ua.{json,png}`` and its own part of ``performance.md``;
+    the files of the other sections are left alone when only ``ua`` runs.
 
 It prints the tables with the target verdicts and writes ``performance.json``,
 ``performance.png`` (matplotlib, the ``bench`` extra; skipped without it) and
@@ -40,6 +48,13 @@ the results section of ``performance.md`` into ``--out`` (default ``docs/``;
 a ``--quick`` run writes only when ``--out`` is given).
 ``--baseline DIR`` adds the pool and dispatcher responders importing the
 ``netsip`` package found in DIR (an older revision: before/after in one run).
+
+``servers`` (not in the default run: ``--only servers``, about 2 minutes,
+    ``--quick`` well under one): :mod:`benchmarks.bench_servers`, digest
+    REGISTER and stateless proxying under sipp against Perl's Net::SIP (and
+    Kamailio's ``forward()`` for the proxy), and the registrar's memory per
+    registration. It writes ``performance-servers.{json,png}`` and its own
+    part of ``performance.md``; the other sections' files are left alone.
 
 Benchmarks are not tests: nothing here fails on a number; the exit status is
 0 whether or not the targets are met, 1 if transactions failed.
@@ -64,7 +79,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import Any, Final
 
-from benchmarks import bench_packet
+from benchmarks import bench_packet, bench_servers, bench_ua
 from benchmarks.load import (
     REPO,
     Result,
@@ -88,7 +103,9 @@ PERL_VS_DISPATCHER: Final = 5.0  # Perl CPU/tx >= 5x the dispatcher's
 #: ceiling is about 1.75x (un: 2 cores / (380 + 55 us) against 1 / 380 us)
 WORKERS_SCALING: Final = 1.3
 
-SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers")
+SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers", "ua")
+#: what runs without --only (ua adds about 6 minutes: asked for by name)
+DEFAULT_SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers")
 TRANSPORT_NAMES: Final = {
     "u1": "UDP",
     "t1": "TCP, one connection",
@@ -692,8 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections to run (default: {','.join(SECTIONS)})",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: ua)",
     )
     ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
     ap.add_argument("--calls", type=int,
@@ -701,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
                          "tn a twelfth; Perl gets a quarter of those (tn a half)")  # fmt: skip
     ap.add_argument("--repeats", type=int, help="measured sipp runs per responder (median)")
     ap.add_argument("--rate", type=float, default=2000.0, help="calls/s of the fixed-rate runs")
+    ap.add_argument(
+        "--ua-rate",
+        type=float,
+        default=100.0,
+        help="calls/s of the ua section's set-up runs (default %(default)g)",
+    )
     ap.add_argument("--conns", type=int, help="open connections of the conns section")
     ap.add_argument(
         "--workers",
@@ -722,6 +745,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sections = [s for s in args.only.split(",") if s]
+    if "servers" in sections:  # its own module, files and part of performance.md
+        sections.remove("servers")
+        srv_lines, srv_failed = bench_servers.run(
+            quick=args.quick,
+            sections=list(bench_servers.SECTIONS),
+            repeats=args.repeats,
+            out_dir=args.out,
+            write=not args.no_write and (args.out is not None or not args.quick),
+            command=" ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        )
+        print("\n".join(srv_lines))
+        if srv_failed:
+            print(f"servers: {srv_failed} operations failed", file=sys.stderr)
+        if not sections:
+            return 1 if srv_failed else 0
     bad = set(sections) - set(SECTIONS)
     if bad:
         ap.error(f"unknown sections {sorted(bad)} (choose from {', '.join(SECTIONS)})")
@@ -793,25 +831,44 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
             res["workers"] = workers_section(counts, group, repeats, workdir, log)
     if not have_sipp:
-        _say(log, "sipp is not installed: sipp, rate and workers sections skipped")
+        _say(log, "sipp is not installed: sipp, rate, workers and ua's set-up skipped")
     res["seconds"] = round(time.monotonic() - t0)
     res["loadavg_after"] = loadavg()
     res["targets"] = targets(res)
-    if write:
+    # (only ua asked for: the other sections' files stay as they are)
+    main_sections = [s for s in sections if s != "ua"]
+    if write and main_sections:
         os.makedirs(out_dir, exist_ok=True)
         if chart(res, os.path.join(out_dir, "performance.png")):
             res["chart"] = "performance.png"
         with open(os.path.join(out_dir, "performance.json"), "w") as f:
             json.dump(res, f, indent=2)
             f.write("\n")
-    lines = report(res)
-    print("\n".join(lines))
-    if write:
-        write_md(os.path.join(out_dir, "performance.md"), lines)
+    if main_sections:
+        lines = report(res)
+        print("\n".join(lines))
+        if write:
+            write_md(os.path.join(out_dir, "performance.md"), lines)
     failed = sum(r["failed"] for r in [*res.get("sipp", []), *res.get("rate", [])])
     failed += sum(w["failed"] for w in res.get("workers", []))
+    if "ua" in sections:
+        _say(log, "ua: the user agent with media (benchmarks.bench_ua)")
+        ua_lines, ua_failed = bench_ua.run(
+            quick=quick,
+            sections=list(bench_ua.SECTIONS),
+            repeats=args.repeats,
+            steps=None,
+            measure=None,
+            rate=args.ua_rate,
+            kinds=None,
+            out_dir=args.out,
+            write=write,
+            command=res["command"],
+        )
+        print("\n".join(ua_lines))
+        failed += ua_failed
     if failed:
-        print(f"{failed} transactions failed", file=sys.stderr)
+        print(f"{failed} transactions or calls failed", file=sys.stderr)
     return 1 if failed else 0
 
 

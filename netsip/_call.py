@@ -86,6 +86,7 @@ from netsip._callext import (
 from netsip._callmedia import DEFAULT_RTP_PARAM, BodyRejectedError, sdp_of
 from netsip._dialog import Context
 from netsip._session_timer import uac_result
+from netsip.aio import check_can_block
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -197,6 +198,12 @@ class Call(CallExtensions):
             The context, or None if the INVITE could not be sent.
         """
         param = self.param
+        if args.get("cb_final", param.get("cb_final")) is None:
+            check_can_block(self.endpoint.dispatcher.eventloop)  # (before anything is sent)
+        on_cleanup = args.pop("cb_cleanup", None)
+        if on_cleanup is not None:
+            # (Simple.invite passes the parameters here, not to __init__)
+            self._cleanup.append(lambda call: invoke_callback(on_cleanup, call))
         clear = args.pop("clear_sdp", param.get("clear_sdp"))
         if clear:
             self._clear_sdp()
@@ -497,6 +504,8 @@ class Call(CallExtensions):
         if unknown or not methods:
             raise ValueError(f"unknown DTMF methods {sorted(unknown)}")
         cb = args.get("cb_final")
+        if cb is None:
+            check_can_block(self.endpoint.dispatcher.eventloop)
         stop: Var[str] = Var()
         done = cb if cb is not None else stop
         self.dtmf_events.append(

@@ -7,6 +7,7 @@ and SIP URIs the way their Perl namesakes do. Public through
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -119,7 +120,7 @@ def sip_hdrval2parts(key: str, value: str) -> tuple[str, dict[str, str | None]]:
     Returns:
         ``(data, params)``.
     """
-    v = _UNFOLD_RX.sub(r"\1", value).strip(_WS)
+    v = (_UNFOLD_RX.sub(r"\1", value) if "\n" in value else value).strip(_WS)
     delim = _DELIMITER.get(key, ";")
     items = _split_items(v, delim)
     data = items[0]
@@ -209,6 +210,10 @@ _URI_RX = re.compile(
 )
 
 
+#: URIs up to this length are memoised by :func:`sip_uri2parts`
+_MEMO_MAX_LEN = 512
+
+
 def sip_uri2parts(uri: str) -> tuple[str, str | None, str, dict[str, str | None], str] | None:
     """Split a SIP URI (Perl's ``sip_uri2parts`` in list context).
 
@@ -218,9 +223,32 @@ def sip_uri2parts(uri: str) -> tuple[str, str | None, str, dict[str, str | None]
     Returns:
         ``(domain, user, proto, params, data)``: the lower-cased domain as in
         the URI (``host``, ``host:port``, ``[ipv6]:port``); the user part
-        (None if absent); ``"sip"`` or ``"sips"``; the URI parameters; the
-        part before the parameters. None if ``uri`` does not look like a URI.
+        (None if absent); ``"sip"`` or ``"sips"``; the URI parameters (the
+        caller's own dict); the part before the parameters. None if ``uri``
+        does not look like a URI. The last 1,024 URIs are memoised: a proxy
+        splits the Request-URI of a message several times.
     """
+    if len(uri) > _MEMO_MAX_LEN:
+        return _uri2parts(uri)
+    parts = _uri2parts_memo(uri)
+    if parts is None:
+        return None
+    domain, user, proto, items, data = parts
+    return domain, user, proto, dict(items), data
+
+
+@functools.lru_cache(maxsize=1024)
+def _uri2parts_memo(
+    uri: str,
+) -> tuple[str, str | None, str, tuple[tuple[str, str | None], ...], str] | None:
+    parts = _uri2parts(uri)
+    if parts is None:
+        return None
+    domain, user, proto, params, data = parts
+    return domain, user, proto, tuple(params.items()), data
+
+
+def _uri2parts(uri: str) -> tuple[str, str | None, str, dict[str, str | None], str] | None:
     m = _URI_ANGLE_RX.search(uri)
     if m is not None:
         uri = m.group(1)

@@ -564,11 +564,16 @@ def _classify(window: bytes) -> str | None:
     if power < 2 * _MIN_TONE:
         return None
     windowed = list(map(mul, samples, _HANN))
-    tones = [(_dot(windowed, c) ** 2 + _dot(windowed, s) ** 2) * _SCALE for c, s in _BASIS]
-    rows, cols = tones[:4], tones[4:]
+    rows = [(_dot(windowed, c) ** 2 + _dot(windowed, s) ** 2) * _SCALE for c, s in _BASIS[:4]]
     row = max(range(4), key=rows.__getitem__)
+    low = rows[row]
+    # the row tone alone must be able to make the share (high <= low * reverse
+    # twist): most windows without a digit end here, at half the work
+    if low < _MIN_TONE or low * (1 + _REVERSE_TWIST) < _TONE_SHARE * power:
+        return None
+    cols = [(_dot(windowed, c) ** 2 + _dot(windowed, s) ** 2) * _SCALE for c, s in _BASIS[4:]]
     col = max(range(4), key=cols.__getitem__)
-    low, high = rows[row], cols[col]
+    high = cols[col]
     if low < _MIN_TONE or high < _MIN_TONE:
         return None
     if low > high * _NORMAL_TWIST or high > low * _REVERSE_TWIST:

@@ -78,6 +78,7 @@ Differences from Net::SIP:
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -164,6 +165,11 @@ def canonical_aor(uri: str) -> str | None:
     Returns:
         ``scheme:user@host[:port]``, or None if ``uri`` is not a SIP/SIPS URI.
     """
+    return _canonical_aor(uri) if len(uri) <= _CACHED_URI else _canonical_aor.__wrapped__(uri)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_aor(uri: str) -> str | None:
     uri = uri.strip()
     if uri.startswith("<") and uri.endswith(">"):
         uri = uri[1:-1]
@@ -187,8 +193,19 @@ def binding_key(uri: str) -> str:
     the default port), and the parameters ``transport``, ``user``, ``ttl``,
     ``method`` and ``maddr``; other parameters and headers are ignored
     (19.1.4 compares them only when both URIs have them). A URI that is not
-    SIP/SIPS compares as a string with its scheme lower-cased.
+    SIP/SIPS compares as a string with its scheme lower-cased. (Pure: the
+    last results are cached, as those of :func:`canonical_aor`: a registrar
+    sees the same AORs and contacts again and again.)
     """
+    return _binding_key(uri) if len(uri) <= _CACHED_URI else _binding_key.__wrapped__(uri)
+
+
+#: URIs up to this length have their canonical forms cached (bounded memory)
+_CACHED_URI = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _binding_key(uri: str) -> str:
     m = _split_uri(uri)
     if m is None:
         scheme, _, rest = uri.partition(":")
@@ -660,7 +677,7 @@ class Registrar:
 
     def _ok(self, request: Request, bindings: list[Binding], now: float, flows: bool) -> Response:
         """10.3 step 8: 200 with every current binding and its expiry."""
-        bindings = sorted(bindings, key=lambda b: -(1.0 if b.q is None else b.q))
+        bindings = sorted(bindings, key=lambda b: (-(1.0 if b.q is None else b.q), -b.expires))
         contacts = []
         for b in bindings:
             value = f"<{b.contact}>;expires={max(math.ceil(b.expires - now), 0)}"
@@ -669,7 +686,7 @@ class Registrar:
             contacts.append(value + b.params)
         headers: dict[str, str | list[str]] = {
             "supported": ", ".join(SUPPORTED),
-            "date": email.utils.formatdate(now, usegmt=True),
+            "date": _http_date(now),
         }
         if contacts:
             headers["contact"] = contacts
@@ -679,3 +696,13 @@ class Registrar:
         if flows:
             headers["require"] = "outbound"  # RFC 5626 6
         return request.create_response(200, "OK", headers=headers)
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def _http_date(now: float) -> str:
+    """The Date header value (RFC 3261 20.17) for ``now``, formatted once a second."""
+    return _date_of_second(int(now))

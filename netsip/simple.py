@@ -16,7 +16,9 @@ calls and answers: an :class:`~netsip.eventloop.EventLoop`, a
 
 Blocking methods (``register`` without ``cb_final``, ``invite`` without
 ``cb_final``) run the event loop until their outcome, as in Perl; with a
-``cb_final`` callback they return at once.
+``cb_final`` callback they return at once. On an
+:class:`~netsip.aio.AsyncioEventLoop` inside a running asyncio loop they
+raise ``RuntimeError`` before sending anything (see :mod:`netsip.aioua`).
 
 Differences from Net::SIP:
 
@@ -47,6 +49,7 @@ from typing import Any, cast
 from netsip import rtp as rtp_module
 from netsip._call import ALLOW, SUPPORTED, Call
 from netsip._dialog import Context, name_addr_uri
+from netsip.aio import check_can_block
 from netsip.authorize import Authorize
 from netsip.chain import ReceiveChain
 from netsip.dispatcher import Dispatcher
@@ -340,6 +343,8 @@ class Simple:
         contact = args.pop("contact", None) or self.contact or _contact_for(leg, from_)
         auth = args.pop("auth", None) or self.auth
         cb_final = args.pop("cb_final", None)
+        if cb_final is None:
+            check_can_block(self.eventloop)  # (before anything is sent)
         stop: Var[str] = Var()
         granted: Var[int] = Var()
         target = cb_final if cb_final is not None else stop
@@ -403,6 +408,8 @@ class Simple:
             ctx["to"] = f"{peer} <{scheme}:{peer}@{self.domain}>"
         if not self.from_ and not ctx.get("from_"):
             raise ValueError("unknown from")
+        if args.get("cb_final") is None:
+            check_can_block(self.eventloop)  # (before anything is sent)
         call = Call(self, ctx, {})
         self.calls.append(call)
         call.reinvite(**args)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from netsip._log import FILTER
 from netsip.eventloop import EventLoop
 from netsip.socketpool import get_settings, import_settings
-from tests.support import Listen
+from tests.support import Listen, asyncio_loop
 
 # CI machines are small and noisy: no deadline, fixed example budget.
 settings.register_profile(
@@ -22,11 +22,56 @@ settings.register_profile(
 settings.load_profile("netsip")
 
 
+#: the kinds of loop the ``loop`` fixture can be (``--loop``, ``both_loops``)
+LOOP_KINDS = ("native", "asyncio", "uvloop")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--loop",
+        choices=(*LOOP_KINDS, "all"),
+        default=None,
+        help="run every test that takes the `loop` fixture on this loop "
+        "(default: native, and native + asyncio in modules marked both_loops)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise the ``loop`` fixture over the loop kinds asked for."""
+    if "loop" not in metafunc.fixturenames:
+        return
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("loop")
+    if defs and getattr(defs[-1].func, "__module__", __name__) != __name__:
+        return  # the module has a `loop` fixture of its own: it decides the loop
+    option = metafunc.config.getoption("--loop")
+    if option == "all":
+        kinds: tuple[str, ...] = LOOP_KINDS
+    elif option:
+        kinds = (option,)
+    elif metafunc.definition.get_closest_marker("both_loops"):
+        kinds = ("native", "asyncio")
+    else:
+        return
+    metafunc.parametrize("loop", kinds, indirect=True)
+
+
 @pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    """A fresh event loop, closed after the test (modules may override it)."""
-    with EventLoop() as lp:
-        yield lp
+def loop(request: pytest.FixtureRequest) -> Iterator[EventLoop]:
+    """A fresh event loop, closed after the test (modules may override it).
+
+    The native :class:`EventLoop`, or (parametrised, see ``--loop``) an
+    :class:`~netsip.aio.AsyncioEventLoop` on a new asyncio loop or uvloop;
+    an exception a callback raised there fails the test at teardown.
+    """
+    kind = getattr(request, "param", "native")
+    if kind == "native":
+        with EventLoop() as lp:
+            yield lp
+        return
+    with asyncio_loop(kind) as (alp, errors):
+        yield alp
+    if errors:
+        pytest.fail(f"exceptions in callbacks on the {kind} loop: {errors!r}")
 
 
 @pytest.fixture

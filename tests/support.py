@@ -39,6 +39,7 @@ import pytest
 from hypothesis import strategies as st
 
 from netsip import cli
+from netsip.aio import AsyncioEventLoop, new_asyncio_loop
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EventLoop
 from netsip.framing import Message, frame
@@ -87,6 +88,7 @@ __all__ = [
     "addr_of",
     "address",
     "answering",
+    "asyncio_loop",
     "at_least",
     "big_rcvbuf",
     "call_request",
@@ -103,6 +105,7 @@ __all__ = [
     "have_ipv6",
     "imported_modules",
     "is_eof",
+    "is_uvloop",
     "junk_request",
     "length_is",
     "listen_summary_only",
@@ -128,6 +131,7 @@ __all__ = [
     "same_content",
     "sip_request",
     "sipp_stats",
+    "skip_unless_native",
     "spin",
     "start_perl_peer",
     "summary_counts",
@@ -140,6 +144,38 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "tests" / "perl" / "netsip_peer.pl"
 
 REQUIRE_PEERS = os.environ.get("NETSIP_REQUIRE_PEERS", "") not in ("", "0")
+
+
+def is_uvloop(loop: EventLoop) -> bool:
+    """True if ``loop`` is an :class:`AsyncioEventLoop` on uvloop."""
+    return isinstance(loop, AsyncioEventLoop) and type(loop.aloop).__module__.startswith("uvloop")
+
+
+def skip_unless_native(loop: EventLoop, why: str) -> None:
+    """Skip the test unless ``loop`` is netsip's own :class:`EventLoop` (``--loop``)."""
+    if isinstance(loop, AsyncioEventLoop):
+        pytest.skip(f"native loop only: {why}")
+
+
+@contextlib.contextmanager
+def asyncio_loop(kind: str = "asyncio") -> Iterator[tuple[AsyncioEventLoop, list[object]]]:
+    """An :class:`AsyncioEventLoop` on a new (not running) asyncio loop or uvloop,
+    and the list of the exceptions its callbacks raised; both closed after.
+
+    Skips the test for ``"uvloop"`` when uvloop is not installed.
+    """
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    aloop = new_asyncio_loop(kind)
+    errors: list[object] = []
+    aloop.set_exception_handler(lambda _l, ctx: errors.append(ctx.get("exception", ctx)))
+    lp = AsyncioEventLoop(aloop)
+    try:
+        yield lp, errors
+    finally:
+        lp.close()
+        aloop.run_until_complete(aloop.shutdown_asyncgens())
+        aloop.close()
 
 
 def missing_peer(what: str, how: str) -> None:

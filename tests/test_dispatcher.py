@@ -50,6 +50,8 @@ from tests.support import (
     udp_socket,
 )
 
+pytestmark = pytest.mark.both_loops
+
 
 def _advance(loop: EventLoop, clock: FakeClock, seconds: float, step: float = 0.0625) -> None:
     """Move the fake clock forward in small exact steps, polling the loop at each."""

@@ -8,7 +8,6 @@ time and every wait is bounded by ``drive``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,8 @@ from netsip.sdp import SDP
 from netsip.simple import Call, Simple
 from netsip.testing import drive, open_fds, udp_socket
 from netsip.util import Var
+
+pytestmark = pytest.mark.both_loops
 
 FRAME = 160  # 20 ms of G.711 at 8 kHz
 
@@ -40,13 +41,6 @@ class Events:
     received: list[bytes] = field(default_factory=list)
     cleanup: int = 0
     messages: list[Request] = field(default_factory=list)
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 def ua(loop: EventLoop, name: str, proto: str = "udp", addr: str = "127.0.0.1") -> Simple:

@@ -7,7 +7,6 @@ calling each other through it, with and without digest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,9 @@ from netsip.simple import Call, Simple
 from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import drive
 
+pytestmark = pytest.mark.both_loops
+
 USERS = {"alice": "wonderland", "bob": "builder"}
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 def _hostport(ua: Simple) -> str:

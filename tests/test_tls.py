@@ -105,7 +105,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     )
 
 
-pytestmark = pytest.mark.usefixtures("restore_settings")
+pytestmark = [pytest.mark.usefixtures("restore_settings"), pytest.mark.both_loops]
 
 
 @pytest.fixture(params=LOOPBACKS)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import select
 import signal
@@ -34,8 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final
 
 from netsip._log import get_logger
 from netsip.cli._answer import Calls, MediaSink, answer_sdp, offer_sdp, to_tag
@@ -60,6 +58,7 @@ from netsip.cli._listen_sockets import (
     parse_listen_spec,
     set_rcvbuf,
 )
+from netsip.cli._workers import run_workers
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -600,43 +599,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def _run_workers(
     sets: list[Bound], cfg: _ServeConfig, phrase: str, ready: Callable[[], None]
 ) -> int:
-    """Fork one worker per socket set, forward SIGINT/SIGTERM, wait, print the summary."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    children: dict[int, tuple[int, int]] = {}  # pid -> (worker number, stats pipe)
-    stopping: Var[int] = Var()
+    """Fork one worker per socket set (:func:`netsip.cli._workers.run_workers`),
+    wait for them, print the summary of them all."""
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        stopping.value = signum
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+    def serve(bound: Bound, number: int, stop: Var[int]) -> dict[str, Any]:
+        return _serve(bound, cfg, stop=stop, worker=number)
 
-    # installed before the first fork: a signal during startup stops every worker
-    saved = {sig: signal.signal(sig, forward) for sig in SignalStop.SIGNALS}
-    try:
-        try:
-            for i, bound in enumerate(sets):
-                rfd, wfd = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    _worker(i + 1, bound, cfg, sets=sets, fds=(rfd, wfd), siblings=children)
-                os.close(wfd)
-                children[pid] = (i + 1, rfd)
-        finally:
-            for bound in sets:
-                for _, sock in bound:
-                    sock.close()  # the workers have theirs; the parent keeps none
-        ready()
-        log.info("%d workers: %s", len(children), " ".join(map(str, children)))
-        results, failed = _reap_workers(children, stopping, forward)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    results, failed = run_workers(sets, serve, ready, "netsip listen")
     merged = ListenStats.merge(list(results.values()))
     per = ", ".join(f"#{n} {results[n]['requests']}" for n in sorted(results))
     lines = ListenStats.summary(merged, cfg.args.code, phrase)
-    lines.append(f"workers: {len(results)} of {len(children)} ok; requests per worker: {per}")
+    lines.append(f"workers: {len(results)} of {len(sets)} ok; requests per worker: {per}")
     _summary(cfg.out, lines)
     return EXIT_OK if not failed else EXIT_FAIL
 
@@ -647,78 +620,3 @@ def _summary(out: _Output, lines: Sequence[str]) -> None:
     for text in lines:
         out.line(text, keep=True)
     out.flush(wait=_FINAL_WAIT)
-
-
-def _worker(
-    number: int,
-    bound: Bound,
-    cfg: _ServeConfig,
-    *,
-    sets: list[Bound],
-    fds: tuple[int, int],
-    siblings: Mapping[int, tuple[int, int]],
-) -> NoReturn:
-    """The forked worker: serve ``bound``, send the stats to the parent, ``_exit``.
-
-    Args:
-        sets: every worker's sockets; the others' are closed here.
-        fds: this worker's stats pipe (read end, closed here; write end).
-        siblings: the workers forked before, whose pipe read ends are closed here.
-    """
-    rfd, wfd = fds
-    stop: Var[int] = Var()
-
-    def early(signum: int, frame: FrameType | None) -> None:
-        stop.value = signum
-
-    for sig in SignalStop.SIGNALS:  # not the parent's forwarding handler
-        signal.signal(sig, early)
-    status = EXIT_FAIL
-    try:
-        os.close(rfd)
-        for _, sibling_rfd in siblings.values():
-            os.close(sibling_rfd)
-        for other in sets:
-            if other is not bound:
-                for _, sock in other:
-                    sock.close()
-        stats = _serve(bound, cfg, stop=stop, worker=number)
-        with os.fdopen(wfd, "w") as pipe:
-            json.dump(stats, pipe)
-        status = EXIT_OK
-    except CliError as exc:
-        print(f"netsip listen: error: worker {number}: {exc}", file=sys.stderr)
-        status = exc.status
-    except Exception:
-        log.exception("worker %d failed", number)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)  # no cleanup of the parent's state in the child
-
-
-def _reap_workers(
-    children: Mapping[int, tuple[int, int]],
-    stopping: Var[int],
-    forward: Callable[[int, FrameType | None], None],
-) -> tuple[dict[int, dict[str, Any]], int]:
-    """Wait for every worker; returns (stats per worker number, how many failed)."""
-    results: dict[int, dict[str, Any]] = {}
-    failed = 0
-    pending = dict(children)
-    while pending:
-        pid, wstatus = os.waitpid(-1, 0)  # PEP 475: retried after `forward` ran
-        if pid not in pending:
-            continue
-        number, rfd = pending.pop(pid)
-        with os.fdopen(rfd) as pipe:
-            data = pipe.read()
-        code = os.waitstatus_to_exitcode(wstatus)
-        if code == 0 and data:
-            results[number] = json.loads(data)
-        else:
-            failed += 1
-            log.error("worker %d (pid %d) ended with status %d", number, pid, code)
-            if not stopping.value:
-                forward(signal.SIGTERM, None)  # one is gone: stop the others too
-    return results, failed
