@@ -50,6 +50,7 @@ Differences from Net::SIP's scripts: one command for both, challenges with
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -331,6 +332,7 @@ def _serve(
             if announce:
                 for leg in legs:
                     log.info("listening on %s:%s", leg.proto, leg.src)
+            _tune_gc()
             if not stop.value:
                 loop.loop(None, stop)
             disp.close()
@@ -407,3 +409,13 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
             proxy,
         ]
     )
+
+
+def _tune_gc() -> None:
+    """A long-running server's collector: what start-up made is frozen out of
+    the collections, and the young generation collected less often, so that
+    the transactions a stateful proxy keeps for 32 s do not make full
+    collections long and frequent (pauses of 0.5 s lost calls under load)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
