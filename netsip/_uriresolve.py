@@ -229,6 +229,10 @@ def pair_legs(dsts: Iterable[Dest], legs: Sequence[Leg]) -> list[Target]:
     return targets
 
 
+#: IP-literal URIs whose targets are kept (then the table starts again)
+_LITERAL_CACHE = 1024
+
+
 class UriResolver:
     """Resolves URIs to ``(Addr, Leg)`` pairs for a Dispatcher.
 
@@ -258,6 +262,9 @@ class UriResolver:
         self._outgoing_proxy: str | None = None
         self._dnsresolv = dnsresolv
         self._resolver: ResolverLike | None = None
+        #: the targets of IP-literal URIs (no DNS, no proxy settings involved):
+        #: (uri, protocols, legs asked for) -> (the leg list they came from, targets)
+        self._literal: dict[tuple[object, ...], tuple[list[Leg], list[Target]]] = {}
 
     @property
     def outgoing_proxy(self) -> str | None:
@@ -273,6 +280,7 @@ class UriResolver:
         if proxy is not None and not self.find_legs4addr(proxy):
             raise ValueError(f"cannot find leg for destination {proxy}")
         self._outgoing_proxy = proxy
+        self._literal.clear()
 
     def find_legs4addr(self, addr: str) -> list[Leg]:
         """The legs that can reach ``addr`` (empty if it cannot be understood)."""
@@ -322,8 +330,19 @@ class UriResolver:
     ) -> None:
         """Find the destinations and outgoing legs for ``uri``.
 
-        See :meth:`netsip.dispatcher.Dispatcher.resolve_uri`.
+        See :meth:`netsip.dispatcher.Dispatcher.resolve_uri`. The targets of
+        a URI with an IP address (what a proxy forwards to, again and again)
+        are kept: they depend on nothing but the URI and the legs.
         """
+        key = (
+            uri,
+            tuple(allowed_proto) if allowed_proto else None,
+            tuple(allowed_legs) if allowed_legs else None,
+        )
+        hit = self._literal.get(key)
+        if hit is not None and (allowed_legs or hit[0] is self._legs()):
+            invoke_callback(callback, list(hit[1]))
+            return
         parts = sip_uri2parts(uri)
         if parts is None or not parts[0]:
             log.debug("bad URI %r", uri)
@@ -425,10 +444,16 @@ class UriResolver:
             if not dests:
                 invoke_callback(callback, errno.ENOPROTOOPT)
                 return
-        if all(d.addr is not None for d in dests):
-            self.resolve_final(dests, legs, callback)
-        else:
+        if not all(d.addr is not None for d in dests):
             self.dns_hosts(dests, legs, callback)
+            return
+        targets = self._targets(dests, legs)
+        literal = family is not None and not maddr
+        if targets and literal and not self.domain2proxy and not self._outgoing_proxy:
+            if len(self._literal) >= _LITERAL_CACHE:
+                self._literal.clear()
+            self._literal[key] = (legs if allowed_legs else self._legs(), targets)
+        invoke_callback(callback, list(targets) if targets else errno.EHOSTUNREACH)
 
     def _dns_done(
         self, legs: list[Leg], callback: object, result: Sequence[tuple[str, Addr]]
@@ -480,7 +505,12 @@ class UriResolver:
 
         Perl's ``__resolve_uri_final``.
         """
-        # stable sort by priority, without duplicates
+        targets = self._targets(dests, legs)
+        invoke_callback(callback, targets if targets else errno.EHOSTUNREACH)
+
+    @staticmethod
+    def _targets(dests: list[Dest], legs: list[Leg]) -> list[Target]:
+        """``dests`` by priority, without duplicates, paired with ``legs``."""
         seen: set[tuple[object, ...]] = set()
         ordered: list[Dest] = []
         for d in sorted(dests, key=lambda d: d.prio):
@@ -488,8 +518,4 @@ class UriResolver:
             if key not in seen:
                 seen.add(key)
                 ordered.append(d)
-        targets = pair_legs(ordered, legs)
-        if not targets:
-            invoke_callback(callback, errno.EHOSTUNREACH)
-            return
-        invoke_callback(callback, targets)
+        return pair_legs(ordered, legs)

@@ -275,7 +275,7 @@ class Dispatcher:
                 leg = Leg(**arg)
             else:
                 raise TypeError(f"invalid spec for leg: {arg!r}")
-            self.legs.append(leg)
+            self.legs = [*self.legs, leg]  # (a new list: the resolver keeps targets per list)
             leg.socketpool().attach_eventloop(self.eventloop, partial(self._on_packet, leg))
 
     def remove_leg(self, *legs: Leg) -> None:
@@ -292,7 +292,7 @@ class Dispatcher:
         return [leg for leg in self.legs if leg.match(**spec)]
 
     def _get_legs_list(self) -> list[Leg]:
-        # the current list: remove_leg and close replace it
+        # the current list: add_leg, remove_leg and close replace it
         return self.legs
 
     def legs2i(self, *legs: Leg) -> list[int]:

@@ -770,6 +770,30 @@ def test_resolve_uri_literals(multi: Dispatcher) -> None:
     assert _resolve(multi, "sip:bad_host!") == errno.EHOSTUNREACH
 
 
+def test_resolve_uri_literal_targets_kept_per_leg_list(loop: EventLoop) -> None:
+    """The targets of an IP-literal URI are kept; adding or removing a leg, or an
+    outgoing proxy, is seen at once."""
+    udp = Leg(addr="127.0.0.1", port=0, proto="udp")
+    disp = Dispatcher([udp], loop)
+    try:
+        first = _resolve(disp, "sip:bob@127.0.0.2:5070")
+        assert first == [("udp:127.0.0.2:5070", "udp")]
+        assert _resolve(disp, "sip:bob@127.0.0.2:5070") == first  # (kept)
+        tcp = Leg(addr="127.0.0.1", port=0, proto="tcp")
+        disp.add_leg(tcp)
+        assert _resolve(disp, "sip:bob@127.0.0.2:5070") == [
+            ("udp:127.0.0.2:5070", "udp"),
+            ("tcp:127.0.0.2:5070", "tcp"),
+        ]
+        disp.remove_leg(udp)
+        assert _resolve(disp, "sip:bob@127.0.0.2:5070") == [("tcp:127.0.0.2:5070", "tcp")]
+        disp.outgoing_proxy = "127.0.0.3:5099"
+        assert _resolve(disp, "sip:bob@127.0.0.2:5070") == [("tcp:127.0.0.3:5099", "tcp")]
+    finally:
+        disp.close()
+        udp.close()
+
+
 def test_resolve_uri_proxies(loop: EventLoop) -> None:
     legs = [Leg(addr="127.0.0.1", port=0, proto="udp"), Leg(addr="127.0.0.1", port=0, proto="tcp")]
     d = Dispatcher(
