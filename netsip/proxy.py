@@ -262,6 +262,8 @@ class StatelessProxy:
         )
         # response codes >= 400 to INVITE, for the NAT helper's ACK
         self._respcodes = ResponseCodes()
+        # _my_leg's answers for the dispatcher's current leg list (short URIs only)
+        self._my_legs: tuple[list[Leg], dict[str, Leg | None]] = (dispatcher.legs, {})
 
     # ------------------------------------------------------------ receiving
 
@@ -315,8 +317,24 @@ class StatelessProxy:
         """The leg ``uri`` names (its contact, or its address and port), if any.
 
         A ``transport`` in ``uri`` must be the leg's: UDP and TCP legs on one
-        port have equal contacts but for it.
+        port have equal contacts but for it. The answers are kept while the
+        dispatcher's leg list stays the same (every request asks for its
+        Routes and Request-URI).
         """
+        legs_now, known = self._my_legs
+        if legs_now is not self.dispatcher.legs:
+            known = {}
+            self._my_legs = (self.dispatcher.legs, known)
+        if uri in known:
+            return known[uri]
+        leg = self._find_my_leg(uri)
+        if len(uri) <= 256:
+            if len(known) >= 1024:
+                known.clear()
+            known[uri] = leg
+        return leg
+
+    def _find_my_leg(self, uri: str) -> Leg | None:
         try:
             info = sip_uri2sockinfo(uri)
         except ValueError:
