@@ -21,6 +21,10 @@ or one listening TCP socket on 127.0.0.1 (port chosen by the system), prints
     netsip's UAS: a :class:`~netsip.leg.Leg` and a
     :class:`~netsip.dispatcher.Dispatcher` (response cache and retransmissions
     on) with a receiver delivering ``create_response(200)``.
+``dispatcher-asyncio``, ``dispatcher-uvloop``
+    The same UAS on :class:`~netsip.aio.AsyncioEventLoop`, over a stock
+    asyncio loop or a uvloop one (:func:`~netsip.aio.new_asyncio_loop`), run
+    by ``AsyncioEventLoop.loop()`` (the asyncio loop is not running before).
 ``perl``
     The same UAS on Perl's Net::SIP 0.835 (``Net::SIP::Leg`` +
     ``Net::SIP::Dispatcher``), run as ``perl -e PERL_UAS <proto>``.
@@ -47,7 +51,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-RESPONDERS: Final = ("stdlib", "pool", "dispatcher", "perl")
+RESPONDERS: Final = (
+    "stdlib",
+    "pool",
+    "dispatcher",
+    "dispatcher-asyncio",
+    "dispatcher-uvloop",
+    "perl",
+)
 
 #: datagrams read per readiness (as netsip.socketpool's _UDP_READS_PER_READY)
 UDP_READS_PER_READY: Final = 32
@@ -248,8 +259,12 @@ def pool_main(proto: str) -> int:
     return 0
 
 
-def dispatcher_main(proto: str) -> int:
-    """Serve with netsip's Leg and Dispatcher (see the module docstring)."""
+def dispatcher_main(proto: str, loop_kind: str = "native") -> int:
+    """Serve with netsip's Leg and Dispatcher (see the module docstring).
+
+    ``loop_kind``: ``native`` (netsip's EventLoop), ``asyncio`` or ``uvloop``
+    (an :class:`~netsip.aio.AsyncioEventLoop` on that asyncio loop).
+    """
     from netsip.dispatcher import Dispatcher  # noqa: PLC0415
     from netsip.eventloop import EventLoop  # noqa: PLC0415
     from netsip.leg import Leg  # noqa: PLC0415
@@ -257,7 +272,13 @@ def dispatcher_main(proto: str) -> int:
     from netsip.util import Addr  # noqa: PLC0415
 
     stop = _Stop()
-    loop = EventLoop()
+    if loop_kind == "native":
+        loop = EventLoop()
+    else:
+        from netsip.aio import AsyncioEventLoop, new_asyncio_loop  # noqa: PLC0415
+
+        aloop = new_asyncio_loop(loop_kind)
+        loop = AsyncioEventLoop(aloop)
     disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp" if proto == "udp" else "tcp")],
                       loop)  # fmt: skip
     leg = disp.legs[0]
@@ -271,6 +292,8 @@ def dispatcher_main(proto: str) -> int:
     loop.loop(None, lambda: stop.value)
     disp.close()
     loop.close()
+    if loop_kind != "native":
+        aloop.close()
     return 0
 
 
@@ -278,6 +301,8 @@ _MAINS: Final[dict[str, Callable[[str], int]]] = {
     "stdlib": stdlib_main,
     "pool": pool_main,
     "dispatcher": dispatcher_main,
+    "dispatcher-asyncio": lambda proto: dispatcher_main(proto, "asyncio"),
+    "dispatcher-uvloop": lambda proto: dispatcher_main(proto, "uvloop"),
 }
 
 
