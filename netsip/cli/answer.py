@@ -5,7 +5,8 @@ Every INVITE is answered 200 with an SDP answer (PCMU and telephone-event,
 RFC 3264, 4733); the media of each call is the caller's own audio sent back
 (``--echo``, the default) or the file of ``--play`` followed by silence, and
 what the caller sends is kept for ``--record``. DTMF digits the caller
-sends (RFC 4733 events or in-band tones) are printed. Calls run in
+sends (RFC 4733 events, or in-band tones when the caller did not offer
+telephone-event, or with ``--dtmf-detect both``) are printed. Calls run in
 parallel; each ends with the caller's BYE or, after ``--duration``, with
 ours. ``--register`` registers the listening address first (with digest,
 refreshed while the command runs) so that calls through a registrar reach
@@ -83,6 +84,13 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         "--play",
         metavar="FILE",
         help="send this audio, then silence: WAV (8000 Hz mono 16-bit) or raw PCMU",
+    )
+    p.add_argument(
+        "--dtmf-detect",
+        choices=("auto", "both"),
+        default="auto",
+        help="auto (default): RFC 4733 events when the caller offered telephone-event, "
+        "else in-band tones; both: tones too (their detector costs CPU on every packet)",
     )
     p.add_argument(
         "--record",
@@ -250,9 +258,13 @@ def _serve(  # noqa: PLR0917  (the command's settings, one sequence of events)
                 media = rtp.media_send_recv(Player(audio, then_silence=True), 1, info.recorder)
             else:
                 media = rtp.media_recv_echo(info.recorder, 0)
+            events = b"telephone-event" in request.body()
             call.set_param(
                 netsip_cli=info,
                 init_media=media,
+                # a caller that offered telephone-event sends digits as events (RFC 4733):
+                # the tone detector would only cost CPU on every packet
+                dtmf_methods="rfc2833" if events and args.dtmf_detect == "auto" else None,
                 cb_dtmf=lambda event, duration: dtmf(info, event, duration),
                 recv_bye=lambda *_a: peer_bye(info),
                 cb_rtp_done=lambda *_a: None,  # (a played file ends in silence, not BYE)
