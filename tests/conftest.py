@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from netsip._log import FILTER
 from netsip.eventloop import EventLoop
 from netsip.socketpool import get_settings, import_settings
-from tests.support import Listen, asyncio_loop
+from tests.support import FakeClock, Listen, asyncio_loop
 
 # CI machines are small and noisy: no deadline, fixed example budget.
 settings.register_profile(
@@ -31,18 +31,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--loop",
         choices=(*LOOP_KINDS, "all"),
         default=None,
-        help="run every test that takes the `loop` fixture on this loop "
+        help="run every test that takes the `loop` (or `clock_loop`) fixture on this loop "
         "(default: native, and native + asyncio in modules marked both_loops)",
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise the ``loop`` fixture over the loop kinds asked for."""
-    if "loop" not in metafunc.fixturenames:
-        return
-    defs = getattr(metafunc, "_arg2fixturedefs", {}).get("loop")
+    """Parametrise the ``loop`` and ``clock_loop`` fixtures over the loop kinds asked for."""
+    for name in ("loop", "clock_loop"):
+        if name in metafunc.fixturenames:
+            _parametrize_loop(metafunc, name)
+
+
+def _parametrize_loop(metafunc: pytest.Metafunc, name: str) -> None:
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get(name)
     if defs and getattr(defs[-1].func, "__module__", __name__) != __name__:
-        return  # the module has a `loop` fixture of its own: it decides the loop
+        return  # the module has a fixture of that name: it decides the loop
     option = metafunc.config.getoption("--loop")
     if option == "all":
         kinds: tuple[str, ...] = LOOP_KINDS
@@ -52,7 +56,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         kinds = ("native", "asyncio")
     else:
         return
-    metafunc.parametrize("loop", kinds, indirect=True)
+    metafunc.parametrize(name, kinds, indirect=True)
 
 
 @pytest.fixture
@@ -69,6 +73,31 @@ def loop(request: pytest.FixtureRequest) -> Iterator[EventLoop]:
             yield lp
         return
     with asyncio_loop(kind) as (alp, errors):
+        yield alp
+    if errors:
+        pytest.fail(f"exceptions in callbacks on the {kind} loop: {errors!r}")
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A :class:`FakeClock` at an epoch-like time, for ``clock_loop``."""
+    return FakeClock(1_000_000.0)
+
+
+@pytest.fixture
+def clock_loop(request: pytest.FixtureRequest, fake_clock: FakeClock) -> Iterator[EventLoop]:
+    """A fresh event loop on ``fake_clock``, closed after the test.
+
+    Parametrised as ``loop`` is: ``EventLoop(clock=fake_clock)``, or an
+    :class:`~netsip.aio.AsyncioEventLoop` on a
+    :class:`~tests.support.FakeTimeLoop` (uvloop: skipped).
+    """
+    kind = getattr(request, "param", "native")
+    if kind == "native":
+        with EventLoop(clock=fake_clock) as lp:
+            yield lp
+        return
+    with asyncio_loop(kind, fake_clock) as (alp, errors):
         yield alp
     if errors:
         pytest.fail(f"exceptions in callbacks on the {kind} loop: {errors!r}")

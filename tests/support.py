@@ -15,6 +15,7 @@ header values, the ``netsip`` command as a subprocess and sipp runs.
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import csv
 import glob
@@ -157,19 +158,49 @@ def skip_unless_native(loop: EventLoop, why: str) -> None:
         pytest.skip(f"native loop only: {why}")
 
 
+class FakeTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose time follows a :class:`FakeClock`, for fake-clock
+    tests on :class:`AsyncioEventLoop` (build that with ``clock=aloop.time``).
+
+    Its time is the fake clock plus the real time since the test last moved
+    the clock: a test that moves the clock fires the timers that came due, and
+    a real-time bound (``drive``'s, ``STOPVAR_POLL_INTERVAL``) still ends
+    while the clock stands still. Between two moves of the clock the time runs
+    ahead of it by that real time (milliseconds, in the tests that use it).
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self._fake = clock
+        self._seen = clock.now
+        self._since = time.monotonic()
+
+    def time(self) -> float:
+        now, real = self._fake.now, time.monotonic()
+        if now != self._seen:
+            self._seen, self._since = now, real
+        return now + (real - self._since)
+
+
 @contextlib.contextmanager
-def asyncio_loop(kind: str = "asyncio") -> Iterator[tuple[AsyncioEventLoop, list[object]]]:
+def asyncio_loop(
+    kind: str = "asyncio", clock: FakeClock | None = None
+) -> Iterator[tuple[AsyncioEventLoop, list[object]]]:
     """An :class:`AsyncioEventLoop` on a new (not running) asyncio loop or uvloop,
     and the list of the exceptions its callbacks raised; both closed after.
 
-    Skips the test for ``"uvloop"`` when uvloop is not installed.
+    With ``clock``, the asyncio loop is a :class:`FakeTimeLoop` on it.
+    Skips the test for ``"uvloop"`` when uvloop is not installed, or with a
+    ``clock`` (uvloop's time cannot be replaced).
     """
     if kind == "uvloop":
+        if clock is not None:
+            pytest.skip("uvloop's time cannot follow a fake clock")
         pytest.importorskip("uvloop")
-    aloop = new_asyncio_loop(kind)
+    aloop = new_asyncio_loop(kind) if clock is None else FakeTimeLoop(clock)
     errors: list[object] = []
     aloop.set_exception_handler(lambda _l, ctx: errors.append(ctx.get("exception", ctx)))
-    lp = AsyncioEventLoop(aloop)
+    lp = AsyncioEventLoop(aloop) if clock is None else AsyncioEventLoop(aloop, clock=aloop.time)
     try:
         yield lp, errors
     finally:

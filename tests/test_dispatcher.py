@@ -1383,107 +1383,109 @@ def test_uas_answers_with_exactly_the_expected_bytes(
 # ------------------------------------------------------------------- floods
 
 
-def test_flood_of_hostile_but_parseable_packets_delivers_every_valid_request() -> None:
+def test_flood_of_hostile_but_parseable_packets_delivers_every_valid_request(
+    loop: EventLoop,
+) -> None:
     """Garbage plus packets that parse but belong to nothing: stray responses,
     ACK and CANCEL for unknown transactions, requests without Via or with a
     hundred Vias. The receiver gets every valid request (and the hostile
     packets that parse: the application's business); nothing is queued."""
     rng = random.Random(4475)
-    with EventLoop() as loop:
-        leg = Leg(addr="127.0.0.1", port=0, proto="udp")
-        disp = Dispatcher([leg], loop)
-        try:
-            big_rcvbuf(leg.socketpool().master())
-            got: list[str] = []
-            valid_got = 0
+    leg = Leg(addr="127.0.0.1", port=0, proto="udp")
+    disp = Dispatcher([leg], loop)
+    try:
+        big_rcvbuf(leg.socketpool().master())
+        got: list[str] = []
+        valid_got = 0
 
-            def receiver(packet: Packet, leg_: Leg, from_: Addr) -> None:
-                nonlocal valid_got
-                cid = packet.callid() or ""
-                got.append(cid)
-                valid_got += cid.startswith("valid-")
+        def receiver(packet: Packet, leg_: Leg, from_: Addr) -> None:
+            nonlocal valid_got
+            cid = packet.callid() or ""
+            got.append(cid)
+            valid_got += cid.startswith("valid-")
 
-            disp.set_receiver(receiver)
-            dst = leg.socketpool().master().getsockname()
-            hostile = [
-                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\n"
-                b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\n"
-                b"Call-ID: stray\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
-                call_request(1, "ack-unknown", method="ACK", proto="UDP"),
-                call_request(1, "cancel-unknown", method="CANCEL", proto="UDP"),
-                call_request(1, "no-via", proto="UDP").replace(b"Via: SIP/2.0/UDP", b"X-Via: x"),
-                call_request(1, "many-via", proto="UDP").replace(
-                    b"Via: ", b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKv\r\n" * 100 + b"Via: ", 1
-                ),
-            ]
-            valid = 0
-            with udp_socket() as sender:
-                for n in range(1, 5001):
-                    sender.sendto(garbage(rng, n), dst)
-                    if n % 10 == 0:
-                        sender.sendto(hostile[n // 10 % len(hostile)], dst)
-                    if n % 10 == 5:
-                        valid += 1
-                        sender.sendto(call_request(valid, f"valid-{valid}", proto="UDP"), dst)
-                    if n % 100 == 0:
-                        drive(loop, at_least(lambda: valid_got, valid))
-                        poll(loop, 5)
-            assert [c for c in got if c.startswith("valid-")] == [
-                f"valid-{i}" for i in range(1, valid + 1)
-            ]
-            # the hostile ones that parse reach the application (its business)
-            assert {"stray", "ack-unknown", "cancel-unknown", "many-via"} <= set(got)
-            assert disp.queue_size() == 0
-        finally:
-            disp.close()
+        disp.set_receiver(receiver)
+        dst = leg.socketpool().master().getsockname()
+        hostile = [
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\n"
+            b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>;tag=2\r\n"
+            b"Call-ID: stray\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            call_request(1, "ack-unknown", method="ACK", proto="UDP"),
+            call_request(1, "cancel-unknown", method="CANCEL", proto="UDP"),
+            call_request(1, "no-via", proto="UDP").replace(b"Via: SIP/2.0/UDP", b"X-Via: x"),
+            call_request(1, "many-via", proto="UDP").replace(
+                b"Via: ", b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKv\r\n" * 100 + b"Via: ", 1
+            ),
+        ]
+        valid = 0
+        with udp_socket() as sender:
+            for n in range(1, 5001):
+                sender.sendto(garbage(rng, n), dst)
+                if n % 10 == 0:
+                    sender.sendto(hostile[n // 10 % len(hostile)], dst)
+                if n % 10 == 5:
+                    valid += 1
+                    sender.sendto(call_request(valid, f"valid-{valid}", proto="UDP"), dst)
+                if n % 100 == 0:
+                    drive(loop, at_least(lambda: valid_got, valid))
+                    poll(loop, 5)
+        assert [c for c in got if c.startswith("valid-")] == [
+            f"valid-{i}" for i in range(1, valid + 1)
+        ]
+        # the hostile ones that parse reach the application (its business)
+        assert {"stray", "ack-unknown", "cancel-unknown", "many-via"} <= set(got)
+        assert disp.queue_size() == 0
+    finally:
+        disp.close()
 
 
 @pytest.mark.usefixtures("restore_settings")
-def test_flood_of_unique_large_requests_keeps_the_response_cache_bounded() -> None:
+def test_flood_of_unique_large_requests_keeps_the_response_cache_bounded(
+    loop: EventLoop,
+) -> None:
     """1,500 unique requests of ~60 KB, each answered (responses copy the big
     From): the cache keeps at most MAX_RESPONSE_CACHE bytes, the process grows
     by little more, and a good client is still served."""
     limit = 4 * 1024 * 1024
     big = "x" * 60_000
     proc = psutil.Process()
-    with EventLoop() as loop:
-        import_settings(MAX_RESPONSE_CACHE=limit)
-        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
-        try:
-            leg = disp.legs[0]
-            big_rcvbuf(leg.socketpool().master())
-            answered = 0
+    import_settings(MAX_RESPONSE_CACHE=limit)
+    disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto="udp")], loop)
+    try:
+        leg = disp.legs[0]
+        big_rcvbuf(leg.socketpool().master())
+        answered = 0
 
-            def uas(packet: Packet, leg_: Leg, from_: Addr) -> None:
-                nonlocal answered
-                if isinstance(packet, Request):
-                    disp.deliver(packet.create_response(200), leg=leg_, dst_addr=from_)
-                    answered += 1
+        def uas(packet: Packet, leg_: Leg, from_: Addr) -> None:
+            nonlocal answered
+            if isinstance(packet, Request):
+                disp.deliver(packet.create_response(200), leg=leg_, dst_addr=from_)
+                answered += 1
 
-            disp.set_receiver(uas)
-            dst = leg.socketpool().master().getsockname()
-            gc.collect()
-            rss_before = proc.memory_info().rss
-            peak_cache = 0
-            with udp_socket() as sender:
-                sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-                for n in range(1, 1501):
-                    display = big[: 60_000 - n % 7]  # unique sizes too
-                    req = call_request(n, f"flood-{n}", proto="UDP").replace(
-                        b"From: ", f'From: "{display}" '.encode(), 1
-                    )
-                    sender.sendto(req, dst)
-                    if n % 20 == 0:
-                        drive(loop, at_least(lambda: answered, n))
-                        peak_cache = max(peak_cache, disp._cache.bytes)
-                        datagrams(sender)  # the responses, not kept
-            assert answered == 1500
-            assert peak_cache <= limit
-            grown = proc.memory_info().rss - rss_before
-            assert grown < limit + 40 * 1024 * 1024, grown  # 90 MB of responses unbounded
-            # a good client is still answered
-            with udp_socket() as good:
-                good.sendto(call_request(1, "good", proto="UDP"), dst)
-                drive(loop, at_least(lambda: answered, 1501))
-        finally:
-            disp.close()
+        disp.set_receiver(uas)
+        dst = leg.socketpool().master().getsockname()
+        gc.collect()
+        rss_before = proc.memory_info().rss
+        peak_cache = 0
+        with udp_socket() as sender:
+            sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            for n in range(1, 1501):
+                display = big[: 60_000 - n % 7]  # unique sizes too
+                req = call_request(n, f"flood-{n}", proto="UDP").replace(
+                    b"From: ", f'From: "{display}" '.encode(), 1
+                )
+                sender.sendto(req, dst)
+                if n % 20 == 0:
+                    drive(loop, at_least(lambda: answered, n))
+                    peak_cache = max(peak_cache, disp._cache.bytes)
+                    datagrams(sender)  # the responses, not kept
+        assert answered == 1500
+        assert peak_cache <= limit
+        grown = proc.memory_info().rss - rss_before
+        assert grown < limit + 40 * 1024 * 1024, grown  # 90 MB of responses unbounded
+        # a good client is still answered
+        with udp_socket() as good:
+            good.sendto(call_request(1, "good", proto="UDP"), dst)
+            drive(loop, at_least(lambda: answered, 1501))
+    finally:
+        disp.close()

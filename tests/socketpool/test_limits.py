@@ -3,7 +3,9 @@ limits, fd exhaustion on accept, write backpressure; over loopback.
 
 Figures from the longer runs of ``benchmarks/bench_hardening.py`` are in
 docs/robustness.md. No timing targets here: only correctness, plus one
-generous CPU-time bound that a busy loop cannot meet.
+generous CPU-time bound that a busy loop cannot meet. Every test with a loop
+runs on the native and the asyncio loop (the fake-clock ones on an asyncio
+loop whose time is the fake clock).
 """
 
 from __future__ import annotations
@@ -42,13 +44,16 @@ from tests.support import (
 )
 from tests.support import call_request as request
 
-pytestmark = pytest.mark.usefixtures("restore_settings")
+# (on the native and the asyncio loop: the `loop` and `clock_loop` fixtures)
+pytestmark = [pytest.mark.usefixtures("restore_settings"), pytest.mark.both_loops]
 
 
 # ------------------------------------------------------ slow and idle attackers
 
 
-def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever() -> None:
+def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever(
+    clock_loop: EventLoop, fake_clock: FakeClock
+) -> None:
     """200 connections trickle a header one byte per (fake) second: a good client's
     transaction still takes a handful of loop cycles, and the attackers are closed
     by expiry although they keep sending (only complete messages count as activity).
@@ -57,12 +62,9 @@ def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever() -> 
     client's latency (docs/robustness.md).
     """
     n = 200
-    clock = FakeClock(1_000_000.0)
+    loop, clock = clock_loop, fake_clock
     before = open_fds()
-    with (
-        EventLoop(clock=clock) as loop,
-        SocketPool("tcp", tcp_listener(backlog=n + 16)) as pool,
-    ):
+    with SocketPool("tcp", tcp_listener(backlog=n + 16)) as pool:
         got: Received = []
         pool.attach_eventloop(loop, answering(pool, got))
         server = addr_of(pool.master())
@@ -96,10 +98,12 @@ def test_slow_partial_headers_neither_delay_a_good_client_nor_live_forever() -> 
     assert open_fds() == before
 
 
-def test_idle_connections_expire_with_a_fake_clock() -> None:
+def test_idle_connections_expire_with_a_fake_clock(
+    clock_loop: EventLoop, fake_clock: FakeClock
+) -> None:
     """Connections that never send anything are closed after MAX_EXPIRE (few connections)."""
-    clock = FakeClock(1_000_000.0)
-    with EventLoop(clock=clock) as loop, SocketPool("tcp", tcp_listener()) as pool:
+    loop, clock = clock_loop, fake_clock
+    with SocketPool("tcp", tcp_listener()) as pool:
         pool.attach_eventloop(loop, None)
         idle = [connect(addr_of(pool.master())) for _ in range(3)]
         try:
@@ -123,11 +127,11 @@ def test_idle_connections_expire_with_a_fake_clock() -> None:
 # ------------------------------------------------------ header and body limits
 
 
-def test_endless_header_is_dropped_at_max_sip_header() -> None:
+def test_endless_header_is_dropped_at_max_sip_header(loop: EventLoop) -> None:
     """Header lines that never end in CRLF CRLF: the connection is closed as soon
     as the buffer holds MAX_SIP_HEADER + 4 bytes without a header end, not later."""
     limit = int(get_settings()["MAX_SIP_HEADER"])
-    with EventLoop() as loop, SocketPool("tcp", tcp_listener()) as pool:
+    with SocketPool("tcp", tcp_listener()) as pool:
         got, cb = collector()
         pool.attach_eventloop(loop, cb)
         with connect(addr_of(pool.master())) as c:
@@ -149,12 +153,9 @@ def test_endless_header_is_dropped_at_max_sip_header() -> None:
         assert got == []
 
 
-def test_one_endless_line_is_dropped_at_max_sip_header() -> None:
+def test_one_endless_line_is_dropped_at_max_sip_header(loop: EventLoop) -> None:
     """The same with no line break at all, with a small per-pool limit."""
-    with (
-        EventLoop() as loop,
-        SocketPool("tcp", tcp_listener(), settings={"MAX_SIP_HEADER": 1000}) as pool,
-    ):
+    with SocketPool("tcp", tcp_listener(), settings={"MAX_SIP_HEADER": 1000}) as pool:
         pool.attach_eventloop(loop, None)
         with connect(addr_of(pool.master())) as c:
             drive(loop, lambda: pool.connection_count() == 1)
@@ -166,11 +167,11 @@ def test_one_endless_line_is_dropped_at_max_sip_header() -> None:
             assert peer_closed(c)
 
 
-def test_announced_body_above_max_sip_body_is_dropped_at_once() -> None:
+def test_announced_body_above_max_sip_body_is_dropped_at_once(loop: EventLoop) -> None:
     """Content-Length above MAX_SIP_BODY: closed when the header is complete,
     before a byte of the body arrives; exactly MAX_SIP_BODY is fine."""
     limit = int(get_settings()["MAX_SIP_BODY"])
-    with EventLoop() as loop, SocketPool("tcp", tcp_listener()) as pool:
+    with SocketPool("tcp", tcp_listener()) as pool:
         got, cb = collector()
         pool.attach_eventloop(loop, cb)
         server = addr_of(pool.master())
@@ -190,7 +191,9 @@ def test_announced_body_above_max_sip_body_is_dropped_at_once() -> None:
 # ------------------------------------------------------------- fd exhaustion
 
 
-def test_accept_backs_off_on_emfile_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_accept_backs_off_on_emfile_and_recovers(
+    loop: EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
     """With RLIMIT_NOFILE lowered, connections waiting in the backlog make accept()
     fail with EMFILE while the listener stays readable. The pool must stop
     watching it for a while (a level-triggered loop would otherwise spin at 100%
@@ -198,7 +201,7 @@ def test_accept_backs_off_on_emfile_and_recovers(caplog: pytest.LogCaptureFixtur
     available again."""
     caplog.set_level(logging.DEBUG, logger="netsip.socketpool")
     n = 60
-    with EventLoop() as loop, SocketPool("tcp", tcp_listener(backlog=n + 16)) as pool:
+    with SocketPool("tcp", tcp_listener(backlog=n + 16)) as pool:
         got: Received = []
         pool.attach_eventloop(loop, answering(pool, got))
         server = addr_of(pool.master())
@@ -239,40 +242,38 @@ def test_accept_backs_off_on_emfile_and_recovers(caplog: pytest.LogCaptureFixtur
     assert len(failures) < 20
 
 
-def test_accept_pause_is_cancelled_by_detach_and_close() -> None:
+def test_accept_pause_is_cancelled_by_detach_and_close(loop: EventLoop) -> None:
     """A pool detached or closed while its listener is paused leaves no timer behind."""
-    with EventLoop() as loop:
-        pool = SocketPool("tcp", tcp_listener())
-        pool.attach_eventloop(loop, None)
-        waiting = [connect(addr_of(pool.master())) for _ in range(5)]
-        try:
-            with fd_limit(0):
-                poll(loop)
-            assert pool.connection_count() == 0
-            assert loop.timer_count() == 1  # the accept pause
-            pool.attach_eventloop(None)
-            assert loop.timer_count() == 0
-            pool.attach_eventloop(loop, None)  # watching the listener again at once
-            drive(loop, lambda: pool.connection_count() == 5)
-            pool.close()
-            assert loop.timer_count() == 0 and loop.fd_count() == 0
-        finally:
-            pool.close()
-            for s in waiting:
-                s.close()
+    pool = SocketPool("tcp", tcp_listener())
+    pool.attach_eventloop(loop, None)
+    waiting = [connect(addr_of(pool.master())) for _ in range(5)]
+    try:
+        with fd_limit(0):
+            poll(loop)
+        assert pool.connection_count() == 0
+        assert loop.timer_count() == 1  # the accept pause
+        pool.attach_eventloop(None)
+        assert loop.timer_count() == 0
+        pool.attach_eventloop(loop, None)  # watching the listener again at once
+        drive(loop, lambda: pool.connection_count() == 5)
+        pool.close()
+        assert loop.timer_count() == 0 and loop.fd_count() == 0
+    finally:
+        pool.close()
+        for s in waiting:
+            s.close()
 
 
 # ---------------------------------------------------------- write backpressure
 
 
-def test_write_buffer_limit_fails_sendto_with_enobufs_and_closes() -> None:
+def test_write_buffer_limit_fails_sendto_with_enobufs_and_closes(loop: EventLoop) -> None:
     """A peer that never reads: once MAX_WBUF bytes wait, the connection is
     closed, every packet queued on it (and the one that did not fit) fails with
     ENOBUFS exactly once; a connection to a reading peer is not affected."""
     limit = 256 * 1024
     body = b"x" * 16000
     with (
-        EventLoop() as loop,
         SocketPool("tcp", tcp_listener(), settings={"MAX_WBUF": limit}) as pool,
         SocketPool("tcp", tcp_listener()) as reader,
         tcp_listener(rcvbuf=4096) as stuck_server,
@@ -318,7 +319,7 @@ def test_write_buffer_limit_fails_sendto_with_enobufs_and_closes() -> None:
         assert [p.tid() for p, _ in good_got] == [f"good {k}" for k in sorted(good)]
 
 
-def test_pool_wide_write_limit_closes_the_worst_reader() -> None:
+def test_pool_wide_write_limit_closes_the_worst_reader(loop: EventLoop) -> None:
     """Peers that never read, each under MAX_WBUF but together over
     MAX_WBUF_TOTAL: the connection with the most queued is closed (ENOBUFS),
     the pool's write buffers never hold much more than the limit, and a
@@ -327,7 +328,6 @@ def test_pool_wide_write_limit_closes_the_worst_reader() -> None:
     body = b"x" * 16000
     settings = {"MAX_WBUF": per_conn, "MAX_WBUF_TOTAL": total}
     with contextlib.ExitStack() as stack:
-        loop = stack.enter_context(EventLoop())
         pool = stack.enter_context(SocketPool("tcp", tcp_listener(), settings=settings))
         reader = stack.enter_context(SocketPool("tcp", tcp_listener()))
         stuck_servers = [stack.enter_context(tcp_listener(rcvbuf=4096)) for _ in range(4)]
@@ -375,11 +375,8 @@ def test_max_wbuf_setting_default_and_checks() -> None:
         assert pool.get_settings()["MAX_WBUF"] == 1000
 
 
-def test_packet_larger_than_max_wbuf_fails_on_an_idle_connection() -> None:
-    with (
-        EventLoop() as loop,
-        SocketPool("tcp", tcp_listener(), settings={"MAX_WBUF": 1000}) as pool,
-    ):
+def test_packet_larger_than_max_wbuf_fails_on_an_idle_connection(loop: EventLoop) -> None:
+    with SocketPool("tcp", tcp_listener(), settings={"MAX_WBUF": 1000}) as pool:
         got, cb = collector()
         with SocketPool("tcp", tcp_listener()) as server:
             server.attach_eventloop(loop, cb)
@@ -392,7 +389,9 @@ def test_packet_larger_than_max_wbuf_fails_on_an_idle_connection() -> None:
             assert pool.connection_count() == 0
 
 
-def test_pool_wide_write_limit_also_bounds_responses_to_pipelined_requests() -> None:
+def test_pool_wide_write_limit_also_bounds_responses_to_pipelined_requests(
+    loop: EventLoop,
+) -> None:
     """Peers that pipeline requests and never read, answered through the
     corked path (written after the read batch): the pool's running total of
     queued bytes stays exact, and within MAX_WBUF_TOTAL."""
@@ -400,7 +399,6 @@ def test_pool_wide_write_limit_also_bounds_responses_to_pipelined_requests() -> 
     settings = {"MAX_WBUF_TOTAL": total}
     body = b"x" * 20_000
     with contextlib.ExitStack() as stack:
-        loop = stack.enter_context(EventLoop())
         pool = stack.enter_context(SocketPool("tcp", tcp_listener(), settings=settings))
         assert pool._stream is not None
         answered = [0]
