@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +67,10 @@ def error(to: str | None, status: int, message: str, **more: Any) -> web.Respons
     return web.json_response(body, status=status)
 
 
-def silence_for(seconds: float) -> Callable[[int, int], bytes | None]:
-    """An RTP frame source: ``seconds`` of silence, then None (nothing more to send)."""
-    frames: Iterator[bytes] = iter([SILENCE] * math.ceil(seconds * FRAMES_PER_SECOND))
-    return lambda _seq, _channel: next(frames, None)
+def silence(_seq: int, _channel: int) -> bytes:
+    """The RTP frame source: silence until the call ends (a source that ends
+    first would make the call hang up by itself)."""
+    return SILENCE
 
 
 async def place_call(request: web.Request) -> web.Response:
@@ -89,7 +88,7 @@ async def place_call(request: web.Request) -> web.Response:
     ua = request.app[UA_KEY]
     try:
         async with asyncio.timeout(settings.ring_time):  # a CANCEL if it was ringing
-            call = await ua.invite(to, init_media=ua.simple.rtp("send_recv", silence_for(seconds)))
+            call = await ua.invite(to, init_media=ua.simple.rtp("send_recv", silence))
     except RequestFailedError as exc:
         what = f"the callee answered {exc.code}" if exc.code else f"not reached (errno {exc.errno})"
         return error(to, 502, what, code=exc.code)
@@ -105,7 +104,11 @@ async def place_call(request: web.Request) -> web.Response:
         pass
     ended_by = "them" if call.closed else "us"
     if not call.closed:
-        await call.bye()
+        try:
+            async with asyncio.timeout(settings.ring_time):
+                await call.bye()
+        except TimeoutError:
+            pass  # the callee did not confirm: the call is over for us anyway
     return web.json_response(
         {
             "to": to,
