@@ -34,6 +34,7 @@ from tests.support import (
     drive,
     fd_limit,
     free_port,
+    is_uvloop,
     open_fds,
     peer_closed,
     pkt,
@@ -199,6 +200,8 @@ def test_accept_backs_off_on_emfile_and_recovers(
     watching it for a while (a level-triggered loop would otherwise spin at 100%
     CPU), keep serving accepted connections, and accept the rest once fds are
     available again."""
+    if is_uvloop(loop):
+        pytest.skip("uvloop: libuv itself needs fds when RLIMIT_NOFILE is exhausted")
     caplog.set_level(logging.DEBUG, logger="netsip.socketpool")
     n = 60
     with SocketPool("tcp", tcp_listener(backlog=n + 16)) as pool:
@@ -244,6 +247,8 @@ def test_accept_backs_off_on_emfile_and_recovers(
 
 def test_accept_pause_is_cancelled_by_detach_and_close(loop: EventLoop) -> None:
     """A pool detached or closed while its listener is paused leaves no timer behind."""
+    if is_uvloop(loop):
+        pytest.skip("uvloop: libuv itself needs fds when RLIMIT_NOFILE is exhausted")
     pool = SocketPool("tcp", tcp_listener())
     pool.attach_eventloop(loop, None)
     waiting = [connect(addr_of(pool.master())) for _ in range(5)]
