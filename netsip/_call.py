@@ -160,6 +160,8 @@ class Call(CallExtensions):
         self._offer_pending = False  # our offer is out (in a 2xx or an INVITE)
         self.closed = False
         self.established = False
+        #: the cb_final of each bye() while our BYE is in flight (None: none sent)
+        self._bye_waiting: list[object] | None = None
         self.error: str | None = None
         self._init_extensions()
         self._invite_sent: tuple[bytes | None, dict[str, str]] | None = None
@@ -453,8 +455,15 @@ class Call(CallExtensions):
             self.cancel(cb_final=cb, **args)
             return
 
+        if self._bye_waiting is not None:
+            # one BYE is enough (a second would get 481): wait for its outcome
+            self._bye_waiting.append(cb)
+            return
+        waiting = self._bye_waiting = [cb]
+
         def done(_err: int, _code: int, _packet: Packet | None) -> None:
-            invoke_callback(cb, merged)
+            for each in waiting:
+                invoke_callback(each, merged)
             self.cleanup()
 
         self.rtp_cleanup()

@@ -310,6 +310,23 @@ def test_dtmf_from_the_echoing_side(loop: EventLoop, methods: str) -> None:
     bob.cleanup()
 
 
+def test_bye_twice_sends_one_bye_and_answers_both(loop: EventLoop) -> None:
+    """A second bye() while ours is in flight (say, the media ended and sent one) waits
+    for the first instead of sending a BYE that would get 481 and never end."""
+    alice, bob = ua(loop, "alice"), ua(loop, "bob")
+    b_seen = Events()
+    listen_echo(bob, b_seen)
+    call = alice.invite(uri_of(bob, "bob"))
+    drive(loop, lambda: b_seen.established == 1, what="established")
+    outcomes: list[str] = []
+    call.bye(cb_final=lambda *_: outcomes.append("first"))
+    call.bye(cb_final=lambda *_: outcomes.append("second"))
+    drive(loop, lambda: call.closed and len(outcomes) == 2, what="both outcomes")
+    assert outcomes == ["first", "second"] and b_seen.bye == 1
+    alice.cleanup()
+    bob.cleanup()
+
+
 def test_dtmf_without_media_is_refused(loop: EventLoop) -> None:
     alice = ua(loop, "alice")
     call = Call(alice, "sip:nobody@127.0.0.1:9", {})
