@@ -88,8 +88,10 @@ from benchmarks.load import (
     environment,
     loadavg,
     measure_interleaved,
+    num,
     perl_netsip_available,
     run_sipp,
+    say,
     sipp_local_ip,
     stop_process,
 )
@@ -130,7 +132,7 @@ def packet_section(seconds: float, perl: bool, log: list[str]) -> dict[str, Any]
             row["perl_msg_per_s"] = round(perl_res[0] / perl_res[1])
             row["ratio"] = round(row["netsip_msg_per_s"] / row["perl_msg_per_s"], 2)
         out[mode] = row
-        _say(log, f"  packet ({mode}): {row}")
+        say(log, f"  packet ({mode}): {row}")
     return out
 
 
@@ -163,10 +165,10 @@ def sipp_section(
                                  warmup=min(1000, calls[transport]))  # fmt: skip
         for r in rs:
             results.append(r)
-            _say(log, f"  {transport} {r.responder:17} {r.tx_per_s:9.0f} tx/s "
-                      f"{_num(r.cpu_us_per_tx, '.1f'):>7} us/tx  runs {r.runs} "
+            say(log, f"  {transport} {r.responder:17} {r.tx_per_s:9.0f} tx/s "
+                      f"{num(r.cpu_us_per_tx, '.1f'):>7} us/tx  runs {r.runs} "
                       f"failed {r.failed}")  # fmt: skip
-        _say(log, f"  ({transport}: {time.monotonic() - t0:.0f} s)")
+        say(log, f"  ({transport}: {time.monotonic() - t0:.0f} s)")
     return results
 
 
@@ -189,7 +191,7 @@ def conns_section(conns: int, rounds: int, log: list[str]) -> dict[str, Any]:
         "bytes_rss_per_idle_conn": round(res["memory"]["bytes_per_idle_conn"]),
         "all_served": res["targets"]["all_served"],
     }
-    _say(log, f"  conns: {out}")
+    say(log, f"  conns: {out}")
     return out
 
 
@@ -381,20 +383,11 @@ def workers_section(counts: list[int], calls: dict[tuple[str, int], int], repeat
                                           if ok[n] else None),
                    "other_cores": max(round(statistics.median(others[n]), 2), 0.0)}  # fmt: skip
             out.append(row)
-            _say(log, f"  workers: {row}")
+            say(log, f"  workers: {row}")
     return out
 
 
 # ------------------------------------------------------------------ reports
-
-
-def _say(log: list[str], line: str) -> None:
-    log.append(line)
-    print(line, file=sys.stderr, flush=True)
-
-
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -484,9 +477,9 @@ def sipp_table(results: list[Result]) -> list[str]:
         cpu = r.cpu_us_per_tx
         rows.append(
             f"| {r.transport} ({TRANSPORT_NAMES[r.transport]}) | {r.responder} "
-            f"| {r.tx_per_s:,.0f} | {_num(cpu / 1000 if cpu else None, '.4f')} "
-            f"| {_num(_ratio(cpu, stdlib.cpu_us_per_tx if stdlib else None), '.2f')} "
-            f"| {_num(_ratio(perl.cpu_us_per_tx if perl else None, cpu), '.2f')} |"
+            f"| {r.tx_per_s:,.0f} | {num(cpu / 1000 if cpu else None, '.4f')} "
+            f"| {num(_ratio(cpu, stdlib.cpu_us_per_tx if stdlib else None), '.2f')} "
+            f"| {num(_ratio(perl.cpu_us_per_tx if perl else None, cpu), '.2f')} |"
         )
     return rows
 
@@ -519,9 +512,9 @@ def workers_table(rows: list[dict[str, Any]]) -> list[str]:
         spread = f" ({min(tx):,.0f}-{max(tx):,.0f})" if len(tx) > 1 else ""
         out.append(f"| {w['transport']} ({TRANSPORT_NAMES[w['transport']]}) | {w['work_us']} "
                    f"| {w['workers']} | {w['tx_per_s']:,.0f}{spread} "
-                   f"| {_num(w['scaling'], '.2f')} | {_num(cpu / 1000 if cpu else None, '.4f')} "
-                   f"| {_num(sipp / 1000 if sipp else None, '.4f')} "
-                   f"| {_num(w.get('other_cores'), '.2f')} "
+                   f"| {num(w['scaling'], '.2f')} | {num(cpu / 1000 if cpu else None, '.4f')} "
+                   f"| {num(sipp / 1000 if sipp else None, '.4f')} "
+                   f"| {num(w.get('other_cores'), '.2f')} "
                    f"| {_split(w['requests_per_worker'])} |")  # fmt: skip
     return out
 
@@ -548,8 +541,8 @@ def report(res: dict[str, Any]) -> list[str]:
         for mode, row in res["packet"].items():
             label = "the same message" if mode == "same" else "20,000 distinct calls"
             out.append(f"| {label} | {row['netsip_msg_per_s']:,} "
-                       f"| {_num(row.get('perl_msg_per_s'), ',')} "
-                       f"| {_num(row.get('ratio'), '.1f')}x |")  # fmt: skip
+                       f"| {num(row.get('perl_msg_per_s'), ',')} "
+                       f"| {num(row.get('ratio'), '.1f')}x |")  # fmt: skip
         out.append("")
     if "sipp" in res:
         r0 = res["sipp"][0]
@@ -597,7 +590,7 @@ def report(res: dict[str, Any]) -> list[str]:
         "|---|---:|---|",
     ]
     for t in res["targets"]:
-        out.append(f"| {t['target']} | {_num(t['value'], '.2f')} | {_verdict(t['hit'])} |")
+        out.append(f"| {t['target']} | {num(t['value'], '.2f')} | {_verdict(t['hit'])} |")
     if res.get("chart"):
         out += ["", f"![CPU per transaction]({res['chart']})"]
     return out
@@ -783,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         "calls": calls,
     }
     if "packet" in sections:
-        _say(log, "(a) packet")
+        say(log, "(a) packet")
         res["packet"] = packet_section(1.0 if quick else 3.0, perl, log)
     responders: list[tuple[str, str, str | None]] = [
         ("stdlib", "stdlib", None),
@@ -802,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     per_transport = {t: (calls if t != "tn" else max(calls // 12, 500)) for t in transports}
     with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
         if "sipp" in sections and have_sipp:
-            _say(log, f"(b-d) sipp closed loop, {repeats} run(s) each")
+            say(log, f"(b-d) sipp closed loop, {repeats} run(s) each")
             res["sipp"] = [asdict(r) for r in sipp_section(
                 responders, transports, calls=per_transport, repeats=repeats, rate=None,
                 workdir=workdir, log=log)]  # fmt: skip
@@ -810,17 +803,17 @@ def main(argv: list[str] | None = None) -> int:
             rate_calls = max(int(args.rate * (1 if quick else 3)), 500)
             res["rate_calls_per_s"] = args.rate
             res["rate_calls"] = rate_calls
-            _say(log, f"fixed rate {args.rate:g} calls/s")
+            say(log, f"fixed rate {args.rate:g} calls/s")
             res["rate"] = [asdict(r) for r in sipp_section(
                 responders, transports, calls=dict.fromkeys(transports, rate_calls),
                 repeats=min(repeats, 5),
                 rate=args.rate, workdir=workdir, log=log)]  # fmt: skip
     if "conns" in sections:
-        _say(log, f"conns: 10 and {conns:,} open TCP connections")
+        say(log, f"conns: 10 and {conns:,} open TCP connections")
         res["conns"] = conns_section(conns, 300 if quick else 1000, log)
     if "workers" in sections and have_sipp and _has_workers():
         counts = [int(n) for n in args.workers.split(",")]
-        _say(log, f"workers: netsip listen --workers {args.workers}, --work-us 0 and "
+        say(log, f"workers: netsip listen --workers {args.workers}, --work-us 0 and "
                   f"{args.work_us}, {repeats} run(s) each")  # fmt: skip
         # the runs with work: about 2 s each at one worker (a quarter with --quick)
         wcalls = min(calls, 20000)  # (the default --calls of the closed loop is larger)
@@ -831,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="netsip-bench.") as workdir:
             res["workers"] = workers_section(counts, group, repeats, workdir, log)
     if not have_sipp:
-        _say(log, "sipp is not installed: sipp, rate, workers and ua's set-up skipped")
+        say(log, "sipp is not installed: sipp, rate, workers and ua's set-up skipped")
     res["seconds"] = round(time.monotonic() - t0)
     res["loadavg_after"] = loadavg()
     res["targets"] = targets(res)
@@ -852,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(r["failed"] for r in [*res.get("sipp", []), *res.get("rate", [])])
     failed += sum(w["failed"] for w in res.get("workers", []))
     if "ua" in sections:
-        _say(log, "ua: the user agent with media (benchmarks.bench_ua)")
+        say(log, "ua: the user agent with media (benchmarks.bench_ua)")
         ua_lines, ua_failed = bench_ua.run(
             quick=quick,
             sections=list(bench_ua.SECTIONS),

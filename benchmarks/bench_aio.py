@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Final
 
-from benchmarks.load import REPO, Spec, environment, loadavg, measure_interleaved
+from benchmarks.load import REPO, Spec, environment, loadavg, measure_interleaved, say
 
 RESPONDERS: Final = ("dispatcher", "dispatcher-asyncio", "dispatcher-uvloop")
 LABELS: Final = {"dispatcher": "native", "dispatcher-asyncio": "asyncio",
@@ -67,16 +67,11 @@ def run(quick: bool, repeats: int, rate: float, log: list[str]) -> dict[str, Any
                                           rate=r, repeats=repeats, timeout=120)  # fmt: skip
             res[panel] += [asdict(x) for x in results]
             what = f"{r:g} calls/s" if r else "closed loop, 100 in flight"
-            _say(log, f"{transport} {what}: {time.monotonic() - t0:.0f} s, load {loadavg()}")
+            say(log, f"{transport} {what}: {time.monotonic() - t0:.0f} s, load {loadavg()}")
             for x in results:
-                _say(log, f"  {x.responder:8} {x.tx_per_s:9.0f} tx/s  "
+                say(log, f"  {x.responder:8} {x.tx_per_s:9.0f} tx/s  "
                           f"{x.cpu_us_per_tx} us/tx  runs {x.runs}  failed {x.failed}")  # fmt: skip
     return res
-
-
-def _say(log: list[str], line: str) -> None:
-    print(line, flush=True)
-    log.append(line)
 
 
 def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:

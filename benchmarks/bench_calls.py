@@ -68,7 +68,15 @@ from typing import Any, Final
 # Run from a checkout without installing: the benchmarks package is in the parent.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.load import cpu_seconds, environment, loadavg, sipp_local_ip
+from benchmarks.load import (
+    cpu_seconds,
+    environment,
+    loadavg,
+    num,
+    say,
+    sipp_local_ip,
+    write_section,
+)
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
@@ -475,10 +483,10 @@ def interleaved(
             row.retrans += res.get("retrans", 0)
             row.errors += res.get("errors", [])[:3]
             row.runs.append((round(ok / secs, 1), round(1e6 * cpu / ok, 2) if ok else None))
-            _say(
+            say(
                 log,
                 f"  {mode} {row.uas:8} {ok / secs:8.0f} calls/s "
-                f"{_num(1e6 * cpu / ok if ok else None, '.1f'):>8} us/call "
+                f"{num(1e6 * cpu / ok if ok else None, '.1f'):>8} us/call "
                 f"ok {ok} failed {res['failed']} retrans {res.get('retrans', 0)}"
                 + (f" gc {row.gc_us_per_call[-1]:.1f} us/call" if row.gc_us_per_call else ""),
             )
@@ -565,7 +573,7 @@ def dialogs_section(
             out["rss_after_settle"] = rss2
             out["bytes_per_dialog_setup"] = round((rss1["big"] - rss0["big"]) / held)
             out["bytes_per_dialog_settled"] = round((rss2["big"] - rss0["big"]) / held)
-            _say(
+            say(
                 log,
                 f"  dialogs: held {out['held']} in {out['setup_s']} s; RSS "
                 f"{rss0['big'] / 2**20:.1f} -> {rss1['big'] / 2**20:.1f} -> "
@@ -668,9 +676,9 @@ def pyspy_section(
         "own_lines": top(own_lines, 25),
         "inclusive": top(incl, 40),
     }
-    _say(log, f"  pyspy: {total} busy samples ({idle} idle) over {res['ok']} calls")
+    say(log, f"  pyspy: {total} busy samples ({idle} idle) over {res['ok']} calls")
     for fr, pct in out["own"][:15]:
-        _say(log, f"    own {pct:5.1f} %  {fr}")
+        say(log, f"    own {pct:5.1f} %  {fr}")
     return out
 
 
@@ -705,15 +713,6 @@ def _frame(fr: str, *, line: bool = False) -> str:
 
 
 # ------------------------------------------------------------------- report
-
-
-def _say(log: list[str], line: str) -> None:
-    log.append(line)
-    print(line, file=sys.stderr, flush=True)
-
-
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -785,11 +784,11 @@ def calls_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         cpu = r["cpu_us_per_call"]
-        runs = ", ".join(_num(c, ".0f") for _, c in r["runs"])
+        runs = ", ".join(num(c, ".0f") for _, c in r["runs"])
         out.append(
-            f"| {r['uas']} | {r['calls']:,} | {_num(r['calls_per_s'], ',.0f')} "
-            f"| **{_num(cpu, '.1f')}** ({runs}) | {_num(_ratio(cpu, std), '.2f')} "
-            f"| {_num(_ratio(perl, cpu), '.2f')} | {r['failed']} | {r['retrans']} |"
+            f"| {r['uas']} | {r['calls']:,} | {num(r['calls_per_s'], ',.0f')} "
+            f"| **{num(cpu, '.1f')}** ({runs}) | {num(_ratio(cpu, std), '.2f')} "
+            f"| {num(_ratio(perl, cpu), '.2f')} | {r['failed']} | {r['retrans']} |"
         )
     del net
     return out
@@ -832,8 +831,8 @@ def report(res: dict[str, Any]) -> list[str]:
             f"**Held dialogs**: two {d['uas']} UASs; sipp calls paused before their BYE hold 10 on "
             f"one and {d['dialogs']:,} on the other (set up at {d['setup_rate']:,g} calls/s in "
             f"{d['setup_s']:g} s; `len(endpoint)`: {d['held'][0]:,} and "
-            f"{_num(d['held'][1], ',')}; after the loads {d['held_after'][0]:,} and "
-            f"{_num(d['held_after'][1], ',')}).",
+            f"{num(d['held'][1], ',')}; after the loads {d['held_after'][0]:,} and "
+            f"{num(d['held_after'][1], ',')}).",
             "",
             "| | RSS before | after set-up | after " + f"{d['settle_s']:g} s | per dialog "
             "(set-up) | per dialog (settled) |",
@@ -856,13 +855,13 @@ def report(res: dict[str, Any]) -> list[str]:
             "|---|---:|---:|---:|---:|",
         ]
         for r in (small, big):
-            runs = ", ".join(_num(c, ".0f") for _, c in r["runs"])
+            runs = ", ".join(num(c, ".0f") for _, c in r["runs"])
             gcs = r.get("gc_us_per_call") or []
             gc_med = statistics.median(gcs) if gcs else None
             out.append(
-                f"| {r['uas']} | {_num(r['calls_per_s'], ',.0f')} "
-                f"| **{_num(r['cpu_us_per_call'], '.1f')}** ({runs}) "
-                f"| {_num(gc_med, '.1f')} ({', '.join(_num(g, '.1f') for g in gcs)}) "
+                f"| {r['uas']} | {num(r['calls_per_s'], ',.0f')} "
+                f"| **{num(r['cpu_us_per_call'], '.1f')}** ({runs}) "
+                f"| {num(gc_med, '.1f')} ({', '.join(num(g, '.1f') for g in gcs)}) "
                 f"| {r['failed']} |"
             )
         out.append("")
@@ -870,7 +869,7 @@ def report(res: dict[str, Any]) -> list[str]:
     if p and "own" in p:
         out += [
             f"**Where netsip's UAS spends its CPU** (py-spy, {p['samples']:,} busy samples "
-            f"over {p['calls']:,} calls at {_num(p['cpu_us_per_call'], '.0f')} µs/call; "
+            f"over {p['calls']:,} calls at {num(p['cpu_us_per_call'], '.0f')} µs/call; "
             "share of the samples; the event loop's wait in epoll excluded):",
             "",
             "| function | own % |",
@@ -885,22 +884,13 @@ def report(res: dict[str, Any]) -> list[str]:
     out += ["**Targets**, this run:", "", "| target | value | verdict |", "|---|---:|---|"]
     for t in res["targets"]:
         hit = "n/a" if t["hit"] is None else ("hit" if t["hit"] else "MISS")
-        out.append(f"| {t['target']} | {_num(t['value'], ',.2f')} | {hit} |")
+        out.append(f"| {t['target']} | {num(t['value'], ',.2f')} | {hit} |")
     return out
 
 
 def write_md(path: str, lines: list[str]) -> None:
     """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    block = "\n".join([MD_BEGIN, "", *lines, "", MD_END])
-    with open(path) as f:
-        text = f.read()
-    if MD_BEGIN in text and MD_END in text:
-        head, rest = text.split(MD_BEGIN, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Calls: the Endpoint as UAS\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_section(path, MD_BEGIN, MD_END, "Calls: the Endpoint as UAS", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -966,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="netsip-calls.") as workdir:
         if "closed" in sections:
-            _say(log, f"closed loop, {args.concurrency} in flight, {calls} calls per run")
+            say(log, f"closed loop, {args.concurrency} in flight, {calls} calls per run")
             res["closed"] = [
                 asdict(r)
                 for r in calls_section(
@@ -980,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
         if "rate" in sections:
-            _say(log, f"fixed rate {args.rate:g} calls/s")
+            say(log, f"fixed rate {args.rate:g} calls/s")
             res["rate_calls_per_s"] = args.rate
             res["rate"] = [
                 asdict(r)
@@ -995,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
         if "dialogs" in sections:
-            _say(log, f"dialogs: 10 and {dialogs} held")
+            say(log, f"dialogs: 10 and {dialogs} held")
             res["dialogs"] = dialogs_section(
                 dialogs,
                 max(calls // 4, 1000),
@@ -1008,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup_rate=args.setup_rate,
             )
         if "pyspy" in sections:
-            _say(log, "pyspy")
+            say(log, "pyspy")
             res["pyspy"] = pyspy_section(calls, args.concurrency, workdir, log)
     res["seconds"] = round(time.monotonic() - t0)
     res["loadavg_after"] = loadavg()

@@ -62,7 +62,7 @@ from typing import Any, Final
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_calls import SIPP_BUFFER, sipp_cmd, sipp_stats
-from benchmarks.load import cpu_seconds, environment, loadavg, sipp_local_ip
+from benchmarks.load import cpu_seconds, environment, loadavg, say, sipp_local_ip
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS: Final = ("proxy", "register")
@@ -412,7 +412,7 @@ def proxy_section(kinds: list[str], calls: int, conc: int, repeats: int, *, work
                        "calls_per_s": ok / secs, "cpu_us_per_call": 1e6 * cpu / ok if ok else 0.0,
                        "cpu_util": cpu / secs, "machine_cores": busy / res["secs"]}  # fmt: skip
                 runs[i].append(run)
-                _say(log, f"  {srv.name:9} {run['calls_per_s']:7.0f} calls/s "
+                say(log, f"  {srv.name:9} {run['calls_per_s']:7.0f} calls/s "
                           f"{run['cpu_us_per_call']:7.1f} us/call  failed {res['failed']}"
                           f"  retrans {run['retrans']}")  # fmt: skip
     rows = []
@@ -499,7 +499,7 @@ def register_section(counts: list[int], n: int, conc: int, repeats: int, *,
                     "machine_cores": (b1 - b0) / res["secs"],
                 }  # fmt: skip
                 runs[i].append(run)
-                _say(log, f"  {srv.name:8} {run['reg_per_s']:6.0f} reg/s  workers "
+                say(log, f"  {srv.name:8} {run['reg_per_s']:6.0f} reg/s  workers "
                           f"{run['workers_us']:6.1f} us  redis {run['redis_us']:5.1f} us  "
                           f"busy {run['machine_cores']:.2f} cores  "
                           f"failed {res['failed']}")  # fmt: skip
@@ -523,11 +523,6 @@ def register_section(counts: list[int], n: int, conc: int, repeats: int, *,
 
 
 # -------------------------------------------------------------------- report
-
-
-def _say(log: list[str], line: str) -> None:
-    log.append(line)
-    print(line, file=sys.stderr, flush=True)
 
 
 def _num(x: float | None, spec: str = ",.0f") -> str:
@@ -900,11 +895,11 @@ def main(argv: list[str] | None = None) -> int:
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="netsip-cluster.") as workdir:
         if "proxy" in sections and kinds:
-            _say(log, f"proxy: {', '.join(kinds)}; {calls} calls per run, {repeats} rounds")
+            say(log, f"proxy: {', '.join(kinds)}; {calls} calls per run, {repeats} rounds")
             res["proxy"] = proxy_section(kinds, calls, args.concurrency, repeats,
                                          workdir=workdir, log=log)  # fmt: skip
         if "register" in sections:
-            _say(log, f"register: memory, redis x {counts}; {regs} per run, {repeats} rounds")
+            say(log, f"register: memory, redis x {counts}; {regs} per run, {repeats} rounds")
             res["register"] = register_section(counts, regs, args.reg_concurrency, repeats,
                                                workdir=workdir, log=log)  # fmt: skip
     res["seconds"] = round(time.monotonic() - t0)

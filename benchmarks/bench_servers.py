@@ -67,7 +67,15 @@ from typing import Any, Final
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_calls import sipp_stats
-from benchmarks.load import cpu_seconds, environment, loadavg, sipp_local_ip
+from benchmarks.load import (
+    cpu_seconds,
+    environment,
+    loadavg,
+    num,
+    say,
+    sipp_local_ip,
+    write_section,
+)
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
@@ -401,7 +409,7 @@ def interleaved(
             stack.callback(srv.stop)
             res = run_sipp(args_of(srv), warmup, concurrency, workdir)
             if res["failed"] or not res["ok"]:
-                _say(log, f"  {section} {kind}: warm-up failed {res.get('errors')}")
+                say(log, f"  {section} {kind}: warm-up failed {res.get('errors')}")
             return srv
 
         servers = {} if restart else {k: warm(k) for k in kinds}
@@ -422,8 +430,8 @@ def interleaved(
                 row.errors += res.get("errors", [])[:3]
                 us = round(1e6 * cpu / ok, 2) if ok else None
                 row.runs.append((round(ok / res["secs"], 1), us))
-                _say(log, f"  {section} {row.server:9} {ok / res['secs']:8.0f} ops/s "
-                          f"{_num(us, '.1f'):>8} us/op ok {ok} failed {res['failed']} "
+                say(log, f"  {section} {row.server:9} {ok / res['secs']:8.0f} ops/s "
+                          f"{num(us, '.1f'):>8} us/op ok {ok} failed {res['failed']} "
                           f"retrans {res.get('retrans', 0)}")  # fmt: skip
     for row in rows:
         cpus = [c for _, c in row.runs if c is not None]
@@ -494,21 +502,12 @@ def memory_section(count: int, log: list[str]) -> dict[str, Any]:
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"bench_registrar failed: {proc.stderr[-500:]}")
     res: dict[str, Any] = json.loads(proc.stdout)
-    _say(log, f"  memory: {res['count']:,} registrations, "
+    say(log, f"  memory: {res['count']:,} registrations, "
               f"{res['rss_per_registration']:.0f} B RSS each")  # fmt: skip
     return res
 
 
 # ------------------------------------------------------------------- report
-
-
-def _say(log: list[str], line: str) -> None:
-    log.append(line)
-    print(line, file=sys.stderr, flush=True)
-
-
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -575,13 +574,13 @@ def table(rows: list[dict[str, Any]], unit: str, per_msg: int) -> list[str]:
     for r in rows:
         net = _cpu([x for x in rows if x.get("aors") == r.get("aors")], "netsip")
         cpu = r["cpu_us_per_op"]
-        runs = ", ".join(_num(c, ".0f") for _, c in r["runs"])
+        runs = ", ".join(num(c, ".0f") for _, c in r["runs"])
         out.append(
             (f"| {r['aors']:,} " if aors else "")
             + f"| {SERVER_NAMES[r['section']].get(r['server'], r['server'])} | {r['ops']:,} "
-            f"| {_num(r['ops_per_s'], ',.0f')} | **{_num(cpu, '.0f')}** ({runs}) "
-            f"| {_num(cpu / per_msg if cpu else None, '.1f')} "
-            f"| {_num(_ratio(cpu, net), '.2f')} | {r['failed']} | {r['retrans']} |"
+            f"| {num(r['ops_per_s'], ',.0f')} | **{num(cpu, '.0f')}** ({runs}) "
+            f"| {num(cpu / per_msg if cpu else None, '.1f')} "
+            f"| {num(_ratio(cpu, net), '.2f')} | {r['failed']} | {r['retrans']} |"
         )
     return out
 
@@ -635,7 +634,7 @@ def report(res: dict[str, Any]) -> list[str]:
     out += ["**Targets**, this run:", "", "| target | value | verdict |", "|---|---:|---|"]
     for t in res["targets"]:
         hit = "n/a" if t["hit"] is None else ("hit" if t["hit"] else "MISS")
-        out.append(f"| {t['target']} | {_num(t['value'], ',.2f')} | {hit} |")
+        out.append(f"| {t['target']} | {num(t['value'], ',.2f')} | {hit} |")
     if res.get("chart"):
         out += ["", f"![CPU per operation of the servers]({res['chart']})"]
     return out
@@ -683,17 +682,7 @@ def chart(res: dict[str, Any], path: str) -> bool:
 
 def write_md(path: str, lines: list[str]) -> None:
     """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    block = "\n".join([MD_BEGIN, "", *lines, "", MD_END])
-    with open(path) as f:
-        text = f.read()
-    if MD_BEGIN in text and MD_END in text:
-        head, rest = text.split(MD_BEGIN, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Servers: registrar, digest, stateless proxy\n\n"
-        text += block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_section(path, MD_BEGIN, MD_END, "Servers: registrar, digest, stateless proxy", lines)
 
 
 def kamailio_version() -> str | None:
@@ -733,14 +722,14 @@ def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str |
     with tempfile.TemporaryDirectory(prefix="netsip-servers.") as workdir:
         if "register" in sections:
             n = registrations or (1000 if quick else 4000)
-            _say(log, f"register: {n} registrations per run, {reps} run(s) each")
+            say(log, f"register: {n} registrations per run, {reps} run(s) each")
             kinds = ["netsip", *(["baseline"] if baseline else []), *(["perl"] if perl else [])]
             res["register"] = [asdict(r) for users in aors for r in register_section(
                 kinds, n, users, concurrency, repeats=reps, workdir=workdir, log=log,
                 baseline=baseline)]  # fmt: skip
         if "proxy" in sections:
             n = calls or (1000 if quick else 6000)
-            _say(log, f"proxy: {n} calls per run, {reps} run(s) each")
+            say(log, f"proxy: {n} calls per run, {reps} run(s) each")
             kinds = ["netsip", *(["baseline"] if baseline else []),
                      *(["perl"] if perl else []), *(["kamailio"] if kam else [])]  # fmt: skip
             res["proxy"] = [asdict(r) for r in proxy_section(
@@ -748,7 +737,7 @@ def run(*, quick: bool, sections: list[str], repeats: int | None, out_dir: str |
                 baseline=baseline)]  # fmt: skip
     if "memory" in sections:
         count = memory_count or (20_000 if quick else 100_000)
-        _say(log, f"memory: {count:,} registrations")
+        say(log, f"memory: {count:,} registrations")
         res["memory"] = memory_section(count, log)
     res["seconds"] = round(time.monotonic() - t0)
     res["loadavg_after"] = loadavg()

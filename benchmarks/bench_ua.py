@@ -67,7 +67,16 @@ from typing import Any, Final
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_calls import run_sipp
-from benchmarks.load import cpu_seconds, environment, loadavg, perl_netsip_available, stop_process
+from benchmarks.load import (
+    cpu_seconds,
+    environment,
+    loadavg,
+    num,
+    perl_netsip_available,
+    say,
+    stop_process,
+    write_section,
+)
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERL_BENCH: Final = "/usr/share/doc/libnet-sip-perl/examples/bench"
@@ -211,7 +220,7 @@ def media_section(
             ramps[kind].append(res)
             last = res["steps"][-1] if res["steps"] else {}
             why = res["stopped"] or "all held"
-            _say(log, f"  media {LABELS[kind]:22} ramp {r + 1}: up to {last.get('calls')} "
+            say(log, f"  media {LABELS[kind]:22} ramp {r + 1}: up to {last.get('calls')} "
                       f"calls ({why}; {time.monotonic() - t0:.0f} s)")  # fmt: skip
     out: dict[str, Any] = {"steps": steps, "measure_s": measure, "repeats": repeats,
                            "setup_rate": setup_rate, "answerers": {}}  # fmt: skip
@@ -262,7 +271,7 @@ def media_section(
             "bye_unanswered": sum(ramp["bye_unanswered"] for ramp in ramps[kind]),
             "ramps": ramps[kind],
         }
-        _say(log, f"  media {LABELS[kind]:22} holds {highest} calls")
+        say(log, f"  media {LABELS[kind]:22} holds {highest} calls")
     return out
 
 
@@ -302,7 +311,7 @@ def setup_section(
                 row["errors"] += res.get("errors", [])[:3]
                 us = round(1e6 * cpu / ok, 1) if ok else None
                 row["runs"].append(us)
-                _say(log, f"  setup {row['label']:22} {_num(us, '.0f'):>6} us/call ok {ok} "
+                say(log, f"  setup {row['label']:22} {num(us, '.0f'):>6} us/call ok {ok} "
                           f"failed {res['failed']} retrans {res.get('retrans', 0)}")  # fmt: skip
     for row in rows:
         row["cpu_us_per_call"] = _med(row["runs"])
@@ -310,15 +319,6 @@ def setup_section(
 
 
 # ------------------------------------------------------------------ report
-
-
-def _say(log: list[str], line: str) -> None:
-    log.append(line)
-    print(line, file=sys.stderr, flush=True)
-
-
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _verdict(hit: bool | None) -> str:
@@ -395,13 +395,13 @@ def report(res: dict[str, Any]) -> list[str]:
                 mark = "**" if row["calls"] == a["highest_held"] else ""
                 out.append(
                     f"| {a['label']} | {mark}{row['calls']:,}{mark} "
-                    f"| {row['held_in']} ({row['ramps']}) | {_num(row['loss_pct'], '.2f')} "
-                    f"| {_num(row['added_delay_ms'], '.2f')} | {_num(row['rtt_p95_ms'], '.2f')} "
-                    f"| {_num(row['answerer_cpu_pct'], '.0f')} "
-                    f"({_num(row.get('answerer_sys_pct'), '.0f')}) "
-                    f"| {_num(row['caller_cpu_pct'], '.0f')} "
-                    f"| {_num(row['send_lag_max_ms'], '.1f')} "
-                    f"| {_num(row.get('other_cores'), '.2f')} |"
+                    f"| {row['held_in']} ({row['ramps']}) | {num(row['loss_pct'], '.2f')} "
+                    f"| {num(row['added_delay_ms'], '.2f')} | {num(row['rtt_p95_ms'], '.2f')} "
+                    f"| {num(row['answerer_cpu_pct'], '.0f')} "
+                    f"({num(row.get('answerer_sys_pct'), '.0f')}) "
+                    f"| {num(row['caller_cpu_pct'], '.0f')} "
+                    f"| {num(row['send_lag_max_ms'], '.1f')} "
+                    f"| {num(row.get('other_cores'), '.2f')} |"
                 )
         out += ["", "| answerer | highest calls held | CPU µs per echoed packet there "
                 "| the ramps ended by |", "|---|---:|---:|---|"]  # fmt: skip
@@ -411,7 +411,7 @@ def report(res: dict[str, Any]) -> list[str]:
             there: dict[str, Any] = next(
                 (r for r in a["rows"] if r["calls"] == a["highest_held"]), {}
             )
-            us = _num(there.get("answerer_us_per_packet"), ".1f")
+            us = num(there.get("answerer_us_per_packet"), ".1f")
             out.append(f"| {a['label']} | **{at_least}{a['highest_held']:,}** | {us} | {why} |")
         out.append("")
         out += equal_load_table(media["answerers"])
@@ -428,16 +428,16 @@ def report(res: dict[str, Any]) -> list[str]:
         ]
         perl = next((r["cpu_us_per_call"] for r in setup if r["answerer"] == "perl"), None)
         for r in setup:
-            runs = ", ".join(_num(x, ".0f") for x in r["runs"])
+            runs = ", ".join(num(x, ".0f") for x in r["runs"])
             ratio = perl / r["cpu_us_per_call"] if perl and r["cpu_us_per_call"] else None
-            out.append(f"| {r['label']} | **{_num(r['cpu_us_per_call'], ',.0f')}** ({runs}) "
-                       f"| {_num(ratio, '.2f')} | {r['failed']} | {r['retrans']} |")  # fmt: skip
+            out.append(f"| {r['label']} | **{num(r['cpu_us_per_call'], ',.0f')}** ({runs}) "
+                       f"| {num(ratio, '.2f')} | {r['failed']} | {r['retrans']} |")  # fmt: skip
         out.append("")
     out += ["**Targets**, this run:", "", "| target | netsip | Perl | ratio | verdict |",
             "|---|---:|---:|---:|---|"]  # fmt: skip
     for t in res["targets"]:
         x = "n/a" if t["value"] is None else f"{t['value']:.2f}x"
-        out.append(f"| {t['target']} | {_num(t['netsip'], ',g')} | {_num(t['perl'], ',g')} "
+        out.append(f"| {t['target']} | {num(t['netsip'], ',g')} | {num(t['perl'], ',g')} "
                    f"| {x} | {_verdict(t['hit'])} |")  # fmt: skip
     if res.get("chart"):
         out += ["", f"![The user agent with media]({res['chart']})"]
@@ -467,7 +467,7 @@ def equal_load_table(answerers: dict[str, Any]) -> list[str]:
             continue
         x, y = mine["answerer_us_per_packet"], theirs["answerer_us_per_packet"]
         ratio = f"{y / x:.2f}x" if x and y else "n/a"
-        out.append(f"| {a['label']} | {n:,} | {_num(x, '.1f')} | {_num(y, '.1f')} | {ratio} |")
+        out.append(f"| {a['label']} | {n:,} | {num(x, '.1f')} | {num(y, '.1f')} | {ratio} |")
     return [*out, ""]
 
 
@@ -529,18 +529,7 @@ def chart(res: dict[str, Any], path: str) -> bool:
 
 def write_md(path: str, lines: list[str]) -> None:
     """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    block = "\n".join([MD_BEGIN, "", *lines, "", MD_END])
-    text = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            text = f.read()
-    if MD_BEGIN in text and MD_END in text:
-        head, rest = text.split(MD_BEGIN, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## The user agent with media\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_section(path, MD_BEGIN, MD_END, "The user agent with media", lines)
 
 
 # --------------------------------------------------------------------- run
@@ -571,12 +560,12 @@ def run(
     res: dict[str, Any] = {"command": command, "environment": environment()}
     with tempfile.TemporaryDirectory(prefix="netsip-ua.") as workdir:
         if "media" in sections:
-            _say(log, f"ua media: {', '.join(LABELS[k] for k in kinds)}; steps {steps}")
+            say(log, f"ua media: {', '.join(LABELS[k] for k in kinds)}; steps {steps}")
             res["media"] = media_section(kinds, steps, measure=measure, repeats=repeats,
                                          setup_rate=200.0, workdir=workdir, log=log)  # fmt: skip
         if "setup" in sections and shutil.which("sipp"):
             calls = int(rate * (2 if quick else 4))
-            _say(log, f"ua setup: sipp uac at {rate:g} calls/s, {calls} calls per run")
+            say(log, f"ua setup: sipp uac at {rate:g} calls/s, {calls} calls per run")
             res["setup"] = setup_section(kinds, rate=rate, calls=calls, repeats=repeats,
                                          workdir=workdir, log=log)  # fmt: skip
     res["seconds"] = round(time.monotonic() - t0)

@@ -550,3 +550,34 @@ def loadavg() -> str:
             return f.read().split()[0]
     except OSError:
         return "?"
+
+
+# ---------------------------------------------------------------- reports
+
+
+def say(log: list[str], line: str) -> None:
+    """Keep ``line`` for the report and show it on stderr as the run goes."""
+    log.append(line)
+    print(line, file=sys.stderr, flush=True)
+
+
+def num(x: float | None, spec: str) -> str:
+    """``x`` formatted with ``spec``, or ``n/a``."""
+    return "n/a" if x is None else format(x, spec)
+
+
+def write_section(path: str, begin: str, end: str, heading: str, lines: list[str]) -> None:
+    """Replace a benchmark's section of ``path`` (between its ``begin`` and
+    ``end`` markers), or append it under ``## heading``."""
+    block = "\n".join([begin, "", *lines, "", end])
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
