@@ -56,6 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from netsip._dialog import header_tag
 from netsip._log import get_logger
 from netsip._redisstore import RedisStore
 from netsip.authorize import Authorize, users_from_file
@@ -391,7 +392,7 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
         """An initial request (no To tag) from one of our domains: to be challenged."""
         if not isinstance(packet, Request) or packet.method() in ("ACK", "CANCEL"):
             return False
-        if "tag=" in (packet.get_header("to") or ""):
+        if header_tag(packet.get_header("to")) is not None:
             return False  # inside a dialog: its initial request was checked
         if domains is None:
             return True
