@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from netsip import rtp as rtp_module
 from netsip._call import ALLOW, SUPPORTED, Call
@@ -83,6 +83,8 @@ DEFAULT_OPTIONS: dict[str, str] = {
     "accept-language": "en",
     "supported": SUPPORTED,
 }
+
+_S = TypeVar("_S")
 
 LegSpec = Leg | str | socket.socket | Mapping[str, Any]
 
@@ -508,10 +510,7 @@ class Simple:
         """
         auth = self._auth_from(args)
         registrar = Registrar(dispatcher=self.dispatcher, **args)
-        if auth is not None:
-            return self.create_chain([auth, registrar], methods=["REGISTER"])
-        self.dispatcher.set_receiver(registrar)
-        return registrar
+        return self._behind(auth, registrar, methods=["REGISTER"])
 
     def create_stateless_proxy(self, **args: Any) -> StatelessProxy | ReceiveChain:
         """A stateless proxy on this agent's dispatcher, set as its receiver
@@ -522,11 +521,7 @@ class Simple:
         """
         args.setdefault("auth_i_am_proxy", True)
         auth = self._auth_from(args)
-        proxy = StatelessProxy(dispatcher=self.dispatcher, **args)
-        if auth is not None:
-            return self.create_chain([auth, proxy])
-        self.dispatcher.set_receiver(proxy)
-        return proxy
+        return self._behind(auth, StatelessProxy(dispatcher=self.dispatcher, **args))
 
     def create_stateful_proxy(self, **args: Any) -> StatefulProxy | ReceiveChain:
         """A transaction-stateful forking proxy on this agent's dispatcher, set
@@ -535,11 +530,7 @@ class Simple:
         :meth:`create_stateless_proxy`."""
         args.setdefault("auth_i_am_proxy", True)
         auth = self._auth_from(args)
-        proxy = StatefulProxy(dispatcher=self.dispatcher, **args)
-        if auth is not None:
-            return self.create_chain([auth, proxy])
-        self.dispatcher.set_receiver(proxy)
-        return proxy
+        return self._behind(auth, StatefulProxy(dispatcher=self.dispatcher, **args))
 
     def create_chain(self, objects: Sequence[object], **args: Any) -> ReceiveChain:
         """A receive chain of ``objects``, set as the dispatcher's receiver
@@ -547,6 +538,14 @@ class Simple:
         chain = ReceiveChain(objects, **args)
         self.dispatcher.set_receiver(chain)
         return chain
+
+    def _behind(self, auth: Authorize | None, server: _S, **chain: Any) -> _S | ReceiveChain:
+        """``server`` as the dispatcher's receiver, behind ``auth`` (a chain of
+        the two, with ``chain`` as its arguments) if there is one."""
+        if auth is not None:
+            return self.create_chain([auth, server], **chain)
+        self.dispatcher.set_receiver(server)
+        return server
 
     def _auth_from(self, args: dict[str, Any]) -> Authorize | None:
         """An authorizer from the ``auth_*`` keys of ``args`` (all removed),
