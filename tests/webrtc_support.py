@@ -28,7 +28,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -162,6 +162,7 @@ class NodePeer:
         ca: str | None = None,
     ) -> None:
         self.loop = loop
+        self.script = script
         self.config = {"timeout": PEER_TIMEOUT - 5, **config}
         env = dict(os.environ)
         env.pop("NODE_OPTIONS", None)
@@ -204,7 +205,7 @@ class NodePeer:
             self.loop,
             lambda: bool(stop & set(self.names())) or bool(self.reader.eof),
             seconds,
-            what=f"{name!r} from {self.proc.args[1]!r}",
+            what=f"{name!r} from {self.script}",
         )
         return self.event(name)
 
@@ -253,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # (the events are what matters; no request log on stderr)
 
 
@@ -373,8 +374,3 @@ def page_server(root: Path, files: tuple[str, ...]) -> Iterator[PageServer]:
         yield server
     finally:
         server.close()
-
-
-def until(loop: EventLoop, cond: Callable[[], bool], seconds: float, what: str) -> None:
-    """:func:`drive` with the argument order of this module's callers."""
-    drive(loop, cond, seconds, what=what)

@@ -99,9 +99,13 @@ function install() {
   global.RTCSessionDescription = FakeSessionDescription;
 }
 
-// One JSON object per line on stdout: what the Python test reads.
+const started = Date.now();
+
+// One JSON object per line on stdout: what the Python test reads (`ms`:
+// milliseconds since the start, for the failure messages).
 function report(event, detail) {
-  process.stdout.write(JSON.stringify(Object.assign({ event }, detail || {})) + "\n");
+  const line = Object.assign({ event, ms: Date.now() - started }, detail || {});
+  process.stdout.write(JSON.stringify(line) + "\n");
 }
 
 // Exit with `code` once stdout is flushed.
