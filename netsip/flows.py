@@ -190,13 +190,13 @@ class FlowTable:
         heapq.heappush(self._heap, (expires, self._seq, key))
         if len(self._heap) > 2 * len(self._by_contact) + _HEAP_SLACK:
             self._heap = [
-                (e.expires, i, k)
-                for i, (k, es) in enumerate(self._by_contact.items())
-                for e in es
+                (e.expires, i, k) for i, (k, es) in enumerate(self._by_contact.items()) for e in es
             ]
             heapq.heapify(self._heap)
 
-    def forget(self, contact: str, *, instance: str | None = None, reg_id: int | None = None) -> None:
+    def forget(
+        self, contact: str, *, instance: str | None = None, reg_id: int | None = None
+    ) -> None:
         """Drop the flow of ``contact`` (its plain one, or that of ``instance``/``reg_id``)."""
         key = contact_key(contact)
         entries = self._by_contact.get(key)
