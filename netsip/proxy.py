@@ -92,7 +92,7 @@ from netsip._delivery import via_uri
 from netsip._log import get_logger
 from netsip._nat import NatBasic, NATHelper, ResponseCodes, nat_packet
 from netsip._rewrite import ContactCrypt, CryptFn, DefaultRewriteContact
-from netsip.dispatcher import Dispatcher, Target
+from netsip.dispatcher import MTU_LIMIT, Dispatcher, Target
 from netsip.flows import FLOW_FAILED, Flow, FlowTable, FlowTokens, needs_flow
 from netsip.leg import DEFAULT_ALLOW, ForwardError, Leg
 from netsip.packet import Packet, Request, Response
@@ -124,8 +124,6 @@ log = get_logger(__name__)
 
 #: RFC 3261 16.6 step 3: the Max-Forwards a request without one gets; also the cap.
 DEFAULT_MAX_FORWARDS = 70
-#: RFC 3261 18.1.1: a request larger than this goes over a congestion-controlled transport.
-MTU_LIMIT = 1300
 #: hex digits of each of the two keys in the branch
 _KEY_LEN = 10
 
