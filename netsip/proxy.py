@@ -92,7 +92,8 @@ from netsip._delivery import via_uri
 from netsip._log import get_logger
 from netsip._nat import NatBasic, NATHelper, ResponseCodes, nat_packet
 from netsip._rewrite import ContactCrypt, CryptFn, DefaultRewriteContact
-from netsip.dispatcher import Dispatcher, Target
+from netsip.dispatcher import MTU_LIMIT, Dispatcher, Target
+from netsip.flows import FLOW_FAILED, Flow, FlowTable, FlowTokens, needs_flow
 from netsip.leg import DEFAULT_ALLOW, ForwardError, Leg
 from netsip.packet import Packet, Request, Response
 from netsip.util import (
@@ -123,8 +124,6 @@ log = get_logger(__name__)
 
 #: RFC 3261 16.6 step 3: the Max-Forwards a request without one gets; also the cap.
 DEFAULT_MAX_FORWARDS = 70
-#: RFC 3261 18.1.1: a request larger than this goes over a congestion-controlled transport.
-MTU_LIMIT = 1300
 #: hex digits of each of the two keys in the branch
 _KEY_LEN = 10
 
@@ -202,6 +201,12 @@ class _Forward:
     #: the loop key and transaction key of the branch
     keys: str
     max_forwards: int
+    #: the flow a flow token in our Route names (RFC 5626 5.3), if not the one it came on
+    flow: Flow | None = None
+    #: a Route of another element is the next hop (no flow of the Request-URI is used)
+    routed: bool = False
+    #: the request goes over a flow (set when its destination is found)
+    over_flow: bool = False
 
 
 class StatelessProxy:
@@ -236,6 +241,11 @@ class StatelessProxy:
             domain that
             ``lookup`` knows nobody for gets 480. None: everything is
             forwarded (as Net::SIP).
+        flows: the registrar's :class:`~netsip.flows.FlowTable`: a
+            Request-URI registered over a connection is sent over that
+            connection (RFC 5626 5.3, RFC 7118 5), never resolved.
+        flow_tokens: the flow tokens of the Record-Routes of TCP/TLS/WS legs
+            (:class:`~netsip.flows.FlowTokens`, default: a random key).
     """
 
     def __init__(
@@ -248,8 +258,14 @@ class StatelessProxy:
         force_rewrite: bool = False,
         lookup: Callable[[str], Sequence[str]] | None = None,
         domains: Iterable[str] | None = None,
+        flows: FlowTable | None = None,
+        flow_tokens: FlowTokens | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.flows = flows
+        self.flow_tokens = (
+            flow_tokens if flow_tokens is not None else FlowTokens(lambda: dispatcher.legs)
+        )
         if rewrite_contact is None:
             crypt: CryptFn = rewrite_crypt if rewrite_crypt is not None else ContactCrypt()
             rewrite_contact = DefaultRewriteContact(crypt, dispatcher)
@@ -403,7 +419,9 @@ class StatelessProxy:
         if checked is None:
             return
         max_forwards, route_uris = checked
-        out_leg = self._preprocess_routes(req, leg, route_uris)
+        popped: list[str] = []
+        out_leg = self._preprocess_routes(req, leg, route_uris, popped)
+        flow = self._route_flow(popped, leg, from_)
         rewritten, back_leg = self._rewrite_uri_back(req, leg)
         if back_leg is not None:
             out_leg = back_leg
@@ -422,12 +440,107 @@ class StatelessProxy:
         else:
             target = req.uri()
 
-        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards)
+        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards, flow, bool(route_uris))
+        self._resolve_next(target, fwd, partial(self._resolved, fwd))
+
+    # ------------------------------------------------------------ flows
+
+    def _route_flow(self, popped: list[str], leg: Leg, from_: Addr) -> Flow | None:
+        """The flow a flow token in one of our own Routes names (RFC 5626 5.3).
+
+        A token naming the flow the request came in on is ignored: the
+        request comes from that flow's client and goes by its Request-URI.
+        """
+        for uri in reversed(popped):
+            parts = sip_uri2parts(uri)
+            if parts is None or not parts[1]:
+                continue
+            flow = self.flow_tokens.decode(parts[1])
+            if flow is None:
+                continue
+            if flow.leg is leg and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port):
+                return None
+            return flow
+        return None
+
+    def _flow_targets(self, hop: str, fwd: _Forward) -> list[Target] | int | None:
+        """Where a request goes over a flow (RFC 5626 5.3, RFC 7118 5).
+
+        Returns:
+            ``[(peer, leg)]`` of a live flow: the one a flow token named, else
+            the newest of the Request-URI (``hop``) in :attr:`flows`;
+            ``ENOTCONN`` when ``hop`` can only be reached over a flow and
+            none is left (430); None: resolve ``hop`` (RFC 3263).
+        """
+        if fwd.routed:
+            return None  # the next hop is another element's Route
+        flow = fwd.flow
+        if flow is not None and flow.alive():
+            return [(flow.peer, flow.leg)]
+        if self.flows is not None:
+            found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
+            if found is not None:
+                return [(found.peer, found.leg)]
+        if needs_flow(hop):
+            # (a flow token whose connection closed with a plain Request-URI: resolved)
+            return errno.ENOTCONN
+        return None
+
+    def _resolve_next(
+        self, hop: str, fwd: _Forward, callback: Callable[[list[Target] | int], None]
+    ) -> None:
+        """Find the destinations of ``hop``: over a flow, else by the dispatcher (RFC 3263)."""
+        found = self._flow_targets(hop, fwd)
+        fwd.over_flow = isinstance(found, list)
+        if found is not None:
+            log.debug("%s to %s over flow %s", fwd.request.method(), hop, found)
+            callback(found)
+            return
+        out_leg = fwd.out_leg
         self.dispatcher.resolve_uri(
-            target,
-            partial(self._resolved, fwd),
-            allowed_legs=[out_leg] if out_leg is not None else None,
+            hop, callback, allowed_legs=[out_leg] if out_leg is not None else None
         )
+
+    def _from_flow(self, req: Request, leg: Leg, from_: Addr) -> bool:
+        """Whether ``req`` comes from a client reached only over its connection.
+
+        That is a client on a connection-oriented leg whose Contact needs a
+        flow (``.invalid``, ``;ob``: RFC 7118 5, RFC 5626 5.3), or whose
+        Contact is registered over this very connection. (A server that
+        listens opens a connection of its own for its requests: its Record-Route
+        needs no token.)
+        """
+        if leg.proto == "udp":
+            return False
+        value = req.get_header("contact")
+        if not value:
+            return False
+        uri = _strip_angle(sip_hdrval2parts("contact", value)[0])
+        if needs_flow(uri):
+            return True
+        if self.flows is None:
+            return False
+        flow = self.flows.find(uri, self.dispatcher.eventloop.looptime)
+        return (
+            flow is not None
+            and flow.leg is leg
+            and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port)
+        )
+
+    def _rr_uri(self, leg: Leg, peer: Addr, flow: bool) -> str:
+        """The Record-Route URI of ``leg`` for a peer at ``peer``.
+
+        With ``flow`` (``peer`` is a client reached only over its connection)
+        it carries the flow token of that connection (RFC 5626 5.3: requests
+        back to that side go over it, RFC 7118 5).
+        """
+        if not flow or leg.proto == "udp":
+            return leg.contact
+        token = self.flow_tokens.encode(Flow(leg, peer))
+        if token is None:
+            return leg.contact
+        scheme, _, rest = leg.contact.partition(":")
+        return f"{scheme}:{token}@{rest}"
 
     def _check(self, req: Request, leg: Leg, from_: Addr) -> tuple[int, list[str]] | None:
         """RFC 3261 16.3 steps 1, 3, 5: the Max-Forwards to send and the Route URIs.
@@ -471,10 +584,13 @@ class StatelessProxy:
                 return None
         return max_forwards, route_uris
 
-    def _preprocess_routes(self, req: Request, leg: Leg, route_uris: list[str]) -> Leg | None:
+    def _preprocess_routes(
+        self, req: Request, leg: Leg, route_uris: list[str], popped: list[str] | None = None
+    ) -> Leg | None:
         """RFC 3261 16.4: undo a strict router, drop this proxy's own Routes.
 
-        ``route_uris`` (the URIs of the Route values) is updated in place.
+        ``route_uris`` (the URIs of the Route values) is updated in place;
+        the URIs of our own Routes removed are appended to ``popped``.
 
         Returns:
             The outgoing leg named by the last own Route, if it is not
@@ -494,7 +610,9 @@ class StatelessProxy:
             rleg = self._my_leg(route_uris[0])
             if rleg is None:
                 break
-            route_uris.pop(0)
+            own = route_uris.pop(0)
+            if popped is not None:
+                popped.append(own)
             routes.pop(0)
             changed = True
             if rleg is not leg:
@@ -633,6 +751,10 @@ class StatelessProxy:
         return True
 
     def _resolved(self, fwd: _Forward, result: list[Target] | int) -> None:
+        if result == errno.ENOTCONN:
+            log.info("%s %s: its flow is gone", fwd.request.method(), fwd.request.uri())
+            self._reply(fwd.request, fwd.in_leg, fwd.from_, FLOW_FAILED, "Flow Failed")
+            return
         if isinstance(result, int):
             log.info(
                 "cannot resolve next hop of %s %s: %s",
@@ -665,7 +787,7 @@ class StatelessProxy:
         if fwd.in_leg.proto != "udp" and len(targets) > 1:
             # Perl: a request that came over a stream prefers a stream onwards
             targets.sort(key=lambda t: t[1].proto == "udp")
-        pkt = self._outgoing(fwd, targets[0][1])
+        pkt = self._outgoing(fwd, *targets[0])
         if pkt is None:
             return None
         if targets[0][1].proto == "udp" and len(pkt.as_bytes()) > MTU_LIMIT:
@@ -676,7 +798,7 @@ class StatelessProxy:
             if reliable:
                 log.debug("request of %d bytes goes over %s", len(pkt.as_bytes()), reliable[0][0])
                 targets = reliable + [t for t in targets if t[1].proto == "udp"]
-                pkt = self._outgoing(fwd, targets[0][1])
+                pkt = self._outgoing(fwd, *targets[0])
                 if pkt is None:
                     return None
         return targets, pkt
@@ -688,7 +810,7 @@ class StatelessProxy:
         log.info("forwarding %s failed (%s), trying %s", fwd.request.method(), error, rest[0][0])
         self._send_request(fwd, rest)
 
-    def _outgoing(self, fwd: _Forward, out: Leg) -> Request | None:
+    def _outgoing(self, fwd: _Forward, addr: Addr, out: Leg) -> Request | None:
         """A copy of the request ready to go out on ``out``; None if it must be dropped."""
         pkt = fwd.request.clone()
         assert isinstance(pkt, Request)
@@ -699,9 +821,18 @@ class StatelessProxy:
         if pkt.method() != "REGISTER":
             # RFC 3261 16.6 step 4; RFC 5658: one for each side when the
             # request changes legs (the other side reaches the other leg)
-            pkt.insert_header("record-route", f"<{in_leg.contact};lr>")
+            # (with a flow token on a connection-oriented leg, RFC 5626 5.3)
+            in_flow = self._from_flow(fwd.request, in_leg, fwd.from_)
+            if out is in_leg and not in_flow and fwd.over_flow:
+                # one Record-Route for both sides: the callee's flow (requests
+                # arriving over it are told apart by their source, RFC 5626 5.3)
+                rr = self._rr_uri(out, addr, True)
+            else:
+                rr = self._rr_uri(in_leg, fwd.from_, in_flow)
+            pkt.insert_header("record-route", f"<{rr};lr>")
             if out is not in_leg:
-                pkt.insert_header("record-route", f"<{out.contact};lr>")
+                out_rr = self._rr_uri(out, addr, fwd.over_flow)
+                pkt.insert_header("record-route", f"<{out_rr};lr>")
         # RFC 3261 16.6 step 8 (and Perl's extra Via of the incoming leg)
         if out is not in_leg:
             pkt.insert_header("via", self._via(in_leg, fwd.keys))
