@@ -14,36 +14,45 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 from netsip._ws import frame, ws_options
+from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
 from netsip.packet import Packet
+from netsip.resolver import Resolver
 from netsip.socketpool import SocketPool
 from netsip.testing import advance
 from netsip.util import Addr
 from tests.support import (
     LOOPBACKS,
     FakeClock,
+    Listen,
     collector,
     drive,
     family,
     open_fds,
     pkt,
+    run_cli,
+    summary_counts,
     tcp_listener,
+    write_certs,
 )
 
 pytestmark = [pytest.mark.usefixtures("restore_settings")]
 
+TIMEOUT = 20.0  # bound of a blocking socket wait
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -852,3 +861,104 @@ def test_tcp_client_keepalive_and_tls_pong(
 
             drive(clock_loop, pong)
             assert got == b"\r\n"
+
+
+# --------------------------------------------------------------------- resolution
+
+
+def test_resolver_naptr_d2w_and_invalid_hosts(loop: EventLoop) -> None:
+    asked: list[tuple[str, str]] = []
+    answers: dict[tuple[str, str], list[Any]] = {
+        ("NAPTR", "ws.test"): [
+            ["NAPTR", 10, 10, "s", "SIPS+D2W", "", "_sips._ws.ws.test"],
+            ["NAPTR", 20, 10, "s", "SIP+D2W", "", "_sip._ws.ws.test"],
+            ["NAPTR", 30, 10, "s", "SIP+D2U", "", "_sip._udp.ws.test"],
+        ],
+        ("SRV", "_sips._ws.ws.test"): [["SRV", 10, "wss.ws.test", 443]],
+        ("SRV", "_sip._ws.ws.test"): [["SRV", 10, "plain.ws.test", 8080]],
+        ("A", "wss.ws.test"): [["A", "127.0.0.7", "wss.ws.test"]],
+        ("A", "plain.ws.test"): [["A", "127.0.0.8", "plain.ws.test"]],
+    }
+
+    def hook(typ: str, name: str, cb: Callable[[list[Any]], None]) -> None:
+        asked.append((typ, name))
+        cb(answers.get((typ, name), []))
+
+    with Resolver(loop, dnsresolv=hook, addr_types=("A",)) as res:
+        got: list[list[tuple[str, Addr]]] = []
+        res.resolve("ws.test", ["wss", "ws"], got.append)
+        drive(loop, lambda: got)
+        assert [(p, a.addr, a.port) for p, a in got[0]] == [
+            ("wss", "127.0.0.7", 443),
+            ("ws", "127.0.0.8", 8080),
+        ]
+        # RFC 6761 6.4: no query at all for .invalid, and an empty answer
+        asked.clear()
+        got.clear()
+        res.resolve("df7jal23ls0d.INVALID.", ["ws"], got.append)
+        drive(loop, lambda: got)
+        assert got == [[]] and asked == []
+
+
+def test_dispatcher_resolves_transport_ws(loop: EventLoop) -> None:
+    with Leg(addr="127.0.0.1", port=0, proto="ws") as ws_leg, Leg(addr="127.0.0.1", port=0) as udp:
+        d = Dispatcher([udp, ws_leg], loop)
+        try:
+            got: list[object] = []
+            d.resolve_uri("sip:127.0.0.1:8080;transport=ws", got.append)
+            drive(loop, lambda: got)
+            assert isinstance(got[0], list)
+            (addr, leg), *rest = got[0]
+            assert not rest and leg is ws_leg and addr.proto == "ws" and addr.port == 8080
+            got.clear()
+            d.resolve_uri("sip:bob@df7jal23ls0d.invalid;transport=ws", got.append)
+            drive(loop, lambda: got)
+            assert got == [errno.EHOSTUNREACH]
+        finally:
+            d.close()
+
+
+# --------------------------------------------------------------------- the command line
+
+
+def test_cli_listen_and_options_over_ws_and_wss(
+    listen_factory: list[Listen], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = write_certs(tmp_path)
+    srv = Listen(
+        ["-l", "ws:127.0.0.1:0", "-l", "wss:127.0.0.1:0", "--tls-cert", str(certs["server"]), "-v"],
+        tmp_path,
+    )
+    listen_factory.append(srv)
+    addrs = srv.addresses(2)
+    ws, wss = addrs["ws"], addrs["wss"]
+    for argv in (
+        [f"ws://{ws}/any/path"],
+        [f"sip:{ws};transport=ws"],
+        [f"sip:{ws}", "-t", "ws"],
+        [f"wss://{wss}", "--tls-ca", str(certs["ca"])],
+    ):
+        status, out, err = run_cli(["options", *argv, "-n", "2", "-i", "0.01"], capsys)
+        assert status == 0, out + err
+        assert "2 requests sent, 2 responses received, 2 ok, 0% loss" in out, out
+        assert re.search(r"^200 OK from wss?:127\.0\.0\.1:\d+: seq=1", out, re.M), out
+    status, out, err = run_cli(["options", f"wss://{ws}", "-t", "ws"], capsys)
+    assert status == 2 and "contradicts" in err
+    # a browser-like client: Via host .invalid, the answer over its connection
+    with socket.create_connection(ws.sockaddr(), timeout=TIMEOUT) as s:
+        s.sendall(upgrade_request())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        s.sendall(ws_frame(0x1, options(1, via_host="df7jal23ls0d.invalid").as_bytes()))
+        data = head[head.index(b"\r\n\r\n") + 4 :]
+        while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F):
+            data += s.recv(4096)
+        assert data[0] == 0x81 and b"SIP/2.0 200 OK\r\n" in data
+        assert b"Via: SIP/2.0/WS df7jal23ls0d.invalid" in data
+    stdout = srv.stop()
+    assert srv.returncode == 0
+    counts = summary_counts(stdout)
+    assert counts == {"OPTIONS": 9}
+    assert any("sockets open after closing: 0" in line for line in srv.err.lines), srv.err.lines
