@@ -945,7 +945,7 @@ def test_cli_listen_and_options_over_ws_and_wss(
     status, out, err = run_cli(["options", f"wss://{ws}", "-t", "ws"], capsys)
     assert status == 2 and "contradicts" in err
     # a browser-like client: Via host .invalid, the answer over its connection
-    with socket.create_connection(ws.sockaddr(), timeout=TIMEOUT) as s:
+    with socket.create_connection((ws.addr, ws.port), timeout=TIMEOUT) as s:
         s.sendall(upgrade_request())
         head = b""
         while b"\r\n\r\n" not in head:
