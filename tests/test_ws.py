@@ -17,6 +17,8 @@ import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +46,7 @@ from tests.support import (
     family,
     open_fds,
     pkt,
+    python_env,
     run_cli,
     summary_counts,
     tcp_listener,
@@ -962,3 +965,62 @@ def test_cli_listen_and_options_over_ws_and_wss(
     counts = summary_counts(stdout)
     assert counts == {"OPTIONS": 9}
     assert any("sockets open after closing: 0" in line for line in srv.err.lines), srv.err.lines
+
+
+# --------------------------------------------------------------------- the rest
+
+
+def test_wsproto_is_loaded_with_the_first_ws_pool() -> None:
+    """As ssl for TLS: a process without WebSocket pools never imports wsproto (nor h11)."""
+    code = (
+        "import sys, netsip, netsip.socketpool, netsip.leg, netsip.dispatcher\n"
+        "from netsip.testing import tcp_listener\n"
+        "print(sorted(m for m in ('wsproto', 'h11', 'netsip._ws') if m in sys.modules))\n"
+        "netsip.socketpool.SocketPool('ws', tcp_listener()).close()\n"
+        "print(sorted(m for m in ('wsproto', 'h11', 'netsip._ws') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split("\n")[:2] == ["[]", "['h11', 'netsip._ws', 'wsproto']"]
+
+
+def test_callback_exception_resumes_with_the_next_messages(loop: EventLoop) -> None:
+    """A receive callback that raises: the messages read behind it come in the next loop run."""
+    pool = ws_pool("ws", "127.0.0.1")
+    seen: list[str] = []
+
+    def cb(packet: Packet, _from: Addr) -> None:
+        seen.append(str(packet.cseq()))
+        if len(seen) == 1:
+            raise RuntimeError("application bug")
+
+    with pool, Raw(loop, addr_of(pool)) as c:
+        pool.attach_eventloop(loop, cb)
+        c.upgrade()
+        c.send(b"".join(ws_frame(0x1, options(n).as_bytes()) for n in (1, 2, 3)))
+        with pytest.raises(RuntimeError, match="application bug"):
+            drive(loop, lambda: len(seen) == 3)
+        drive(loop, lambda: len(seen) == 3)
+        assert seen == ["1 OPTIONS", "2 OPTIONS", "3 OPTIONS"]
+        assert pool.connection_count() == 1
+
+
+def test_server_masked_frame_is_refused_by_the_client(loop: EventLoop) -> None:
+    """RFC 6455 5.1: a client closes the connection on a masked server frame (1002)."""
+    pool = ws_pool("ws", "127.0.0.1")
+    with pool, RawServer(loop) as srv:
+        pool.attach_eventloop(loop, None)
+        pool.sendto(options(1), srv.addr)
+        raw = srv.accept()
+        answer_upgrade(raw)
+        raw.send(ws_frame(0x1, b"SIP/2.0 200 OK\r\n\r\n"))  # masked: wrong for a server
+        raw.wait(lambda: raw.eof)
+        frames = srv.client_frames(raw)
+        assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1002
+        assert pool.connection_count() == 0
