@@ -1024,3 +1024,19 @@ def test_server_masked_frame_is_refused_by_the_client(loop: EventLoop) -> None:
         frames = srv.client_frames(raw)
         assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1002
         assert pool.connection_count() == 0
+
+
+def test_connected_master(loop: EventLoop, proto: str, certs: Certs) -> None:
+    """A pool on a connected socket (``connected=True``) upgrades it when attached."""
+    srv = ws_pool(proto, "127.0.0.1", certs)
+    with srv:
+        got: list[tuple[Packet, Addr]] = []
+        srv.attach_eventloop(loop, answering(srv, got))
+        sock = socket.create_connection(srv.master().getsockname()[:2])
+        tls = {"cafile": certs.ca} if proto == "wss" else None
+        with SocketPool(proto, sock, connected=True, tls=tls) as cli:  # type: ignore[arg-type]  # a Proto value
+            answers, cb = collector()
+            cli.attach_eventloop(loop, cb)
+            cli.sendto(options(1), addr_of(srv))
+            drive(loop, lambda: answers, 10)
+            assert answers[0][0].cseq() == "1 OPTIONS" and cli.connection_count() == 0
