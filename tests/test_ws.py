@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import gc
 import hashlib
 import logging
 import os
@@ -27,8 +28,11 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto.handshake import H11Handshake
 
-from netsip._ws import frame, ws_options
+from netsip._ws import WSLayer, frame, ws_options
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -633,7 +637,56 @@ def test_no_fd_or_connection_left_by_bad_input(loop: EventLoop) -> None:
             one_round()
         assert open_fds() == before
         assert pool.connection_count() == 0 and not got
+        gc.collect()
+        # no WebSocket state left behind either (per-connection layers, h11 handshakes)
+        assert _instances(WSLayer) == 0 and _instances(H11Handshake) == 0
     assert open_fds() == before - 1  # the listener
+
+
+def _instances(cls: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is cls)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 255),  # first byte: FIN, RSV, opcode
+            st.booleans(),  # masked
+            st.binary(max_size=300),
+            st.integers(0, 3),  # how to cut the bytes into writes
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_random_frames_never_break_the_pool(frames: list[tuple[int, bool, bytes, int]]) -> None:
+    """Whatever frames come after the upgrade: nothing raises out of the loop, and the
+    connection is either still usable (a later valid message is answered) or closed."""
+    with EventLoop() as loop:
+        pool = ws_pool("ws", "127.0.0.1", MAX_SIP_HEADER=512, MAX_SIP_BODY=512)
+        got: list[tuple[Packet, Addr]] = []
+        pool.attach_eventloop(loop, answering(pool, got))
+        with pool, Raw(loop, addr_of(pool)) as c:
+            c.upgrade()
+            for first, mask, payload, cut in frames:
+                data = ws_frame(first & 0x0F, payload, mask=mask, fin=bool(first & 0x80),
+                                rsv=first >> 4 & 7)  # fmt: skip
+                step = max(1, len(data) >> cut)
+                for i in range(0, len(data), step):
+                    try:
+                        c.send(data[i : i + step])
+                    except OSError:  # closed by the pool already
+                        break
+                    loop.loop(0)
+            # then a valid message: answered, or (a fragmented message left open makes it
+            # a protocol error, or the connection is gone already) a close and EOF
+            with contextlib.suppress(OSError):
+                c.send(ws_frame(0x1, options(99).as_bytes()))
+            c.wait(
+                lambda: c.eof or any(b"CSeq: 99 OPTIONS" in f for _, f in c.pending + c.frames())
+            )
+            drive(loop, lambda: pool.connection_count() <= 1)
 
 
 # --------------------------------------------------------------------- the client side
