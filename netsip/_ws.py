@@ -757,7 +757,7 @@ class WSTransport(StreamTransport):
         self.queue(conn, data, None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("WebSocket from %s accepted (target %s)", conn.peer, request.target)
-        return None if conn.closed else ws
+        return self._release(conn, layer, ws)
 
     def _accepted(
         self, conn: Conn, layer: WSLayer, hs: H11Handshake, event: AcceptConnection
@@ -774,13 +774,17 @@ class WSTransport(StreamTransport):
         ws = hs.connection
         assert ws is not None, "set by the accept"
         self._open(conn, layer, ws)
+        return self._release(conn, layer, ws)
+
+    def _release(self, conn: Conn, layer: WSLayer, ws: Connection) -> Connection | None:
+        """The upgrade is done: queue the SIP messages held for it, in order."""
         held = layer.held
         layer.held = None
         for msg, callback in held or ():
             self.queue(conn, msg, callback)
             if conn.closed:
                 return None
-        return ws
+        return None if conn.closed else ws
 
     def _open(self, conn: Conn, layer: WSLayer, ws: Connection) -> None:
         layer.ws = ws

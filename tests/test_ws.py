@@ -52,6 +52,7 @@ from tests.support import (
     pkt,
     python_env,
     run_cli,
+    spin,
     summary_counts,
     tcp_listener,
     write_certs,
@@ -1093,3 +1094,21 @@ def test_connected_master(loop: EventLoop, proto: str, certs: Certs) -> None:
             cli.sendto(options(1), addr_of(srv))
             drive(loop, lambda: answers, 10)
             assert answers[0][0].cseq() == "1 OPTIONS" and cli.connection_count() == 0
+
+
+def test_server_holds_messages_for_a_connection_being_upgraded(loop: EventLoop) -> None:
+    """A message for a peer whose connection is still upgrading waits for the upgrade."""
+    pool = ws_pool("ws", "127.0.0.1")
+    with pool, Raw(loop, addr_of(pool)) as c:
+        pool.attach_eventloop(loop, None)
+        drive(loop, lambda: pool.connection_count() == 1)
+        peer = pool.peers()[0]
+        written: list[int] = []
+        pool.sendto(options(7), peer, written.append)
+        spin(loop, 0.05)
+        c.pump()
+        assert not c.buf and not written  # nothing before the 101
+        assert c.upgrade().startswith(b"HTTP/1.1 101 ")
+        opcode, payload = c.next_frame()
+        assert opcode == 0x1 and b"CSeq: 7 OPTIONS" in payload
+        drive(loop, lambda: written == [0])
