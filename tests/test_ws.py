@@ -308,7 +308,7 @@ def upgrade_request(
 class Raw:
     """A WebSocket client on a plain non-blocking socket, driven with the pool's loop."""
 
-    def __init__(self, loop: EventLoop, dst: Addr) -> None:
+    def __init__(self, loop: EventLoop, dst: Addr, cafile: str | None = None) -> None:
         self.loop = loop
         self.sock = socket.socket(dst.family, socket.SOCK_STREAM)
         self.sock.connect(dst.sockaddr())
@@ -316,6 +316,21 @@ class Raw:
         self.buf = bytearray()
         self.eof = False
         self.pending: list[tuple[int, bytes]] = []
+        if cafile is not None:  # wss: TLS first, its handshake driven with the loop
+            ctx = ssl.create_default_context(cafile=cafile)
+            tls = ctx.wrap_socket(
+                self.sock, server_hostname=dst.addr, do_handshake_on_connect=False
+            )
+            self.sock = tls
+
+            def handshake() -> bool:
+                try:
+                    tls.do_handshake()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return False
+                return True
+
+            drive(loop, handshake)
 
     def close(self) -> None:
         self.sock.close()
@@ -333,9 +348,9 @@ class Raw:
         while not self.eof:
             try:
                 data = self.sock.recv(65536)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError):
                 return
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 data = b""
             if not data:
                 self.eof = True
@@ -1112,3 +1127,22 @@ def test_server_holds_messages_for_a_connection_being_upgraded(loop: EventLoop) 
         opcode, payload = c.next_frame()
         assert opcode == 0x1 and b"CSeq: 7 OPTIONS" in payload
         drive(loop, lambda: written == [0])
+
+
+@pytest.mark.parametrize(
+    "case", ["not SIP", "unmasked", "invalid UTF-8", "too big in one frame", "fragmented ping"]
+)
+def test_bad_frames_over_wss(loop: EventLoop, certs: Certs, case: str) -> None:
+    """The same close codes through TLS (the close frame is written before the TLS close)."""
+    pool = ws_pool("wss", "127.0.0.1", certs, MAX_SIP_HEADER=4096, MAX_SIP_BODY=4096)
+    got: list[tuple[Packet, Addr]] = []
+    pool.attach_eventloop(loop, answering(pool, got))
+    frames, code = BAD_FRAMES[case]
+    with pool, Raw(loop, addr_of(pool), certs.ca) as c:
+        assert c.upgrade().startswith(b"HTTP/1.1 101 ")
+        c.send(ws_frame(0x1, options(1).as_bytes()))
+        assert c.next_frame()[1].startswith(b"SIP/2.0 200 OK")
+        c.send(b"".join(frames))
+        assert c.closed_with() == code
+        drive(loop, lambda: pool.connection_count() == 0)
+        assert len(got) == 1
