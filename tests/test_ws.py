@@ -8,6 +8,7 @@ itself. Certificates for ``wss`` come from a test CA (trustme).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -33,6 +34,7 @@ from hypothesis import strategies as st
 from wsproto.handshake import H11Handshake
 
 from netsip._ws import WSLayer, frame, ws_options
+from netsip.aio import AsyncioEventLoop, new_asyncio_loop
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -1148,3 +1150,67 @@ def test_bad_frames_over_wss(loop: EventLoop, certs: Certs, case: str) -> None:
         assert c.closed_with() == code
         drive(loop, lambda: pool.connection_count() == 0)
         assert len(got) == 1
+
+
+# --------------------------------------------------------------------- another implementation
+
+
+def test_interop_with_aiohttp_websockets(certs: Certs) -> None:
+    """aiohttp's WebSocket client and server (an implementation of its own) against
+    netsip's ws pools, on one asyncio loop (netsip through AsyncioEventLoop)."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web  # noqa: PLC0415  # only with aiohttp installed
+
+    async def main() -> None:
+        nloop = AsyncioEventLoop()
+        srv = ws_pool("ws", "127.0.0.1")
+        got: list[tuple[Packet, Addr]] = []
+        srv.attach_eventloop(nloop, answering(srv, got))
+        # aiohttp client -> netsip server: text and binary messages, a ping, the close
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{addr_of(srv).port}/", protocols=("sip",)) as ws,
+        ):
+            assert ws.protocol == "sip"
+            await ws.send_str(options(1).as_bytes().decode())
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith("SIP/2.0 200 OK")
+            await ws.send_bytes(options(2).as_bytes())
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert "CSeq: 2 OPTIONS" in msg.data
+            await ws.ping(b"x")  # answered (aiohttp consumes the pong)
+            await ws.close()
+            assert ws.close_code == 1000
+        # netsip client -> aiohttp server (which asks for the sip subprotocol too)
+        received: list[str] = []
+
+        async def handler(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse(protocols=("sip",))
+            await ws.prepare(request)
+            async for m in ws:
+                received.append(m.data)
+                await ws.send_str("SIP/2.0 200 OK\r\n" + m.data.split("\r\n", 1)[1])
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/sip", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        cli = ws_pool("ws", "127.0.0.1", ws={"path": "/sip"})
+        answered: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
+        cli.attach_eventloop(nloop, lambda packet, _from: answered.set_result(packet))
+        cli.sendto(options(3), Addr("127.0.0.1", port, socket.AF_INET))
+        assert (await asyncio.wait_for(answered, 10)).cseq() == "3 OPTIONS"
+        assert received[0].startswith("OPTIONS sip:bob@example.com SIP/2.0\r\n")
+        cli.close()
+        srv.close()
+        await runner.cleanup()
+
+    loop = new_asyncio_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
