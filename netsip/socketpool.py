@@ -141,6 +141,7 @@ class SocketPool:
             bad TLS options or TLS options for a UDP/TCP pool.
         TypeError: ``fd`` is not a socket.
         OSError: a TLS certificate, key or CA file cannot be loaded.
+        NetSIPError: ``ws``/``wss`` without wsproto installed.
     """
 
     def __init__(
@@ -184,7 +185,14 @@ class SocketPool:
         transport: type[StreamTransport] = StreamTransport
         extra: dict[str, object] = {}
         if proto in ("ws", "wss"):
-            from netsip._ws import WSTransport, ws_options  # noqa: PLC0415  # see the performance plan
+            try:
+                from netsip._ws import WSTransport, ws_options  # noqa: PLC0415  # see the performance plan
+            except ImportError as exc:
+                if (exc.name or "").partition(".")[0] not in ("wsproto", "h11"):
+                    raise
+                raise NetSIPError(
+                    f"the {proto} transport needs wsproto: pip install 'netsip[ws]'"
+                ) from exc
 
             transport = WSTransport
             extra["options"] = ws_options(ws)

@@ -1214,3 +1214,23 @@ def test_interop_with_aiohttp_websockets(certs: Certs) -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_without_wsproto_a_clear_error() -> None:
+    code = (
+        "import sys; sys.modules['wsproto'] = None\n"
+        "from netsip.socketpool import SocketPool\n"
+        "from netsip.testing import tcp_listener\n"
+        "from netsip.util import NetSIPError\n"
+        "t = tcp_listener()\n"
+        "try:\n"
+        "    SocketPool('ws', t)\n"
+        "except NetSIPError as exc:\n"
+        "    print(exc)\n"
+        "t.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=python_env(), capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "the ws transport needs wsproto: pip install 'netsip[ws]'"
