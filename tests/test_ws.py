@@ -444,6 +444,12 @@ def test_handshake_by_hand(
         c.send(ws_frame(0x2, options(2).as_bytes()))
         opcode, payload = c.next_frame()
         assert opcode == 0x1 and b"CSeq: 2 OPTIONS" in payload
+        # no Content-Length: the WebSocket message frames the SIP message (RFC 7118 5.2)
+        no_length = options(3).as_bytes().replace(b"Content-Length: 0\r\n", b"")
+        assert b"Content-Length" not in no_length
+        c.send(ws_frame(0x1, no_length))
+        opcode, payload = c.next_frame()
+        assert b"CSeq: 3 OPTIONS" in payload and len(got) == 3
         # the client closes: the server answers the close and closes TCP (RFC 6455 5.5.1)
         c.send(ws_frame(0x8, (1000).to_bytes(2, "big") + b"bye"))
         assert c.closed_with() == 1000
