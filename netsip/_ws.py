@@ -155,8 +155,10 @@ CLOSE_MESSAGE_TOO_BIG: Final = 1009
 #: RFC 7118 section 4.1: the WebSocket subprotocol of SIP.
 SUBPROTOCOL: Final = "sip"
 #: RFC 5626 4.4.1 over WebSocket: a message of just CRLFCRLF, answered with CRLF.
-_PING: Final = "\r\n\r\n"
-_PONG: Final = "\r\n"
+_PINGS: Final = ("\r\n\r\n", b"\r\n\r\n")
+_PONG: Final = b"\r\n"
+#: how a keep-alive message starts (a tuple: bytearray slices are not hashable)
+_LINE_END_STARTS: Final = ("\r", "\n", "", b"\r", b"\n", b"")
 _OPCODE_TEXT: Final = 0x1
 _OPCODE_BINARY: Final = 0x2
 _RESERVED_OPCODES: Final = frozenset((3, 4, 5, 6, 7, 11, 12, 13, 14, 15))
@@ -625,12 +627,13 @@ class WSTransport(StreamTransport):
         loop = self.loop
         if loop is not None:
             conn.didit = loop.looptime
-        if len(data) <= 4 and data in (_PING, _PING.encode()):
-            # RFC 5626 4.4.1 as SIP.js sends it over WebSocket: answer with CRLF
-            self.queue(conn, frame(_PONG.encode(), mask=conn.outgoing), None)
-            return
-        if not data.strip():
-            return  # a pong (or stray line ends): activity only
+        if data[:1] in _LINE_END_STARTS:  # (a SIP message starts with a letter)
+            if data in _PINGS:
+                # RFC 5626 4.4.1 as SIP.js sends it over WebSocket: answer with CRLF
+                self.queue(conn, frame(_PONG, mask=conn.outgoing), None)
+                return
+            if not data.strip():
+                return  # a pong (or stray line ends): activity only
         try:
             pkt = Packet.new_from_string(data)
         except PacketError as exc:
