@@ -33,7 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.handshake import H11Handshake
 
-from netsip._ws import WSLayer, frame, ws_options
+from netsip._ws import WSLayer, _hostport, frame, ws_options
 from netsip.aio import AsyncioEventLoop, new_asyncio_loop
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
@@ -1240,3 +1240,12 @@ def test_without_wsproto_a_clear_error() -> None:
         timeout=60, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == "the ws transport needs wsproto: pip install 'netsip[ws]'"
+
+
+def test_host_header() -> None:
+    assert _hostport(Addr("127.0.0.1", 80, socket.AF_INET), "ws") == "127.0.0.1"
+    assert _hostport(Addr("127.0.0.1", 8080, socket.AF_INET), "ws") == "127.0.0.1:8080"
+    assert _hostport(Addr("::1", 443, socket.AF_INET6), "wss") == "[::1]"
+    assert _hostport(Addr("::1", 80, socket.AF_INET6), "wss") == "[::1]:80"
+    named = Addr("127.0.0.1", 8443, socket.AF_INET, "sip.example.org")
+    assert _hostport(named, "wss") == "sip.example.org:8443"
