@@ -1,8 +1,7 @@
 """WebSocket (RFC 7118) for :class:`netsip.socketpool.SocketPool`: transports ``ws`` and ``wss``.
 
-Net::SIP has no WebSocket transport; this module is new. Browsers speak SIP
-only over WebSocket (RFC 7118), so a web phone (JsSIP, SIP.js) reaches a
-netsip registrar or proxy through a pool of proto ``"ws"`` or ``"wss"``.
+New (Net::SIP has no WebSocket). Browsers speak SIP only over WebSocket (RFC
+7118): a web phone (JsSIP, SIP.js) reaches netsip through a ``ws``/``wss`` pool.
 
 How it works: WebSocket is a layer over the stream transport, as TLS is a
 layer over TCP. :class:`WSTransport` is the
@@ -73,16 +72,17 @@ section 6.4, the hosts browsers put in their Via and Contact). Responses go
 back over the connection their request came in on (RFC 7118 section 5.2,
 as for TCP: the Via host of a browser cannot be reached).
 
-Default ports: RFC 7118 defines none; netsip uses 80 for ``ws`` and 443 for
-``wss``, those of ``ws://`` and ``wss://`` URIs (RFC 6455 section 3).
+Default ports: RFC 7118 defines none; 80 for ``ws`` and 443 for ``wss``, as
+``ws://`` and ``wss://`` URIs (RFC 6455 section 3).
 
-Differences from Net::SIP: Net::SIP has no WebSocket transport at all.
-Compared with this port's TCP transport: no per-connection read framing
-state (the WebSocket layer keeps it); a bad message closes the connection
-with a close code instead of a 400 answer; the idle expiry
-(``MIN_EXPIRE``/``MAX_EXPIRE``) applies as to TCP, so a server whose web
-phones stay idle for long needs longer expiry times or ``ping_interval``
-(a pong counts as activity).
+Differences from Net::SIP:
+
+* Net::SIP has no WebSocket transport at all: everything here is new;
+* against this port's TCP transport: a message that is not SIP closes the
+  connection with close code 1008 (TCP answers 400 first when it can); the
+  idle expiry (``MIN_EXPIRE``/``MAX_EXPIRE``) is the same, so web phones
+  that stay silent for long need longer expiry times or ``ping_interval``
+  (a pong counts as activity).
 
 Performance plan. Per message in: the common frame (unfragmented text or
 binary, masked as its direction requires) is cut out of the read buffer,
@@ -132,16 +132,7 @@ from netsip.eventloop import Callback, EventLoopLike, TimerLike
 from netsip.packet import Packet, PacketError
 from netsip.util import DEFAULT_PORTS, Addr, Proto, invoke_callback
 
-__all__ = [
-    "CLOSE_MESSAGE_TOO_BIG",
-    "CLOSE_NOT_SIP",
-    "MAX_HANDSHAKE",
-    "WSLayer",
-    "WSOptions",
-    "WSTransport",
-    "frame",
-    "ws_options",
-]
+__all__ = ["MAX_HANDSHAKE", "WSLayer", "WSOptions", "WSTransport", "frame", "ws_options"]
 
 # The public module's logger: logging is configured by the name users know.
 log = get_logger("netsip.socketpool")
@@ -236,9 +227,7 @@ def frame(data: bytes, *, mask: bool) -> bytes:
     if not mask:
         return head + data
     key = os.urandom(4)
-    keys = (key * ((n >> 2) + 1))[:n]
-    masked = (int.from_bytes(data, "big") ^ int.from_bytes(keys, "big")).to_bytes(n, "big")
-    return head + key + masked
+    return head + key + _xor_mask(key, data)
 
 
 @dataclass(slots=True, eq=False)
@@ -276,8 +265,8 @@ def _hostport(peer: Addr, proto: Proto) -> str:
     return host if peer.port == DEFAULT_PORTS[proto] else f"{host}:{peer.port}"
 
 
-def _unmask(key: bytes | bytearray, data: bytes | bytearray) -> bytes:
-    """``data`` XOR the 4-byte ``key`` repeated (RFC 6455 section 5.3), as one big-int XOR."""
+def _xor_mask(key: bytes | bytearray, data: bytes | bytearray) -> bytes:
+    """``data`` XOR the 4-byte ``key`` repeated (RFC 6455 5.3): masks and unmasks, as one XOR."""
     n = len(data)
     keys = (bytes(key) * ((n >> 2) + 1))[:n]
     return (int.from_bytes(data, "big") ^ int.from_bytes(keys, "big")).to_bytes(n, "big")
@@ -550,7 +539,7 @@ class WSTransport(StreamTransport):
                     b1 & _MASKED == mask_bit and not layer.frag and open_
                 ):
                     if mask_bit:
-                        payload = _unmask(buf[end - n - 4 : end - n], buf[end - n : end])
+                        payload = _xor_mask(buf[end - n - 4 : end - n], buf[end - n : end])
                     else:
                         payload = bytes(buf[end - n : end])
                     pos = end
