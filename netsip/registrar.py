@@ -436,9 +436,10 @@ class Registrar:
         kept: list[Binding] = []
         dead: list[Binding] = []
         for b in bindings:
-            if not needs_flow(b.contact) or flows.find(b.contact, now) is not None:
+            inst, rid = b.instance, b.reg_id
+            if not needs_flow(b.contact) or flows.find(b.contact, now, instance=inst, reg_id=rid):
                 kept.append(b)
-            elif flows.known(b.contact, now):
+            elif flows.known(b.contact, now, instance=inst, reg_id=rid):
                 dead.append(b)
             else:
                 log.debug("%s: no flow to %s in this process", aor, b.contact)
