@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +33,8 @@ from netsip.simple import Call, Simple
 from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import FakeClock, advance, connect, open_fds
 from netsip.util import Addr
-from tests.support import datagrams, drive, free_udp_tcp_port, pkt, spin, udp_socket
+from tests.support import Listen, datagrams, drive, free_udp_tcp_port, pkt, spin, udp_socket
+from tests.test_cli_proxy import start_proxy
 
 BOB_CONTACT = "<sip:bob@bob1.invalid;transport=tcp>"
 
@@ -289,6 +292,60 @@ def test_an_in_dialog_request_takes_the_new_flow_of_a_contact_registered_again(
         bob.cleanup()
         again.cleanup()
         srv.close()
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.fixture
+def started() -> Iterator[list[Listen]]:
+    procs: list[Listen] = []
+    yield procs
+    for p in procs:
+        p.close()
+
+
+@pytest.mark.parametrize("mode", [[], ["--stateful"]], ids=["stateless", "stateful"])
+def test_netsip_proxy_bridges_udp_and_a_client_on_its_connection(
+    loop: EventLoop, started: list[Listen], tmp_path: Path, mode: list[str]
+) -> None:
+    """``netsip proxy -l 127.0.0.1:0`` (UDP and TCP): the UDP caller reaches the TCP
+    client whose Contact is .invalid, and each side's BYE reaches the other."""
+    proc, addrs = start_proxy(started, tmp_path, "--domain", "example.com", *mode)
+    tcp, udp = addrs["tcp"], addrs["udp"]
+    tcp_uri = f"sip:{tcp.addr}:{tcp.port};transport=tcp"
+    bob = Simple(
+        from_="sip:bob@example.com",
+        leg=Leg(addr="127.0.0.1", port=0, proto="tcp", contact="sip:b9x2.invalid;transport=tcp"),
+        loop=loop,
+        outgoing_proxy=tcp_uri,
+        registrar=tcp_uri,
+    )
+    alice = Simple(
+        from_="sip:alice@example.com",
+        leg="udp:127.0.0.1:0",
+        loop=loop,
+        outgoing_proxy=f"{udp.addr}:{udp.port}",
+    )
+    try:
+        assert bob.register(expires=300) == 300, bob.error()
+        calls, invites = answer(bob)
+        status, _code, call = invite(loop, alice, "sip:bob@example.com")
+        assert status == "OK", _code
+        assert invites[0].uri() == "sip:bob@b9x2.invalid;transport=tcp"
+        assert in_dialog(loop, call) == 200
+        call.bye()
+        drive(loop, lambda: call.closed and calls[0].closed, what="alice's BYE")
+        status, _code, call = invite(loop, alice, "sip:bob@example.com")
+        assert status == "OK"
+        calls[1].bye()
+        drive(loop, lambda: call.closed and calls[1].closed, what="bob's BYE")
+        assert connections(bob) == 1  # the one bob opened: nothing connected to him
+    finally:
+        alice.cleanup()
+        bob.cleanup()
+    out = proc.stop(signal.SIGTERM)
+    assert proc.returncode == 0, out
 
 
 # ------------------------------------------------------------------ the registrar
