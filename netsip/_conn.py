@@ -135,6 +135,8 @@ class Conn:
         closed: set once the pool dropped the socket.
         keep_until: loop time before which idle expiry leaves the connection
             open (a registered flow, :meth:`SocketPool.keep_connection`).
+        outgoing: opened by the pool (or a connected master): it sends the
+            keep-alive pings (``KEEPALIVE_INTERVAL``, RFC 5626 4.4.1).
     """
 
     #: A read may wait for EV_WRITE and a write for EV_READ (TLS): the pool
@@ -162,6 +164,7 @@ class Conn:
     timer: TimerLike | None = None
     closed: bool = False
     keep_until: float = 0.0
+    outgoing: bool = False
 
     # ---- the transport (TLSConn overrides these four)
 
