@@ -36,7 +36,8 @@ from netsip.util import Addr
 from tests.support import Listen, datagrams, drive, free_udp_tcp_port, pkt, spin, udp_socket
 from tests.test_cli_proxy import start_proxy
 
-BOB_CONTACT = "<sip:bob@bob1.invalid;transport=tcp>"
+#: the transports of the client side: TCP, and WebSocket (RFC 7118) as a browser's
+STREAMS = ["tcp", "ws"]
 
 # ------------------------------------------------------------------ a proxy
 
@@ -59,7 +60,8 @@ class Server:
 
     @property
     def tcp_uri(self) -> str:
-        return f"sip:127.0.0.1:{self.pt.src.port};transport=tcp"
+        """The URI of the stream leg (TCP or WS)."""
+        return f"sip:127.0.0.1:{self.pt.src.port};transport={self.pt.proto}"
 
     def close(self) -> None:
         self.registrar.close()
@@ -68,9 +70,10 @@ class Server:
         self.disp.close()
 
 
-def make_server(loop: EventLoop, stateful: bool = False) -> Server:
+def make_server(loop: EventLoop, stateful: bool = False, proto: str = "tcp") -> Server:
+    """The server with a UDP leg and a ``proto`` leg (TCP or WS)."""
     pu = Leg(addr="127.0.0.1", port=0, proto="udp")
-    pt = Leg(addr="127.0.0.1", port=0, proto="tcp")
+    pt = Leg(addr="127.0.0.1", port=0, proto=proto)  # type: ignore[arg-type]  # a Proto
     disp = Dispatcher([pu, pt], loop, do_retransmits=False)
     reg = Registrar(dispatcher=disp, domains=["example.com"])
     proxy: StatelessProxy
@@ -93,13 +96,20 @@ def loop() -> Iterator[EventLoop]:
     lp.close()
 
 
-def bob_on_tcp(loop: EventLoop, srv: Server, contact: str = BOB_CONTACT) -> Simple:
-    """bob: a UA over TCP whose Contact nobody can connect to (a browser's, over TCP)."""
+def bob_on_tcp(loop: EventLoop, srv: Server, host: str = "bob1") -> Simple:
+    """bob: a UA over the server's stream transport whose Contact nobody can
+    connect to (``sip:bob@HOST.invalid;transport=ws``: a browser's)."""
+    proto = srv.pt.proto
     # the leg's URI is what its Contacts say (its Via keeps the real address)
-    uri = contact.strip("<>")
+    leg = Leg(
+        addr="127.0.0.1",
+        port=0,
+        proto=proto,
+        contact=f"sip:{host}.invalid;transport={proto}",
+    )
     return Simple(
         from_="sip:bob@example.com",
-        leg=Leg(addr="127.0.0.1", port=0, proto="tcp", contact=uri.replace("bob@", "")),
+        leg=leg,
         loop=loop,
         outgoing_proxy=srv.tcp_uri,
         registrar=srv.tcp_uri,
@@ -152,13 +162,14 @@ def connections(ua: Simple) -> int:
 # ------------------------------------------------------------------ end to end
 
 
+@pytest.mark.parametrize("proto", STREAMS)
 @pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
 def test_call_to_and_from_a_client_reached_only_over_its_connection(
-    loop: EventLoop, stateful: bool
+    loop: EventLoop, stateful: bool, proto: str
 ) -> None:
-    """alice (UDP) calls bob (TCP, Contact .invalid) and back; BYE from both sides."""
+    """alice (UDP) calls bob (TCP or WS, Contact .invalid) and back; BYE from both sides."""
     fds = open_fds()
-    srv = make_server(loop, stateful)
+    srv = make_server(loop, stateful, proto)
     bob = bob_on_tcp(loop, srv)
     alice = alice_on_udp(loop, srv)
     try:
@@ -173,9 +184,10 @@ def test_call_to_and_from_a_client_reached_only_over_its_connection(
         # alice -> bob: over bob's connection, the Request-URI never resolved
         status, _code, call = invite(loop, alice, "sip:bob@example.com")
         assert status == "OK"
-        assert invites[0].uri() == "sip:bob@bob1.invalid;transport=tcp"
+        assert invites[0].uri() == f"sip:bob@bob1.invalid;transport={proto}"
+        assert invites[0].get_headers("via")[0].startswith(f"SIP/2.0/{proto.upper()} ")
         rr = invites[0].get_headers("record-route")
-        assert re.fullmatch(r"<sip:f[a-z2-7]{20,}@127\.0\.0\.1:\d+;transport=tcp;lr>", rr[0])
+        assert re.fullmatch(rf"<sip:f[a-z2-7]{{20,}}@127\.0\.0\.1:\d+;transport={proto};lr>", rr[0])
         assert rr[1] == f"<{srv.pu.contact};lr>"
         # in-dialog from the UDP side: over the flow named by the token
         assert in_dialog(loop, call) == 200
@@ -209,12 +221,15 @@ def alice_port(ua: Simple) -> int:
     return ua.default_leg().src.port
 
 
+@pytest.mark.parametrize("proto", STREAMS)
 @pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
-def test_a_flow_whose_connection_closed_loses_its_binding(loop: EventLoop, stateful: bool) -> None:
+def test_a_flow_whose_connection_closed_loses_its_binding(
+    loop: EventLoop, stateful: bool, proto: str
+) -> None:
     """RFC 5626 5.3 at a registrar-proxy: the binding goes, the next is tried, else 480."""
-    srv = make_server(loop, stateful)
+    srv = make_server(loop, stateful, proto)
     bob = bob_on_tcp(loop, srv)
-    bob2 = bob_on_tcp(loop, srv, "<sip:bob@bob2.invalid;transport=tcp>")
+    bob2 = bob_on_tcp(loop, srv, "bob2")
     alice = alice_on_udp(loop, srv)
     try:
         assert bob.register(expires=300) == 300
@@ -224,8 +239,9 @@ def test_a_flow_whose_connection_closed_loses_its_binding(loop: EventLoop, state
         bob2.cleanup()  # bob2's connection closes; the newest binding is his
         drive(loop, lambda: srv.pt.socketpool().connection_count() == 1, what="bob2 gone")
         (left,) = srv.registrar.lookup("sip:bob@example.com")
-        assert left.contact == "sip:bob@bob1.invalid;transport=tcp"
-        assert not srv.registrar.flows.known("sip:bob@bob2.invalid;transport=tcp", loop.looptime)
+        assert left.contact == f"sip:bob@bob1.invalid;transport={proto}"
+        gone = f"sip:bob@bob2.invalid;transport={proto}"
+        assert not srv.registrar.flows.known(gone, loop.looptime)
         calls, _ = answer(bob)
         status, _code, call = invite(loop, alice, "sip:bob@example.com")
         assert status == "OK" and len(calls) == 1 and not calls2
@@ -244,9 +260,12 @@ def test_a_flow_whose_connection_closed_loses_its_binding(loop: EventLoop, state
         srv.close()
 
 
+@pytest.mark.parametrize("proto", STREAMS)
 @pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
-def test_in_dialog_request_to_a_gone_flow_gets_430(loop: EventLoop, stateful: bool) -> None:
-    srv = make_server(loop, stateful)
+def test_in_dialog_request_to_a_gone_flow_gets_430(
+    loop: EventLoop, stateful: bool, proto: str
+) -> None:
+    srv = make_server(loop, stateful, proto)
     bob = bob_on_tcp(loop, srv)
     alice = alice_on_udp(loop, srv)
     try:
