@@ -33,8 +33,16 @@ from netsip.simple import Call, Simple
 from netsip.stateful_proxy import StatefulProxy
 from netsip.testing import FakeClock, advance, connect, open_fds
 from netsip.util import Addr
-from tests.support import Listen, datagrams, drive, free_udp_tcp_port, pkt, spin, udp_socket
-from tests.test_cli_proxy import start_proxy
+from tests.support import (
+    Listen,
+    datagrams,
+    drive,
+    free_udp_tcp_port,
+    netsip_command,
+    pkt,
+    spin,
+    udp_socket,
+)
 
 #: the transports of the client side: TCP, and WebSocket (RFC 7118) as a browser's
 STREAMS = ["tcp", "ws"]
@@ -324,21 +332,43 @@ def started() -> Iterator[list[Listen]]:
         p.close()
 
 
+@pytest.mark.parametrize("proto", STREAMS)
 @pytest.mark.parametrize("mode", [[], ["--stateful"]], ids=["stateless", "stateful"])
 def test_netsip_proxy_bridges_udp_and_a_client_on_its_connection(
-    loop: EventLoop, started: list[Listen], tmp_path: Path, mode: list[str]
+    loop: EventLoop, started: list[Listen], tmp_path: Path, mode: list[str], proto: str
 ) -> None:
-    """``netsip proxy -l 127.0.0.1:0`` (UDP and TCP): the UDP caller reaches the TCP
-    client whose Contact is .invalid, and each side's BYE reaches the other."""
-    proc, addrs = start_proxy(started, tmp_path, "--domain", "example.com", *mode)
-    tcp, udp = addrs["tcp"], addrs["udp"]
-    tcp_uri = f"sip:{tcp.addr}:{tcp.port};transport=tcp"
+    """``netsip proxy -l PROTO:127.0.0.1:0 -l udp:127.0.0.1:0``: the UDP caller reaches
+    the TCP/WS client whose Contact is .invalid, and each side's BYE reaches the other."""
+    proc = Listen(
+        [],
+        tmp_path,
+        command=[
+            *netsip_command(),
+            "proxy",
+            "-l",
+            f"{proto}:127.0.0.1:0",
+            "-l",
+            "udp:127.0.0.1:0",
+            "--domain",
+            "example.com",
+            *mode,
+        ],
+    )
+    started.append(proc)
+    addrs = proc.addresses(2)
+    stream, udp = addrs[proto], addrs["udp"]
+    stream_uri = f"sip:{stream.addr}:{stream.port};transport={proto}"
     bob = Simple(
         from_="sip:bob@example.com",
-        leg=Leg(addr="127.0.0.1", port=0, proto="tcp", contact="sip:b9x2.invalid;transport=tcp"),
+        leg=Leg(
+            addr="127.0.0.1",
+            port=0,
+            proto=proto,  # type: ignore[arg-type]  # a Proto
+            contact=f"sip:b9x2.invalid;transport={proto}",
+        ),
         loop=loop,
-        outgoing_proxy=tcp_uri,
-        registrar=tcp_uri,
+        outgoing_proxy=stream_uri,
+        registrar=stream_uri,
     )
     alice = Simple(
         from_="sip:alice@example.com",
@@ -351,7 +381,7 @@ def test_netsip_proxy_bridges_udp_and_a_client_on_its_connection(
         calls, invites = answer(bob)
         status, _code, call = invite(loop, alice, "sip:bob@example.com")
         assert status == "OK", _code
-        assert invites[0].uri() == "sip:bob@b9x2.invalid;transport=tcp"
+        assert invites[0].uri() == f"sip:bob@b9x2.invalid;transport={proto}"
         assert in_dialog(loop, call) == 200
         call.bye()
         drive(loop, lambda: call.closed and calls[0].closed, what="alice's BYE")
