@@ -321,6 +321,32 @@ def test_an_in_dialog_request_takes_the_new_flow_of_a_contact_registered_again(
         srv.close()
 
 
+def test_simple_registrar_and_proxy_in_a_chain_share_the_flows(loop: EventLoop) -> None:
+    """Net::SIP's chain (the registrar rewrites, the proxy forwards), from ``Simple``."""
+    server = Simple(legs=["udp:127.0.0.1:0", "tcp:127.0.0.1:0"], loop=loop)
+    registrar = server.create_registrar(domains=["example.com"])
+    assert isinstance(registrar, Registrar)
+    proxy = server.create_stateless_proxy(lookup=registrar.query, domains=["example.com"])
+    assert isinstance(proxy, StatelessProxy)
+    server.create_chain([registrar, proxy])
+    assert registrar.flows is server.flows
+    pu, pt = server.dispatcher.legs
+    srv = Server(loop, server.dispatcher, registrar, proxy, pu, pt)  # (not closed: server is)
+    bob = bob_on_tcp(loop, srv)
+    alice = alice_on_udp(loop, srv)
+    try:
+        assert bob.register(expires=300) == 300
+        calls, _ = answer(bob)
+        status, _code, call = invite(loop, alice, "sip:bob@example.com")
+        assert status == "OK" and len(calls) == 1
+        call.bye()
+        drive(loop, lambda: call.closed and calls[0].closed, what="the BYE")
+    finally:
+        alice.cleanup()
+        bob.cleanup()
+        server.cleanup()
+
+
 # ------------------------------------------------------------------ the command
 
 
