@@ -21,12 +21,20 @@ Requests (RFC 3261 16.3-16.6, 16.11):
   Request-URI pushed to the end of Route, 16.6 step 6), else the
   Request-URI, after asking ``lookup`` (a registrar's ``query``) for the
   domains the proxy serves (480 if nobody is registered);
-* the target is resolved by the dispatcher (RFC 3263); a request bigger
+* a target registered over a connection (a flow in ``flows``: RFC 5626,
+  a browser's ``.invalid`` Contact, RFC 7118 5), or named by a flow token
+  in one of our Routes, is reached over that connection, never resolved;
+  a target that needs a flow that is gone gets ``430 Flow Failed``
+  (RFC 5626 5.3); a flow token naming the connection the request came on
+  is ignored (it comes from that client);
+* else the target is resolved by the dispatcher (RFC 3263); a request bigger
   than 1300 bytes goes over TCP/TLS if the next hop offers it (RFC 3261
   18.1.1), and falls back to the next destination if sending fails (RFC 3263
   4.3);
 * the forwarded request gets Max-Forwards decremented, a Record-Route (two
-  when it leaves on another leg than it came in on: RFC 5658), Contacts
+  when it leaves on another leg than it came in on: RFC 5658; on the side
+  of a client reached only over its connection, a TCP/TLS/WS one with its
+  flow token, RFC 5626 5.3, :class:`~netsip.flows.FlowTokens`), Contacts
   rewritten when it changes legs (or always with ``force_rewrite``), the
   NAT helper's say on the SDP (:meth:`StatelessProxy.do_nat`), and a Via of
   the incoming leg (if it changes legs, as in Perl) and one of the outgoing
@@ -71,7 +79,9 @@ Differences from Net::SIP 0.835:
 - a rewritten Contact is the outgoing leg's URI (with its ``transport``)
   with the token as user part, so a TCP/TLS leg is reached over TCP/TLS;
 - the NAT helper gets a :class:`NatBasic` record instead of an array
-  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s.
+  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s;
+- flows (``flows``, flow tokens in Record-Route, 430) are new: Net::SIP
+  has no RFC 5626 outbound support and resolves every Contact.
 
 Known limit: the 1300-byte rule looks at each request alone, so the CANCEL
 (or the ACK of a failure) of an INVITE that went over TCP because of its
