@@ -253,7 +253,9 @@ class StatelessProxy:
             forwarded (as Net::SIP).
         flows: the registrar's :class:`~netsip.flows.FlowTable`: a
             Request-URI registered over a connection is sent over that
-            connection (RFC 5626 5.3, RFC 7118 5), never resolved.
+            connection (RFC 5626 5.3, RFC 7118 5), never resolved. Default:
+            a table of the proxy's own, filled by the REGISTERs it forwards
+            from clients on their flows (an edge proxy).
         flow_tokens: the flow tokens of the Record-Routes of TCP/TLS/WS legs
             (:class:`~netsip.flows.FlowTokens`, default: a random key).
     """
@@ -272,7 +274,8 @@ class StatelessProxy:
         flow_tokens: FlowTokens | None = None,
     ) -> None:
         self.dispatcher = dispatcher
-        self.flows = flows
+        #: the flows of contacts (a registrar's, or those of REGISTERs forwarded here)
+        self.flows = flows if flows is not None else FlowTable()
         self.flow_tokens = (
             flow_tokens if flow_tokens is not None else FlowTokens(lambda: dispatcher.legs)
         )
@@ -487,10 +490,9 @@ class StatelessProxy:
         flow = fwd.flow
         if flow is not None and flow.alive():
             return [(flow.peer, flow.leg)]
-        if self.flows is not None:
-            found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
-            if found is not None:
-                return [(found.peer, found.leg)]
+        found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
+        if found is not None:
+            return [(found.peer, found.leg)]
         if needs_flow(hop):
             # (a flow token whose connection closed with a plain Request-URI: resolved)
             return errno.ENOTCONN
@@ -528,14 +530,57 @@ class StatelessProxy:
         uri = _strip_angle(sip_hdrval2parts("contact", value)[0])
         if needs_flow(uri):
             return True
-        if self.flows is None:
-            return False
         flow = self.flows.find(uri, self.dispatcher.eventloop.looptime)
         return (
             flow is not None
             and flow.leg is leg
             and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port)
         )
+
+    def _edge_register(self, pkt: Request, fwd: _Forward, out: Leg) -> None:
+        """A REGISTER from a client on its flow, forwarded to a registrar elsewhere.
+
+        RFC 5626 5.2 and RFC 3327 5.1: with ``path`` in its Supported, the
+        REGISTER gets a Path with the flow token (the URI of the outgoing leg,
+        which the registrar reaches; ``ob`` from the first hop of a client
+        with a ``reg-id``), so the
+        registrar routes requests for it through here and over the flow. The
+        proxy also remembers the flow of each Contact in :attr:`flows` (for
+        the requested expiry), so a request for the Contact (or for the
+        Contact this proxy rewrote) finds the connection without Path.
+        """
+        req, leg, from_ = fwd.request, fwd.in_leg, fwd.from_
+        first_hop = len(req.header_values("via")) <= 1
+        if not (self._from_flow(req, leg, from_) or (first_hop and leg.proto != "udp")):
+            return  # (a server, or a client over UDP with a Contact reachable as it is)
+        contacts = []
+        for value in req.get_headers("contact"):
+            try:
+                data, param = sip_hdrval2parts("contact", value)
+            except ValueError:
+                continue
+            contacts.append((_strip_angle(data).strip(), param))
+        if not contacts:
+            return
+        flow = Flow(leg, from_)
+        now = self.dispatcher.eventloop.looptime
+        header = req.get_header("expires")
+        for uri, param in contacts:
+            value = (param.get("expires") or header or "3600").strip()
+            expires = int(value) if value.isdigit() and len(value) < 9 else 3600
+            if expires:
+                self.flows.remember(uri, flow, now + min(expires, 86400))
+            else:
+                self.flows.forget(uri)
+        tags = {t.strip().lower() for v in req.get_headers("supported") for t in v.split(",")}
+        if "path" not in tags:
+            return
+        token = self.flow_tokens.encode(flow)
+        if token is None:
+            return
+        ob = ";ob" if first_hop and any("reg-id" in p for _u, p in contacts) else ""
+        scheme, _, rest = out.contact.partition(":")
+        pkt.insert_header("path", f"<{scheme}:{token}@{rest};lr{ob}>")
 
     def _rr_uri(self, leg: Leg, peer: Addr, flow: bool) -> str:
         """The Record-Route URI of ``leg`` for a peer at ``peer``.
@@ -828,7 +873,9 @@ class StatelessProxy:
         if out is not in_leg or self.force_rewrite:
             self._rewrite_contacts(pkt, in_leg, out)
         pkt.set_header("max-forwards", str(fwd.max_forwards))
-        if pkt.method() != "REGISTER":
+        if pkt.method() == "REGISTER":
+            self._edge_register(pkt, fwd, out)
+        else:
             # RFC 3261 16.6 step 4; RFC 5658: one for each side when the
             # request changes legs (the other side reaches the other leg)
             # (with a flow token on a connection-oriented leg, RFC 5626 5.3)

@@ -347,6 +347,64 @@ def test_simple_registrar_and_proxy_in_a_chain_share_the_flows(loop: EventLoop) 
         server.cleanup()
 
 
+@pytest.mark.parametrize("path", [True, False], ids=["path", "no-path"])
+def test_an_edge_proxy_reaches_its_client_for_a_registrar_behind_it(
+    loop: EventLoop, path: bool
+) -> None:
+    """RFC 5626 5.2, RFC 3327: the edge adds a Path with a flow token (when the
+    client supports path) and remembers the flow; a call from the registrar's
+    side reaches the client over its connection to the edge."""
+    core = Simple(leg="udp:127.0.0.1:0", loop=loop)
+    registrar = core.create_registrar(domains=["example.com"])
+    assert isinstance(registrar, Registrar)
+    core.create_chain([registrar, core.create_stateless_proxy()])
+    core_addr = core.default_leg().src
+    edge_tcp = Leg(addr="127.0.0.1", port=0, proto="tcp")
+    edge_udp = Leg(addr="127.0.0.1", port=0, proto="udp")
+    edge = Dispatcher(
+        [edge_tcp, edge_udp],
+        loop,
+        do_retransmits=False,
+        outgoing_proxy=f"{core_addr.addr}:{core_addr.port}",
+    )
+    edge.set_receiver(StatelessProxy(dispatcher=edge))
+    alice = Simple(
+        from_="sip:alice@example.com",
+        leg="udp:127.0.0.1:0",
+        loop=loop,
+        outgoing_proxy=f"{core_addr.addr}:{core_addr.port}",
+    )
+    client = connect(Addr("127.0.0.1", edge_tcp.src.port, socket.AF_INET))
+    client.setblocking(False)
+    try:
+        port = client.getsockname()[1]
+        supported = "Supported: path, outbound\r\n" if path else ""
+        client.sendall(
+            register_bytes("<sip:carol@e1.invalid;transport=tcp>", sport=port, extra=supported)
+        )
+        assert read_response(loop, client).code() == 200
+        (binding,) = registrar.lookup("sip:carol@example.com")
+        assert len(binding.path) == (1 if path else 0)
+        if path:
+            assert re.fullmatch(r"<sip:f[a-z2-7]{20,}@127\.0\.0\.1:\d+;lr>", binding.path[0])
+        final: list[tuple[str, int | None]] = []
+        alice.invite(
+            "sip:carol@example.com",
+            cb_final=lambda status, _c, info: final.append((status, info.get("code"))),
+        )
+        invite_req = read_response_or_request(loop, client)
+        assert isinstance(invite_req, Request) and invite_req.method() == "INVITE"
+        assert invite_req.uri() == "sip:carol@e1.invalid;transport=tcp"
+        client.sendall(invite_req.create_response(486, "Busy Here").as_bytes())
+        drive(loop, lambda: bool(final), what="alice's final response")
+        assert final == [("FAIL", 486)]
+    finally:
+        client.close()
+        alice.cleanup()
+        edge.close()
+        core.cleanup()
+
+
 # ------------------------------------------------------------------ the command
 
 
@@ -448,16 +506,25 @@ def register_bytes(
     ).encode()
 
 
-def read_response(loop: EventLoop, s: socket.socket) -> Response:
+def read_response_or_request(loop: EventLoop, s: socket.socket) -> Packet:
+    """The next message on a TCP socket (one at a time: the tests wait for each)."""
     buf = bytearray()
 
     def got() -> bool:
         with contextlib.suppress(BlockingIOError):
             buf.extend(s.recv(65536))
-        return b"\r\n\r\n" in buf
+        head, sep, body = bytes(buf).partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        m = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+        return len(body) >= (int(m.group(1)) if m else 0)
 
-    drive(loop, got, what="the response")
-    resp = pkt(bytes(buf))
+    drive(loop, got, what="a message")
+    return pkt(bytes(buf))
+
+
+def read_response(loop: EventLoop, s: socket.socket) -> Response:
+    resp = read_response_or_request(loop, s)
     assert isinstance(resp, Response)
     return resp
 
