@@ -35,6 +35,7 @@ from netsip.testing import FakeClock, advance, connect, open_fds
 from netsip.util import Addr
 from tests.support import (
     Listen,
+    RedisServer,
     datagrams,
     drive,
     free_udp_tcp_port,
@@ -643,6 +644,40 @@ def test_a_flow_connection_outlives_the_idle_timeout(
             assert srv.pt.socketpool().connection_count() == 0  # the binding expired
     finally:
         srv.close()
+
+
+def test_flows_with_a_shared_redis_store_live_in_the_process_of_the_connection(
+    loop: EventLoop, tmp_path: Path
+) -> None:
+    """Two registrars on one Redis: the one holding the connection reaches the
+    client; the other skips the binding without dropping it; the flow's end
+    drops it for both."""
+    from netsip._redisstore import RedisStore  # noqa: PLC0415  # (needs redis-py)
+
+    redis = RedisServer(tmp_path)
+    stores = [RedisStore(redis.url), RedisStore(redis.url)]
+    here, there = make_server(loop), make_server(loop)
+    for srv, store in zip((here, there), stores, strict=True):
+        srv.registrar.store = store
+    try:
+        with tcp_client(here) as s:
+            contact = "<sip:carol@r1.invalid;transport=tcp>"
+            s.sendall(register_bytes(contact, sport=s.getsockname()[1]))
+            assert read_response(loop, s).code() == 200
+            assert [b.contact for b in here.registrar.lookup("sip:carol@example.com")] == [
+                contact.strip("<>")
+            ]
+            assert there.registrar.lookup("sip:carol@example.com") == []
+            assert list(stores[1].aors()) == ["sip:carol@example.com"]  # (kept)
+        drive(loop, lambda: here.pt.socketpool().connection_count() == 0, what="the close")
+        assert here.registrar.lookup("sip:carol@example.com") == []
+        assert list(stores[1].aors()) == []  # dropped by the process that knew the flow
+    finally:
+        here.close()
+        there.close()
+        for store in stores:
+            store.close()
+        redis.close()
 
 
 # ------------------------------------------------------------------ units
