@@ -115,6 +115,7 @@ def bob_on_tcp(loop: EventLoop, srv: Server, host: str = "bob1") -> Simple:
         port=0,
         proto=proto,
         contact=f"sip:{host}.invalid;transport={proto}",
+        host=f"{host}.invalid",  # (its Via's sent-by too, as a browser's)
     )
     return Simple(
         from_="sip:bob@example.com",
@@ -210,9 +211,15 @@ def test_call_to_and_from_a_client_reached_only_over_its_connection(
         drive(loop, lambda: call.closed and calls[1].closed, what="alice got bob's BYE")
 
         # bob -> alice: bob's INVITE carries his .invalid Contact
-        alice_calls, _ = answer(alice)
+        alice_calls, alice_invites = answer(alice)
         status, _code, back = invite(loop, bob, f"sip:alice@127.0.0.1:{alice_port(alice)}")
         assert status == "OK"
+        # (bob's Via names no host either: the proxy answers over the connection)
+        assert (
+            alice_invites[0]
+            .get_headers("via")[-1]
+            .startswith(f"SIP/2.0/{proto.upper()} bob1.invalid")
+        )
         assert in_dialog(loop, alice_calls[0]) == 200  # UDP side -> bob over the token
         alice_calls[0].bye()
         drive(loop, lambda: back.closed, what="bob got alice's BYE")
