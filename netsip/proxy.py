@@ -348,8 +348,12 @@ class StatelessProxy:
         A ``transport`` in ``uri`` must be the leg's: UDP and TCP legs on one
         port have equal contacts but for it. The answers are kept while the
         dispatcher's leg list stays the same (every request asks for its
-        Routes and Request-URI).
+        Routes and Request-URI), by the URI without its user part, which
+        does not name a leg (and differs for each flow token).
         """
+        if "@" in uri:
+            scheme, _, rest = uri.partition(":")
+            uri = f"{scheme}:{rest.partition('@')[2]}"
         legs_now, known = self._my_legs
         if legs_now is not self.dispatcher.legs:
             known = {}
