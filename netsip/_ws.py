@@ -11,11 +11,12 @@ accepts and opens TCP connections as a TCP pool does (``wss``: with the TLS
 connection type of :mod:`netsip._tls`, so the TLS handshake runs first), and
 replaces two steps of it:
 
-* reading: the bytes read are not framed as a SIP stream but fed to the
+* reading: the bytes read are not framed as a SIP stream but go to the
   connection's WebSocket state (:class:`WSLayer`): first the HTTP upgrade
-  (RFC 6455 section 4), then frames, with `wsproto` (sans-I/O, imported
-  when the first ``ws`` pool is made) doing the parsing, unmasking, UTF-8
-  checks and control frames;
+  (RFC 6455 section 4), then frames. `wsproto` (sans-I/O, imported when the
+  first ``ws`` pool is made) runs the upgrade, control frames, fragmented
+  messages and every frame that breaks a rule; plain data frames, the
+  common case, take a fast path here (see the performance plan);
 * sending: a SIP message becomes one WebSocket message (RFC 7118 section 5.2),
   framed here (:func:`frame`): a text frame when the message is UTF-8 (SIP
   is UTF-8 text), else binary; masked from a client (RFC 6455 section 5.3).
@@ -83,13 +84,15 @@ with a close code instead of a 400 answer; the idle expiry
 phones stay idle for long needs longer expiry times or ``ping_interval``
 (a pong counts as activity).
 
-Performance plan. Per message in: ``wsproto`` parses the frame header,
-unmasks and (text) decodes the payload; the message is parsed straight from
-that text, and the response framed by :func:`frame` (header and payload
-joined once; no masking on the server side). Memory per idle connection:
-the handshake objects (h11) live only during the handshake; afterwards a
-connection holds one `wsproto` ``Connection`` and a :class:`WSLayer`
-(slots). ``benchmarks/bench_ws.py`` measures both.
+Performance plan. Per message in: the common frame (unfragmented text or
+binary, masked as its direction requires) is cut out of the read buffer,
+unmasked (one big-integer XOR) and parsed here, without wsproto's frame
+objects and text decoding (an ASCII check, a UTF-8 decode only for other
+text); every other frame goes to wsproto whole. Per message out: the frame
+header and the payload are joined once (no masking on the server side).
+Memory per idle connection: the handshake objects (h11) live only during the
+handshake; afterwards a connection holds one wsproto ``Connection`` and a
+:class:`WSLayer` (slots). ``benchmarks/bench_ws.py`` measures both.
 """
 
 from __future__ import annotations
@@ -156,6 +159,8 @@ _PING: Final = "\r\n\r\n"
 _PONG: Final = "\r\n"
 _OPCODE_TEXT: Final = 0x1
 _OPCODE_BINARY: Final = 0x2
+_RESERVED_OPCODES: Final = frozenset((3, 4, 5, 6, 7, 11, 12, 13, 14, 15))
+CLOSE_BAD_DATA: Final = 1007  # invalid UTF-8 in a text message
 _FIN: Final = 0x80
 _MASKED: Final = 0x80
 
@@ -245,8 +250,10 @@ class WSLayer:
         ws: the open WebSocket connection once the upgrade is done.
         started: the handshake began (its timer runs, a client's request is out).
         held: a client's SIP frames (with their callbacks) waiting for the upgrade.
-        parts: the pieces of a message that arrives in several frames or reads.
+        parts: the pieces of a message that arrives in several frames.
         size: bytes in ``parts``.
+        frag: wsproto holds the first frames of a fragmented message (its
+            next frames go to wsproto too).
     """
 
     server: bool
@@ -256,6 +263,7 @@ class WSLayer:
     held: list[tuple[bytes, Callback]] | None = None
     parts: list[str | bytes | bytearray] | None = None
     size: int = 0
+    frag: bool = False
 
 
 def _hostport(peer: Addr, proto: Proto) -> str:
@@ -264,6 +272,13 @@ def _hostport(peer: Addr, proto: Proto) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return host if peer.port == DEFAULT_PORTS[proto] else f"{host}:{peer.port}"
+
+
+def _unmask(key: bytes | bytearray, data: bytes | bytearray) -> bytes:
+    """``data`` XOR the 4-byte ``key`` repeated (RFC 6455 section 5.3), as one big-int XOR."""
+    n = len(data)
+    keys = (bytes(key) * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(keys, "big")).to_bytes(n, "big")
 
 
 def _good_key(request: Request) -> bool:
@@ -455,27 +470,18 @@ class WSTransport(StreamTransport):
     # ---- receiving
 
     def _extract(self, conn: Conn) -> None:
-        """Feed what was read to the WebSocket layer; deliver every complete SIP message."""
+        """Process what was read: the upgrade, then frames; deliver every complete SIP message."""
         layer = self.layers.get(conn)
-        buf = conn.rbuf
         if layer is None:
-            buf.clear()
+            conn.rbuf.clear()
             return
         ws = layer.ws
         if ws is None:
             ws = self._handshake(conn, layer)
             if ws is None:
                 return
-        if buf:
-            data = bytes(buf)
-            buf.clear()
-            try:
-                ws.receive_data(data)
-            except LocalProtocolError:  # data after the close handshake
-                self.drop(conn, errno.ECONNRESET, "data after the WebSocket close")
-                return
         try:
-            self._events(conn, layer, ws)
+            self._frames(conn, layer, ws)
         except BaseException:
             # A receive callback raised (it propagates out of loop()): the
             # frames behind its message are read already; pick them up next cycle.
@@ -487,7 +493,95 @@ class WSTransport(StreamTransport):
     def _resume(self, conn: Conn, _timer: object = None) -> None:
         layer = self.layers.get(conn)
         if layer is not None and layer.ws is not None and not conn.closed:
-            self._events(conn, layer, layer.ws)
+            self._events(conn, layer, layer.ws)  # what wsproto still holds comes first
+            if not conn.closed and conn.rbuf:
+                self._frames(conn, layer, layer.ws)
+
+    def _frames(self, conn: Conn, layer: WSLayer, ws: Connection) -> None:
+        """Cut the complete frames out of ``conn.rbuf`` (RFC 6455 section 5.2) and process them.
+
+        The fast path: an unfragmented text or binary frame, masked as its
+        direction requires, outside a fragmented message, is unmasked and
+        delivered here. Every other frame (control frames, fragments, reserved
+        bits or opcodes, wrong masking) goes to wsproto whole, which answers,
+        reassembles or refuses it; an incomplete frame waits in the buffer, so
+        wsproto never holds part of one and the next frame can take the fast
+        path again. A data frame announcing more than the message limit is
+        refused (1009) from its header, before its payload arrives.
+        """
+        buf = conn.rbuf
+        size = len(buf)
+        limit = self.cfg.max_sip_header + self.cfg.max_sip_body
+        mask_bit = _MASKED if layer.server else 0  # RFC 6455 5.1: clients mask, servers do not
+        open_ = ws.state is ConnectionState.OPEN
+        pos = 0
+        try:
+            while size - pos >= 2:
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                n = b1 & 0x7F
+                head = 2
+                if n >= 126:
+                    head = 4 if n == 126 else 10
+                    if size - pos < head:
+                        break
+                    n = int.from_bytes(buf[pos + 2 : pos + head], "big")
+                if b1 & _MASKED:
+                    head += 4
+                opcode = b0 & 0x0F
+                if opcode <= _OPCODE_BINARY:
+                    if layer.size + n > limit:
+                        self._fail(
+                            conn, CLOSE_MESSAGE_TOO_BIG, "message of more than %d bytes", limit
+                        )
+                        return
+                elif n > 125 or opcode in _RESERVED_OPCODES:
+                    # wsproto refuses it from the header: do not wait for the payload
+                    chunk = bytes(buf[pos:])
+                    pos = size
+                    self._slow(conn, layer, ws, chunk)
+                    return
+                end = pos + head + n
+                if end > size:
+                    break  # the rest of the frame is still on its way
+                if (b0 == _FIN | _OPCODE_TEXT or b0 == _FIN | _OPCODE_BINARY) and (
+                    b1 & _MASKED == mask_bit and not layer.frag and open_
+                ):
+                    if mask_bit:
+                        payload = _unmask(buf[end - n - 4 : end - n], buf[end - n : end])
+                    else:
+                        payload = bytes(buf[end - n : end])
+                    pos = end
+                    if b0 == _FIN | _OPCODE_TEXT and not payload.isascii():
+                        try:
+                            payload.decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            self._fail(
+                                conn, CLOSE_BAD_DATA, "invalid UTF-8 in a text message: %s", exc
+                            )
+                            return
+                    self._message(conn, payload)
+                else:
+                    if opcode <= _OPCODE_BINARY:
+                        layer.frag = not b0 & _FIN  # wsproto holds a message until its last frame
+                    chunk = bytes(buf[pos:end])
+                    pos = end
+                    self._slow(conn, layer, ws, chunk)
+                    open_ = ws.state is ConnectionState.OPEN
+                if conn.closed:
+                    return
+        finally:
+            if not conn.closed:
+                del buf[:pos]
+
+    def _slow(self, conn: Conn, layer: WSLayer, ws: Connection, data: bytes) -> None:
+        """Hand whole frames to wsproto and process its events."""
+        try:
+            ws.receive_data(data)
+        except LocalProtocolError:  # data after the close handshake
+            self.drop(conn, errno.ECONNRESET, "data after the WebSocket close")
+            return
+        self._events(conn, layer, ws)
 
     def _events(self, conn: Conn, layer: WSLayer, ws: Connection) -> None:
         limit = self.cfg.max_sip_header + self.cfg.max_sip_body
@@ -512,7 +606,7 @@ class WSTransport(StreamTransport):
                     layer.parts = None
                     layer.size = 0
                     data = "".join(parts) if kind is TextMessage else b"".join(parts)  # type: ignore[arg-type]  # one kind per message
-                self._message(conn, ws, data)
+                self._message(conn, data)
             elif kind is Ping:
                 assert isinstance(event, Ping)
                 self.queue(conn, ws.send(event.response()), None)
@@ -526,7 +620,7 @@ class WSTransport(StreamTransport):
             if conn.closed:
                 return
 
-    def _message(self, conn: Conn, ws: Connection, data: str | bytes | bytearray) -> None:
+    def _message(self, conn: Conn, data: str | bytes | bytearray) -> None:
         """One complete WebSocket message: a SIP message, or a keep-alive."""
         loop = self.loop
         if loop is not None:
@@ -663,7 +757,7 @@ class WSTransport(StreamTransport):
         self.queue(conn, data, None)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("WebSocket from %s accepted (target %s)", conn.peer, request.target)
-        return None if conn.closed else ws
+        return self._release(conn, layer, ws)
 
     def _accepted(
         self, conn: Conn, layer: WSLayer, hs: H11Handshake, event: AcceptConnection
@@ -680,13 +774,17 @@ class WSTransport(StreamTransport):
         ws = hs.connection
         assert ws is not None, "set by the accept"
         self._open(conn, layer, ws)
+        return self._release(conn, layer, ws)
+
+    def _release(self, conn: Conn, layer: WSLayer, ws: Connection) -> Connection | None:
+        """The upgrade is done: queue the SIP messages held for it, in order."""
         held = layer.held
         layer.held = None
         for msg, callback in held or ():
             self.queue(conn, msg, callback)
             if conn.closed:
                 return None
-        return ws
+        return None if conn.closed else ws
 
     def _open(self, conn: Conn, layer: WSLayer, ws: Connection) -> None:
         layer.ws = ws

@@ -21,6 +21,9 @@ private modules:
 * :mod:`netsip._conn`: the per-socket record :class:`Conn` and the plain
   socket transport; :mod:`netsip._tls`: TLS built on it (contexts, the
   handshake, the direction switching), owning its readiness logic;
+* :mod:`netsip._ws`: WebSocket (RFC 7118, protos ``ws`` and ``wss``), a
+  layer over the stream transport (``wss``: over its TLS connections): the
+  upgrade, one SIP message per WebSocket message, pings, close codes;
 * :mod:`netsip._settings`: the tunables (:func:`import_settings`).
 
 Errno values given to ``sendto`` callbacks when a connection fails with data
@@ -54,7 +57,8 @@ for every key they do not override.
 
 Differences from Net::SIP: the transports' docstrings list theirs (read
 batches, held and corked writes, accept back-off, ``MAX_WBUF``, TLS 1.2 as
-the minimum); Perl's ``$fo`` hashes are typed :class:`Conn` records.
+the minimum, keep-alive pings and pongs); Perl's ``$fo`` hashes are typed
+:class:`Conn` records; WebSocket (``ws``, ``wss``) is new (Net::SIP has none).
 
 Performance plan. The hot paths (a datagram or a stream read in, the
 callback, the response out) must not pay for the split into modules. The
@@ -65,7 +69,9 @@ UDP response to the transport's held list itself and hands a stream packet
 to :meth:`netsip._stream.StreamTransport.send` in one call, as the single
 class it replaces did. :mod:`netsip._tls` (and with it :mod:`ssl`, which
 loads OpenSSL: about 1 MB and some milliseconds) is imported when the first
-TLS pool is made, not with this module, so processes without TLS never load it.
+TLS pool is made, not with this module, so processes without TLS never load it;
+the same holds for :mod:`netsip._ws` and wsproto (with h11) and the first
+``ws``/``wss`` pool.
 """
 
 from __future__ import annotations

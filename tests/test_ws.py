@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import gc
 import hashlib
 import logging
 import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +28,11 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto.handshake import H11Handshake
 
-from netsip._ws import frame, ws_options
+from netsip._ws import WSLayer, frame, ws_options
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
@@ -44,7 +50,9 @@ from tests.support import (
     family,
     open_fds,
     pkt,
+    python_env,
     run_cli,
+    spin,
     summary_counts,
     tcp_listener,
     write_certs,
@@ -630,7 +638,56 @@ def test_no_fd_or_connection_left_by_bad_input(loop: EventLoop) -> None:
             one_round()
         assert open_fds() == before
         assert pool.connection_count() == 0 and not got
+        gc.collect()
+        # no WebSocket state left behind either (per-connection layers, h11 handshakes)
+        assert _instances(WSLayer) == 0 and _instances(H11Handshake) == 0
     assert open_fds() == before - 1  # the listener
+
+
+def _instances(cls: type) -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is cls)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 255),  # first byte: FIN, RSV, opcode
+            st.booleans(),  # masked
+            st.binary(max_size=300),
+            st.integers(0, 3),  # how to cut the bytes into writes
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_random_frames_never_break_the_pool(frames: list[tuple[int, bool, bytes, int]]) -> None:
+    """Whatever frames come after the upgrade: nothing raises out of the loop, and the
+    connection is either still usable (a later valid message is answered) or closed."""
+    with EventLoop() as loop:
+        pool = ws_pool("ws", "127.0.0.1", MAX_SIP_HEADER=512, MAX_SIP_BODY=512)
+        got: list[tuple[Packet, Addr]] = []
+        pool.attach_eventloop(loop, answering(pool, got))
+        with pool, Raw(loop, addr_of(pool)) as c:
+            c.upgrade()
+            for first, mask, payload, cut in frames:
+                data = ws_frame(first & 0x0F, payload, mask=mask, fin=bool(first & 0x80),
+                                rsv=first >> 4 & 7)  # fmt: skip
+                step = max(1, len(data) >> cut)
+                for i in range(0, len(data), step):
+                    try:
+                        c.send(data[i : i + step])
+                    except OSError:  # closed by the pool already
+                        break
+                    loop.loop(0)
+            # then a valid message: answered, or (a fragmented message left open makes it
+            # a protocol error, or the connection is gone already) a close and EOF
+            with contextlib.suppress(OSError):
+                c.send(ws_frame(0x1, options(99).as_bytes()))
+            c.wait(
+                lambda: c.eof or any(b"CSeq: 99 OPTIONS" in f for _, f in c.pending + c.frames())
+            )
+            drive(loop, lambda: pool.connection_count() <= 1)
 
 
 # --------------------------------------------------------------------- the client side
@@ -962,3 +1019,96 @@ def test_cli_listen_and_options_over_ws_and_wss(
     counts = summary_counts(stdout)
     assert counts == {"OPTIONS": 9}
     assert any("sockets open after closing: 0" in line for line in srv.err.lines), srv.err.lines
+
+
+# --------------------------------------------------------------------- the rest
+
+
+def test_wsproto_is_loaded_with_the_first_ws_pool() -> None:
+    """As ssl for TLS: a process without WebSocket pools never imports wsproto (nor h11)."""
+    code = (
+        "import sys, netsip, netsip.socketpool, netsip.leg, netsip.dispatcher\n"
+        "from netsip.testing import tcp_listener\n"
+        "print(sorted(m for m in ('wsproto', 'h11', 'netsip._ws') if m in sys.modules))\n"
+        "netsip.socketpool.SocketPool('ws', tcp_listener()).close()\n"
+        "print(sorted(m for m in ('wsproto', 'h11', 'netsip._ws') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split("\n")[:2] == ["[]", "['h11', 'netsip._ws', 'wsproto']"]
+
+
+def test_callback_exception_resumes_with_the_next_messages(loop: EventLoop) -> None:
+    """A receive callback that raises: the messages read behind it come in the next loop run."""
+    pool = ws_pool("ws", "127.0.0.1")
+    seen: list[str] = []
+
+    def cb(packet: Packet, _from: Addr) -> None:
+        seen.append(str(packet.cseq()))
+        if len(seen) == 1:
+            raise RuntimeError("application bug")
+
+    with pool, Raw(loop, addr_of(pool)) as c:
+        pool.attach_eventloop(loop, cb)
+        c.upgrade()
+        c.send(b"".join(ws_frame(0x1, options(n).as_bytes()) for n in (1, 2, 3)))
+        with pytest.raises(RuntimeError, match="application bug"):
+            drive(loop, lambda: len(seen) == 3)
+        drive(loop, lambda: len(seen) == 3)
+        assert seen == ["1 OPTIONS", "2 OPTIONS", "3 OPTIONS"]
+        assert pool.connection_count() == 1
+
+
+def test_server_masked_frame_is_refused_by_the_client(loop: EventLoop) -> None:
+    """RFC 6455 5.1: a client closes the connection on a masked server frame (1002)."""
+    pool = ws_pool("ws", "127.0.0.1")
+    with pool, RawServer(loop) as srv:
+        pool.attach_eventloop(loop, None)
+        pool.sendto(options(1), srv.addr)
+        raw = srv.accept()
+        answer_upgrade(raw)
+        raw.send(ws_frame(0x1, b"SIP/2.0 200 OK\r\n\r\n"))  # masked: wrong for a server
+        raw.wait(lambda: raw.eof)
+        frames = srv.client_frames(raw)
+        assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1002
+        assert pool.connection_count() == 0
+
+
+def test_connected_master(loop: EventLoop, proto: str, certs: Certs) -> None:
+    """A pool on a connected socket (``connected=True``) upgrades it when attached."""
+    srv = ws_pool(proto, "127.0.0.1", certs)
+    with srv:
+        got: list[tuple[Packet, Addr]] = []
+        srv.attach_eventloop(loop, answering(srv, got))
+        sock = socket.create_connection(srv.master().getsockname()[:2])
+        tls = {"cafile": certs.ca} if proto == "wss" else None
+        with SocketPool(proto, sock, connected=True, tls=tls) as cli:  # type: ignore[arg-type]  # a Proto value
+            answers, cb = collector()
+            cli.attach_eventloop(loop, cb)
+            cli.sendto(options(1), addr_of(srv))
+            drive(loop, lambda: answers, 10)
+            assert answers[0][0].cseq() == "1 OPTIONS" and cli.connection_count() == 0
+
+
+def test_server_holds_messages_for_a_connection_being_upgraded(loop: EventLoop) -> None:
+    """A message for a peer whose connection is still upgrading waits for the upgrade."""
+    pool = ws_pool("ws", "127.0.0.1")
+    with pool, Raw(loop, addr_of(pool)) as c:
+        pool.attach_eventloop(loop, None)
+        drive(loop, lambda: pool.connection_count() == 1)
+        peer = pool.peers()[0]
+        written: list[int] = []
+        pool.sendto(options(7), peer, written.append)
+        spin(loop, 0.05)
+        c.pump()
+        assert not c.buf and not written  # nothing before the 101
+        assert c.upgrade().startswith(b"HTTP/1.1 101 ")
+        opcode, payload = c.next_frame()
+        assert opcode == 0x1 and b"CSeq: 7 OPTIONS" in payload
+        drive(loop, lambda: written == [0])
