@@ -48,7 +48,7 @@ import hmac
 import secrets
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -209,20 +209,33 @@ class FlowTable:
         else:
             del self._by_contact[key]
 
-    def known(self, contact: str, now: float) -> bool:
-        """Whether ``contact`` has a flow that has not expired (alive or not)."""
-        entries = self._by_contact.get(contact_key(contact))
-        return entries is not None and any(e.expires > now for e in entries)
+    def known(
+        self, contact: str, now: float, *, instance: str | None = None, reg_id: int | None = None
+    ) -> bool:
+        """Whether ``contact`` has a flow that has not expired (alive or not); with
+        ``instance`` and ``reg_id``, that flow of it."""
+        return any(True for _ in self._entries(contact, now, instance, reg_id))
 
-    def find(self, uri: str, now: float) -> Flow | None:
-        """The newest live flow to ``uri`` at ``now``, or None."""
-        entries = self._by_contact.get(contact_key(uri))
-        if not entries:
-            return None
-        for e in entries:
-            if e.expires > now and e.flow.alive():
+    def find(
+        self, uri: str, now: float, *, instance: str | None = None, reg_id: int | None = None
+    ) -> Flow | None:
+        """The newest live flow to ``uri`` at ``now`` (with ``instance`` and
+        ``reg_id``: that flow, RFC 5626 4.2), or None."""
+        for e in self._entries(uri, now, instance, reg_id):
+            if e.flow.alive():
                 return e.flow
         return None
+
+    def _entries(
+        self, uri: str, now: float, instance: str | None, reg_id: int | None
+    ) -> Iterator[_Entry]:
+        entries = self._by_contact.get(contact_key(uri))
+        if not entries:
+            return
+        ident = (instance, reg_id) if instance is not None and reg_id is not None else None
+        for e in entries:
+            if e.expires > now and (ident is None or e.ident == ident):
+                yield e
 
     def expire(self, now: float) -> int:
         """Drop the flows expired at ``now`` (only the heap's due entries are looked at).

@@ -21,12 +21,20 @@ Requests (RFC 3261 16.3-16.6, 16.11):
   Request-URI pushed to the end of Route, 16.6 step 6), else the
   Request-URI, after asking ``lookup`` (a registrar's ``query``) for the
   domains the proxy serves (480 if nobody is registered);
-* the target is resolved by the dispatcher (RFC 3263); a request bigger
+* a target registered over a connection (a flow in ``flows``: RFC 5626,
+  a browser's ``.invalid`` Contact, RFC 7118 5), or named by a flow token
+  in one of our Routes, is reached over that connection, never resolved;
+  a target that needs a flow that is gone gets ``430 Flow Failed``
+  (RFC 5626 5.3); a flow token naming the connection the request came on
+  is ignored (it comes from that client);
+* else the target is resolved by the dispatcher (RFC 3263); a request bigger
   than 1300 bytes goes over TCP/TLS if the next hop offers it (RFC 3261
   18.1.1), and falls back to the next destination if sending fails (RFC 3263
   4.3);
 * the forwarded request gets Max-Forwards decremented, a Record-Route (two
-  when it leaves on another leg than it came in on: RFC 5658), Contacts
+  when it leaves on another leg than it came in on: RFC 5658; on the side
+  of a client reached only over its connection, a TCP/TLS/WS one with its
+  flow token, RFC 5626 5.3, :class:`~netsip.flows.FlowTokens`), Contacts
   rewritten when it changes legs (or always with ``force_rewrite``), the
   NAT helper's say on the SDP (:meth:`StatelessProxy.do_nat`), and a Via of
   the incoming leg (if it changes legs, as in Perl) and one of the outgoing
@@ -71,7 +79,9 @@ Differences from Net::SIP 0.835:
 - a rewritten Contact is the outgoing leg's URI (with its ``transport``)
   with the token as user part, so a TCP/TLS leg is reached over TCP/TLS;
 - the NAT helper gets a :class:`NatBasic` record instead of an array
-  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s.
+  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s;
+- flows (``flows``, flow tokens in Record-Route, 430) are new: Net::SIP
+  has no RFC 5626 outbound support and resolves every Contact.
 
 Known limit: the 1300-byte rule looks at each request alone, so the CANCEL
 (or the ACK of a failure) of an INVITE that went over TCP because of its
@@ -243,7 +253,9 @@ class StatelessProxy:
             forwarded (as Net::SIP).
         flows: the registrar's :class:`~netsip.flows.FlowTable`: a
             Request-URI registered over a connection is sent over that
-            connection (RFC 5626 5.3, RFC 7118 5), never resolved.
+            connection (RFC 5626 5.3, RFC 7118 5), never resolved. Default:
+            a table of the proxy's own, filled by the REGISTERs it forwards
+            from clients on their flows (an edge proxy).
         flow_tokens: the flow tokens of the Record-Routes of TCP/TLS/WS legs
             (:class:`~netsip.flows.FlowTokens`, default: a random key).
     """
@@ -262,7 +274,8 @@ class StatelessProxy:
         flow_tokens: FlowTokens | None = None,
     ) -> None:
         self.dispatcher = dispatcher
-        self.flows = flows
+        #: the flows of contacts (a registrar's, or those of REGISTERs forwarded here)
+        self.flows = flows if flows is not None else FlowTable()
         self.flow_tokens = (
             flow_tokens if flow_tokens is not None else FlowTokens(lambda: dispatcher.legs)
         )
@@ -335,8 +348,12 @@ class StatelessProxy:
         A ``transport`` in ``uri`` must be the leg's: UDP and TCP legs on one
         port have equal contacts but for it. The answers are kept while the
         dispatcher's leg list stays the same (every request asks for its
-        Routes and Request-URI).
+        Routes and Request-URI), by the URI without its user part, which
+        does not name a leg (and differs for each flow token).
         """
+        if "@" in uri:
+            scheme, _, rest = uri.partition(":")
+            uri = f"{scheme}:{rest.partition('@')[2]}"
         legs_now, known = self._my_legs
         if legs_now is not self.dispatcher.legs:
             known = {}
@@ -477,10 +494,9 @@ class StatelessProxy:
         flow = fwd.flow
         if flow is not None and flow.alive():
             return [(flow.peer, flow.leg)]
-        if self.flows is not None:
-            found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
-            if found is not None:
-                return [(found.peer, found.leg)]
+        found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
+        if found is not None:
+            return [(found.peer, found.leg)]
         if needs_flow(hop):
             # (a flow token whose connection closed with a plain Request-URI: resolved)
             return errno.ENOTCONN
@@ -518,14 +534,57 @@ class StatelessProxy:
         uri = _strip_angle(sip_hdrval2parts("contact", value)[0])
         if needs_flow(uri):
             return True
-        if self.flows is None:
-            return False
         flow = self.flows.find(uri, self.dispatcher.eventloop.looptime)
         return (
             flow is not None
             and flow.leg is leg
             and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port)
         )
+
+    def _edge_register(self, pkt: Request, fwd: _Forward, out: Leg) -> None:
+        """A REGISTER from a client on its flow, forwarded to a registrar elsewhere.
+
+        RFC 5626 5.2 and RFC 3327 5.1: with ``path`` in its Supported, the
+        REGISTER gets a Path with the flow token (the URI of the outgoing leg,
+        which the registrar reaches; ``ob`` from the first hop of a client
+        with a ``reg-id``), so the
+        registrar routes requests for it through here and over the flow. The
+        proxy also remembers the flow of each Contact in :attr:`flows` (for
+        the requested expiry), so a request for the Contact (or for the
+        Contact this proxy rewrote) finds the connection without Path.
+        """
+        req, leg, from_ = fwd.request, fwd.in_leg, fwd.from_
+        first_hop = len(req.header_values("via")) <= 1
+        if not (self._from_flow(req, leg, from_) or (first_hop and leg.proto != "udp")):
+            return  # (a server, or a client over UDP with a Contact reachable as it is)
+        contacts = []
+        for value in req.get_headers("contact"):
+            try:
+                data, param = sip_hdrval2parts("contact", value)
+            except ValueError:
+                continue
+            contacts.append((_strip_angle(data).strip(), param))
+        if not contacts:
+            return
+        flow = Flow(leg, from_)
+        now = self.dispatcher.eventloop.looptime
+        header = req.get_header("expires")
+        for uri, param in contacts:
+            value = (param.get("expires") or header or "3600").strip()
+            expires = int(value) if value.isdigit() and len(value) < 9 else 3600
+            if expires:
+                self.flows.remember(uri, flow, now + min(expires, 86400))
+            else:
+                self.flows.forget(uri)
+        tags = {t.strip().lower() for v in req.get_headers("supported") for t in v.split(",")}
+        if "path" not in tags:
+            return
+        token = self.flow_tokens.encode(flow)
+        if token is None:
+            return
+        ob = ";ob" if first_hop and any("reg-id" in p for _u, p in contacts) else ""
+        scheme, _, rest = out.contact.partition(":")
+        pkt.insert_header("path", f"<{scheme}:{token}@{rest};lr{ob}>")
 
     def _rr_uri(self, leg: Leg, peer: Addr, flow: bool) -> str:
         """The Record-Route URI of ``leg`` for a peer at ``peer``.
@@ -818,7 +877,9 @@ class StatelessProxy:
         if out is not in_leg or self.force_rewrite:
             self._rewrite_contacts(pkt, in_leg, out)
         pkt.set_header("max-forwards", str(fwd.max_forwards))
-        if pkt.method() != "REGISTER":
+        if pkt.method() == "REGISTER":
+            self._edge_register(pkt, fwd, out)
+        else:
             # RFC 3261 16.6 step 4; RFC 5658: one for each side when the
             # request changes legs (the other side reaches the other leg)
             # (with a flow token on a connection-oriented leg, RFC 5626 5.3)

@@ -46,8 +46,21 @@ replaces the old binding even with another URI), and more than one contact
 with a non-zero expiry when any has a ``reg-id`` is 400. Otherwise a
 ``reg-id`` is ignored, or answered with 439 if the client requires
 outbound (``Supported: outbound``). The registrar keeps ``+sip.instance``
-and ``reg-id`` and returns them; flows (keep-alives, flow tokens) are the
-edge proxy's.
+and ``reg-id`` and returns them.
+
+Flows (RFC 5626 6, 7; RFC 7118 5; :mod:`netsip.flows`): for each binding a
+client one hop away (one Via) registered over TCP, TLS, WS or WSS (over
+any transport for a Contact under ``.invalid`` or with ``;ob``, or with a
+``reg-id``), the registrar remembers the leg and the client's address in
+:attr:`Registrar.flows`, one flow per ``reg-id``, and asks the socket pool
+to keep that connection open while the binding lives
+(``SocketPool.keep_connection``). A proxy given the same table sends
+requests for the contact over that connection. :meth:`Registrar.lookup`
+leaves out a binding that needs a flow and has none here; one whose flow
+this registrar knows and whose connection is gone is dropped from the
+store (the flow failed: the proxy tries the next binding, 480 if none is
+left). Flows live in the process: with a shared store each process
+reaches the clients connected to it and skips the others' bindings.
 
 Bad input is answered, logged and never stored: a Contact that is no URI
 (Net::SIP stored garbage contacts, its leak bug #69) is 400; more than
@@ -72,7 +85,10 @@ Differences from Net::SIP:
 - the store is a protocol (:class:`RegistrationStore`) instead of the
   ``_store`` hash hack;
 - a rewritten request also gets the binding's Path as Route headers
-  (RFC 3327 5.3).
+  (RFC 3327 5.3);
+- flows are new (Net::SIP has no RFC 5626 outbound): a client that
+  accepts no connections (a browser, a phone behind NAT) cannot be called
+  through Net::SIP's registrar.
 """
 
 from __future__ import annotations
@@ -436,9 +452,10 @@ class Registrar:
         kept: list[Binding] = []
         dead: list[Binding] = []
         for b in bindings:
-            if not needs_flow(b.contact) or flows.find(b.contact, now) is not None:
+            inst, rid = b.instance, b.reg_id
+            if not needs_flow(b.contact) or flows.find(b.contact, now, instance=inst, reg_id=rid):
                 kept.append(b)
-            elif flows.known(b.contact, now):
+            elif flows.known(b.contact, now, instance=inst, reg_id=rid):
                 dead.append(b)
             else:
                 log.debug("%s: no flow to %s in this process", aor, b.contact)

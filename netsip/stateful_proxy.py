@@ -5,7 +5,9 @@ Net::SIP has only a stateless proxy (``Net::SIP::StatelessProxy``, ported in
 a :class:`~netsip.proxy.StatelessProxy` whose requests go through
 transactions: it keeps the stateless proxy's checks and routing
 (Max-Forwards, Route preprocessing, loop detection, Record-Route across legs
-and transports, Contact rewriting, the NAT hook, the 1300-byte rule), and
+and transports, Contact rewriting, the NAT hook, the 1300-byte rule, flows:
+a branch to a contact registered over a connection goes over it, RFC 5626
+5.3, and ends as ``430`` if that connection is gone), and
 adds a *response context* (16.7) per request.
 
 How it works:
