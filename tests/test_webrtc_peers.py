@@ -134,6 +134,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         yield Proxy(proc, addrs, str(certs["ca"]))
         proc.stop(signal.SIGTERM)
         assert proc.returncode == 0, proc.err.lines
+        assert not [line for line in proc.err.lines if "Traceback" in line], proc.err.lines
     finally:
         proc.close()
 

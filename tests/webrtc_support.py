@@ -49,6 +49,7 @@ SOURCES: Final = (
     "page.html",
     "page.js",
 )
+WHAT: Final = "an npm install of tests/webrtc/package.json"
 NPM_TIMEOUT: Final = 240.0  # npm ci, from the registry, on a slow CI network
 BUILD_TIMEOUT: Final = 60.0  # esbuild bundling JsSIP
 PEER_TIMEOUT: Final = 30.0  # one peer's whole run (register, call, hang up, unregister)
@@ -77,6 +78,11 @@ def install_packages(tmp: Path) -> NodePackages:
         npm_config_update_notifier="false",
         npm_config_fund="false",
         npm_config_audit="false",
+        # a registry that cannot be reached fails in seconds, not minutes of retries
+        npm_config_fetch_retries="1",
+        npm_config_fetch_retry_mintimeout="1000",
+        npm_config_fetch_retry_maxtimeout="3000",
+        npm_config_fetch_timeout="60000",
     )
     # --ignore-scripts: no package needs its install script (esbuild finds its
     # binary in the optional @esbuild/<platform> package without it)
@@ -94,11 +100,11 @@ def install_packages(tmp: Path) -> NodePackages:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        missing_peer("the npm packages of tests/webrtc", f"npm ci took over {NPM_TIMEOUT:.0f} s")
+        missing_peer(WHAT, f"npm ci took over {NPM_TIMEOUT:.0f} s")
         raise AssertionError("unreachable") from None
     if res.returncode != 0:
-        tail = " ".join((res.stderr or res.stdout).split())[-400:]
-        missing_peer("the npm packages of tests/webrtc", f"npm ci failed: {tail}")
+        head = " ".join((res.stderr or res.stdout).splitlines()[:3])[:300]
+        missing_peer(WHAT, f"npm ci failed with {res.returncode}: {head}")
     return NodePackages(tmp, node, time.monotonic() - start)
 
 
