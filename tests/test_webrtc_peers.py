@@ -46,6 +46,7 @@ from tests.webrtc_support import (
     Chromium,
     NodePackages,
     NodePeer,
+    PageServer,
     build_bundle,
     install_packages,
     page_server,
@@ -73,6 +74,7 @@ USERS = [
         for u in user_pair(d, lib, t)
     ),
     "browser",
+    "browser2",
     "bob",
 ]
 
@@ -374,23 +376,25 @@ class BrowserCallee:
             endpoint.close_context(ctx)
 
 
-def test_browser_calls_netsip(
-    packages: NodePackages,
-    proxy: Proxy,
-    loop: EventLoop,
-    tmp_path: Path,
-) -> None:
-    """Headless Chromium with JsSIP (bundled by esbuild) registers over WSS,
-    calls the netsip UA with real WebRTC SDP, sends DTMF by INFO, hangs up."""
-    build_bundle(packages)
-    before = open_fds()
-    ua = netsip_ua(loop, proxy, "bob")
-    callee = BrowserCallee(contact=f"<sip:bob@{ua.dispatcher.get_legs()[0].src}>")
-    ua.endpoint.set_application(callee)
-    cfg = peer_config(proxy, "wss", "browser", target=f"sip:bob@{DOMAIN}", dtmf="9")
-    with page_server(packages.dir, ("page.html", "page.js", "jssip.js")) as server:
-        url = f"{server.url}page.html#{urllib.parse.quote(json.dumps(cfg))}"
-        browser = Chromium(url, tmp_path / "chromium-profile")
+BROWSER_TIMEOUT = 45.0  # one page's whole run in Chromium, on a loaded machine
+
+
+@pytest.fixture(scope="session")
+def bundle(packages: NodePackages) -> Path:
+    """JsSIP for the browser, bundled once per run."""
+    return build_bundle(packages)
+
+
+def run_page(
+    loop: EventLoop, bundle: Path, page: str, cfg: dict[str, object], profile: Path
+) -> PageServer:
+    """Serve ``page`` (and its script, and the bundle) to headless Chromium
+    with ``cfg``, run the netsip loop until the page has unregistered (or
+    failed, or the browser ended), stop the browser; the server with the events."""
+    script = page.replace(".html", ".js")
+    with page_server(bundle.parent, (page, script, bundle.name)) as server:
+        url = f"{server.url}{page}#{urllib.parse.quote(json.dumps(cfg))}"
+        browser = Chromium(url, profile)
         try:
             drive(
                 loop,
@@ -398,8 +402,8 @@ def test_browser_calls_netsip(
                     bool({"unregistered", "failed"} & set(server.names()))
                     or browser.proc.poll() is not None
                 ),
-                seconds=45,
-                what="the browser's call",
+                seconds=BROWSER_TIMEOUT,
+                what=f"the browser's run of {page}",
             )
             names = server.names()
             assert "failed" not in names and "unregistered" in names, (
@@ -408,8 +412,23 @@ def test_browser_calls_netsip(
             )
         finally:
             browser.close()
-            ua.cleanup()
+    return server
+
+
+def test_browser_calls_netsip(bundle: Path, proxy: Proxy, loop: EventLoop, tmp_path: Path) -> None:
+    """Headless Chromium with JsSIP (bundled by esbuild) registers over WSS,
+    calls the netsip UA with real WebRTC SDP, sends DTMF by INFO, hangs up."""
+    before = open_fds()
+    ua = netsip_ua(loop, proxy, "bob")
+    callee = BrowserCallee(contact=f"<sip:bob@{ua.dispatcher.get_legs()[0].src}>")
+    ua.endpoint.set_application(callee)
+    cfg = peer_config(proxy, "wss", "browser", target=f"sip:bob@{DOMAIN}", dtmf="9")
+    try:
+        server = run_page(loop, bundle, "page.html", cfg, tmp_path / "chromium-profile")
+    finally:
+        ua.cleanup()
     assert open_fds() == before
+    names = server.names()
     for step in ("loaded", "registered", "confirmed", "dtmf_sent", "hangup", "ended"):
         assert step in names, server.events()
     assert ".invalid" in server.event("registered")["contact"]
@@ -420,3 +439,29 @@ def test_browser_calls_netsip(
     assert callee.acked == 1 and callee.byes == 1
     assert [re.search(rb"Signal=\s*(\S)", b) is not None for b in callee.infos] == [True]
     assert b"Signal=9" in callee.infos[0].replace(b" ", b"")
+
+
+def test_two_browser_phones_call_with_media(
+    bundle: Path, proxy: Proxy, loop: EventLoop, tmp_path: Path
+) -> None:
+    """Two JsSIP phones in Chromium, both over WSS: one calls the other through
+    the proxy (the callee's Contact is ``.invalid``: reached over its flow),
+    ICE connects and RTP flows between them (the proxy passes the SDP
+    through), DTMF by INFO arrives, the caller hangs up."""
+    cfg: dict[str, object] = {
+        "ws": proxy.ws_url("wss"),
+        "caller": {"uri": f"sip:browser@{DOMAIN}", "password": password("browser")},
+        "callee": {"uri": f"sip:browser2@{DOMAIN}", "password": password("browser2")},
+        "dtmf": "4",
+    }
+    server = run_page(loop, bundle, "pair.html", cfg, tmp_path / "chromium-profile")
+    names = server.names()
+    for step in ("callee_registered", "caller_registered", "incoming", "confirmed", "media"):
+        assert step in names, server.events()
+    assert ".invalid" in server.event("callee_registered")["contact"]
+    assert server.event("incoming")["from"] == f"sip:browser@{DOMAIN}"
+    media = server.event("media")
+    assert media["packets"] > 0, media
+    assert server.event("dtmf_received")["tone"] == "4"
+    assert server.event("caller_ended")["originator"] == "local"
+    assert server.event("callee_ended")["originator"] == "remote"

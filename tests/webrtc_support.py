@@ -48,6 +48,8 @@ SOURCES: Final = (
     "sipjs_peer.mjs",
     "page.html",
     "page.js",
+    "pair.html",
+    "pair.js",
 )
 WHAT: Final = "an npm install of tests/webrtc/package.json"
 NPM_TIMEOUT: Final = 240.0  # npm ci, from the registry, on a slow CI network
