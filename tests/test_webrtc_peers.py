@@ -102,9 +102,17 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> NodePackages:
     return install_packages(tmp_path_factory.mktemp("webrtc-npm"))
 
 
+#: the Node tests run through both kinds of ``netsip proxy``
+KINDS = pytest.mark.parametrize("proxy", ["stateless", "stateful"], indirect=True)
+
+
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    tmp = tmp_path_factory.mktemp("webrtc-proxy")
+def proxy(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    """``netsip proxy`` (``--stateful`` with the parameter "stateful")."""
+    kind = getattr(request, "param", "stateless")
+    tmp = tmp_path_factory.mktemp(f"webrtc-proxy-{kind}")
     certs = write_certs(tmp)
     users = tmp / "users"
     users.write_text("".join(f"{u}:{password(u)}\n" for u in USERS))
@@ -128,6 +136,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             DOMAIN,
             "--users",
             str(users),
+            *(["--stateful"] if kind == "stateful" else []),
         ],
     )
     try:
@@ -210,6 +219,7 @@ def check_registered(peer: NodePeer) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("lib", LIBS)
+@KINDS
 def test_web_phone_calls_netsip(
     packages: NodePackages, proxy: Proxy, loop: EventLoop, lib: str, transport: str
 ) -> None:
@@ -248,6 +258,7 @@ def test_web_phone_calls_netsip(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("lib", LIBS)
+@KINDS
 def test_netsip_calls_web_phone(
     packages: NodePackages, proxy: Proxy, loop: EventLoop, lib: str, transport: str
 ) -> None:

@@ -44,8 +44,13 @@ function fail(why) {
 function done() {
   ua.once("unregistered", () => {
     report("unregistered");
+    // (stop() closes the WebSocket 2 s later while a transaction is left: the
+    // INVITE client transaction waits for 2xx retransmissions, RFC 6026 Timer M)
+    ua.once("disconnected", () => {
+      report("disconnected");
+      env.finish(0);
+    });
     ua.stop();
-    ua.once("disconnected", () => env.finish(0));
   });
   ua.unregister();
 }
