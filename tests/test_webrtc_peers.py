@@ -297,6 +297,19 @@ def test_netsip_calls_web_phone(
     assert open_fds() == before
 
 
+def test_wss_certificate_is_checked(packages: NodePackages, proxy: Proxy, loop: EventLoop) -> None:
+    """Without the test CA the web phone refuses the proxy's certificate: the
+    WSS tests above run over verified TLS."""
+    config = peer_config(proxy, "wss", "sipjs-wss-out", mode="call", target=f"sip:bob@{DOMAIN}")
+    peer = NodePeer(packages, SCRIPTS["sipjs"], loop, config)
+    try:
+        assert peer.finish() == 1, peer.describe()
+        assert "registered" not in peer.names()
+        assert "WebSocket closed" in peer.event("failed")["why"], peer.describe()
+    finally:
+        peer.close()
+
+
 # ------------------------------------------------------------ the real browser
 
 

@@ -324,6 +324,7 @@ CHROMIUM_FLAGS: Final = (
     "--disable-default-apps",
     "--metrics-recording-only",
     "--mute-audio",
+    "--disable-dev-shm-usage",  # (containers have a small /dev/shm)
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
 )
