@@ -26,7 +26,7 @@ import json
 import re
 import signal
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import pytest
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EventLoop
 from netsip.leg import Leg
-from netsip.packet import Request
+from netsip.packet import Request, Response
 from netsip.simple import Call, Simple
 from netsip.testing import drive, open_fds
 from netsip.util import Addr
@@ -75,6 +75,7 @@ USERS = [
     ),
     "browser",
     "browser2",
+    "browser3",
     "bob",
 ]
 
@@ -409,26 +410,39 @@ def bundle(packages: NodePackages) -> Path:
     return build_bundle(packages)
 
 
-def run_page(
-    loop: EventLoop, bundle: Path, page: str, cfg: dict[str, object], profile: Path
+def run_page(  # noqa: PLR0917  (a test helper: the page and its surroundings)
+    loop: EventLoop,
+    bundle: Path,
+    page: str,
+    cfg: dict[str, object],
+    profile: Path,
+    step: Callable[[PageServer], bool] | None = None,
 ) -> PageServer:
     """Serve ``page`` (and its script, and the bundle) to headless Chromium
     with ``cfg``, run the netsip loop until the page has unregistered (or
-    failed, or the browser ended), stop the browser; the server with the events."""
+    failed, or the browser ended), stop the browser; the server with the events.
+
+    ``step`` runs after each loop cycle with the events so far (the test's
+    moves in the call); the run ends early when it returns True.
+    """
     script = page.replace(".html", ".js")
     with page_server(bundle.parent, (page, script, bundle.name)) as server:
         url = f"{server.url}{page}#{urllib.parse.quote(json.dumps(cfg))}"
         browser = Chromium(url, profile)
         try:
-            drive(
-                loop,
-                lambda: (
-                    bool({"unregistered", "failed"} & set(server.names()))
-                    or browser.proc.poll() is not None
-                ),
-                seconds=BROWSER_TIMEOUT,
-                what=f"the browser's run of {page}",
-            )
+            try:
+                drive(
+                    loop,
+                    lambda: (
+                        (step is not None and step(server))
+                        or bool({"unregistered", "failed"} & set(server.names()))
+                        or browser.proc.poll() is not None
+                    ),
+                    seconds=BROWSER_TIMEOUT,
+                    what=f"the browser's run of {page}",
+                )
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}: {server.events()}") from None
             names = server.names()
             assert "failed" not in names and "unregistered" in names, (
                 server.events(),
@@ -446,7 +460,9 @@ def test_browser_calls_netsip(bundle: Path, proxy: Proxy, loop: EventLoop, tmp_p
     ua = netsip_ua(loop, proxy, "bob")
     callee = BrowserCallee(contact=f"<sip:bob@{ua.dispatcher.get_legs()[0].src}>")
     ua.endpoint.set_application(callee)
-    cfg = peer_config(proxy, "wss", "browser", target=f"sip:bob@{DOMAIN}", dtmf="9")
+    cfg = peer_config(
+        proxy, "wss", "browser", mode="call", target=f"sip:bob@{DOMAIN}", dtmf="9", hangup="self"
+    )
     try:
         server = run_page(loop, bundle, "page.html", cfg, tmp_path / "chromium-profile")
     finally:
@@ -456,13 +472,118 @@ def test_browser_calls_netsip(bundle: Path, proxy: Proxy, loop: EventLoop, tmp_p
     for step in ("loaded", "registered", "confirmed", "dtmf_sent", "hangup", "ended"):
         assert step in names, server.events()
     assert ".invalid" in server.event("registered")["contact"]
-    assert server.event("offer")["profile"] == "UDP/TLS/RTP/SAVPF"
+    assert server.event("local_sdp") == {
+        "event": "local_sdp",
+        "type": "offer",
+        "profile": "UDP/TLS/RTP/SAVPF",
+    }
     assert server.event("confirmed")["signalingState"] == "stable"
     assert server.event("ended")["originator"] == "local"
     assert len(callee.offers) == 1 and "a=fingerprint:" in callee.offers[0]
     assert callee.acked == 1 and callee.byes == 1
     assert [re.search(rb"Signal=\s*(\S)", b) is not None for b in callee.infos] == [True]
     assert b"Signal=9" in callee.infos[0].replace(b" ", b"")
+
+
+@dataclass
+class BrowserCaller:
+    """The netsip side calling the browser, on the netsip UA's endpoint: an
+    INVITE without SDP (RFC 3261 13.2.1), so that the browser offers WebRTC
+    media in its 2xx; the ACK carries :func:`webrtc_answer`."""
+
+    codes: list[int] = field(default_factory=list)
+    offers: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def __call__(  # noqa: PLR0917  (the Endpoint's callback convention)
+        self,
+        endpoint: Endpoint,
+        ctx: Context,
+        err: int,
+        code: int,
+        packet: object,
+        leg: Leg | None,
+        from_: Addr | None,
+    ) -> None:
+        if isinstance(packet, Request):
+            self.requests.append(packet.method())  # (the browser sends none here)
+            return
+        if not isinstance(packet, Response):
+            return
+        self.codes.append(code)
+        if packet.method() == "INVITE" and 200 <= code < 300 and ctx.ack is not None and not err:
+            offer = packet.body().decode()
+            self.offers.append(offer)
+            # the Endpoint sends the ACK after this callback: our answer goes in it
+            ctx.ack.set_header("content-type", "application/sdp")
+            ctx.ack.set_body(webrtc_answer(offer).encode())
+
+
+def test_netsip_calls_browser(bundle: Path, proxy: Proxy, loop: EventLoop, tmp_path: Path) -> None:
+    """The netsip UA on UDP calls the browser registered over WSS (``.invalid``
+    Contact: the proxy uses its flow) with a delayed offer; the browser offers
+    WebRTC in the 200, takes the answer from the ACK, gets a DTMF INFO, and
+    the netsip side hangs up."""
+    before = open_fds()
+    ua = netsip_ua(loop, proxy, "bob")
+    endpoint = ua.endpoint
+    caller = BrowserCaller()
+    cfg = peer_config(proxy, "wss", "browser3", mode="answer")
+    profile = tmp_path / "chromium-profile"
+    ctx: list[Context] = []
+    sent: list[str] = []
+
+    def call_when_registered(server: PageServer) -> bool:
+        """Call once registered, INFO once confirmed, BYE once the digit is in."""
+        names = server.names()
+        if "registered" in names and not ctx:
+            ctx.append(
+                endpoint.invite(
+                    {
+                        "from_": f"<sip:bob@{DOMAIN}>",
+                        "to": f"<sip:browser3@{DOMAIN}>",
+                        "contact": f"<sip:bob@{ua.dispatcher.get_legs()[0].src}>",
+                        "auth": ("bob", password("bob")),
+                    },
+                    caller,
+                )
+            )
+        if "confirmed" in names and "INFO" not in sent:
+            sent.append("INFO")
+            endpoint.new_request(
+                "INFO",
+                ctx[0],
+                caller,
+                body=b"Signal=2\r\nDuration=100\r\n",
+                headers={"content-type": "application/dtmf-relay"},
+            )
+        if "dtmf_received" in names and caller.codes.count(200) == 2 and "BYE" not in sent:
+            sent.append("BYE")
+            endpoint.new_request("BYE", ctx[0], caller)
+        return False
+
+    try:
+        server = run_page(loop, bundle, "page.html", cfg, profile, step=call_when_registered)
+    finally:
+        ua.cleanup()
+    assert open_fds() == before
+    names = server.names()
+    for step in ("registered", "incoming", "confirmed", "dtmf_received", "ended"):
+        assert step in names, server.events()
+    assert ".invalid" in server.event("registered")["contact"]
+    assert server.event("incoming") == {
+        "event": "incoming",
+        "from": f"sip:bob@{DOMAIN}",
+        "offer": False,
+    }
+    assert server.event("local_sdp")["type"] == "offer"  # in the browser's 200
+    assert server.event("remote_sdp")["type"] == "answer"  # from our ACK
+    assert server.event("confirmed")["signalingState"] == "stable"
+    assert [e["tone"] for e in server.events() if e["event"] == "dtmf_received"] == ["2"]
+    assert server.event("ended")["originator"] == "remote"
+    assert len(caller.offers) == 1 and "UDP/TLS/RTP/SAVPF" in caller.offers[0]
+    assert caller.codes.count(200) == 3, caller.codes  # INVITE, INFO, BYE
+    assert caller.requests == []
 
 
 def test_two_browser_phones_call_with_media(

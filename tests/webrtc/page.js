@@ -2,10 +2,13 @@
 // test with esbuild into /jssip.js, global `JsSIP`) over wss:// with the
 // browser's own WebRTC. The config is the JSON in the URL's fragment:
 //   {"ws": "wss://127.0.0.1:PORT", "uri": "sip:dave@example.com", "password": "...",
-//    "target": "sip:bob@example.com", "dtmf": "9"}
-// It registers, calls `target` (audio from Chromium's fake device), sends
-// `dtmf` by INFO once confirmed, hangs up, unregisters. Each step is POSTed
-// to /event as JSON (and logged to the console); the test reads them there.
+//    "mode": "call", "target": "sip:bob@example.com", "dtmf": "9", "hangup": "self"}
+// mode "call": it registers, calls `target` (audio from Chromium's fake
+// device); mode "answer": it registers and answers the first call. Once the
+// call is confirmed it sends `dtmf` by INFO (if given), hangs up ("hangup":
+// "self") or waits for the BYE, and unregisters after the call. Each step
+// is POSTed to /event as JSON (and logged to the console); the test reads
+// them there.
 "use strict";
 
 (function () {
@@ -40,32 +43,39 @@
     ua.stop();
   }
 
-  ua.on("connected", () => report("connected"));
-  ua.on("registrationFailed", (e) => fail("registration failed: " + e.cause));
-  ua.once("registered", (e) => {
-    report("registered", { contact: String(e.response.getHeader("Contact")) });
-    const session = ua.call(cfg.target, {
-      mediaConstraints: { audio: true, video: false },
-      pcConfig: { iceServers: [] },
-    });
+  // What happens in a call, the same for both directions: DTMF by INFO
+  // once confirmed (if cfg.dtmf), then hang up (cfg.hangup "self") or wait.
+  function follow(session) {
     session.on("sdp", (e) => {
-      if (e.originator === "local") report("offer", { profile: /m=audio \d+ (\S+)/.exec(e.sdp)[1] });
+      const m = /m=audio \d+ (\S+)/.exec(e.sdp);
+      report(e.originator === "local" ? "local_sdp" : "remote_sdp", {
+        type: e.type,
+        profile: m ? m[1] : null,
+      });
     });
-    session.on("progress", () => report("progress"));
     session.on("confirmed", () => {
       report("confirmed", {
         signalingState: session.connection.signalingState,
         remoteSdp: !!session.connection.remoteDescription,
       });
+      const hangup = () => {
+        if (cfg.hangup === "self") {
+          report("hangup");
+          session.terminate();
+        }
+      };
+      if (!cfg.dtmf) return hangup();
       session.once("newDTMF", (e) => {
         e.dtmf.on("succeeded", () => {
           report("dtmf_sent", { tone: cfg.dtmf });
-          report("hangup");
-          session.terminate();
+          hangup();
         });
         e.dtmf.on("failed", () => fail("the DTMF INFO failed"));
       });
       session.sendDTMF(cfg.dtmf, { transportType: "INFO", duration: 100 });
+    });
+    session.on("newDTMF", (e) => {
+      if (e.originator === "remote") report("dtmf_received", { tone: e.dtmf.tone });
     });
     session.on("failed", (e) => fail("call failed: " + e.cause));
     session.on("ended", (e) => {
@@ -78,6 +88,22 @@
       });
       ua.unregister();
     });
+  }
+
+  const media = { mediaConstraints: { audio: true, video: false }, pcConfig: { iceServers: [] } };
+  ua.on("connected", () => report("connected"));
+  ua.on("registrationFailed", (e) => fail("registration failed: " + e.cause));
+  ua.once("registered", (e) => {
+    report("registered", { contact: String(e.response.getHeader("Contact")) });
+    if (cfg.mode === "call") follow(ua.call(cfg.target, media));
+  });
+  ua.on("newRTCSession", (e) => {
+    if (e.originator !== "remote") return;
+    report("incoming", { from: e.request.from.uri.toString(), offer: !!e.request.body });
+    follow(e.session);
+    // an INVITE without SDP: JsSIP offers only what rtcOfferConstraints asks
+    // for (else no audio at all, and the offer never completes)
+    e.session.answer(Object.assign({ rtcOfferConstraints: { offerToReceiveAudio: true } }, media));
   });
   ua.start();
 })();
