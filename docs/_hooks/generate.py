@@ -210,7 +210,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
         ]
         for action in actions:
             names = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
-            if action.nargs == 0:
+            if action.nargs == 0 or not action.option_strings:
                 value = ""
             elif action.choices is not None:
                 value = " \\| ".join(f"`{c}`" for c in action.choices)
@@ -255,12 +255,12 @@ def cli_page() -> str:
             "",
             f"## netsip {name}",
             "",
-            f"[netsip.cli.{name}][netsip.cli.{name}]",
+            f"Module: [`netsip.cli.{name}`][netsip.cli.{name}]",
             "",
             sub.description or "",
             "",
             "```text",
-            sub.format_usage().strip().removeprefix("usage: "),
+            sub.format_usage().strip(),
             "```",
             *_options_table(sub),
         ]
@@ -485,10 +485,11 @@ def differences_page() -> str:
                     continue
                 private = any(part.startswith("_") for part in mod.split(".")[1:])
                 title = f"`{mod}`" if private else f"[`{mod}`][{mod}]"
-                ports = (
-                    f" (ports {row.ports})" if row.ports and not row.ports.startswith("(") else ""
-                )
-                out += [f"### {mod}", "", f"{title}{ports}", "", text, ""]
+                if row.ports.startswith("("):
+                    title += f" {row.ports}"
+                elif row.ports:
+                    title += f" (ports {row.ports})"
+                out += [f"### {mod}", "", title, "", text[:1].upper() + text[1:], ""]
     return "\n".join(out)
 
 
