@@ -10,7 +10,9 @@
   (a Mermaid diagram of the public modules and their imports, from the
   code), ``module-map`` (Net::SIP's packages and the netsip modules that
   port them, from README.md's module map), ``differences`` (the
-  "Differences from Net::SIP" paragraphs of every module docstring);
+  "Differences from Net::SIP" paragraphs of every module docstring),
+  ``rfc-tables`` (the RFC tables of the tutorials, see ``RFC_SECTIONS``),
+  ``rfc-citations`` (which module cites which RFC);
 - the docstring check: a public name (module, class, function, method,
   property) without a docstring is a warning, so ``mkdocs build --strict``
   fails on it.
@@ -493,10 +495,86 @@ def differences_page() -> str:
     return "\n".join(out)
 
 
+#: The sections of the tutorials gathered on the RFC compliance page:
+#: (page, heading text), each taken down to the next heading of its level.
+RFC_SECTIONS = (
+    ("dialogs.md", "RFC rules implemented, and the tests that pin them"),
+    ("ua.md", "What works, and the tests that pin it"),
+    ("servers.md", "What works, and the tests that pin it"),
+)
+
+
+def _slug(heading: str) -> str:
+    """The anchor Python-Markdown's toc gives a heading (its default slugify)."""
+    text = re.sub(r"[`*_]", "", heading)
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def section_of(page: str, heading: str) -> str:
+    """The section ``heading`` of docs page ``page``, its headings two levels down.
+
+    Raises:
+        ValueError: no such heading (a renamed section fails the build).
+    """
+    lines = (ROOT / "docs" / page).read_text().splitlines()
+    heads = [re.match(r"^(#+) (.*)$", line) for line in lines]
+    start = next((i for i, m in enumerate(heads) if m and m.group(2).strip() == heading), None)
+    if start is None:
+        raise ValueError(f"docs/{page} has no heading {heading!r}")
+    level = len(heads[start].group(1))  # type: ignore[union-attr]
+    body: list[str] = []
+    fence = False
+    for line in lines[start + 1 :]:
+        fence ^= line.startswith("```")
+        m = re.match(r"^(#+) ", line)
+        if m and not fence:
+            if len(m.group(1)) <= level:
+                break
+            body.append("#" * min(6, len(m.group(1)) + 1) + line[len(m.group(1)) :])
+        else:
+            body.append(line)
+    return "\n".join(body).strip()
+
+
+def rfc_tables() -> str:
+    """The RFC tables of the tutorials, each under a link to where it lives."""
+    out: list[str] = []
+    for page, heading in RFC_SECTIONS:
+        title = (ROOT / "docs" / page).read_text().splitlines()[0].lstrip("# ").strip()
+        out += [
+            f"### {title}",
+            "",
+            f"From [{title}: {heading}]({page}#{_slug(heading)}).",
+            "",
+            section_of(page, heading),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def rfc_citations() -> str:
+    """Which modules cite which RFC (in docstrings and comments), from the code."""
+    cited: dict[int, dict[str, int]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        for number in re.findall(r"\bRFC ?(\d{4})\b", path.read_text()):
+            per = cited.setdefault(int(number), {})
+            per[name] = per.get(name, 0) + 1
+    lines = ["| RFC | cited by (times) |", "| --- | --- |"]
+    for number in sorted(cited):
+        mods = sorted(cited[number].items(), key=lambda kv: (-kv[1], kv[0]))
+        text = ", ".join(f"`{m}` ({n})" for m, n in mods)
+        lines.append(f"| [RFC {number}](https://www.rfc-editor.org/rfc/rfc{number}) | {text} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "layers": layers_diagram,
     "module-map": module_map_table,
     "differences": differences_page,
+    "rfc-tables": rfc_tables,
+    "rfc-citations": rfc_citations,
 }
 MARK = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
 
