@@ -371,6 +371,23 @@ def _imports(path: Path, name: str) -> set[str]:
     return found
 
 
+#: The colour of each public module in the layer diagram: the tutorial it belongs to.
+DIAGRAM_GROUPS = {
+    "transport": (
+        "#dbeafe",
+        "util eventloop packet framing socketpool leg retransmit respcache resolver dispatcher",
+    ),
+    "dialogs": ("#fef3c7", "digest transaction endpoint"),
+    "media": ("#dcfce7", "sdp dtmf rtp simple"),
+    "servers": (
+        "#fce7f3",
+        "chain blocker dropper registrar redirect authorize proxy stateful_proxy",
+    ),
+    "asyncio": ("#ede9fe", "aio aioua"),
+    "tools": ("#f3f4f6", "cli testing"),
+}
+
+
 def _node_id(module: str) -> str:
     return module.removeprefix("netsip.").replace(".", "_")
 
@@ -421,6 +438,11 @@ def layers_diagram() -> str:
             if any(d in closure[o] for o in direct[m] if o != d):
                 continue  # implied by a longer path
             lines.append(f"    {_node_id(d)} --> {_node_id(m)}")
+    for group, (colour, members) in DIAGRAM_GROUPS.items():
+        nodes = [m for m in members.split() if f"netsip.{m}" in public]
+        if nodes:
+            lines.append(f"    classDef {group} fill:{colour},stroke:#64748b")
+            lines.append(f"    class {','.join(nodes)} {group}")
     lines.append("```")
     return "\n".join(lines)
 
