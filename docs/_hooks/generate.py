@@ -329,19 +329,25 @@ def api_index() -> str:
         "One page per public module, generated from the docstrings and type hints "
         "(mkdocstrings). Private modules (`_name.py`) are the insides of the public "
         "module they serve; what they define that users need is re-exported there. "
-        "The table is README.md's module map, bottom layer first.",
+        "The table follows README.md's module map: bottom layer first.",
         "",
         "| module | ports | what it does |",
         "| --- | --- | --- |",
     ]
     pkg = package()
-    for name in public_modules():
+    order = [path_module(p) for row in module_map() for p in row.paths]
+
+    def layer(name: str) -> tuple[int, str]:
+        base = "netsip.cli" if name.startswith("netsip.cli") else name
+        return (order.index(base) if base in order else -1, name)
+
+    for name in sorted(public_modules(), key=layer):
         row = rows.get(name)
         ports, what = (row.ports, row.what) if row else ("", "")
         if not what:
             obj = pkg if name == "netsip" else pkg[name.removeprefix("netsip.")]
             doc = obj.docstring.value if obj.docstring else ""
-            what = _cell(doc.strip().split("\n\n", 1)[0])
+            what = doc.strip().split("\n\n", 1)[0].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| [`{name}`]({name}.md) | {ports} | {what} |")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,9 @@ package is loaded this extension rewrites every role in every docstring:
   code: there is nothing on the site to link to.
 
 ``~`` shows only the last component, as in Sphinx; ``title <target>`` gives
-the text.
+the text. A reStructuredText literal block marker (a paragraph ending with
+``::``) loses one colon (a ``::`` alone on its line goes): the indented
+block after it is a code block in Markdown already.
 """
 
 from __future__ import annotations
@@ -115,6 +117,14 @@ def convert(text: str, pkg: Any, scope: Any) -> str:
     return ROLE.sub(one, text)
 
 
+LITERAL = re.compile(r"^([ \t]*)(.*?)::[ \t]*$", re.M)
+
+
+def literal_blocks(text: str) -> str:
+    """``text`` with reStructuredText's ``::`` markers as Markdown reads them."""
+    return LITERAL.sub(lambda m: f"{m.group(1)}{m.group(2)}:" if m.group(2) else "", text)
+
+
 def walk(obj: Any) -> Any:
     """Every object defined under ``obj`` (aliases skipped), ``obj`` first."""
     yield obj
@@ -132,4 +142,4 @@ class SphinxRoles(griffe.Extension):
             return
         for obj in walk(pkg):
             if obj.docstring is not None:
-                obj.docstring.value = convert(obj.docstring.value, pkg, obj)
+                obj.docstring.value = literal_blocks(convert(obj.docstring.value, pkg, obj))
