@@ -440,7 +440,7 @@ def layers_diagram() -> str:
     for m in public:
         lines.append(f'    {_node_id(m)}["{m.removeprefix("netsip.")}"]')
     for m in public:
-        for d in sorted(direct[m], key=order.index):
+        for d in sorted(direct[m], key=lambda d: (order.index(d) if d in order else -1, d)):
             if any(d in closure[o] for o in direct[m] if o != d):
                 continue  # implied by a longer path
             lines.append(f"    {_node_id(d)} --> {_node_id(m)}")
