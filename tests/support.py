@@ -708,7 +708,7 @@ class Listen:
 
     def addresses(self, count: int) -> dict[str, Addr]:
         """Wait for ``count`` "listening on" lines; proto -> address."""
-        found = self.err.wait_for(r"listening on (udp|tcp|tls):(\S+)$", count)
+        found = self.err.wait_for(r"listening on (udp|tcp|tls|ws|wss):(\S+)$", count)
         return {m.group(1): Addr.parse(m.group(2)) for m in found}
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
