@@ -67,6 +67,16 @@ hash). No call is proportional to the number of AORs but :meth:`aors`
 redis-py is an optional dependency (``pip install netsip[redis]``),
 imported when a store is made.
 
+Flows are not in Redis: the flow of a binding (RFC 5626, :mod:`netsip.flows`:
+the connection a client that accepts none, such as a browser over
+WebSocket, registered on) is a socket of one process, kept in that
+process's registrar (``Registrar.flows``). A binding that needs a flow is
+reached only by the process holding its connection; the others skip it in
+their lookups (and do not drop it), so a call for it that lands on another
+process finds nobody there (480). With ``netsip proxy --workers N`` the
+kernel spreads connections over the workers: run WebSocket clients
+against one process, or accept that.
+
 Differences from Net::SIP: Net::SIP has no shared store (its registrar
 keeps a hash in the process).
 """

@@ -55,6 +55,7 @@ from netsip.chain import ReceiveChain
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
+from netsip.flows import FlowTable
 from netsip.leg import Leg
 from netsip.packet import Request
 from netsip.proxy import StatelessProxy
@@ -133,6 +134,8 @@ class Simple:
         domain2proxy: Mapping[str, object] | None = None,
     ) -> None:
         self.options: dict[str, str] = {**DEFAULT_OPTIONS}
+        #: the flows shared by the registrar and proxy this agent creates (RFC 5626)
+        self.flows = FlowTable()
         self.options.update({k.lower(): v for k, v in (options or {}).items()})
         self._own_loop = dispatcher is None and loop is None
         if dispatcher is not None:
@@ -509,6 +512,7 @@ class Simple:
         the chain of the two.
         """
         auth = self._auth_from(args)
+        args.setdefault("flows", self.flows)  # (the proxies created here read them)
         registrar = Registrar(dispatcher=self.dispatcher, **args)
         return self._behind(auth, registrar, methods=["REGISTER"])
 
@@ -520,6 +524,7 @@ class Simple:
         as for :meth:`create_registrar` (challenging with 407).
         """
         args.setdefault("auth_i_am_proxy", True)
+        args.setdefault("flows", self.flows)
         auth = self._auth_from(args)
         return self._behind(auth, StatelessProxy(dispatcher=self.dispatcher, **args))
 
@@ -529,6 +534,7 @@ class Simple:
         :class:`~netsip.stateful_proxy.StatefulProxy`, and ``auth_*`` as for
         :meth:`create_stateless_proxy`."""
         args.setdefault("auth_i_am_proxy", True)
+        args.setdefault("flows", self.flows)
         auth = self._auth_from(args)
         return self._behind(auth, StatefulProxy(dispatcher=self.dispatcher, **args))
 

@@ -287,6 +287,41 @@ class SocketPool:
         """The peers of the current connections (not the master), oldest first."""
         return [c.peer for c in self._conns.values() if c.peer is not None]
 
+    def has_connection(self, dst: object) -> bool:
+        """Whether a stream connection to ``dst`` is open (or being set up).
+
+        :meth:`sendto` to ``dst`` then uses it and opens none: a flow
+        (RFC 5626) to a client that accepts no connections. Always False for
+        UDP and for a closed pool.
+        """
+        stream = self._stream
+        if stream is None or self._closed:
+            return False
+        target = dst if isinstance(dst, Addr) else Addr.parse(dst)
+        master = stream.master
+        if master.peer is not None and not master.closed:
+            return (master.peer.addr, master.peer.port) == (target.addr, target.port)
+        return bool(stream.by_peer.get((target.addr, target.port)))
+
+    def keep_connection(self, dst: object, until: float) -> bool:
+        """Keep the connections to ``dst`` open until ``until`` (loop time) even if idle.
+
+        A registrar calls this for a flow (RFC 5626): the client is reached
+        over its connection only, so the pool's idle expiry must not close
+        it while the binding lives. The peer closing it still closes it.
+
+        Returns:
+            Whether there was a connection to ``dst``.
+        """
+        stream = self._stream
+        if stream is None or self._closed:
+            return False
+        target = dst if isinstance(dst, Addr) else Addr.parse(dst)
+        conns = stream.by_peer.get((target.addr, target.port))
+        for conn in conns or ():
+            conn.keep_until = until
+        return bool(conns)
+
     def attach_eventloop(self, loop: EventLoopLike | None, callback: Callback = None) -> None:
         """Attach to ``loop`` and deliver every received packet to ``callback``.
 
