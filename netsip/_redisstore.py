@@ -290,6 +290,7 @@ class RedisStore:
     # ---------------------------------------------------------------- the protocol
 
     def get(self, aor: str, now: float) -> list[Binding]:
+        """The bindings of ``aor`` not expired at ``now`` (:meth:`RegistrationStore.get`)."""
         self._seen = None
         raw = self._call(now, "HGETALL", self.key(aor))
         if not isinstance(raw, dict):
@@ -312,6 +313,11 @@ class RedisStore:
         return live
 
     def put(self, aor: str, bindings: Sequence[Binding], now: float) -> None:
+        """Replace the bindings of ``aor`` atomically, a Lua script (:meth:`RegistrationStore.put`).
+
+        After a :meth:`get` of the same AOR only what changed is written, and a
+        binding another process changed meanwhile raises :class:`RedisStoreError`.
+        """
         seen = self._seen[1] if self._seen is not None and self._seen[0] == aor else None
         self._seen = None
         new = {_field(b): b for b in bindings}
@@ -341,6 +347,7 @@ class RedisStore:
             ) from exc
 
     def delete(self, aor: str) -> None:
+        """Forget ``aor`` and its bindings (``DEL`` of its hash)."""
         self._seen = None
         self._call(None, "DEL", self.key(aor))
 

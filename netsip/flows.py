@@ -177,9 +177,11 @@ class FlowTable:
             contact: the contact URI as registered.
             flow: the leg and peer the REGISTER came from.
             expires: absolute time, on the registrar's loop clock.
-            instance, reg_id: RFC 5626 4.1, 4.2: a flow of an outbound
-                client, kept beside its other flows; without them the flow
-                replaces the contact's plain one.
+            instance: the ``+sip.instance`` of an outbound client (RFC 5626
+                4.1); with ``reg_id`` its flow is kept beside its other
+                flows, without them the flow replaces the contact's plain
+                one.
+            reg_id: the ``reg-id`` of that flow (RFC 5626 4.2).
         """
         key = contact_key(contact)
         ident = (instance, reg_id) if instance is not None and reg_id is not None else None

@@ -129,9 +129,14 @@ class Located(Protocol):
     """A contact as a registrar's store has it (:class:`netsip.registrar.Binding`)."""
 
     @property
-    def contact(self) -> str: ...
+    def contact(self) -> str:
+        """The contact URI."""
+        ...
+
     @property
-    def q(self) -> float | None: ...
+    def q(self) -> float | None:
+        """Its q-value (RFC 3261 20.10), or None without one."""
+        ...
 
 
 #: what ``lookup`` returns per contact: a URI, ``(uri, q)``, or a binding
@@ -227,8 +232,12 @@ class StatefulProxy(StatelessProxy):
             q, highest first, equal q in parallel).
         timer_c: seconds of Timer C (RFC 3261 16.6 step 11 wants more than
             180).
-        rewrite_contact, rewrite_crypt, nathelper, force_rewrite, flows,
-            flow_tokens: as for :class:`StatelessProxy`.
+        rewrite_contact: as for :class:`StatelessProxy`.
+        rewrite_crypt: as for :class:`StatelessProxy`.
+        nathelper: as for :class:`StatelessProxy`.
+        force_rewrite: as for :class:`StatelessProxy`.
+        flows: as for :class:`StatelessProxy`.
+        flow_tokens: as for :class:`StatelessProxy`.
 
     Raises:
         ValueError: an unknown ``forking`` or a ``timer_c`` not above 0.

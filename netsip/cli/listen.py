@@ -283,9 +283,11 @@ class ListenStats:
 
     @property
     def requests(self) -> int:
+        """Requests answered, all transports."""
         return sum(self.by_proto.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict (``--json`` and the workers' summary)."""
         end = self.stopped if self.stopped is not None else time.monotonic()
         return {
             "requests": self.requests,
