@@ -529,6 +529,7 @@ RFC_SECTIONS = (
     ("dialogs.md", "RFC rules implemented, and the tests that pin them"),
     ("ua.md", "What works, and the tests that pin it"),
     ("servers.md", "What works, and the tests that pin it"),
+    ("webrtc.md", "The RFCs"),
 )
 
 
