@@ -16,7 +16,9 @@ the proxy reaches it only over the WebSocket connection it registered on.
 Node has no RTCPeerConnection: ``tests/webrtc/node_env.js`` stands in with a
 fixed RTP/AVP PCMU SDP and no media. Chromium offers real WebRTC SDP (ICE,
 DTLS-SRTP); the netsip side answers it with a hand-made SDP that the browser
-accepts (:func:`webrtc_answer`), and no media flows: signalling is tested.
+accepts (:func:`webrtc_answer`), and no media flows between them: signalling
+is tested. Two browser phones calling each other through the proxy do have
+media (ICE connects, RTP arrives): the proxy passes their SDP through.
 """
 
 from __future__ import annotations

@@ -174,6 +174,7 @@ class NodePeer:
         self.config = {"timeout": PEER_TIMEOUT - 5, **config}
         env = dict(os.environ)
         env.pop("NODE_OPTIONS", None)
+        env.pop("NODE_EXTRA_CA_CERTS", None)  # (only the CA given here)
         if ca is not None:
             env["NODE_EXTRA_CA_CERTS"] = ca
         self.stderr_path = packages.dir / f"{script}-{time.monotonic_ns()}.err"
