@@ -62,6 +62,8 @@ from netsip.proxy import StatelessProxy
 from netsip.registrar import Registrar
 from netsip.stateful_proxy import StatefulProxy
 from netsip.util import (
+    DEFAULT_PORTS,
+    PROTOS,
     Addr,
     Proto,
     Var,
@@ -96,8 +98,10 @@ class Simple:
     Args:
         from_: our address (``"sip:alice@example.org"``, or ``"alice"`` with
             ``domain``).
-        leg: one leg: a :class:`Leg`, ``"[proto:]ip[:port]"``, a socket, or a
-            mapping of :class:`Leg` arguments. ``legs``: several.
+        leg: one leg: a :class:`Leg`, ``"[proto:]ip[:port]"`` (proto ``udp``,
+            ``tcp``, ``tls``, ``ws`` or ``wss``; the port defaults to the
+            proto's), a socket, or a mapping of :class:`Leg` arguments.
+            ``legs``: several.
         outgoing_proxy: ``"ip:port"`` or a SIP URI every request goes to.
         registrar: the default registrar of :meth:`register`.
         auth: credentials for 401/407: ``(user, password)``, a mapping realm
@@ -215,7 +219,7 @@ class Simple:
         return Leg(
             proto=cast(Proto, proto or "udp"),
             addr=addr,
-            port=port if port is not None else 5060,
+            port=port if port is not None else DEFAULT_PORTS[proto or "udp"],
             family=family,
             host=host,
             tls=self._tls,
@@ -573,7 +577,7 @@ def _stop_of(var: Any) -> Any:
 
 def _split_proto(spec: str) -> tuple[str | None, str]:
     head, sep, rest = spec.partition(":")
-    if sep and head.lower() in ("udp", "tcp", "tls"):
+    if sep and head.lower() in PROTOS:
         return head.lower(), rest
     return None, spec
 
