@@ -659,6 +659,11 @@ class Request(Packet):
             )
         )
         resp._ckey = ckey
+        if cseq is not None:
+            # (what Response.method() would find: the CSeq's method, known
+            # here without building the response's header index for it)
+            parts = cseq.split()
+            resp._cmethod = parts[1] if len(parts) > 1 else None
         if headers:
             items = (
                 headers.items()
@@ -675,7 +680,11 @@ class Request(Packet):
                 # ...): set_header would scan the headers for it and append;
                 # appended directly (the index is not built yet, and the
                 # transaction id does not depend on it)
-                resp._hdrs.extend([(key, clean_value(v), -1) for v in iter_values(values)])
+                if type(values) is str and "\n" not in values and "\r" not in values:
+                    # (one plain value, the usual case: what clean_value makes of it)
+                    resp._hdrs.append((key, values.strip(" \t"), -1))
+                else:
+                    resp._hdrs.extend([(key, clean_value(v), -1) for v in iter_values(values)])
                 if added is None:
                     added = set()
                 added.add(key)

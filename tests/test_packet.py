@@ -1591,6 +1591,20 @@ def test_response_method_follows_cseq_changes(ops: list[tuple[str, str, list[str
             assert r.method() == want  # (remembered)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["1 INVITE", "1  INVITE", "2 BYE", "3", "", "4 X Y"]), max_size=3),
+    st.sampled_from([None, "7 OPTIONS", "8"]),
+)
+def test_create_response_knows_its_method(cseqs: list[str], given: str | None) -> None:
+    """A response made by create_response knows its method (from the CSeq
+    it copied or was given) as Response.method would find it."""
+    p = Request("INVITE", "sip:b@127.0.0.1", [("cseq", c) for c in cseqs])
+    r = p.create_response(180, headers={"cseq": given} if given is not None else None)
+    with contextlib.suppress(PacketError):  # (several different CSeqs)
+        assert r.method() == plain_response_method(r)
+
+
 # ------------------------------------------------- refused requests get a 400
 
 _REFUSED_HEAD = (
