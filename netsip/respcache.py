@@ -20,12 +20,12 @@ expiry costs O(1) per entry (no scan of the whole cache).  The caller passes
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from netsip._abnf import NAME_ADDR_TAG_RE, TAG_PARAM_RE
 
-__all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
+__all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key", "key_of"]
 
 #: seconds a response is kept: 64*T1 (RFC 3261 17.2.1 Timer H / 17.2.2 Timer J)
 CACHE_TIME = 32.0
@@ -76,14 +76,15 @@ def cache_key(packet: HeaderSource) -> str:
     values: Callable[[str], Sequence[str]] = (
         getattr(packet, "header_values", None) or packet.get_headers
     )
-    return "\0".join(
-        (
-            ",".join(values("cseq")),
-            ",".join(values("call-id")),
-            ",".join(values("from")),
-            _key_to(",".join(values("to"))),
-        )
-    )
+    return key_of(values("cseq"), values("call-id"), values("from"), values("to"))
+
+
+def key_of(
+    cseq: Sequence[str], callid: Sequence[str], frm: Sequence[str], to: Sequence[str]
+) -> str:
+    """The cache key of a message with these CSeq, Call-ID, From and To
+    values (:func:`cache_key` once the values are at hand)."""
+    return "\0".join((",".join(cseq), ",".join(callid), ",".join(frm), _key_to(",".join(to))))
 
 
 def _key_to(to: str) -> str:
@@ -180,6 +181,14 @@ class ResponseCache(Generic[R]):
             self.expire(now)
             return None
         return self._entries[key]
+
+    @property
+    def expires(self) -> Mapping[str, float]:
+        """When each entry expires, by key (read only; the same object for
+        the cache's life, so a caller may keep it: ``key in expires`` is
+        the cheapest test whether a key may have a response; :meth:`get`
+        decides)."""
+        return self._expires
 
     @property
     def bytes(self) -> int:
