@@ -479,6 +479,13 @@ class Dispatcher:
         if timers is not None:
             schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
         try:
+            if direct is not None and schedule is not None:
+                # (a final response to INVITE over UDP: one known target)
+                assert leg is not None
+                self._delivery.deliver_direct(
+                    packet, leg, direct, schedule, callback, id, callid, proto
+                )
+                return
             self._delivery.deliver(
                 packet,
                 leg=leg,
