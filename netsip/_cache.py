@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import TypeAlias, TypeVar
 
 __all__ = [
+    "CSEQ_NUMBER_CACHE",
     "FIRST_CACHE",
     "HEADER_START_CACHE",
     "KEY_CACHE",
@@ -102,3 +103,8 @@ PREFIX_SEEN: BoundedCache[str, bool] = BoundedCache(1024)
 # A normalised key -> "Canonical-Name: ", the start of a header line netsip
 # writes (netsip.packet).
 HEADER_START_CACHE: BoundedCache[str, str] = BoundedCache(2048)
+
+# A CSeq value -> its number, -1 if it is not a valid CSeq (netsip.packet's
+# cseq_number: a dialog's few values, "1 INVITE", "2 BYE", come back in
+# every call).
+CSEQ_NUMBER_CACHE: BoundedCache[str, int] = BoundedCache(1024)

@@ -222,7 +222,7 @@ def test_bounded_cache_empties_when_full() -> None:
     cache.put("3", 3)
     assert cache == {"3": 3}
     caches = [v for v in vars(_cache).values() if isinstance(v, _cache.BoundedCache)]
-    assert len(caches) == 7
+    assert len(caches) == 8
     assert all(0 < c.maxsize <= 4096 for c in caches)
 
 
@@ -1651,3 +1651,24 @@ def test_warning_text_is_quoted_printable_ascii_and_bounded() -> None:
     text = packet_mod.warning('bad "value" \\ \r\n\x00é' + "x" * 200)
     assert text.startswith('399 netsip "bad ?value? ? ????')
     assert len(text) == len('399 netsip ""') + 100 and text.endswith('"')
+
+
+@pytest.mark.parametrize(
+    "cseq", ["1 INVITE", "007 ACK", "1", "x INVITE", "2\tBYE", "3 BYE extra", "4294967295 BYE", ""]
+)
+def test_cseq_number_remembered_as_matched(cseq: str) -> None:
+    """cseq_number remembers a CSeq value's number (the same the second time)."""
+    p = Request("INVITE", "sip:b@127.0.0.1", [("cseq", cseq)] if cseq else [])
+    m = _abnf.CSEQ_RE.fullmatch(cseq)
+    want = int(m.group(1)) if m else None
+    assert p.cseq_number() == want
+    assert p.cseq_number() == want
+
+
+@given(st.lists(st.sampled_from(["Via", "To", "v", "X-A", "Route", "Call-ID"]), max_size=6))
+def test_header_index_as_the_long_way(names: list[str]) -> None:
+    """The index (one comprehension unless a header repeats) holds every value in order."""
+    p = Request("OPTIONS", "sip:b@127.0.0.1", [(n, f"<sip:{i}@h>") for i, n in enumerate(names)])
+    for key in {normalize_header_key(n) for n in names} | {"from"}:
+        want = tuple(v for k, v in p.header_items() if k == key)
+        assert p.header_values(key) == want
