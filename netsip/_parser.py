@@ -34,7 +34,11 @@ Performance plan:
   :mod:`netsip._cache`: whole valid lines (``LINE_CACHE``); Via and From/To
   lines without their last parameter, the branch or tag that is all that is
   new in them (``PREFIX_CACHE``); the Call-ID line is validated by one
-  match. Only a line none of these know takes the general way
+  match. A tagged From/To line or a Call-ID line found valid these ways
+  enters ``LINE_CACHE`` too: the dialog's later requests (ACK, BYE) repeat
+  it (a Via, with a branch per transaction, does not enter; a full cache is
+  emptied, so lines unique per call only make the stable lines be checked
+  again once per few thousand lines). Only a line none of these know takes the general way
   (:func:`_parse_line`), which fills the caches. What depends on the other
   lines of the message (conflicting single values, the CSeq method) is
   checked for every line, cached or not, in one place. The transaction id
@@ -279,6 +283,7 @@ def _build(
     once: dict[str, str] = {}
     cseq_method: str | None = None
     line_get = _line_get
+    line_put = LINE_CACHE.put
     prefix_get = _prefix_get
     last_param = LAST_PARAM_RE.fullmatch
     callid_line = CALLID_LINE_RE.fullmatch
@@ -301,11 +306,18 @@ def _build(
                 key, single, vstart = seen
                 value = line[vstart:]
                 values = cm = None
+                if single and len(line) <= LINE_CACHE_LINE_MAX:
+                    # a tagged From/To: the same line comes back in the
+                    # dialog's later requests (ACK, BYE), a Via (a branch
+                    # per transaction) does not
+                    line_put(line, (key, value, None, True, None))
             elif i <= 0 and (m := callid_line(line)) is not None:
                 key = "call-id"
                 value = m[1]
                 single = True
                 values = cm = None
+                if len(line) <= LINE_CACHE_LINE_MAX:
+                    line_put(line, (key, value, None, True, None))  # (likewise)
             else:
                 key, value, values, single, cm = _parse_line(line, i)
         # what depends on the other lines of the message: done for every line

@@ -1322,6 +1322,9 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
             # the shortcut is taken for valid heads
             assert f"{name}: {heads[0]}" in _cache.PREFIX_CACHE
             assert outcome(message_with(name, value)) == cold, value
+            # and again: a tagged From/To line taken by the shortcut is a whole
+            # line the cache knows now (the dialog's ACK and BYE repeat it)
+            assert outcome(message_with(name, value)) == cold, value
 
 
 @settings(max_examples=300, deadline=None)
@@ -1672,3 +1675,16 @@ def test_header_index_as_the_long_way(names: list[str]) -> None:
     for key in {normalize_header_key(n) for n in names} | {"from"}:
         want = tuple(v for k, v in p.header_items() if k == key)
         assert p.header_values(key) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from(list('ab1@.-_ ;:<>"\t')), min_size=0, max_size=8))
+def test_a_remembered_callid_line_parses_as_the_first_time(callid: str) -> None:
+    """A Call-ID line validated by its pattern enters the line cache: the
+    next message with it (the dialog's ACK, BYE) parses the same."""
+    data = (f"OPTIONS sip:b@h SIP/2.0\r\nCall-ID: {callid}\r\n"
+            "Content-Length: 0\r\n\r\n").encode()  # fmt: skip
+    clear_caches()
+    cold = outcome(data)
+    assert outcome(data) == cold
+    assert outcome(data) == cold
