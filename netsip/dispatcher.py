@@ -467,7 +467,8 @@ class Dispatcher:
                     invoke_callback(callback, errno_of(exc))
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
-                    self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                    data = packet.as_bytes()
+                    self._cache.put(_cache_key(packet), data, now, len(data))
                     if self._cache_timer is None:  # (armed all the time under load)
                         self._arm_cache_timer()
                 return
@@ -503,7 +504,8 @@ class Dispatcher:
                 # the leg added, so its wire form is final: kept as for a
                 # response sent once above (it was serialised once, and bytes
                 # cost the cyclic GC nothing for the 32 s they are kept)
-                self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                data = packet.as_bytes()
+                self._cache.put(_cache_key(packet), data, now, len(data))
                 if self._cache_timer is None:
                     self._arm_cache_timer()
 

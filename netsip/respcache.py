@@ -136,33 +136,40 @@ class ResponseCache(Generic[R]):
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def put(self, key: str, response: R, now: float) -> None:
+    def put(self, key: str, response: R, now: float, nbytes: int | None = None) -> None:
         """Store (or replace) the response for ``key``, valid until ``now + lifetime``.
 
         Args:
             key: see :func:`cache_key`.
             response: the response to keep.
             now: the current time.
+            nbytes: what the size function gives for ``response``, if the
+                caller knows it already (it is then not called).
         """
         entries = self._entries
+        expires = self._expires
         if key in entries:
             entries.move_to_end(key)  # stored again: it now expires last
         entries[key] = response
-        self._expires[key] = now + self.lifetime
+        expires[key] = now + self.lifetime
         size = self._size
         if size is not None:
-            n = size(response)
+            n = size(response) if nbytes is None else nbytes
             limit = self.max_bytes
             if limit is not None and n > limit:
                 # bigger than the whole cache: keeping it would evict all
                 self.discard(key)
                 return
-            self._bytes += n - self._sizes.get(key, 0)
-            self._sizes[key] = n
-            limit = self.max_bytes
+            sizes = self._sizes
+            self._bytes += n - sizes.get(key, 0)
+            sizes[key] = n
             if limit is not None and self._bytes > limit:
                 self._shrink(limit)
-        self.expire(now)
+        # expire(now), its usual case inline: the oldest entry is still valid
+        for oldest in entries:
+            if expires[oldest] < now:
+                self.expire(now)
+            break
 
     def get(self, key: str, now: float) -> R | None:
         """The response stored for ``key`` unless it has expired.
