@@ -562,6 +562,42 @@ def test_no_ack_ends_call_with_bye(world: World) -> None:
     assert 5 <= len(oks) <= 12  # T1 doubling to T2 over 32 s
 
 
+def test_no_ack_after_a_2xx_that_could_not_be_sent_again(world: World) -> None:
+    """A retransmission of the 2xx fails (its delivery ends early): the ACK
+    is still awaited until 64*T1 after the answer, then BYE (13.3.1.4)."""
+    raw = world.raw()
+    bob = world.node(accept)
+    raw.send(_invite(raw, bob.uri), bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    deliver = bob.leg.deliver
+
+    def refused(*args: object, **kw: object) -> None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+    bob.leg.deliver = refused  # type: ignore[method-assign]
+    world.advance(1.0)  # the retransmission at T1 fails
+    assert bob.disp.queue_size() == 0
+    bob.leg.deliver = deliver  # type: ignore[method-assign]
+    world.advance(30.0)
+    assert not raw.requests("BYE")
+    assert len(bob.ep) == 1
+    world.advance(1.5)
+    world.drive(lambda: raw.requests("BYE"), "BYE")
+    assert len([r for r in raw.responses() if r.code() == 200]) == 1
+
+
+def test_no_ack_within_a_timeout_of_the_endpoint_s_own(world: World) -> None:
+    """An Endpoint timeout other than 64*T1: the ACK is awaited that long."""
+    raw = world.raw()
+    bob = world.node(accept, timeout=8.0)
+    raw.send(_invite(raw, bob.uri), bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    world.advance(7.5)
+    assert not raw.requests("BYE")
+    world.advance(1.0)
+    world.drive(lambda: raw.requests("BYE"), "BYE")
+
+
 def test_cancel_matched_to_invite(world: World) -> None:
     """CANCEL gets 200 and its INVITE 487; the context is gone."""
     raw = world.raw()
