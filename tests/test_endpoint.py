@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from netsip._abnf import TAG_VALUE_RE
+from netsip._dialog import header_tag
 from netsip.digest import Status, make_challenge, verify
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Context, Endpoint
@@ -1233,3 +1237,11 @@ def test_cancel_outcome_when_487_comes_first(world: World) -> None:
     world.drive(lambda: cancelled.events and 487 in alice.codes(), "both outcomes")
     assert cancelled.codes() == [200]
     assert ctx.closed and len(alice.ep) == 0
+
+
+@given(st.text(st.sampled_from(list('<>;tagTAG= \t,x"')), max_size=14))
+def test_header_tag_as_the_pattern_finds_it(value: str) -> None:
+    """header_tag's shortcut (no ';', no tag) agrees with the pattern alone."""
+    params = value.rpartition(">")[2] if "<" in value else value
+    m = TAG_VALUE_RE.search(params)
+    assert header_tag(value) == (m.group(1) if m and value else None)
