@@ -86,7 +86,12 @@ def count(
             raise RuntimeError(f"{kind} UAS did not start: {line!r}")
         dst = (line[1].decode(), int(line[2]))
         _sipp(dst, warmup, concurrency, workdir)
-        subprocess.run([control, "--zero", str(uas.pid)], stdout=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [control, "--zero", str(uas.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         # the UAS waits in epoll: a signal (its STATS line) makes it run and
         # so take the request to zero the counters
         time.sleep(0.5)
