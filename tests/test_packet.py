@@ -222,7 +222,7 @@ def test_bounded_cache_empties_when_full() -> None:
     cache.put("3", 3)
     assert cache == {"3": 3}
     caches = [v for v in vars(_cache).values() if isinstance(v, _cache.BoundedCache)]
-    assert len(caches) == 8
+    assert len(caches) == 9
     assert all(0 < c.maxsize <= 4096 for c in caches)
 
 
@@ -1292,6 +1292,7 @@ TAILS = [";branch=z9hG4bK-1", ";tag=abc", ";tag=a\\b", ";tag=", ";tag", ";tag=a 
 
 def clear_caches() -> None:
     _cache.LINE_CACHE.clear()
+    _cache.DIALOG_LINE_CACHE.clear()
     _cache.PREFIX_CACHE.clear()
     _cache.PREFIX_SEEN.clear()
     _cache.FIRST_CACHE.clear()
