@@ -30,6 +30,8 @@ from __future__ import annotations
 from typing import TypeAlias, TypeVar
 
 __all__ = [
+    "CSEQ_NUMBER_CACHE",
+    "DIALOG_LINE_CACHE",
     "FIRST_CACHE",
     "HEADER_START_CACHE",
     "KEY_CACHE",
@@ -90,6 +92,11 @@ LINE_CACHE_LINE_MAX = 256
 
 # A valid start line -> (method, 0, Request-URI) or (None, code, phrase). A
 # UAS sees the same Request-URI again and again, a UAC the same status lines.
+# A tagged From/To line or a Call-ID line -> as LINE_CACHE: lines unique per
+# call (dialog) that its later requests repeat; small, about the calls in
+# flight (netsip._parser).
+DIALOG_LINE_CACHE: BoundedCache[str, LineEntry] = BoundedCache(256)
+
 FIRST_CACHE: BoundedCache[str, tuple[str | None, int, str]] = BoundedCache(1024)
 
 # A Via or From/To line up to its last ';' -> (key, single-valued, offset of
@@ -102,3 +109,8 @@ PREFIX_SEEN: BoundedCache[str, bool] = BoundedCache(1024)
 # A normalised key -> "Canonical-Name: ", the start of a header line netsip
 # writes (netsip.packet).
 HEADER_START_CACHE: BoundedCache[str, str] = BoundedCache(2048)
+
+# A CSeq value -> its number, -1 if it is not a valid CSeq (netsip.packet's
+# cseq_number: a dialog's few values, "1 INVITE", "2 BYE", come back in
+# every call).
+CSEQ_NUMBER_CACHE: BoundedCache[str, int] = BoundedCache(1024)

@@ -144,6 +144,22 @@ class QueueEntry:
         return True
 
 
+def _unindex(index: dict[str, list[QueueEntry]], key: str, entry: QueueEntry) -> None:
+    """Take ``entry`` out of ``index[key]`` (and the key out once empty)."""
+    lst = index.get(key)
+    if lst is None:
+        return
+    if len(lst) == 1:
+        if lst[0] is entry:  # (the usual case: one delivery per id and tid)
+            del index[key]
+        return
+    # (not contextlib.suppress: this runs for every queued delivery)
+    if entry in lst:
+        lst.remove(entry)
+    if not lst:
+        del index[key]
+
+
 def via_uri(packet: Packet) -> str | None:
     """Where a response goes by its top Via (RFC 3261 18.2.2, RFC 3581), as a URI."""
     vias = packet.get_headers("via")
@@ -255,6 +271,36 @@ class DeliveryQueue:
             protos = entry.proto or list(dict.fromkeys(x.proto for x in legs))
             self._uri.dns_hosts(expand(dsts, protos), legs, partial(self._resolved, entry))
 
+    def deliver_direct(  # noqa: PLR0917  (positional: it runs for every call's 2xx)
+        self,
+        packet: Packet,
+        leg: Leg,
+        direct: Addr,
+        schedule: RetransmitSchedule,
+        callback: object,
+        id: str | None,
+        callid: str | None,
+        proto: Sequence[Proto] | None,
+    ) -> None:
+        """:meth:`deliver` of a packet to retransmit to an Addr ``leg``
+        reaches (a final response to INVITE over UDP, usually): the one
+        target is known, nothing to resolve."""
+        tid = packet.tid()
+        target = direct if direct.proto else with_proto(direct, leg.proto)
+        entry = QueueEntry(
+            packet,
+            id if id is not None else tid,
+            callid if callid is not None else (packet.callid() or ""),
+            tid,
+            callback,
+            [(target, leg)],
+            [leg],
+            list(proto) if proto else None,
+            schedule,
+        )
+        self.enqueue(entry)
+        self._send(entry)
+
     def enqueue(self, entry: QueueEntry) -> None:
         entry.queued = True
         self.queue[entry] = None
@@ -270,14 +316,8 @@ class DeliveryQueue:
             return
         entry.queued = False
         del self.queue[entry]
-        for index, key in ((self.by_id, entry.id), (self.by_tid, entry.tid)):
-            lst = index.get(key)
-            if lst is not None:
-                # (not contextlib.suppress: this runs for every queued delivery)
-                if entry in lst:
-                    lst.remove(entry)
-                if not lst:
-                    del index[key]
+        _unindex(self.by_id, entry.id, entry)
+        _unindex(self.by_tid, entry.tid, entry)
 
     # ----------------------------------------------------------- resolving
 

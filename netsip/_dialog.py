@@ -72,6 +72,8 @@ def header_tag(value: str | None) -> str | None:
     if not value:
         return None
     params = value.rpartition(">")[2] if "<" in value else value
+    if ";" not in params:
+        return None  # (no parameter, so no tag: the To of a new request)
     m = TAG_VALUE_RE.search(params)
     return m.group(1) if m else None
 

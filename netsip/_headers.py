@@ -131,9 +131,16 @@ class HeaderFields:
         return index.keys() >= keys
 
     def _build_index(self) -> dict[str, tuple[str, ...]]:
+        hdrs = self._hdrs
+        # the usual message has no header twice: one comprehension, and the
+        # general way below only if a key came back (fewer keys than headers)
+        index: dict[str, tuple[str, ...]] = {k: (v,) for k, v, _ in hdrs}
+        if len(index) == len(hdrs):
+            self._index = index
+            return index
         # linear: a repeated header collects its values in a list first (a
         # tuple grown with += per value made 65,000 values cost seconds)
-        index: dict[str, tuple[str, ...]] = {}
+        index.clear()
         repeated: dict[str, list[str]] | None = None
         for k, v, _ in self._hdrs:
             if k in index:  # (rare: most headers occur once)

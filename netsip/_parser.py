@@ -34,8 +34,13 @@ Performance plan:
   :mod:`netsip._cache`: whole valid lines (``LINE_CACHE``); Via and From/To
   lines without their last parameter, the branch or tag that is all that is
   new in them (``PREFIX_CACHE``); the Call-ID line is validated by one
-  match. Only a line none of these know takes the general way
-  (:func:`_parse_line`), which fills the caches. What depends on the other
+  match. A tagged From/To line or a Call-ID line found valid these ways
+  enters ``DIALOG_LINE_CACHE``, looked up after ``LINE_CACHE``: the
+  dialog's later requests (ACK, BYE) repeat it (a Via, with a branch per
+  transaction, does not enter). That cache is small (the calls in flight),
+  apart from the stable lines, so that lines unique per call neither evict
+  those nor hold much memory. Only a line none of these know takes the
+  general way (:func:`_parse_line`), which fills the caches. What depends on the other
   lines of the message (conflicting single values, the CSeq method) is
   checked for every line, cached or not, in one place. The transaction id
   is made while Call-ID and CSeq are at hand.
@@ -64,6 +69,7 @@ from netsip._abnf import (
     VIA_RE,
 )
 from netsip._cache import (
+    DIALOG_LINE_CACHE,
     FIRST_CACHE,
     LINE_CACHE,
     LINE_CACHE_LINE_MAX,
@@ -112,6 +118,7 @@ Parts: TypeAlias = tuple[
 
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
 _line_get = LINE_CACHE.get
+_dialog_get = DIALOG_LINE_CACHE.get
 _prefix_get = PREFIX_CACHE.get
 _seen_get = PREFIX_SEEN.get
 _first_get = FIRST_CACHE.get
@@ -279,6 +286,8 @@ def _build(
     once: dict[str, str] = {}
     cseq_method: str | None = None
     line_get = _line_get
+    dialog_get = _dialog_get
+    dialog_put = DIALOG_LINE_CACHE.put
     prefix_get = _prefix_get
     last_param = LAST_PARAM_RE.fullmatch
     callid_line = CALLID_LINE_RE.fullmatch
@@ -286,6 +295,8 @@ def _build(
     cm: str | None
     for lineno, line in enumerate(flat):
         hit = line_get(line)
+        if hit is None:
+            hit = dialog_get(line)
         if hit is not None:
             # a line seen (and found valid) before
             key, value, values, single, cm = hit
@@ -301,11 +312,18 @@ def _build(
                 key, single, vstart = seen
                 value = line[vstart:]
                 values = cm = None
+                if single and len(line) <= LINE_CACHE_LINE_MAX:
+                    # a tagged From/To: the same line comes back in the
+                    # dialog's later requests (ACK, BYE), a Via (a branch
+                    # per transaction) does not
+                    dialog_put(line, (key, value, None, True, None))
             elif i <= 0 and (m := callid_line(line)) is not None:
                 key = "call-id"
                 value = m[1]
                 single = True
                 values = cm = None
+                if len(line) <= LINE_CACHE_LINE_MAX:
+                    dialog_put(line, (key, value, None, True, None))  # (likewise)
             else:
                 key, value, values, single, cm = _parse_line(line, i)
         # what depends on the other lines of the message: done for every line

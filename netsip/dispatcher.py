@@ -81,7 +81,7 @@ from netsip._uriresolve import SRV_PRIO_UNDEF, Dest, Target, UriResolver
 from netsip.eventloop import EventLoop, EventLoopLike, TimerLike
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response, canonical_header_name
-from netsip.respcache import ResponseCache, cache_key
+from netsip.respcache import ResponseCache, key_of
 from netsip.retransmit import RetransmitSchedule, retransmit_timers
 from netsip.util import Addr, NetSIPError, Proto, errno_of, invoke_callback
 
@@ -109,7 +109,14 @@ def _cache_key(packet: Packet) -> str:
     ``Request.create_response``)."""
     key = packet._ckey
     if key is None:
-        key = packet._ckey = cache_key(packet)
+        # (cache_key's header_values, read from the packet's index at once)
+        index = packet._index
+        if index is None:
+            index = packet._build_index()
+        get = index.get
+        key = packet._ckey = key_of(
+            get("cseq", ()), get("call-id", ()), get("from", ()), get("to", ())
+        )
     return key
 
 
@@ -193,6 +200,9 @@ class Dispatcher:
         self._cache: ResponseCache[Response | bytes] = ResponseCache(
             max_bytes=int(get_settings()["MAX_RESPONSE_CACHE"]), size=_wire_size
         )
+        # the cache's expiry times by key (never replaced): receive() asks
+        # it whether a request's key is there, without a call
+        self._cache_expires = self._cache.expires
         self._overrides: dict[str, float] = {}  # (what the settings table asks of us)
         track_settings(self)
         self._cache_timer: TimerLike | None = None
@@ -346,20 +356,26 @@ class Dispatcher:
         ``(packet, leg, from_)``.
         """
         if packet.is_request():
-            if self._cache:
-                # the cache lookup runs for every request: its key is the only
-                # work on a miss (the usual case), _cached_response only on a hit
+            if packet.method() == "ACK":
+                # an ACK has no response (17.1.1.3), so none in the cache
+                # either; it ends the retransmission of its INVITE's final
+                # response
+                if self._by_tid:
+                    self._delivery.cancel_by_tid(packet.tid(), requests=False)
+            elif self._cache_expires:
+                # the cache lookup runs for every request: its key and a
+                # dict lookup are the only work on a miss (the usual case),
+                # the cache's get and _cached_response only on a hit
                 key = _cache_key(packet)
-                cached = self._cache.get(key, self.eventloop.looptime)
-                if cached is not None:
-                    cached = self._cached_response(key, cached)
-                if cached is not None:
-                    # a retransmission: answer it, the receiver saw it already
-                    log.debug("answering retransmitted request from cache")
-                    leg.deliver(cached, from_)
-                    return
-            if self._by_tid and packet.method() == "ACK":
-                self._delivery.cancel_by_tid(packet.tid(), requests=False)
+                if key in self._cache_expires:
+                    cached = self._cache.get(key, self.eventloop.looptime)
+                    if cached is not None:
+                        cached = self._cached_response(key, cached)
+                    if cached is not None:
+                        # a retransmission: answer it, the receiver saw it already
+                        log.debug("answering retransmitted request from cache")
+                        leg.deliver(cached, from_)
+                        return
         elif self._by_tid and (packet.method() == "INVITE" or cast(Response, packet).code() >= 200):
             # a provisional response ends the retransmission of an INVITE
             # (17.1.1.2) but not of another request (17.1.2.2: on at T2)
@@ -453,7 +469,8 @@ class Dispatcher:
                     invoke_callback(callback, errno_of(exc))
                 if cache:
                     # sent as it is now (the leg adds its headers): keep the wire form
-                    self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                    data = packet.as_bytes()
+                    self._cache.put(_cache_key(packet), data, now, len(data))
                     if self._cache_timer is None:  # (armed all the time under load)
                         self._arm_cache_timer()
                 return
@@ -465,6 +482,13 @@ class Dispatcher:
         if timers is not None:
             schedule = RetransmitSchedule(start=now, t1=timers[0], cap=timers[1])
         try:
+            if direct is not None and schedule is not None:
+                # (a final response to INVITE over UDP: one known target)
+                assert leg is not None
+                self._delivery.deliver_direct(
+                    packet, leg, direct, schedule, callback, id, callid, proto
+                )
+                return
             self._delivery.deliver(
                 packet,
                 leg=leg,
@@ -482,7 +506,8 @@ class Dispatcher:
                 # the leg added, so its wire form is final: kept as for a
                 # response sent once above (it was serialised once, and bytes
                 # cost the cyclic GC nothing for the 32 s they are kept)
-                self._cache.put(_cache_key(packet), packet.as_bytes(), now)
+                data = packet.as_bytes()
+                self._cache.put(_cache_key(packet), data, now, len(data))
                 if self._cache_timer is None:
                     self._arm_cache_timer()
 

@@ -433,13 +433,14 @@ class Endpoint:
         """
         method = response.method()
         code = response.code()
+        callback = None
         if ctx is not None and not ctx.closed:
             if method == "INVITE":
-                self._answering_invite(ctx, response, code)
+                callback = self._answering_invite(ctx, response, code, leg)
             elif code >= 200 and ctx.incoming and not ctx.established and ctx.method != "INVITE":
                 # a transaction outside a dialog (OPTIONS, MESSAGE ...) is over
                 self.close_context(ctx)
-        self.dispatcher.deliver(response, leg=leg, dst_addr=addr)
+        self.dispatcher.deliver(response, leg=leg, dst_addr=addr, callback=callback)
 
     # ----------------------------------------------------------- receiving
 
@@ -1032,30 +1033,63 @@ class Endpoint:
         if not call.established:
             self.close_context(call)
 
-    def _answering_invite(self, ctx: Context, response: Response, code: int) -> None:
-        """The application answers an INVITE of ``ctx``."""
+    def _answering_invite(
+        self, ctx: Context, response: Response, code: int, leg: Leg | None
+    ) -> Callable[[int], None] | None:
+        """The application answers an INVITE of ``ctx``.
+
+        Returns:
+            For a 2xx whose retransmissions over ``leg`` time out when the
+            ACK is overdue, the callback of its delivery (that timeout is
+            the ACK's: no timer of its own), else None.
+        """
         server = ctx.server
         if server is None or server.tid != response.tid():
-            return
+            return None
         if server.timer is not None:
             server.timer.cancel()
             server.timer = None
         if code < 200:
             server.last = response
-            return
+            return None
         ctx.server = None
         if code >= 300:
             if not ctx.established:
                 # the call failed; the dispatcher retransmits the response
                 # until the ACK (Timer G/H) without the context
                 self.close_context(ctx)
-            return
+            return None
         if not ctx.established:
             ctx.established = True
             ctx.remote_tag = header_tag(server.request.get_header("from"))
         # 13.3.1.4: no ACK within 64*T1: confirm, then end the session
-        ctx.awaiting_ack = response.tid()
+        tid = ctx.awaiting_ack = response.tid()
+        if (
+            leg is not None
+            and self.timeout == 64 * T1
+            and self.dispatcher.do_retransmits
+            and leg.do_retransmits()
+        ):
+            # the dispatcher retransmits the 2xx from T1 and gives up after
+            # 64*T1, just when the ACK is overdue: its ETIMEDOUT is ours
+            # (the ACK, or closing the context, cancels the delivery)
+            self._cancel_timer(ctx, "ack")
+            return partial(self._ack_wait_over, ctx, tid, self._loop.looptime)
         self._arm(ctx, "ack", self.timeout, self._no_ack)
+        return None
+
+    def _ack_wait_over(self, ctx: Context, tid: str, since: float, err: int) -> None:
+        """The delivery of the 2xx ``tid`` of ``ctx`` ended without its ACK."""
+        if ctx.closed or ctx.awaiting_ack != tid:
+            return
+        if err == errno.ETIMEDOUT:
+            self._no_ack(ctx)
+            return
+        # the 2xx could not be sent (again): the ACK may still come until
+        # 64*T1 after the answer, as if the retransmissions had gone out
+        log.info("the 2xx of %s was not delivered (%s)", ctx.callid, errno.errorcode.get(err, err))
+        left = since + self.timeout - self._loop.looptime
+        self._arm(ctx, "ack", max(left, 0.0), self._no_ack)
 
     def _no_ack(self, ctx: Context) -> None:
         ctx.awaiting_ack = None

@@ -43,7 +43,7 @@ import logging
 import re
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from netsip._log import get_logger
 from netsip.packet import Packet, Request, Response
@@ -86,6 +86,26 @@ DEFAULT_ALLOW = "INVITE, ACK, OPTIONS, CANCEL, BYE"
 #: ``(code, text)`` returned by the forward_* methods when a packet must not
 #: be forwarded; ``code`` is None if the packet should just be dropped.
 ForwardError = tuple[int | None, str]
+
+
+def _sent_by_is(via: str, from_: Addr) -> bool:
+    """Whether the sent-by host of ``via`` is written exactly as the IP of
+    ``from_`` (add_received's fast rule; False: the general way decides)."""
+    m = _FAST_SENTBY_RX.match(via)
+    if m is None:
+        return False
+    sent_by = m.group(1)
+    if from_.family == socket.AF_INET:
+        host_s = sent_by.partition(":")[0]
+    else:
+        host_s = sent_by[1 : sent_by.find("]")] if sent_by[:1] == "[" else sent_by
+    return host_s == from_.addr
+
+
+#: add_received's fast rule by (Via up to its first ';', source IP, family),
+#: emptied when full (the same peers send again and again)
+_SENTBY_SAME: dict[tuple[str, str, int], bool] = {}
+_SENTBY_SAME_MAX: Final = 1024
 
 
 def _leg_uri(proto: Proto, hostport: str) -> str:
@@ -440,16 +460,19 @@ class Leg:
             return
         via = vias[0]
         if _RPORT_RX.search(via) is None:
-            # fast path for the common case: sent-by is exactly the source IP
-            m = _FAST_SENTBY_RX.match(via)
-            if m is not None:
-                sent_by = m.group(1)
-                if from_.family == socket.AF_INET:
-                    host_s = sent_by.partition(":")[0]
-                else:
-                    host_s = sent_by[1 : sent_by.find("]")] if sent_by[:1] == "[" else sent_by
-                if host_s == from_.addr:
-                    return
+            # fast path for the common case: sent-by is exactly the source IP;
+            # what decides it (the Via up to its first ';', the source) is
+            # remembered: the same peers send again and again
+            i = via.find(";")
+            key = (via[: i + 1] if i >= 0 else via, from_.addr, from_.family)
+            same = _SENTBY_SAME.get(key)
+            if same is None:
+                same = _sent_by_is(via, from_)
+                if len(_SENTBY_SAME) >= _SENTBY_SAME_MAX:
+                    _SENTBY_SAME.clear()
+                _SENTBY_SAME[key] = same
+            if same:
+                return
         data, param = sip_hdrval2parts("via", via)
         m = _VIA_SENTBY_RX.match(data)
         host: str | None = None

@@ -72,7 +72,7 @@ from types import FunctionType
 from typing import Literal, TypeVar, cast
 
 from netsip._abnf import CSEQ_RE, TAG_PARAM_RE
-from netsip._cache import HEADER_START_CACHE, KEY_CACHE
+from netsip._cache import CSEQ_NUMBER_CACHE, HEADER_START_CACHE, KEY_CACHE
 from netsip._fields import (
     ENC,
     ERRORS,
@@ -119,6 +119,7 @@ __all__ = [
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
 _header_start_get = HEADER_START_CACHE.get
 _key_get = KEY_CACHE.get
+_cseq_number_get = CSEQ_NUMBER_CACHE.get
 # a packet's object, before Packet._set fills it
 _new = object.__new__
 
@@ -337,8 +338,14 @@ class Packet(HeaderFields):
         cseq = self.get_header("cseq")
         if cseq is None:
             return None
-        m = CSEQ_RE.fullmatch(cseq)
-        return int(m.group(1)) if m else None
+        # the same few values come back in every call ("1 INVITE", "2 BYE"):
+        # remembered (-1: not a CSeq)
+        n = _cseq_number_get(cseq)
+        if n is None:
+            m = CSEQ_RE.fullmatch(cseq)
+            n = int(m.group(1)) if m else -1
+            CSEQ_NUMBER_CACHE.put(cseq, n)
+        return n if n >= 0 else None
 
     def callid(self) -> str | None:
         """The Call-ID header or None."""
@@ -409,8 +416,7 @@ class Packet(HeaderFields):
         lines = self._lines
         if lines is None:
             start_get = _header_start_get
-            for k, v, _ in hdrs:
-                out.append((start_get(k) or header_start(k)) + v)
+            out += [(start_get(k) or header_start(k)) + v for k, v, _ in hdrs]
         else:
             out.extend(self._header_lines(lines))
         # the last line ends the header block (joined with CRLF: one empty line)
@@ -661,6 +667,11 @@ class Request(Packet):
             )
         )
         resp._ckey = ckey
+        if cseq is not None:
+            # (what Response.method() would find: the CSeq's method, known
+            # here without building the response's header index for it)
+            parts = cseq.split()
+            resp._cmethod = parts[1] if len(parts) > 1 else None
         if headers:
             items = (
                 headers.items()
@@ -677,7 +688,11 @@ class Request(Packet):
                 # ...): set_header would scan the headers for it and append;
                 # appended directly (the index is not built yet, and the
                 # transaction id does not depend on it)
-                resp._hdrs.extend([(key, clean_value(v), -1) for v in iter_values(values)])
+                if type(values) is str and "\n" not in values and "\r" not in values:
+                    # (one plain value, the usual case: what clean_value makes of it)
+                    resp._hdrs.append((key, values.strip(" \t"), -1))
+                else:
+                    resp._hdrs.extend([(key, clean_value(v), -1) for v in iter_values(values)])
                 if added is None:
                     added = set()
                 added.add(key)

@@ -20,12 +20,12 @@ expiry costs O(1) per entry (no scan of the whole cache).  The caller passes
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from netsip._abnf import NAME_ADDR_TAG_RE, TAG_PARAM_RE
 
-__all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key"]
+__all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key", "key_of"]
 
 #: seconds a response is kept: 64*T1 (RFC 3261 17.2.1 Timer H / 17.2.2 Timer J)
 CACHE_TIME = 32.0
@@ -78,14 +78,15 @@ def cache_key(packet: HeaderSource) -> str:
     values: Callable[[str], Sequence[str]] = (
         getattr(packet, "header_values", None) or packet.get_headers
     )
-    return "\0".join(
-        (
-            ",".join(values("cseq")),
-            ",".join(values("call-id")),
-            ",".join(values("from")),
-            _key_to(",".join(values("to"))),
-        )
-    )
+    return key_of(values("cseq"), values("call-id"), values("from"), values("to"))
+
+
+def key_of(
+    cseq: Sequence[str], callid: Sequence[str], frm: Sequence[str], to: Sequence[str]
+) -> str:
+    """The cache key of a message with these CSeq, Call-ID, From and To
+    values (:func:`cache_key` once the values are at hand)."""
+    return "\0".join((",".join(cseq), ",".join(callid), ",".join(frm), _key_to(",".join(to))))
 
 
 def _key_to(to: str) -> str:
@@ -137,33 +138,40 @@ class ResponseCache(Generic[R]):
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def put(self, key: str, response: R, now: float) -> None:
+    def put(self, key: str, response: R, now: float, nbytes: int | None = None) -> None:
         """Store (or replace) the response for ``key``, valid until ``now + lifetime``.
 
         Args:
             key: see :func:`cache_key`.
             response: the response to keep.
             now: the current time.
+            nbytes: what the size function gives for ``response``, if the
+                caller knows it already (it is then not called).
         """
         entries = self._entries
+        expires = self._expires
         if key in entries:
             entries.move_to_end(key)  # stored again: it now expires last
         entries[key] = response
-        self._expires[key] = now + self.lifetime
+        expires[key] = now + self.lifetime
         size = self._size
         if size is not None:
-            n = size(response)
+            n = size(response) if nbytes is None else nbytes
             limit = self.max_bytes
             if limit is not None and n > limit:
                 # bigger than the whole cache: keeping it would evict all
                 self.discard(key)
                 return
-            self._bytes += n - self._sizes.get(key, 0)
-            self._sizes[key] = n
-            limit = self.max_bytes
+            sizes = self._sizes
+            self._bytes += n - sizes.get(key, 0)
+            sizes[key] = n
             if limit is not None and self._bytes > limit:
                 self._shrink(limit)
-        self.expire(now)
+        # expire(now), its usual case inline: the oldest entry is still valid
+        for oldest in entries:
+            if expires[oldest] < now:
+                self.expire(now)
+            break
 
     def get(self, key: str, now: float) -> R | None:
         """The response stored for ``key`` unless it has expired.
@@ -182,6 +190,14 @@ class ResponseCache(Generic[R]):
             self.expire(now)
             return None
         return self._entries[key]
+
+    @property
+    def expires(self) -> Mapping[str, float]:
+        """When each entry expires, by key (read only; the same object for
+        the cache's life, so a caller may keep it: ``key in expires`` is
+        the cheapest test whether a key may have a response; :meth:`get`
+        decides)."""
+        return self._expires
 
     @property
     def bytes(self) -> int:

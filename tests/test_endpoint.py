@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from netsip._abnf import TAG_VALUE_RE
+from netsip._dialog import header_tag
 from netsip.digest import Status, make_challenge, verify
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Context, Endpoint
@@ -560,6 +564,42 @@ def test_no_ack_ends_call_with_bye(world: World) -> None:
     assert _tag(bye.get_header("to")) == "rawtag"
     oks = [r for r in raw.responses() if r.code() == 200]
     assert 5 <= len(oks) <= 12  # T1 doubling to T2 over 32 s
+
+
+def test_no_ack_after_a_2xx_that_could_not_be_sent_again(world: World) -> None:
+    """A retransmission of the 2xx fails (its delivery ends early): the ACK
+    is still awaited until 64*T1 after the answer, then BYE (13.3.1.4)."""
+    raw = world.raw()
+    bob = world.node(accept)
+    raw.send(_invite(raw, bob.uri), bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    deliver = bob.leg.deliver
+
+    def refused(*args: object, **kw: object) -> None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+    bob.leg.deliver = refused  # type: ignore[method-assign]
+    world.advance(1.0)  # the retransmission at T1 fails
+    assert bob.disp.queue_size() == 0
+    bob.leg.deliver = deliver  # type: ignore[method-assign]
+    world.advance(30.0)
+    assert not raw.requests("BYE")
+    assert len(bob.ep) == 1
+    world.advance(1.5)
+    world.drive(lambda: raw.requests("BYE"), "BYE")
+    assert len([r for r in raw.responses() if r.code() == 200]) == 1
+
+
+def test_no_ack_within_a_timeout_of_the_endpoint_s_own(world: World) -> None:
+    """An Endpoint timeout other than 64*T1: the ACK is awaited that long."""
+    raw = world.raw()
+    bob = world.node(accept, timeout=8.0)
+    raw.send(_invite(raw, bob.uri), bob.leg.src)
+    world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
+    world.advance(7.5)
+    assert not raw.requests("BYE")
+    world.advance(1.0)
+    world.drive(lambda: raw.requests("BYE"), "BYE")
 
 
 def test_cancel_matched_to_invite(world: World) -> None:
@@ -1197,3 +1237,11 @@ def test_cancel_outcome_when_487_comes_first(world: World) -> None:
     world.drive(lambda: cancelled.events and 487 in alice.codes(), "both outcomes")
     assert cancelled.codes() == [200]
     assert ctx.closed and len(alice.ep) == 0
+
+
+@given(st.text(st.sampled_from(list('<>;tagTAG= \t,x"')), max_size=14))
+def test_header_tag_as_the_pattern_finds_it(value: str) -> None:
+    """header_tag's shortcut (no ';', no tag) agrees with the pattern alone."""
+    params = value.rpartition(">")[2] if "<" in value else value
+    m = TAG_VALUE_RE.search(params)
+    assert header_tag(value) == (m.group(1) if m and value else None)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from netsip import leg as leg_mod
@@ -299,6 +299,43 @@ def test_add_received_and_rport(udp_leg: Leg) -> None:
     resp = _req(via="SIP/2.0/UDP 10.1.1.1;branch=z9hG4bK1").create_response(200)
     udp_leg.add_received(resp, src)
     assert resp.get_headers("via") == ["SIP/2.0/UDP 10.1.1.1;branch=z9hG4bK1"]
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.tuples(
+        st.sampled_from(["SIP/2.0/UDP ", "SIP/2.0/TCP  ", "SIP/2.0/UDP\t", "SIP/2.1/UDP "]),
+        st.sampled_from(["127.0.0.1", "127.0.0.2", "[::1]", "::1", "h.example", "127.0.0.1 x"]),
+        st.sampled_from(["", ":5060", ":40000"]),
+        st.sampled_from([";branch=z9hG4bK1", " ;branch=z9hG4bK2", ";rport;branch=z9hG4bK3", ""]),
+    ),
+    st.sampled_from(["127.0.0.1", "::1"]),
+)
+def test_add_received_remembers_nothing_but_its_rule(
+    udp_leg: Leg, parts: tuple[str, str, str, str], src: str
+) -> None:
+    """add_received's memo of its fast rule gives what the rule gives afresh,
+    also when the same Via comes from several sources in turn."""
+    via = "".join(parts)
+    sources = [src, "127.0.0.1" if src != "127.0.0.1" else "::1"]
+
+    def received(source: str) -> tuple[str, object]:
+        addr = Addr(source, 40000, socket.AF_INET6 if ":" in source else socket.AF_INET)
+        try:
+            r = _req(via=via)
+            udp_leg.add_received(r, addr)
+        except ValueError as exc:
+            return ("error", str(exc))
+        return ("via", r.get_headers("via"))
+
+    fresh = {}
+    for source in sources:
+        leg_mod._SENTBY_SAME.clear()
+        fresh[source] = received(source)
+    for source in sources + sources[::-1]:
+        assert received(source) == fresh[source]
 
 
 # ------------------------------------------------------------ forwarding

@@ -222,7 +222,7 @@ def test_bounded_cache_empties_when_full() -> None:
     cache.put("3", 3)
     assert cache == {"3": 3}
     caches = [v for v in vars(_cache).values() if isinstance(v, _cache.BoundedCache)]
-    assert len(caches) == 7
+    assert len(caches) == 9
     assert all(0 < c.maxsize <= 4096 for c in caches)
 
 
@@ -1292,6 +1292,7 @@ TAILS = [";branch=z9hG4bK-1", ";tag=abc", ";tag=a\\b", ";tag=", ";tag", ";tag=a 
 
 def clear_caches() -> None:
     _cache.LINE_CACHE.clear()
+    _cache.DIALOG_LINE_CACHE.clear()
     _cache.PREFIX_CACHE.clear()
     _cache.PREFIX_SEEN.clear()
     _cache.FIRST_CACHE.clear()
@@ -1321,6 +1322,9 @@ def test_prefix_caches_accept_exactly_what_the_patterns_accept(name: str, heads:
                 outcome(message_with(name, h))
             # the shortcut is taken for valid heads
             assert f"{name}: {heads[0]}" in _cache.PREFIX_CACHE
+            assert outcome(message_with(name, value)) == cold, value
+            # and again: a tagged From/To line taken by the shortcut is a whole
+            # line the cache knows now (the dialog's ACK and BYE repeat it)
             assert outcome(message_with(name, value)) == cold, value
 
 
@@ -1591,6 +1595,20 @@ def test_response_method_follows_cseq_changes(ops: list[tuple[str, str, list[str
             assert r.method() == want  # (remembered)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["1 INVITE", "1  INVITE", "2 BYE", "3", "", "4 X Y"]), max_size=3),
+    st.sampled_from([None, "7 OPTIONS", "8"]),
+)
+def test_create_response_knows_its_method(cseqs: list[str], given: str | None) -> None:
+    """A response made by create_response knows its method (from the CSeq
+    it copied or was given) as Response.method would find it."""
+    p = Request("INVITE", "sip:b@127.0.0.1", [("cseq", c) for c in cseqs])
+    r = p.create_response(180, headers={"cseq": given} if given is not None else None)
+    with contextlib.suppress(PacketError):  # (several different CSeqs)
+        assert r.method() == plain_response_method(r)
+
+
 # ------------------------------------------------- refused requests get a 400
 
 _REFUSED_HEAD = (
@@ -1637,3 +1655,37 @@ def test_warning_text_is_quoted_printable_ascii_and_bounded() -> None:
     text = packet_mod.warning('bad "value" \\ \r\n\x00é' + "x" * 200)
     assert text.startswith('399 netsip "bad ?value? ? ????')
     assert len(text) == len('399 netsip ""') + 100 and text.endswith('"')
+
+
+@pytest.mark.parametrize(
+    "cseq", ["1 INVITE", "007 ACK", "1", "x INVITE", "2\tBYE", "3 BYE extra", "4294967295 BYE", ""]
+)
+def test_cseq_number_remembered_as_matched(cseq: str) -> None:
+    """cseq_number remembers a CSeq value's number (the same the second time)."""
+    p = Request("INVITE", "sip:b@127.0.0.1", [("cseq", cseq)] if cseq else [])
+    m = _abnf.CSEQ_RE.fullmatch(cseq)
+    want = int(m.group(1)) if m else None
+    assert p.cseq_number() == want
+    assert p.cseq_number() == want
+
+
+@given(st.lists(st.sampled_from(["Via", "To", "v", "X-A", "Route", "Call-ID"]), max_size=6))
+def test_header_index_as_the_long_way(names: list[str]) -> None:
+    """The index (one comprehension unless a header repeats) holds every value in order."""
+    p = Request("OPTIONS", "sip:b@127.0.0.1", [(n, f"<sip:{i}@h>") for i, n in enumerate(names)])
+    for key in {normalize_header_key(n) for n in names} | {"from"}:
+        want = tuple(v for k, v in p.header_items() if k == key)
+        assert p.header_values(key) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from(list('ab1@.-_ ;:<>"\t')), min_size=0, max_size=8))
+def test_a_remembered_callid_line_parses_as_the_first_time(callid: str) -> None:
+    """A Call-ID line validated by its pattern enters the line cache: the
+    next message with it (the dialog's ACK, BYE) parses the same."""
+    data = (f"OPTIONS sip:b@h SIP/2.0\r\nCall-ID: {callid}\r\n"
+            "Content-Length: 0\r\n\r\n").encode()  # fmt: skip
+    clear_caches()
+    cold = outcome(data)
+    assert outcome(data) == cold
+    assert outcome(data) == cold
