@@ -79,6 +79,10 @@ TELEPHONE_EVENT = Codec("telephone-event", 8000)
 DEFAULT_CODECS: tuple[Codec, ...] = (PCMU, PCMA, TELEPHONE_EVENT)
 
 
+# RFC 8866 6.6: a=rtpmap:<payload type> <encoding name>/<clock rate>[/<parameters>]
+_RTPMAP = re.compile(r"^(\d+)\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*$")
+
+
 def _is_hold_addr(addr: str | None) -> bool:
     return addr in ("0.0.0.0", "::")
 
@@ -128,7 +132,7 @@ class Media:
             if f.isdigit() and int(f) in STATIC:
                 out[int(f)] = STATIC[int(f)]
         for v in self.attributes("rtpmap"):
-            m = re.match(r"^(\d+)\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*$", v)
+            m = _RTPMAP.match(v)
             if m:
                 out[int(m[1])] = Codec(m[2], int(m[3]), int(m[4] or 1))
         return out
