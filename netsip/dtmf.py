@@ -435,9 +435,11 @@ class _Extractor:
                 self._event(rtp)
             else:
                 self._event_timeout(rtp.timestamp)
-                if self.audio is not None and rtp.payload_type == self.audio.payload_type:
-                    for digit, ms in self.audio.feed(rtp.payload, rtp.timestamp):
-                        self.pending.append(DTMFResult(digit, ms, "audio"))
+                audio = self.audio
+                if audio is not None and rtp.payload_type == audio.payload_type:
+                    found = audio.feed(rtp.payload, rtp.timestamp)
+                    if found:
+                        self.pending.extend(DTMFResult(d, ms, "audio") for d, ms in found)
         return self.pending.popleft() if self.pending else None
 
     def _in_sequence(self, rtp: _RTP) -> bool:
@@ -605,6 +607,7 @@ class _Law:
     """Tables of one G.711 law, indexed by the code."""
 
     quiet: bytes  # codes too weak for a window with a digit
+    dc_limit: float  # the |sum| of a window with a digit is below (see _classify)
     coarse: bytes  # (sample + _BIAS) // 256
     coarse_squares: bytes  # ceil(sample^2 / 2^_COARSE_SQUARE)
     sums: list[int]  # (sample + _BIAS) | sample^2 << _SQUARES
@@ -618,6 +621,7 @@ def _law(decode: Callable[[bytes], bytes]) -> _Law:
         linear.byteswap()
     return _Law(
         quiet=bytes(c for c, v in enumerate(linear) if v * v < _MIN_POWER),
+        dc_limit=_WINDOW * math.sqrt(_MAX_DC) * max(map(abs, linear)),
         coarse=bytes((v + _BIAS) >> 8 for v in linear),
         coarse_squares=bytes(-(-v * v >> _COARSE_SQUARE) for v in linear),
         sums=[(v + _BIAS) | (v * v) << _SQUARES for v in linear],
@@ -647,9 +651,12 @@ def _classify(window: bytes, law: _Law) -> str | None:
     if not window.translate(None, law.quiet):
         return None
     # 2: surely mostly DC: the least |sum| possible squared is above the share
-    # of the largest sum of squares possible
+    # of the largest sum of squares possible (first of the largest there is:
+    # the power is at most the loudest sample squared)
     low_sum = 256 * ((adler32(window.translate(law.coarse)) & 0xFFFF) - 1) - _SHIFT
     least = low_sum if low_sum > 0 else max(0, -low_sum - _SLACK)
+    if least > law.dc_limit:
+        return None
     squares = ((adler32(window.translate(law.coarse_squares)) & 0xFFFF) - 1) << _COARSE_SQUARE
     if least * least > _MAX_DC * _WINDOW * squares:
         return None
