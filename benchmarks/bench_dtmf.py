@@ -16,6 +16,11 @@ audio) of each kind, timed with :mod:`timeit` (best of ``--repeats``):
 ``dtmf``          the digits 0-9*# of 100 ms each, 100 ms apart, at -10 dBm0
 ``none``          the extractor with RFC 4733 events only (no in-band work)
 
+and the Python part of echoing a packet in :class:`netsip.rtp.MediaSession`
+(``_packet`` with a send that does nothing) with and without the extractor,
+the echo payload: what the DTMF detection adds to ``netsip answer --echo``
+per packet over ``examples/bench/listen.py``.
+
     python -m benchmarks.bench_dtmf [--repeats N] [--packets N]
 
 Nothing fails on a number.
@@ -38,6 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.ua_caller import PACKET
 from netsip._g711 import ulaw_encode
 from netsip.dtmf import dtmf_extractor
+from netsip.eventloop import EventLoop
+from netsip.rtp import MediaArgs, create_rtp_sockets, media_recv_echo
 
 _HEADER = struct.Struct("!BBHII")
 _PEAK_0DBM0 = 32767 * 10 ** (-3.17 / 20)
@@ -143,6 +150,46 @@ def rtp(payloads_: list[bytes]) -> list[bytes]:
     ]
 
 
+class _Call:
+    def bye(self) -> None:
+        pass
+
+
+class _NoSend:
+    def sendto(self, data: bytes, addr: object) -> int:
+        return len(data)
+
+
+def echo_us(with_dtmf: bool, packets: list[bytes], repeats: int) -> float:
+    """µs per packet of MediaSession._packet echoing ``packets`` (the send a no-op)."""
+    loop = EventLoop()
+    _, pairs = create_rtp_sockets("127.0.0.1")
+    args = MediaArgs(
+        loop=loop,
+        lsocks=[pairs[0]],
+        raddr=[(("127.0.0.1", 9), ("127.0.0.1", 10))],
+        dtmf_xtract=[(None, 0)] if with_dtmf else [],
+        cb_dtmf=(lambda _e, _d: None) if with_dtmf else None,
+    )
+    sess = media_recv_echo(None, 0)(_Call(), args)
+    st = sess.streams[0]
+    st.send_sock = _NoSend()  # type: ignore[assignment]
+    src = ("127.0.0.1", 9)
+
+    def run() -> None:
+        for p in packets:
+            sess._packet(st, p, src)
+
+    try:
+        run()  # (latches the source)
+        return min(timeit.repeat(run, number=1, repeat=repeats)) / len(packets) * 1e6
+    finally:
+        sess.close()
+        loop.close()
+        for s in pairs[0]:
+            s.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -165,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     pkts = rtp(payloads("bench echo", args.packets))
     us = per_packet_us(lambda: dtmf_extractor(rfc2833_type=101), pkts, args.repeats)
     print(f"| bench echo, RFC 4733 only | {us:.2f} | - |")
+    print()
+    print("| echo in MediaSession (Python part) | µs per packet |")
+    print("|---|---:|")
+    for with_dtmf in (False, True):
+        us = echo_us(with_dtmf, pkts, args.repeats)
+        print(f"| {'with' if with_dtmf else 'without'} the DTMF extractor | {us:.2f} |")
     return 0
 
 
