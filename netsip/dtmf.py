@@ -427,7 +427,29 @@ class _Extractor:
     pending: deque[DTMFResult] = field(default_factory=lambda: deque(maxlen=_MAX_PENDING))
 
     def __call__(self, packet: bytes, time: float | None = None, /) -> DTMFResult | None:
-        rtp = _parse_rtp(bytes(packet))
+        if type(packet) is not bytes:
+            packet = bytes(packet)
+        if len(packet) >= _RTP_HEADER.size and packet[0] == 0x80:
+            # the usual packet (no padding, extension or CSRC), the next of
+            # the stream, audio, no event running: what the general path
+            # below does for it, without its objects and calls
+            _, second, seq, timestamp, ssrc = _RTP_HEADER.unpack_from(packet)
+            last, pt = self.last_seq, second & 0x7F
+            if (
+                ssrc == self.ssrc
+                and last is not None
+                and seq == (last + 1) & 0xFFFF
+                and pt != self.event_type
+                and self.current is None
+            ):
+                self.last_seq, self.probation = seq, None
+                audio = self.audio
+                if audio is not None and pt == audio.payload_type:
+                    found = audio.feed(packet[_RTP_HEADER.size :], timestamp)
+                    if found:
+                        self.pending.extend(DTMFResult(d, ms, "audio") for d, ms in found)
+                return self.pending.popleft() if self.pending else None
+        rtp = _parse_rtp(packet)
         if rtp is None:
             log.debug("dropping a packet that is not RTP version 2 (%d bytes)", len(packet))
         elif self._in_sequence(rtp):
@@ -730,8 +752,19 @@ class _AudioDetector:
         self.next_ts = (timestamp + len(payload)) & _MASK32
         buffer = self.buffer + payload
         law, start, last = self.law, 0, len(buffer) - _WINDOW
+        quiet, coarse, dc_limit = law.quiet, law.coarse, law.dc_limit
         while start <= last:
-            digit = _classify(buffer[start : start + _WINDOW], law)
+            window = buffer[start : start + _WINDOW]
+            # steps 1 and 2's first test of _classify, inline: most windows
+            # of a stream without digits end here, without a call
+            if not window.translate(None, quiet):
+                digit = None
+            else:
+                low_sum = 256 * ((adler32(window.translate(coarse)) & 0xFFFF) - 1) - _SHIFT
+                if low_sum > dc_limit or -low_sum - _SLACK > dc_limit:
+                    digit = None
+                else:
+                    digit = _classify(window, law)
             # (no digit, none active and no candidate: nothing changes)
             if digit is not None or self.active is not None or self.candidate is not None:
                 self._window(digit, found)
