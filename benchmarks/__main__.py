@@ -49,6 +49,11 @@ a ``--quick`` run writes only when ``--out`` is given).
 ``--baseline DIR`` adds the pool and dispatcher responders importing the
 ``netsip`` package found in DIR (an older revision: before/after in one run).
 
+``ws`` (not in the default run: ``--only ws``, about a minute):
+    :mod:`benchmarks.bench_ws`, OPTIONS over WebSocket against TCP (CPU per
+    transaction, the ratio) and the memory of 10,000 idle WebSocket
+    connections (``--conns``); its own part of ``performance.md``.
+
 ``servers`` (not in the default run: ``--only servers``, about 2 minutes,
     ``--quick`` well under one): :mod:`benchmarks.bench_servers`, digest
     REGISTER and stateless proxying under sipp against Perl's Net::SIP (and
@@ -79,7 +84,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import Any, Final
 
-from benchmarks import bench_packet, bench_servers, bench_ua
+from benchmarks import bench_packet, bench_servers, bench_ua, bench_ws
 from benchmarks.load import (
     REPO,
     Result,
@@ -703,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: ua)",
+        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; "
+        "also: ua, servers, ws)",
     )
     ap.add_argument("--transports", default="u1,t1,tn", help="sipp transports (default: all)")
     ap.add_argument("--calls", type=int,
@@ -753,6 +759,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"servers: {srv_failed} operations failed", file=sys.stderr)
         if not sections:
             return 1 if srv_failed else 0
+    if "ws" in sections:  # its own module and part of performance.md: benchmarks/bench_ws.py
+        sections.remove("ws")
+        ws_lines, ws_failed = bench_ws.run(
+            quick=args.quick,
+            repeats=args.repeats,
+            conns=args.conns,
+            out_dir=args.out,
+            write=not args.no_write and (args.out is not None or not args.quick),
+            command=" ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        )
+        print("\n".join(ws_lines))
+        if ws_failed:
+            print(f"ws: {ws_failed} transactions failed", file=sys.stderr)
+        if not sections:
+            return 1 if ws_failed else 0
     bad = set(sections) - set(SECTIONS)
     if bad:
         ap.error(f"unknown sections {sorted(bad)} (choose from {', '.join(SECTIONS)})")

@@ -1,4 +1,4 @@
-"""netsip: the transport layer of Perl's Net::SIP, ported to Python.
+"""netsip: Perl's Net::SIP ported to Python, and grown beyond it.
 
 The layers, bottom to top: :mod:`netsip.util` (callbacks, addresses, SIP
 header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
@@ -12,7 +12,11 @@ header and URI helpers), :mod:`netsip.eventloop` (``EventLoop``),
 :mod:`netsip.proxy` (``StatelessProxy``), :mod:`netsip.stateful_proxy`
 (``StatefulProxy``), :mod:`netsip.redirect`,
 :mod:`netsip.chain` (``ReceiveChain``), :mod:`netsip.blocker` and
-:mod:`netsip.dropper`. The
+:mod:`netsip.dropper`; :mod:`netsip.flows` (``FlowTable``: clients
+reached over their own connection, RFC 5626 and RFC 7118 for WebSocket
+phones). The transports are ``udp``, ``tcp``, ``tls``, ``ws`` and ``wss``
+(the last two need the ``ws`` extra). The asyncio layer,
+:mod:`netsip.aio` and :mod:`netsip.aioua`, is imported by name. The
 names re-exported here are the public API. :mod:`netsip.testing` holds
 helpers for testing applications built on netsip (import it by name).
 """
@@ -29,6 +33,7 @@ from netsip.dropper import ByField, ByIPPort, Dropper
 from netsip.dtmf import dtmf_extractor, dtmf_generator
 from netsip.endpoint import Context, Endpoint
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoop, TimerEvent
+from netsip.flows import FLOW_FAILED, Flow, FlowTable, FlowTokens
 from netsip.framing import FramingError
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
@@ -48,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EV_READ",
     "EV_WRITE",
+    "FLOW_FAILED",
     "HA1",
     "SDP",
     "Addr",
@@ -63,6 +69,9 @@ __all__ = [
     "Dropper",
     "Endpoint",
     "EventLoop",
+    "Flow",
+    "FlowTable",
+    "FlowTokens",
     "FramingError",
     "Leg",
     "MemoryStore",

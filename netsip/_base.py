@@ -13,14 +13,23 @@ from typing import Final, Literal
 
 __all__ = ["DEFAULT_PORTS", "PROTOS", "NetSIPError", "Proto", "SockAddr", "errno_of"]
 
-Proto = Literal["udp", "tcp", "tls"]
+Proto = Literal["udp", "tcp", "tls", "ws", "wss"]
 
 #: The transports netsip speaks, in the order of preference of RFC 3263 4.1
-#: when nothing else decides (UDP, then TCP, then TLS).
-PROTOS: Final[tuple[Proto, ...]] = ("udp", "tcp", "tls")
+#: when nothing else decides (UDP, then TCP, then TLS), then WebSocket and
+#: secure WebSocket (RFC 7118), which are only used when asked for.
+PROTOS: Final[tuple[Proto, ...]] = ("udp", "tcp", "tls", "ws", "wss")
 
 #: The default port of each transport (RFC 3261 19.1.2: 5060, 5061 for TLS).
-DEFAULT_PORTS: Final[Mapping[str, int]] = {"udp": 5060, "tcp": 5060, "tls": 5061}
+#: RFC 7118 defines none for WebSocket: 80 and 443 are those of ``ws://`` and
+#: ``wss://`` URIs (RFC 6455 3), which browsers use when a URI gives no port.
+DEFAULT_PORTS: Final[Mapping[str, int]] = {
+    "udp": 5060,
+    "tcp": 5060,
+    "tls": 5061,
+    "ws": 80,
+    "wss": 443,
+}
 
 
 def errno_of(exc: BaseException) -> int:

@@ -133,6 +133,10 @@ class Conn:
         watch_write: True while the loop watches the socket for EV_WRITE.
         timer: the connect/handshake deadline while ``inside_connect``.
         closed: set once the pool dropped the socket.
+        keep_until: loop time before which idle expiry leaves the connection
+            open (a registered flow, :meth:`SocketPool.keep_connection`).
+        outgoing: opened by the pool (or a connected master): it sends the
+            keep-alive pings (``KEEPALIVE_INTERVAL``, RFC 5626 4.4.1).
     """
 
     #: A read may wait for EV_WRITE and a write for EV_READ (TLS): the pool
@@ -159,6 +163,8 @@ class Conn:
     watch_write: bool = False
     timer: TimerLike | None = None
     closed: bool = False
+    keep_until: float = 0.0
+    outgoing: bool = False
 
     # ---- the transport (TLSConn overrides these four)
 

@@ -213,7 +213,11 @@ class ConnTable:
             # in Perl's MIN + (MAX-MIN)/(n-1), so this divides by the connections).
             expire = cfg.min_expire + (cfg.max_expire - cfg.min_expire) / len(conns)
             now = loop.looptime
-            idle = [c for c in conns.values() if not c.inside_connect and now - c.didit > expire]
+            idle = [
+                c
+                for c in conns.values()
+                if not c.inside_connect and now - c.didit > expire and c.keep_until <= now
+            ]
             for conn in idle:
                 self.drop(conn, errno.ETIMEDOUT, "idle for %.1fs", expire, level=logging.DEBUG)
         if not conns and self.expire_timer is not None:

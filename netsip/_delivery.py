@@ -29,7 +29,10 @@ Differences from Net::SIP 0.835:
 - a transport error moves on to the next resolved destination (Perl keeps
   the list but never fails over); a response without ``leg``/``dst_addr``
   goes where its top Via says;
-- delivery callbacks get the errno only (Perl adds the queue entry).
+- delivery callbacks get the errno only (Perl adds the queue entry);
+- a request larger than :data:`MTU_LIMIT` whose destinations include a
+  congestion-controlled transport goes over it first, UDP staying behind as
+  the fallback (RFC 3261 18.1.1; Perl sends it over UDP).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Final, Protocol
 
 from netsip._log import get_logger
 from netsip._uriresolve import (
@@ -64,10 +67,40 @@ from netsip.util import (
     sip_parts2uri,
 )
 
-__all__ = ["DeliveryQueue", "DispatcherLike", "QueueEntry"]
+__all__ = ["MTU_LIMIT", "DeliveryQueue", "DispatcherLike", "QueueEntry", "by_size"]
 
 # the public module's logger: what users configure for the Dispatcher
 log = get_logger("netsip.dispatcher")
+
+#: RFC 3261 18.1.1: a request larger than this (the path MTU being unknown)
+#: goes over a congestion-controlled transport.
+MTU_LIMIT: Final = 1300
+#: the most a leg adds to a request on its way out (its Via), counted in its size
+_VIA_ALLOWANCE: Final = 120
+
+
+def by_size(packet: Packet, targets: list[Target]) -> list[Target]:
+    """``targets`` in the order to try for ``packet`` (RFC 3261 18.1.1).
+
+    A request larger than :data:`MTU_LIMIT` with its Via, whose first
+    destination is UDP, goes to the destinations over TCP/TLS (or another
+    stream transport) first, if there are any: "If a request is within 200
+    bytes of the path MTU, or if it is larger than 1300 bytes and the path
+    MTU is unknown, the request MUST be sent using an RFC 2914 congestion
+    controlled transport protocol, such as TCP." The UDP destinations stay
+    behind them: 18.1.1 goes on "if the attempt to establish the connection
+    generates either an ICMP Protocol Not Supported, or results in a TCP
+    reset, the element SHOULD retry the request, using UDP" (the queue's
+    failover to the next destination does that, for any connection error).
+    Responses and small requests keep the resolver's order.
+    """
+    if len(targets) < 2 or targets[0][1].proto != "udp" or not isinstance(packet, Request):
+        return targets
+    streams = [t for t in targets if t[1].proto != "udp"]
+    if not streams or len(packet.as_bytes()) + _VIA_ALLOWANCE <= MTU_LIMIT:
+        return targets
+    log.debug("request of %d bytes goes over %s", len(packet.as_bytes()), streams[0][0])
+    return streams + [t for t in targets if t[1].proto == "udp"]
 
 
 @dataclass(eq=False, slots=True)
@@ -274,7 +307,7 @@ class DeliveryQueue:
         if isinstance(result, int):
             self._fail(entry, result)
             return
-        entry.targets = list(result)
+        entry.targets = by_size(entry.packet, list(result))
         self._send(entry)
 
     # ------------------------------------------------------------- sending

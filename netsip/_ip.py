@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, cast, overload
 
-from netsip._base import Proto, SockAddr
+from netsip._base import DEFAULT_PORTS, Proto, SockAddr
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -474,8 +474,8 @@ class Addr:
             host = d.get("host")
             ip = d.get("addr") or host
             proto = d.get("proto")
-            if proto is not None and proto not in ("udp", "tcp", "tls"):
-                raise ValueError(f"invalid proto {proto!r} (udp, tcp or tls)")
+            if proto is not None and proto not in DEFAULT_PORTS:
+                raise ValueError(f"invalid proto {proto!r} (udp, tcp, tls, ws or wss)")
             if host is not None and not isinstance(host, str):
                 raise ValueError(f"host must be a str, got {host!r}")
             a = _parse_parts(ip, d.get("port"), d.get("family"))
@@ -494,6 +494,17 @@ class Addr:
         if self.family == AF_INET6:
             return f"[{self.addr}]:{self.port}"
         return f"{self.addr}:{self.port}"
+
+
+def is_invalid_host(host: str) -> bool:
+    """True for ``invalid`` and names under it: RFC 6761 section 6.4 says they never resolve.
+
+    Browsers put such names (``df7jal23ls0d.invalid``) in the Via and
+    Contact of their requests (RFC 7118 section 5.2): looking them up only
+    costs a DNS round trip that cannot succeed.
+    """
+    name = host.rstrip(".").lower()
+    return name == "invalid" or name.endswith(".invalid")
 
 
 def bind_socket(

@@ -67,6 +67,16 @@ hash). No call is proportional to the number of AORs but :meth:`aors`
 redis-py is an optional dependency (``pip install netsip[redis]``),
 imported when a store is made.
 
+Flows are not in Redis: the flow of a binding (RFC 5626, :mod:`netsip.flows`:
+the connection a client that accepts none, such as a browser over
+WebSocket, registered on) is a socket of one process, kept in that
+process's registrar (``Registrar.flows``). A binding that needs a flow is
+reached only by the process holding its connection; the others skip it in
+their lookups (and do not drop it), so a call for it that lands on another
+process finds nobody there (480). With ``netsip proxy --workers N`` the
+kernel spreads connections over the workers: run WebSocket clients
+against one process, or accept that.
+
 Differences from Net::SIP: Net::SIP has no shared store (its registrar
 keeps a hash in the process).
 """
@@ -280,6 +290,7 @@ class RedisStore:
     # ---------------------------------------------------------------- the protocol
 
     def get(self, aor: str, now: float) -> list[Binding]:
+        """The bindings of ``aor`` not expired at ``now`` (:meth:`RegistrationStore.get`)."""
         self._seen = None
         raw = self._call(now, "HGETALL", self.key(aor))
         if not isinstance(raw, dict):
@@ -302,6 +313,11 @@ class RedisStore:
         return live
 
     def put(self, aor: str, bindings: Sequence[Binding], now: float) -> None:
+        """Replace the bindings of ``aor`` atomically, a Lua script (:meth:`RegistrationStore.put`).
+
+        After a :meth:`get` of the same AOR only what changed is written, and a
+        binding another process changed meanwhile raises :class:`RedisStoreError`.
+        """
         seen = self._seen[1] if self._seen is not None and self._seen[0] == aor else None
         self._seen = None
         new = {_field(b): b for b in bindings}
@@ -331,6 +347,7 @@ class RedisStore:
             ) from exc
 
     def delete(self, aor: str) -> None:
+        """Forget ``aor`` and its bindings (``DEL`` of its hash)."""
         self._seen = None
         self._call(None, "DEL", self.key(aor))
 

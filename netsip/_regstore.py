@@ -143,12 +143,14 @@ class MemoryStore:
         return len(self._heap)
 
     def get(self, aor: str, now: float) -> list[Binding]:
+        """The bindings of ``aor`` that have not expired at ``now``."""
         bindings = self._table.get(aor)
         if not bindings:
             return []
         return [b for b in bindings if b.expires > now]
 
     def put(self, aor: str, bindings: Sequence[Binding], now: float) -> None:
+        """Replace every binding of ``aor`` with ``bindings`` (none: delete the AOR)."""
         if not bindings:
             self.delete(aor)
             return
@@ -163,11 +165,13 @@ class MemoryStore:
                 self._rebuild()
 
     def delete(self, aor: str) -> None:
+        """Forget ``aor`` and its bindings (its heap entry is skipped when it pops)."""
         # the heap entry stays; it is skipped when it pops
         self._table.pop(aor, None)
         self._scheduled.pop(aor, None)
 
     def expire(self, now: float) -> int:
+        """Drop the bindings expired at ``now``; returns how many were dropped."""
         heap = self._heap
         dropped = 0
         while heap and heap[0][0] <= now:
@@ -189,12 +193,14 @@ class MemoryStore:
         return dropped
 
     def next_expiry(self) -> float | None:
+        """When the earliest binding expires, or None when the store is empty."""
         heap = self._heap
         while heap and self._scheduled.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # (a stale entry on top: not worth a timer)
         return heap[0][0] if heap else None
 
     def aors(self) -> Iterator[str]:
+        """The AORs with bindings (a snapshot: the store may change meanwhile)."""
         return iter(list(self._table))
 
     def _rebuild(self) -> None:

@@ -72,6 +72,10 @@ DEFAULT_SETTINGS: Final[Mapping[str, int]] = {
     # header lines, and values of one list header; past them it is dropped
     "MAX_HEADERS": 1000,
     "MAX_HEADER_VALUES": 256,
+    # Not in Perl: seconds between the keep-alive pings a stream pool sends
+    # on the connections it opened (RFC 5626 4.4.1: CRLFCRLF on TCP/TLS, a
+    # ping frame on WebSocket); 0 sends none.
+    "KEEPALIVE_INTERVAL": 0,
 }
 #: settings of the parser, which every pool shares: no per-pool override
 MODULE_WIDE: Final = frozenset({"MAX_HEADERS", "MAX_HEADER_VALUES"})
@@ -104,6 +108,7 @@ _RANGES: Final[Mapping[str, tuple[float, float]]] = {
     "MAX_RESPONSE_CACHE": (0, 2**34),
     "MAX_HEADERS": (10, 10**5),
     "MAX_HEADER_VALUES": (1, 10**5),
+    "KEEPALIVE_INTERVAL": (0, 86400),
 }
 
 
@@ -120,6 +125,7 @@ class Settings:
     tcp_readsize: int
     max_wbuf: int
     max_wbuf_total: int
+    keepalive_interval: float
 
 
 class _Pool(Protocol):
@@ -186,6 +192,7 @@ def effective(overrides: Mapping[str, float]) -> Settings:
         tcp_readsize=int(v["TCP_READSIZE"]),
         max_wbuf=int(v["MAX_WBUF"]),
         max_wbuf_total=int(v["MAX_WBUF_TOTAL"]),
+        keepalive_interval=v["KEEPALIVE_INTERVAL"],
     )
 
 
@@ -217,7 +224,11 @@ def import_settings(**kw: float) -> None:
             oldest are forgotten first), ``MAX_HEADERS`` and
             ``MAX_HEADER_VALUES`` (not in Perl, module-wide only: header
             lines per message, default 1,000, and values of one list header,
-            default 256; the parser refuses a message beyond them).
+            default 256; the parser refuses a message beyond them),
+            ``KEEPALIVE_INTERVAL`` (not in Perl: seconds between the
+            keep-alive pings, RFC 5626 section 4.4.1, a stream pool sends on
+            the connections it opened: CRLFCRLF on TCP and TLS, a ping frame
+            on WebSocket; default 0, none).
 
     Nothing is stored when one value is refused.
 

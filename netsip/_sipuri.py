@@ -329,6 +329,8 @@ _SOCKINFO_PROTO: dict[str | None, tuple[str, dict[str, str | int | None]]] = {
     "udp": ("sip", {}),
     "tcp": ("sip", {"transport": "TCP"}),
     "tls": ("sips", {}),
+    "ws": ("sip", {"transport": "WS"}),  # RFC 7118 section 5.1
+    "wss": ("sip", {"transport": "WSS"}),
 }
 
 

@@ -36,9 +36,12 @@ Keep-alives: leading CRLFs before a message are skipped (RFC 3261 7.5);
 each double CRLF ("ping", RFC 5626 4.4.1) is answered with one CRLF
 ("pong") on the same connection and counts as activity for the idle
 expiry. A ping split across two reads is taken for two single CRLFs and not
-answered (clients send the four bytes in one write).
+answered (clients send the four bytes in one write). With
+``KEEPALIVE_INTERVAL`` set, the pool sends a ping on every connection it
+opened (the client's side of RFC 5626 4.4.1) at that interval; a pong needs
+no handling (it is a leading CRLF).
 
-Differences from Net::SIP: keep-alive pongs (Net::SIP's TODO), corked
+Differences from Net::SIP: keep-alive pings and pongs (Net::SIP's TODO), corked
 writes, ``MAX_WBUF`` and the per-connection connect timer are this port's;
 an exception raised by a receive or ``sendto`` callback propagates out of
 the loop, and what it interrupted (the messages already read behind it, the
@@ -79,7 +82,7 @@ from netsip._conn import Conn, ConnFactory, Deliver
 from netsip._conntable import ConnTable
 from netsip._log import get_logger
 from netsip._settings import Settings
-from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike
+from netsip.eventloop import EV_READ, EV_WRITE, Callback, EventLoopLike, TimerLike
 from netsip.framing import FramingError, NeedMore, PacketError, next_message
 from netsip.packet import Packet, refused_request, warning
 from netsip.util import Addr, Proto, as_callable, invoke_callback
@@ -121,6 +124,7 @@ class StreamTransport(ConnTable):
         new_conn: ConnFactory,
     ) -> None:
         conn = new_conn(master, peer, master=True)
+        conn.outgoing = peer is not None
         super().__init__(cfg, conn)
         self.proto: Proto = proto
         self.family = master.family
@@ -131,6 +135,7 @@ class StreamTransport(ConnTable):
         self.corked: Conn | None = None  # its writes wait for the end of a read batch
         #: bytes in the write buffers of all connections (MAX_WBUF_TOTAL)
         self.wbuf_total = 0
+        self.keepalive_timer: TimerLike | None = None
         self._rbuf = bytearray(cfg.tcp_readsize)
         self._rview = memoryview(self._rbuf)
 
@@ -154,6 +159,9 @@ class StreamTransport(ConnTable):
             if self.expire_timer is not None:
                 self.expire_timer.cancel()
                 self.expire_timer = None
+            if self.keepalive_timer is not None:
+                self.keepalive_timer.cancel()
+                self.keepalive_timer = None
         if self.acceptor is not None:
             self.acceptor.attach(loop, self._accept if loop is not None else None)
         self.loop = loop
@@ -173,6 +181,7 @@ class StreamTransport(ConnTable):
                 if conn.wbuf:
                     self.watch_write(conn, True)
         self.arm_expire_timer()
+        self.arm_keepalive_timer()
 
     def close(self) -> None:
         """Detach and close every socket; pending callbacks are not invoked."""
@@ -258,7 +267,9 @@ class StreamTransport(ConnTable):
             invoke_callback(callback, err)
             return None
         conn = self.new_conn(sock, Addr(dst.addr, dst.port, dst.family, dst.host, self.proto))
+        conn.outgoing = True
         self.add(conn)
+        self.arm_keepalive_timer()
         if err == 0:
             self.established(conn)
         else:
@@ -423,6 +434,35 @@ class StreamTransport(ConnTable):
         if conn is not self.corked and not conn.watch_write and not conn.inside_connect:
             self.flush(conn)
 
+    # ---- keep-alive pings (RFC 5626 4.4.1)
+
+    def arm_keepalive_timer(self) -> None:
+        """Start the keep-alive pings if ``KEEPALIVE_INTERVAL`` asks for them and they are off."""
+        loop = self.loop
+        interval = self.cfg.keepalive_interval
+        if loop is None or interval <= 0 or self.keepalive_timer is not None:
+            return
+        self.keepalive_timer = loop.add_timer(
+            interval, self._keepalive, interval, "socketpool-keepalive"
+        )
+
+    def _keepalive(self, timer: object = None) -> None:
+        """Send a ping on every established connection the pool opened."""
+        sent = False
+        if self.cfg.keepalive_interval > 0:
+            for conn in self.all():
+                if conn.outgoing and not conn.inside_connect and not conn.closed:
+                    self.keepalive(conn)
+                    sent = True
+        if not sent and self.keepalive_timer is not None:
+            # no client connection left (or the setting went to 0): off until the next connect
+            self.keepalive_timer.cancel()
+            self.keepalive_timer = None
+
+    def keepalive(self, conn: Conn) -> None:
+        """Queue one keep-alive ping on ``conn``: a double CRLF (RFC 5626 4.4.1)."""
+        self.queue(conn, _PING, None)
+
     def _resume_extract(self, conn: Conn, _timer: object = None) -> None:
         if not conn.closed and conn.rbuf and len(conn.rbuf) >= conn.need:
             self._extract(conn)
@@ -436,15 +476,27 @@ class StreamTransport(ConnTable):
         response came in on, else one to ``target``, else a new one (Perl:
         ``_tcp_connect``); a failed connect tells ``callback`` at once.
         """
+        conn = self.pick(packet, target, callback)
+        if conn is not None:
+            self.queue(conn, data, callback)
+
+    def pick(self, packet: Packet, target: Addr, callback: Callback) -> Conn | None:
+        """The connection to send ``packet`` over; None (callback told) if a connect failed."""
         conn = self.master
         if conn.peer is None or conn.closed:  # a connected stream master carries everything
             found = self.tids.get(packet.tid()) if packet.is_response() else None
             if found is None:
                 same = self.by_peer.get((target.addr, target.port))
                 found = same[0] if same else self.connect(target, callback)
-                if found is None:
-                    return
-            conn = found
+            return found
+        return conn
+
+    def queue(self, conn: Conn, data: bytes, callback: Callback) -> None:
+        """Append ``data`` to ``conn``'s write buffer and write what the socket takes.
+
+        ``callback`` gets 0 once ``data`` is written, an errno if that fails
+        (``ENOBUFS`` at once when ``MAX_WBUF`` or ``MAX_WBUF_TOTAL`` would be exceeded).
+        """
         wbuf = conn.wbuf
         if (
             conn is self.corked

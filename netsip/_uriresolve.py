@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeAlias
 
+from netsip._ip import is_invalid_host
 from netsip._log import get_logger
 from netsip.eventloop import EventLoopLike
 from netsip.leg import Leg
@@ -408,6 +409,12 @@ class UriResolver:
                 mip = ip_canonical(maddr, mfam)
                 dests = [Dest(None, mip, mip, None, mfam)]
 
+        if not dests and is_invalid_host(host):
+            # RFC 6761 6.4: never looked up. Browsers put such hosts in their
+            # Via and Contact (RFC 7118 5.2): only their connection reaches them.
+            log.info("not resolving %s: .invalid names do not exist (RFC 6761)", uri)
+            invoke_callback(callback, errno.EHOSTUNREACH)
+            return
         if not dests:
             # DNS (RFC 3263), only for protocols some leg offers
             protos = [p for p in protos if any(leg.proto == p for leg in legs)]
@@ -437,8 +444,8 @@ class UriResolver:
                 dests = [d for d in dests if d.proto == "udp"]
             elif transport == "tcp":
                 dests = [d for d in dests if d.proto != "udp"]  # tcp and tls, as in Perl
-            elif transport == "tls":
-                dests = [d for d in dests if d.proto == "tls"]
+            elif transport in ("tls", "ws", "wss"):
+                dests = [d for d in dests if d.proto == transport]
             else:
                 dests = []
             if not dests:

@@ -41,7 +41,9 @@ class Receiver(Protocol):
     chain then stops), a false one (None) to let the next object try.
     """
 
-    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> object: ...
+    def receive(self, packet: Packet, leg: Leg, from_: Addr) -> object:
+        """Handle ``packet`` received on ``leg`` from ``from_``; true if it was handled fully."""
+        ...
 
 
 class ReceiveChain:

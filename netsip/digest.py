@@ -134,17 +134,33 @@ log = get_logger(__name__)
 class DigestRequest(Protocol):
     """What digest needs of a request (:class:`netsip.packet.Request` has it)."""
 
-    def method(self) -> str: ...
-    def uri(self) -> str: ...
-    def body(self) -> bytes: ...
-    def get_headers(self, name: str) -> list[str]: ...
-    def set_header(self, name: str, value: list[str]) -> None: ...
+    def method(self) -> str:
+        """The request method."""
+        ...
+
+    def uri(self) -> str:
+        """The Request-URI."""
+        ...
+
+    def body(self) -> bytes:
+        """The body (``auth-int`` hashes it)."""
+        ...
+
+    def get_headers(self, name: str) -> list[str]:
+        """The values of header ``name``, in order."""
+        ...
+
+    def set_header(self, name: str, value: list[str]) -> None:
+        """Replace every value of header ``name`` with ``value``."""
+        ...
 
 
 class DigestResponse(Protocol):
     """What digest needs of a 401/407 (:class:`netsip.packet.Response` has it)."""
 
-    def get_headers(self, name: str) -> list[str]: ...
+    def get_headers(self, name: str) -> list[str]:
+        """The values of header ``name`` (the challenges), in order."""
+        ...
 
 
 #: ``(user, password)``
@@ -508,8 +524,11 @@ def answer(
 
     Args:
         ch: the challenge.
-        method, uri, body: the request's method, Request-URI and body.
-        user, password: the credentials.
+        method: the request's method.
+        uri: the request's Request-URI.
+        body: the request's body (``auth-int`` hashes it).
+        user: the user name of the credentials.
+        password: the password.
         nc: the nonce count (:class:`NonceCounter`).
         cnonce: the client nonce; random if not given (tests give one to
             reproduce the RFC's examples).

@@ -17,7 +17,9 @@ transport endpoint) and the upper layer (the *receiver*, set with
   destination (given, or :meth:`resolve_uri` of the first Route / the request
   URI, or for a response its top Via), sends, and over UDP retransmits per
   RFC 3261 17.1 (:mod:`netsip.retransmit`) until the delivery is cancelled,
-  fails, or times out (the callback then gets ``ETIMEDOUT``). Each queued
+  fails, or times out (the callback then gets ``ETIMEDOUT``). A request
+  larger than 1,300 bytes goes over TCP/TLS when the destination offers it,
+  UDP being the fallback (RFC 3261 18.1.1, :func:`netsip._delivery.by_size`). Each queued
   delivery has one timer of its own in the event loop for its next
   retransmission or timeout; nothing scans the whole queue periodically (Perl
   runs a once-a-second scan). If a destination fails (TCP connect refused,
@@ -70,7 +72,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
-from netsip._delivery import DeliveryQueue, QueueEntry
+from netsip._delivery import MTU_LIMIT, DeliveryQueue, QueueEntry
 from netsip._log import get_logger
 from netsip._settings import get_settings
 from netsip._settings import track as track_settings
@@ -83,7 +85,7 @@ from netsip.respcache import ResponseCache, cache_key
 from netsip.retransmit import RetransmitSchedule, retransmit_timers
 from netsip.util import Addr, NetSIPError, Proto, errno_of, invoke_callback
 
-__all__ = ["SRV_PRIO_UNDEF", "Dispatcher", "QueueEntry", "Target"]
+__all__ = ["MTU_LIMIT", "SRV_PRIO_UNDEF", "Dispatcher", "QueueEntry", "Target"]
 
 log = get_logger(__name__)
 

@@ -138,7 +138,9 @@ Callback: TypeAlias = object
 class HasFileno(Protocol):
     """An object with a ``fileno()`` method (a socket, a file, a pipe end)."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """The file descriptor."""
+        ...
 
 
 #: A file descriptor as ``add_fd`` takes it: an int or an object with ``fileno()``.
@@ -151,15 +153,21 @@ StopVar: TypeAlias = Var[Any] | Callable[[], object]
 class TimerLike(Protocol):
     """What callers may rely on from the object ``add_timer`` returns."""
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> None:
+        """Cancel the timer; it does not fire any more."""
+        ...
 
 
 class EventLoopLike(Protocol):
     """An :class:`EventLoop` or anything API compatible (for SocketPool, Dispatcher)."""
 
-    def add_fd(self, fd: FdLike, rw: int, callback: Callback, name: str = "") -> None: ...
+    def add_fd(self, fd: FdLike, rw: int, callback: Callback, name: str = "") -> None:
+        """Watch ``fd`` for ``rw`` (``EV_READ``/``EV_WRITE``); see :meth:`EventLoop.add_fd`."""
+        ...
 
-    def del_fd(self, fd: FdLike, rw: int | None = None) -> None: ...
+    def del_fd(self, fd: FdLike, rw: int | None = None) -> None:
+        """Stop watching ``fd`` in one direction, or both; see :meth:`EventLoop.del_fd`."""
+        ...
 
     def add_timer(
         self,
@@ -167,10 +175,14 @@ class EventLoopLike(Protocol):
         callback: Callback,
         repeat: float | None = None,
         name: str | None = None,
-    ) -> TimerLike: ...
+    ) -> TimerLike:
+        """Call ``callback`` at ``when``; see :meth:`EventLoop.add_timer`."""
+        ...
 
     @property
-    def looptime(self) -> float: ...
+    def looptime(self) -> float:
+        """The time when the last select returned; see :attr:`EventLoop.looptime`."""
+        ...
 
 
 class TimerEvent:

@@ -100,6 +100,8 @@ def _leg_uri(proto: Proto, hostport: str) -> str:
         return f"sips:{hostport}"
     if proto == "udp":
         return f"sip:{hostport}"
+    # RFC 7118 section 5.1: transport=ws / transport=wss (a sip: URI: sips
+    # would ask for TLS on every hop, and browsers reach WSS with sip: URIs)
     return f"sip:{hostport};transport={proto}"
 
 
@@ -160,8 +162,10 @@ class Leg:
         port: local port; None means the protocol's default (5060, 5061 for
             TLS), 0 lets the system pick a free port (then :attr:`src` holds
             the real one).
-        proto: ``"udp"`` (default), ``"tcp"`` or ``"tls"`` (default if ``tls``
-            is given); taken from ``sock`` if that is given.
+        proto: ``"udp"`` (default), ``"tcp"``, ``"tls"`` (default if ``tls``
+            is given), ``"ws"`` or ``"wss"`` (WebSocket, RFC 7118; ``wss`` takes
+            the ``tls`` options); taken from ``sock`` if that is given (a
+            stream socket is ``tcp`` then).
         family: AF_INET/AF_INET6; derived from ``addr`` if None.
         sock: a ready (bound, and for TCP listening) socket.
         socketpool: a ready SocketPool; not together with ``sock``.
@@ -170,6 +174,9 @@ class Leg:
         tls: TLS options passed to the SocketPool (``certfile``, ``keyfile``,
             ``cafile``, ``verify_client``, ``check_hostname``, or ready
             ``server_context``/``client_context``).
+        ws: WebSocket options passed to the SocketPool (``path``, ``host``,
+            ``ping_interval``; see :class:`netsip._ws.WSOptions`), only with
+            ``ws``/``wss``.
         contact: the leg's SIP URI for Record-Route and Contact; default
             ``sip:host:port`` (``sips:`` for TLS, port omitted if default).
         host: host name for ``addr`` (Via, Contact, TLS peer validation);
@@ -193,6 +200,7 @@ class Leg:
         socketpool: SocketPool | None = None,
         dst: object = None,
         tls: Mapping[str, Any] | None = None,
+        ws: Mapping[str, Any] | None = None,
         contact: str | None = None,
         host: str | None = None,
         branch: str | None = None,
@@ -200,7 +208,7 @@ class Leg:
         if proto is None and tls:
             proto = "tls"
         if proto is not None and proto not in DEFAULT_PORTS:
-            raise ValueError(f"invalid proto {proto!r} (udp, tcp or tls)")
+            raise ValueError(f"invalid proto {proto!r} (udp, tcp, tls, ws or wss)")
         if sock is not None and socketpool is not None:
             raise ValueError("only one of sock and socketpool may be given")
 
@@ -275,7 +283,12 @@ class Leg:
         try:
             if socketpool is None:
                 socketpool = SocketPool(
-                    proto, sock, dst_addr, peer is not None, dict(tls) if tls else None
+                    proto,
+                    sock,
+                    dst_addr,
+                    peer is not None,
+                    dict(tls) if tls else None,
+                    ws=dict(ws) if ws else None,
                 )
         except BaseException:
             if created is not None:

@@ -528,6 +528,7 @@ class Request(Packet):
         self._set((method, 0, uri, make_headers(headers), None, None, None, body_bytes(body), None))
 
     def is_request(self) -> bool:
+        """True: this is a request."""
         return True
 
     def method(self) -> str:
@@ -555,6 +556,7 @@ class Request(Packet):
         return first
 
     def as_parts(self) -> tuple[str, str, list[tuple[str, str]], bytes]:
+        """``(method, uri, [(key, value), ...], body)``."""
         return self._method, self._text, self.header_items(), self._body
 
     def create_response(
@@ -794,6 +796,7 @@ class Response(Packet):
         )
 
     def is_response(self) -> bool:
+        """True: this is a response."""
         return True
 
     def code(self) -> int:
@@ -825,6 +828,7 @@ class Response(Packet):
         return first
 
     def as_parts(self) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        """``(code, msg, [(key, value), ...], body)``."""
         return self._code, self._text, self.header_items(), self._body
 
     def __repr__(self) -> str:

@@ -21,12 +21,20 @@ Requests (RFC 3261 16.3-16.6, 16.11):
   Request-URI pushed to the end of Route, 16.6 step 6), else the
   Request-URI, after asking ``lookup`` (a registrar's ``query``) for the
   domains the proxy serves (480 if nobody is registered);
-* the target is resolved by the dispatcher (RFC 3263); a request bigger
+* a target registered over a connection (a flow in ``flows``: RFC 5626,
+  a browser's ``.invalid`` Contact, RFC 7118 5), or named by a flow token
+  in one of our Routes, is reached over that connection, never resolved;
+  a target that needs a flow that is gone gets ``430 Flow Failed``
+  (RFC 5626 5.3); a flow token naming the connection the request came on
+  is ignored (it comes from that client);
+* else the target is resolved by the dispatcher (RFC 3263); a request bigger
   than 1300 bytes goes over TCP/TLS if the next hop offers it (RFC 3261
   18.1.1), and falls back to the next destination if sending fails (RFC 3263
   4.3);
 * the forwarded request gets Max-Forwards decremented, a Record-Route (two
-  when it leaves on another leg than it came in on: RFC 5658), Contacts
+  when it leaves on another leg than it came in on: RFC 5658; on the side
+  of a client reached only over its connection, a TCP/TLS/WS one with its
+  flow token, RFC 5626 5.3, :class:`~netsip.flows.FlowTokens`), Contacts
   rewritten when it changes legs (or always with ``force_rewrite``), the
   NAT helper's say on the SDP (:meth:`StatelessProxy.do_nat`), and a Via of
   the incoming leg (if it changes legs, as in Perl) and one of the outgoing
@@ -71,7 +79,9 @@ Differences from Net::SIP 0.835:
 - a rewritten Contact is the outgoing leg's URI (with its ``transport``)
   with the token as user part, so a TCP/TLS leg is reached over TCP/TLS;
 - the NAT helper gets a :class:`NatBasic` record instead of an array
-  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s.
+  (:mod:`netsip._nat`); the Contact token is :mod:`netsip._rewrite`'s;
+- flows (``flows``, flow tokens in Record-Route, 430) are new: Net::SIP
+  has no RFC 5626 outbound support and resolves every Contact.
 
 Known limit: the 1300-byte rule looks at each request alone, so the CANCEL
 (or the ACK of a failure) of an INVITE that went over TCP because of its
@@ -92,7 +102,8 @@ from netsip._delivery import via_uri
 from netsip._log import get_logger
 from netsip._nat import NatBasic, NATHelper, ResponseCodes, nat_packet
 from netsip._rewrite import ContactCrypt, CryptFn, DefaultRewriteContact
-from netsip.dispatcher import Dispatcher, Target
+from netsip.dispatcher import MTU_LIMIT, Dispatcher, Target
+from netsip.flows import FLOW_FAILED, Flow, FlowTable, FlowTokens, needs_flow
 from netsip.leg import DEFAULT_ALLOW, ForwardError, Leg
 from netsip.packet import Packet, Request, Response
 from netsip.util import (
@@ -123,8 +134,6 @@ log = get_logger(__name__)
 
 #: RFC 3261 16.6 step 3: the Max-Forwards a request without one gets; also the cap.
 DEFAULT_MAX_FORWARDS = 70
-#: RFC 3261 18.1.1: a request larger than this goes over a congestion-controlled transport.
-MTU_LIMIT = 1300
 #: hex digits of each of the two keys in the branch
 _KEY_LEN = 10
 
@@ -202,6 +211,12 @@ class _Forward:
     #: the loop key and transaction key of the branch
     keys: str
     max_forwards: int
+    #: the flow a flow token in our Route names (RFC 5626 5.3), if not the one it came on
+    flow: Flow | None = None
+    #: a Route of another element is the next hop (no flow of the Request-URI is used)
+    routed: bool = False
+    #: the request goes over a flow (set when its destination is found)
+    over_flow: bool = False
 
 
 class StatelessProxy:
@@ -236,6 +251,13 @@ class StatelessProxy:
             domain that
             ``lookup`` knows nobody for gets 480. None: everything is
             forwarded (as Net::SIP).
+        flows: the registrar's :class:`~netsip.flows.FlowTable`: a
+            Request-URI registered over a connection is sent over that
+            connection (RFC 5626 5.3, RFC 7118 5), never resolved. Default:
+            a table of the proxy's own, filled by the REGISTERs it forwards
+            from clients on their flows (an edge proxy).
+        flow_tokens: the flow tokens of the Record-Routes of TCP/TLS/WS legs
+            (:class:`~netsip.flows.FlowTokens`, default: a random key).
     """
 
     def __init__(
@@ -248,8 +270,15 @@ class StatelessProxy:
         force_rewrite: bool = False,
         lookup: Callable[[str], Sequence[str]] | None = None,
         domains: Iterable[str] | None = None,
+        flows: FlowTable | None = None,
+        flow_tokens: FlowTokens | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: the flows of contacts (a registrar's, or those of REGISTERs forwarded here)
+        self.flows = flows if flows is not None else FlowTable()
+        self.flow_tokens = (
+            flow_tokens if flow_tokens is not None else FlowTokens(lambda: dispatcher.legs)
+        )
         if rewrite_contact is None:
             crypt: CryptFn = rewrite_crypt if rewrite_crypt is not None else ContactCrypt()
             rewrite_contact = DefaultRewriteContact(crypt, dispatcher)
@@ -319,8 +348,12 @@ class StatelessProxy:
         A ``transport`` in ``uri`` must be the leg's: UDP and TCP legs on one
         port have equal contacts but for it. The answers are kept while the
         dispatcher's leg list stays the same (every request asks for its
-        Routes and Request-URI).
+        Routes and Request-URI), by the URI without its user part, which
+        does not name a leg (and differs for each flow token).
         """
+        if "@" in uri:
+            scheme, _, rest = uri.partition(":")
+            uri = f"{scheme}:{rest.partition('@')[2]}"
         legs_now, known = self._my_legs
         if legs_now is not self.dispatcher.legs:
             known = {}
@@ -403,7 +436,9 @@ class StatelessProxy:
         if checked is None:
             return
         max_forwards, route_uris = checked
-        out_leg = self._preprocess_routes(req, leg, route_uris)
+        popped: list[str] = []
+        out_leg = self._preprocess_routes(req, leg, route_uris, popped)
+        flow = self._route_flow(popped, leg, from_)
         rewritten, back_leg = self._rewrite_uri_back(req, leg)
         if back_leg is not None:
             out_leg = back_leg
@@ -422,12 +457,149 @@ class StatelessProxy:
         else:
             target = req.uri()
 
-        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards)
+        fwd = _Forward(req, leg, from_, out_leg, keys, max_forwards, flow, bool(route_uris))
+        self._resolve_next(target, fwd, partial(self._resolved, fwd))
+
+    # ------------------------------------------------------------ flows
+
+    def _route_flow(self, popped: list[str], leg: Leg, from_: Addr) -> Flow | None:
+        """The flow a flow token in one of our own Routes names (RFC 5626 5.3).
+
+        A token naming the flow the request came in on is ignored: the
+        request comes from that flow's client and goes by its Request-URI.
+        """
+        for uri in reversed(popped):
+            parts = sip_uri2parts(uri)
+            if parts is None or not parts[1]:
+                continue
+            flow = self.flow_tokens.decode(parts[1])
+            if flow is None:
+                continue
+            if flow.leg is leg and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port):
+                return None
+            return flow
+        return None
+
+    def _flow_targets(self, hop: str, fwd: _Forward) -> list[Target] | int | None:
+        """Where a request goes over a flow (RFC 5626 5.3, RFC 7118 5).
+
+        Returns:
+            ``[(peer, leg)]`` of a live flow: the one a flow token named, else
+            the newest of the Request-URI (``hop``) in :attr:`flows`;
+            ``ENOTCONN`` when ``hop`` can only be reached over a flow and
+            none is left (430); None: resolve ``hop`` (RFC 3263).
+        """
+        if fwd.routed:
+            return None  # the next hop is another element's Route
+        flow = fwd.flow
+        if flow is not None and flow.alive():
+            return [(flow.peer, flow.leg)]
+        found = self.flows.find(hop, self.dispatcher.eventloop.looptime)
+        if found is not None:
+            return [(found.peer, found.leg)]
+        if needs_flow(hop):
+            # (a flow token whose connection closed with a plain Request-URI: resolved)
+            return errno.ENOTCONN
+        return None
+
+    def _resolve_next(
+        self, hop: str, fwd: _Forward, callback: Callable[[list[Target] | int], None]
+    ) -> None:
+        """Find the destinations of ``hop``: over a flow, else by the dispatcher (RFC 3263)."""
+        found = self._flow_targets(hop, fwd)
+        fwd.over_flow = isinstance(found, list)
+        if found is not None:
+            log.debug("%s to %s over flow %s", fwd.request.method(), hop, found)
+            callback(found)
+            return
+        out_leg = fwd.out_leg
         self.dispatcher.resolve_uri(
-            target,
-            partial(self._resolved, fwd),
-            allowed_legs=[out_leg] if out_leg is not None else None,
+            hop, callback, allowed_legs=[out_leg] if out_leg is not None else None
         )
+
+    def _from_flow(self, req: Request, leg: Leg, from_: Addr) -> bool:
+        """Whether ``req`` comes from a client reached only over its connection.
+
+        That is a client on a connection-oriented leg whose Contact needs a
+        flow (``.invalid``, ``;ob``: RFC 7118 5, RFC 5626 5.3), or whose
+        Contact is registered over this very connection. (A server that
+        listens opens a connection of its own for its requests: its Record-Route
+        needs no token.)
+        """
+        if leg.proto == "udp":
+            return False
+        value = req.get_header("contact")
+        if not value:
+            return False
+        uri = _strip_angle(sip_hdrval2parts("contact", value)[0])
+        if needs_flow(uri):
+            return True
+        flow = self.flows.find(uri, self.dispatcher.eventloop.looptime)
+        return (
+            flow is not None
+            and flow.leg is leg
+            and (flow.peer.addr, flow.peer.port) == (from_.addr, from_.port)
+        )
+
+    def _edge_register(self, pkt: Request, fwd: _Forward, out: Leg) -> None:
+        """A REGISTER from a client on its flow, forwarded to a registrar elsewhere.
+
+        RFC 5626 5.2 and RFC 3327 5.1: with ``path`` in its Supported, the
+        REGISTER gets a Path with the flow token (the URI of the outgoing leg,
+        which the registrar reaches; ``ob`` from the first hop of a client
+        with a ``reg-id``), so the
+        registrar routes requests for it through here and over the flow. The
+        proxy also remembers the flow of each Contact in :attr:`flows` (for
+        the requested expiry), so a request for the Contact (or for the
+        Contact this proxy rewrote) finds the connection without Path.
+        """
+        req, leg, from_ = fwd.request, fwd.in_leg, fwd.from_
+        first_hop = len(req.header_values("via")) <= 1
+        if not (self._from_flow(req, leg, from_) or (first_hop and leg.proto != "udp")):
+            return  # (a server, or a client over UDP with a Contact reachable as it is)
+        contacts = []
+        for value in req.get_headers("contact"):
+            try:
+                data, param = sip_hdrval2parts("contact", value)
+            except ValueError:
+                continue
+            contacts.append((_strip_angle(data).strip(), param))
+        if not contacts:
+            return
+        flow = Flow(leg, from_)
+        now = self.dispatcher.eventloop.looptime
+        header = req.get_header("expires")
+        for uri, param in contacts:
+            value = (param.get("expires") or header or "3600").strip()
+            expires = int(value) if value.isdigit() and len(value) < 9 else 3600
+            if expires:
+                self.flows.remember(uri, flow, now + min(expires, 86400))
+            else:
+                self.flows.forget(uri)
+        tags = {t.strip().lower() for v in req.get_headers("supported") for t in v.split(",")}
+        if "path" not in tags:
+            return
+        token = self.flow_tokens.encode(flow)
+        if token is None:
+            return
+        ob = ";ob" if first_hop and any("reg-id" in p for _u, p in contacts) else ""
+        scheme, _, rest = out.contact.partition(":")
+        pkt.insert_header("path", f"<{scheme}:{token}@{rest};lr{ob}>")
+
+    def _rr_uri(self, leg: Leg, peer: Addr, flow: bool) -> str:
+        """The Record-Route URI of ``leg`` for a peer at ``peer``.
+
+        With ``flow`` (``peer`` is a client reached only over its connection)
+        it carries the flow token of that connection (RFC 5626 5.3: requests
+        back to that side go over it, RFC 7118 5).
+        """
+        if not flow or leg.proto == "udp":
+            return leg.contact
+        token = self.flow_tokens.encode(Flow(leg, peer))
+        if token is None:
+            return leg.contact
+        scheme, _, rest = leg.contact.partition(":")
+        return f"{scheme}:{token}@{rest}"
 
     def _check(self, req: Request, leg: Leg, from_: Addr) -> tuple[int, list[str]] | None:
         """RFC 3261 16.3 steps 1, 3, 5: the Max-Forwards to send and the Route URIs.
@@ -471,10 +643,13 @@ class StatelessProxy:
                 return None
         return max_forwards, route_uris
 
-    def _preprocess_routes(self, req: Request, leg: Leg, route_uris: list[str]) -> Leg | None:
+    def _preprocess_routes(
+        self, req: Request, leg: Leg, route_uris: list[str], popped: list[str] | None = None
+    ) -> Leg | None:
         """RFC 3261 16.4: undo a strict router, drop this proxy's own Routes.
 
-        ``route_uris`` (the URIs of the Route values) is updated in place.
+        ``route_uris`` (the URIs of the Route values) is updated in place;
+        the URIs of our own Routes removed are appended to ``popped``.
 
         Returns:
             The outgoing leg named by the last own Route, if it is not
@@ -494,7 +669,9 @@ class StatelessProxy:
             rleg = self._my_leg(route_uris[0])
             if rleg is None:
                 break
-            route_uris.pop(0)
+            own = route_uris.pop(0)
+            if popped is not None:
+                popped.append(own)
             routes.pop(0)
             changed = True
             if rleg is not leg:
@@ -633,6 +810,10 @@ class StatelessProxy:
         return True
 
     def _resolved(self, fwd: _Forward, result: list[Target] | int) -> None:
+        if result == errno.ENOTCONN:
+            log.info("%s %s: its flow is gone", fwd.request.method(), fwd.request.uri())
+            self._reply(fwd.request, fwd.in_leg, fwd.from_, FLOW_FAILED, "Flow Failed")
+            return
         if isinstance(result, int):
             log.info(
                 "cannot resolve next hop of %s %s: %s",
@@ -665,7 +846,7 @@ class StatelessProxy:
         if fwd.in_leg.proto != "udp" and len(targets) > 1:
             # Perl: a request that came over a stream prefers a stream onwards
             targets.sort(key=lambda t: t[1].proto == "udp")
-        pkt = self._outgoing(fwd, targets[0][1])
+        pkt = self._outgoing(fwd, *targets[0])
         if pkt is None:
             return None
         if targets[0][1].proto == "udp" and len(pkt.as_bytes()) > MTU_LIMIT:
@@ -676,7 +857,7 @@ class StatelessProxy:
             if reliable:
                 log.debug("request of %d bytes goes over %s", len(pkt.as_bytes()), reliable[0][0])
                 targets = reliable + [t for t in targets if t[1].proto == "udp"]
-                pkt = self._outgoing(fwd, targets[0][1])
+                pkt = self._outgoing(fwd, *targets[0])
                 if pkt is None:
                     return None
         return targets, pkt
@@ -688,7 +869,7 @@ class StatelessProxy:
         log.info("forwarding %s failed (%s), trying %s", fwd.request.method(), error, rest[0][0])
         self._send_request(fwd, rest)
 
-    def _outgoing(self, fwd: _Forward, out: Leg) -> Request | None:
+    def _outgoing(self, fwd: _Forward, addr: Addr, out: Leg) -> Request | None:
         """A copy of the request ready to go out on ``out``; None if it must be dropped."""
         pkt = fwd.request.clone()
         assert isinstance(pkt, Request)
@@ -696,12 +877,23 @@ class StatelessProxy:
         if out is not in_leg or self.force_rewrite:
             self._rewrite_contacts(pkt, in_leg, out)
         pkt.set_header("max-forwards", str(fwd.max_forwards))
-        if pkt.method() != "REGISTER":
+        if pkt.method() == "REGISTER":
+            self._edge_register(pkt, fwd, out)
+        else:
             # RFC 3261 16.6 step 4; RFC 5658: one for each side when the
             # request changes legs (the other side reaches the other leg)
-            pkt.insert_header("record-route", f"<{in_leg.contact};lr>")
+            # (with a flow token on a connection-oriented leg, RFC 5626 5.3)
+            in_flow = self._from_flow(fwd.request, in_leg, fwd.from_)
+            if out is in_leg and not in_flow and fwd.over_flow:
+                # one Record-Route for both sides: the callee's flow (requests
+                # arriving over it are told apart by their source, RFC 5626 5.3)
+                rr = self._rr_uri(out, addr, True)
+            else:
+                rr = self._rr_uri(in_leg, fwd.from_, in_flow)
+            pkt.insert_header("record-route", f"<{rr};lr>")
             if out is not in_leg:
-                pkt.insert_header("record-route", f"<{out.contact};lr>")
+                out_rr = self._rr_uri(out, addr, fwd.over_flow)
+                pkt.insert_header("record-route", f"<{out_rr};lr>")
         # RFC 3261 16.6 step 8 (and Perl's extra Via of the incoming leg)
         if out is not in_leg:
             pkt.insert_header("via", self._via(in_leg, fwd.keys))

@@ -40,7 +40,9 @@ log = get_logger(__name__)
 class Locator(Protocol):
     """Where :class:`Redirect` finds contacts (a registrar)."""
 
-    def query(self, aor: str) -> list[str]: ...
+    def query(self, aor: str) -> list[str]:
+        """The contacts registered for ``aor`` (empty if none)."""
+        ...
 
 
 class Redirect:

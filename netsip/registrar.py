@@ -46,8 +46,21 @@ replaces the old binding even with another URI), and more than one contact
 with a non-zero expiry when any has a ``reg-id`` is 400. Otherwise a
 ``reg-id`` is ignored, or answered with 439 if the client requires
 outbound (``Supported: outbound``). The registrar keeps ``+sip.instance``
-and ``reg-id`` and returns them; flows (keep-alives, flow tokens) are the
-edge proxy's.
+and ``reg-id`` and returns them.
+
+Flows (RFC 5626 6, 7; RFC 7118 5; :mod:`netsip.flows`): for each binding a
+client one hop away (one Via) registered over TCP, TLS, WS or WSS (over
+any transport for a Contact under ``.invalid`` or with ``;ob``, or with a
+``reg-id``), the registrar remembers the leg and the client's address in
+:attr:`Registrar.flows`, one flow per ``reg-id``, and asks the socket pool
+to keep that connection open while the binding lives
+(``SocketPool.keep_connection``). A proxy given the same table sends
+requests for the contact over that connection. :meth:`Registrar.lookup`
+leaves out a binding that needs a flow and has none here; one whose flow
+this registrar knows and whose connection is gone is dropped from the
+store (the flow failed: the proxy tries the next binding, 480 if none is
+left). Flows live in the process: with a shared store each process
+reaches the clients connected to it and skips the others' bindings.
 
 Bad input is answered, logged and never stored: a Contact that is no URI
 (Net::SIP stored garbage contacts, its leak bug #69) is 400; more than
@@ -72,7 +85,10 @@ Differences from Net::SIP:
 - the store is a protocol (:class:`RegistrationStore`) instead of the
   ``_store`` hash hack;
 - a rewritten request also gets the binding's Path as Route headers
-  (RFC 3327 5.3).
+  (RFC 3327 5.3);
+- flows are new (Net::SIP has no RFC 5626 outbound): a client that
+  accepts no connections (a browser, a phone behind NAT) cannot be called
+  through Net::SIP's registrar.
 """
 
 from __future__ import annotations
@@ -89,6 +105,7 @@ from netsip._log import get_logger
 from netsip._regstore import Binding, MemoryStore, RegistrationStore
 from netsip.dispatcher import Dispatcher
 from netsip.eventloop import TimerLike
+from netsip.flows import Flow, FlowTable, needs_flow
 from netsip.leg import Leg
 from netsip.packet import Packet, PacketError, Request, Response
 from netsip.util import Addr, NetSIPError, ip_is_v46
@@ -342,6 +359,9 @@ class Registrar:
         pass_foreign: for a REGISTER to a domain not served, return None
             (leave it to the next link of a chain) instead of answering 404.
         domain: one domain, as ``domains`` (Net::SIP takes either name).
+        flows: where the flows of the bindings are kept (see
+            :mod:`netsip.flows`); a new :class:`~netsip.flows.FlowTable` if
+            None. Give the same table to the proxy.
 
     Raises:
         ValueError: inconsistent limits.
@@ -359,6 +379,7 @@ class Registrar:
         max_contacts: int = 20,
         pass_foreign: bool = False,
         domain: str | None = None,
+        flows: FlowTable | None = None,
     ) -> None:
         if not 0 <= min_expires <= max_expires:
             raise ValueError(
@@ -380,6 +401,8 @@ class Registrar:
             tuple(d.lower().lstrip(".") for d in domains) if domains is not None else None
         )
         self.store: RegistrationStore = store if store is not None else MemoryStore()
+        #: the flows of the bindings registered over a connection (RFC 5626, RFC 7118 5)
+        self.flows: FlowTable = flows if flows is not None else FlowTable()
         self._timer: TimerLike | None = None
         self._timer_when: float | None = None
 
@@ -399,7 +422,7 @@ class Registrar:
             return []
         now = self.dispatcher.eventloop.looptime
         try:
-            bindings = self.store.get(key, now)
+            bindings = self._reachable(key, self.store.get(key, now), now)
         except OSError as exc:
             log.warning("lookup of %s failed: %s", key, exc)
             return []
@@ -407,6 +430,42 @@ class Registrar:
         # stale binding of a phone that went away must not win the call
         bindings.sort(key=lambda b: (-(1.0 if b.q is None else b.q), -b.expires))
         return bindings
+
+    def _reachable(self, aor: str, bindings: list[Binding], now: float) -> list[Binding]:
+        """``bindings`` without those only a flow reaches when that flow is not here.
+
+        A Contact that needs a flow (:func:`~netsip.flows.needs_flow`: an
+        ``.invalid`` host, ``;ob``) is reachable only over a live flow of
+        this process. If its flow is known but its connection is gone, the
+        binding is dropped from the store (RFC 5626 5.3: the flow failed; the
+        proxy tries the next binding, 480 if none is left); one this process
+        has no flow for is skipped but kept (another process sharing the
+        store may hold its connection). Other bindings stay: a plain contact
+        whose connection closed is reached the RFC 3261 way.
+
+        Raises:
+            OSError: the store failed to drop a dead binding.
+        """
+        flows = self.flows
+        if not bindings or (not len(flows) and not any(needs_flow(b.contact) for b in bindings)):
+            return bindings
+        kept: list[Binding] = []
+        dead: list[Binding] = []
+        for b in bindings:
+            inst, rid = b.instance, b.reg_id
+            if not needs_flow(b.contact) or flows.find(b.contact, now, instance=inst, reg_id=rid):
+                kept.append(b)
+            elif flows.known(b.contact, now, instance=inst, reg_id=rid):
+                dead.append(b)
+            else:
+                log.debug("%s: no flow to %s in this process", aor, b.contact)
+        if dead:
+            for b in dead:
+                log.info("%s: flow to %s failed, binding dropped", aor, b.contact)
+                flows.forget(b.contact, instance=b.instance, reg_id=b.reg_id)
+            gone = {id(b) for b in dead}
+            self.store.put(aor, [b for b in bindings if id(b) not in gone], now)
+        return kept
 
     def query(self, aor: str) -> list[str]:
         """The SIP/SIPS contact URIs registered for ``aor``, highest q first (as
@@ -421,6 +480,7 @@ class Registrar:
         """
         now = self.dispatcher.eventloop.looptime
         dropped = self.store.expire(now)
+        self.flows.expire(now)
         if dropped:
             log.debug("%d binding(s) expired", dropped)
         self._arm(now)
@@ -465,7 +525,7 @@ class Registrar:
             self._rewrite(packet)
             return None
         try:
-            response = self._register(packet)
+            response = self._register(packet, leg, from_)
         except _RejectError as r:
             log.info("REGISTER from %s: %d %s: %s", from_, r.code, r.reason, r)
             response = packet.create_response(r.code, r.reason, headers=r.headers)
@@ -507,7 +567,7 @@ class Registrar:
             host = host.partition(":")[0]
         return any(d in ("*", host) or host.endswith("." + d) for d in self.domains)
 
-    def _register(self, request: Request) -> Response | None:
+    def _register(self, request: Request, leg: Leg, from_: Addr) -> Response | None:
         """RFC 3261 10.3: the response to a REGISTER (None: not ours, pass it on)."""
         # step 1: the Request-URI
         ruri = _split_uri(request.uri())
@@ -561,9 +621,38 @@ class Registrar:
                 self.store.put(aor, new, now)
             except OSError as exc:
                 raise _RejectError(500, "Server Internal Error", f"store failed: {exc}") from exc
+            self._track_flows(request, Flow(leg, from_), current, new)
             self._arm(now)
             current = new
         return self._ok(request, current, now, flows)
+
+    def _track_flows(
+        self, request: Request, flow: Flow, old: list[Binding], new: list[Binding]
+    ) -> None:
+        """Remember the flow of each binding this REGISTER made, forget those it removed.
+
+        RFC 5626 6 and 7, RFC 7118 5: a binding registered by a client one hop
+        away (one Via) over a connection (TCP, TLS, WS) is reached over that
+        connection; so is, over any transport, one whose Contact needs a flow
+        or that has a reg-id. Through another proxy (more Vias) the way back
+        is that proxy's business (Path, or its own flow tokens).
+        """
+        flows = self.flows
+        callid, cseq = request.callid() or "", request.cseq_number() or 0
+        first_hop = len(request.header_values("via")) <= 1
+        stream = flow.leg.proto != "udp"
+        for b in new:
+            if b.callid != callid or b.cseq != cseq:
+                continue  # (not touched by this request)
+            if first_hop and (stream or b.reg_id is not None or needs_flow(b.contact)):
+                flows.remember(b.contact, flow, b.expires, instance=b.instance, reg_id=b.reg_id)
+                if stream:
+                    # the connection must outlive its idle timeout while the binding lives
+                    flow.leg.socketpool().keep_connection(flow.peer, b.expires)
+        kept = {(b.contact, b.instance, b.reg_id) for b in new}
+        for b in old:
+            if (b.contact, b.instance, b.reg_id) not in kept:
+                flows.forget(b.contact, instance=b.instance, reg_id=b.reg_id)
 
     def _foreign(self, why: str) -> None:
         """A REGISTER for a domain not served: 404, or (``pass_foreign``) passed on."""

@@ -32,6 +32,7 @@ from functools import partial
 from itertools import accumulate
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
+from netsip._ip import is_invalid_host
 from netsip._log import get_logger
 from netsip.eventloop import EV_READ, EV_WRITE, EventLoopLike, TimerLike
 from netsip.util import DEFAULT_PORTS, Addr, NetSIPError, Proto, invoke_callback
@@ -54,7 +55,24 @@ log = get_logger(__name__)
 
 #: Default port per transport (RFC 3261 section 19.1.2, RFC 3263 section 4.2).
 # RFC 3263 section 4.1: the NAPTR services netsip can use, and their transport.
-_NAPTR_SERVICES: Final[dict[str, Proto]] = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
+# RFC 7118 section 10.3: SIP+D2W and SIPS+D2W for WebSocket and secure WebSocket.
+_NAPTR_SERVICES: Final[dict[str, Proto]] = {
+    "SIP+D2U": "udp",
+    "SIP+D2T": "tcp",
+    "SIPS+D2T": "tls",
+    "SIP+D2W": "ws",
+    "SIPS+D2W": "wss",
+}
+# The SRV name of each transport when there is no NAPTR (RFC 3263 4.1). RFC 7118
+# registers no SRV service for WebSocket; these follow the same scheme and
+# otherwise just come back empty (then A/AAAA with the default port).
+_SRV_PREFIX: Final[dict[str, str]] = {
+    "udp": "_sip._udp.",
+    "tcp": "_sip._tcp.",
+    "tls": "_sips._tcp.",
+    "ws": "_sip._ws.",
+    "wss": "_sips._ws.",
+}
 # A negative answer is cached at most this long (RFC 2308 leaves the cap to us).
 _MAX_NEGATIVE_TTL: Final = 300
 _MAX_TTL: Final = 86400
@@ -301,7 +319,10 @@ class Resolver:
 
         * IP literal: one candidate per proto, ``port`` or the default port.
         * ``port`` given: AAAA/A of ``host`` only, one candidate per proto and address.
-        * else NAPTR (services SIP+D2U, SIP+D2T, SIPS+D2T among ``protos``, by
+        * ``invalid`` and names under it (RFC 6761 section 6.4): nothing,
+          without a query.
+        * else NAPTR (services SIP+D2U, SIP+D2T, SIPS+D2T, and for WebSocket
+          SIP+D2W and SIPS+D2W (RFC 7118), among ``protos``, by
           order and preference; without usable NAPTR records the SRV names of
           ``protos`` in their order), then SRV (by priority, RFC 2782 weighted
           random within a priority), then AAAA/A of each target; every usable
@@ -330,11 +351,14 @@ class Resolver:
         for p in protos or (("tls",) if sips else ("udp", "tcp")):
             if p not in DEFAULT_PORTS:
                 raise ValueError(f"unknown proto {p!r}")
-            if (p == "tls" or not sips) and p not in usable:
+            if (p in ("tls", "wss") or not sips) and p not in usable:
                 usable.append(cast(Proto, p))
         res = _Resolution(host.rstrip("."), usable, callback)
         ip = _ip_literal(host)
-        if not usable:
+        if not usable or (ip is None and is_invalid_host(host)):
+            # RFC 6761 6.4: .invalid names never resolve (browsers use them, RFC 7118 5.2)
+            if usable:
+                log.info("not resolving %s: .invalid names do not exist (RFC 6761)", host)
             self._finish(res, [])
         elif ip is not None:
             fam = _family(ip)
@@ -380,10 +404,7 @@ class Resolver:
         if not services:
             # No (usable) NAPTR: SRV for each transport we support, in our order.
             # Lenient: also when NAPTR records exist but none is usable.
-            services = [
-                (p, f"_sips._tcp.{res.host}" if p == "tls" else f"_sip._{p}.{res.host}")
-                for p in res.protos
-            ]
+            services = [(p, _SRV_PREFIX[p] + res.host) for p in res.protos]
         self._gather([_key(n, "SRV") for _, n in services], partial(self._on_srv, res, services))
 
     def _on_srv(

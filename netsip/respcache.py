@@ -52,7 +52,9 @@ class HeaderSource(Protocol):
     is read through that instead.
     """
 
-    def get_headers(self, name: str) -> list[str]: ...
+    def get_headers(self, name: str) -> list[str]:
+        """The values of header ``name``, in order."""
+        ...
 
 
 R = TypeVar("R")

@@ -169,7 +169,9 @@ class MediaArgs:
 class MediaCall(Protocol):
     """The part of ``Call`` the media callbacks use."""
 
-    def bye(self) -> None: ...
+    def bye(self) -> None:
+        """End the call (the media is done)."""
+        ...
 
 
 @dataclass(slots=True)

@@ -56,6 +56,14 @@ class SDPError(NetSIPError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Codec:
+    """A codec: of an ``a=rtpmap`` line or a static payload type (RFC 3551).
+
+    Attributes:
+        name: the encoding name (``PCMU``).
+        clock: the clock rate in Hz.
+        channels: the number of channels.
+    """
+
     name: str
     clock: int
     channels: int = 1
@@ -102,6 +110,7 @@ class Media:
     own_c: bool = False  # this section has its own c= line
 
     def attributes(self, name: str) -> list[str]:
+        """The values of the ``a=name:value`` lines of this media section."""
         out = []
         for t, v in self.lines:
             if t != "a":
@@ -113,6 +122,10 @@ class Media:
 
     @property
     def direction(self) -> str:
+        """``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``.
+
+        The media's own attribute, else the session's (RFC 3264 6.1).
+        """
         # RFC 3264 6.1: media-level attribute wins over session-level
         d: str | None = None
         for t, v in self.lines:
@@ -127,6 +140,7 @@ class Media:
 
     @property
     def rtpmap(self) -> dict[int, Codec]:
+        """The codecs by payload type: static types (RFC 3551) and ``a=rtpmap`` lines."""
         out: dict[int, Codec] = {}
         for f in self.fmt:
             if f.isdigit() and int(f) in STATIC:
@@ -140,6 +154,7 @@ class Media:
 
     @property
     def ptime(self) -> int | None:
+        """The ``a=ptime`` value in milliseconds, or None."""
         for v in self.attributes("ptime"):
             if v.strip().isdigit():
                 return int(v.strip())
@@ -188,6 +203,11 @@ class SDP:
 
     @classmethod
     def new_from_string(cls, data: str | bytes) -> SDP:
+        """Parse an SDP body (RFC 8866).
+
+        Raises:
+            SDPError: the body is too large, not UTF-8, or not valid SDP.
+        """
         if isinstance(data, bytes):
             if len(data) > MAX_SIZE:
                 raise SDPError("SDP too large")
@@ -287,6 +307,7 @@ class SDP:
         return cls(lines, mlist)
 
     def as_string(self) -> str:
+        """The SDP text: CRLF line ends, a media ``c=`` only where it differs."""
         out = [f"{t}={v}" for t, v in self.lines]
         sess_addr = self._session_addr()
         for m in self.media:
@@ -302,6 +323,7 @@ class SDP:
         return self.as_string().encode()
 
     def content_type(self) -> str:
+        """``application/sdp``, for the Content-Type header."""
         return "application/sdp"
 
     def _session_addr(self) -> str | None:
@@ -311,6 +333,12 @@ class SDP:
         return None
 
     def get_media(self) -> list[dict[str, object]]:
+        """The media as Net::SIP gives them.
+
+        Returns:
+            one dict per ``m=`` section, with ``addr``, ``port``, ``range``,
+            ``proto``, ``media``, ``fmt`` and ``lines``.
+        """
         return [
             {
                 "addr": m.addr,
@@ -354,6 +382,7 @@ class SDP:
         return None
 
     def version(self) -> int | None:
+        """The session version of the ``o=`` line, or None without one."""
         for t, v in self.lines:
             if t == "o":
                 p = v.split()
@@ -493,6 +522,12 @@ def _mirror(remote: str, local: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Negotiated:
+    """The outcome of offer/answer for one media stream.
+
+    Where to send (RTP and RTCP), the codec and its payload type, ptime, the
+    DTMF payload type, and whether to send and receive.
+    """
+
     index: int
     media: str
     remote: tuple[str, int] | None

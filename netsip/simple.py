@@ -55,12 +55,15 @@ from netsip.chain import ReceiveChain
 from netsip.dispatcher import Dispatcher
 from netsip.endpoint import Endpoint
 from netsip.eventloop import EventLoop
+from netsip.flows import FlowTable
 from netsip.leg import Leg
 from netsip.packet import Request
 from netsip.proxy import StatelessProxy
 from netsip.registrar import Registrar
 from netsip.stateful_proxy import StatefulProxy
 from netsip.util import (
+    DEFAULT_PORTS,
+    PROTOS,
     Addr,
     Proto,
     Var,
@@ -95,8 +98,10 @@ class Simple:
     Args:
         from_: our address (``"sip:alice@example.org"``, or ``"alice"`` with
             ``domain``).
-        leg: one leg: a :class:`Leg`, ``"[proto:]ip[:port]"``, a socket, or a
-            mapping of :class:`Leg` arguments. ``legs``: several.
+        leg: one leg: a :class:`Leg`, ``"[proto:]ip[:port]"`` (proto ``udp``,
+            ``tcp``, ``tls``, ``ws`` or ``wss``; the port defaults to the
+            proto's), a socket, or a mapping of :class:`Leg` arguments.
+            ``legs``: several.
         outgoing_proxy: ``"ip:port"`` or a SIP URI every request goes to.
         registrar: the default registrar of :meth:`register`.
         auth: credentials for 401/407: ``(user, password)``, a mapping realm
@@ -133,6 +138,8 @@ class Simple:
         domain2proxy: Mapping[str, object] | None = None,
     ) -> None:
         self.options: dict[str, str] = {**DEFAULT_OPTIONS}
+        #: the flows shared by the registrar and proxy this agent creates (RFC 5626)
+        self.flows = FlowTable()
         self.options.update({k.lower(): v for k, v in (options or {}).items()})
         self._own_loop = dispatcher is None and loop is None
         if dispatcher is not None:
@@ -212,7 +219,7 @@ class Simple:
         return Leg(
             proto=cast(Proto, proto or "udp"),
             addr=addr,
-            port=port if port is not None else 5060,
+            port=port if port is not None else DEFAULT_PORTS[proto or "udp"],
             family=family,
             host=host,
             tls=self._tls,
@@ -509,6 +516,7 @@ class Simple:
         the chain of the two.
         """
         auth = self._auth_from(args)
+        args.setdefault("flows", self.flows)  # (the proxies created here read them)
         registrar = Registrar(dispatcher=self.dispatcher, **args)
         return self._behind(auth, registrar, methods=["REGISTER"])
 
@@ -520,6 +528,7 @@ class Simple:
         as for :meth:`create_registrar` (challenging with 407).
         """
         args.setdefault("auth_i_am_proxy", True)
+        args.setdefault("flows", self.flows)
         auth = self._auth_from(args)
         return self._behind(auth, StatelessProxy(dispatcher=self.dispatcher, **args))
 
@@ -529,6 +538,7 @@ class Simple:
         :class:`~netsip.stateful_proxy.StatefulProxy`, and ``auth_*`` as for
         :meth:`create_stateless_proxy`."""
         args.setdefault("auth_i_am_proxy", True)
+        args.setdefault("flows", self.flows)
         auth = self._auth_from(args)
         return self._behind(auth, StatefulProxy(dispatcher=self.dispatcher, **args))
 
@@ -567,7 +577,7 @@ def _stop_of(var: Any) -> Any:
 
 def _split_proto(spec: str) -> tuple[str | None, str]:
     head, sep, rest = spec.partition(":")
-    if sep and head.lower() in ("udp", "tcp", "tls"):
+    if sep and head.lower() in PROTOS:
         return head.lower(), rest
     return None, spec
 

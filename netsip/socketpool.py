@@ -21,6 +21,9 @@ private modules:
 * :mod:`netsip._conn`: the per-socket record :class:`Conn` and the plain
   socket transport; :mod:`netsip._tls`: TLS built on it (contexts, the
   handshake, the direction switching), owning its readiness logic;
+* :mod:`netsip._ws`: WebSocket (RFC 7118, protos ``ws`` and ``wss``), a
+  layer over the stream transport (``wss``: over its TLS connections): the
+  upgrade, one SIP message per WebSocket message, pings, close codes;
 * :mod:`netsip._settings`: the tunables (:func:`import_settings`).
 
 Errno values given to ``sendto`` callbacks when a connection fails with data
@@ -54,7 +57,8 @@ for every key they do not override.
 
 Differences from Net::SIP: the transports' docstrings list theirs (read
 batches, held and corked writes, accept back-off, ``MAX_WBUF``, TLS 1.2 as
-the minimum); Perl's ``$fo`` hashes are typed :class:`Conn` records.
+the minimum, keep-alive pings and pongs); Perl's ``$fo`` hashes are typed
+:class:`Conn` records; WebSocket (``ws``, ``wss``) is new (Net::SIP has none).
 
 Performance plan. The hot paths (a datagram or a stream read in, the
 callback, the response out) must not pay for the split into modules. The
@@ -65,7 +69,9 @@ UDP response to the transport's held list itself and hands a stream packet
 to :meth:`netsip._stream.StreamTransport.send` in one call, as the single
 class it replaces did. :mod:`netsip._tls` (and with it :mod:`ssl`, which
 loads OpenSSL: about 1 MB and some milliseconds) is imported when the first
-TLS pool is made, not with this module, so processes without TLS never load it.
+TLS pool is made, not with this module, so processes without TLS never load it;
+the same holds for :mod:`netsip._ws` and wsproto (with h11) and the first
+``ws``/``wss`` pool.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ from netsip._stream import StreamTransport
 from netsip._udp import UDPTransport
 from netsip.eventloop import Callback, EventLoopLike
 from netsip.packet import Packet
-from netsip.util import Addr, NetSIPError, Proto, as_callable, invoke_callback
+from netsip.util import DEFAULT_PORTS, Addr, NetSIPError, Proto, as_callable, invoke_callback
 
 __all__ = ["DEFAULT_SETTINGS", "Conn", "SocketPool", "get_settings", "import_settings"]
 
@@ -103,7 +109,9 @@ class SocketPool:
     """The sockets of a Leg: a master socket plus, for TCP, its connections.
 
     Args:
-        proto: ``"udp"``, ``"tcp"`` or ``"tls"``.
+        proto: ``"udp"``, ``"tcp"``, ``"tls"``, ``"ws"`` or ``"wss"``
+            (WebSocket, RFC 7118: :mod:`netsip._ws`; ``wss`` is WebSocket
+            over TLS and takes the ``tls`` options).
         fd: the master socket: a bound UDP socket, a listening TCP socket, or
             a connected UDP/TCP socket with ``connected=True`` (TLS: the pool
             is the client of its handshake). The pool owns it from now on
@@ -119,7 +127,12 @@ class SocketPool:
             ``check_hostname`` or ready ``server_context`` /
             ``client_context`` (see :func:`netsip._tls.make_contexts`).
             Accepted connections use the server context, connections the
-            pool opens the client context.
+            pool opens the client context. Also with ``proto="wss"``.
+        ws: WebSocket options, only with ``ws``/``wss``: ``path`` (the
+            request target of connections the pool opens, default ``"/"``),
+            ``host`` (their ``Host`` header, default the destination),
+            ``ping_interval`` (seconds between WebSocket pings on every
+            connection, 0 = none, the default); see :func:`netsip._ws.ws_options`.
         settings: per-pool overrides of the module settings, e.g.
             ``{"TCP_READSIZE": 4096}``.
 
@@ -128,6 +141,7 @@ class SocketPool:
             bad TLS options or TLS options for a UDP/TCP pool.
         TypeError: ``fd`` is not a socket.
         OSError: a TLS certificate, key or CA file cannot be loaded.
+        NetSIPError: ``ws``/``wss`` without wsproto installed.
     """
 
     def __init__(
@@ -138,14 +152,17 @@ class SocketPool:
         connected: bool = False,
         tls: Mapping[str, object] | None = None,
         *,
+        ws: Mapping[str, object] | None = None,
         settings: Mapping[str, float] | None = None,
     ) -> None:
-        if proto not in ("udp", "tcp", "tls"):
-            raise ValueError(f"unknown protocol {proto!r} (udp, tcp or tls)")
+        if proto not in DEFAULT_PORTS:
+            raise ValueError(f"unknown protocol {proto!r} (udp, tcp, tls, ws or wss)")
         if not isinstance(fd, socket.socket):
             raise TypeError(f"master must be a socket.socket, not {type(fd).__name__}")
-        if tls is not None and proto != "tls":
+        if tls is not None and proto not in ("tls", "wss"):
             raise ValueError("tls options given for a non-TLS pool")
+        if ws is not None and proto not in ("ws", "wss"):
+            raise ValueError("ws options given for a pool without WebSocket")
         if fd.family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"a SocketPool needs an IPv4 or IPv6 socket, not {fd.family.name}")
         want = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
@@ -161,10 +178,24 @@ class SocketPool:
                 f"a {proto} pool needs a listening socket (call listen()) or connected=True"
             )
         make_conn: ConnFactory = new_conn
-        if proto == "tls":
+        if proto in ("tls", "wss"):
             from netsip._tls import conn_factory, make_contexts  # noqa: PLC0415  # see the performance plan
 
             make_conn = conn_factory(make_contexts(tls))
+        transport: type[StreamTransport] = StreamTransport
+        extra: dict[str, object] = {}
+        if proto in ("ws", "wss"):
+            try:
+                from netsip._ws import WSTransport, ws_options  # noqa: PLC0415  # see the performance plan
+            except ImportError as exc:
+                if (exc.name or "").partition(".")[0] not in ("wsproto", "h11"):
+                    raise
+                raise NetSIPError(
+                    f"the {proto} transport needs wsproto: pip install 'netsip[ws]'"
+                ) from exc
+
+            transport = WSTransport
+            extra["options"] = ws_options(ws)
         self._overrides = validated(settings or {})
         consistent(current(self._overrides))
         if MODULE_WIDE & self._overrides.keys():
@@ -192,7 +223,7 @@ class SocketPool:
             self._udp = UDPTransport(self._master, fd.family, local_ip, self._dst)
             self._conns: dict[int, Conn] = {}
         else:
-            stream = StreamTransport(
+            stream = transport(
                 proto,
                 fd,
                 peer=peer,
@@ -200,6 +231,7 @@ class SocketPool:
                 local_ip=local_ip,
                 cfg=effective(self._overrides),
                 new_conn=make_conn,
+                **extra,
             )
             self._stream = stream
             self._master = stream.master
@@ -254,6 +286,41 @@ class SocketPool:
     def peers(self) -> list[Addr]:
         """The peers of the current connections (not the master), oldest first."""
         return [c.peer for c in self._conns.values() if c.peer is not None]
+
+    def has_connection(self, dst: object) -> bool:
+        """Whether a stream connection to ``dst`` is open (or being set up).
+
+        :meth:`sendto` to ``dst`` then uses it and opens none: a flow
+        (RFC 5626) to a client that accepts no connections. Always False for
+        UDP and for a closed pool.
+        """
+        stream = self._stream
+        if stream is None or self._closed:
+            return False
+        target = dst if isinstance(dst, Addr) else Addr.parse(dst)
+        master = stream.master
+        if master.peer is not None and not master.closed:
+            return (master.peer.addr, master.peer.port) == (target.addr, target.port)
+        return bool(stream.by_peer.get((target.addr, target.port)))
+
+    def keep_connection(self, dst: object, until: float) -> bool:
+        """Keep the connections to ``dst`` open until ``until`` (loop time) even if idle.
+
+        A registrar calls this for a flow (RFC 5626): the client is reached
+        over its connection only, so the pool's idle expiry must not close
+        it while the binding lives. The peer closing it still closes it.
+
+        Returns:
+            Whether there was a connection to ``dst``.
+        """
+        stream = self._stream
+        if stream is None or self._closed:
+            return False
+        target = dst if isinstance(dst, Addr) else Addr.parse(dst)
+        conns = stream.by_peer.get((target.addr, target.port))
+        for conn in conns or ():
+            conn.keep_until = until
+        return bool(conns)
 
     def attach_eventloop(self, loop: EventLoopLike | None, callback: Callback = None) -> None:
         """Attach to ``loop`` and deliver every received packet to ``callback``.

@@ -5,7 +5,9 @@ Net::SIP has only a stateless proxy (``Net::SIP::StatelessProxy``, ported in
 a :class:`~netsip.proxy.StatelessProxy` whose requests go through
 transactions: it keeps the stateless proxy's checks and routing
 (Max-Forwards, Route preprocessing, loop detection, Record-Route across legs
-and transports, Contact rewriting, the NAT hook, the 1300-byte rule), and
+and transports, Contact rewriting, the NAT hook, the 1300-byte rule, flows:
+a branch to a contact registered over a connection goes over it, RFC 5626
+5.3, and ends as ``430`` if that connection is gone), and
 adds a *response context* (16.7) per request.
 
 How it works:
@@ -84,6 +86,7 @@ departs from RFC 3261 or takes one of its options:
 from __future__ import annotations
 
 import enum
+import errno
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -94,6 +97,7 @@ from netsip._nat import NATHelper
 from netsip._rewrite import CryptFn
 from netsip.dispatcher import Dispatcher, Target
 from netsip.eventloop import TimerLike
+from netsip.flows import FLOW_FAILED, Flow, FlowTable, FlowTokens
 from netsip.leg import Leg
 from netsip.packet import Request, Response
 from netsip.proxy import (
@@ -125,9 +129,14 @@ class Located(Protocol):
     """A contact as a registrar's store has it (:class:`netsip.registrar.Binding`)."""
 
     @property
-    def contact(self) -> str: ...
+    def contact(self) -> str:
+        """The contact URI."""
+        ...
+
     @property
-    def q(self) -> float | None: ...
+    def q(self) -> float | None:
+        """Its q-value (RFC 3261 20.10), or None without one."""
+        ...
 
 
 #: what ``lookup`` returns per contact: a URI, ``(uri, q)``, or a binding
@@ -190,6 +199,10 @@ class _Server:
     cancelled: bool = False
     linger: TimerLike | None = None
     seq: int = 0
+    #: the flow a flow token in our Route names (RFC 5626 5.3)
+    flow: Flow | None = None
+    #: the next hop is another element's Route
+    routed: bool = False
 
 
 def _contact(entry: Contact) -> tuple[str, float] | None:
@@ -219,8 +232,12 @@ class StatefulProxy(StatelessProxy):
             q, highest first, equal q in parallel).
         timer_c: seconds of Timer C (RFC 3261 16.6 step 11 wants more than
             180).
-        rewrite_contact, rewrite_crypt, nathelper, force_rewrite: as for
-            :class:`StatelessProxy`.
+        rewrite_contact: as for :class:`StatelessProxy`.
+        rewrite_crypt: as for :class:`StatelessProxy`.
+        nathelper: as for :class:`StatelessProxy`.
+        force_rewrite: as for :class:`StatelessProxy`.
+        flows: as for :class:`StatelessProxy`.
+        flow_tokens: as for :class:`StatelessProxy`.
 
     Raises:
         ValueError: an unknown ``forking`` or a ``timer_c`` not above 0.
@@ -238,6 +255,8 @@ class StatefulProxy(StatelessProxy):
         rewrite_crypt: CryptFn | None = None,
         nathelper: NATHelper | None = None,
         force_rewrite: bool = False,
+        flows: FlowTable | None = None,
+        flow_tokens: FlowTokens | None = None,
     ) -> None:
         if forking not in ("parallel", "serial"):
             raise ValueError(f"forking must be 'parallel' or 'serial', not {forking!r}")
@@ -251,6 +270,8 @@ class StatefulProxy(StatelessProxy):
             force_rewrite=force_rewrite,
             lookup=None if lookup is None else partial(self._uris_of, lookup),
             domains=domains,
+            flows=flows,
+            flow_tokens=flow_tokens,
         )
         self.locate = lookup
         self.forking: Forking = forking
@@ -335,7 +356,9 @@ class StatefulProxy(StatelessProxy):
         if checked is None:
             return
         max_forwards, route_uris = checked
-        out_leg = self._preprocess_routes(req, leg, route_uris)
+        popped: list[str] = []
+        out_leg = self._preprocess_routes(req, leg, route_uris, popped)
+        flow = self._route_flow(popped, leg, from_)
         rewritten, back_leg = self._rewrite_uri_back(req, leg)
         if back_leg is not None:
             out_leg = back_leg
@@ -361,6 +384,7 @@ class StatefulProxy(StatelessProxy):
         ctx = _Server(
             key, req, leg, from_, req.get_headers("via"), keys, max_forwards, out_leg, groups
         )
+        ctx.flow, ctx.routed = flow, bool(route_uris)
         self._servers[key] = ctx
         if method == "INVITE":
             # RFC 3261 16.2: a stateful proxy answers an INVITE 100 Trying itself
@@ -394,22 +418,29 @@ class StatefulProxy(StatelessProxy):
                 req.set_uri(uri)
             ctx.seq += 1
             fwd = _Forward(
-                req, ctx.leg, ctx.from_, ctx.out_leg, f"{ctx.keys}{ctx.seq}", ctx.max_forwards
+                req,
+                ctx.leg,
+                ctx.from_,
+                ctx.out_leg,
+                f"{ctx.keys}{ctx.seq}",
+                ctx.max_forwards,
+                ctx.flow,
+                ctx.routed,
             )
             cl = _Client(ctx, req.method(), fwd)
             ctx.clients.append(cl)
             clients.append((cl, hop))
         ctx.pending += len(clients)
         for cl, hop in clients:
-            out_leg = ctx.out_leg
-            self.dispatcher.resolve_uri(
-                hop,
-                partial(self._branch_resolved, cl),
-                allowed_legs=[out_leg] if out_leg is not None else None,
-            )
+            # (over the callee's flow if it registered over a connection, RFC 5626 5.3)
+            self._resolve_next(hop, cl.fwd, partial(self._branch_resolved, cl))
 
     def _branch_resolved(self, cl: _Client, result: list[Target] | int) -> None:
         if cl.final is not None:
+            return
+        if result == errno.ENOTCONN:
+            log.info("branch %s of %s: its flow is gone", cl.fwd.request.uri(), cl.method)
+            self._local_final(cl, FLOW_FAILED, "Flow Failed")
             return
         if isinstance(result, int) or not result:
             log.info("branch %s of %s: cannot resolve next hop", cl.fwd.request.uri(), cl.method)

@@ -708,7 +708,7 @@ class Listen:
 
     def addresses(self, count: int) -> dict[str, Addr]:
         """Wait for ``count`` "listening on" lines; proto -> address."""
-        found = self.err.wait_for(r"listening on (udp|tcp|tls):(\S+)$", count)
+        found = self.err.wait_for(r"listening on (udp|tcp|tls|ws|wss):(\S+)$", count)
         return {m.group(1): Addr.parse(m.group(2)) for m in found}
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
@@ -1152,3 +1152,36 @@ class RedisServer:
 
 
 __all__ += ["RedisServer", "require_redis"]
+
+
+# --- Node.js (JsSIP, SIP.js) and Chromium: the WebRTC peers (tests/webrtc/) ---
+
+NODE_MIN_MAJOR = 18  # esbuild and SIP.js need Node 18 or later
+
+
+def require_node() -> tuple[str, str]:
+    """The ``node`` and ``npm`` binaries (Node 18 or later), or skip/fail."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        missing_peer("Node.js with npm", "apt-get install nodejs npm")
+        raise AssertionError("unreachable")
+    res = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    m = re.match(r"v(\d+)\.", res.stdout.strip())
+    if m is None or int(m.group(1)) < NODE_MIN_MAJOR:
+        missing_peer(f"Node.js {NODE_MIN_MAJOR} or later", f"found {res.stdout.strip() or '?'}")
+    return node, npm
+
+
+def require_chromium() -> str:
+    """The Chromium binary (Debian's ``chromium``, or ``chromium-browser``), or skip/fail."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    missing_peer("Chromium", "apt-get install chromium")
+    raise AssertionError("unreachable")
+
+
+__all__ += ["require_chromium", "require_node"]

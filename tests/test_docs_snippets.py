@@ -1,14 +1,18 @@
-"""The tutorials' snippets run: every code block marked runnable in docs/*.md.
+"""The tutorials' snippets run: every code block marked runnable in the pages under docs/.
 
-A block is runnable when the line just before its opening fence is a marker::
+A block (```python or ```sh) is runnable when the line just before its
+opening fence is a marker::
 
     <!-- snippet: NAME [background [interrupt]] [ready="TEXT"] [expect="TEXT" ...] [exit=N] -->
 
-The snippets of one page run in order, as separate Python processes, in one
-temporary directory (a file one writes, the next reads). A ``background``
+The snippets of one page run in order, as separate processes (Python, or
+``bash -e`` for a shell block, with ``netsip`` on the PATH running this
+tree's command), in one temporary directory (a file one writes, the next
+reads). A ``background``
 snippet (an answering phone, a registrar) keeps running while the next
 foreground snippet runs; once that is done it is given a bounded time to end
-on its own, and is interrupted (SIGINT, a user's Ctrl-C) after that; with
+on its own, and is interrupted (SIGINT to its process group, a user's
+Ctrl-C) after that; with
 ``interrupt`` (a server that runs until stopped) it is interrupted at once. ``ready`` is a line it
 prints when it serves; the next snippet starts only then. ``expect`` texts
 must appear in the snippet's output; ``exit`` is the exit status it must
@@ -21,6 +25,8 @@ one throughout the page.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import signal
@@ -35,7 +41,7 @@ import pytest
 from tests.support import ROOT, free_udp_tcp_port, python_env
 
 DOCS = ROOT / "docs"
-MARKER = re.compile(r"^<!-- snippet: (.*?) -->\s*\n```python\n(.*?)^```", re.M | re.S)
+MARKER = re.compile(r"^<!-- snippet: (.*?) -->\s*\n```(python|sh)\n(.*?)^```", re.M | re.S)
 PORTS = re.compile(r"\b(5060|5070|5080|5090)\b")
 RUN_TIMEOUT = 60.0  # one foreground snippet, on a loaded machine
 END_TIMEOUT = 20.0  # a background snippet ending on its own afterwards
@@ -48,6 +54,7 @@ class Snippet:
 
     name: str
     code: str
+    lang: str = "python"
     background: bool = False
     interrupt: bool = False
     ready: str | None = None
@@ -55,10 +62,10 @@ class Snippet:
     exit: int | None = None
 
 
-def parse_marker(text: str, code: str) -> Snippet:
-    """The snippet of marker ``text`` and its ``code``."""
+def parse_marker(text: str, code: str, lang: str = "python") -> Snippet:
+    """The snippet of marker ``text`` and its ``code`` (a ``python`` or ``sh`` block)."""
     words = shlex.split(text)
-    snippet = Snippet(name=words[0], code=code)
+    snippet = Snippet(name=words[0], code=code, lang=lang)
     for word in words[1:]:
         key, _, value = word.partition("=")
         if key == "background":
@@ -78,11 +85,14 @@ def parse_marker(text: str, code: str) -> Snippet:
 
 def snippets(page: Path) -> list[Snippet]:
     """The runnable snippets of ``page``, in order."""
-    return [parse_marker(m.group(1), m.group(2)) for m in MARKER.finditer(page.read_text())]
+    return [
+        parse_marker(m.group(1), m.group(3), m.group(2)) for m in MARKER.finditer(page.read_text())
+    ]
 
 
 def pages() -> list[Path]:
-    return sorted(p for p in DOCS.glob("*.md") if snippets(p))
+    """The pages under docs/ (subdirectories too) with runnable snippets."""
+    return sorted(p for p in DOCS.rglob("*.md") if snippets(p))
 
 
 def test_marker_parsing() -> None:
@@ -92,11 +102,14 @@ def test_marker_parsing() -> None:
         "```python\nprint(5080)\n```\n"
         "```python\nnot marked\n```\n"
         "<!-- snippet: b.py exit=3 -->\n```python\npass\n```\n"
+        "<!-- snippet: c.sh -->\n```sh\nnetsip --version\n```\n"
+        "<!-- snippet: d.sh -->\n```text\nnot a language that runs\n```\n"
     )
-    found = [parse_marker(m.group(1), m.group(2)) for m in MARKER.finditer(page)]
+    found = [parse_marker(m.group(1), m.group(3), m.group(2)) for m in MARKER.finditer(page)]
     assert found == [
-        Snippet("a.py", "print(5080)\n", True, True, "up", ["x y", "z"]),
+        Snippet("a.py", "print(5080)\n", "python", True, True, "up", ["x y", "z"]),
         Snippet("b.py", "pass\n", exit=3),
+        Snippet("c.sh", "netsip --version\n", "sh"),
     ]
     with pytest.raises(AssertionError, match="unknown marker word"):
         parse_marker("c.py fast", "")
@@ -104,6 +117,8 @@ def test_marker_parsing() -> None:
 
 def test_there_are_snippets() -> None:
     assert DOCS / "ua.md" in pages()
+    assert DOCS / "getting-started.md" in pages()
+    assert any(s.lang == "sh" for s in snippets(DOCS / "getting-started.md"))
 
 
 class Running:
@@ -112,14 +127,22 @@ class Running:
     def __init__(self, snippet: Snippet, path: Path) -> None:
         self.snippet = snippet
         self.out = path.with_suffix(".out")
+        env = python_env()
+        if snippet.lang == "sh":
+            argv = ["bash", "-e", path.name]
+            env["PATH"] = os.pathsep.join([str(netsip_command(path.parent)), env["PATH"]])
+        else:
+            argv = [sys.executable, "-u", path.name]
         with self.out.open("wb") as out:
+            # its own process group: Ctrl-C reaches a shell snippet's command too
             self.proc = subprocess.Popen(
-                [sys.executable, "-u", path.name],
+                argv,
                 cwd=path.parent,
-                env=python_env(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def output(self) -> str:
@@ -139,12 +162,17 @@ class Running:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGINT)
+            self.signal(signal.SIGINT)
         try:
             return self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
             return self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the snippet's process group (what a terminal's Ctrl-C does)."""
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.killpg(self.proc.pid, sig)
 
     def check(self, code: int) -> None:
         out = self.output()
@@ -155,7 +183,17 @@ class Running:
             assert text in out, f"{self.snippet.name} did not print {text!r}:\n{out}"
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def netsip_command(where: Path) -> Path:
+    """A directory with a ``netsip`` command that runs this tree's CLI on this interpreter."""
+    bindir = where / ".bin"
+    bindir.mkdir(exist_ok=True)
+    command = bindir / "netsip"
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m netsip "$@"\n')
+    command.chmod(0o755)
+    return bindir
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
     ports: dict[str, str] = {}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from netsip.sdp import SDP
 from netsip.simple import Call, Simple
 from netsip.testing import drive, open_fds, udp_socket
 from netsip.util import Var
+from tests.support import write_certs
 
 pytestmark = pytest.mark.both_loops
 
@@ -513,3 +515,15 @@ def _raw_request(  # noqa: PLR0917  (a test helper with defaults)
 
     drive(loop, readable, what=f"a response to {method}")
     return got[0]
+
+
+@pytest.mark.parametrize("proto", ["ws", "wss", "tls"])
+def test_leg_strings_name_every_transport(loop: EventLoop, proto: str, tmp_path: Path) -> None:
+    """``"ws:127.0.0.1:0"`` and the like make a leg of that transport."""
+    tls = None
+    if proto in ("wss", "tls"):
+        certs = write_certs(tmp_path)
+        tls = {"certfile": str(certs["server_cert"]), "keyfile": str(certs["server_key"])}
+    with Simple(from_="sip:a@example.com", leg=f"{proto}:127.0.0.1:0", loop=loop, tls=tls) as ua:
+        (leg,) = ua.dispatcher.get_legs()
+        assert leg.proto == proto and leg.src.port != 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -48,6 +49,8 @@ log = get_logger(__name__)
 USER_AGENT: Final = f"netsip/{__version__}"
 
 _SCHEME_RX: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", re.DOTALL)
+#: ``ws://host[:port][/path]`` (RFC 6455 section 3; no query or fragment here)
+_WS_URL_RX: Final = re.compile(r"(wss?)://(\[[0-9A-Fa-f:.]+\](?::\d+)?|[^/\[\]]+)(/[!-~]*)?", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +62,27 @@ class Target:
     host: str
     port: int | None
     family: int | None
+    ws_path: str = "/"
 
 
 def parse_target(text: str, transport: str | None) -> Target:
-    """Parse a destination: a SIP URI or ``host[:port]``.
+    """Parse a destination: a SIP URI, ``host[:port]``, or a WebSocket URL.
+
+    ``ws://host[:port][/path]`` and ``wss://...`` (RFC 6455 section 3) stand
+    for ``sip:host[:port];transport=ws`` (``wss``) with the upgrade request
+    going to ``path``: the form a web phone is configured with.
 
     Raises:
         CliError: unparsable, or a transport that contradicts the URI (status 2).
     """
     uri = text.strip()
+    ws = _WS_URL_RX.fullmatch(uri)
+    if ws is not None:
+        scheme, hostport, path = ws.group(1).lower(), ws.group(2), ws.group(3) or "/"
+        if transport and transport != scheme:
+            raise CliError(f"--transport {transport} contradicts the URL {text!r}")
+        target = parse_target(f"sip:{hostport};transport={scheme}", None)
+        return dataclasses.replace(target, uri=f"sip:{hostport}", ws_path=path)
     m = _SCHEME_RX.match(uri)
     if m is None or m.group(1).lower() not in ("sip", "sips"):
         if m is not None and not m.group(2).isdigit():  # "host:5060" has no scheme
@@ -126,11 +141,14 @@ class ClientLeg:
             self.dst = Addr(first_ip, port, family, host, target.proto)
 
         bind_ip, bind_port = self._local(args.bind, family, first_ip, target)
-        tls = tls_options(args, server=False) if target.proto == "tls" else None
+        tls = tls_options(args, server=False) if target.proto in ("tls", "wss") else None
         if tls is None and (args.tls_cert or args.tls_key or args.tls_ca):
-            raise CliError("--tls-cert/--tls-key/--tls-ca need --transport tls or a sips: URI")
+            raise CliError(
+                "--tls-cert/--tls-key/--tls-ca need --transport tls or wss, or a sips: URI"
+            )
+        ws = {"path": target.ws_path} if target.proto in ("ws", "wss") else None
         try:
-            self.leg = make_leg(addr=bind_ip, port=bind_port, proto=target.proto, tls=tls)
+            self.leg = make_leg(addr=bind_ip, port=bind_port, proto=target.proto, tls=tls, ws=ws)
         except OSError as exc:
             where = Addr(bind_ip, bind_port, family)
             raise CliError(f"cannot bind {target.proto}:{where}: {exc.strerror or exc}") from None

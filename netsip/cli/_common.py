@@ -24,7 +24,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 from netsip.eventloop import EV_READ, EventLoop
 from netsip.leg import Leg
-from netsip.util import PROTOS, Var
+from netsip.util import PROTOS, NetSIPError, Var
 
 # EXIT_FAIL: the peer did not give us what we asked for; EXIT_USAGE: bad input.
 EXIT_OK: Final = 0
@@ -316,5 +316,5 @@ def make_leg(**kw: Any) -> Leg:
         return Leg(**kw)
     except NotImplementedError as exc:
         raise CliError(f"TLS is not available: {exc}") from None
-    except (ssl.SSLError, ValueError) as exc:
+    except (ssl.SSLError, ValueError, NetSIPError) as exc:
         raise CliError(f"cannot set up the leg: {exc}") from None

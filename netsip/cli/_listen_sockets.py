@@ -199,18 +199,18 @@ def server_specs(args: argparse.Namespace) -> tuple[list[ListenSpec], dict[str, 
         specs.extend(parse_listen_spec(text))
     specs = specs or parse_listen_spec("127.0.0.1:5060")
     tls: dict[str, Any] | None = None
-    if any(s.proto == "tls" for s in specs):
+    if any(s.proto in ("tls", "wss") for s in specs):
         if not args.tls_cert:
-            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
+            raise CliError("listening on tls or wss needs --tls-cert (and --tls-key)")
         tls = tls_options(args, server=True)
     elif args.tls_cert or args.tls_key or args.tls_ca:
-        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls or wss")
     return specs, tls
 
 
 def make_legs(bound: Bound, tls: dict[str, Any] | None) -> list[Leg]:
-    """A leg on each bound socket (TLS ones with ``tls``)."""
+    """A leg on each bound socket (TLS and WSS ones with ``tls``)."""
     return [
-        make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
+        make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto in ("tls", "wss") else None)
         for spec, sock in bound
     ]

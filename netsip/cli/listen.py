@@ -96,7 +96,8 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         "--listen",
         action="append",
         metavar="[PROTO:]ADDR[:PORT]",
-        help="where to listen, repeatable: udp:127.0.0.1:5060, tcp:[::1]:5060, tls:0.0.0.0:5061;"
+        help="where to listen, repeatable: udp:127.0.0.1:5060, tcp:[::1]:5060, tls:0.0.0.0:5061,"
+        " ws:127.0.0.1:8080, wss:127.0.0.1:8443 (WebSocket, RFC 7118; wss with --tls-cert);"
         " without PROTO udp and tcp on one port; port 0 picks a free one"
         " (default: udp+tcp 127.0.0.1:5060, and tls 127.0.0.1:5061 with --tls-cert)",
     )
@@ -282,9 +283,11 @@ class ListenStats:
 
     @property
     def requests(self) -> int:
+        """Requests answered, all transports."""
         return sum(self.by_proto.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict (``--json`` and the workers' summary)."""
         end = self.stopped if self.stopped is not None else time.monotonic()
         return {
             "requests": self.requests,
@@ -506,7 +509,9 @@ def _serve(
     try:
         with SignalStop(loop, stop):
             legs = [
-                make_leg(sock=sock, proto=spec.proto, tls=tls if spec.proto == "tls" else None)
+                make_leg(
+                    sock=sock, proto=spec.proto, tls=tls if spec.proto in ("tls", "wss") else None
+                )
                 for spec, sock in bound
             ]
             dispatcher = Dispatcher(legs, loop)
@@ -557,12 +562,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
         if args.tls_cert:
             specs += parse_listen_spec("tls:127.0.0.1:5061")
     tls: dict[str, Any] | None = None
-    if any(s.proto == "tls" for s in specs):
+    if any(s.proto in ("tls", "wss") for s in specs):
         if not args.tls_cert:
-            raise CliError("listening on tls needs --tls-cert (and --tls-key)")
+            raise CliError("listening on tls or wss needs --tls-cert (and --tls-key)")
         tls = tls_options(args, server=True)
     elif args.tls_cert or args.tls_key or args.tls_ca:
-        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls")
+        raise CliError("--tls-cert/--tls-key/--tls-ca given but nothing listens on tls or wss")
     phrase = args.reason if args.reason is not None else REASON_PHRASES.get(args.code, "")
     if args.rcvbuf > 2**31 - 1:
         raise CliError(f"--rcvbuf {args.rcvbuf}: at most {2**31 - 1}")

@@ -42,6 +42,18 @@ With ``--stateful`` the proxy is a
 to every registered contact (``--forking parallel``, or ``serial`` by
 q-value), the best final response, Timer C.
 
+Clients that cannot be called back (a browser over WebSocket, whose Contact
+is ``...invalid;transport=ws``, a phone behind NAT over TCP/TLS) are reached
+over the connection they registered on (:mod:`netsip.flows`, RFC 5626,
+RFC 7118 5): the registrar remembers each binding's flow, the proxy sends
+requests for it over that connection and record-routes with a flow token,
+so in-dialog requests (a BYE from the UDP side) find it too; a flow whose
+connection closed loses its binding (480), an in-dialog request for it
+gets 430. Listening on several transports (``-l udp:...`` ``-l tcp:...``,
+or ``-l 127.0.0.1:5060`` for both) makes the proxy a bridge between them:
+a request that changes transports is record-routed twice (RFC 5658). With
+``--workers`` a flow lives in the worker that holds its connection.
+
 Differences from Net::SIP's scripts: one command for both, challenges with
 407 from the proxy (Perl's ``create_stateless_proxy`` drops
 ``i_am_proxy``), and several transports on one port by default.
@@ -362,9 +374,12 @@ def _chain(  # noqa: PLR0917  (the command's parts, put together once)
             lookup=registrar.lookup,
             domains=domains,
             forking=getattr(args, "forking", "parallel"),
+            flows=registrar.flows,
         )
     else:
-        proxy = StatelessProxy(dispatcher=disp, lookup=registrar.query, domains=domains)
+        proxy = StatelessProxy(
+            dispatcher=disp, lookup=registrar.query, domains=domains, flows=registrar.flows
+        )
     verbose = bool(getattr(args, "verbose", 0))
 
     def count(packet: Packet, _leg: Leg, from_: Addr) -> None:

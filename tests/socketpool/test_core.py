@@ -97,6 +97,7 @@ def test_default_settings() -> None:
         "MAX_RESPONSE_CACHE": 2**25,
         "MAX_HEADERS": 1000,
         "MAX_HEADER_VALUES": 256,
+        "KEEPALIVE_INTERVAL": 0,
     }
     assert get_settings() == socketpool.DEFAULT_SETTINGS
 
