@@ -13,6 +13,11 @@ Three answerers, each a process of its own on a UDP port of 127.0.0.1:
 ``perl``
     Perl's ``examples/bench/listen.pl`` (``Simple->listen`` with
     ``recv_echo``), run with stdout unbuffered as the tests do.
+``stdlib``
+    the Python limit, :mod:`benchmarks.ua_stdlib`: a socket per call in
+    ``selectors``, one ``recvfrom`` and one ``sendto`` per echoed packet and
+    nothing else, signalling without a parser; no target, the floor under
+    netsip's cost per packet.
 
 Sections (``--only``, comma-separated):
 
@@ -80,11 +85,12 @@ from benchmarks.load import (
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERL_BENCH: Final = "/usr/share/doc/libnet-sip-perl/examples/bench"
-ANSWERERS: Final = ("netsip", "listen.py", "perl")
+ANSWERERS: Final = ("netsip", "listen.py", "perl", "stdlib")
 LABELS: Final = {
     "netsip": "netsip answer --echo",
     "listen.py": "netsip listen.py",
     "perl": "Perl listen.pl",
+    "stdlib": "stdlib echo (limit)",
 }
 SECTIONS: Final = ("media", "setup")
 STEPS: Final = (1, 10, 20, 50, 100, 200, 400, 600, 800, 1000, 1200, 1600)
@@ -113,6 +119,9 @@ def answerer_cmd(kind: str, port: int) -> list[str]:
     if kind == "listen.py":
         return [sys.executable, os.path.join(REPO, "examples", "bench", "listen.py"),
                 "-L", f"127.0.0.1:{port}"]  # fmt: skip
+    if kind == "stdlib":
+        return [sys.executable, os.path.join(REPO, "benchmarks", "ua_stdlib.py"),
+                "--port", str(port)]  # fmt: skip
     if kind == "perl":
         perl = shutil.which("perl") or "perl"
         # (stdout unbuffered, as tests/test_cli_call.py runs it)
@@ -485,7 +494,8 @@ def chart(res: dict[str, Any], path: str) -> bool:
     if not panels:
         return False
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
-    colors = {"netsip": "tab:orange", "listen.py": "tab:green", "perl": "tab:red"}
+    colors = {"netsip": "tab:orange", "listen.py": "tab:green", "perl": "tab:red",
+              "stdlib": "tab:gray"}  # fmt: skip
     ax_list = list(axes[0])
     if media:
         ax_cpu, ax_delay = ax_list[0], ax_list[1]
@@ -595,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
     ap.add_argument("--only", default=",".join(SECTIONS), help="sections (default: all)")
-    ap.add_argument("--answerers", default=",".join(ANSWERERS), help="default: all three")
+    ap.add_argument("--answerers", default=",".join(ANSWERERS), help="default: all four")
     ap.add_argument("--repeats", type=int, help="ramps / runs per answerer (default 3)")
     ap.add_argument("--steps", help="calls per step, comma-separated")
     ap.add_argument("--measure", type=float, help="seconds measured per step (default 1.25)")

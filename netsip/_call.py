@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import errno as errnos
 import logging
-import secrets
+import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -146,7 +146,8 @@ class Call(CallExtensions):
                     args[key] = getattr(ua, key)
             self.ctx = {k: v for k, v in args.items() if v is not None}
         self.param: dict[str, Any] = dict(param or {})
-        self.param.setdefault("init_media", ua.rtp("media_recv_echo"))
+        if "init_media" not in self.param:  # (not made for every call that has one)
+            self.param["init_media"] = ua.rtp("media_recv_echo")
         self.param.setdefault("rtp_param", DEFAULT_RTP_PARAM)
         self.dtmf_events: deque[DTMFRequest] = deque()
         self.media: MediaSession | None = None
@@ -156,7 +157,8 @@ class Call(CallExtensions):
             self._cleanup.append(lambda call: invoke_callback(cb, call))
         self._sockets = []
         self._local_sdp = None  # our last SDP
-        self._session_id = secrets.randbelow(2**62)  # o= of our SDPs (RFC 8866 5.2)
+        # o= of our SDPs: unique, not secret (RFC 8866 5.2)
+        self._session_id = random.getrandbits(62)
         self._offer_pending = False  # our offer is out (in a 2xx or an INVITE)
         self.closed = False
         self.established = False

@@ -21,8 +21,10 @@ Differences from Net::SIP:
 - Bad packets (short, wrong version, unexpected source) are dropped with a
   rate limited log line; nothing raises out of the loop.
 - Per stream counters (packets/bytes sent and received, lost by sequence gaps).
-- RTCP (Net::SIP has none): receiver reports every 5 s and BYE on close,
-  see :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged.
+- RTCP (Net::SIP has none): receiver reports every 5 s and BYE on close
+  (from a stream that sent RTP or RTCP: RFC 3550 6.3.7), see
+  :mod:`netsip._rtcp`; incoming RTCP is parsed tolerantly and logged, read
+  when the next report goes out (one fd less to watch per call).
 - WAV input (mu-law, A-law, PCM16 8 kHz mono encoded with
   :mod:`netsip._g711`) and WAV output, see :mod:`netsip._wav`.
 - DTMF is sent and extracted with :mod:`netsip.dtmf` (the hooks
@@ -116,16 +118,19 @@ def create_rtp_sockets(
     if count < 1:
         raise ValueError("count must be >= 1")
     fam = socket.AF_INET6 if ":" in laddr else socket.AF_INET
+    # (Linux: non-blocking from the start, no fcntl per socket)
+    kind = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
     lo, hi = port_range
     for _ in range(tries):
         base = random.randrange(lo, hi - 2 * count) & ~1
         socks: list[socket.socket] = []
         try:
             for i in range(2 * count):
-                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s = socket.socket(fam, kind)
                 socks.append(s)
                 s.bind((laddr, base + i))
-                s.setblocking(False)
+                if kind == socket.SOCK_DGRAM:
+                    s.setblocking(False)
         except OSError as e:
             for s in socks:
                 s.close()
@@ -242,6 +247,7 @@ class _Stream:
         "raddr",
         "rtcp",
         "rtcp_raddr",
+        "rtcp_sent",
         "rtp",
         "rx",
         "send_sock",
@@ -269,6 +275,7 @@ class _Stream:
         self.echo_buf: collections.deque[bytes] = collections.deque()
         self.rtcp: socket.socket | None = None
         self.rtcp_raddr: Addr | None = None
+        self.rtcp_sent = False
         self.rx = ReceptionStats()
         self.dtmf_x: Callable[[bytes, float | None], tuple[str, int, str] | None] | None = None
 
@@ -279,6 +286,8 @@ class _Stream:
             self.rtcp.sendto(data, self.rtcp_raddr)
         except OSError as e:
             log.info("rtcp: send to %s failed: %s", self.rtcp_raddr, e)
+            return
+        self.rtcp_sent = True
 
     def send(self, pt: int, payload: bytes, samples: int) -> None:
         if self.raddr is None:
@@ -338,6 +347,7 @@ class MediaSession:
         self._next_send = self.loop.looptime
         ssocks = args.ssocks if args.ssocks is not None else args.lsocks
         self._fds: list[socket.socket] = []
+        self._rtcp_in: list[socket.socket] = []
         for i, pair in enumerate(args.lsocks):
             if pair is None:
                 continue
@@ -350,9 +360,11 @@ class MediaSession:
             st.rtcp = (spair or pair)[1]
             st.rtcp_raddr = ra[1] if ra else None
             self.streams.append(st)
+            # (the RTCP socket is read when the reports go out, see _report:
+            # no fd to watch per call for what is only logged)
             self.loop.add_fd(pair[0], EV_READ, self._reader(st), f"rtp{i}")
-            self.loop.add_fd(pair[1], EV_READ, self._rtcp_reader(pair[1]), f"rtcp{i}")
-            self._fds += [pair[0], pair[1]]
+            self._fds.append(pair[0])
+            self._rtcp_in.append(pair[1])
         self._rtcp_timer: TimerLike | None = self.loop.add_timer(
             RTCP_INTERVAL, self._report, RTCP_INTERVAL, "rtcp-rr"
         )
@@ -368,11 +380,8 @@ class MediaSession:
     def _reader(self, st: _Stream) -> Callable[[object], None]:
         return lambda _fd: self._receive(st)
 
-    def _rtcp_reader(self, sock: socket.socket) -> Callable[[object], None]:
-        return lambda _fd: self._receive_rtcp(sock)
-
     def _receive_rtcp(self, sock: socket.socket) -> None:
-        for _ in range(16):
+        for _ in range(64):  # (bounded; the peer reports every few seconds)
             try:
                 data, src = sock.recvfrom(65536)
             except OSError:
@@ -384,7 +393,10 @@ class MediaSession:
                 log.debug("rtcp from %s: %s", src[:2], parsed)
 
     def _report(self, _timer: object = None) -> None:
-        """Receiver report on each stream (RFC 3550 6.4.2)."""
+        """Read what came in on the RTCP sockets, then a receiver report on
+        each stream (RFC 3550 6.4.2)."""
+        for sock in self._rtcp_in:
+            self._receive_rtcp(sock)
         for st in self.streams:
             st.send_rtcp(build_rr(st.ssrc, st.rx if st.rx.base_seq is not None else None))
 
@@ -552,10 +564,14 @@ class MediaSession:
             self._rtcp_timer.cancel()
             self._rtcp_timer = None
         for st in self.streams:
-            st.send_rtcp(build_bye(st.ssrc))  # RFC 3550 6.6
+            # RFC 3550 6.3.7: a participant that never sent an RTP or RTCP
+            # packet must not send a BYE (a call ended before its media began)
+            if st.stats.sent_packets or st.rtcp_sent:
+                st.send_rtcp(build_bye(st.ssrc))  # RFC 3550 6.6
         for s in self._fds:
             self.loop.del_fd(s)
         self._fds = []
+        self._rtcp_in = []
         if self._out_file is not None:
             self._out_file.close()
             self._out_file = None

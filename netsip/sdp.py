@@ -87,6 +87,10 @@ TELEPHONE_EVENT = Codec("telephone-event", 8000)
 DEFAULT_CODECS: tuple[Codec, ...] = (PCMU, PCMA, TELEPHONE_EVENT)
 
 
+# RFC 8866 6.6: a=rtpmap:<payload type> <encoding name>/<clock rate>[/<parameters>]
+_RTPMAP = re.compile(r"(\d+)\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*$")
+
+
 def _is_hold_addr(addr: str | None) -> bool:
     return addr in ("0.0.0.0", "::")
 
@@ -141,10 +145,11 @@ class Media:
         for f in self.fmt:
             if f.isdigit() and int(f) in STATIC:
                 out[int(f)] = STATIC[int(f)]
-        for v in self.attributes("rtpmap"):
-            m = re.match(r"^(\d+)\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*$", v)
-            if m:
-                out[int(m[1])] = Codec(m[2], int(m[3]), int(m[4] or 1))
+        for t, v in self.lines:
+            if t == "a" and v.startswith("rtpmap:"):
+                m = _RTPMAP.match(v, 7)
+                if m:
+                    out[int(m[1])] = Codec(m[2], int(m[3]), int(m[4] or 1))
         return out
 
     @property
@@ -466,6 +471,7 @@ def answer(
         attrs: list[str] = []
         has_audio = False
         if m.port != 0 and m.proto.upper().startswith("RTP/"):
+            fmtps = m.attributes("fmtp")
             for f in m.fmt:
                 if not f.isdigit() or int(f) not in rtpmap:
                     continue
@@ -476,7 +482,7 @@ def answer(
                     has_audio = True
                 fmt.append(f)
                 attrs.append(_codec_lines(int(f), c))
-                for fv in m.attributes("fmtp"):
+                for fv in fmtps:
                     if fv.split(" ", 1)[0] == f:
                         attrs.append("fmtp:" + fv)
         if not has_audio:
@@ -541,16 +547,15 @@ def negotiate(local: SDP, remote: SDP) -> list[Negotiated | None]:
         if lm.port == 0 or rm.port == 0:
             out.append(None)
             continue
-        lmap, rmap = lm.rtpmap, rm.rtpmap
+        rmap = rm.rtpmap
+        ours = {(c.name.lower(), c.clock) for c in lm.rtpmap.values()}
         pt_codec: tuple[int, Codec] | None = None
         dtmf: int | None = None
         for f in rm.fmt:
             if not f.isdigit() or int(f) not in rmap:
                 continue
             c = rmap[int(f)]
-            if not any(
-                c.name.lower() == x.name.lower() and c.clock == x.clock for x in lmap.values()
-            ):
+            if (c.name.lower(), c.clock) not in ours:
                 continue
             if c.name.lower() == "telephone-event":
                 dtmf = dtmf if dtmf is not None else int(f)

@@ -7,8 +7,11 @@ import random
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from netsip._g711 import alaw_encode, ulaw_decode, ulaw_encode
+from netsip import dtmf
+from netsip._g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from netsip.dtmf import (
     EVENTS,
     DTMFExtractor,
@@ -546,3 +549,117 @@ TONES = {
     for d, c in zip(keys, (1209, 1336, 1477, 1633), strict=True)
 }
 PEAK_0DBM0 = 32767 * 10 ** (-3.17 / 20)
+
+
+def test_inband_with_dc_offset() -> None:
+    # a tone on an offset (within the share the tones must hold) is still a digit
+    a = PEAK_0DBM0 * 10 ** (-10 / 20)
+    signal = [0.0] * 800 + [v + 0.7 * a for v in tones("5", 100, -10)] + [0.0] * 800
+    assert [r.event for r in extract(dtmf_extractor(audio_type=0), pcm_packets(signal))] == ["5"]
+
+
+@pytest.mark.parametrize("pt", [0, 8])
+def test_inband_loud_constant_payload_is_not_a_digit(pt: int) -> None:
+    # the UA benchmark's payload: a 16-byte head, then zero bytes (the loudest
+    # negative sample in PCMU): loud, but DC
+    x = dtmf_extractor(audio_type=pt)
+    stream = Stream()
+    packets = [
+        stream.audio(struct.pack("!IiQ", 7, 3, 1_234_567_890_123 + i * 20_000_000) + bytes(144), pt)
+        for i in range(100)
+    ]
+    assert extract(x, packets) == []
+
+
+# --------------------------------------------- the classifier against plain floats
+
+
+def reference_classify(linear: list[int]) -> str | None:
+    """The decision of a window as a textbook Goertzel would make it, in floats.
+
+    The same thresholds as netsip.dtmf: a digit needs both tones above -36
+    dBm0, the twist within +8/-6 dB, each tone 6 dB above the others of its
+    group and the two tones at least half of the window's power.
+    """
+    n = len(linear)
+    hann = [0.5 - 0.5 * math.cos(2 * math.pi * (k + 0.5) / n) for k in range(n)]
+    scale = 2 / sum(hann) ** 2
+    power = sum(v * v for v in linear) / n
+    min_tone = PEAK_0DBM0**2 / 2 * 10 ** (-3.6)
+
+    def bin_power(f: int) -> float:
+        c = sum(
+            v * w * math.cos(2 * math.pi * f * k / 8000)
+            for k, (v, w) in enumerate(zip(linear, hann, strict=True))
+        )
+        s = sum(
+            v * w * math.sin(2 * math.pi * f * k / 8000)
+            for k, (v, w) in enumerate(zip(linear, hann, strict=True))
+        )
+        return (c * c + s * s) * scale
+
+    rows = [bin_power(f) for f in (697, 770, 852, 941)]
+    cols = [bin_power(f) for f in (1209, 1336, 1477, 1633)]
+    row, col = rows.index(max(rows)), cols.index(max(cols))
+    low, high = rows[row], cols[col]
+    if power < 2 * min_tone or low < min_tone or high < min_tone:
+        return None
+    if low > high * 10**0.8 or high > low * 10**0.6:
+        return None
+    if any(p * 10**0.6 > low for i, p in enumerate(rows) if i != row):
+        return None
+    if any(p * 10**0.6 > high for i, p in enumerate(cols) if i != col):
+        return None
+    if low + high < 0.5 * power:
+        return None
+    return "123A456B789C*0#D"[4 * row + col]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pt=st.sampled_from([0, 8]),
+    digit=st.sampled_from("0123456789*#ABCD"),
+    # around the limits: the level, the twist, the detuning, the part of the
+    # window the tones fill, the offset and the noise (mostly near a digit)
+    level=st.floats(-40, 3),
+    twist=st.floats(-8, 10),
+    detune=st.floats(-0.025, 0.025),
+    span=st.one_of(st.just((0, 160)), st.tuples(st.integers(0, 159), st.integers(1, 160))),
+    dc=st.one_of(st.just(0.0), st.floats(-0.8, 0.8)),
+    noise_db=st.one_of(st.none(), st.floats(0, 40)),
+    seed=st.integers(0, 2**16),
+)
+def test_inband_windows_decided_as_by_plain_floats(
+    *,
+    pt: int,
+    digit: str,
+    level: float,
+    twist: float,
+    detune: float,
+    span: tuple[int, int],
+    dc: float,
+    noise_db: float | None,
+    seed: int,
+) -> None:
+    # the detector's integer arithmetic, packed dot products and early
+    # rejections decide every 20 ms window as the float Goertzel does:
+    # tones with twist, detuned, in part of the window, on an offset, in noise
+    rng = random.Random(seed)
+    low, high = TONES[digit]
+    a_low = PEAK_0DBM0 * 10 ** (level / 20)
+    a_high = a_low * 10 ** (-twist / 20)
+    rms = math.sqrt((a_low**2 + a_high**2) / 2)
+    sigma = 0.0 if noise_db is None else rms * 10 ** (-noise_db / 20)
+    values = []
+    for k in range(160):
+        v = dc * (a_low + a_high)
+        if span[0] <= k < span[1]:
+            v += a_low * math.sin(2 * math.pi * low * (1 + detune) * k / 8000)
+            v += a_high * math.sin(2 * math.pi * high * (1 - detune) * k / 8000 + 1)
+            v += rng.gauss(0, sigma) if sigma else 0.0
+        values.append(max(-32768, min(32767, round(v))))
+    encode, decode = (alaw_encode, alaw_decode) if pt == 8 else (ulaw_encode, ulaw_decode)
+    window = encode(struct.pack("<160h", *values))
+    linear = list(struct.unpack("<160h", decode(window)))
+    law = dtmf._ALAW if pt == 8 else dtmf._ULAW
+    assert dtmf._classify(window, law) == reference_classify(linear)

@@ -264,6 +264,32 @@ def test_rtcp_receiver_report_bye_and_garbage(
         peer_rtcp.close()
 
 
+def test_rtcp_bye_only_from_a_stream_that_sent(loop: EventLoop) -> None:
+    # RFC 3550 6.3.7: no BYE from a participant that never sent RTP or RTCP
+    # (a call ended before its media began); one after an echoed packet
+    for send_first in (False, True):
+        _, pairs = create_rtp_sockets("127.0.0.1")
+        peer, peer_rtcp = udp_socket(), udp_socket()
+        args = MediaArgs(loop=loop, lsocks=[pairs[0]], raddr=[(_addr(peer), _addr(peer_rtcp))])
+        sess = media_recv_echo()(_Call(), args)
+        try:
+            if send_first:
+                peer.sendto(build_rtp(0, 1, 160, 77, b"x" * 160), _addr(pairs[0][0]))
+                loop.loop(0)
+                assert len(datagrams(peer)) == 1  # the echo
+            sess.close()
+            bye = datagrams(peer_rtcp)
+            if send_first:
+                assert len(bye) == 1 and (203, sess.streams[0].ssrc) in (parse_rtcp(bye[0]) or [])
+            else:
+                assert bye == []
+        finally:
+            sess.close()
+            _close(pairs)
+            peer.close()
+            peer_rtcp.close()
+
+
 def _wav(tag: int, body: bytes, rate: int = 8000, bits: int = 8) -> bytes:
     fmt = struct.pack("<HHIIHH", tag, 1, rate, rate, 1, bits)
     return (

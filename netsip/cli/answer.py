@@ -90,7 +90,8 @@ def add_parser(subparsers: Subparsers, parents: Parents) -> None:
         choices=("auto", "both"),
         default="auto",
         help="auto (default): RFC 4733 events when the caller offered telephone-event, "
-        "else in-band tones; both: tones too (their detector costs CPU on every packet)",
+        "else in-band tones; both: tones too (the tone detector rejects silence and "
+        "constant audio in a few µs per packet, speech costs it some 50 µs per packet)",
     )
     p.add_argument(
         "--record",
