@@ -33,7 +33,7 @@ a smoke run of well under a minute):
     cost of the split more than a gain; once with ``--work-us`` (default 300)
     of CPU burnt per request, an application's work, where one worker is the
     bottleneck and a second one gains as long as there is a core for it.
-``ua`` (not in the default run: ``--only ua``, about 6 minutes): the user
+``ua`` (not in the default run: ``--only ua``, about 7-8 minutes): the user
     agent with media, :mod:`benchmarks.bench_ua`. Calls with RTP echo at 50
     packets/s each, ramped until loss or delay set in, against ``netsip
     answer --echo``, netsip's ``examples/bench/listen.py`` and Perl's
@@ -111,7 +111,7 @@ PERL_VS_DISPATCHER: Final = 5.0  # Perl CPU/tx >= 5x the dispatcher's
 WORKERS_SCALING: Final = 1.3
 
 SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers", "ua")
-#: what runs without --only (ua adds about 6 minutes: asked for by name)
+#: what runs without --only (ua adds about 7-8 minutes: asked for by name)
 DEFAULT_SECTIONS: Final = ("packet", "sipp", "rate", "conns", "workers")
 TRANSPORT_NAMES: Final = {
     "u1": "UDP",
