@@ -37,13 +37,21 @@ Sections (``--only``, comma-separated):
 ``pyspy``
     netsip's UAS under a closed-loop load with ``py-spy record`` attached:
     the functions with the most samples (own and inclusive).
+``sweep``
+    Why a fixed rate costs more per call than the closed loop: each UAS at
+    ``--sweep-rates`` calls/s (Perl only where it has the CPU to keep up),
+    CPU per call and the times the UAS was put on a CPU per call (the
+    third field of ``/proc/PID/schedstat``: its wakeups, as it sleeps in
+    epoll/select whenever its socket is empty). A least-squares line over
+    the rates splits each UAS's CPU per call into a part per call and a part
+    per wakeup.
 
 Results go to stdout (Markdown), ``docs/performance-calls.json`` and the
 section of ``docs/performance.md`` between this benchmark's markers (not with
 ``--quick`` unless ``--out`` is given). Nothing fails on a number: exit
 status 0 unless calls failed.
 
-    python3 -m benchmarks.bench_calls [--quick] [--only closed,rate,dialogs,pyspy]
+    python3 -m benchmarks.bench_calls [--quick] [--only closed,rate,dialogs,pyspy,sweep]
 """
 
 from __future__ import annotations
@@ -81,7 +89,10 @@ from benchmarks.load import (
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
 UASS: Final = ("netsip", "perl", "stdlib")
-SECTIONS: Final = ("closed", "rate", "dialogs", "pyspy")
+SECTIONS: Final = ("closed", "rate", "dialogs", "pyspy", "sweep")
+#: calls/s of the sweep section; Perl runs only up to SWEEP_PERL_MAX_RATE
+SWEEP_RATES: Final = (100.0, 300.0, 1000.0, 3000.0)
+SWEEP_PERL_MAX_RATE: Final = 300.0
 
 #: targets of the Endpoint work
 PERL_VS_NETSIP: Final = 5.0  # Perl CPU/call >= 5x netsip's (aim 10x)
@@ -100,6 +111,29 @@ HOLD_MS: Final = 36_000_000
 
 #: ``--netsip-path``: a directory whose ``netsip`` package the UAS imports
 NETSIP_PATH: str | None = None
+#: CPUs of the UAS and of sipp (``--no-pin`` leaves both to the scheduler):
+#: on a small machine the scheduler runs sipp on the UAS's CPU, woken by the
+#: UAS's own sendto, and sipp preempts the UAS there (an involuntary context
+#: switch per response). Peers on other hosts do not do that; pinning keeps
+#: each on a CPU of its own, alike for every UAS.
+PIN: tuple[set[int], set[int]] | None = None
+
+
+def pinning(enabled: bool) -> tuple[set[int], set[int]] | None:
+    """The UAS on the last CPU this process may use, sipp on the others (None if < 2)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _pinned(which: int) -> Any:
+    """A ``preexec_fn`` putting the child on its CPUs (0: the UAS, 1: sipp), or None."""
+    if PIN is None:
+        return None
+    cpus = PIN[which]
+    return lambda: os.sched_setaffinity(0, cpus)
+
 
 MD_BEGIN: Final = (
     "<!-- call benchmark results: begin (written by python -m benchmarks.bench_calls) -->"
@@ -140,6 +174,7 @@ class Uas:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                preexec_fn=_pinned(0),  # noqa: PLW1509 (no threads here)
             )
         self._buf = b""
         line = self._line(30.0).split()
@@ -187,6 +222,20 @@ class Uas:
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    def slices(self) -> tuple[int, int] | None:
+        """How often the process was put on a CPU so far (``/proc/PID/schedstat``),
+        and how often it was taken off while it could run (preempted)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/schedstat") as f:
+                slices = int(f.read().split()[2])
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for ln in f:
+                    if ln.startswith("nonvoluntary_ctxt_switches:"):
+                        return slices, int(ln.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
 
     def rss(self) -> int:
         """Resident set size in bytes (VmRSS)."""
@@ -342,6 +391,7 @@ def run_sipp(
         stderr=subprocess.PIPE,
         timeout=timeout + 30,
         check=False,
+        preexec_fn=_pinned(1),
     )
     secs = time.perf_counter() - t0
     res: dict[str, Any] = {"ok": 0, "failed": calls, "retrans": 0}
@@ -377,6 +427,7 @@ class Hold:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_pinned(1),  # noqa: PLW1509 (no threads here)
         )
 
     def stats(self) -> dict[str, int]:
@@ -431,6 +482,8 @@ class Row:
     cpu_us_per_call: float | None = None
     runs: list[tuple[float, float | None]] = field(default_factory=list)  # (calls/s, us/call)
     gc_us_per_call: list[float] = field(default_factory=list)  # per run (netsip's UAS)
+    wakeups_per_call: list[float] = field(default_factory=list)  # per run (schedstat)
+    preempted_per_call: list[float] = field(default_factory=list)  # per run (status)
     errors: list[str] = field(default_factory=list)
     contexts_after: int | None = None
     uas_log_lines: int = 0
@@ -463,6 +516,7 @@ def interleaved(
             i = (k + r) % len(uass)
             u, row = uass[i], rows[i]
             gc0 = u.gc_seconds()
+            slices0 = u.slices()
             cpu0 = u.cpu()
             res = run_sipp(
                 u.addr,
@@ -473,7 +527,11 @@ def interleaved(
                 timeout=_timeout(row.calls, rate),
             )
             cpu = u.cpu() - cpu0
+            slices1 = u.slices()
             gc1 = u.gc_seconds()
+            if slices0 is not None and slices1 is not None and res["ok"]:
+                row.wakeups_per_call.append(round((slices1[0] - slices0[0]) / res["ok"], 3))
+                row.preempted_per_call.append(round((slices1[1] - slices0[1]) / res["ok"], 3))
             if gc0 is not None and gc1 is not None and res["ok"]:
                 row.gc_us_per_call.append(round(1e6 * (gc1 - gc0) / res["ok"], 2))
             ok = res["ok"]
@@ -682,6 +740,62 @@ def pyspy_section(
     return out
 
 
+def sweep_section(
+    kinds: list[str],
+    rates: list[float],
+    *,
+    secs: float,
+    repeats: int,
+    workdir: str,
+    log: list[str],
+) -> dict[str, Any]:
+    """Every UAS at every rate (Perl up to :data:`SWEEP_PERL_MAX_RATE`): CPU and
+    wakeups per call, and per UAS the line ``CPU/call = a + b * wakeups/call``."""
+    rows: list[dict[str, Any]] = []
+    with started(kinds, workdir) as uass:
+        for rate in rates:
+            here = [(u, k) for u, k in zip(uass, kinds, strict=True)]
+            here = [(u, k) for u, k in here if k != "perl" or rate <= SWEEP_PERL_MAX_RATE]
+            n = max(int(rate * secs), 100)
+            got = interleaved(
+                [u for u, _ in here],
+                [k for _, k in here],
+                [n] * len(here),
+                10000,
+                rate=rate,
+                repeats=repeats,
+                warmup=min(n, 1000),
+                workdir=workdir,
+                mode="sweep",
+                log=log,
+            )
+            for r in got:
+                wakeups = statistics.median(r.wakeups_per_call) if r.wakeups_per_call else None
+                pre = statistics.median(r.preempted_per_call) if r.preempted_per_call else None
+                rows.append(
+                    asdict(r) | {"wakeups_per_call_median": wakeups, "preempted_per_call": pre}
+                )
+    fits: dict[str, dict[str, float]] = {}
+    for k in kinds:
+        pts = [
+            (r["wakeups_per_call_median"], r["cpu_us_per_call"])
+            for r in rows
+            if r["uas"] == k
+            and r["wakeups_per_call_median"] is not None
+            and r["cpu_us_per_call"] is not None
+        ]
+        if len(pts) >= 2 and len({x for x, _ in pts}) >= 2:
+            xs, ys = zip(*pts, strict=True)
+            slope, intercept = statistics.linear_regression(xs, ys)
+            fits[k] = {
+                "us_per_wakeup": round(slope, 1),
+                "us_per_call_without_wakeups": round(intercept, 1),
+                "r": round(statistics.correlation(xs, ys), 3),
+            }
+            say(log, f"  sweep {k}: {intercept:.1f} us/call + {slope:.1f} us/wakeup")
+    return {"rates": rates, "secs": secs, "rows": rows, "fits": fits}
+
+
 def _where(fr: str) -> tuple[str, str, int]:
     """``func (path/to/file.py:123)`` -> (func, path, line)."""
     name, _, where = fr.partition(" (")
@@ -804,6 +918,8 @@ def report(res: dict[str, Any]) -> list[str]:
         "",
         f"Command: `{res['command']}`",
         "",
+        f"Pinning: {res.get('pinning', 'none')}.",
+        "",
     ]
     if "closed" in res:
         r0 = res["closed"][0]
@@ -881,6 +997,35 @@ def report(res: dict[str, Any]) -> list[str]:
         out += ["", "| function | inclusive % |", "|---|---:|"]
         out += [f"| `{fr}` | {pct:.1f} |" for fr, pct in p["inclusive"][:25]]
         out.append("")
+    sw = res.get("sweep")
+    if sw and sw.get("rows"):
+        out += [
+            "**CPU per call and wakeups** (sipp `-sn uac -r RATE`, "
+            f"{sw['secs']:g} s per run, medians of {len(sw['rows'][0]['runs'])} interleaved "
+            "runs): a wakeup is the UAS being put on a CPU (`/proc/PID/schedstat`), which "
+            "happens whenever its socket was empty and it slept in epoll/select.",
+            "",
+            "| calls/s | UAS | CPU µs/call (runs) | wakeups/call | of which preempted "
+            "| CPU ÷ wakeups | failed |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in sw["rows"]:
+            w, cpu = r["wakeups_per_call_median"], r["cpu_us_per_call"]
+            runs = ", ".join(num(c, ".0f") for _, c in r["runs"])
+            out.append(
+                f"| {r['rate']:,.0f} | {r['uas']} | **{num(cpu, '.1f')}** ({runs}) "
+                f"| {num(w, '.2f')} | {num(r.get('preempted_per_call'), '.2f')} "
+                f"| {num(cpu / w if cpu and w else None, '.1f')} "
+                f"| {r['failed']} |"
+            )
+        out += ["", "A line through each UAS's points (least squares):", ""]
+        out += ["| UAS | µs per call | + µs per wakeup | correlation |", "|---|---:|---:|---:|"]
+        for k, f in sw.get("fits", {}).items():
+            out.append(
+                f"| {k} | {f['us_per_call_without_wakeups']:.1f} | {f['us_per_wakeup']:.1f} "
+                f"| {f['r']:.3f} |"
+            )
+        out.append("")
     out += ["**Targets**, this run:", "", "| target | value | verdict |", "|---|---:|---|"]
     for t in res["targets"]:
         hit = "n/a" if t["hit"] is None else ("hit" if t["hit"] else "MISS")
@@ -904,6 +1049,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, help="calls per closed-loop run (Perl a quarter)")
     ap.add_argument("--concurrency", type=int, default=50, help="calls in flight (sipp -l)")
     ap.add_argument("--rate", type=float, default=300.0, help="calls/s of the rate section")
+    ap.add_argument(
+        "--sweep-rates",
+        default=",".join(f"{r:g}" for r in SWEEP_RATES),
+        help="calls/s of the sweep section (default %(default)s)",
+    )
     ap.add_argument("--rate-secs", type=float, help="seconds per fixed-rate run")
     ap.add_argument("--repeats", type=int, help="measured runs per UAS (median)")
     ap.add_argument("--dialogs", type=int, help="dialogs held (default 10,000)")
@@ -925,11 +1075,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="netsip's UAS imports the netsip package in DIR (another revision)",
     )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the UAS and sipp to the scheduler (default: each on CPUs of its own)",
+    )
     ap.add_argument("--out", help="where performance-calls.json and performance.md go")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
-    global NETSIP_PATH  # read by Uas, set once here
+    global NETSIP_PATH, PIN  # read by Uas and the sipp runs, set once here
     NETSIP_PATH = os.path.abspath(args.netsip_path) if args.netsip_path else None
+    PIN = pinning(not args.no_pin)
     sections = [s for s in args.only.split(",") if s]
     if set(sections) - set(SECTIONS):
         ap.error(f"sections: {', '.join(SECTIONS)}")
@@ -953,6 +1109,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks.bench_calls", *argv_list]),
         "environment": environment(),
         "concurrency": args.concurrency,
+        "pinning": (
+            f"UAS on CPU {','.join(map(str, sorted(PIN[0])))}, "
+            f"sipp on CPU {','.join(map(str, sorted(PIN[1])))}"
+            if PIN
+            else "none (the scheduler's choice)"
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="netsip-calls.") as workdir:
         if "closed" in sections:
@@ -1000,6 +1162,17 @@ def main(argv: list[str] | None = None) -> int:
         if "pyspy" in sections:
             say(log, "pyspy")
             res["pyspy"] = pyspy_section(calls, args.concurrency, workdir, log)
+        if "sweep" in sections:
+            rates = [float(x) for x in args.sweep_rates.split(",") if x]
+            say(log, f"sweep: {', '.join(f'{r:g}' for r in rates)} calls/s")
+            res["sweep"] = sweep_section(
+                kinds,
+                rates,
+                secs=2.0 if quick else 5.0,
+                repeats=1 if quick else 3,
+                workdir=workdir,
+                log=log,
+            )
     res["seconds"] = round(time.monotonic() - t0)
     res["loadavg_after"] = loadavg()
     res["targets"] = targets(res)
@@ -1011,6 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
         write_md(os.path.join(out_dir, "performance.md"), lines)
     failed = sum(r["failed"] for m in ("closed", "rate") for r in res.get(m, []))
+    failed += sum(r["failed"] for r in res.get("sweep", {}).get("rows", []))
     failed += sum(r["failed"] for r in res.get("dialogs", {}).get("rows", []))
     return 1 if failed else 0
 
