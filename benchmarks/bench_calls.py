@@ -69,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -127,7 +127,7 @@ def pinning(enabled: bool) -> tuple[set[int], set[int]] | None:
     return {cpus[-1]}, set(cpus[:-1])
 
 
-def _pinned(which: int) -> Any:
+def _pinned(which: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` putting the child on its CPUs (0: the UAS, 1: sipp), or None."""
     if PIN is None:
         return None
@@ -754,8 +754,11 @@ def sweep_section(
     rows: list[dict[str, Any]] = []
     with started(kinds, workdir) as uass:
         for rate in rates:
-            here = [(u, k) for u, k in zip(uass, kinds, strict=True)]
-            here = [(u, k) for u, k in here if k != "perl" or rate <= SWEEP_PERL_MAX_RATE]
+            here = [
+                (u, k)
+                for u, k in zip(uass, kinds, strict=True)
+                if k != "perl" or rate <= SWEEP_PERL_MAX_RATE
+            ]
             n = max(int(rate * secs), 100)
             got = interleaved(
                 [u for u, _ in here],
@@ -773,7 +776,8 @@ def sweep_section(
                 wakeups = statistics.median(r.wakeups_per_call) if r.wakeups_per_call else None
                 pre = statistics.median(r.preempted_per_call) if r.preempted_per_call else None
                 rows.append(
-                    asdict(r) | {"wakeups_per_call_median": wakeups, "preempted_per_call": pre}
+                    asdict(r)
+                    | {"wakeups_per_call_median": wakeups, "preempted_per_call_median": pre}
                 )
     fits: dict[str, dict[str, float]] = {}
     for k in kinds:
@@ -1014,7 +1018,7 @@ def report(res: dict[str, Any]) -> list[str]:
             runs = ", ".join(num(c, ".0f") for _, c in r["runs"])
             out.append(
                 f"| {r['rate']:,.0f} | {r['uas']} | **{num(cpu, '.1f')}** ({runs}) "
-                f"| {num(w, '.2f')} | {num(r.get('preempted_per_call'), '.2f')} "
+                f"| {num(w, '.2f')} | {num(r.get('preempted_per_call_median'), '.2f')} "
                 f"| {num(cpu / w if cpu and w else None, '.1f')} "
                 f"| {r['failed']} |"
             )
