@@ -151,6 +151,16 @@ MD_END: Final = "<!-- call benchmark results: end -->"
 # ------------------------------------------------------------------ the UASs
 
 
+def compiled_modules(path: str) -> list[str]:
+    """The compiled extension modules of the ``netsip`` package in ``path``."""
+    pkg = os.path.join(path, "netsip")
+    try:
+        names = os.listdir(pkg)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith(".so"))
+
+
 def uas_cmd(kind: str) -> list[str]:
     if kind in ("netsip", "mypyc"):
         return [sys.executable, os.path.join(HERE, "uas_endpoint.py")]
@@ -1110,6 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
     global NETSIP_PATH, MYPYC_PATH, PIN  # read by Uas and the sipp runs, set once here
     NETSIP_PATH = os.path.abspath(args.netsip_path) if args.netsip_path else None
     MYPYC_PATH = os.path.abspath(args.mypyc) if args.mypyc else None
+    if MYPYC_PATH and not compiled_modules(MYPYC_PATH):
+        # (the UAS would import the tree's netsip and report it as compiled)
+        ap.error(f"no compiled netsip in {MYPYC_PATH}: run python -m benchmarks.mypyc_probe DIR")
     PIN = pinning(not args.no_pin)
     sections = [s for s in args.only.split(",") if s]
     if set(sections) - set(SECTIONS):
