@@ -90,6 +90,7 @@ from benchmarks.load import (
     sipp_local_ip,
     write_section,
 )
+from benchmarks.mypyc_probe import compiled_modules
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
@@ -149,16 +150,6 @@ MD_END: Final = "<!-- call benchmark results: end -->"
 
 
 # ------------------------------------------------------------------ the UASs
-
-
-def compiled_modules(path: str) -> list[str]:
-    """The compiled extension modules of the ``netsip`` package in ``path``."""
-    pkg = os.path.join(path, "netsip")
-    try:
-        names = os.listdir(pkg)
-    except OSError:
-        return []
-    return sorted(n for n in names if n.endswith(".so"))
 
 
 def uas_cmd(kind: str) -> list[str]:

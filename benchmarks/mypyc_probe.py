@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Final
 
-REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.load import REPO
 
 #: the modules a call passes through (receive, parse, dispatch, the
 #: endpoint's dialog and transaction state, respond, send), compiled
@@ -163,6 +163,24 @@ class ProbeError(Exception):
     """An edit found no text to change: the probe no longer fits the tree."""
 
 
+def read_sources(pkg: str) -> dict[str, str]:
+    """The text of each module :data:`EDITS` changes, from the package directory ``pkg``."""
+    out = {}
+    for module in {m for m, *_ in EDITS}:
+        with open(os.path.join(pkg, f"{module}.py")) as f:
+            out[module] = f.read()
+    return out
+
+
+def compiled_modules(path: str) -> list[str]:
+    """The compiled extension modules of the ``netsip`` package in ``path``."""
+    try:
+        names = os.listdir(os.path.join(path, "netsip"))
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith(".so"))
+
+
 def edited(sources: dict[str, str]) -> dict[str, str]:
     """``sources`` (module name -> text) with :data:`EDITS` applied."""
     out = dict(sources)
@@ -181,12 +199,7 @@ def build(out: str) -> list[str]:
     if os.path.exists(dst):
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    names = {m for m, *_ in EDITS}
-    sources = {}
-    for name in names:
-        with open(os.path.join(dst, f"{name}.py")) as f:
-            sources[name] = f.read()
-    for name, text in edited(sources).items():
+    for name, text in edited(read_sources(dst)).items():
         with open(os.path.join(dst, f"{name}.py"), "w") as f:
             f.write(text)
     shutil.rmtree(os.path.join(out, "build"), ignore_errors=True)
@@ -199,7 +212,7 @@ def build(out: str) -> list[str]:
     )
     if proc.returncode:
         raise ProbeError(f"mypyc failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return sorted(f for f in os.listdir(dst) if f.endswith(".so"))
+    return compiled_modules(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"{len(built)} of {len(MODULES)} modules compiled in {time.monotonic() - t0:.0f} s; "
-        f"use --netsip-path {args.out}"
+        f"use bench_calls --mypyc {args.out} or count_calls --netsip-path {args.out}"
     )
     return 0 if len(built) == len(MODULES) else 1
 

@@ -14,14 +14,11 @@ import os
 import pytest
 
 from benchmarks import mypyc_probe
+from benchmarks.load import REPO
 
 
 def _sources() -> dict[str, str]:
-    out = {}
-    for module in {m for m, *_ in mypyc_probe.EDITS}:
-        with open(os.path.join(mypyc_probe.REPO, "netsip", f"{module}.py")) as f:
-            out[module] = f.read()
-    return out
+    return mypyc_probe.read_sources(os.path.join(REPO, "netsip"))
 
 
 def test_every_edit_matches_the_tree() -> None:
@@ -45,4 +42,4 @@ def test_an_edit_that_finds_nothing_stops_the_probe() -> None:
 
 def test_the_compiled_modules_exist() -> None:
     for module in mypyc_probe.MODULES:
-        assert os.path.exists(os.path.join(mypyc_probe.REPO, "netsip", f"{module}.py")), module
+        assert os.path.exists(os.path.join(REPO, "netsip", f"{module}.py")), module
