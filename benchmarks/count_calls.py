@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=10, help="calls in flight (sipp -l)")
     ap.add_argument("--warmup", type=int, default=200, help="calls before the counters are zeroed")
     ap.add_argument("--netsip-path", help="a directory whose netsip package the UAS imports")
+    ap.add_argument(
+        "--keep", metavar="FILE", help="keep callgrind's output there (for callgrind_annotate)"
+    )
     args = ap.parse_args(argv)
     path = os.path.abspath(args.netsip_path) if args.netsip_path else None
     bench_calls.NETSIP_PATH = path
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             netsip_path=path,
             workdir=workdir,
         )
+        if args.keep:
+            outs = sorted(glob.glob(os.path.join(workdir, "callgrind.out*")), key=os.path.getsize)
+            shutil.copy(outs[-1], args.keep)
     print(
         f"{args.uas}{' (' + path + ')' if path else ''}: {per_call:,.0f} instructions per call "
         f"({stats.get('ok', 0)} calls, {stats.get('failed', 0)} failed, "

@@ -27,7 +27,7 @@ Performance plan:
 
 from __future__ import annotations
 
-from typing import TypeAlias, TypeVar
+from typing import Final, TypeAlias, TypeVar
 
 __all__ = [
     "CSEQ_NUMBER_CACHE",
@@ -72,11 +72,11 @@ class BoundedCache(dict[K, V]):
 
 # A header name as spelled by a peer or caller -> its normalised key
 # (netsip._parser.normalize_header_key).
-KEY_CACHE: BoundedCache[str, str] = BoundedCache(2048)
+KEY_CACHE: Final[BoundedCache[str, str]] = BoundedCache(2048)
 
 # The name part of a header line as received (up to ':') -> (normalised key,
 # header kind or None) (netsip._parser).
-NAME_CACHE: BoundedCache[str, tuple[str, int | None]] = BoundedCache(2048)
+NAME_CACHE: Final[BoundedCache[str, tuple[str, int | None]]] = BoundedCache(2048)
 
 # A valid header line as received (unfolded) -> what the parser made of it:
 # (key, value, the elements of a list header with several, whether the
@@ -84,33 +84,33 @@ NAME_CACHE: BoundedCache[str, tuple[str, int | None]] = BoundedCache(2048)
 # (Max-Forwards, Content-Length, CSeq, To, Allow, User-Agent ...). Via and
 # Call-ID lines are unique per transaction and not stored.
 LineEntry: TypeAlias = tuple[str, str, tuple[str, ...] | None, bool, str | None]
-LINE_CACHE: BoundedCache[str, LineEntry] = BoundedCache(4096)
+LINE_CACHE: Final[BoundedCache[str, LineEntry]] = BoundedCache(4096)
 
 # Longer start and header lines are not stored in FIRST_CACHE and LINE_CACHE
 # (long lines rarely repeat, and would make the bound in bytes large).
-LINE_CACHE_LINE_MAX = 256
+LINE_CACHE_LINE_MAX: Final = 256
 
 # A valid start line -> (method, 0, Request-URI) or (None, code, phrase). A
 # UAS sees the same Request-URI again and again, a UAC the same status lines.
 # A tagged From/To line or a Call-ID line -> as LINE_CACHE: lines unique per
 # call (dialog) that its later requests repeat; small, about the calls in
 # flight (netsip._parser).
-DIALOG_LINE_CACHE: BoundedCache[str, LineEntry] = BoundedCache(256)
+DIALOG_LINE_CACHE: Final[BoundedCache[str, LineEntry]] = BoundedCache(256)
 
-FIRST_CACHE: BoundedCache[str, tuple[str | None, int, str]] = BoundedCache(1024)
+FIRST_CACHE: Final[BoundedCache[str, tuple[str | None, int, str]]] = BoundedCache(1024)
 
 # A Via or From/To line up to its last ';' -> (key, single-valued, offset of
 # the value): the line without the parameter (branch, tag) that makes it
 # unique is valid (netsip._parser.learn_prefix says when).
-PREFIX_CACHE: BoundedCache[str, tuple[str, bool, int]] = BoundedCache(1024)
+PREFIX_CACHE: Final[BoundedCache[str, tuple[str, bool, int]]] = BoundedCache(1024)
 # such prefixes seen once: a prefix is checked and kept the second time
-PREFIX_SEEN: BoundedCache[str, bool] = BoundedCache(1024)
+PREFIX_SEEN: Final[BoundedCache[str, bool]] = BoundedCache(1024)
 
 # A normalised key -> "Canonical-Name: ", the start of a header line netsip
 # writes (netsip.packet).
-HEADER_START_CACHE: BoundedCache[str, str] = BoundedCache(2048)
+HEADER_START_CACHE: Final[BoundedCache[str, str]] = BoundedCache(2048)
 
 # A CSeq value -> its number, -1 if it is not a valid CSeq (netsip.packet's
 # cseq_number: a dialog's few values, "1 INVITE", "2 BYE", come back in
 # every call).
-CSEQ_NUMBER_CACHE: BoundedCache[str, int] = BoundedCache(1024)
+CSEQ_NUMBER_CACHE: Final[BoundedCache[str, int]] = BoundedCache(1024)

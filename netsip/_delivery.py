@@ -41,7 +41,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from netsip._log import get_logger
 from netsip._uriresolve import (
@@ -70,7 +70,7 @@ from netsip.util import (
 __all__ = ["MTU_LIMIT", "DeliveryQueue", "DispatcherLike", "QueueEntry", "by_size"]
 
 # the public module's logger: what users configure for the Dispatcher
-log = get_logger("netsip.dispatcher")
+log: Final = get_logger("netsip.dispatcher")
 
 #: RFC 3261 18.1.1: a request larger than this (the path MTU being unknown)
 #: goes over a congestion-controlled transport.
@@ -125,7 +125,7 @@ class QueueEntry:
     id: str
     callid: str
     tid: str
-    callback: object = None
+    callback: Any = None
     targets: list[Target] = field(default_factory=list)
     legs: list[Leg] = field(default_factory=list)
     proto: list[Proto] | None = None

@@ -56,7 +56,7 @@ from netsip.util import Addr, sip_hdrval2parts
 
 __all__ = ["MAX_CSEQ", "Auth", "Context", "ContextArgs", "header_tag", "name_addr_uri"]
 
-log = get_logger(__name__)
+log: Final = get_logger(__name__)
 
 #: RFC 3261 8.1.1.5: the CSeq number "MUST be expressible as a 32-bit
 #: unsigned integer" (the initial one "less than 2**31": ours start at 1).
@@ -101,16 +101,16 @@ class ClientTxn:
     request: Request
     tid: str
     method: str
-    callback: object
+    callback: Any
     leg: Leg | None
-    dst_addr: object
+    dst_addr: Any
     #: Timer B (INVITE, until the first provisional) or F (non-INVITE)
     timer: TimerLike | None = None
     #: a provisional response arrived: a CANCEL may be sent (RFC 3261 9.1)
     provisional: bool = False
     #: the application asked to cancel (sent once ``provisional``)
     cancel: bool = False
-    cancel_callback: object = None
+    cancel_callback: Any = None
     cancel_sent: bool = False
     #: redirects (302) followed for this request
     redirects: int = 0
@@ -140,7 +140,7 @@ class Acked:
     cseq: int
     ack: Request
     leg: Leg | None
-    dst_addr: object
+    dst_addr: Any
 
 
 @dataclass(slots=True, eq=False)
@@ -207,7 +207,7 @@ class Context:
     awaiting_ack: str | None = field(default=None, repr=False)
     #: the last 401/407 answered (a REGISTER refresh answers it again)
     challenge: Response | None = field(default=None, repr=False)
-    callback: object = field(default=None, repr=False)
+    callback: Any = field(default=None, repr=False)
     #: REGISTER: the request to send again on refresh, and whether to
     register: Request | None = field(default=None, repr=False)
     #: REGISTER: the leg and destination given, for refreshes and unregister
@@ -311,6 +311,15 @@ class Context:
         )
 
     # ------------------------------------------------------------- queries
+
+    def answering(self, server: ServerInvite) -> bool:
+        """``server`` is still the INVITE transaction this context answers.
+
+        A method of its own: the caller has just set ``server``, and a callback
+        since may have ended it (a type checker would narrow ``self.server``
+        past the callback, and the compiled build would trust that).
+        """
+        return self.server is server
 
     def peer(self) -> str:
         """The other party (From when incoming, else To) without its parameters."""

@@ -19,7 +19,7 @@ values given by users become one SP instead of continuation lines.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from netsip._abnf import (
     ADDR_RE,
@@ -69,7 +69,7 @@ class ParseLimits:
 
 #: the limits in force (changed through ``import_settings``: ``MAX_HEADERS``,
 #: ``MAX_HEADER_VALUES``)
-LIMITS = ParseLimits()
+LIMITS: Final = ParseLimits()
 
 
 HeaderValue: TypeAlias = str | int
@@ -80,19 +80,19 @@ Hdr: TypeAlias = tuple[str, str, int]
 
 # header bytes are decoded as UTF-8 with surrogateescape: any byte sequence
 # round-trips, valid UTF-8 display names read naturally
-ENC = "utf-8"
-ERRORS = "surrogateescape"
+ENC: Final = "utf-8"
+ERRORS: Final = "surrogateescape"
 
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
-_key_get = KEY_CACHE.get
-_header_start_get = HEADER_START_CACHE.get
+_key_get: Final = KEY_CACHE.get
+_header_start_get: Final = HEADER_START_CACHE.get
 
 # ---------------------------------------------------------------------------
 # header names
 
 # RFC 3261 7.3.3 compact forms (plus those of later RFCs), as in Net::SIP's
 # HeaderPair::_normalize_hdrkey.
-_COMPACT = {
+_COMPACT: Final = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -115,7 +115,7 @@ _COMPACT = {
 }
 
 # how header names are written when netsip creates a header line
-_CANONICAL = {
+_CANONICAL: Final = {
     n.lower(): n
     for n in (
         "Accept",
@@ -265,7 +265,7 @@ ONCE_KEEP, NUM, CALLID, CSEQ, ADDR, LIST, ADDRLIST, VIA = range(8)
 # Net::SIP's key2parser table; headers not listed here are kept as one value
 # (Net::SIP's _hdrkey_parse_keep), among them WWW-Authenticate, Authorization,
 # Date: their values contain commas that do not separate list elements.
-KIND: dict[str, int] = {
+KIND: Final[dict[str, int]] = {
     "content-length": NUM,
     "expires": NUM,
     "max-forwards": NUM,
@@ -323,7 +323,7 @@ del _k
 # upper bounds of the numeric headers (RFC 3261 20.22: Max-Forwards 0-255;
 # 20.19, 20.23: delta-seconds are 32 bit; Content-Length is checked against
 # the body, the bound only keeps int() cheap)
-NUM_MAX: dict[str, int] = {
+NUM_MAX: Final[dict[str, int]] = {
     "content-length": 2**31,
     "expires": 2**32 - 1,
     "max-forwards": 255,
@@ -517,7 +517,7 @@ def checked_msg(msg: str) -> str:
 # reason phrases: RFC 3261 21 and the registered extensions (IANA "SIP
 # Parameters", Response Codes)
 
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -595,4 +595,4 @@ REASON_PHRASES: dict[int, str] = {
 }
 
 # status lines of the registered codes with their default phrase
-STATUS_LINES = {code: f"SIP/2.0 {code} {msg}" for code, msg in REASON_PHRASES.items()}
+STATUS_LINES: Final = {code: f"SIP/2.0 {code} {msg}" for code, msg in REASON_PHRASES.items()}

@@ -30,7 +30,7 @@ lines, so no value can inject a header line.
 
 from __future__ import annotations
 
-from typing import overload
+from typing import Final, overload
 
 from netsip._cache import KEY_CACHE
 from netsip._fields import (
@@ -43,7 +43,7 @@ from netsip._fields import (
 )
 
 # the cache's lookup (see netsip._cache: bound, so as fast as a dict's)
-_key_get = KEY_CACHE.get
+_key_get: Final = KEY_CACHE.get
 
 
 class HeaderFields:

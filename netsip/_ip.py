@@ -109,14 +109,14 @@ def _port_or_none(port: str | None, whole: str) -> int | None:
 
 @overload
 def ip_string2parts(
-    addr: str, opaque: bool = ..., *, as_hash: Literal[False] = ...
+    addr: str, opaque: bool | int = ..., *, as_hash: Literal[False] = ...
 ) -> tuple[str, int | None, int | None]: ...
 @overload
-def ip_string2parts(addr: str, opaque: bool = ..., *, as_hash: Literal[True]) -> IPParts: ...
+def ip_string2parts(addr: str, opaque: bool | int = ..., *, as_hash: Literal[True]) -> IPParts: ...
 
 
 def ip_string2parts(
-    addr: str, opaque: bool = False, *, as_hash: bool = False
+    addr: str, opaque: bool | int = False, *, as_hash: bool = False
 ) -> tuple[str, int | None, int | None] | IPParts:
     """Split ``host``, ``host:port``, ``[host]:port`` into host, port and family.
 
@@ -132,7 +132,8 @@ def ip_string2parts(
     Args:
         addr: the string.
         opaque: the host part is an opaque identifier: no host name syntax
-            check, no canonicalisation, no lower-casing (Perl's OPAQUE).
+            check, no canonicalisation, no lower-casing (Perl's OPAQUE; its
+            1 and 0 are taken too).
         as_hash: return Perl's hash form, a dict with ``host``, ``addr`` (the
             IP, None for a host name), ``port`` and ``family``.
 
@@ -185,7 +186,7 @@ def ip_parts2string(
     ip: str | Mapping[str, Any] | Addr,
     port: int | None = None,
     family: int | None = None,
-    ipv6_brackets: bool = False,
+    ipv6_brackets: bool | int = False,
 ) -> str:
     """Join host and port, the reverse of :func:`ip_string2parts`.
 
@@ -207,7 +208,8 @@ def ip_parts2string(
             ``family`` must not be given.
         port: optional port.
         family: optional AF_INET/AF_INET6.
-        ipv6_brackets: put an IPv6 address in brackets even without a port.
+        ipv6_brackets: put an IPv6 address in brackets even without a port
+            (Perl's 1 and 0 are taken too).
 
     Raises:
         TypeError: ``port``/``family`` given together with a mapping or Addr.

@@ -55,7 +55,7 @@ body is an error.
 from __future__ import annotations
 
 import re
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from netsip._abnf import (
     ADDR_RE,
@@ -107,7 +107,7 @@ from netsip._fields import (
 from netsip._log import get_logger
 
 # the packet layer's logger: this module is its private part
-log = get_logger("netsip.packet")
+log: Final = get_logger("netsip.packet")
 
 # A parsed message: (method or None, status code or 0, Request-URI or
 # reason phrase, headers, transaction id, the raw header lines, the start
@@ -117,12 +117,12 @@ Parts: TypeAlias = tuple[
 ]
 
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
-_line_get = LINE_CACHE.get
-_dialog_get = DIALOG_LINE_CACHE.get
-_prefix_get = PREFIX_CACHE.get
-_seen_get = PREFIX_SEEN.get
-_first_get = FIRST_CACHE.get
-_name_get = NAME_CACHE.get
+_line_get: Final = LINE_CACHE.get
+_dialog_get: Final = DIALOG_LINE_CACHE.get
+_prefix_get: Final = PREFIX_CACHE.get
+_seen_get: Final = PREFIX_SEEN.get
+_first_get: Final = FIRST_CACHE.get
+_name_get: Final = NAME_CACHE.get
 
 
 # ---------------------------------------------------------------------------

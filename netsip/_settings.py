@@ -9,8 +9,11 @@ How it works: ``_global`` holds the module-wide values
 (:func:`import_settings`, :func:`get_settings`). Each pool keeps its own
 overrides and a :class:`Settings` record of the values in effect
 (:func:`effective`); it is rebuilt whenever the overrides or the module-wide
-values change. :func:`import_settings` reaches the live pools through a weak
-set (:func:`track`), so a pool that is gone is not kept alive by it.
+values change. :func:`import_settings` reaches the live pools and
+dispatchers through a weak set of their :class:`Subscription` records
+(:func:`track`): a record lives as long as its owner, and holds no
+reference to it, so an owner that is gone is not kept alive by it. (The
+owner itself is not in the set: compiled, it takes no weak references.)
 
 Differences from Net::SIP:
 
@@ -31,15 +34,16 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from netsip._fields import LIMITS
 
 __all__ = [
     "DEFAULT_SETTINGS",
     "Settings",
+    "Subscription",
     "consistent",
     "current",
     "effective",
@@ -128,16 +132,27 @@ class Settings:
     keepalive_interval: float
 
 
-class _Pool(Protocol):
-    """What :func:`import_settings` needs of a live pool."""
+class Subscription:
+    """A pool's or dispatcher's entry in what :func:`import_settings` refreshes.
 
-    _overrides: dict[str, float]
+    Args:
+        overrides: the owner's own settings (the dict it keeps updating:
+            :func:`import_settings` checks new values against it).
+        apply: called with the settings in effect after each change, or None
+            when the owner uses none of them (it is still checked).
+    """
 
-    def _refresh_settings(self) -> None: ...
+    __slots__ = ("__weakref__", "apply", "overrides")
+
+    def __init__(
+        self, overrides: dict[str, float], apply: Callable[[Settings], None] | None
+    ) -> None:
+        self.overrides = overrides
+        self.apply = apply
 
 
 _global: dict[str, float] = dict(DEFAULT_SETTINGS)
-_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
 
 def validated(kw: Mapping[str, object]) -> dict[str, float]:
@@ -196,14 +211,24 @@ def effective(overrides: Mapping[str, float]) -> Settings:
     )
 
 
-def track(pool: _Pool) -> None:
-    """Refresh ``pool`` on every :func:`import_settings` while it lives (or until untracked)."""
-    _pools.add(pool)
+def track(
+    overrides: dict[str, float], apply: Callable[[Settings], None] | None = None
+) -> Subscription:
+    """Follow :func:`import_settings` with ``apply`` while the record returned is kept.
+
+    The owner keeps the record (and nothing else should): it lives as long
+    as the owner, or until :func:`untrack`. ``apply`` must not refer to the
+    owner, or the two would live until the cyclic garbage collector frees
+    them.
+    """
+    sub = Subscription(overrides, apply)
+    _subscriptions.add(sub)
+    return sub
 
 
-def untrack(pool: _Pool) -> None:
-    """Stop refreshing ``pool`` (it was closed)."""
-    _pools.discard(pool)
+def untrack(sub: Subscription) -> None:
+    """Stop following (the owner was closed)."""
+    _subscriptions.discard(sub)
 
 
 def import_settings(**kw: float) -> None:
@@ -239,13 +264,15 @@ def import_settings(**kw: float) -> None:
     """
     checked = validated(kw)
     consistent({**_global, **checked})
-    for pool in list(_pools):  # ... also with what a live pool overrides
-        consistent({**_global, **checked, **pool._overrides})
+    subs = list(_subscriptions)
+    for sub in subs:  # ... also with what a live pool overrides
+        consistent({**_global, **checked, **sub.overrides})
     _global.update(checked)
     LIMITS.max_headers = int(_global["MAX_HEADERS"])
     LIMITS.max_values = int(_global["MAX_HEADER_VALUES"])
-    for pool in list(_pools):
-        pool._refresh_settings()
+    for sub in subs:
+        if sub.apply is not None:
+            sub.apply(effective(sub.overrides))
 
 
 def get_settings() -> dict[str, float]:

@@ -66,7 +66,7 @@ from netsip.util import Addr, as_callable, invoke_callback
 __all__ = ["Held", "UDPTransport"]
 
 # The public module's logger: logging is configured by the name users know.
-log = get_logger("netsip.socketpool")
+log: Final = get_logger("netsip.socketpool")
 
 #: Datagrams waiting for the end of a read batch: ``(data, destination, callback)``.
 Held = list[tuple[bytes, Addr, Callback]]

@@ -74,7 +74,8 @@ from typing import Any, cast
 
 from netsip._delivery import MTU_LIMIT, DeliveryQueue, QueueEntry
 from netsip._log import get_logger
-from netsip._settings import get_settings
+from netsip._native import mypyc_attr
+from netsip._settings import Settings, get_settings
 from netsip._settings import track as track_settings
 from netsip._settings import untrack as untrack_settings
 from netsip._uriresolve import SRV_PRIO_UNDEF, Dest, Target, UriResolver
@@ -93,6 +94,12 @@ log = get_logger(__name__)
 def _wire_size(response: Response | bytes) -> int:
     """What a cached response costs: its wire size (kept as bytes, or rebuilt)."""
     return len(response) if isinstance(response, bytes) else len(response.as_bytes())
+
+
+def _follow_settings(cache: ResponseCache[Response | bytes], _: Settings) -> None:
+    """``import_settings`` changed a setting: follow MAX_RESPONSE_CACHE."""
+    cache.max_bytes = int(get_settings()["MAX_RESPONSE_CACHE"])
+    cache.shrink()
 
 
 #: RFC 3261 8.1.1: the header fields that make a message's transaction and
@@ -154,6 +161,7 @@ def _answer_incomplete(packet: Packet, leg: Leg, from_: Addr, missing: str) -> N
         log.info("cannot answer %s from %s: %s", _kind(packet), from_, exc)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it, as in Net::SIP
 class Dispatcher:
     """Dispatches SIP packets between legs and the upper layer, with retransmissions.
 
@@ -203,8 +211,8 @@ class Dispatcher:
         # the cache's expiry times by key (never replaced): receive() asks
         # it whether a request's key is there, without a call
         self._cache_expires = self._cache.expires
-        self._overrides: dict[str, float] = {}  # (what the settings table asks of us)
-        track_settings(self)
+        # MAX_RESPONSE_CACHE follows import_settings (no overrides of our own)
+        self._settings_sub = track_settings({}, partial(_follow_settings, self._cache))
         self._cache_timer: TimerLike | None = None
         self._closed = False
         self._uri = UriResolver(self._get_legs_list, self.eventloop, domain2proxy, dnsresolv)
@@ -602,11 +610,6 @@ class Dispatcher:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _refresh_settings(self) -> None:
-        """``import_settings`` changed a setting: follow MAX_RESPONSE_CACHE."""
-        self._cache.max_bytes = int(get_settings()["MAX_RESPONSE_CACHE"])
-        self._cache.shrink()
-
     def close(self) -> None:
         """Cancel all deliveries, detach and close every leg, close the resolver.
 
@@ -617,7 +620,7 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
-        untrack_settings(self)
+        untrack_settings(self._settings_sub)
         self._delivery.close()
         if self._cache_timer is not None:
             self._cache_timer.cancel()

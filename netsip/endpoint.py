@@ -97,6 +97,7 @@ from netsip._dialog import (
     name_addr_uri,
 )
 from netsip._log import get_logger
+from netsip._native import mypyc_attr
 from netsip.digest import NonceCounter
 from netsip.dispatcher import Dispatcher
 from netsip.leg import Leg
@@ -107,7 +108,7 @@ from netsip.util import Addr, NetSIPError, sip_hdrval2parts, sip_uri_eq
 
 __all__ = ["MAX_REDIRECTS", "TRYING_DELAY", "Auth", "Context", "Endpoint"]
 
-log = get_logger(__name__)
+log: Final = get_logger(__name__)
 
 #: RFC 3261 17.2.1: send 100 Trying if the TU has not answered within 200 ms.
 TRYING_DELAY: Final = 0.2
@@ -126,6 +127,7 @@ _ACK_COPY: Final = ("authorization", "proxy-authorization")
 _TARGET_REFRESH: Final = frozenset({"INVITE", "UPDATE"})
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it, as in Net::SIP
 class Endpoint:
     """The UA core: contexts (calls, dialogs) over a Dispatcher.
 
@@ -938,7 +940,7 @@ class Endpoint:
 
     def _send_trying(self, ctx: Context, server: ServerInvite, _timer: object) -> None:
         server.timer = None
-        if ctx.server is server and server.last is None and not ctx.closed:
+        if ctx.answering(server) and server.last is None and not ctx.closed:
             trying = server.request.create_response(100)
             server.last = trying
             self.dispatcher.deliver(trying, leg=server.leg, dst_addr=server.from_)
@@ -991,7 +993,7 @@ class Endpoint:
         if method == "INVITE":
             ctx.server = server = ServerInvite(request, request.tid(), cseq, leg, from_)
             self._callback(ctx.callback, ctx, 0, 0, request, leg, from_)
-            if ctx.server is server and server.last is None and not ctx.closed:
+            if ctx.answering(server) and server.last is None and not ctx.closed:
                 server.timer = self._loop.add_timer(
                     self.trying_delay, partial(self._send_trying, ctx, server)
                 )

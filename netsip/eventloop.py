@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
 from netsip._log import get_logger
+from netsip._native import mypyc_attr
 from netsip.util import Var, as_callable, invoke_callback
 
 __all__ = [
@@ -70,7 +71,7 @@ __all__ = [
     "TimerLike",
 ]
 
-log = get_logger(__name__)
+log: Final = get_logger(__name__)
 
 #: Watch a fd for readability (Perl's ``EV_READ``).
 EV_READ: Final = 0
@@ -185,6 +186,7 @@ class EventLoopLike(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # netsip.aio's timer is one
 class TimerEvent:
     """A timer returned by :meth:`EventLoop.add_timer`.
 
@@ -304,6 +306,7 @@ def _check_rw(rw: int) -> int:
     return rw
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it, as in Net::SIP
 class EventLoop:
     """A level-triggered select loop with timers (Net::SIP::Dispatcher::Eventloop).
 

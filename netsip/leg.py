@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from netsip._log import get_logger
+from netsip._native import mypyc_attr
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool
 from netsip.util import (
@@ -67,21 +68,21 @@ from netsip.util import (
 
 __all__ = ["MAGIC_COOKIE", "ForwardError", "Leg"]
 
-log = get_logger(__name__)
+log: Final = get_logger(__name__)
 
 #: RFC 3261 8.1.1.7: every branch created by an RFC 3261 element starts with this.
-MAGIC_COOKIE = "z9hG4bK"
+MAGIC_COOKIE: Final = "z9hG4bK"
 
-_VIA_SENTBY_RX = re.compile(r"SIP/2\S+\s+(\S+)\Z", re.IGNORECASE)
-_FAST_SENTBY_RX = re.compile(r"SIP/2\.0/[A-Za-z]+[ \t]+([^;\s]+)[ \t]*(?:;|\Z)")
-_RPORT_RX = re.compile(r";[ \t]*rport", re.IGNORECASE)
-_ANGLE_RX = re.compile(r"<(.*)>")
-_CONTACT_RX = re.compile(r"(\w+):(?:.*@)?(.*)\Z")
-_USER_RX = re.compile(r"([^<>@\s]+)@")
-_SCHEME_RX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_VIA_SENTBY_RX: Final = re.compile(r"SIP/2\S+\s+(\S+)\Z", re.IGNORECASE)
+_FAST_SENTBY_RX: Final = re.compile(r"SIP/2\.0/[A-Za-z]+[ \t]+([^;\s]+)[ \t]*(?:;|\Z)")
+_RPORT_RX: Final = re.compile(r";[ \t]*rport", re.IGNORECASE)
+_ANGLE_RX: Final = re.compile(r"<(.*)>")
+_CONTACT_RX: Final = re.compile(r"(\w+):(?:.*@)?(.*)\Z")
+_USER_RX: Final = re.compile(r"([^<>@\s]+)@")
+_SCHEME_RX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 #: Allow header Perl puts into requests and responses that need one.
-DEFAULT_ALLOW = "INVITE, ACK, OPTIONS, CANCEL, BYE"
+DEFAULT_ALLOW: Final = "INVITE, ACK, OPTIONS, CANCEL, BYE"
 
 #: ``(code, text)`` returned by the forward_* methods when a packet must not
 #: be forwarded; ``code`` is None if the packet should just be dropped.
@@ -104,7 +105,7 @@ def _sent_by_is(via: str, from_: Addr) -> bool:
 
 #: add_received's fast rule by (Via up to its first ';', source IP, family),
 #: emptied when full (the same peers send again and again)
-_SENTBY_SAME: dict[tuple[str, str, int], bool] = {}
+_SENTBY_SAME: Final[dict[tuple[str, str, int], bool]] = {}
 _SENTBY_SAME_MAX: Final = 1024
 
 
@@ -168,6 +169,7 @@ def _replace_header_value(packet: Packet, name: str, index: int, value: str | No
     packet.set_header(name, values)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it, as in Net::SIP
 class Leg:
     """A local SIP endpoint: socket(s) plus Via/Record-Route handling.
 

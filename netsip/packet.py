@@ -69,7 +69,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from types import FunctionType
-from typing import Literal, TypeVar, cast
+from typing import Final, Literal, TypeVar, cast
 
 from netsip._abnf import CSEQ_RE, TAG_PARAM_RE
 from netsip._cache import CSEQ_NUMBER_CACHE, HEADER_START_CACHE, KEY_CACHE
@@ -117,22 +117,28 @@ __all__ = [
 ]
 
 # the caches' lookups (see netsip._cache: bound, so as fast as a dict's)
-_header_start_get = HEADER_START_CACHE.get
-_key_get = KEY_CACHE.get
-_cseq_number_get = CSEQ_NUMBER_CACHE.get
+_header_start_get: Final = HEADER_START_CACHE.get
+_key_get: Final = KEY_CACHE.get
+_cseq_number_get: Final = CSEQ_NUMBER_CACHE.get
 # a packet's object, before Packet._set fills it
-_new = object.__new__
+_new: Final = object.__new__
+#: this module runs compiled (mypyc, the ``compiled`` build of netsip): a
+#: native class is made only through its ``__init__`` and takes no copied
+#: methods, so the two interpreter tricks of the performance plan are off
+_NATIVE: Final = not __file__.endswith(".py")
 
 # the headers of the response-cache key (Packet._ckey)
-_KEY_HEADERS = frozenset(("from", "to", "call-id", "cseq"))
+_KEY_HEADERS: Final = frozenset(("from", "to", "call-id", "cseq"))
 
 # the headers create_response copies from the request (RFC 3261 8.2.6.2)
-_RESPONSE_COPIES = frozenset(("via", "record-route", "from", "to", "call-id", "cseq", "timestamp"))
+_RESPONSE_COPIES: Final = frozenset(
+    ("via", "record-route", "from", "to", "call-id", "cseq", "timestamp")
+)
 
 # key for the To-tags create_response adds: stable within a process (so a
 # retransmitted request gets the same tag), different between processes
-_TAG_KEY = os.urandom(16)
-_TAG_HASH = hashlib.blake2s(digest_size=8, key=_TAG_KEY)
+_TAG_KEY: Final = os.urandom(16)
+_TAG_HASH: Final = hashlib.blake2s(digest_size=8, key=_TAG_KEY)
 
 
 def _tag_of(callid: str | None, frm: str | None) -> str:
@@ -464,20 +470,22 @@ class Packet(HeaderFields):
 
     def clone(self) -> Request | Response:
         """An independent copy."""
-        new = _new(type(self))  # (a subclass stays one)
-        new._set(
-            (
-                self._method,
-                self._code,
-                self._text,
-                list(self._hdrs),
-                self._tid,
-                self._lines,
-                self._first,
-                self._body,
-                self._wire,
-            )
+        parts: Parts = (
+            self._method,
+            self._code,
+            self._text,
+            list(self._hdrs),
+            self._tid,
+            self._lines,
+            self._first,
+            self._body,
+            self._wire,
         )
+        cls = type(self)
+        if _NATIVE or cls is Request or cls is Response:  # (compiled: no subclasses)
+            return _request(parts) if isinstance(self, Request) else _response(parts)
+        new = _new(cls)  # a subclass stays one
+        new._set(parts)
         assert isinstance(new, (Request, Response))
         return new
 
@@ -519,16 +527,18 @@ class Request(Packet):
 
     __slots__ = ()
 
-    _method: str
-    _set = _own_copy(Packet._set)
-
     def __init__(
         self,
         method: str,
         uri: str,
         headers: HeadersArg = None,
         body: bytes | str = b"",
+        *,
+        _parts: Parts | None = None,
     ) -> None:
+        if _parts is not None:  # from _request: already checked
+            self._set(_parts)
+            return
         method = checked_method(method)
         uri = checked_uri(uri)
         self._set((method, 0, uri, make_headers(headers), None, None, None, body_bytes(body), None))
@@ -539,7 +549,7 @@ class Request(Packet):
 
     def method(self) -> str:
         """The request method."""
-        return self._method
+        return self._method  # type: ignore[return-value]  # never None in a Request
 
     def uri(self) -> str:
         """The Request-URI."""
@@ -563,7 +573,7 @@ class Request(Packet):
 
     def as_parts(self) -> tuple[str, str, list[tuple[str, str]], bytes]:
         """``(method, uri, [(key, value), ...], body)``."""
-        return self._method, self._text, self.header_items(), self._body
+        return self._method, self._text, self.header_items(), self._body  # type: ignore[return-value]
 
     def create_response(
         self,
@@ -795,15 +805,18 @@ class Response(Packet):
 
     __slots__ = ()
 
-    _set = _own_copy(Packet._set)
-
     def __init__(
         self,
         code: int | str,
         msg: str,
         headers: HeadersArg = None,
         body: bytes | str = b"",
+        *,
+        _parts: Parts | None = None,
     ) -> None:
+        if _parts is not None:  # from _response: already checked
+            self._set(_parts)
+            return
         code = checked_code(code)
         msg = checked_msg(msg)
         self._set(
@@ -850,12 +863,19 @@ class Response(Packet):
         return f"<Response {self._code} {self._text!r} call-id={self._callid_repr()}>"
 
 
+if not _NATIVE:  # each class its own copy of the slot writer (see the performance plan)
+    setattr(Request, "_set", _own_copy(Packet._set))  # noqa: B010
+    setattr(Response, "_set", _own_copy(Packet._set))  # noqa: B010
+
+
 def _request(parts: Parts) -> Request:
     """A Request with the fields ``parts``. With :func:`_response` the way
     every packet is made but by its public constructor: the parser's
     results, ACK/CANCEL, responses. One function per class rather than one
     taking the class: CPython specialises the calls and stores in it for
     one type, and this runs for every packet."""
+    if _NATIVE:  # (compiled, a class is made through its __init__ only)
+        return Request("", "", _parts=parts)
     pkt = _new(Request)
     pkt._set(parts)
     return pkt
@@ -863,13 +883,15 @@ def _request(parts: Parts) -> Request:
 
 def _response(parts: Parts) -> Response:
     """A Response with the fields ``parts`` (see :func:`_request`)."""
+    if _NATIVE:
+        return Response(0, "", _parts=parts)
     pkt = _new(Response)
     pkt._set(parts)
     return pkt
 
 
 #: the headers a 400 needs (RFC 3261 8.2.6.2), long and compact names
-_ANSWER_HEADERS = frozenset({"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"})
+_ANSWER_HEADERS: Final = frozenset({"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"})
 
 
 def refused_request(data: bytes) -> Request | None:

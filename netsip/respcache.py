@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from netsip._abnf import NAME_ADDR_TAG_RE, TAG_PARAM_RE
 
 __all__ = ["CACHE_TIME", "HeaderSource", "ResponseCache", "cache_key", "key_of"]
 
 #: seconds a response is kept: 64*T1 (RFC 3261 17.2.1 Timer H / 17.2.2 Timer J)
-CACHE_TIME = 32.0
+CACHE_TIME: Final = 32.0
 
 
 def _strip_tag(to: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = [
     "T1",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 #: RFC 3261 17.1.1.1: RTT estimate, default 500 ms.
-T1 = 0.5
+T1: Final = 0.5
 #: RFC 3261 17.1.1.1: maximum retransmit interval for non-INVITE requests and INVITE responses.
 T2 = 4.0
 #: RFC 3261 17.1.2.2: maximum duration a message will remain in the network.

@@ -198,7 +198,7 @@ class SocketPool:
             extra["options"] = ws_options(ws)
         self._overrides = validated(settings or {})
         consistent(current(self._overrides))
-        if MODULE_WIDE & self._overrides.keys():
+        if not MODULE_WIDE.isdisjoint(self._overrides):
             raise ValueError(f"{', '.join(sorted(MODULE_WIDE))} are module-wide settings")
 
         self.proto: Proto = proto
@@ -237,7 +237,10 @@ class SocketPool:
             self._master = stream.master
             self._conns = stream.conns  # the transport's table (fd -> connection)
         self._closed = False
-        track(self)
+        # import_settings reaches the stream transport (UDP uses no setting)
+        self._settings_sub = track(
+            self._overrides, self._stream.set_settings if self._stream is not None else None
+        )
 
     # ---------------------------------------------------------------- settings
 
@@ -249,18 +252,15 @@ class SocketPool:
         """
         checked = validated(kw)
         consistent(current({**self._overrides, **checked}))
-        if MODULE_WIDE & checked.keys():
+        if not MODULE_WIDE.isdisjoint(checked):
             raise ValueError(f"{', '.join(sorted(MODULE_WIDE))} are module-wide settings")
         self._overrides.update(checked)
-        self._refresh_settings()
+        if self._stream is not None:  # UDP uses none of them
+            self._stream.set_settings(effective(self._overrides))
 
     def get_settings(self) -> dict[str, float]:
         """The settings in effect for this pool (module values plus overrides)."""
         return current(self._overrides)
-
-    def _refresh_settings(self) -> None:
-        if self._stream is not None:  # UDP uses none of them
-            self._stream.set_settings(effective(self._overrides))
 
     # ------------------------------------------------------------ public API
 
@@ -403,7 +403,7 @@ class SocketPool:
         elif self._stream is not None:
             self._stream.close()
         self._closed = True
-        untrack(self)
+        untrack(self._settings_sub)
 
     def __enter__(self) -> SocketPool:
         return self

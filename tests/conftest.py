@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from netsip._log import FILTER
+from netsip._native import compiled_modules
 from netsip.eventloop import EventLoop
 from netsip.socketpool import get_settings, import_settings
-from tests.support import FakeClock, Listen, asyncio_loop
+from tests.support import FakeClock, Listen, asyncio_loop, compiled_configured
 
 # CI machines are small and noisy: no deadline, fixed example budget.
 settings.register_profile(
@@ -24,6 +28,38 @@ settings.load_profile("netsip")
 
 #: the kinds of loop the ``loop`` fixture can be (``--loop``, ``both_loops``)
 LOOP_KINDS = ("native", "asyncio", "uvloop")
+
+
+def pytest_report_header() -> str:
+    """Which netsip runs: this tree's sources, and whether its call path is compiled."""
+    import netsip  # noqa: PLC0415
+
+    compiled = compiled_modules()
+    kind = f"compiled ({len(compiled)} modules)" if compiled else "pure Python"
+    return f"netsip: {Path(netsip.__file__ or '?').parent}, {kind}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``NETSIP_EXPECT_COMPILED=1`` (CI's run of the compiled build): refuse a pure netsip.
+
+    Otherwise a build that did not land, or a netsip imported from elsewhere,
+    would pass the run as if it were the compiled build.
+    """
+    if os.environ.get("NETSIP_EXPECT_COMPILED", "") in ("", "0"):
+        return
+    wanted = set(compiled_configured())
+    missing = sorted(wanted - set(compiled_modules()))
+    if missing:
+        pytest.exit(f"NETSIP_EXPECT_COMPILED is set, but these run interpreted: {missing}", 3)
+    # ... and the processes the tests start (the CLI) import the same netsip
+    probe = "import netsip, netsip._native as n; print(netsip.__file__, n.compiled_modules())"
+    seen = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=False
+    ).stdout.split(" ", 1)
+    import netsip  # noqa: PLC0415
+
+    if seen[0] != netsip.__file__ or str(compiled_modules()) != seen[-1].strip():
+        pytest.exit(f"NETSIP_EXPECT_COMPILED: a child process imports another netsip: {seen}", 3)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

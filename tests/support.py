@@ -31,9 +31,11 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -274,6 +276,19 @@ def require_kamailio() -> tuple[str, str]:
 
 
 # ------------------------------------------------------------ source checks
+
+
+def compiled_configured() -> list[str]:
+    """The modules the compiled build compiles (``[tool.netsip] compiled`` in pyproject.toml)."""
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        modules: list[str] = tomllib.load(f)["tool"]["netsip"]["compiled"]
+    return modules
+
+
+def source_path(module: ModuleType) -> Path:
+    """The Python source of ``module``, also when it runs compiled (its ``__file__`` a ``.so``)."""
+    assert module.__file__ is not None
+    return Path(module.__file__).with_name(module.__name__.rpartition(".")[2] + ".py")
 
 
 def imported_modules(path: str | Path) -> set[str]:

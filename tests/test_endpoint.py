@@ -123,9 +123,10 @@ class World:
         self,
         answer: Callable[[Node, Context, Request, Leg, Addr], None] | None = None,
         proto: Proto = "udp",
+        leg_class: type[Leg] = Leg,
         **kw: float,
     ) -> Node:
-        disp = Dispatcher([Leg(addr="127.0.0.1", port=0, proto=proto)], self.loop)
+        disp = Dispatcher([leg_class(addr="127.0.0.1", port=0, proto=proto)], self.loop)
         node = Node(Endpoint(disp, **kw), disp, answer)
         node.ep.set_application(node.app)
         self.nodes.append(node)
@@ -566,22 +567,29 @@ def test_no_ack_ends_call_with_bye(world: World) -> None:
     assert 5 <= len(oks) <= 12  # T1 doubling to T2 over 32 s
 
 
+class _RefusingLeg(Leg):
+    """A leg whose sends fail with ECONNREFUSED while ``refuse`` is set."""
+
+    refuse = False
+
+    def deliver(self, packet: Packet, dst: object, callback: object = None) -> None:
+        if self.refuse:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+        super().deliver(packet, dst, callback)
+
+
 def test_no_ack_after_a_2xx_that_could_not_be_sent_again(world: World) -> None:
     """A retransmission of the 2xx fails (its delivery ends early): the ACK
     is still awaited until 64*T1 after the answer, then BYE (13.3.1.4)."""
     raw = world.raw()
-    bob = world.node(accept)
+    bob = world.node(accept, leg_class=_RefusingLeg)
     raw.send(_invite(raw, bob.uri), bob.leg.src)
     world.drive(lambda: any(r.code() == 200 for r in raw.responses()))
-    deliver = bob.leg.deliver
-
-    def refused(*args: object, **kw: object) -> None:
-        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
-
-    bob.leg.deliver = refused  # type: ignore[method-assign]
+    assert isinstance(bob.leg, _RefusingLeg)
+    bob.leg.refuse = True
     world.advance(1.0)  # the retransmission at T1 fails
     assert bob.disp.queue_size() == 0
-    bob.leg.deliver = deliver  # type: ignore[method-assign]
+    bob.leg.refuse = False
     world.advance(30.0)
     assert not raw.requests("BYE")
     assert len(bob.ep) == 1

@@ -416,16 +416,34 @@ def test_garbage_contact_400_not_stored(
     assert _store_empty(world)
 
 
+class _Recording:
+    """The registrar's dispatcher, but what it delivers is recorded instead.
+
+    (A stand-in rather than a patched ``deliver``: the compiled build's
+    Dispatcher takes no replaced methods.)
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self.sent: list[Response] = []
+
+    def deliver(self, packet: Response, **_kw: object) -> None:
+        self.sent.append(packet)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._dispatcher, name)
+
+
 def _direct(world: World, req: Request) -> tuple[int | None, list[Response]]:
     """Hand ``req`` to the registrar as the dispatcher would; what it answered."""
-    sent: list[Response] = []
-
-    def deliver(packet: Response, **_kw: object) -> None:
-        sent.append(packet)
-
-    world.server.disp.deliver = deliver  # type: ignore[method-assign,assignment]  # (records the answers)
-    code = world.reg.receive(req, world.server.disp.legs[0], Addr.parse("127.0.0.1:9"))
-    return code, sent
+    real = world.reg.dispatcher
+    recording = _Recording(real)
+    world.reg.dispatcher = recording  # type: ignore[assignment]  # (duck-typed stand-in)
+    try:
+        code = world.reg.receive(req, real.legs[0], Addr.parse("127.0.0.1:9"))
+    finally:
+        world.reg.dispatcher = real
+    return code, recording.sent
 
 
 def _register(*contact_values: str, to: str | None = f"<{ALICE}>") -> Request:

@@ -115,6 +115,8 @@ def package() -> Any:
             extensions=griffe.load_extensions(SphinxRoles()),
             resolve_aliases=True,
             resolve_external=False,
+            # the sources, also beside the compiled build's extension modules
+            allow_inspection=False,
         )
     return _PKG
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _socket
 import contextlib
 import errno
+import gc
 import logging
 import select
 import socket
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from netsip import socketpool
+from netsip import _settings, socketpool
+from netsip.dispatcher import Dispatcher
 from netsip.eventloop import EventLoop
 from netsip.packet import Packet, Request, Response
 from netsip.socketpool import SocketPool, get_settings, import_settings
@@ -172,6 +174,38 @@ def test_settings_apply_to_existing_pools_and_overrides() -> None:
             pool.import_settings(BOGUS=1)
         with udp_socket("127.0.0.1") as s, pytest.raises(ValueError, match="BOGUS"):
             SocketPool("udp", s, settings={"BOGUS": 1})
+
+
+def test_settings_tracking_holds_no_pool_or_dispatcher(loop: EventLoop) -> None:
+    """import_settings follows pools and dispatchers while they live, and keeps neither alive.
+
+    A pool dropped without close goes at once (by reference count, the cyclic
+    GC off), and its record leaves the set import_settings walks: also in the
+    compiled build, whose classes take no weak references themselves. A
+    dispatcher (cyclic itself) goes with the cyclic GC.
+    """
+    before = len(_settings._subscriptions)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        tcp = SocketPool("tcp", tcp_listener("127.0.0.1"), settings={"MAX_TIDLIST": 5})
+        udp = SocketPool("udp", udp_socket("127.0.0.1"))
+        disp = Dispatcher([], loop)
+        assert len(_settings._subscriptions) == before + 3
+        import_settings(MAX_TIDLIST=9, MAX_RESPONSE_CACHE=12345)
+        assert tcp.get_settings()["MAX_TIDLIST"] == 5
+        assert udp.get_settings()["MAX_TIDLIST"] == 9
+        assert disp._cache.max_bytes == 12345  # followed by the dispatcher's cache
+        for pool in (tcp, udp):
+            pool.master().close()  # (not pool.close(): that would untrack it)
+        del tcp, udp, pool
+        assert len(_settings._subscriptions) == before + 1
+        del disp
+        gc.collect()
+        assert len(_settings._subscriptions) == before
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def test_constructor_checks() -> None:

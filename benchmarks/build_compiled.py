@@ -1,0 +1,85 @@
+"""A copy of this checkout with netsip's compiled build, for benchmarks and CI.
+
+``NETSIP_COMPILE=1 pip install -e .`` compiles the call path in place (the
+modules listed under ``[tool.netsip] compiled`` in pyproject.toml; see
+``setup.py``). This does the same in a copy of the checkout, so that the
+pure and the compiled netsip can run side by side: the call benchmark's
+``compiled`` UAS imports the copy (``bench_calls --compiled DIR``), and CI
+runs the whole test suite in it (``.ci/run``)::
+
+    python -m benchmarks.build_compiled /tmp/netsip-compiled    # about a minute
+    python -m benchmarks.bench_calls --compiled /tmp/netsip-compiled
+    python -m benchmarks.count_calls --netsip-path /tmp/netsip-compiled
+    cd /tmp/netsip-compiled && NETSIP_EXPECT_COMPILED=1 python -m pytest
+
+Needs mypy (the ``dev`` extra) and a C compiler, as the compiled build does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks.load import REPO
+
+#: what is not copied: the virtualenv, git's data, built files and caches
+_IGNORED = shutil.ignore_patterns(
+    ".venv", ".git", "build", "site", "*.so", "__pycache__", ".*_cache", ".hypothesis", ".tox"
+)
+
+
+class BuildError(Exception):
+    """The compiled build failed (mypyc's or the compiler's output is in the message)."""
+
+
+def compiled_modules(path: str) -> list[str]:
+    """The compiled extension modules of the ``netsip`` package in ``path``."""
+    try:
+        names = os.listdir(os.path.join(path, "netsip"))
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith(".so"))
+
+
+def build(out: str) -> list[str]:
+    """Copy this checkout to ``out`` (replacing it) and compile netsip there; the extensions."""
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    shutil.copytree(REPO, out, ignore=_IGNORED)
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=out,
+        env={**os.environ, "NETSIP_COMPILE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    built = compiled_modules(out)
+    if proc.returncode or not built:
+        raise BuildError(f"the compiled build failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.build_compiled",
+        description=__doc__.split("\n", 1)[0] if __doc__ else None,
+    )
+    ap.add_argument("out", help="directory for the copy (replaced)")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        built = build(os.path.abspath(args.out))
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{len(built)} modules compiled in {time.monotonic() - t0:.0f} s into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
