@@ -14,11 +14,11 @@ requirement. ``setup.py`` reads the same switch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import build_sdist, get_requires_for_build_sdist
 
 __all__ = [
     "build_editable",
@@ -31,30 +31,45 @@ __all__ = [
     "prepare_metadata_for_build_wheel",
 ]
 
-#: what compiling needs besides setuptools
-COMPILE_REQUIRES = ["mypy>=1.8"]
+#: what compiling needs besides setuptools (the mypy it was tested with)
+COMPILE_REQUIRES = ["mypy>=2.4"]
 
 
 def _compiling(config_settings: dict[str, Any] | None) -> bool:
-    """The compiled build was asked for; ``setup.py`` then sees ``NETSIP_COMPILE=1``."""
-    if config_settings and str(config_settings.get("compile", "")) not in ("", "0"):
-        os.environ["NETSIP_COMPILE"] = "1"
+    """The compiled build was asked for; ``setup.py`` then sees ``NETSIP_COMPILE=1``.
+
+    ``--config-settings compile=0|1`` wins over the environment.
+    """
+    if config_settings and "compile" in config_settings:
+        on = str(config_settings["compile"]) not in ("", "0")
+        os.environ["NETSIP_COMPILE"] = "1" if on else "0"
     return os.environ.get("NETSIP_COMPILE", "") not in ("", "0")
+
+
+@contextmanager
+def _pure() -> Iterator[None]:
+    """``setup.py`` runs without compiling (metadata and sdists do not depend on it)."""
+    before = os.environ.get("NETSIP_COMPILE")
+    os.environ["NETSIP_COMPILE"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NETSIP_COMPILE"]
+        else:
+            os.environ["NETSIP_COMPILE"] = before
 
 
 def _requires(
     setuptools_requires: Callable[[dict[str, Any] | None], list[str]],
     config_settings: dict[str, Any] | None,
 ) -> list[str]:
-    if not _compiling(config_settings):
-        return setuptools_requires(config_settings)
+    compiling = _compiling(config_settings)
     # setuptools runs setup.py to ask: mypy is not there yet, so setup.py
-    # must not compile (NETSIP_COMPILE=0) this once
-    os.environ["NETSIP_COMPILE"] = "0"
-    try:
-        return [*setuptools_requires(config_settings), *COMPILE_REQUIRES]
-    finally:
-        os.environ["NETSIP_COMPILE"] = "1"
+    # must not compile this once
+    with _pure():
+        requires = setuptools_requires(config_settings)
+    return [*requires, *COMPILE_REQUIRES] if compiling else requires
 
 
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
@@ -71,15 +86,25 @@ def get_requires_for_build_editable(config_settings: dict[str, Any] | None = Non
 def prepare_metadata_for_build_wheel(
     metadata_directory: str, config_settings: dict[str, Any] | None = None
 ) -> str:
-    _compiling(config_settings)
-    return _setuptools.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+    with _pure():
+        return _setuptools.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
 
 
 def prepare_metadata_for_build_editable(
     metadata_directory: str, config_settings: dict[str, Any] | None = None
 ) -> str:
-    _compiling(config_settings)
-    return _setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings)
+    with _pure():
+        return _setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings)
+
+
+def get_requires_for_build_sdist(config_settings: dict[str, Any] | None = None) -> list[str]:
+    with _pure():
+        return _setuptools.get_requires_for_build_sdist(config_settings)
+
+
+def build_sdist(sdist_directory: str, config_settings: dict[str, Any] | None = None) -> str:
+    with _pure():
+        return _setuptools.build_sdist(sdist_directory, config_settings)
 
 
 def build_wheel(

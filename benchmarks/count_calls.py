@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.keep:
             outs = sorted(glob.glob(os.path.join(workdir, "callgrind.out*")), key=os.path.getsize)
-            shutil.copy(outs[-1], args.keep)
+            if outs:
+                shutil.copy(outs[-1], args.keep)
+            else:
+                print("callgrind wrote no output to keep", file=sys.stderr)
     print(
         f"{args.uas}{' (' + path + ')' if path else ''}: {per_call:,.0f} instructions per call "
         f"({stats.get('ok', 0)} calls, {stats.get('failed', 0)} failed, "

@@ -51,10 +51,11 @@ def compiled_modules() -> list[str]:
     Read from the package directory, without importing: an extension module
     there is imported in place of the source beside it.
     """
-    names = []
+    names = set()
     for entry in os.listdir(os.path.dirname(os.path.abspath(__file__))):
-        for suffix in EXTENSION_SUFFIXES:
-            if entry.endswith(suffix):
-                names.append(entry[: -len(suffix)])
-                break
+        for suffix in EXTENSION_SUFFIXES:  # this interpreter's
+            name = entry[: -len(suffix)]
+            # (one built for another Python, packet.cpython-312-...so, is no module here)
+            if entry.endswith(suffix) and name.isidentifier():
+                names.add(name)
     return sorted(names)

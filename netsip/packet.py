@@ -44,6 +44,8 @@ Performance plan:
   (``_request``, ``_response``), and its own copy of the slot writer
   ``Packet._set``, with a code object of its own (``_own_copy``): shared by
   requests and responses, the stores cost about 100 ns more per packet.
+  (Interpreted only: compiled, ``_NATIVE``, packets are made through their
+  ``__init__`` and there are no copies.)
 
 Differences from Net::SIP:
 
@@ -122,10 +124,6 @@ _key_get: Final = KEY_CACHE.get
 _cseq_number_get: Final = CSEQ_NUMBER_CACHE.get
 # a packet's object, before Packet._set fills it
 _new: Final = object.__new__
-#: this module runs compiled (mypyc, the ``compiled`` build of netsip): a
-#: native class is made only through its ``__init__`` and takes no copied
-#: methods, so the two interpreter tricks of the performance plan are off
-_NATIVE: Final = not __file__.endswith(".py")
 
 # the headers of the response-cache key (Packet._ckey)
 _KEY_HEADERS: Final = frozenset(("from", "to", "call-id", "cseq"))
@@ -146,6 +144,13 @@ def _tag_of(callid: str | None, frm: str | None) -> str:
     h = _TAG_HASH.copy()
     h.update(f"{callid}\x00{frm}".encode(ENC, ERRORS))
     return h.hexdigest()
+
+
+#: this module runs compiled (mypyc, the ``compiled`` build of netsip): its
+#: functions are native ones. A native class is made only through its
+#: ``__init__`` and takes no copied methods, so the two interpreter tricks
+#: of the performance plan are off then.
+_NATIVE: Final = not isinstance(_tag_of, FunctionType)
 
 
 # the last (Call-ID, From, tag) of Request._to_tag
@@ -536,6 +541,7 @@ class Request(Packet):
         *,
         _parts: Parts | None = None,
     ) -> None:
+        # _parts: internal, the parser's (and _request's) fields, taken unchecked
         if _parts is not None:  # from _request: already checked
             self._set(_parts)
             return
@@ -814,6 +820,7 @@ class Response(Packet):
         *,
         _parts: Parts | None = None,
     ) -> None:
+        # _parts: internal, the parser's (and _response's) fields, taken unchecked
         if _parts is not None:  # from _response: already checked
             self._set(_parts)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,26 +41,32 @@ def pytest_report_header() -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """``NETSIP_EXPECT_COMPILED=1`` (CI's run of the compiled build): refuse a pure netsip.
+    """``NETSIP_EXPECT_COMPILED=1`` (CI's run of the compiled build): refuse a pure netsip; ``=0``
+    (CI's pure run) refuses a compiled one.
 
     Otherwise a build that did not land, or a netsip imported from elsewhere,
     would pass the run as if it were the compiled build.
     """
-    if os.environ.get("NETSIP_EXPECT_COMPILED", "") in ("", "0"):
+    expect = os.environ.get("NETSIP_EXPECT_COMPILED", "")
+    if expect == "0" and compiled_modules():
+        # (a checkout once installed with NETSIP_COMPILE=1 keeps its extensions)
+        pytest.exit(f"NETSIP_EXPECT_COMPILED=0, but these run compiled: {compiled_modules()}", 3)
+    if expect in ("", "0"):
         return
     wanted = set(compiled_configured())
     missing = sorted(wanted - set(compiled_modules()))
     if missing:
         pytest.exit(f"NETSIP_EXPECT_COMPILED is set, but these run interpreted: {missing}", 3)
     # ... and the processes the tests start (the CLI) import the same netsip
-    probe = "import netsip, netsip._native as n; print(netsip.__file__, n.compiled_modules())"
-    seen = subprocess.run(
+    probe = "import json, netsip, netsip._native as n; "
+    probe += "print(json.dumps([netsip.__file__, n.compiled_modules()]))"
+    out = subprocess.run(
         [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=False
-    ).stdout.split(" ", 1)
+    ).stdout
     import netsip  # noqa: PLC0415
 
-    if seen[0] != netsip.__file__ or str(compiled_modules()) != seen[-1].strip():
-        pytest.exit(f"NETSIP_EXPECT_COMPILED: a child process imports another netsip: {seen}", 3)
+    if out.strip() != json.dumps([netsip.__file__, compiled_modules()]):
+        pytest.exit(f"NETSIP_EXPECT_COMPILED: a child process imports another netsip: {out}", 3)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

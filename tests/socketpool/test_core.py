@@ -184,6 +184,7 @@ def test_settings_tracking_holds_no_pool_or_dispatcher(loop: EventLoop) -> None:
     compiled build, whose classes take no weak references themselves. A
     dispatcher (cyclic itself) goes with the cyclic GC.
     """
+    gc.collect()  # (records of what earlier tests left in cycles)
     before = len(_settings._subscriptions)
     enabled = gc.isenabled()
     gc.disable()
