@@ -81,7 +81,6 @@ from typing import Any, Final
 # Run from a checkout without installing: the benchmarks package is in the parent.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.build_compiled import compiled_modules
 from benchmarks.load import (
     cpu_seconds,
     environment,
@@ -91,6 +90,7 @@ from benchmarks.load import (
     sipp_local_ip,
     write_section,
 )
+from netsip._native import compiled_modules
 
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE: Final = os.path.join(REPO, "benchmarks")
@@ -1112,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     global NETSIP_PATH, COMPILED_PATH, PIN  # read by Uas and the sipp runs, set once here
     NETSIP_PATH = os.path.abspath(args.netsip_path) if args.netsip_path else None
     COMPILED_PATH = os.path.abspath(args.compiled) if args.compiled else None
-    if COMPILED_PATH and not compiled_modules(COMPILED_PATH):
+    if COMPILED_PATH and not compiled_modules(os.path.join(COMPILED_PATH, "netsip")):
         # (the UAS would import the tree's netsip and report it as compiled)
         ap.error(f"no compiled netsip in {COMPILED_PATH}: run benchmarks.build_compiled DIR")
     PIN = pinning(not args.no_pin)

@@ -31,6 +31,7 @@ import time
 import zipfile
 
 from benchmarks.load import REPO
+from netsip._native import compiled_modules
 
 #: what is not copied: the virtualenv, git's data, built files and caches
 _IGNORED = shutil.ignore_patterns(
@@ -40,15 +41,6 @@ _IGNORED = shutil.ignore_patterns(
 
 class BuildError(Exception):
     """The compiled build failed (mypyc's or the compiler's output is in the message)."""
-
-
-def compiled_modules(path: str) -> list[str]:
-    """The compiled extension modules of the ``netsip`` package in ``path``."""
-    try:
-        names = os.listdir(os.path.join(path, "netsip"))
-    except OSError:
-        return []
-    return sorted(n for n in names if n.endswith(".so"))
 
 
 def build(out: str) -> list[str]:
@@ -70,7 +62,7 @@ def build(out: str) -> list[str]:
             for name in whl.namelist():
                 if name.endswith(".so"):  # netsip/*.so and the shared one at the top
                     whl.extract(name, out)
-    built = compiled_modules(out)
+    built = compiled_modules(os.path.join(out, "netsip"))
     if not built:
         raise BuildError(f"the wheel {os.path.basename(found[0])} has no extension modules")
     return built

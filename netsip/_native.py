@@ -45,14 +45,19 @@ except ImportError:  # the usual case at run time: mypyc reads the decorator, no
 __all__ = ["compiled_modules", "mypyc_attr"]
 
 
-def compiled_modules() -> list[str]:
+def compiled_modules(package: str | None = None) -> list[str]:
     """The modules of this netsip that run compiled (empty for pure Python).
 
-    Read from the package directory, without importing: an extension module
-    there is imported in place of the source beside it.
+    Read from the package directory (or ``package``, another netsip's),
+    without importing: an extension module there is imported in place of
+    the source beside it.
     """
     names = set()
-    for entry in os.listdir(os.path.dirname(os.path.abspath(__file__))):
+    try:
+        entries = os.listdir(package or os.path.dirname(os.path.abspath(__file__)))
+    except OSError:  # (no such package)
+        return []
+    for entry in entries:
         for suffix in EXTENSION_SUFFIXES:  # this interpreter's
             name = entry[: -len(suffix)]
             # (one built for another Python, packet.cpython-312-...so, is no module here)

@@ -30,6 +30,15 @@ from tests.support import compiled_configured, options
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _load(name: str, path: str) -> Any:
+    """A fresh copy of the module at ``path`` (from the checkout's root), as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_configured_modules_exist_and_none_is_compiled_alone() -> None:
     """Every module the build compiles has a source; a checkout is pure or wholly compiled."""
     configured = compiled_configured()
@@ -42,12 +51,7 @@ def test_configured_modules_exist_and_none_is_compiled_alone() -> None:
 def test_mypyc_attr_without_mypy_extensions(monkeypatch: pytest.MonkeyPatch) -> None:
     """At run time netsip needs no package: without mypy_extensions the decorator does nothing."""
     monkeypatch.setitem(sys.modules, "mypy_extensions", None)  # (import fails)
-    spec = importlib.util.spec_from_file_location(
-        "netsip_native_copy", os.path.join(ROOT, "netsip", "_native.py")
-    )
-    assert spec is not None and spec.loader is not None
-    copy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copy)
+    copy = _load("netsip_native_copy", "netsip/_native.py")
 
     class Plain:
         pass
@@ -55,16 +59,6 @@ def test_mypyc_attr_without_mypy_extensions(monkeypatch: pytest.MonkeyPatch) -> 
     decorated: Callable[[Any], Any] = copy.mypyc_attr(allow_interpreted_subclasses=True)
     assert decorated(Plain) is Plain
     assert copy.mypyc_attr.__module__ == "netsip_native_copy"  # the fallback, not mypy's
-
-
-def _load_backend() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "netsip_build_copy", os.path.join(ROOT, "_build", "netsip_build.py")
-    )
-    assert spec is not None and spec.loader is not None
-    backend = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(backend)
-    return backend
 
 
 @pytest.mark.parametrize(
@@ -85,7 +79,7 @@ def test_build_backend_asks_for_mypy_only_for_the_compiled_build(
 ) -> None:
     """``NETSIP_COMPILE=1`` or ``--config-settings compile=1`` adds mypy to the build's needs,
     and setup.py, asked by setuptools what it needs, does not compile then."""
-    backend = _load_backend()
+    backend = _load("netsip_build_copy", "_build/netsip_build.py")
     monkeypatch.setenv("NETSIP_COMPILE", "0")  # (so that the end of the test restores it)
     if env is None:
         monkeypatch.delenv("NETSIP_COMPILE")
